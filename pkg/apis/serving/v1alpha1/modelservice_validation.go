@@ -1,0 +1,130 @@
+package v1alpha1
+
+import (
+	"fmt"
+	"strings"
+
+	"knative.dev/pkg/apis"
+)
+
+// Validate checks a defaulted ModelService and returns every problem with its
+// field path, or nil.
+func (ms *ModelService) Validate() *apis.FieldError {
+	var errs *apis.FieldError
+	if ms.Name == "" {
+		errs = errs.Also(apis.ErrMissingField("metadata.name"))
+	}
+	if strings.Contains(ms.Spec.Model, "@") {
+		errs = errs.Also(apis.ErrInvalidValue(ms.Spec.Model, "spec.model", `"@" separates a model from a traffic tag`))
+	}
+	errs = errs.Also(ms.Spec.Template.validate().ViaField("spec.template"))
+	errs = errs.Also(validateTraffic(ms.Spec.Traffic).ViaField("spec.traffic"))
+	return errs
+}
+
+func (t *RevisionTemplate) validate() *apis.FieldError {
+	var errs *apis.FieldError
+	switch t.Engine.Type {
+	case EngineVLLM, EngineSGLang, EngineSim, EngineCustom:
+	default:
+		errs = errs.Also(apis.ErrInvalidValue(t.Engine.Type, "engine.type", "must be one of vllm, sglang, sim, custom"))
+	}
+	if t.Engine.Type == EngineCustom && len(t.Engine.Command) == 0 && t.Engine.Image == "" {
+		errs = errs.Also(apis.ErrMissingOneOf("engine.command", "engine.image"))
+	}
+	if t.Engine.Port < 1 || t.Engine.Port > 65535 {
+		errs = errs.Also(apis.ErrOutOfBoundsValue(t.Engine.Port, 1, 65535, "engine.port"))
+	}
+	if t.ContainerConcurrency < 0 {
+		errs = errs.Also(apis.ErrInvalidValue(t.ContainerConcurrency, "containerConcurrency", "must be >= 0"))
+	}
+	if t.TimeoutSeconds < 0 {
+		errs = errs.Also(apis.ErrInvalidValue(t.TimeoutSeconds, "timeoutSeconds", "must be >= 0"))
+	}
+	errs = errs.Also(t.Scaling.validate().ViaField("scaling"))
+	if t.Roles != nil {
+		if t.Roles.Prefill == nil || t.Roles.Decode == nil {
+			errs = errs.Also(apis.ErrMissingField("roles.prefill", "roles.decode"))
+		}
+		for name, r := range map[string]*RoleSpec{"prefill": t.Roles.Prefill, "decode": t.Roles.Decode} {
+			if r != nil && r.Scaling != nil {
+				errs = errs.Also(r.Scaling.validate().ViaField("roles", name, "scaling"))
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for i, v := range t.Accelerators {
+		if v.Name == "" {
+			errs = errs.Also(apis.ErrMissingField("name").ViaFieldIndex("accelerators", i))
+		} else if seen[v.Name] {
+			errs = errs.Also(apis.ErrMultipleOneOf("name").ViaFieldIndex("accelerators", i))
+		}
+		seen[v.Name] = true
+		if v.Cost < 0 {
+			errs = errs.Also(apis.ErrInvalidValue(v.Cost, "cost", "must be >= 0").ViaFieldIndex("accelerators", i))
+		}
+	}
+	return errs
+}
+
+func (s *ScalingSpec) validate() *apis.FieldError {
+	var errs *apis.FieldError
+	if s.MinScale != nil && *s.MinScale < 0 {
+		errs = errs.Also(apis.ErrInvalidValue(*s.MinScale, "minScale", "must be >= 0"))
+	}
+	if s.MaxScale != nil && *s.MaxScale < 0 {
+		errs = errs.Also(apis.ErrInvalidValue(*s.MaxScale, "maxScale", "must be >= 0"))
+	}
+	if s.MinScale != nil && s.MaxScale != nil && *s.MaxScale > 0 && *s.MinScale > *s.MaxScale {
+		errs = errs.Also(apis.ErrInvalidValue(*s.MinScale, "minScale", fmt.Sprintf("must be <= maxScale (%d)", *s.MaxScale)))
+	}
+	if s.InitialScale != nil && *s.InitialScale < 0 {
+		errs = errs.Also(apis.ErrInvalidValue(*s.InitialScale, "initialScale", "must be >= 0"))
+	}
+	if s.ScaleToZeroGracePeriod != nil && s.ScaleToZeroGracePeriod.Duration < 0 {
+		errs = errs.Also(apis.ErrInvalidValue(s.ScaleToZeroGracePeriod.Duration.String(), "scaleToZeroGracePeriod", "must be >= 0"))
+	}
+	if t := s.Target; t != nil {
+		for name, v := range map[string]*float64{"concurrency": t.Concurrency, "kvCacheUsage": t.KVCacheUsage,
+			"waitingRequests": t.WaitingRequests, "tokensPerSecond": t.TokensPerSecond} {
+			if v != nil && *v <= 0 {
+				errs = errs.Also(apis.ErrInvalidValue(*v, "target."+name, "must be > 0"))
+			}
+		}
+		if t.KVCacheUsage != nil && *t.KVCacheUsage > 1 {
+			errs = errs.Also(apis.ErrOutOfBoundsValue(*t.KVCacheUsage, 0, 1, "target.kvCacheUsage"))
+		}
+	}
+	return errs
+}
+
+func validateTraffic(targets []TrafficTarget) *apis.FieldError {
+	if len(targets) == 0 {
+		return nil
+	}
+	var errs *apis.FieldError
+	var sum int64
+	tags := map[string]bool{}
+	for i, t := range targets {
+		latest := t.LatestRevision != nil && *t.LatestRevision
+		if (t.RevisionName == "") == !latest {
+			errs = errs.Also(apis.ErrMultipleOneOf("revisionName", "latestRevision").ViaIndex(i))
+		}
+		if t.Percent != nil {
+			if *t.Percent < 0 || *t.Percent > 100 {
+				errs = errs.Also(apis.ErrOutOfBoundsValue(*t.Percent, 0, 100, "percent").ViaIndex(i))
+			}
+			sum += *t.Percent
+		}
+		if t.Tag != "" {
+			if tags[t.Tag] {
+				errs = errs.Also(apis.ErrGeneric(fmt.Sprintf("duplicate tag %q", t.Tag), "tag").ViaIndex(i))
+			}
+			tags[t.Tag] = true
+		}
+	}
+	if sum != 100 {
+		errs = errs.Also(apis.ErrInvalidValue(sum, "percent", "traffic percents must sum to 100"))
+	}
+	return errs
+}

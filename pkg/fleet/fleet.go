@@ -1,0 +1,65 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+)
+
+// Roles of a revision's replica sets.
+const (
+	RoleUnified = ""
+	RolePrefill = "prefill"
+	RoleDecode  = "decode"
+)
+
+// Key names one replica set: a revision's role.
+type Key struct {
+	Namespace string
+	Service   string
+	Revision  string
+	Role      string
+}
+
+func (k Key) String() string {
+	s := k.Namespace + "/" + k.Revision
+	if k.Role != "" {
+		s += "/" + k.Role
+	}
+	return s
+}
+
+// Endpoint is one ready replica as the data plane reaches it.
+type Endpoint struct {
+	// Name identifies the replica (pod name, or local replica name).
+	Name string
+	// Address is host:port of the replica's queue-proxy.
+	Address string
+	// Variant is the accelerator variant the replica runs on, if any.
+	Variant string
+}
+
+// URL returns the http base URL of the endpoint.
+func (e Endpoint) URL() string { return "http://" + e.Address }
+
+// Scaler sets the desired replica count of a replica set.
+type Scaler interface {
+	Scale(ctx context.Context, key Key, replicas int) error
+}
+
+// Watcher reports the ready endpoints of a replica set. fn is called with the
+// full current set at once and after every change, never concurrently for
+// one watch; stop ends the watch.
+type Watcher interface {
+	Watch(key Key, fn func(ready []Endpoint)) (stop func())
+}
+
+// Runtime is both.
+type Runtime interface {
+	Scaler
+	Watcher
+}
+
+// ErrUnknown is returned for a key the runtime does not know.
+type ErrUnknown struct{ Key Key }
+
+func (e ErrUnknown) Error() string { return fmt.Sprintf("unknown replica set %s", e.Key) }

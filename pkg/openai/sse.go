@@ -1,0 +1,84 @@
+package openai
+
+import "bytes"
+
+// SSE framing of OpenAI streams: "data: {chunk}\n\n" per chunk, ending with
+// "data: [DONE]\n\n".
+var (
+	DataPrefix = []byte("data: ")
+	DoneData   = []byte("[DONE]")
+	DoneEvent  = []byte("data: [DONE]\n\n")
+)
+
+// ErrorEvent renders an error as one SSE event, as OpenAI clients expect it
+// mid-stream: data: {"error": {...}}.
+func ErrorEvent(e Error) []byte {
+	out := append([]byte(nil), DataPrefix...)
+	out = append(out, e.JSON()...)
+	return append(out, '\n', '\n')
+}
+
+// EventData returns the payload of one SSE event (the text after "data:" on
+// its data lines, joined by newlines) and whether it had any data line.
+func EventData(event []byte) ([]byte, bool) {
+	var data []byte
+	found := false
+	for len(event) > 0 {
+		line := event
+		if i := bytes.IndexByte(event, '\n'); i >= 0 {
+			line, event = event[:i], event[i+1:]
+		} else {
+			event = nil
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if !bytes.HasPrefix(line, []byte("data:")) {
+			continue
+		}
+		v := bytes.TrimPrefix(line[5:], []byte(" "))
+		if found {
+			data = append(data, '\n')
+			data = append(data, v...)
+		} else {
+			data, found = v, true
+		}
+	}
+	return data, found
+}
+
+// EventSplitter splits an SSE byte stream into whole events (each including
+// its terminating blank line). Feed it bytes as they arrive.
+type EventSplitter struct{ buf []byte }
+
+// Feed appends p and calls fn for every complete event now buffered.
+// fn must not retain the slice.
+func (s *EventSplitter) Feed(p []byte, fn func(event []byte) error) error {
+	s.buf = append(s.buf, p...)
+	for {
+		i, n := eventEnd(s.buf)
+		if i < 0 {
+			return nil
+		}
+		if err := fn(s.buf[:i+n]); err != nil {
+			return err
+		}
+		s.buf = s.buf[:copy(s.buf, s.buf[i+n:])]
+	}
+}
+
+// Rest returns bytes that did not end with a blank line (a truncated event).
+func (s *EventSplitter) Rest() []byte { return s.buf }
+
+func eventEnd(b []byte) (int, int) {
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		if b[i+1] == '\n' {
+			return i, 2
+		}
+		if b[i+1] == '\r' && i+2 < len(b) && b[i+2] == '\n' {
+			return i, 3
+		}
+	}
+	return -1, 0
+}

@@ -1,0 +1,59 @@
+package stats
+
+import "time"
+
+// Path is where a queue-proxy serves its stats stream (WebSocket).
+const Path = "/kvasir/stats"
+
+// Message types.
+const (
+	TypeStat = "stat"
+)
+
+// Message is the envelope of everything sent on the stats stream.
+type Message struct {
+	Type string `json:"type"`
+	Stat *Stat  `json:"stat,omitempty"`
+}
+
+// Stat is one report of a queue-proxy about its pod, sent at least once a second.
+// Counters are cumulative since the queue-proxy started (subscribers take
+// differences); gauges are the value at Time.
+type Stat struct {
+	Pod  string    `json:"pod"`
+	Time time.Time `json:"time"`
+
+	// Proxy state.
+	Ready    bool `json:"ready"`
+	Draining bool `json:"draining"`
+	InFlight int  `json:"inFlight"` // requests being proxied to the engine now
+	Queued   int  `json:"queued"`   // requests waiting for the concurrency limit
+
+	// Cumulative request accounting measured by the queue-proxy.
+	Requests         uint64  `json:"requests"`
+	Errors           uint64  `json:"errors"`
+	PromptTokens     uint64  `json:"promptTokens"`
+	CachedTokens     uint64  `json:"cachedTokens"`
+	CompletionTokens uint64  `json:"completionTokens"`
+	TTFTSecondsSum   float64 `json:"ttftSecondsSum"`
+	TTFTCount        uint64  `json:"ttftCount"`
+	ITLSecondsSum    float64 `json:"itlSecondsSum"`
+	ITLCount         uint64  `json:"itlCount"`
+
+	// Engine state scraped from its /metrics (vLLM or SGLang names).
+	Engine EngineStat `json:"engine"`
+}
+
+// EngineStat is what the engine itself reports.
+type EngineStat struct {
+	Scraped           bool     `json:"scraped"` // false when the last scrape failed or found nothing
+	Running           float64  `json:"running"`
+	Waiting           float64  `json:"waiting"`
+	KVCacheUsage      float64  `json:"kvCacheUsage"` // 0..1
+	BlockSize         int      `json:"blockSize,omitempty"`
+	NumGPUBlocks      int      `json:"numGpuBlocks,omitempty"`
+	PrefixCacheHits   float64  `json:"prefixCacheHits"`
+	PrefixCacheQuery  float64  `json:"prefixCacheQueries"`
+	PrefixCacheHitPct float64  `json:"prefixCacheHitRate,omitempty"` // SGLang reports a rate directly
+	LoRAAdapters      []string `json:"loraAdapters,omitempty"`
+}
