@@ -1,0 +1,173 @@
+package activator
+
+import (
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/traffic"
+)
+
+// TagHeader selects a tagged revision.
+const TagHeader = "X-Kvasir-Tag"
+
+// Paths of the OpenAI API the activator serves.
+const (
+	PathChat        = "/v1/chat/completions"
+	PathCompletions = "/v1/completions"
+	PathEmbeddings  = "/v1/embeddings"
+	PathModels      = "/v1/models"
+)
+
+// Handler returns the OpenAI API handler (HTTP and WebSocket).
+func (a *Activator) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(PathChat, a.serveInference)
+	mux.HandleFunc(PathCompletions, a.serveInference)
+	mux.HandleFunc(PathEmbeddings, a.serveInference)
+	mux.HandleFunc("GET "+PathModels, a.serveModels)
+	mux.HandleFunc("GET "+PathModels+"/{model...}", a.serveModel)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		openai.WriteError(w, http.StatusNotFound, openai.Err(openai.TypeNotFound, "unknown_path", "no such endpoint: "+r.URL.Path), 0)
+	})
+	return mux
+}
+
+// failure is an error answered before any byte of a response.
+type failure struct {
+	status     int
+	err        openai.Error
+	retryAfter time.Duration
+}
+
+// routed is a request resolved to a service and revision, with the body to send.
+type routed struct {
+	svc  *service
+	rev  *revisionRoute
+	body []byte
+}
+
+// route resolves a parsed request body to a revision.
+func (a *Activator) route(obj openai.Object, tagHeader string) (routed, *failure) {
+	model, ok := obj.String("model")
+	if !ok || model == "" {
+		return routed{}, &failure{status: http.StatusBadRequest, err: openai.ErrMissingModel}
+	}
+	t := a.routes.Load()
+	body := obj.Raw()
+	name, tag := model, tagHeader
+	s, found := t.byModel[model]
+	if !found {
+		var atTag string
+		name, atTag = traffic.SplitModelTag(model)
+		if s, found = t.byModel[name]; !found || atTag == "" {
+			return routed{}, &failure{status: http.StatusNotFound, err: openai.ModelNotFound(model)}
+		}
+		tag = atTag
+		body = obj.Set("model", strconv.AppendQuote(nil, name))
+	}
+	var revName string
+	if tag != "" {
+		rn, ok := s.split.Tagged(tag)
+		if !ok {
+			return routed{}, &failure{status: http.StatusNotFound, err: openai.Err(openai.TypeNotFound, "tag_not_found",
+				"model `"+name+"` has no traffic tag `"+tag+"`")}
+		}
+		revName = rn
+	} else {
+		revName = s.split.Pick(rand.IntN(100))
+	}
+	return routed{svc: s, rev: s.revisions[revName], body: body}, nil
+}
+
+func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
+	if isWebSocket(r) && r.URL.Path != PathEmbeddings {
+		a.serveWebSocket(w, r)
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		openai.WriteError(w, http.StatusMethodNotAllowed, openai.Err(openai.TypeInvalidRequest, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path), 0)
+		return
+	}
+	start := time.Now()
+	body, f := a.readBody(w, r)
+	if f != nil {
+		a.writeFailure(w, nil, f)
+		return
+	}
+	obj, err := openai.Parse(body)
+	if err != nil {
+		a.writeFailure(w, nil, &failure{status: http.StatusBadRequest, err: openai.Err(openai.TypeInvalidRequest, "invalid_json", err.Error())})
+		return
+	}
+	rt, f := a.route(obj, r.Header.Get(TagHeader))
+	if f != nil {
+		a.writeFailure(w, nil, f)
+		return
+	}
+	code := a.forwardHTTP(w, r, rt)
+	a.observe(rt, code, start)
+}
+
+func (a *Activator) observe(rt routed, code int, start time.Time) {
+	svc, rev := rt.svc.cfg.Name, rt.rev.cfg.Name
+	a.metrics.requests.WithLabelValues(svc, rev, strconv.Itoa(code)).Inc()
+	a.metrics.duration.WithLabelValues(svc, rev).Observe(time.Since(start).Seconds())
+}
+
+func (a *Activator) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *failure) {
+	if r.ContentLength > a.cfg.MaxBodyBytes {
+		return nil, &failure{status: http.StatusRequestEntityTooLarge, err: openai.ErrBodyTooLarge}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, &failure{status: http.StatusRequestEntityTooLarge, err: openai.ErrBodyTooLarge}
+		}
+		return nil, &failure{status: http.StatusBadRequest, err: openai.Err(openai.TypeInvalidRequest, "body_read_failed", "reading the request body: "+err.Error())}
+	}
+	return body, nil
+}
+
+func (a *Activator) writeFailure(w http.ResponseWriter, rt *routed, f *failure) {
+	openai.WriteError(w, f.status, f.err, f.retryAfter)
+	if rt != nil {
+		a.metrics.requests.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, strconv.Itoa(f.status)).Inc()
+	}
+}
+
+type modelEntry struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+func (a *Activator) serveModels(w http.ResponseWriter, _ *http.Request) {
+	models := a.Models()
+	sort.Strings(models)
+	data := make([]modelEntry, 0, len(models))
+	for _, m := range models {
+		data = append(data, modelEntry{ID: m, Object: "model", OwnedBy: "kvasir"})
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Object string       `json:"object"`
+		Data   []modelEntry `json:"data"`
+	}{"list", data})
+}
+
+func (a *Activator) serveModel(w http.ResponseWriter, r *http.Request) {
+	model := r.PathValue("model")
+	if _, ok := a.routes.Load().byModel[model]; !ok {
+		openai.WriteError(w, http.StatusNotFound, openai.ModelNotFound(model), 0)
+		return
+	}
+	writeJSON(w, http.StatusOK, modelEntry{ID: model, Object: "model", OwnedBy: "kvasir"})
+}

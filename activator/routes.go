@@ -1,0 +1,66 @@
+package activator
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/traffic"
+)
+
+// ServiceConfig is what the activator needs to know of a ModelService.
+type ServiceConfig struct {
+	Namespace string
+	Name      string
+	// Model is the name clients send; the engines serve it under this name.
+	Model string
+	// Traffic resolves to concrete revisions (latestRevision already resolved).
+	Traffic   []traffic.Target
+	Revisions []RevisionConfig
+}
+
+// RevisionConfig is the data-plane view of one revision.
+type RevisionConfig struct {
+	Name string
+	// ContainerConcurrency caps in-flight requests per replica; 0 = unlimited.
+	ContainerConcurrency int
+	// Timeout bounds one forwarded request; 0 = the activator's default.
+	Timeout time.Duration
+}
+
+// table is an immutable routing snapshot, swapped atomically.
+type table struct {
+	byModel map[string]*service
+}
+
+type service struct {
+	cfg       ServiceConfig
+	split     *traffic.Split
+	revisions map[string]*revisionRoute
+}
+
+type revisionRoute struct {
+	cfg RevisionConfig
+	rev *revision
+}
+
+// Key returns the fleet key of a revision of this service (unified role).
+func (s ServiceConfig) Key(revision string) fleet.Key {
+	return fleet.Key{Namespace: s.Namespace, Service: s.Name, Revision: revision}
+}
+
+func (s ServiceConfig) validate() error {
+	if s.Name == "" || s.Model == "" {
+		return fmt.Errorf("service %q: name and model are required", s.Name)
+	}
+	known := map[string]bool{}
+	for _, r := range s.Revisions {
+		known[r.Name] = true
+	}
+	for i, t := range s.Traffic {
+		if !known[t.Revision] {
+			return fmt.Errorf("service %q: traffic[%d] names unknown revision %q", s.Name, i, t.Revision)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,562 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
+)
+
+// Spec says how to run the replicas of one replica set.
+type Spec struct {
+	Key fleet.Key
+	// Engine is the engine's argv; "$(PORT)" in any element expands to the
+	// engine's port. PORT is also set in its environment.
+	Engine []string
+	// Env is added to the engine's environment (KEY=VALUE).
+	Env []string
+	// QueueProxyArgs are extra flags for the queue-proxy.
+	QueueProxyArgs []string
+}
+
+// Config of the runtime.
+type Config struct {
+	// QueueProxy is the argv prefix that runs a queue-proxy
+	// (e.g. {"/path/kvasir", "queue-proxy"}); the runtime appends its flags.
+	QueueProxy []string
+	// LogDir receives one log file per process.
+	LogDir string
+	// ProbeInterval is the readiness probe period of a starting replica. Default 10ms.
+	ProbeInterval time.Duration
+	// HealthInterval is the probe period of a ready replica. Default 1s.
+	HealthInterval time.Duration
+	// StartTimeout bounds how long a replica may take to become ready. Default 10m.
+	StartTimeout time.Duration
+	// StopTimeout bounds a replica's drain before it is killed. Default 30s.
+	StopTimeout time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = 10 * time.Millisecond
+	}
+	if c.HealthInterval == 0 {
+		c.HealthInterval = time.Second
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 10 * time.Minute
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = 30 * time.Second
+	}
+}
+
+// Runtime runs replica sets as local processes. Create it with New.
+type Runtime struct {
+	cfg  Config
+	log  *slog.Logger
+	ctx  context.Context // lives until Close
+	stop context.CancelFunc
+	http *http.Client
+	wg   sync.WaitGroup
+
+	mu   sync.Mutex
+	sets map[fleet.Key]*set
+	seq  int
+}
+
+var _ fleet.Runtime = (*Runtime)(nil)
+
+// New returns a runtime; Close stops every replica it started.
+func New(cfg Config, log *slog.Logger) (*Runtime, error) {
+	cfg.setDefaults()
+	if len(cfg.QueueProxy) == 0 {
+		return nil, errors.New("process runtime: QueueProxy command is required")
+	}
+	if cfg.LogDir == "" {
+		return nil, errors.New("process runtime: LogDir is required")
+	}
+	if err := os.MkdirAll(cfg.LogDir, 0o755); err != nil {
+		return nil, fmt.Errorf("process runtime: log dir: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Runtime{
+		cfg: cfg, log: log, ctx: ctx, stop: cancel, sets: map[fleet.Key]*set{},
+		http: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
+	}, nil
+}
+
+// set is one replica set.
+type set struct {
+	spec     Spec
+	desired  int
+	replicas []*replica
+	watchers map[int]func([]fleet.Endpoint)
+	nextW    int
+	crashes  int // consecutive crashes, for back-off
+	removed  bool
+}
+
+// Replica states.
+const (
+	stateStarting = "Starting"
+	stateReady    = "Ready"
+	stateUnready  = "NotReady"
+	stateStopping = "Stopping"
+)
+
+type replica struct {
+	name       string
+	qpPort     int
+	enginePort int
+	engine     *exec.Cmd
+	qp         *exec.Cmd
+	engineDone chan struct{} // closed when the engine has exited
+	qpDone     chan struct{} // closed when the queue-proxy has exited
+	state      string
+	started    time.Time
+	stopping   bool
+	done       chan struct{} // closed when both processes have exited
+}
+
+// ReplicaInfo describes a replica for status output and tests.
+type ReplicaInfo struct {
+	Name       string    `json:"name"`
+	State      string    `json:"state"`
+	Address    string    `json:"address"`
+	EngineAddr string    `json:"engineAddress"`
+	EnginePID  int       `json:"enginePid"`
+	ProxyPID   int       `json:"queueProxyPid"`
+	Started    time.Time `json:"started"`
+}
+
+// Add registers a replica set with zero replicas; Scale starts them.
+func (r *Runtime) Add(spec Spec) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s, ok := r.sets[spec.Key]; ok {
+		s.spec = spec
+		return
+	}
+	r.sets[spec.Key] = &set{spec: spec, watchers: map[int]func([]fleet.Endpoint){}}
+}
+
+// Remove scales a replica set to zero and forgets it.
+func (r *Runtime) Remove(key fleet.Key) {
+	r.mu.Lock()
+	s, ok := r.sets[key]
+	if ok {
+		s.removed = true
+		s.desired = 0
+		delete(r.sets, key)
+		r.reconcileLocked(s)
+	}
+	r.mu.Unlock()
+}
+
+// Scale implements fleet.Scaler.
+func (r *Runtime) Scale(_ context.Context, key fleet.Key, n int) error {
+	if n < 0 {
+		return fmt.Errorf("scale %s: negative replicas %d", key, n)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.sets[key]
+	if !ok {
+		return fleet.ErrUnknown{Key: key}
+	}
+	if s.desired != n {
+		r.log.Info("scaling", slog.String("replicaSet", key.String()), slog.Int("from", s.desired), slog.Int("to", n))
+	}
+	s.desired = n
+	r.reconcileLocked(s)
+	return nil
+}
+
+// Desired returns the desired replica count of a set.
+func (r *Runtime) Desired(key fleet.Key) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s, ok := r.sets[key]; ok {
+		return s.desired
+	}
+	return 0
+}
+
+// Watch implements fleet.Watcher.
+func (r *Runtime) Watch(key fleet.Key, fn func([]fleet.Endpoint)) func() {
+	r.mu.Lock()
+	s, ok := r.sets[key]
+	if !ok {
+		r.mu.Unlock()
+		fn(nil)
+		return func() {}
+	}
+	id := s.nextW
+	s.nextW++
+	s.watchers[id] = fn
+	fn(readyEndpoints(s)) // under the lock: watchers see changes in order
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		delete(s.watchers, id)
+		r.mu.Unlock()
+	}
+}
+
+// Replicas lists the replicas of a set.
+func (r *Runtime) Replicas(key fleet.Key) []ReplicaInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.sets[key]
+	if !ok {
+		return nil
+	}
+	out := make([]ReplicaInfo, 0, len(s.replicas))
+	for _, rp := range s.replicas {
+		info := ReplicaInfo{Name: rp.name, State: rp.state, Started: rp.started,
+			Address:    "127.0.0.1:" + strconv.Itoa(rp.qpPort),
+			EngineAddr: "127.0.0.1:" + strconv.Itoa(rp.enginePort)}
+		if rp.engine.Process != nil {
+			info.EnginePID = rp.engine.Process.Pid
+		}
+		if rp.qp.Process != nil {
+			info.ProxyPID = rp.qp.Process.Pid
+		}
+		out = append(out, info)
+	}
+	return out
+}
+
+func readyEndpoints(s *set) []fleet.Endpoint {
+	var eps []fleet.Endpoint
+	for _, rp := range s.replicas {
+		if rp.state == stateReady {
+			eps = append(eps, fleet.Endpoint{Name: rp.name, Address: "127.0.0.1:" + strconv.Itoa(rp.qpPort)})
+		}
+	}
+	return eps
+}
+
+func (r *Runtime) notifyLocked(s *set) {
+	eps := readyEndpoints(s)
+	for _, fn := range s.watchers {
+		fn(eps)
+	}
+}
+
+// reconcileLocked starts or stops replicas toward the desired count.
+func (r *Runtime) reconcileLocked(s *set) {
+	if r.ctx.Err() != nil {
+		return
+	}
+	live := 0
+	for _, rp := range s.replicas {
+		if !rp.stopping {
+			live++
+		}
+	}
+	for ; live < s.desired; live++ {
+		if err := r.startLocked(s); err != nil {
+			r.log.Error("starting replica failed", slog.String("replicaSet", s.spec.Key.String()), slog.Any("error", err))
+			return
+		}
+	}
+	if live > s.desired {
+		// Stop not-ready replicas first, then the newest.
+		cands := make([]*replica, 0, len(s.replicas))
+		for _, rp := range s.replicas {
+			if !rp.stopping {
+				cands = append(cands, rp)
+			}
+		}
+		sort.SliceStable(cands, func(i, j int) bool {
+			ri, rj := cands[i].state == stateReady, cands[j].state == stateReady
+			if ri != rj {
+				return !ri
+			}
+			return cands[i].started.After(cands[j].started)
+		})
+		for _, rp := range cands[:live-s.desired] {
+			r.stopLocked(s, rp)
+		}
+	}
+}
+
+// freePort asks the kernel for a free loopback port.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func expand(args []string, port int) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = strings.ReplaceAll(a, "$(PORT)", strconv.Itoa(port))
+	}
+	return out
+}
+
+func (r *Runtime) startLocked(s *set) error {
+	ep, err := freePort()
+	if err != nil {
+		return fmt.Errorf("engine port: %w", err)
+	}
+	qpPort, err := freePort()
+	if err != nil {
+		return fmt.Errorf("queue-proxy port: %w", err)
+	}
+	r.seq++
+	name := fmt.Sprintf("%s-%s", s.spec.Key.Revision, strconv.Itoa(r.seq))
+	if s.spec.Key.Role != "" {
+		name = fmt.Sprintf("%s-%s-%d", s.spec.Key.Revision, s.spec.Key.Role, r.seq)
+	}
+	engineArgv := expand(s.spec.Engine, ep)
+	engine := exec.Command(engineArgv[0], engineArgv[1:]...)
+	engine.Env = append(append(os.Environ(), "PORT="+strconv.Itoa(ep)), s.spec.Env...)
+	qpArgv := append(append([]string(nil), r.cfg.QueueProxy...),
+		"--port", strconv.Itoa(qpPort),
+		"--engine-url", "http://127.0.0.1:"+strconv.Itoa(ep),
+		"--pod-name", name)
+	qpArgv = append(qpArgv, s.spec.QueueProxyArgs...)
+	qp := exec.Command(qpArgv[0], qpArgv[1:]...)
+	for _, c := range []*exec.Cmd{engine, qp} {
+		// Children die with us even when we are killed hard.
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	}
+	engineLog, err := r.logFile(name + "-engine.log")
+	if err != nil {
+		return err
+	}
+	qpLog, err := r.logFile(name + "-queue-proxy.log")
+	if err != nil {
+		engineLog.Close()
+		return err
+	}
+	engine.Stdout, engine.Stderr = engineLog, engineLog
+	qp.Stdout, qp.Stderr = qpLog, qpLog
+	if err := engine.Start(); err != nil {
+		engineLog.Close()
+		qpLog.Close()
+		return fmt.Errorf("start engine %q: %w", engineArgv[0], err)
+	}
+	if err := qp.Start(); err != nil {
+		_ = engine.Process.Kill()
+		_ = engine.Wait()
+		engineLog.Close()
+		qpLog.Close()
+		return fmt.Errorf("start queue-proxy: %w", err)
+	}
+	rp := &replica{name: name, qpPort: qpPort, enginePort: ep, engine: engine, qp: qp,
+		engineDone: make(chan struct{}), qpDone: make(chan struct{}),
+		state: stateStarting, started: time.Now(), done: make(chan struct{})}
+	s.replicas = append(s.replicas, rp)
+	r.log.Info("replica starting", slog.String("replica", name), slog.Int("queueProxyPort", qpPort),
+		slog.Int("enginePort", ep), slog.String("logs", r.cfg.LogDir))
+
+	exited := make(chan string, 2)
+	r.wg.Add(3)
+	go func() { defer r.wg.Done(); waitLog(engine, engineLog, rp.engineDone); exited <- "engine" }()
+	go func() { defer r.wg.Done(); waitLog(qp, qpLog, rp.qpDone); exited <- "queue-proxy" }()
+	go func() { defer r.wg.Done(); r.supervise(s, rp, exited) }()
+	return nil
+}
+
+func (r *Runtime) logFile(name string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(r.cfg.LogDir, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("log file: %w", err)
+	}
+	return f, nil
+}
+
+func waitLog(c *exec.Cmd, f io.Closer, done chan struct{}) {
+	_ = c.Wait()
+	f.Close()
+	close(done)
+}
+
+// supervise probes a replica until ready, keeps checking its health, and
+// handles the exit of either process.
+func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
+	probeURL := "http://127.0.0.1:" + strconv.Itoa(rp.qpPort) + "/kvasir/ready"
+	startDeadline := time.Now().Add(r.cfg.StartTimeout)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	failures := 0
+	var which string
+	for which == "" {
+		select {
+		case which = <-exited:
+		case <-r.ctx.Done():
+			which = "shutdown"
+		case <-timer.C:
+			ok := r.probe(probeURL)
+			r.mu.Lock()
+			switch {
+			case rp.stopping:
+			case ok && rp.state != stateReady:
+				if rp.state == stateStarting {
+					r.log.Info("replica ready", slog.String("replica", rp.name), slog.Duration("startup", time.Since(rp.started)))
+					s.crashes = 0
+				}
+				rp.state = stateReady
+				failures = 0
+				r.notifyLocked(s)
+			case !ok && rp.state == stateReady:
+				failures++
+				if failures >= 3 {
+					rp.state = stateUnready
+					r.log.Warn("replica failed readiness", slog.String("replica", rp.name))
+					r.notifyLocked(s)
+				}
+			case !ok && rp.state == stateStarting && time.Now().After(startDeadline):
+				r.log.Error("replica did not become ready in time; replacing it", slog.String("replica", rp.name),
+					slog.Duration("startTimeout", r.cfg.StartTimeout))
+				r.stopLocked(s, rp)
+				rp.stopping = false // counts as a crash below
+			}
+			interval := r.cfg.HealthInterval
+			if rp.state == stateStarting {
+				interval = r.cfg.ProbeInterval
+			}
+			r.mu.Unlock()
+			timer.Reset(interval)
+		}
+	}
+	// One process ended (or we are shutting down): end the other too.
+	r.mu.Lock()
+	expected := rp.stopping || r.ctx.Err() != nil
+	if !expected {
+		r.log.Error("replica process exited unexpectedly; replacing the replica", slog.String("replica", rp.name),
+			slog.String("process", which), slog.String("logs", r.cfg.LogDir))
+	}
+	rp.stopping = true
+	rp.state = stateStopping
+	r.notifyLocked(s)
+	r.mu.Unlock()
+	r.terminate(rp)
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, x := range s.replicas {
+		if x == rp {
+			s.replicas = append(s.replicas[:i], s.replicas[i+1:]...)
+			break
+		}
+	}
+	close(rp.done)
+	if expected || s.removed {
+		return
+	}
+	s.crashes++
+	backoff := crashBackoff(s.crashes)
+	if backoff == 0 {
+		r.reconcileLocked(s)
+		return
+	}
+	r.log.Info("backing off before restart", slog.String("replicaSet", s.spec.Key.String()), slog.Duration("backoff", backoff))
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		select {
+		case <-time.After(backoff):
+			r.mu.Lock()
+			r.reconcileLocked(s)
+			r.mu.Unlock()
+		case <-r.ctx.Done():
+		}
+	}()
+}
+
+// crashBackoff is 0 for the first crash, then doubles from 1s up to 30s.
+func crashBackoff(crashes int) time.Duration {
+	if crashes <= 1 {
+		return 0
+	}
+	d := time.Second << (crashes - 2)
+	if d > 30*time.Second || d <= 0 {
+		d = 30 * time.Second
+	}
+	return d
+}
+
+func (r *Runtime) probe(url string) bool {
+	resp, err := r.http.Get(url)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// stopLocked starts a graceful stop of a replica: out of the endpoints at once,
+// then the queue-proxy drains and the supervisor ends the engine.
+func (r *Runtime) stopLocked(s *set, rp *replica) {
+	if rp.stopping {
+		return
+	}
+	rp.stopping = true
+	rp.state = stateStopping
+	r.notifyLocked(s)
+	r.log.Info("replica stopping", slog.String("replica", rp.name))
+	_ = rp.qp.Process.Signal(syscall.SIGTERM)
+}
+
+// terminate ends both processes: the queue-proxy first (it drains), then the
+// engine; each gets StopTimeout before SIGKILL of its process group.
+func (r *Runtime) terminate(rp *replica) {
+	for _, p := range []struct {
+		cmd  *exec.Cmd
+		done chan struct{}
+	}{{rp.qp, rp.qpDone}, {rp.engine, rp.engineDone}} {
+		select {
+		case <-p.done:
+			continue
+		default:
+		}
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		timer := time.NewTimer(r.cfg.StopTimeout)
+		select {
+		case <-p.done:
+		case <-timer.C:
+			r.log.Warn("process did not stop in time; killing it", slog.String("replica", rp.name), slog.Int("pid", p.cmd.Process.Pid))
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.done
+		}
+		timer.Stop()
+	}
+}
+
+// Close stops every replica and waits for them.
+func (r *Runtime) Close() {
+	r.mu.Lock()
+	for _, s := range r.sets {
+		s.desired = 0
+		for _, rp := range s.replicas {
+			r.stopLocked(s, rp)
+		}
+	}
+	r.mu.Unlock()
+	r.stop()
+	r.wg.Wait()
+}

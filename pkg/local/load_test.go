@@ -1,0 +1,60 @@
+package local
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestLoadQuickstart(t *testing.T) {
+	svcs, err := LoadFile(filepath.Join("..", "..", "examples", "quickstart.yaml"))
+	require.NoError(t, err)
+	require.Len(t, svcs, 1)
+	ms := svcs[0]
+	require.Equal(t, "demo", ms.Spec.Model)
+	require.Equal(t, "default", ms.Namespace)
+	require.EqualValues(t, 0, *ms.Spec.Template.Scaling.InitialScale)
+	require.EqualValues(t, 8000, ms.Spec.Template.Engine.Port)
+}
+
+func TestLoadErrorsNameTheField(t *testing.T) {
+	for name, tc := range map[string]struct{ doc, want string }{
+		"bad engine": {`apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: a}
+spec: {template: {engine: {type: tpu}}}`, "spec.template.engine.type"},
+		"min over max": {`apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: a}
+spec: {template: {engine: {type: sim}, scaling: {minScale: 3, maxScale: 1}}}`, "spec.template.scaling.minScale"},
+		"percents": {`apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: a}
+spec:
+  template: {engine: {type: sim}}
+  traffic: [{latestRevision: true, percent: 50}]`, "spec.traffic.percent"},
+		"unknown field": {`apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: a}
+spec: {template: {engine: {type: sim}}, replicas: 3}`, "replicas"},
+		"duplicate model": {`apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: a}
+spec: {model: m, template: {engine: {type: sim}}}
+---
+apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: b}
+spec: {model: m, template: {engine: {type: sim}}}`, `spec.model "m"`},
+		"empty": {"# nothing\n", "no serving.kvasir.dev/v1alpha1 ModelService"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "f.yaml")
+			require.NoError(t, os.WriteFile(p, []byte(tc.doc), 0o644))
+			_, err := LoadFile(p)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}

@@ -1,0 +1,349 @@
+package local
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
+	"github.com/kvasir-serving/kvasir/pkg/traffic"
+)
+
+// Options of `kvasir local`.
+type Options struct {
+	// File holds the ModelService documents.
+	File string
+	// Addr is where the OpenAI API, /healthz and /metrics listen.
+	Addr string
+	// Self is the argv prefix that runs this binary (for `sim` and
+	// `queue-proxy` subcommands), normally {os.Executable()}.
+	Self []string
+	// LogDir receives the replicas' logs; default a new temp dir.
+	LogDir string
+	// Activator configures the data plane.
+	Activator activator.Config
+	// ScaleInterval is the scaler's tick. Default 1s.
+	ScaleInterval time.Duration
+	// Logger for everything.
+	Logger *slog.Logger
+	// OnListen is called with the bound address once serving (tests).
+	OnListen func(addr string)
+}
+
+// revisionState is one running revision role.
+type revisionState struct {
+	svc    *v1alpha1.ModelService
+	key    fleet.Key
+	ready  atomic.Int64
+	unwatch func()
+}
+
+// Platform is a running local platform.
+type Platform struct {
+	opts    Options
+	log     *slog.Logger
+	act     *activator.Activator
+	runtime *process.Runtime
+	scaler  *scaler
+	reg     *prometheus.Registry
+
+	mu   sync.Mutex
+	revs []*revisionState
+}
+
+// Run starts the platform and serves until ctx is cancelled, then stops
+// accepting, lets in-flight requests finish, and stops every replica.
+func Run(ctx context.Context, opts Options) error {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.ScaleInterval == 0 {
+		opts.ScaleInterval = time.Second
+	}
+	if len(opts.Self) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("locating own binary: %w", err)
+		}
+		opts.Self = []string{exe}
+	}
+	svcs, err := LoadFile(opts.File)
+	if err != nil {
+		return err
+	}
+	if opts.LogDir == "" {
+		dir, err := os.MkdirTemp("", "kvasir-local-")
+		if err != nil {
+			return fmt.Errorf("log dir: %w", err)
+		}
+		opts.LogDir = dir
+	}
+	p := &Platform{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry()}
+	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rt, err := process.New(process.Config{
+		QueueProxy: append(append([]string(nil), opts.Self...), "queue-proxy"),
+		LogDir:     opts.LogDir,
+	}, opts.Logger)
+	if err != nil {
+		return err
+	}
+	p.runtime = rt
+	defer rt.Close()
+	act, err := activator.New(opts.Activator, activator.WithLogger(opts.Logger), activator.WithRegisterer(p.reg),
+		activator.WithOnDemand(func(k fleet.Key) { p.scaler.poke(k) }))
+	if err != nil {
+		return err
+	}
+	p.act = act
+	p.scaler = newScaler(opts.Logger, act, rt, opts.ScaleInterval)
+	p.reg.MustRegister(&replicaCollector{p: p})
+
+	if err := p.apply(svcs); err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", opts.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", opts.Addr, err)
+	}
+	srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute}
+	sctx, stopScaler := context.WithCancel(ctx)
+	defer stopScaler()
+	go p.scaler.run(sctx)
+	errCh := make(chan error, 1)
+	go func() { errCh <- srv.Serve(ln) }()
+	p.log.Info("kvasir local is serving", slog.String("addr", ln.Addr().String()), slog.String("file", opts.File),
+		slog.Int("services", len(svcs)), slog.String("logs", opts.LogDir))
+	if opts.OnListen != nil {
+		opts.OnListen(ln.Addr().String())
+	}
+	select {
+	case err := <-errCh:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	p.log.Info("shutting down: finishing in-flight requests")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		p.log.Warn("shutdown", slog.Any("error", err))
+	}
+	stopScaler()
+	p.log.Info("stopping replicas")
+	return nil
+}
+
+// revisionName is the name of a service's n-th revision.
+func revisionName(svc string, n int) string { return fmt.Sprintf("%s-%05d", svc, n) }
+
+// apply starts serving the given services.
+func (p *Platform) apply(svcs []*v1alpha1.ModelService) error {
+	var cfgs []activator.ServiceConfig
+	for _, ms := range svcs {
+		rev := revisionName(ms.Name, 1)
+		targets, err := resolveTraffic(ms, rev)
+		if err != nil {
+			return err
+		}
+		tmpl := ms.Spec.Template
+		cfgs = append(cfgs, activator.ServiceConfig{
+			Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model, Traffic: targets,
+			Revisions: []activator.RevisionConfig{{Name: rev, ContainerConcurrency: tmpl.ContainerConcurrency,
+				Timeout: time.Duration(tmpl.TimeoutSeconds) * time.Second}},
+		})
+	}
+	if err := p.act.SetServices(cfgs); err != nil {
+		return err
+	}
+	for _, ms := range svcs {
+		if err := p.startRevision(ms, revisionName(ms.Name, 1)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resolveTraffic turns spec.traffic into concrete targets. Local mode runs one
+// revision per service for now, so every target must resolve to it.
+func resolveTraffic(ms *v1alpha1.ModelService, latest string) ([]traffic.Target, error) {
+	if len(ms.Spec.Traffic) == 0 {
+		return []traffic.Target{{Revision: latest, Percent: 100}}, nil
+	}
+	var out []traffic.Target
+	for i, t := range ms.Spec.Traffic {
+		rev := t.RevisionName
+		if t.LatestRevision != nil && *t.LatestRevision {
+			rev = latest
+		}
+		if rev != latest {
+			return nil, fmt.Errorf("ModelService %q: spec.traffic[%d].revisionName: unknown revision %q (local mode has %q)", ms.Name, i, rev, latest)
+		}
+		pct := 0
+		if t.Percent != nil {
+			pct = int(*t.Percent)
+		}
+		out = append(out, traffic.Target{Revision: rev, Percent: pct, Tag: t.Tag})
+	}
+	return out, nil
+}
+
+func (p *Platform) startRevision(ms *v1alpha1.ModelService, rev string) error {
+	key := fleet.Key{Namespace: ms.Namespace, Service: ms.Name, Revision: rev}
+	engine, env, err := engineCommand(ms, p.opts.Self)
+	if err != nil {
+		return err
+	}
+	tmpl := ms.Spec.Template
+	qpArgs := []string{"--container-concurrency", strconv.Itoa(tmpl.ContainerConcurrency),
+		"--request-timeout", (time.Duration(tmpl.TimeoutSeconds) * time.Second).String()}
+	p.runtime.Add(process.Spec{Key: key, Engine: engine, Env: env, QueueProxyArgs: qpArgs})
+	rs := &revisionState{svc: ms, key: key}
+	rs.unwatch = p.runtime.Watch(key, func(eps []fleet.Endpoint) {
+		rs.ready.Store(int64(len(eps)))
+		p.act.SetEndpoints(key, eps)
+	})
+	sc := tmpl.Scaling
+	t := &scaleTarget{key: key, minScale: int(*sc.MinScale), maxScale: int(*sc.MaxScale),
+		targetConcurrency: v1alpha1.DefaultTargetConcurrency,
+		grace:             sc.ScaleToZeroGracePeriod.Duration, stableWindow: sc.StableWindow.Duration}
+	if sc.Target != nil && sc.Target.Concurrency != nil {
+		t.targetConcurrency = *sc.Target.Concurrency
+	}
+	initial := int(*sc.InitialScale)
+	if initial < t.minScale {
+		initial = t.minScale
+	}
+	if t.maxScale > 0 && initial > t.maxScale {
+		initial = t.maxScale
+	}
+	t.desired = initial
+	if err := p.runtime.Scale(context.Background(), key, initial); err != nil {
+		return err
+	}
+	p.scaler.add(t)
+	p.mu.Lock()
+	p.revs = append(p.revs, rs)
+	p.mu.Unlock()
+	return nil
+}
+
+// engineCommand returns the argv and extra environment of a revision's engine.
+func engineCommand(ms *v1alpha1.ModelService, self []string) ([]string, []string, error) {
+	e := ms.Spec.Template.Engine
+	model := ms.Spec.Model
+	var argv []string
+	switch {
+	case len(e.Command) > 0:
+		argv = append(append(argv, e.Command...), e.Args...)
+	case e.Type == v1alpha1.EngineSim:
+		argv = append(append([]string(nil), self...), "sim", "--port", "$(PORT)", "--model", model)
+		argv = append(argv, e.Args...)
+	case e.Type == v1alpha1.EngineVLLM:
+		argv = []string{"vllm", "serve"}
+		if len(e.Args) == 0 {
+			argv = append(argv, model)
+		}
+		argv = append(append(argv, e.Args...), "--port", "$(PORT)", "--served-model-name", model)
+	case e.Type == v1alpha1.EngineSGLang:
+		argv = []string{"python3", "-m", "sglang.launch_server"}
+		if len(e.Args) == 0 {
+			argv = append(argv, "--model-path", model)
+		}
+		argv = append(append(argv, e.Args...), "--port", "$(PORT)", "--served-model-name", model)
+	default:
+		return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.command: required for engine type %q in local mode", ms.Name, e.Type)
+	}
+	var env []string
+	for i, v := range e.Env {
+		if v.ValueFrom != nil {
+			return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.env[%d].valueFrom: not supported in local mode", ms.Name, i)
+		}
+		env = append(env, v.Name+"="+v.Value)
+	}
+	return argv, env, nil
+}
+
+// Handler serves the OpenAI API plus /healthz, /metrics and /kvasir/replicas.
+func (p *Platform) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", p.act.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /kvasir/replicas", p.serveReplicas)
+	return mux
+}
+
+// RevisionStatus is one revision in /kvasir/replicas.
+type RevisionStatus struct {
+	Service  string                `json:"service"`
+	Model    string                `json:"model"`
+	Revision string                `json:"revision"`
+	Role     string                `json:"role"`
+	Desired  int                   `json:"desired"`
+	Ready    int                   `json:"ready"`
+	Replicas []process.ReplicaInfo `json:"replicas"`
+}
+
+func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
+	p.mu.Lock()
+	revs := append([]*revisionState(nil), p.revs...)
+	p.mu.Unlock()
+	out := make([]RevisionStatus, 0, len(revs))
+	for _, rs := range revs {
+		out = append(out, RevisionStatus{Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
+			Role: activator.RoleLabel(rs.key.Role), Desired: p.runtime.Desired(rs.key), Ready: int(rs.ready.Load()),
+			Replicas: p.runtime.Replicas(rs.key)})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+var (
+	desiredDesc = prometheus.NewDesc("kvasir_revision_desired_replicas", "Replicas the scaler wants for a revision role.",
+		[]string{"service", "revision", "role"}, nil)
+	readyDesc = prometheus.NewDesc("kvasir_revision_ready_replicas", "Ready replicas of a revision role.",
+		[]string{"service", "revision", "role"}, nil)
+)
+
+// replicaCollector reports desired and ready replicas of every revision from
+// the moment it exists.
+type replicaCollector struct{ p *Platform }
+
+func (c *replicaCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- desiredDesc
+	ch <- readyDesc
+}
+
+func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
+	c.p.mu.Lock()
+	revs := append([]*revisionState(nil), c.p.revs...)
+	c.p.mu.Unlock()
+	for _, rs := range revs {
+		role := activator.RoleLabel(rs.key.Role)
+		ch <- prometheus.MustNewConstMetric(desiredDesc, prometheus.GaugeValue, float64(c.p.runtime.Desired(rs.key)), rs.key.Service, rs.key.Revision, role)
+		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(rs.ready.Load()), rs.key.Service, rs.key.Revision, role)
+	}
+}
+
+// LogDir returns where replica logs go.
+func (p *Platform) LogDir() string { return filepath.Clean(p.opts.LogDir) }
