@@ -49,9 +49,9 @@ type Options struct {
 
 // revisionState is one running revision role.
 type revisionState struct {
-	svc    *v1alpha1.ModelService
-	key    fleet.Key
-	ready  atomic.Int64
+	svc     *v1alpha1.ModelService
+	key     fleet.Key
+	ready   atomic.Int64
 	unwatch func()
 }
 

@@ -64,3 +64,17 @@ func TestEventSplitter(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, "[DONE]", string(d))
 }
+
+func TestEventSplitterAcrossFeeds(t *testing.T) {
+	stream := "data: {\"a\":1}\n\ndata: {\"b\":2}\r\n\r\ndata: [DONE]\n\n"
+	for size := 1; size <= len(stream); size++ {
+		var s EventSplitter
+		var got []string
+		for i := 0; i < len(stream); i += size {
+			end := min(i+size, len(stream))
+			require.NoError(t, s.Feed([]byte(stream[i:end]), func(ev []byte) error { got = append(got, string(ev)); return nil }))
+		}
+		require.Equal(t, []string{"data: {\"a\":1}\n\n", "data: {\"b\":2}\r\n\r\n", "data: [DONE]\n\n"}, got, "feed size %d", size)
+		require.Empty(t, s.Rest())
+	}
+}

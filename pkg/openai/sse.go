@@ -47,29 +47,44 @@ func EventData(event []byte) ([]byte, bool) {
 
 // EventSplitter splits an SSE byte stream into whole events (each including
 // its terminating blank line). Feed it bytes as they arrive.
-type EventSplitter struct{ buf []byte }
+type EventSplitter struct {
+	buf     []byte
+	scanned int // bytes of buf already searched for an event end
+}
 
 // Feed appends p and calls fn for every complete event now buffered.
 // fn must not retain the slice.
 func (s *EventSplitter) Feed(p []byte, fn func(event []byte) error) error {
 	s.buf = append(s.buf, p...)
+	start := 0
+	defer func() {
+		// Keep only the incomplete tail, once per Feed.
+		n := copy(s.buf, s.buf[start:])
+		s.buf = s.buf[:n]
+		s.scanned -= start
+	}()
 	for {
-		i, n := eventEnd(s.buf)
+		i, n := eventEnd(s.buf[start:], s.scanned-start)
 		if i < 0 {
+			s.scanned = max(len(s.buf)-2, start) // an end may straddle the next Feed
 			return nil
 		}
-		if err := fn(s.buf[:i+n]); err != nil {
+		end := start + i + n
+		if err := fn(s.buf[start:end]); err != nil {
+			start, s.scanned = end, end
 			return err
 		}
-		s.buf = s.buf[:copy(s.buf, s.buf[i+n:])]
+		start, s.scanned = end, end
 	}
 }
 
 // Rest returns bytes that did not end with a blank line (a truncated event).
 func (s *EventSplitter) Rest() []byte { return s.buf }
 
-func eventEnd(b []byte) (int, int) {
-	for i := 0; i+1 < len(b); i++ {
+// eventEnd finds the first blank line in b at or after from: the index of
+// the newline that ends the event and the length of the terminator.
+func eventEnd(b []byte, from int) (int, int) {
+	for i := max(from, 0); i+1 < len(b); i++ {
 		if b[i] != '\n' {
 			continue
 		}

@@ -1,0 +1,14 @@
+// Package bench owns Kvasir's load generator, `kvasir bench run`: the
+// workloads it sends (random, generated-shared-prefix, multi-turn), the load
+// shape (open-loop Poisson or constant arrivals, or closed loop, under an
+// optional in-flight cap), the HTTP client that measures each request against
+// an OpenAI-compatible server (TTFT, inter-token latency, end-to-end latency,
+// token usage and prefix-cache hits), and the summary it reports as a table
+// and as JSON.
+//
+// A run is built from a Config (flags bound by RegisterFlags, checked once by
+// Validate). Run sends the optional warm-up requests, then the measured ones,
+// and returns a Result. Request bodies are rendered before the measured run
+// starts wherever the workload allows it (multi-turn bodies depend on the
+// answers received and are rendered as each turn becomes ready).
+package bench

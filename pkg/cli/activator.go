@@ -1,0 +1,97 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/traffic"
+)
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// ActivatorMain runs a standalone activator in front of static queue-proxy
+// backends (one model, one revision).
+func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("activator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := activator.DefaultConfig()
+	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
+	model := fs.String("model", "", "model name clients send (required)")
+	cc := fs.Int("container-concurrency", 0, "in-flight limit per backend (0 = unlimited)")
+	level := fs.String("log-level", "info", "log level")
+	var backends stringList
+	fs.Var(&backends, "backend", "queue-proxy address host:port (repeatable, at least one)")
+	RegisterActivatorFlags(fs, &cfg)
+	if err := fs.Parse(args); err != nil {
+		return UsageError{err.Error()}
+	}
+	if *model == "" {
+		return UsageError{"--model: required"}
+	}
+	if len(backends) == 0 {
+		return UsageError{"--backend: at least one is required"}
+	}
+	log, err := NewLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	act, err := activator.New(cfg, activator.WithLogger(log), activator.WithRegisterer(reg))
+	if err != nil {
+		return err
+	}
+	svc := activator.ServiceConfig{Namespace: "default", Name: *model, Model: *model,
+		Traffic:   []traffic.Target{{Revision: *model + "-static", Percent: 100}},
+		Revisions: []activator.RevisionConfig{{Name: *model + "-static", ContainerConcurrency: *cc}}}
+	if err := act.SetServices([]activator.ServiceConfig{svc}); err != nil {
+		return err
+	}
+	eps := make([]fleet.Endpoint, 0, len(backends))
+	for i, b := range backends {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			return UsageError{fmt.Sprintf("--backend %q: %v", b, err)}
+		}
+		eps = append(eps, fleet.Endpoint{Name: fmt.Sprintf("backend-%d", i), Address: b})
+	}
+	act.SetEndpoints(svc.Key(*model+"-static"), eps)
+
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", act.Handler())
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", *addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute}
+	errCh := make(chan error, 1)
+	go func() { errCh <- srv.Serve(ln) }()
+	log.Info("activator serving", slog.String("addr", ln.Addr().String()), slog.String("model", *model), slog.Any("backends", []string(backends)))
+	select {
+	case err := <-errCh:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}

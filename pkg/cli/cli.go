@@ -1,0 +1,114 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/pkg/sim"
+	"github.com/kvasir-serving/kvasir/queueproxy"
+)
+
+// UsageError is a bad command line (exit code 2).
+type UsageError struct{ msg string }
+
+func (e UsageError) Error() string { return e.msg }
+
+// ExitCode maps an error to a process exit code.
+func ExitCode(err error) int {
+	var u UsageError
+	if errors.As(err, &u) || errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	var crash *sim.ExitError
+	if errors.As(err, &crash) {
+		return crash.Code
+	}
+	return 1
+}
+
+const usage = `Usage: kvasir <command> [flags]
+
+Commands:
+  local        run the platform on this machine: kvasir local -f FILE [--addr 127.0.0.1:8080]
+  sim          run the vLLM-compatible engine simulator
+  queue-proxy  run the queue-proxy sidecar in front of one engine
+  bench run    drive load at an OpenAI-compatible server and report throughput and latency
+
+Run 'kvasir <command> -h' for the flags of a command.
+`
+
+// Main runs the CLI with args (without the program name).
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return UsageError{"no command given"}
+	}
+	switch args[0] {
+	case "local":
+		return runLocal(ctx, args[1:], stderr)
+	case "sim":
+		return sim.Main(ctx, args[1:], stderr)
+	case "queue-proxy":
+		return queueproxy.Main(ctx, args[1:], stderr)
+	case "bench":
+		return runBench(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return UsageError{fmt.Sprintf("unknown command %q", args[0])}
+}
+
+func runLocal(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("kvasir local", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	opts := local.Options{Activator: activator.DefaultConfig()}
+	fs.StringVar(&opts.File, "f", "", "file with ModelService documents (required)")
+	fs.StringVar(&opts.Addr, "addr", "127.0.0.1:8080", "address of the OpenAI API, /healthz and /metrics")
+	fs.StringVar(&opts.LogDir, "log-dir", "", "directory for replica logs (default: a new temporary directory)")
+	fs.DurationVar(&opts.ScaleInterval, "scale-interval", 0, "scaler decision period (default 1s)")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	RegisterActivatorFlags(fs, &opts.Activator)
+	if err := fs.Parse(args); err != nil {
+		return UsageError{err.Error()}
+	}
+	if opts.File == "" {
+		fs.Usage()
+		return UsageError{"-f: a file with ModelService documents is required"}
+	}
+	if fs.NArg() > 0 {
+		return UsageError{"unexpected arguments: " + strings.Join(fs.Args(), " ")}
+	}
+	logger, err := NewLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	opts.Logger = logger
+	return local.Run(ctx, opts)
+}
+
+// RegisterActivatorFlags binds the activator's configuration to flags.
+func RegisterActivatorFlags(fs *flag.FlagSet, c *activator.Config) {
+	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", c.MaxBodyBytes, "largest accepted request body (413 above)")
+	fs.IntVar(&c.MaxBuffered, "max-buffered", c.MaxBuffered, "requests buffered per revision while no replica is ready (503 above)")
+	fs.DurationVar(&c.BufferTimeout, "buffer-timeout", c.BufferTimeout, "how long a request waits for a ready replica (then 503)")
+	fs.DurationVar(&c.RequestTimeout, "request-timeout", c.RequestTimeout, "bound of one forwarded request when the revision sets none")
+	fs.IntVar(&c.MaxAttempts, "max-attempts", c.MaxAttempts, "replicas a request may try before its first byte")
+}
+
+// NewLogger returns a text logger at the named level.
+func NewLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, UsageError{fmt.Sprintf("--log-level: %v", err)}
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}

@@ -1,0 +1,413 @@
+package sim
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Physics are the costs of the simulated engine's scheduler steps and the
+// size of its KV cache.
+type Physics struct {
+	// PrefillTPS is the prefill throughput in tokens per second.
+	PrefillTPS float64
+	// PrefillOverhead is added to every step that contains prefill.
+	PrefillOverhead time.Duration
+	// DecodeBase is the fixed cost of every step.
+	DecodeBase time.Duration
+	// DecodePerSeq is added per sequence taking part in a step.
+	DecodePerSeq time.Duration
+	// KVTokens is the KV cache capacity in tokens; the default number of KV
+	// blocks is KVTokens / block size.
+	KVTokens int
+}
+
+// ProfileH100Llama8B is the name of the default profile: Llama-3-8B (fp16)
+// on one H100 80GB. docs/simulator.md explains where the numbers come from.
+const ProfileH100Llama8B = "h100-8b"
+
+// Profile returns the physics of a named profile.
+func Profile(name string) (Physics, bool) {
+	switch name {
+	case ProfileH100Llama8B:
+		return Physics{
+			PrefillTPS:      12000,
+			PrefillOverhead: 15 * time.Millisecond,
+			DecodeBase:      6 * time.Millisecond,
+			DecodePerSeq:    350 * time.Microsecond,
+			KVTokens:        500000,
+		}, true
+	}
+	return Physics{}, false
+}
+
+// ProfileNames lists the known profiles.
+func ProfileNames() []string { return []string{ProfileH100Llama8B} }
+
+// LoRAModule is an adapter served at startup (--lora-modules name=path).
+type LoRAModule struct {
+	Name string
+	Path string
+}
+
+// Config configures a simulated engine. The zero value is not usable; start
+// from DefaultConfig.
+type Config struct {
+	Host string // --host
+	Port int    // --port
+	// Model is the served model name (--model, alias --served-model-name).
+	Model string
+
+	MaxNumSeqs          int // --max-num-seqs
+	MaxNumBatchedTokens int // --max-num-batched-tokens: token budget of a step
+	MaxModelLen         int // --max-model-len: prompt + output tokens
+	BlockSize           int // --block-size, in tokens
+	// KVBlocks is the number of KV blocks (--kv-blocks); 0 derives it from
+	// Physics.KVTokens / BlockSize.
+	KVBlocks int
+
+	Physics Physics
+	// ZeroLatency makes every physics cost zero (--zero-latency).
+	ZeroLatency bool
+	// TimeScale runs the simulation this many times faster than real time
+	// (--time-scale); reported latencies stay in simulated time.
+	TimeScale float64
+	// StartupDelay is the simulated model loading time (--startup-delay).
+	StartupDelay time.Duration
+
+	// DefaultMaxTokens is the output length when a request sets no max_tokens.
+	DefaultMaxTokens int
+
+	FailRate         float64 // --fail-rate: fraction of requests answered 500
+	Seed             uint64  // --seed of the failure RNG
+	AbortAfterTokens int     // --abort-after-tokens: cut streams after N tokens
+	ExitAfterTokens  int     // --exit-after-tokens: crash after a stream sent N tokens
+
+	EnableLoRA  bool         // --enable-lora (implied by LoRAModules)
+	MaxLoRAs    int          // --max-loras: distinct adapters in one batch
+	LoRAModules []LoRAModule // --lora-modules
+
+	// ShutdownTimeout bounds the graceful shutdown of Main (--shutdown-timeout).
+	ShutdownTimeout time.Duration
+
+	flagsSet uint8 // physics/model flags set explicitly, so --profile keeps them
+}
+
+const (
+	setPrefillTPS = 1 << iota
+	setPrefillOverhead
+	setDecodeBase
+	setDecodePerSeq
+	setServedName
+)
+
+// DefaultConfig returns the defaults of every flag (profile h100-8b).
+func DefaultConfig() Config {
+	p, _ := Profile(ProfileH100Llama8B)
+	return Config{
+		Host:                "127.0.0.1",
+		Port:                8000,
+		Model:               "sim-model",
+		MaxNumSeqs:          256,
+		MaxNumBatchedTokens: 8192,
+		MaxModelLen:         32768,
+		BlockSize:           16,
+		Physics:             p,
+		TimeScale:           1,
+		DefaultMaxTokens:    64,
+		MaxLoRAs:            1,
+		ShutdownTimeout:     30 * time.Second,
+	}
+}
+
+// NumKVBlocks returns the effective number of KV blocks.
+func (c Config) NumKVBlocks() int {
+	if c.KVBlocks > 0 || c.BlockSize <= 0 {
+		return c.KVBlocks
+	}
+	return c.Physics.KVTokens / c.BlockSize
+}
+
+// LoRAEnabled reports whether the engine serves LoRA adapters.
+func (c Config) LoRAEnabled() bool { return c.EnableLoRA || len(c.LoRAModules) > 0 }
+
+// Validate checks every field and reports all problems, naming the flags.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(flagName string, value any, why string) {
+		errs = append(errs, fmt.Errorf("invalid --%s %v: %s", flagName, value, why))
+	}
+	if c.Host == "" {
+		bad("host", `""`, "must not be empty")
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		bad("port", c.Port, "must be in 0..65535")
+	}
+	if strings.TrimSpace(c.Model) == "" {
+		bad("model", strconv.Quote(c.Model), "must not be empty")
+	}
+	if c.MaxNumSeqs < 1 {
+		bad("max-num-seqs", c.MaxNumSeqs, "must be at least 1")
+	}
+	if c.MaxNumBatchedTokens < 1 {
+		bad("max-num-batched-tokens", c.MaxNumBatchedTokens, "must be at least 1")
+	} else if c.MaxNumBatchedTokens < c.MaxNumSeqs {
+		bad("max-num-batched-tokens", c.MaxNumBatchedTokens, fmt.Sprintf("must be at least --max-num-seqs (%d)", c.MaxNumSeqs))
+	}
+	if c.MaxModelLen < 2 {
+		bad("max-model-len", c.MaxModelLen, "must be at least 2")
+	}
+	if c.BlockSize < 1 {
+		bad("block-size", c.BlockSize, "must be at least 1")
+	}
+	if c.KVBlocks < 0 {
+		bad("kv-blocks", c.KVBlocks, "must not be negative (0 derives it from the profile)")
+	}
+	if c.BlockSize >= 1 && c.KVBlocks >= 0 && c.MaxModelLen >= 2 {
+		if n := c.NumKVBlocks(); n*c.BlockSize < c.MaxModelLen {
+			bad("kv-blocks", n, fmt.Sprintf("%d blocks x --block-size %d = %d tokens cannot hold one --max-model-len %d sequence",
+				n, c.BlockSize, n*c.BlockSize, c.MaxModelLen))
+		}
+	}
+	if !c.ZeroLatency && !(c.Physics.PrefillTPS > 0) || math.IsInf(c.Physics.PrefillTPS, 0) {
+		bad("prefill-tps", c.Physics.PrefillTPS, "must be a positive number")
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"prefill-overhead", c.Physics.PrefillOverhead},
+		{"decode-base", c.Physics.DecodeBase},
+		{"decode-per-seq", c.Physics.DecodePerSeq},
+		{"startup-delay", c.StartupDelay},
+		{"shutdown-timeout", c.ShutdownTimeout},
+	} {
+		if d.v < 0 {
+			bad(d.name, d.v, "must not be negative")
+		}
+	}
+	if !(c.TimeScale > 0) || math.IsInf(c.TimeScale, 0) {
+		bad("time-scale", c.TimeScale, "must be a positive number")
+	}
+	if c.DefaultMaxTokens < 1 {
+		bad("default-max-tokens", c.DefaultMaxTokens, "must be at least 1")
+	}
+	if !(c.FailRate >= 0 && c.FailRate <= 1) {
+		bad("fail-rate", c.FailRate, "must be in 0..1")
+	}
+	if c.AbortAfterTokens < 0 {
+		bad("abort-after-tokens", c.AbortAfterTokens, "must not be negative")
+	}
+	if c.ExitAfterTokens < 0 {
+		bad("exit-after-tokens", c.ExitAfterTokens, "must not be negative")
+	}
+	if c.MaxLoRAs < 1 {
+		bad("max-loras", c.MaxLoRAs, "must be at least 1")
+	}
+	seen := map[string]bool{}
+	for _, m := range c.LoRAModules {
+		switch {
+		case m.Name == "" || m.Path == "":
+			bad("lora-modules", m.Name+"="+m.Path, "want name=path")
+		case m.Name == c.Model:
+			bad("lora-modules", m.Name, "adapter name equals the served model name")
+		case seen[m.Name]:
+			bad("lora-modules", m.Name, "adapter listed twice")
+		}
+		seen[m.Name] = true
+	}
+	return errors.Join(errs...)
+}
+
+// RegisterFlags registers every field as a flag on fs, defaulting to the
+// current values of c. --profile sets the physics flags that are not given
+// explicitly, wherever it appears on the command line.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Host, "host", c.Host, "address to listen on")
+	fs.IntVar(&c.Port, "port", c.Port, "port to listen on (0 picks a free one)")
+	fs.Var(&modelFlag{c: c, served: false}, "model", "served model name")
+	fs.Var(&modelFlag{c: c, served: true}, "served-model-name", "served model name (vLLM alias of --model; wins over it)")
+
+	fs.IntVar(&c.MaxNumSeqs, "max-num-seqs", c.MaxNumSeqs, "maximum number of sequences in the running batch")
+	fs.IntVar(&c.MaxNumBatchedTokens, "max-num-batched-tokens", c.MaxNumBatchedTokens, "token budget of one scheduler step (chunked prefill)")
+	fs.IntVar(&c.MaxModelLen, "max-model-len", c.MaxModelLen, "maximum prompt + output tokens of a sequence")
+	fs.IntVar(&c.BlockSize, "block-size", c.BlockSize, "tokens per KV block")
+	fs.IntVar(&c.KVBlocks, "kv-blocks", c.KVBlocks, "number of KV blocks (0: profile KV tokens / block size, 31250 for h100-8b at block size 16)")
+
+	fs.Var(profileFlag{c}, "profile", "physics profile: "+strings.Join(ProfileNames(), ", ")+" (explicit physics flags win)")
+	fs.Var(&floatFlag{p: &c.Physics.PrefillTPS, set: &c.flagsSet, bit: setPrefillTPS}, "prefill-tps", "prefill throughput, tokens per second")
+	fs.Var(&durFlag{p: &c.Physics.PrefillOverhead, set: &c.flagsSet, bit: setPrefillOverhead}, "prefill-overhead", "extra time of a step that contains prefill")
+	fs.Var(&durFlag{p: &c.Physics.DecodeBase, set: &c.flagsSet, bit: setDecodeBase}, "decode-base", "fixed time of every step")
+	fs.Var(&durFlag{p: &c.Physics.DecodePerSeq, set: &c.flagsSet, bit: setDecodePerSeq}, "decode-per-seq", "time per sequence in a step")
+	fs.BoolVar(&c.ZeroLatency, "zero-latency", c.ZeroLatency, "make every physics cost zero")
+	fs.Float64Var(&c.TimeScale, "time-scale", c.TimeScale, "run this many times faster than real time")
+	fs.DurationVar(&c.StartupDelay, "startup-delay", c.StartupDelay, "simulated model loading time (503 until then)")
+	fs.IntVar(&c.DefaultMaxTokens, "default-max-tokens", c.DefaultMaxTokens, "output tokens when a request sets no max_tokens")
+
+	fs.Float64Var(&c.FailRate, "fail-rate", c.FailRate, "fraction (0..1) of completion requests answered with a 500 error")
+	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed of the failure injection RNG")
+	fs.IntVar(&c.AbortAfterTokens, "abort-after-tokens", c.AbortAfterTokens, "abort every stream's connection after N tokens (0: off)")
+	fs.IntVar(&c.ExitAfterTokens, "exit-after-tokens", c.ExitAfterTokens, "crash the engine (exit status 3) once a stream has sent N tokens (0: off)")
+
+	fs.BoolVar(&c.EnableLoRA, "enable-lora", c.EnableLoRA, "serve LoRA adapters (implied by --lora-modules)")
+	fs.IntVar(&c.MaxLoRAs, "max-loras", c.MaxLoRAs, "maximum distinct LoRA adapters in one batch")
+	fs.Var(loraFlag{c}, "lora-modules", "LoRA adapters as name=path (repeatable, comma-separated, or JSON {\"name\":..,\"path\":..})")
+
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long graceful shutdown waits for in-flight requests")
+}
+
+type modelFlag struct {
+	c      *Config
+	served bool
+}
+
+func (f *modelFlag) String() string {
+	if f == nil || f.c == nil {
+		return ""
+	}
+	return f.c.Model
+}
+
+func (f *modelFlag) Set(v string) error {
+	if !f.served && f.c.flagsSet&setServedName != 0 {
+		return nil // --served-model-name wins over --model, as in vLLM
+	}
+	if f.served {
+		f.c.flagsSet |= setServedName
+	}
+	f.c.Model = v
+	return nil
+}
+
+type profileFlag struct{ c *Config }
+
+func (f profileFlag) String() string {
+	if f.c == nil {
+		return ""
+	}
+	return ProfileH100Llama8B
+}
+
+func (f profileFlag) Set(v string) error {
+	p, ok := Profile(v)
+	if !ok {
+		return fmt.Errorf("unknown profile %q (known: %s)", v, strings.Join(ProfileNames(), ", "))
+	}
+	ph := &f.c.Physics
+	if f.c.flagsSet&setPrefillTPS == 0 {
+		ph.PrefillTPS = p.PrefillTPS
+	}
+	if f.c.flagsSet&setPrefillOverhead == 0 {
+		ph.PrefillOverhead = p.PrefillOverhead
+	}
+	if f.c.flagsSet&setDecodeBase == 0 {
+		ph.DecodeBase = p.DecodeBase
+	}
+	if f.c.flagsSet&setDecodePerSeq == 0 {
+		ph.DecodePerSeq = p.DecodePerSeq
+	}
+	ph.KVTokens = p.KVTokens
+	return nil
+}
+
+type floatFlag struct {
+	p   *float64
+	set *uint8
+	bit uint8
+}
+
+func (f *floatFlag) String() string {
+	if f == nil || f.p == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*f.p, 'g', -1, 64)
+}
+
+func (f *floatFlag) Set(v string) error {
+	x, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return errors.New("not a number")
+	}
+	*f.p = x
+	*f.set |= f.bit
+	return nil
+}
+
+type durFlag struct {
+	p   *time.Duration
+	set *uint8
+	bit uint8
+}
+
+func (f *durFlag) String() string {
+	if f == nil || f.p == nil {
+		return ""
+	}
+	return f.p.String()
+}
+
+func (f *durFlag) Set(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return errors.New("not a duration (e.g. 15ms, 350us)")
+	}
+	*f.p = d
+	*f.set |= f.bit
+	return nil
+}
+
+type loraFlag struct{ c *Config }
+
+func (f loraFlag) String() string {
+	if f.c == nil {
+		return ""
+	}
+	parts := make([]string, len(f.c.LoRAModules))
+	for i, m := range f.c.LoRAModules {
+		parts[i] = m.Name + "=" + m.Path
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f loraFlag) Set(v string) error {
+	mods, err := ParseLoRAModules(v)
+	if err != nil {
+		return err
+	}
+	f.c.LoRAModules = append(slices.Clip(f.c.LoRAModules), mods...)
+	return nil
+}
+
+// ParseLoRAModules parses one --lora-modules value: name=path, several of
+// them separated by commas, or vLLM's JSON form {"name":...,"path":...}.
+func ParseLoRAModules(v string) ([]LoRAModule, error) {
+	v = strings.TrimSpace(v)
+	if strings.HasPrefix(v, "{") {
+		var m struct {
+			Name string `json:"name"`
+			Path string `json:"path"`
+		}
+		if err := json.Unmarshal([]byte(v), &m); err != nil {
+			return nil, fmt.Errorf("lora module %s: %w", v, err)
+		}
+		if m.Name == "" || m.Path == "" {
+			return nil, fmt.Errorf("lora module %s: want name and path", v)
+		}
+		return []LoRAModule{{Name: m.Name, Path: m.Path}}, nil
+	}
+	var out []LoRAModule
+	for part := range strings.SplitSeq(v, ",") {
+		name, path, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || name == "" || path == "" {
+			return nil, fmt.Errorf("lora module %q: want name=path", part)
+		}
+		out = append(out, LoRAModule{Name: name, Path: path})
+	}
+	return out, nil
+}

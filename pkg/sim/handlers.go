@@ -1,0 +1,653 @@
+package sim
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/prompt"
+)
+
+// maxBodyBytes bounds request bodies.
+const maxBodyBytes = 32 << 20
+
+func badRequest(w http.ResponseWriter, code, msg string) {
+	openai.WriteError(w, http.StatusBadRequest, openai.Err(openai.TypeInvalidRequest, code, msg), 0)
+}
+
+// checkReady answers 503 while the engine is loading or not running.
+func (s *Server) checkReady(w http.ResponseWriter) bool {
+	if s.Ready() {
+		return true
+	}
+	msg, retry := "the engine is not running", time.Second
+	if s.running.Load() {
+		msg = "the model is still loading"
+		retry = max(retry, time.Duration(s.readyAt.Load())-time.Since(s.epoch))
+	}
+	openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "model_not_ready", msg), retry)
+	return false
+}
+
+// readJSON reads the body into *buf and parses its top-level object.
+func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, buf *[]byte) (openai.Object, bool) {
+	body, err := readAll(http.MaxBytesReader(w, r.Body, maxBodyBytes), *buf)
+	*buf = body
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			openai.WriteError(w, http.StatusRequestEntityTooLarge, openai.ErrBodyTooLarge, 0)
+		} else {
+			badRequest(w, "invalid_body", "could not read the request body: "+err.Error())
+		}
+		return openai.Object{}, false
+	}
+	obj, err := openai.Parse(body)
+	if err != nil {
+		if errors.Is(err, openai.ErrNotObject) {
+			badRequest(w, "invalid_json", "request body must be a JSON object")
+		} else {
+			openai.WriteError(w, http.StatusBadRequest, openai.ErrMalformedJSON, 0)
+		}
+		return openai.Object{}, false
+	}
+	return obj, true
+}
+
+func readAll(r io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+// resolveModel checks the request's model: the served model (also when
+// absent, which vLLM accepts too) or a loaded LoRA adapter. It returns the name as a
+// JSON string and the adapter, if any.
+func (s *Server) resolveModel(w http.ResponseWriter, obj openai.Object) (modelJSON []byte, lora string, ok bool) {
+	raw, present := obj.Get("model")
+	if !present || string(raw) == "null" {
+		return s.modelJSON, "", true
+	}
+	name, isString := obj.String("model")
+	switch {
+	case !isString:
+		badRequest(w, "invalid_model", `"model" must be a string`)
+		return nil, "", false
+	case name == s.cfg.Model:
+		return s.modelJSON, "", true
+	case s.cfg.LoRAEnabled() && s.loras.has(name):
+		return jsonString(name), name, true
+	}
+	openai.WriteError(w, http.StatusNotFound, openai.ModelNotFound(name), 0)
+	return nil, "", false
+}
+
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) { s.handleGenerate(w, r, true) }
+
+func (s *Server) handleCompletion(w http.ResponseWriter, r *http.Request) {
+	s.handleGenerate(w, r, false)
+}
+
+// handleGenerate serves /v1/chat/completions (chat) and /v1/completions.
+func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat bool) {
+	if !s.checkReady(w) {
+		return
+	}
+	body := s.getBuf()
+	defer s.putBuf(body)
+	obj, ok := s.readJSON(w, r, body)
+	if !ok {
+		return
+	}
+	model, lora, ok := s.resolveModel(w, obj)
+	if !ok {
+		return
+	}
+
+	textBuf := s.getBuf()
+	defer s.putBuf(textBuf)
+	if chat {
+		raw, present := obj.Get("messages")
+		if !present || string(raw) == "null" {
+			badRequest(w, "missing_messages", `"messages" is required`)
+			return
+		}
+		msgs, err := prompt.DecodeMessages(raw)
+		if err != nil {
+			badRequest(w, "invalid_messages", err.Error())
+			return
+		}
+		if len(msgs) == 0 {
+			badRequest(w, "invalid_messages", `"messages" must not be empty`)
+			return
+		}
+		*textBuf = prompt.AppendChat(*textBuf, msgs)
+	} else {
+		raw, present := obj.Get("prompt")
+		if !present || string(raw) == "null" {
+			badRequest(w, "missing_prompt", `"prompt" is required`)
+			return
+		}
+		text, err := appendCompletionPrompt(*textBuf, raw)
+		*textBuf = text
+		if err != nil {
+			badRequest(w, "invalid_prompt", err.Error())
+			return
+		}
+	}
+	text := *textBuf
+	promptLen := prompt.TokenCount(text)
+	if promptLen == 0 {
+		badRequest(w, "invalid_prompt", "the prompt must not be empty")
+		return
+	}
+	if promptLen >= s.cfg.MaxModelLen {
+		badRequest(w, "context_length_exceeded", fmt.Sprintf(
+			"This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input.",
+			s.cfg.MaxModelLen, promptLen))
+		return
+	}
+	keys := []string{"max_tokens"}
+	if chat {
+		keys = []string{"max_completion_tokens", "max_tokens"}
+	}
+	maxTokens, given, err := intParam(obj, keys...)
+	if err != nil {
+		badRequest(w, "invalid_max_tokens", err.Error())
+		return
+	}
+	if n, present, err := intParam(obj, "n"); err != nil || (present && n != 1) {
+		badRequest(w, "invalid_n", `the simulator supports only "n": 1`)
+		return
+	}
+	stream := obj.Bool("stream")
+	includeUsage := false
+	if raw, ok := obj.Get("stream_options"); ok && stream && string(raw) != "null" {
+		opts, err := openai.Parse(raw)
+		if err != nil {
+			badRequest(w, "invalid_stream_options", `"stream_options" must be an object`)
+			return
+		}
+		includeUsage = opts.Bool("include_usage")
+	}
+
+	if s.injectFailure() {
+		openai.WriteError(w, http.StatusInternalServerError,
+			openai.Err(openai.TypeServer, "injected_failure", "simulated engine failure (--fail-rate)"), 0)
+		return
+	}
+
+	stopReason := reasonStop
+	if !given {
+		maxTokens = s.cfg.DefaultMaxTokens
+	} else {
+		stopReason = reasonLength
+	}
+	q := newSeq(promptLen, min(maxTokens, s.cfg.MaxModelLen-promptLen), stream)
+	q.stopReason = stopReason
+	q.lora = lora
+	q.hashes = prompt.BlockHashes(text, s.cfg.BlockSize)
+	if lora != "" {
+		salt := loraSalt(lora)
+		for i := range q.hashes {
+			q.hashes[i] ^= salt
+		}
+	}
+	enc := newEncoder(chat, s.nextID(r), time.Now().Unix(), model, promptLen, includeUsage)
+	if err := s.sched.submit(q); err != nil {
+		openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", err.Error()), time.Second)
+		return
+	}
+	if stream {
+		s.streamResponse(w, r, q, enc)
+	} else {
+		s.fullResponse(w, r, q, enc)
+	}
+}
+
+// appendCompletionPrompt renders a completions prompt: a string, an array
+// of strings (concatenated into one prompt) or an array of token ids (each
+// id one 4-byte token, so token counts and prefix caching are exact).
+func appendCompletionPrompt(dst, raw []byte) ([]byte, error) {
+	switch raw[0] {
+	case '"':
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return dst, fmt.Errorf(`"prompt": %w`, err)
+		}
+		return append(dst, s...), nil
+	case '[':
+		var parts []json.RawMessage
+		if err := json.Unmarshal(raw, &parts); err != nil {
+			return dst, fmt.Errorf(`"prompt": %w`, err)
+		}
+		for _, p := range parts {
+			switch {
+			case len(p) > 0 && p[0] == '"':
+				var s string
+				if err := json.Unmarshal(p, &s); err != nil {
+					return dst, fmt.Errorf(`"prompt": %w`, err)
+				}
+				dst = append(dst, s...)
+			default:
+				id, err := strconv.ParseUint(string(p), 10, 32)
+				if err != nil {
+					return dst, errors.New(`"prompt" must be a string, an array of strings or an array of token ids`)
+				}
+				dst = binary.LittleEndian.AppendUint32(dst, uint32(id))
+			}
+		}
+		return dst, nil
+	}
+	return dst, errors.New(`"prompt" must be a string, an array of strings or an array of token ids`)
+}
+
+// intParam returns the first of keys present and not null, as a positive
+// integer.
+func intParam(obj openai.Object, keys ...string) (int, bool, error) {
+	for _, k := range keys {
+		raw, ok := obj.Get(k)
+		if !ok || string(raw) == "null" {
+			continue
+		}
+		n, ok := obj.Int(k)
+		if !ok {
+			return 0, true, fmt.Errorf("%q must be an integer", k)
+		}
+		if n < 1 {
+			return 0, true, fmt.Errorf("%q must be at least 1, got %d", k, n)
+		}
+		return n, true, nil
+	}
+	return 0, false, nil
+}
+
+// streamResponse writes a sequence's tokens as SSE chunks as they are
+// produced: one chunk per token, flushed together when the handler wakes.
+func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, q *seq, enc *encoder) {
+	completed := false
+	defer func() {
+		if !completed {
+			s.sched.cancel(q)
+		}
+	}()
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	_ = rc.Flush()
+
+	bp := s.getBuf()
+	defer s.putBuf(bp)
+	ctx := r.Context()
+	sent := 0
+	for {
+		select {
+		case <-q.notify:
+		case <-q.done:
+		case <-ctx.Done():
+			return
+		}
+		done := q.isDone() // before loading tokens: once done, tokens is final
+		n := int(q.tokens.Load())
+		b := (*bp)[:0]
+		for sent < n {
+			if sent == 0 && enc.chat {
+				b = enc.appendRoleChunk(b)
+			}
+			b = enc.appendTokenChunk(b, sent)
+			sent++
+			if sent == s.cfg.AbortAfterTokens {
+				*bp = b
+				s.log.Info("aborting stream", "reason", "abort-after-tokens", "tokens", sent)
+				writeFlush(w, rc, b)
+				panic(http.ErrAbortHandler)
+			}
+			if sent == s.cfg.ExitAfterTokens {
+				*bp = b
+				writeFlush(w, rc, b)
+				s.crash(sent)
+				panic(http.ErrAbortHandler)
+			}
+		}
+		if done {
+			completed = true
+			if q.err != nil {
+				b = append(b, openai.ErrorEvent(openai.Err(openai.TypeUnavailable, "engine_stopped", q.err.Error()))...)
+			} else {
+				b = enc.appendFinalChunk(b, q.reason)
+				if enc.includeUsage {
+					b = enc.appendUsageChunk(b, usage{prompt: q.promptLen, completion: n, cached: q.cached})
+				}
+			}
+			b = append(b, openai.DoneEvent...)
+		}
+		*bp = b
+		if len(b) > 0 && !writeFlush(w, rc, b) {
+			return
+		}
+		if done {
+			return
+		}
+	}
+}
+
+func writeFlush(w http.ResponseWriter, rc *http.ResponseController, b []byte) bool {
+	if _, err := w.Write(b); err != nil {
+		return false
+	}
+	return rc.Flush() == nil
+}
+
+// fullResponse waits for the sequence and writes the whole response.
+func (s *Server) fullResponse(w http.ResponseWriter, r *http.Request, q *seq, enc *encoder) {
+	select {
+	case <-q.done:
+	case <-r.Context().Done():
+		s.sched.cancel(q)
+		return
+	}
+	if q.err != nil {
+		openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", q.err.Error()), time.Second)
+		return
+	}
+	n := int(q.tokens.Load())
+	bp := s.getBuf()
+	defer s.putBuf(bp)
+	*bp = enc.appendResponse((*bp)[:0], n, q.reason, usage{prompt: q.promptLen, completion: n, cached: q.cached})
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(*bp)
+}
+
+// handleEmbeddings serves /v1/embeddings: every input is a prefill-only
+// sequence of the engine, and its vector is 8 floats derived from its hash.
+func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
+	if !s.checkReady(w) {
+		return
+	}
+	body := s.getBuf()
+	defer s.putBuf(body)
+	obj, ok := s.readJSON(w, r, body)
+	if !ok {
+		return
+	}
+	model, _, ok := s.resolveModel(w, obj)
+	if !ok {
+		return
+	}
+	raw, present := obj.Get("input")
+	if !present || string(raw) == "null" {
+		badRequest(w, "missing_input", `"input" is required`)
+		return
+	}
+	inputs, err := decodeEmbeddingInputs(raw)
+	if err != nil {
+		badRequest(w, "invalid_input", err.Error())
+		return
+	}
+	base64Format := false
+	if f, ok := obj.String("encoding_format"); ok {
+		switch f {
+		case "float":
+		case "base64":
+			base64Format = true
+		default:
+			badRequest(w, "invalid_encoding_format", `"encoding_format" must be "float" or "base64"`)
+			return
+		}
+	}
+	seqs := make([]*seq, len(inputs))
+	total := 0
+	for i, in := range inputs {
+		n := prompt.TokenCount(in)
+		if n == 0 || n > s.cfg.MaxModelLen {
+			badRequest(w, "invalid_input", fmt.Sprintf("input %d has %d tokens; want 1..%d", i, n, s.cfg.MaxModelLen))
+			return
+		}
+		total += n
+		seqs[i] = newSeq(n, 0, false)
+	}
+	for i, q := range seqs {
+		if err := s.sched.submit(q); err != nil {
+			for _, prev := range seqs[:i] {
+				s.sched.cancel(prev)
+			}
+			openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", err.Error()), time.Second)
+			return
+		}
+	}
+	for i, q := range seqs {
+		select {
+		case <-q.done:
+		case <-r.Context().Done():
+			for _, rest := range seqs[i:] {
+				s.sched.cancel(rest)
+			}
+			return
+		}
+		if q.err != nil {
+			openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", q.err.Error()), time.Second)
+			return
+		}
+	}
+
+	// The request body is no longer referenced: reuse its buffer.
+	b := append((*body)[:0], `{"id":"embd-`...)
+	b = append(b, s.nextID(r)...)
+	b = append(b, `","object":"list","created":`...)
+	b = strconv.AppendInt(b, time.Now().Unix(), 10)
+	b = append(b, `,"model":`...)
+	b = append(b, model...)
+	b = append(b, `,"data":[`...)
+	for i, in := range inputs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"index":`...)
+		b = strconv.AppendInt(b, int64(i), 10)
+		b = append(b, `,"object":"embedding","embedding":`...)
+		vec := embed(in)
+		if base64Format {
+			var raw [4 * len(vec)]byte
+			for j, v := range vec {
+				binary.LittleEndian.PutUint32(raw[4*j:], math.Float32bits(v))
+			}
+			b = append(b, '"')
+			b = base64.StdEncoding.AppendEncode(b, raw[:])
+			b = append(b, '"')
+		} else {
+			b = append(b, '[')
+			for j, v := range vec {
+				if j > 0 {
+					b = append(b, ',')
+				}
+				b = strconv.AppendFloat(b, float64(v), 'g', -1, 32)
+			}
+			b = append(b, ']')
+		}
+		b = append(b, '}')
+	}
+	b = append(b, `],"usage":{"prompt_tokens":`...)
+	b = strconv.AppendInt(b, int64(total), 10)
+	b = append(b, `,"total_tokens":`...)
+	b = strconv.AppendInt(b, int64(total), 10)
+	b = append(b, `,"completion_tokens":0,"prompt_tokens_details":null}}`...)
+	*body = b
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+// decodeEmbeddingInputs accepts a string, an array of strings, an array of
+// token ids or an array of token id arrays; token ids become 4 bytes each.
+func decodeEmbeddingInputs(raw []byte) ([][]byte, error) {
+	bad := errors.New(`"input" must be a string, an array of strings, an array of token ids or an array of token id arrays`)
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		return [][]byte{[]byte(one)}, nil
+	}
+	var strs []string
+	if json.Unmarshal(raw, &strs) == nil && len(strs) > 0 {
+		out := make([][]byte, len(strs))
+		for i, s := range strs {
+			out[i] = []byte(s)
+		}
+		return out, nil
+	}
+	ids := func(v []uint32) []byte {
+		b := make([]byte, 0, 4*len(v))
+		for _, id := range v {
+			b = binary.LittleEndian.AppendUint32(b, id)
+		}
+		return b
+	}
+	var flat []uint32
+	if json.Unmarshal(raw, &flat) == nil && len(flat) > 0 {
+		return [][]byte{ids(flat)}, nil
+	}
+	var nested [][]uint32
+	if json.Unmarshal(raw, &nested) == nil && len(nested) > 0 {
+		out := make([][]byte, len(nested))
+		for i, v := range nested {
+			out[i] = ids(v)
+		}
+		return out, nil
+	}
+	return nil, bad
+}
+
+// embed returns a deterministic unit vector of 8 floats for an input.
+func embed(in []byte) [8]float32 {
+	h := fnv.New64a()
+	_, _ = h.Write(in)
+	x := h.Sum64()
+	var v [8]float32
+	var norm float64
+	for i := range v {
+		x += 0x9e3779b97f4a7c15 // splitmix64
+		z := x
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+		z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+		z ^= z >> 31
+		f := float64(z>>11)/float64(1<<53)*2 - 1
+		v[i] = float32(f)
+		norm += f * f
+	}
+	norm = math.Sqrt(norm)
+	for i := range v {
+		v[i] = float32(float64(v[i]) / norm)
+	}
+	return v
+}
+
+type modelCard struct {
+	ID          string  `json:"id"`
+	Object      string  `json:"object"`
+	Created     int64   `json:"created"`
+	OwnedBy     string  `json:"owned_by"`
+	Root        string  `json:"root"`
+	Parent      *string `json:"parent"`
+	MaxModelLen int     `json:"max_model_len"`
+}
+
+// handleModels serves /v1/models: the served model and its LoRA adapters.
+func (s *Server) handleModels(w http.ResponseWriter, _ *http.Request) {
+	if !s.checkReady(w) {
+		return
+	}
+	base := s.cfg.Model
+	cards := []modelCard{{ID: base, Object: "model", Created: s.created, OwnedBy: "kvasir-sim", Root: base, MaxModelLen: s.cfg.MaxModelLen}}
+	for _, l := range s.loras.list() {
+		cards = append(cards, modelCard{ID: l.Name, Object: "model", Created: s.created, OwnedBy: "kvasir-sim", Root: l.Path, Parent: &base, MaxModelLen: s.cfg.MaxModelLen})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(struct {
+		Object string      `json:"object"`
+		Data   []modelCard `json:"data"`
+	}{"list", cards})
+}
+
+// handleHealth answers 200 once the engine is ready, 503 before.
+func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	if s.checkReady(w) {
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+// handleLoadLoRA serves vLLM's POST /v1/load_lora_adapter.
+func (s *Server) handleLoadLoRA(w http.ResponseWriter, r *http.Request) {
+	name, path, ok := s.loraRequest(w, r)
+	if !ok {
+		return
+	}
+	switch {
+	case path == "":
+		badRequest(w, "invalid_lora", `"lora_path" is required`)
+	case name == s.cfg.Model:
+		badRequest(w, "invalid_lora", "the adapter name equals the served model name")
+	case !s.loras.add(name, path):
+		badRequest(w, "invalid_lora", fmt.Sprintf("The lora adapter '%s' has already been loaded.", name))
+	default:
+		s.log.Info("loaded LoRA adapter", "lora_name", name, "lora_path", path)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = fmt.Fprintf(w, "Success: LoRA adapter '%s' added successfully.", name)
+	}
+}
+
+// handleUnloadLoRA serves vLLM's POST /v1/unload_lora_adapter.
+func (s *Server) handleUnloadLoRA(w http.ResponseWriter, r *http.Request) {
+	name, _, ok := s.loraRequest(w, r)
+	if !ok {
+		return
+	}
+	if !s.loras.remove(name) {
+		openai.WriteError(w, http.StatusNotFound,
+			openai.Err(openai.TypeNotFound, "lora_not_found", fmt.Sprintf("The lora adapter '%s' cannot be found.", name)), 0)
+		return
+	}
+	s.log.Info("unloaded LoRA adapter", "lora_name", name)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = fmt.Fprintf(w, "Success: LoRA adapter '%s' removed successfully.", name)
+}
+
+// loraRequest reads the lora_name and lora_path of an adapter request.
+func (s *Server) loraRequest(w http.ResponseWriter, r *http.Request) (name, path string, ok bool) {
+	if !s.checkReady(w) {
+		return "", "", false
+	}
+	if !s.cfg.LoRAEnabled() {
+		badRequest(w, "lora_disabled", "LoRA adapters are not enabled (start the simulator with --enable-lora)")
+		return "", "", false
+	}
+	body := s.getBuf()
+	defer s.putBuf(body)
+	obj, ok := s.readJSON(w, r, body)
+	if !ok {
+		return "", "", false
+	}
+	name, _ = obj.String("lora_name")
+	if name == "" {
+		badRequest(w, "invalid_lora", `"lora_name" is required`)
+		return "", "", false
+	}
+	path, _ = obj.String("lora_path")
+	return name, path, true
+}

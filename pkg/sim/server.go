@@ -1,0 +1,183 @@
+package sim
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Server) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
+
+// WithExitHook sets what happens when --exit-after-tokens triggers: fn is
+// called once, after the triggering stream has flushed its tokens (that
+// stream's connection is then aborted). Main uses it to stop the process
+// with status 3. Without a hook only the triggering stream is aborted.
+func WithExitHook(fn func()) Option {
+	return func(s *Server) { s.exitHook = fn }
+}
+
+// Server is one simulated engine: an HTTP API over a scheduler. Create it
+// with New, serve Handler, and drive it with Run.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	exitHook func()
+	exitOnce sync.Once
+
+	m       *metrics
+	sched   *scheduler
+	handler http.Handler
+	loras   *loraSet
+
+	started atomic.Bool
+	running atomic.Bool
+	epoch   time.Time    // monotonic base of readyAt
+	readyAt atomic.Int64 // nanoseconds since epoch
+
+	created   int64  // unix seconds, for /v1/models
+	modelJSON []byte // cfg.Model as a JSON string
+	idPrefix  string
+	ids       atomic.Uint64
+
+	rngMu sync.Mutex
+	rng   *rand.Rand
+
+	bufs sync.Pool // *[]byte
+}
+
+// New validates cfg and builds a Server. Call Run to start its engine.
+func New(cfg Config, opts ...Option) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("engine simulator config: %w", err)
+	}
+	var nonce [8]byte
+	_, _ = crand.Read(nonce[:]) // crypto/rand.Read never fails
+	s := &Server{
+		cfg:       cfg,
+		log:       slog.Default(),
+		epoch:     time.Now(),
+		created:   time.Now().Unix(),
+		modelJSON: jsonString(cfg.Model),
+		idPrefix:  hex.EncodeToString(nonce[:]),
+		rng:       rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		loras:     newLoRASet(cfg.LoRAModules),
+		bufs:      sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.m = newMetrics(cfg)
+	s.sched = newScheduler(cfg, s.m, s.log)
+	s.handler = s.routes()
+	return s, nil
+}
+
+// Config returns the configuration the server was built with.
+func (s *Server) Config() Config { return s.cfg }
+
+// Handler returns the HTTP API: the OpenAI endpoints, /health, /metrics and
+// the LoRA adapter endpoints.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Ready reports whether the engine is running and done "loading".
+func (s *Server) Ready() bool {
+	return s.running.Load() && int64(time.Since(s.epoch)) >= s.readyAt.Load()
+}
+
+// Run runs the engine until ctx is done; requests still in the engine then
+// fail. It may be called once.
+func (s *Server) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("engine simulator: Run called twice")
+	}
+	start := time.Now()
+	delay := time.Duration(float64(s.cfg.StartupDelay) / s.cfg.TimeScale)
+	s.readyAt.Store(int64(start.Add(delay).Sub(s.epoch)))
+	s.running.Store(true)
+	defer s.running.Store(false)
+	s.log.Info("engine starting", "model", s.cfg.Model, "kv_blocks", s.cfg.NumKVBlocks(), "block_size", s.cfg.BlockSize,
+		"max_num_seqs", s.cfg.MaxNumSeqs, "max_num_batched_tokens", s.cfg.MaxNumBatchedTokens, "time_scale", s.cfg.TimeScale,
+		"zero_latency", s.cfg.ZeroLatency, "startup_delay", s.cfg.StartupDelay)
+	if delay > 0 {
+		t := time.AfterFunc(delay, func() { s.log.Info("engine ready", "model", s.cfg.Model) })
+		defer t.Stop()
+	}
+	s.sched.run(ctx, start)
+	s.log.Info("engine stopped", "model", s.cfg.Model)
+	return nil
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/chat/completions", s.handleChat)
+	mux.HandleFunc("POST /v1/completions", s.handleCompletion)
+	mux.HandleFunc("POST /v1/embeddings", s.handleEmbeddings)
+	mux.HandleFunc("GET /v1/models", s.handleModels)
+	mux.HandleFunc("POST /v1/load_lora_adapter", s.handleLoadLoRA)
+	mux.HandleFunc("POST /v1/unload_lora_adapter", s.handleUnloadLoRA)
+	mux.HandleFunc("GET /health", s.handleHealth)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// nextID returns a request id: the client's X-Request-Id, else a fresh one.
+func (s *Server) nextID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); id != "" {
+		return id
+	}
+	return fmt.Sprintf("%s%016x", s.idPrefix, s.ids.Add(1))
+}
+
+// injectFailure draws from the seeded RNG whether to fail a request.
+func (s *Server) injectFailure() bool {
+	if s.cfg.FailRate <= 0 {
+		return false
+	}
+	s.rngMu.Lock()
+	defer s.rngMu.Unlock()
+	return s.rng.Float64() < s.cfg.FailRate
+}
+
+// crash runs the exit hook once (--exit-after-tokens).
+func (s *Server) crash(tokens int) {
+	s.exitOnce.Do(func() {
+		s.log.Warn("simulated engine crash", "reason", "exit-after-tokens", "tokens", tokens)
+		if s.exitHook != nil {
+			s.exitHook()
+		}
+	})
+}
+
+// getBuf returns an empty pooled buffer. Store the grown slice back into it
+// before putBuf so the capacity is reused.
+func (s *Server) getBuf() *[]byte {
+	b := s.bufs.Get().(*[]byte)
+	*b = (*b)[:0]
+	return b
+}
+
+func (s *Server) putBuf(b *[]byte) {
+	if cap(*b) <= 1<<20 {
+		s.bufs.Put(b)
+	}
+}

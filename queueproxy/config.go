@@ -1,0 +1,166 @@
+package queueproxy
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is everything a queue-proxy is told at start. Fill it with
+// RegisterFlags (which also sets the defaults) and check it with Validate.
+type Config struct {
+	// Host is the address to listen on; empty means all interfaces.
+	Host string
+	// Port is the one port serving proxied traffic and /kvasir/; 0 picks a free port.
+	Port int
+
+	// EngineURL is the base URL of the engine.
+	EngineURL string
+	// EngineHealthPath answers 200 when the engine is ready.
+	EngineHealthPath string
+	// EngineMetricsPath serves the engine's Prometheus text.
+	EngineMetricsPath string
+
+	// PodName goes into every stats.Stat.
+	PodName string
+
+	// ContainerConcurrency limits requests proxied to the engine at once; 0 = unlimited.
+	ContainerConcurrency int
+	// QueueDepth bounds requests waiting for the limit; negative means
+	// 10*ContainerConcurrency. Unused when ContainerConcurrency is 0.
+	QueueDepth int
+
+	// MaxBodyBytes bounds a request body read for measurement (413 over it).
+	MaxBodyBytes int64
+	// MaxBufferedResponseBytes bounds a non-streaming completion response held
+	// back until complete; a larger one is passed through as it arrives.
+	MaxBufferedResponseBytes int64
+	// RequestTimeout bounds one proxied request, queueing included.
+	RequestTimeout time.Duration
+
+	// ProbeInterval is the period of the background engine health probe.
+	ProbeInterval time.Duration
+	// ProbeTimeout bounds one engine health probe.
+	ProbeTimeout time.Duration
+	// StatsInterval is the period of stats messages to subscribers.
+	StatsInterval time.Duration
+	// ScrapeInterval is the period of engine metrics scrapes (also their timeout).
+	ScrapeInterval time.Duration
+
+	// DrainQuietPeriod is how long requests are still accepted after draining starts.
+	DrainQuietPeriod time.Duration
+	// DrainTimeout bounds the wait for in-flight requests after the quiet
+	// period; 0 means RequestTimeout.
+	DrainTimeout time.Duration
+
+	// LogLevel is the minimum level logged by Main.
+	LogLevel slog.Level
+}
+
+// Defaults.
+const (
+	DefaultPort                     = 8012
+	DefaultEngineURL                = "http://127.0.0.1:8000"
+	DefaultMaxBodyBytes             = 32 << 20
+	DefaultMaxBufferedResponseBytes = 32 << 20
+	DefaultRequestTimeout           = 10 * time.Minute
+)
+
+// RegisterFlags binds the config to flags on fs and sets the defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	host, _ := os.Hostname() // empty on failure; Validate names --pod-name then
+	fs.StringVar(&c.Host, "host", "127.0.0.1", "address to listen on (empty: all interfaces)")
+	fs.IntVar(&c.Port, "port", DefaultPort, "port serving proxied traffic and /kvasir/ (0: any free port)")
+	fs.StringVar(&c.EngineURL, "engine-url", DefaultEngineURL, "base URL of the inference engine")
+	fs.StringVar(&c.EngineHealthPath, "engine-health-path", "/health", "engine path answering 200 when ready")
+	fs.StringVar(&c.EngineMetricsPath, "engine-metrics-path", "/metrics", "engine path serving Prometheus text")
+	fs.StringVar(&c.PodName, "pod-name", host, "pod name reported in stats")
+	fs.IntVar(&c.ContainerConcurrency, "container-concurrency", 0, "max requests proxied to the engine at once (0: unlimited)")
+	fs.IntVar(&c.QueueDepth, "queue-depth", -1, "max requests waiting for --container-concurrency (negative: 10 x container-concurrency)")
+	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", DefaultMaxBodyBytes, "max request body on completion paths (413 over it)")
+	fs.Int64Var(&c.MaxBufferedResponseBytes, "max-buffered-response-bytes", DefaultMaxBufferedResponseBytes, "max non-streaming completion response held until complete")
+	fs.DurationVar(&c.RequestTimeout, "request-timeout", DefaultRequestTimeout, "max duration of one proxied request, queueing included")
+	fs.DurationVar(&c.ProbeInterval, "probe-interval", time.Second, "period of the background engine health probe")
+	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", time.Second, "timeout of one engine health probe")
+	fs.DurationVar(&c.StatsInterval, "stats-interval", time.Second, "period of stats messages to subscribers")
+	fs.DurationVar(&c.ScrapeInterval, "scrape-interval", time.Second, "period (and timeout) of engine metrics scrapes")
+	fs.DurationVar(&c.DrainQuietPeriod, "drain-quiet-period", time.Second, "how long requests are still accepted once draining starts")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 0, "max wait for in-flight requests after the quiet period (0: --request-timeout)")
+	c.LogLevel = slog.LevelInfo
+	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "minimum log level (debug, info, warn, error)")
+}
+
+// Validate reports every invalid field, naming its flag.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(flag, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...)))
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		bad("port", "%d is not a TCP port", c.Port)
+	}
+	if u, err := url.Parse(c.EngineURL); err != nil {
+		errs = append(errs, fmt.Errorf("--engine-url: %w", err))
+	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("engine-url", "%q is not an http(s) URL with a host", c.EngineURL)
+	} else if u.RawQuery != "" || u.Fragment != "" {
+		bad("engine-url", "%q must not have a query or fragment", c.EngineURL)
+	}
+	if !strings.HasPrefix(c.EngineHealthPath, "/") {
+		bad("engine-health-path", "%q must start with /", c.EngineHealthPath)
+	}
+	if !strings.HasPrefix(c.EngineMetricsPath, "/") {
+		bad("engine-metrics-path", "%q must start with /", c.EngineMetricsPath)
+	}
+	if c.PodName == "" {
+		bad("pod-name", "must not be empty")
+	}
+	if c.ContainerConcurrency < 0 {
+		bad("container-concurrency", "%d is negative", c.ContainerConcurrency)
+	}
+	if c.MaxBodyBytes <= 0 {
+		bad("max-body-bytes", "%d must be positive", c.MaxBodyBytes)
+	}
+	if c.MaxBufferedResponseBytes <= 0 {
+		bad("max-buffered-response-bytes", "%d must be positive", c.MaxBufferedResponseBytes)
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+		zero bool // zero allowed
+	}{
+		{"request-timeout", c.RequestTimeout, false},
+		{"probe-interval", c.ProbeInterval, false},
+		{"probe-timeout", c.ProbeTimeout, false},
+		{"stats-interval", c.StatsInterval, false},
+		{"scrape-interval", c.ScrapeInterval, false},
+		{"drain-quiet-period", c.DrainQuietPeriod, true},
+		{"drain-timeout", c.DrainTimeout, true},
+	} {
+		if d.v < 0 || (d.v == 0 && !d.zero) {
+			bad(d.flag, "%v must be positive", d.v)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// queueDepth resolves the queue bound.
+func (c Config) queueDepth() int {
+	if c.QueueDepth < 0 {
+		return 10 * c.ContainerConcurrency
+	}
+	return c.QueueDepth
+}
+
+// drainTimeout resolves the in-flight wait of a drain.
+func (c Config) drainTimeout() time.Duration {
+	if c.DrainTimeout == 0 {
+		return c.RequestTimeout
+	}
+	return c.DrainTimeout
+}

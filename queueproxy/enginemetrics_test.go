@@ -1,0 +1,107 @@
+package queueproxy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvasir-serving/kvasir/pkg/stats"
+)
+
+func TestParseEngineMetrics(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		text    string
+		want    stats.EngineStat
+		wantErr string
+	}{{
+		name: "vLLM v1, two models summed",
+		text: `# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="a"} 3.0
+vllm:num_requests_running{engine="0",model_name="b"} 2.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="a"} 4.0
+vllm:num_requests_waiting{engine="0",model_name="b"} 1.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="a"} 0.5
+vllm:kv_cache_usage_perc{engine="0",model_name="b"} 0.25
+# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="a"} 1000.0
+# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="a"} 600.0
+# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching="True",engine="0",gpu_memory_utilization="0.9",num_gpu_blocks="27000"} 1.0
+# HELP vllm:lora_requests_info Running stats on lora requests.
+# TYPE vllm:lora_requests_info gauge
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="",waiting_lora_adapters=""} 1.7e+09
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql, chat",waiting_lora_adapters="x"} 1.7000001e+09
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001",model_name="a"} 0.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="a"} 5.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="a"} 5.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="a"} 0.7
+`,
+		want: stats.EngineStat{
+			Scraped: true, Running: 5, Waiting: 5, KVCacheUsage: 0.375,
+			BlockSize: 16, NumGPUBlocks: 27000, PrefixCacheHits: 600, PrefixCacheQuery: 1000,
+			LoRAAdapters: []string{"sql", "chat"},
+		},
+	}, {
+		name: "older vLLM cache usage name",
+		text: `# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="m"} 1.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{model_name="m"} 0.0
+# TYPE vllm:gpu_cache_usage_perc gauge
+vllm:gpu_cache_usage_perc{model_name="m"} 0.8
+`,
+		want: stats.EngineStat{Scraped: true, Running: 1, KVCacheUsage: 0.8},
+	}, {
+		name: "SGLang",
+		text: `# HELP sglang:num_running_reqs The number of running requests.
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{model_name="m"} 7.0
+# HELP sglang:num_queue_reqs The number of requests in the waiting queue.
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs{model_name="m"} 2.0
+# HELP sglang:token_usage The token usage.
+# TYPE sglang:token_usage gauge
+sglang:token_usage{model_name="m"} 0.42
+# HELP sglang:cache_hit_rate The prefix cache hit rate.
+# TYPE sglang:cache_hit_rate gauge
+sglang:cache_hit_rate{model_name="m"} 0.31
+# HELP sglang:prompt_tokens_total Number of prefill tokens processed.
+# TYPE sglang:prompt_tokens_total counter
+sglang:prompt_tokens_total{model_name="m"} 1234.0
+`,
+		want: stats.EngineStat{Scraped: true, Running: 7, Waiting: 2, KVCacheUsage: 0.42, PrefixCacheHitPct: 0.31},
+	}, {
+		name:    "no engine metrics",
+		text:    "# TYPE go_goroutines gauge\ngo_goroutines 12\n",
+		wantErr: "no known vLLM or SGLang metrics",
+	}, {
+		name:    "garbage",
+		text:    "<html>502 Bad Gateway</html>\n",
+		wantErr: "parse engine metrics",
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseEngineMetrics(strings.NewReader(tc.text))
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				assert.False(t, got.Scraped)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}

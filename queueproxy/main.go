@@ -1,0 +1,109 @@
+package queueproxy
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// closeGrace bounds the wait for handlers to return once their connections
+// were closed at the end of a drain that timed out.
+const closeGrace = 5 * time.Second
+
+// Main runs a queue-proxy as a process: it parses args as flags, listens on
+// --host:--port and serves until ctx ends (SIGTERM or SIGINT), then drains:
+// readiness fails and subscribers are told at once, requests are still served
+// for --drain-quiet-period, then the listener closes and in-flight requests
+// and streams get up to --drain-timeout to finish. It returns nil after a
+// drain, and an error for bad flags or a failure to serve. Logs go to stderr.
+func Main(ctx context.Context, args []string, stderr io.Writer) error {
+	return run(ctx, args, stderr, nil)
+}
+
+// run is Main with a hook told the listening address (for tests).
+func run(ctx context.Context, args []string, stderr io.Writer, listening func(net.Addr)) error {
+	fs := flag.NewFlagSet("queue-proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg Config
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return fmt.Errorf("queue-proxy: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("queue-proxy: unexpected arguments %q", fs.Args())
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("queue-proxy: %w", err)
+	}
+	logHandler := slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
+	log := slog.New(logHandler).With(slog.String("component", "queue-proxy"), slog.String("pod", cfg.PodName))
+
+	p, err := New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	if err != nil {
+		return fmt.Errorf("queue-proxy: listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           p.Handler(),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logHandler, slog.LevelWarn),
+	}
+
+	// Run outlives ctx: it must keep reporting through the drain.
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		_ = p.Run(runCtx) // returns nil when stopped
+	}()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("engine", cfg.EngineURL),
+		slog.Int("containerConcurrency", cfg.ContainerConcurrency))
+	if listening != nil {
+		listening(ln.Addr())
+	}
+
+	select {
+	case err := <-served:
+		stopRun()
+		<-runDone
+		return fmt.Errorf("queue-proxy: serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	log.Info("shutting down", slog.Any("cause", context.Cause(ctx)))
+	p.Drain(context.WithoutCancel(ctx))
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout())
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn("drain timed out; closing remaining connections", slog.Any("error", err),
+			slog.Int("inFlight", p.Stat().InFlight))
+		_ = srv.Close() // cancels the requests, and so their upstream requests
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeGrace)
+		defer cancel()
+		if err := p.active.wait(closeCtx); err != nil {
+			log.Warn("requests still running after close", slog.Any("error", err))
+		}
+	}
+	<-served // http.ErrServerClosed
+	stopRun()
+	<-runDone
+	log.Info("stopped")
+	return nil
+}

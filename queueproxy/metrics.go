@@ -1,0 +1,73 @@
+package queueproxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the queue-proxy's own Prometheus metrics, on a per-instance
+// registry served at /kvasir/metrics.
+type metrics struct {
+	registry *prometheus.Registry
+
+	requests         *prometheus.CounterVec
+	errors           prometheus.Counter
+	duration         prometheus.Histogram
+	ttft             prometheus.Histogram
+	itl              prometheus.Histogram
+	promptTokens     prometheus.Counter
+	cachedTokens     prometheus.Counter
+	completionTokens prometheus.Counter
+}
+
+const metricsNamespace, metricsSubsystem = "kvasir", "queueproxy"
+
+func newMetrics(p *Proxy) *metrics {
+	opts := func(name, help string) prometheus.Opts {
+		return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
+	}
+	hist := func(name, help string, buckets []float64) prometheus.Histogram {
+		return prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help, Buckets: buckets,
+		})
+	}
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts(opts("requests_total",
+			"Proxied requests by the status code sent to the client (499: client went away first).")), []string{"code"}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts(opts("errors_total",
+			"Proxied requests that ended in a 5xx or broke mid-response."))),
+		duration: hist("request_duration_seconds", "Time from request arrival to the end of the response.",
+			prometheus.ExponentialBucketsRange(0.005, 600, 20)),
+		ttft: hist("ttft_seconds", "Time from request arrival to the first content event of a stream.",
+			prometheus.ExponentialBucketsRange(0.01, 120, 16)),
+		itl: hist("itl_seconds", "Gap between consecutive content events of a stream.",
+			prometheus.ExponentialBucketsRange(0.001, 5, 16)),
+		promptTokens: prometheus.NewCounter(prometheus.CounterOpts(opts("prompt_tokens_total",
+			"Prompt tokens reported by the engine."))),
+		cachedTokens: prometheus.NewCounter(prometheus.CounterOpts(opts("cached_tokens_total",
+			"Prompt tokens served from the engine's prefix cache."))),
+		completionTokens: prometheus.NewCounter(prometheus.CounterOpts(opts("completion_tokens_total",
+			"Completion tokens reported by the engine."))),
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(name, help)), f)
+	}
+	boolGauge := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	m.registry.MustRegister(
+		m.requests, m.errors, m.duration, m.ttft, m.itl,
+		m.promptTokens, m.cachedTokens, m.completionTokens,
+		gauge("in_flight", "Requests being proxied to the engine now.", func() float64 { return float64(p.inFlight.Load()) }),
+		gauge("queued", "Requests waiting for the concurrency limit.", func() float64 { return float64(p.queued()) }),
+		gauge("ready", "1 when the engine is ready and the queue-proxy is not draining.", func() float64 { return boolGauge(p.isReady()) }),
+		gauge("draining", "1 once draining started.", func() float64 { return boolGauge(p.draining.Load()) }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}

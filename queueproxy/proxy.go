@@ -1,0 +1,336 @@
+package queueproxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/stats"
+)
+
+// Reserved paths served by the queue-proxy itself.
+const (
+	ReservedPrefix = "/kvasir/"
+	ReadyPath      = "/kvasir/ready"
+	MetricsPath    = "/kvasir/metrics"
+)
+
+// Proxy is the queue-proxy of one engine. Create it with New, serve
+// Handler, and keep Run going for as long as it serves.
+type Proxy struct {
+	cfg       Config
+	log       *slog.Logger
+	engine    *url.URL
+	transport *http.Transport
+	limiter   *limiter // nil when unlimited
+	metrics   *metrics
+	hub       *hub
+	upgrader  websocket.Upgrader
+	handler   http.Handler
+
+	ready    atomic.Bool // the engine answered its health check
+	draining atomic.Bool
+	inFlight atomic.Int64
+	active   activity // proxy handlers running, queued ones included
+
+	mu         sync.Mutex // guards totals and engine
+	totals     totals
+	engineStat stats.EngineStat
+}
+
+// totals are the cumulative counters of stats.Stat.
+type totals struct {
+	requests, errors                             uint64
+	promptTokens, cachedTokens, completionTokens uint64
+	ttftSum, itlSum                              float64
+	ttftCount, itlCount                          uint64
+}
+
+// New builds a Proxy from a config, which it validates. A nil logger discards.
+func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("queue-proxy config: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	engine, err := url.Parse(cfg.EngineURL)
+	if err != nil { // Validate parsed it already
+		return nil, fmt.Errorf("--engine-url: %w", err)
+	}
+	p := &Proxy{
+		cfg:       cfg,
+		log:       logger,
+		engine:    engine,
+		transport: newTransport(),
+		hub:       newHub(logger),
+		upgrader:  websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096},
+	}
+	if cfg.ContainerConcurrency > 0 {
+		p.limiter = newLimiter(cfg.ContainerConcurrency, cfg.queueDepth())
+	}
+	p.metrics = newMetrics(p)
+
+	own := http.NewServeMux()
+	own.HandleFunc("GET "+ReadyPath, p.serveReady)
+	own.HandleFunc("GET "+stats.Path, p.serveStats)
+	own.Handle("GET "+MetricsPath, promhttp.HandlerFor(p.metrics.registry, promhttp.HandlerOpts{}))
+	own.HandleFunc(ReservedPrefix, func(w http.ResponseWriter, r *http.Request) {
+		openai.WriteError(w, http.StatusNotFound,
+			openai.Err(openai.TypeNotFound, "not_found", "no queue-proxy endpoint "+r.Method+" "+r.URL.Path), 0)
+	})
+	// Proxied paths bypass the mux so that they reach the engine exactly as
+	// sent (no path cleaning or redirects).
+	p.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, ReservedPrefix) {
+			own.ServeHTTP(w, r)
+			return
+		}
+		p.serveProxy(w, r)
+	})
+	return p, nil
+}
+
+// newTransport is tuned for one local engine: many concurrent streams over
+// kept-alive connections, bodies passed through untouched.
+func newTransport() *http.Transport {
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		DialContext:           dialer.DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		ExpectContinueTimeout: time.Second,
+		ReadBufferSize:        32 << 10,
+		WriteBufferSize:       32 << 10,
+	}
+}
+
+// Handler serves the proxied traffic and the /kvasir/ endpoints.
+func (p *Proxy) Handler() http.Handler { return p.handler }
+
+// Run probes the engine's health, scrapes its metrics and broadcasts stats
+// until ctx ends; then it sends subscribers a final message, closes their
+// streams and returns nil once they are written. Call it once.
+func (p *Proxy) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { every(ctx, p.cfg.ProbeInterval, true, p.probeOnce) })
+	wg.Go(func() { every(ctx, p.cfg.ScrapeInterval, true, p.scrapeOnce) })
+	wg.Go(func() {
+		every(ctx, p.cfg.StatsInterval, false, func(context.Context) { p.hub.broadcast(statMessage(p.Stat())) })
+	})
+	wg.Wait()
+	p.hub.close(statMessage(p.Stat()))
+	p.hub.wait()
+	p.transport.CloseIdleConnections()
+	return nil
+}
+
+// every calls f each period until ctx ends, first at once if now is set.
+func every(ctx context.Context, period time.Duration, now bool, f func(context.Context)) {
+	if now {
+		f(ctx)
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f(ctx)
+		}
+	}
+}
+
+// Stat returns the current report.
+func (p *Proxy) Stat() stats.Stat {
+	s := stats.Stat{
+		Pod:      p.cfg.PodName,
+		Time:     time.Now().UTC(),
+		Ready:    p.isReady(),
+		Draining: p.draining.Load(),
+		InFlight: int(p.inFlight.Load()),
+		Queued:   p.queued(),
+	}
+	p.mu.Lock()
+	t, es := p.totals, p.engineStat
+	p.mu.Unlock()
+	s.Requests, s.Errors = t.requests, t.errors
+	s.PromptTokens, s.CachedTokens, s.CompletionTokens = t.promptTokens, t.cachedTokens, t.completionTokens
+	s.TTFTSecondsSum, s.TTFTCount = t.ttftSum, t.ttftCount
+	s.ITLSecondsSum, s.ITLCount = t.itlSum, t.itlCount
+	es.LoRAAdapters = slices.Clone(es.LoRAAdapters)
+	s.Engine = es
+	return s
+}
+
+func (p *Proxy) queued() int {
+	if p.limiter == nil {
+		return 0
+	}
+	return p.limiter.queued()
+}
+
+// Drain starts draining: readiness fails at once and stats subscribers are
+// told (Draining true). Requests are still proxied. Drain returns after the
+// quiet period (or when ctx ends), leaving load balancers time to stop
+// sending; the caller then stops accepting, e.g. with http.Server.Shutdown,
+// which waits for in-flight requests and streams. Main does exactly that.
+func (p *Proxy) Drain(ctx context.Context) {
+	if !p.draining.Swap(true) {
+		p.log.Info("draining", slog.Duration("quietPeriod", p.cfg.DrainQuietPeriod),
+			slog.Int64("inFlight", p.inFlight.Load()), slog.Int("queued", p.queued()))
+		p.hub.broadcast(statMessage(p.Stat()))
+	}
+	t := time.NewTimer(p.cfg.DrainQuietPeriod)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// activity counts running handlers and tells when none are left.
+type activity struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil before the first enter
+}
+
+func (a *activity) enter() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n == 0 {
+		a.idle = make(chan struct{})
+	}
+	a.n++
+}
+
+func (a *activity) leave() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n--; a.n == 0 {
+		close(a.idle)
+	}
+}
+
+// wait returns when no handler runs, or ctx's error when it ends first.
+func (a *activity) wait(ctx context.Context) error {
+	a.mu.Lock()
+	n, idle := a.n, a.idle
+	a.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// isReady is the readiness reported to the outside.
+func (p *Proxy) isReady() bool { return p.ready.Load() && !p.draining.Load() }
+
+// requestProbeTimeout bounds the engine probe made while answering a
+// readiness request: a poller retries soon anyway, and a slow engine is
+// still found ready by the background prober's longer --probe-timeout.
+const requestProbeTimeout = 100 * time.Millisecond
+
+// serveReady answers 200 when the engine is ready and the proxy is not
+// draining. When the engine is not known to be ready it is probed right now,
+// so that a poller sees readiness the moment the engine is up.
+func (p *Proxy) serveReady(w http.ResponseWriter, r *http.Request) {
+	if !p.draining.Load() && !p.ready.Load() {
+		ctx, cancel := context.WithTimeout(r.Context(), requestProbeTimeout)
+		p.setReady(p.probe(ctx), "request")
+		cancel()
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	switch {
+	case p.draining.Load():
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "draining\n")
+	case p.ready.Load():
+		_, _ = io.WriteString(w, "ready\n")
+	default:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "engine not ready\n")
+	}
+}
+
+// probeOnce is the background health probe.
+func (p *Proxy) probeOnce(ctx context.Context) {
+	ok := p.probe(ctx)
+	if ctx.Err() != nil {
+		return // stopping: not the engine's fault
+	}
+	p.setReady(ok, "background")
+}
+
+// probe asks the engine's health endpoint once.
+func (p *Proxy) probe(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.ProbeTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.engineURL(p.cfg.EngineHealthPath), nil)
+	if err != nil {
+		return false
+	}
+	resp, err := p.transport.RoundTrip(req)
+	if err != nil {
+		p.log.Debug("engine health probe failed", slog.Any("error", err))
+		return false
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // keep the connection reusable
+	_ = resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func (p *Proxy) setReady(ok bool, source string) {
+	if p.ready.Swap(ok) != ok {
+		p.log.Info("engine readiness changed", slog.Bool("ready", ok), slog.String("source", source))
+	}
+}
+
+// scrapeOnce refreshes the engine stat.
+func (p *Proxy) scrapeOnce(ctx context.Context) {
+	es, err := p.scrapeEngine(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	p.mu.Lock()
+	was := p.engineStat.Scraped
+	p.engineStat = es
+	p.mu.Unlock()
+	switch {
+	case err != nil && was:
+		p.log.Warn("engine metrics scrape failing", slog.Any("error", err))
+	case err == nil && !was:
+		p.log.Info("engine metrics scraped")
+	}
+}
+
+// engineURL is the engine's base URL with path appended.
+func (p *Proxy) engineURL(path string) string {
+	u := *p.engine
+	u.Path = strings.TrimSuffix(u.Path, "/") + path
+	u.RawPath = ""
+	return u.String()
+}

@@ -1,0 +1,265 @@
+// Command dataplane measures the data plane's own costs with real processes
+// on loopback, as reported in docs/benchmarks.md:
+//
+//	go run ./test/bench/dataplane hops      # added latency per hop vs nginx proxy_pass
+//	go run ./test/bench/dataplane coldstart # Kvasir's share of a cold start
+//	go run ./test/bench/dataplane streams   # activator RSS with 2,000 concurrent SSE streams
+//
+// It expects `make build` to have put the binaries in bin/ (flag --bin), and
+// nginx on PATH for `hops` (Debian: apt-get install nginx-light).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/bench"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: dataplane hops|coldstart|streams [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "hops":
+		err = hops(ctx, os.Args[2:])
+	case "coldstart":
+		err = coldstart(ctx, os.Args[2:])
+	case "streams":
+		err = streams(ctx, os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown benchmark %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dataplane:", err)
+		os.Exit(1)
+	}
+}
+
+// procs are the processes a benchmark started; all are killed at the end.
+type procs struct {
+	dir  string
+	list []*exec.Cmd
+}
+
+func newProcs() (*procs, error) {
+	dir, err := os.MkdirTemp("", "kvasir-bench-")
+	return &procs{dir: dir}, err
+}
+
+func (p *procs) start(name string, argv ...string) (*exec.Cmd, error) {
+	logf, err := os.Create(filepath.Join(p.dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p.list = append(p.list, cmd)
+	return cmd, nil
+}
+
+func (p *procs) close() {
+	for i := len(p.list) - 1; i >= 0; i-- {
+		_ = p.list[i].Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func(c *exec.Cmd) { _ = c.Wait(); close(done) }(p.list[i])
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = p.list[i].Process.Kill()
+		}
+	}
+	os.RemoveAll(p.dir)
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitOK polls url until it answers 200.
+func waitOK(ctx context.Context, url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s did not answer 200 within %s", url, timeout)
+}
+
+// dataPath starts sim, queue-proxy and activator: the three hops of a replica.
+type dataPath struct {
+	sim, qp, act          string // base URLs
+	simCmd, qpCmd, actCmd *exec.Cmd
+}
+
+func startPath(ctx context.Context, p *procs, bin string, simArgs ...string) (*dataPath, error) {
+	simPort, qpPort, actPort := freePort(), freePort(), freePort()
+	d := &dataPath{
+		sim: fmt.Sprintf("http://127.0.0.1:%d", simPort),
+		qp:  fmt.Sprintf("http://127.0.0.1:%d", qpPort),
+		act: fmt.Sprintf("http://127.0.0.1:%d", actPort),
+	}
+	var err error
+	if d.simCmd, err = p.start("engine-sim", append([]string{filepath.Join(bin, "engine-sim"), "--port", strconv.Itoa(simPort), "--model", "m"}, simArgs...)...); err != nil {
+		return nil, err
+	}
+	if d.qpCmd, err = p.start("queue-proxy", filepath.Join(bin, "queue-proxy"), "--port", strconv.Itoa(qpPort),
+		"--engine-url", d.sim, "--pod-name", "bench"); err != nil {
+		return nil, err
+	}
+	if d.actCmd, err = p.start("activator", filepath.Join(bin, "activator"), "--addr", "127.0.0.1:"+strconv.Itoa(actPort),
+		"--model", "m", "--backend", "127.0.0.1:"+strconv.Itoa(qpPort), "--log-level", "warn"); err != nil {
+		return nil, err
+	}
+	for _, u := range []string{d.sim + "/health", d.qp + "/kvasir/ready", d.act + "/healthz"} {
+		if err := waitOK(ctx, u, 30*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+func startNginx(ctx context.Context, p *procs, backend string) (string, error) {
+	nginx, err := exec.LookPath("nginx")
+	if err != nil {
+		return "", errors.New("nginx not found on PATH (Debian: apt-get install nginx-light)")
+	}
+	port := freePort()
+	conf := fmt.Sprintf(`worker_processes auto;
+daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s;
+  proxy_temp_path %[1]s;
+  upstream backend { server %[2]s; keepalive 1024; }
+  server {
+    listen 127.0.0.1:%[3]d;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+`, p.dir, strings.TrimPrefix(backend, "http://"), port)
+	path := filepath.Join(p.dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return "", err
+	}
+	if _, err := p.start("nginx", nginx, "-c", path, "-p", p.dir); err != nil {
+		return "", err
+	}
+	u := fmt.Sprintf("http://127.0.0.1:%d", port)
+	return u, waitOK(ctx, u+"/health", 10*time.Second)
+}
+
+func hops(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("hops", flag.ExitOnError)
+	bin := fs.String("bin", "bin", "directory with the built binaries")
+	rate := fs.Float64("rate", 1000, "requests per second")
+	n := fs.Int("num-prompts", 10000, "requests per target and round")
+	rounds := fs.Int("rounds", 3, "rounds over all targets (the median round is reported)")
+	_ = fs.Parse(args)
+	p, err := newProcs()
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	d, err := startPath(ctx, p, *bin, "--zero-latency", "--max-num-seqs", "1024")
+	if err != nil {
+		return err
+	}
+	ngx, err := startNginx(ctx, p, d.sim)
+	if err != nil {
+		return err
+	}
+	targets := []struct{ name, url string }{
+		{"engine (direct)", d.sim}, {"nginx -> engine", ngx}, {"queue-proxy -> engine", d.qp}, {"activator -> queue-proxy -> engine", d.act},
+	}
+	type lat struct{ p50, p99 float64 }
+	results := make(map[string][]lat)
+	for round := 0; round < *rounds; round++ {
+		for _, t := range targets {
+			cfg := bench.DefaultConfig()
+			cfg.Target, cfg.Model, cfg.Rate, cfg.NumPrompts = t.url, "m", *rate, *n
+			cfg.Stream, cfg.Workload, cfg.InputLen, cfg.OutputLen, cfg.Warmup = false, bench.WorkloadRandom, 16, 1, 200
+			cfg.Seed = int64(round + 1)
+			r, err := bench.Run(ctx, cfg)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			if r.Errors > 0 {
+				return fmt.Errorf("%s: %d errors: %+v", t.name, r.Errors, r.ErrorExamples)
+			}
+			fmt.Fprintf(os.Stderr, "round %d %-36s %7.1f req/s  p50 %.3f ms  p99 %.3f ms\n", round+1, t.name, r.ThroughputRPS, r.E2EP50S*1e3, r.E2EP99S*1e3)
+			results[t.name] = append(results[t.name], lat{r.E2EP50S, r.E2EP99S})
+		}
+	}
+	med := func(name string, f func(lat) float64) float64 {
+		var v []float64
+		for _, l := range results[name] {
+			v = append(v, f(l))
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	p50 := func(l lat) float64 { return l.p50 }
+	p99 := func(l lat) float64 { return l.p99 }
+	fmt.Printf("\nEnd-to-end latency at %.0f req/s, non-streaming, zero-latency engine (median of %d rounds of %d requests):\n\n", *rate, *rounds, *n)
+	fmt.Println("| path | p50 (ms) | p99 (ms) |")
+	fmt.Println("| --- | ---: | ---: |")
+	for _, t := range targets {
+		fmt.Printf("| %s | %.3f | %.3f |\n", t.name, med(t.name, p50)*1e3, med(t.name, p99)*1e3)
+	}
+	hop := func(with, without string) (float64, float64) {
+		return (med(with, p50) - med(without, p50)) * 1e3, (med(with, p99) - med(without, p99)) * 1e3
+	}
+	fmt.Println("\nAdded latency of one hop:\n\n| hop | p50 (ms) | p99 (ms) |\n| --- | ---: | ---: |")
+	n50, n99 := hop("nginx -> engine", "engine (direct)")
+	q50, q99 := hop("queue-proxy -> engine", "engine (direct)")
+	a50, a99 := hop("activator -> queue-proxy -> engine", "queue-proxy -> engine")
+	fmt.Printf("| nginx proxy_pass | %.3f | %.3f |\n| queue-proxy | %.3f | %.3f |\n| activator | %.3f | %.3f |\n", n50, n99, q50, q99, a50, a99)
+	fmt.Printf("\nactivator / nginx added latency: p50 %.2fx, p99 %.2fx\n", a50/n50, a99/n99)
+	return nil
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/bench"
+)
+
+// streams holds N concurrent SSE streams through activator -> queue-proxy ->
+// simulator and reports the peak RSS of the activator and the queue-proxy.
+func streams(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("streams", flag.ExitOnError)
+	bin := fs.String("bin", "bin", "directory with the built binaries")
+	n := fs.Int("streams", 2000, "concurrent streams")
+	outLen := fs.Int("output-len", 200, "tokens per stream")
+	_ = fs.Parse(args)
+	p, err := newProcs()
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	d, err := startPath(ctx, p, *bin, "--time-scale", "10", "--max-num-seqs", strconv.Itoa(*n*2),
+		"--max-num-batched-tokens", strconv.Itoa(*n*4))
+	if err != nil {
+		return err
+	}
+	var peakInFlight atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() { // watch how many streams are open at once, from the activator's metric
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if v, ok := scrapeGauge(d.act+"/metrics", "kvasir_activator_in_flight_requests"); ok && int64(v) > peakInFlight.Load() {
+				peakInFlight.Store(int64(v))
+			}
+		}
+	}()
+	cfg := bench.DefaultConfig()
+	cfg.Target, cfg.Model, cfg.Rate, cfg.MaxConcurrency, cfg.NumPrompts = d.act, "m", 0, *n, *n
+	cfg.Stream, cfg.Workload, cfg.InputLen, cfg.OutputLen = true, bench.WorkloadRandom, 32, *outLen
+	r, err := bench.Run(ctx, cfg)
+	close(stop)
+	<-sampled
+	if err != nil {
+		return err
+	}
+	actHWM, err := vmHWM(d.actCmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	qpHWM, err := vmHWM(d.qpCmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n%d concurrent SSE streams of %d tokens (activator -> queue-proxy -> simulator):\n\n", *n, *outLen)
+	fmt.Println("| measure | value |\n| --- | ---: |")
+	fmt.Printf("| completed / errors | %d / %d |\n", r.Completed, r.Errors)
+	fmt.Printf("| peak streams in flight at the activator | %d |\n", peakInFlight.Load())
+	fmt.Printf("| activator peak RSS (VmHWM) | %.1f MiB |\n", float64(actHWM)/1024)
+	fmt.Printf("| queue-proxy peak RSS (VmHWM) | %.1f MiB |\n", float64(qpHWM)/1024)
+	fmt.Printf("| output tokens/s | %.0f |\n", r.OutputTokensPerS)
+	if r.Errors > 0 {
+		return fmt.Errorf("%d streams failed: %+v", r.Errors, r.ErrorExamples)
+	}
+	return nil
+}
+
+// vmHWM returns the peak resident set size of a process in KiB.
+func vmHWM(pid int) (int64, error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM for pid %d", pid)
+}
