@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,9 +80,6 @@ func WithLogger(l *slog.Logger) Option { return func(a *Activator) { a.log = l }
 // WithRegisterer registers the activator's metrics.
 func WithRegisterer(r prometheus.Registerer) Option { return func(a *Activator) { a.reg = r } }
 
-// WithTransport sets the transport to the queue-proxies.
-func WithTransport(rt http.RoundTripper) Option { return func(a *Activator) { a.transport = rt } }
-
 // WithPicker sets the replica picker.
 func WithPicker(p Picker) Option { return func(a *Activator) { a.picker = p } }
 
@@ -93,10 +88,10 @@ type Activator struct {
 	cfg       Config
 	log       *slog.Logger
 	reg       prometheus.Registerer
-	transport http.RoundTripper
 	picker    Picker
 	onDemand  func(fleet.Key)
 	metrics   *metrics
+	upstream  *upstreamClient
 
 	routes atomic.Pointer[table]
 
@@ -113,29 +108,10 @@ func New(cfg Config, opts ...Option) (*Activator, error) {
 	for _, o := range opts {
 		o(a)
 	}
-	if a.transport == nil {
-		a.transport = NewTransport()
-	}
 	a.metrics = newMetrics(a.reg, a)
+	a.upstream = newUpstreamClient()
 	a.routes.Store(&table{byModel: map[string]*service{}})
 	return a, nil
-}
-
-// NewTransport returns the transport tuned for many concurrent requests to a
-// few queue-proxies on a fast network.
-func NewTransport() *http.Transport {
-	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          0,
-		MaxIdleConnsPerHost:   4096,
-		IdleConnTimeout:       90 * time.Second,
-		DisableCompression:    true,
-		ResponseHeaderTimeout: 0, // non-streaming LLM responses come only when generation ends
-		ExpectContinueTimeout: 0,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
-	}
 }
 
 // SetServices replaces the routing table. Revisions no longer referenced are
@@ -159,7 +135,9 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 			key := sc.Key(rc.Name)
 			keep[key] = true
 			rev := a.revisionFor(key, rc.ContainerConcurrency)
-			s.revisions[rc.Name] = &revisionRoute{cfg: rc, rev: rev}
+			s.revisions[rc.Name] = &revisionRoute{cfg: rc, rev: rev,
+				ok:       a.metrics.requests.WithLabelValues(sc.Name, rc.Name, "200"),
+				duration: a.metrics.duration.WithLabelValues(sc.Name, rc.Name)}
 		}
 		t.byModel[sc.Model] = s
 	}

@@ -16,10 +16,6 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 )
 
-// hopHeaders are not forwarded (RFC 9110 7.6.1).
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // upstream is a response being forwarded and the endpoint it holds.
@@ -27,14 +23,12 @@ type upstream struct {
 	resp    *http.Response
 	rev     *revision
 	ep      *endpoint
-	cancel  context.CancelFunc
 	release sync.Once
 }
 
 func (u *upstream) close() {
 	u.release.Do(func() {
 		u.resp.Body.Close()
-		u.cancel()
 		u.rev.release(u.ep)
 	})
 }
@@ -58,15 +52,10 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		if err != nil {
 			return nil, a.acquireFailure(ctx, err)
 		}
-		uctx, cancel := context.WithTimeout(ctx, timeout)
-		req, _ := http.NewRequestWithContext(uctx, http.MethodPost, ep.URL()+path, bytes.NewReader(rt.body))
-		copyHeaders(req.Header, hdr)
-		req.ContentLength = int64(len(rt.body))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := a.transport.RoundTrip(req)
+		resp, err := a.upstream.post(ctx, ep.Address, path, hdr, rt.body, timeout)
 		retryable := err != nil || (isRetryableStatus(resp.StatusCode) && attempt+1 < a.cfg.MaxAttempts)
 		if !retryable {
-			return &upstream{resp: resp, rev: rev, ep: ep, cancel: cancel}, nil
+			return &upstream{resp: resp, rev: rev, ep: ep}, nil
 		}
 		if err == nil {
 			lastErr = errors.New(resp.Status)
@@ -75,7 +64,6 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		} else {
 			lastErr = err
 		}
-		cancel()
 		rev.release(ep)
 		if ctx.Err() != nil {
 			return nil, &failure{status: 499, err: openai.Err(openai.TypeInvalidRequest, "client_closed", "client closed the request")}
@@ -112,19 +100,16 @@ func (a *Activator) acquireFailure(ctx context.Context, err error) *failure {
 	return &failure{status: http.StatusInternalServerError, err: openai.Err(openai.TypeServer, "internal_error", err.Error())}
 }
 
-func copyHeaders(dst, src http.Header) {
+// copyResponseHeaders moves the end-to-end headers of an upstream response
+// (which is ours alone) into dst without copying their values.
+func copyResponseHeaders(dst, src http.Header) {
+	conn := src["Connection"]
 	for k, vv := range src {
-		dst[k] = append([]string(nil), vv...)
-	}
-	for _, h := range hopHeaders {
-		dst.Del(h)
-	}
-	if c := src.Get("Connection"); c != "" {
-		for _, f := range strings.Split(c, ",") {
-			dst.Del(strings.TrimSpace(f))
+		if skipHeaders[k] || (len(conn) > 0 && listsToken(conn, k)) {
+			continue
 		}
+		dst[k] = vv
 	}
-	dst.Del("Content-Length")
 }
 
 func isEventStream(h http.Header) bool {
@@ -142,7 +127,7 @@ func (a *Activator) forwardHTTP(w http.ResponseWriter, r *http.Request, rt route
 	}
 	defer up.close()
 	resp := up.resp
-	copyHeaders(w.Header(), resp.Header)
+	copyResponseHeaders(w.Header(), resp.Header)
 	if resp.ContentLength >= 0 && !isEventStream(resp.Header) {
 		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}

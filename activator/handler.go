@@ -116,9 +116,12 @@ func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Activator) observe(rt routed, code int, start time.Time) {
-	svc, rev := rt.svc.cfg.Name, rt.rev.cfg.Name
-	a.metrics.requests.WithLabelValues(svc, rev, strconv.Itoa(code)).Inc()
-	a.metrics.duration.WithLabelValues(svc, rev).Observe(time.Since(start).Seconds())
+	if code == http.StatusOK {
+		rt.rev.ok.Inc()
+	} else {
+		a.metrics.requests.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, strconv.Itoa(code)).Inc()
+	}
+	rt.rev.duration.Observe(time.Since(start).Seconds())
 }
 
 func (a *Activator) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *failure) {

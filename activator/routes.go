@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
@@ -42,6 +44,9 @@ type service struct {
 type revisionRoute struct {
 	cfg RevisionConfig
 	rev *revision
+	// Metric children of the common case, resolved once.
+	ok       prometheus.Counter
+	duration prometheus.Observer
 }
 
 // Key returns the fleet key of a revision of this service (unified role).

@@ -156,7 +156,7 @@ func startPath(ctx context.Context, p *procs, bin string, simArgs ...string) (*d
 	return d, nil
 }
 
-func startNginx(ctx context.Context, p *procs, backend string) (string, error) {
+func startNginx(ctx context.Context, p *procs, name, backend string) (string, error) {
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
 		return "", errors.New("nginx not found on PATH (Debian: apt-get install nginx-light)")
@@ -164,8 +164,8 @@ func startNginx(ctx context.Context, p *procs, backend string) (string, error) {
 	port := freePort()
 	conf := fmt.Sprintf(`worker_processes auto;
 daemon off;
-pid %[1]s/nginx.pid;
-error_log %[1]s/nginx-error.log warn;
+pid %[1]s/%[4]s.pid;
+error_log %[1]s/%[4]s-error.log warn;
 events { worker_connections 8192; }
 http {
   access_log off;
@@ -182,16 +182,20 @@ http {
     }
   }
 }
-`, p.dir, strings.TrimPrefix(backend, "http://"), port)
-	path := filepath.Join(p.dir, "nginx.conf")
+`, p.dir, strings.TrimPrefix(backend, "http://"), port, name)
+	path := filepath.Join(p.dir, name+".conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return "", err
 	}
-	if _, err := p.start("nginx", nginx, "-c", path, "-p", p.dir); err != nil {
+	if _, err := p.start(name, nginx, "-c", path, "-p", p.dir); err != nil {
 		return "", err
 	}
 	u := fmt.Sprintf("http://127.0.0.1:%d", port)
-	return u, waitOK(ctx, u+"/health", 10*time.Second)
+	probe := u + "/health"
+	if strings.Contains(name, "qp") {
+		probe = u + "/kvasir/ready"
+	}
+	return u, waitOK(ctx, probe, 10*time.Second)
 }
 
 func hops(ctx context.Context, args []string) error {
@@ -200,6 +204,7 @@ func hops(ctx context.Context, args []string) error {
 	rate := fs.Float64("rate", 1000, "requests per second")
 	n := fs.Int("num-prompts", 10000, "requests per target and round")
 	rounds := fs.Int("rounds", 3, "rounds over all targets (the median round is reported)")
+	only := fs.String("only", "", "comma-separated subset of targets: engine,nginx,queue-proxy,activator")
 	_ = fs.Parse(args)
 	p, err := newProcs()
 	if err != nil {
@@ -210,12 +215,29 @@ func hops(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	ngx, err := startNginx(ctx, p, d.sim)
+	ngx, err := startNginx(ctx, p, "nginx-engine", d.sim)
+	if err != nil {
+		return err
+	}
+	ngxQP, err := startNginx(ctx, p, "nginx-qp", d.qp)
 	if err != nil {
 		return err
 	}
 	targets := []struct{ name, url string }{
-		{"engine (direct)", d.sim}, {"nginx -> engine", ngx}, {"queue-proxy -> engine", d.qp}, {"activator -> queue-proxy -> engine", d.act},
+		{"engine (direct)", d.sim}, {"nginx -> engine", ngx}, {"queue-proxy -> engine", d.qp},
+		{"nginx -> queue-proxy -> engine", ngxQP}, {"activator -> queue-proxy -> engine", d.act},
+	}
+	if *only != "" {
+		keep := targets[:0]
+		for _, t := range targets {
+			for _, o := range strings.Split(*only, ",") {
+				if strings.Contains(t.name, o) && (o != "engine" || t.name == "engine (direct)") {
+					keep = append(keep, t)
+					break
+				}
+			}
+		}
+		targets = keep
 	}
 	type lat struct{ p50, p99 float64 }
 	results := make(map[string][]lat)
@@ -232,7 +254,7 @@ func hops(ctx context.Context, args []string) error {
 			if r.Errors > 0 {
 				return fmt.Errorf("%s: %d errors: %+v", t.name, r.Errors, r.ErrorExamples)
 			}
-			fmt.Fprintf(os.Stderr, "round %d %-36s %7.1f req/s  p50 %.3f ms  p99 %.3f ms\n", round+1, t.name, r.ThroughputRPS, r.E2EP50S*1e3, r.E2EP99S*1e3)
+			fmt.Fprintf(os.Stderr, "round %d %-36s %7.1f req/s  p50 %.3f ms  p99 %.3f ms  (%.1fs)\n", round+1, t.name, r.ThroughputRPS, r.E2EP50S*1e3, r.E2EP99S*1e3, r.DurationS)
 			results[t.name] = append(results[t.name], lat{r.E2EP50S, r.E2EP99S})
 		}
 	}
@@ -255,11 +277,18 @@ func hops(ctx context.Context, args []string) error {
 	hop := func(with, without string) (float64, float64) {
 		return (med(with, p50) - med(without, p50)) * 1e3, (med(with, p99) - med(without, p99)) * 1e3
 	}
-	fmt.Println("\nAdded latency of one hop:\n\n| hop | p50 (ms) | p99 (ms) |\n| --- | ---: | ---: |")
-	n50, n99 := hop("nginx -> engine", "engine (direct)")
-	q50, q99 := hop("queue-proxy -> engine", "engine (direct)")
-	a50, a99 := hop("activator -> queue-proxy -> engine", "queue-proxy -> engine")
-	fmt.Printf("| nginx proxy_pass | %.3f | %.3f |\n| queue-proxy | %.3f | %.3f |\n| activator | %.3f | %.3f |\n", n50, n99, q50, q99, a50, a99)
-	fmt.Printf("\nactivator / nginx added latency: p50 %.2fx, p99 %.2fx\n", a50/n50, a99/n99)
+	if len(targets) < 5 {
+		return nil
+	}
+	fmt.Print("\nAdded latency of one hop, each next to nginx proxy_pass in front of the same backend:\n\n")
+	fmt.Println("| hop | backend | p50 (ms) | p99 (ms) | nginx p50 (ms) | nginx p99 (ms) | ratio p50 | ratio p99 |")
+	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+	row := func(name, backend, with, nginxWith, without string) {
+		h50, h99 := hop(with, without)
+		n50, n99 := hop(nginxWith, without)
+		fmt.Printf("| %s | %s | %.3f | %.3f | %.3f | %.3f | %.2fx | %.2fx |\n", name, backend, h50, h99, n50, n99, h50/n50, h99/n99)
+	}
+	row("queue-proxy", "engine", "queue-proxy -> engine", "nginx -> engine", "engine (direct)")
+	row("activator", "queue-proxy", "activator -> queue-proxy -> engine", "nginx -> queue-proxy -> engine", "queue-proxy -> engine")
 	return nil
 }
