@@ -85,13 +85,13 @@ func WithPicker(p Picker) Option { return func(a *Activator) { a.picker = p } }
 
 // Activator is the data-plane entry. Create it with New.
 type Activator struct {
-	cfg       Config
-	log       *slog.Logger
-	reg       prometheus.Registerer
-	picker    Picker
-	onDemand  func(fleet.Key)
-	metrics   *metrics
-	upstream  *upstreamClient
+	cfg      Config
+	log      *slog.Logger
+	reg      prometheus.Registerer
+	picker   Picker
+	onDemand func(fleet.Key)
+	metrics  *metrics
+	upstream *upstreamClient
 
 	routes atomic.Pointer[table]
 
