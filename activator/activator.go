@@ -12,6 +12,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
+	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
 // Config of an activator. Zero values take the defaults.
@@ -91,7 +92,7 @@ type Activator struct {
 	picker   Picker
 	onDemand func(fleet.Key)
 	metrics  *metrics
-	upstream *upstreamClient
+	upstream *upstream.Client
 
 	routes atomic.Pointer[table]
 
@@ -109,7 +110,7 @@ func New(cfg Config, opts ...Option) (*Activator, error) {
 		o(a)
 	}
 	a.metrics = newMetrics(a.reg, a)
-	a.upstream = newUpstreamClient()
+	a.upstream = upstream.New()
 	a.routes.Store(&table{byModel: map[string]*service{}})
 	return a, nil
 }

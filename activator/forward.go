@@ -14,19 +14,20 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
-// upstream is a response being forwarded and the endpoint it holds.
-type upstream struct {
+// inflight is a response being forwarded and the endpoint it holds.
+type inflight struct {
 	resp    *http.Response
 	rev     *revision
 	ep      *endpoint
 	release sync.Once
 }
 
-func (u *upstream) close() {
+func (u *inflight) close() {
 	u.release.Do(func() {
 		u.resp.Body.Close()
 		u.rev.release(u.ep)
@@ -39,7 +40,7 @@ func isRetryableStatus(code int) bool {
 
 // dispatch sends the request to a replica, buffering while none is ready and
 // retrying on another replica while nothing has been received.
-func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr http.Header) (*upstream, *failure) {
+func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr http.Header) (*inflight, *failure) {
 	rev := rt.rev.rev
 	timeout := rt.rev.cfg.Timeout
 	if timeout <= 0 {
@@ -52,10 +53,10 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		if err != nil {
 			return nil, a.acquireFailure(ctx, err)
 		}
-		resp, err := a.upstream.post(ctx, ep.Address, path, hdr, rt.body, timeout)
+		resp, err := a.upstream.Post(ctx, ep.Address, path, hdr, rt.body, timeout)
 		retryable := err != nil || (isRetryableStatus(resp.StatusCode) && attempt+1 < a.cfg.MaxAttempts)
 		if !retryable {
-			return &upstream{resp: resp, rev: rev, ep: ep}, nil
+			return &inflight{resp: resp, rev: rev, ep: ep}, nil
 		}
 		if err == nil {
 			lastErr = errors.New(resp.Status)
@@ -105,10 +106,9 @@ func (a *Activator) acquireFailure(ctx context.Context, err error) *failure {
 func copyResponseHeaders(dst, src http.Header) {
 	conn := src["Connection"]
 	for k, vv := range src {
-		if skipHeaders[k] || (len(conn) > 0 && listsToken(conn, k)) {
-			continue
+		if !upstream.SkipHeader(k, conn) {
+			dst[k] = vv
 		}
-		dst[k] = vv
 	}
 }
 

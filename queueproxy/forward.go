@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
 // OpenAI paths whose requests are measured.
@@ -31,7 +32,7 @@ const (
 	// queueFullRetryAfter is the Retry-After of a queue_full 503.
 	queueFullRetryAfter = time.Second
 	// copyBufferSize is the read size when relaying a response.
-	copyBufferSize = 32 << 10
+	copyBufferSize = 8 << 10
 )
 
 // exchange is the accounting of one proxied request.
@@ -83,7 +84,13 @@ func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	defer p.leave()
 
-	resp, err := p.transport.RoundTrip(p.outRequest(ctx, r, body, measured))
+	var resp *http.Response
+	var err error
+	if measured && p.sync != nil {
+		resp, err = p.sync.Do(ctx, upstream.Request{Addr: p.engine.Host, URI: p.engineURI(r), Header: p.outHeader(r), Body: body})
+	} else {
+		resp, err = p.transport.RoundTrip(p.outRequest(ctx, r, body, measured))
+	}
 	if err != nil {
 		p.roundTripFailed(ctx, w, r, ex, err)
 		return
@@ -210,6 +217,35 @@ func (p *Proxy) outRequest(ctx context.Context, r *http.Request, body []byte, me
 		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
 	return out
+}
+
+// engineURI is the request target on the engine: its path prefix, if any,
+// and the client's path and query.
+func (p *Proxy) engineURI(r *http.Request) string {
+	if base := strings.TrimSuffix(p.engine.EscapedPath(), "/"); base != "" {
+		return base + r.URL.RequestURI()
+	}
+	return r.URL.RequestURI()
+}
+
+// outHeader is the header of a measured request sent with the synchronous
+// client, which drops hop-by-hop headers itself.
+func (p *Proxy) outHeader(r *http.Request) http.Header {
+	h := make(http.Header, len(r.Header)+1)
+	for k, v := range r.Header {
+		switch k {
+		case "Accept-Encoding", "Expect": // the proxy reads the response; the body is here
+		default:
+			h[k] = v
+		}
+	}
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := r.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		h["X-Forwarded-For"] = []string{ip}
+	}
+	return h
 }
 
 // roundTripFailed answers a request that got no response from the engine.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
+	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
 // Reserved paths served by the queue-proxy itself.
@@ -35,11 +36,15 @@ type Proxy struct {
 	log       *slog.Logger
 	engine    *url.URL
 	transport *http.Transport
-	limiter   *limiter // nil when unlimited
-	metrics   *metrics
-	hub       *hub
-	upgrader  websocket.Upgrader
-	handler   http.Handler
+	// sync carries measured requests (chat and completions, body in memory)
+	// to a plain-http engine without net/http's per-request goroutine
+	// hand-offs; nil for https engines.
+	sync     *upstream.Client
+	limiter  *limiter // nil when unlimited
+	metrics  *metrics
+	hub      *hub
+	upgrader websocket.Upgrader
+	handler  http.Handler
 
 	ready    atomic.Bool // the engine answered its health check
 	draining atomic.Bool
@@ -76,6 +81,7 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 		log:       logger,
 		engine:    engine,
 		transport: newTransport(),
+		sync:      newSyncClient(engine),
 		hub:       newHub(logger),
 		upgrader:  websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096},
 	}
@@ -106,6 +112,13 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 
 // newTransport is tuned for one local engine: many concurrent streams over
 // kept-alive connections, bodies passed through untouched.
+func newSyncClient(engine *url.URL) *upstream.Client {
+	if engine.Scheme != "http" {
+		return nil
+	}
+	return upstream.New()
+}
+
 func newTransport() *http.Transport {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{

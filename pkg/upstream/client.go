@@ -1,4 +1,4 @@
-package activator
+package upstream
 
 import (
 	"bufio"
@@ -15,15 +15,9 @@ import (
 	"time"
 )
 
-// upstreamClient is a minimal HTTP/1.1 client for the hop to the
-// queue-proxies. Unlike net/http's Transport, which hands every request to a
-// write-loop and a read-loop goroutine, it writes the request and reads the
-// response on the caller's goroutine: two fewer goroutine hand-offs per
-// request, which is most of what a proxy hop costs on a small machine
-// (docs/benchmarks.md). Connections are kept alive and pooled per address; a
-// cancelled context closes the connection, which cancels the request
-// upstream.
-type upstreamClient struct {
+// Client is a minimal HTTP/1.1 client; see the package doc. It is safe for
+// concurrent use.
+type Client struct {
 	dialer      net.Dialer
 	maxIdle     int
 	idleTimeout time.Duration
@@ -40,8 +34,9 @@ type pconn struct {
 	lastUsed time.Time
 }
 
-func newUpstreamClient() *upstreamClient {
-	return &upstreamClient{
+// New returns a client with an empty pool.
+func New() *Client {
+	return &Client{
 		dialer:      net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		maxIdle:     1024,
 		idleTimeout: 50 * time.Second, // below the queue-proxy's idle timeout
@@ -49,14 +44,14 @@ func newUpstreamClient() *upstreamClient {
 	}
 }
 
-// errNothingSent marks failures after which the request surely did not reach
-// the server's handler (dial failures, a pooled connection found closed).
-type errNothingSent struct{ err error }
+// DialError is a failure to connect: the request surely did not reach the
+// server.
+type DialError struct{ Err error }
 
-func (e errNothingSent) Error() string { return e.err.Error() }
-func (e errNothingSent) Unwrap() error { return e.err }
+func (e DialError) Error() string { return e.Err.Error() }
+func (e DialError) Unwrap() error { return e.Err }
 
-func (c *upstreamClient) get(ctx context.Context, addr string) (*pconn, bool, error) {
+func (c *Client) get(ctx context.Context, addr string) (*pconn, bool, error) {
 	now := time.Now()
 	c.mu.Lock()
 	for list := c.idle[addr]; len(list) > 0; list = c.idle[addr] {
@@ -71,12 +66,12 @@ func (c *upstreamClient) get(ctx context.Context, addr string) (*pconn, bool, er
 	c.mu.Unlock()
 	conn, err := c.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, false, errNothingSent{err}
+		return nil, false, DialError{err}
 	}
-	return &pconn{addr: addr, conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(conn, 16<<10)}, false, nil
+	return &pconn{addr: addr, conn: conn, br: bufio.NewReaderSize(conn, 8<<10), bw: bufio.NewWriterSize(conn, 8<<10)}, false, nil
 }
 
-func (c *upstreamClient) put(pc *pconn) {
+func (c *Client) put(pc *pconn) {
 	pc.lastUsed = time.Now()
 	c.mu.Lock()
 	if len(c.idle[pc.addr]) < c.maxIdle {
@@ -89,8 +84,8 @@ func (c *upstreamClient) put(pc *pconn) {
 	}
 }
 
-// closeIdle closes every pooled connection to addr (a replica went away).
-func (c *upstreamClient) closeIdle(addr string) {
+// CloseIdle closes every pooled connection to addr (a replica went away).
+func (c *Client) CloseIdle(addr string) {
 	c.mu.Lock()
 	list := c.idle[addr]
 	delete(c.idle, addr)
@@ -100,21 +95,41 @@ func (c *upstreamClient) closeIdle(addr string) {
 	}
 }
 
-// post sends a POST and returns the response with its headers read. The
-// response body must be closed; a body read to its end returns the connection
-// to the pool.
-//
-// timeout bounds the whole exchange, body included, through the connection's
-// deadline (no per-request timer or context).
-func (c *upstreamClient) post(ctx context.Context, addr, path string, hdr http.Header, body []byte, timeout time.Duration) (*http.Response, error) {
-	deadline := time.Now().Add(timeout)
+// Request is one request to send.
+type Request struct {
+	Method string // default POST
+	Addr   string // host:port
+	// URI is the request target: path and query, already escaped.
+	URI    string
+	Header http.Header // end-to-end headers; hop-by-hop ones are dropped
+	Body   []byte
+	// Timeout bounds the whole exchange, body included, through the
+	// connection's deadline; 0 = none.
+	Timeout time.Duration
+}
+
+// Post sends a POST; see Do.
+func (c *Client) Post(ctx context.Context, addr, uri string, hdr http.Header, body []byte, timeout time.Duration) (*http.Response, error) {
+	return c.Do(ctx, Request{Addr: addr, URI: uri, Header: hdr, Body: body, Timeout: timeout})
+}
+
+// Do sends a request and returns the response with its headers read. The
+// response body must be closed; a body read to its end returns the
+// connection to the pool. Errors wrap DialError when nothing was sent, and
+// are the context's error when ctx ended first.
+func (c *Client) Do(ctx context.Context, req Request) (*http.Response, error) {
+	var deadline time.Time
+	if req.Timeout > 0 {
+		deadline = time.Now().Add(req.Timeout)
+	}
+	addr := req.Addr
 	for attempt := 0; ; attempt++ {
 		pc, reused, err := c.get(ctx, addr)
 		if err != nil {
 			return nil, err
 		}
 		_ = pc.conn.SetDeadline(deadline)
-		resp, err := c.roundTrip(ctx, pc, path, hdr, body)
+		resp, err := c.roundTrip(ctx, pc, &req)
 		if err == nil {
 			return resp, nil
 		}
@@ -131,7 +146,7 @@ func isClosedIdle(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-func (c *upstreamClient) roundTrip(ctx context.Context, pc *pconn, path string, hdr http.Header, body []byte) (*http.Response, error) {
+func (c *Client) roundTrip(ctx context.Context, pc *pconn, req *Request) (*http.Response, error) {
 	stop := context.AfterFunc(ctx, func() { pc.conn.Close() })
 	fail := func(err error) (*http.Response, error) {
 		stop()
@@ -142,39 +157,44 @@ func (c *upstreamClient) roundTrip(ctx context.Context, pc *pconn, path string, 
 		return nil, err
 	}
 	bw := pc.bw
-	bw.WriteString("POST ")
-	bw.WriteString(path)
+	method := req.Method
+	if method == "" {
+		method = http.MethodPost
+	}
+	bw.WriteString(method)
+	bw.WriteByte(' ')
+	bw.WriteString(req.URI)
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(pc.addr)
 	bw.WriteString("\r\nContent-Length: ")
-	bw.WriteString(strconv.Itoa(len(body)))
+	bw.WriteString(strconv.Itoa(len(req.Body)))
 	bw.WriteString("\r\n")
-	writeForwardHeaders(bw, hdr)
+	writeForwardHeaders(bw, req.Header)
 	bw.WriteString("\r\n")
-	bw.Write(body)
+	bw.Write(req.Body)
 	if err := bw.Flush(); err != nil {
 		return fail(err)
 	}
-	resp, err := http.ReadResponse(pc.br, nil)
+	resp, err := http.ReadResponse(pc.br, &http.Request{Method: method})
 	if err != nil {
 		return fail(err)
 	}
-	resp.Body = &upstreamBody{rc: resp.Body, pc: pc, client: c, stop: stop, keep: !resp.Close}
+	resp.Body = &body{rc: resp.Body, pc: pc, client: c, stop: stop, keep: !resp.Close}
 	return resp, nil
 }
 
-// upstreamBody returns its connection to the pool when read to the end.
-type upstreamBody struct {
+// body returns its connection to the pool when read to the end.
+type body struct {
 	rc     io.ReadCloser
 	pc     *pconn
-	client *upstreamClient
+	client *Client
 	stop   func() bool
 	keep   bool
 	eof    bool
 	done   bool
 }
 
-func (b *upstreamBody) Read(p []byte) (int, error) {
+func (b *body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, fmt.Errorf("read on closed upstream body")
 	}
@@ -185,7 +205,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *upstreamBody) Close() error {
+func (b *body) Close() error {
 	if b.done {
 		return nil
 	}
@@ -205,11 +225,16 @@ var skipHeaders = map[string]bool{"Connection": true, "Keep-Alive": true, "Proxy
 	"Proxy-Authenticate": true, "Proxy-Authorization": true, "Te": true, "Trailer": true,
 	"Transfer-Encoding": true, "Upgrade": true, "Content-Length": true, "Host": true}
 
+// SkipHeader reports whether a header is not forwarded by a proxy hop.
+func SkipHeader(k string, connection []string) bool {
+	return skipHeaders[k] || (len(connection) > 0 && listsToken(connection, k))
+}
+
 // writeForwardHeaders writes the end-to-end headers of hdr in wire format.
 func writeForwardHeaders(bw *bufio.Writer, hdr http.Header) {
 	conn := hdr["Connection"]
 	for k, vv := range hdr {
-		if skipHeaders[k] || (len(conn) > 0 && listsToken(conn, k)) {
+		if SkipHeader(k, conn) {
 			continue
 		}
 		for _, v := range vv {

@@ -1,4 +1,4 @@
-package activator
+package upstream
 
 import (
 	"context"
@@ -40,11 +40,11 @@ func TestUpstreamReusesConnections(t *testing.T) {
 		require.Empty(t, r.Header.Get("Keep-Alive"), "hop-by-hop headers are not forwarded")
 		fmt.Fprintf(w, "%s %s", r.URL.Path, body)
 	})
-	c := newUpstreamClient()
+	c := New()
 	addr := strings.TrimPrefix(s.URL, "http://")
 	hdr := http.Header{"Content-Type": {"application/json"}, "Keep-Alive": {"timeout=5"}, "Connection": {"keep-alive"}}
 	for i := 0; i < 10; i++ {
-		resp, err := c.post(context.Background(), addr, "/v1/x", hdr, []byte(fmt.Sprint(i)), time.Minute)
+		resp, err := c.Post(context.Background(), addr, "/v1/x", hdr, []byte(fmt.Sprint(i)), time.Minute)
 		require.NoError(t, err)
 		b, err := io.ReadAll(resp.Body)
 		require.NoError(t, err)
@@ -56,10 +56,10 @@ func TestUpstreamReusesConnections(t *testing.T) {
 
 func TestUpstreamRetriesAPooledConnectionTheServerClosed(t *testing.T) {
 	s, count := countingServer(t, func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
-	c := newUpstreamClient()
+	c := New()
 	addr := strings.TrimPrefix(s.URL, "http://")
 	for i := 0; i < 2; i++ {
-		resp, err := c.post(context.Background(), addr, "/", nil, nil, time.Minute)
+		resp, err := c.Post(context.Background(), addr, "/", nil, nil, time.Minute)
 		require.NoError(t, err)
 		_, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -80,9 +80,9 @@ func TestUpstreamEarlyCloseDoesNotPoolTheConnection(t *testing.T) {
 		}
 	})
 	defer close(release)
-	c := newUpstreamClient()
+	c := New()
 	addr := strings.TrimPrefix(s.URL, "http://")
-	resp, err := c.post(context.Background(), addr, "/", nil, nil, time.Minute)
+	resp, err := c.Post(context.Background(), addr, "/", nil, nil, time.Minute)
 	require.NoError(t, err)
 	buf := make([]byte, 9)
 	_, err = io.ReadFull(resp.Body, buf)
@@ -99,8 +99,8 @@ func TestUpstreamTimeoutBoundsTheExchange(t *testing.T) {
 	block := make(chan struct{})
 	defer close(block)
 	s, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) { <-block })
-	c := newUpstreamClient()
-	_, err := c.post(context.Background(), strings.TrimPrefix(s.URL, "http://"), "/", nil, nil, 50*time.Millisecond)
+	c := New()
+	_, err := c.Post(context.Background(), strings.TrimPrefix(s.URL, "http://"), "/", nil, nil, 50*time.Millisecond)
 	require.Error(t, err)
 	var ne net.Error
 	require.ErrorAs(t, err, &ne)
@@ -114,11 +114,11 @@ func TestUpstreamCancelClosesTheConnection(t *testing.T) {
 		<-r.Context().Done()
 		close(gone)
 	})
-	c := newUpstreamClient()
+	c := New()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
-		_, err := c.post(ctx, strings.TrimPrefix(s.URL, "http://"), "/", nil, nil, time.Minute)
+		_, err := c.Post(ctx, strings.TrimPrefix(s.URL, "http://"), "/", nil, nil, time.Minute)
 		errc <- err
 	}()
 	<-arrived
