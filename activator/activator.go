@@ -175,7 +175,9 @@ func (a *Activator) lookupRevision(key fleet.Key) *revision {
 // are released to them at once. Unknown revisions are ignored.
 func (a *Activator) SetEndpoints(key fleet.Key, eps []fleet.Endpoint) {
 	if r := a.lookupRevision(key); r != nil {
-		r.setEndpoints(eps)
+		for _, addr := range r.setEndpoints(eps) {
+			a.upstream.CloseIdle(addr) // nothing will ask for a departed replica again
+		}
 	}
 }
 

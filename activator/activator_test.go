@@ -378,3 +378,26 @@ func TestModelsList(t *testing.T) {
 	require.Len(t, list.Data, 1)
 	require.Equal(t, "m", list.Data[0].ID)
 }
+
+func TestDepartedReplicaConnectionsAreClosed(t *testing.T) {
+	h := newHarness(t, nil)
+	closed := make(chan struct{})
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(`{}`)) }))
+	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateClosed {
+			close(closed)
+		}
+	}
+	s.Start()
+	t.Cleanup(s.Close)
+	ep := fleet.Endpoint{Name: "r", Address: strings.TrimPrefix(s.URL, "http://")}
+	h.act.SetEndpoints(key("m-1"), []fleet.Endpoint{ep})
+	resp, _ := post(t, h.srv.URL, `{"model":"m"}`)
+	require.Equal(t, http.StatusOK, resp.StatusCode) // leaves one kept-alive connection in the pool
+	h.act.SetEndpoints(key("m-1"), nil)
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pooled connection to a departed replica stayed open")
+	}
+}

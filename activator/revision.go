@@ -70,8 +70,9 @@ func (r *revision) setCapacity(c int) {
 }
 
 // setEndpoints replaces the ready set, keeping in-flight counts of endpoints
-// that stay, and hands new capacity to buffered requests.
-func (r *revision) setEndpoints(eps []fleet.Endpoint) {
+// that stay, and hands new capacity to buffered requests. It returns the
+// addresses of the endpoints that left.
+func (r *revision) setEndpoints(eps []fleet.Endpoint) (gone []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := make(map[string]*endpoint, len(r.endpoints))
@@ -90,9 +91,11 @@ func (r *revision) setEndpoints(eps []fleet.Endpoint) {
 	}
 	for _, e := range old {
 		e.removed = true
+		gone = append(gone, e.Address)
 	}
 	r.endpoints = next
 	r.handOffLocked()
+	return gone
 }
 
 // eligibleLocked returns the endpoints a request may be sent to now.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -35,6 +36,7 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	model := fs.String("model", "", "model name clients send (required)")
 	cc := fs.Int("container-concurrency", 0, "in-flight limit per backend (0 = unlimited)")
 	level := fs.String("log-level", "info", "log level")
+	profAddr := fs.String("profiling-addr", "", "serve Go's pprof endpoints on this address (off when empty)")
 	var backends stringList
 	fs.Var(&backends, "backend", "queue-proxy address host:port (repeatable, at least one)")
 	RegisterActivatorFlags(fs, &cfg)
@@ -75,6 +77,19 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	mux.Handle("/v1/", act.Handler())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	if *profAddr != "" {
+		pl, err := net.Listen("tcp", *profAddr)
+		if err != nil {
+			return fmt.Errorf("listen --profiling-addr %s: %w", *profAddr, err)
+		}
+		pmux := http.NewServeMux()
+		pmux.HandleFunc("/debug/pprof/", pprof.Index)
+		pmux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		pmux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		psrv := &http.Server{Handler: pmux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = psrv.Serve(pl) }()
+		defer psrv.Close()
+	}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", *addr, err)

@@ -66,11 +66,19 @@ func newProcs() (*procs, error) {
 }
 
 func (p *procs) start(name string, argv ...string) (*exec.Cmd, error) {
+	return p.startEnv(name, nil, argv...)
+}
+
+// startEnv starts a process with extra environment (KEY=VALUE).
+func (p *procs) startEnv(name string, env []string, argv ...string) (*exec.Cmd, error) {
 	logf, err := os.Create(filepath.Join(p.dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -129,7 +137,7 @@ type dataPath struct {
 	simCmd, qpCmd, actCmd *exec.Cmd
 }
 
-func startPath(ctx context.Context, p *procs, bin string, simArgs ...string) (*dataPath, error) {
+func startPath(ctx context.Context, p *procs, bin string, actEnv []string, simArgs ...string) (*dataPath, error) {
 	simPort, qpPort, actPort := freePort(), freePort(), freePort()
 	d := &dataPath{
 		sim: fmt.Sprintf("http://127.0.0.1:%d", simPort),
@@ -144,7 +152,7 @@ func startPath(ctx context.Context, p *procs, bin string, simArgs ...string) (*d
 		"--engine-url", d.sim, "--pod-name", "bench"); err != nil {
 		return nil, err
 	}
-	if d.actCmd, err = p.start("activator", filepath.Join(bin, "activator"), "--addr", "127.0.0.1:"+strconv.Itoa(actPort),
+	if d.actCmd, err = p.startEnv("activator", actEnv, filepath.Join(bin, "activator"), "--addr", "127.0.0.1:"+strconv.Itoa(actPort),
 		"--model", "m", "--backend", "127.0.0.1:"+strconv.Itoa(qpPort), "--log-level", "warn"); err != nil {
 		return nil, err
 	}
@@ -156,13 +164,13 @@ func startPath(ctx context.Context, p *procs, bin string, simArgs ...string) (*d
 	return d, nil
 }
 
-func startNginx(ctx context.Context, p *procs, name, backend string) (string, error) {
+func startNginx(ctx context.Context, p *procs, name, backend, workers string) (string, error) {
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
 		return "", errors.New("nginx not found on PATH (Debian: apt-get install nginx-light)")
 	}
 	port := freePort()
-	conf := fmt.Sprintf(`worker_processes auto;
+	conf := fmt.Sprintf(`worker_processes %[5]s;
 daemon off;
 pid %[1]s/%[4]s.pid;
 error_log %[1]s/%[4]s-error.log warn;
@@ -182,7 +190,7 @@ http {
     }
   }
 }
-`, p.dir, strings.TrimPrefix(backend, "http://"), port, name)
+`, p.dir, strings.TrimPrefix(backend, "http://"), port, name, workers)
 	path := filepath.Join(p.dir, name+".conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return "", err
@@ -205,21 +213,27 @@ func hops(ctx context.Context, args []string) error {
 	n := fs.Int("num-prompts", 10000, "requests per target and round")
 	rounds := fs.Int("rounds", 3, "rounds over all targets (the median round is reported)")
 	only := fs.String("only", "", "comma-separated subset of targets: engine,nginx,queue-proxy,activator")
+	actProcs := fs.Int("activator-gomaxprocs", 0, "GOMAXPROCS of the activator (0: Go's default, one per core)")
+	workers := fs.String("nginx-workers", "auto", "nginx worker_processes")
 	_ = fs.Parse(args)
 	p, err := newProcs()
 	if err != nil {
 		return err
 	}
 	defer p.close()
-	d, err := startPath(ctx, p, *bin, "--zero-latency", "--max-num-seqs", "1024")
+	var actEnv []string
+	if *actProcs > 0 {
+		actEnv = []string{"GOMAXPROCS=" + strconv.Itoa(*actProcs)}
+	}
+	d, err := startPath(ctx, p, *bin, actEnv, "--zero-latency", "--max-num-seqs", "1024")
 	if err != nil {
 		return err
 	}
-	ngx, err := startNginx(ctx, p, "nginx-engine", d.sim)
+	ngx, err := startNginx(ctx, p, "nginx-engine", d.sim, *workers)
 	if err != nil {
 		return err
 	}
-	ngxQP, err := startNginx(ctx, p, "nginx-qp", d.qp)
+	ngxQP, err := startNginx(ctx, p, "nginx-qp", d.qp, *workers)
 	if err != nil {
 		return err
 	}
