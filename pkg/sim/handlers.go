@@ -106,21 +106,32 @@ func (s *Server) handleCompletion(w http.ResponseWriter, r *http.Request) {
 	s.handleGenerate(w, r, false)
 }
 
+// accept does what every generating endpoint does first: answer 503 while
+// loading, read and parse the body into a pooled buffer, and resolve the
+// model (or LoRA adapter). When ok, the caller owns body (obj refers to it)
+// and returns it with putBuf.
+func (s *Server) accept(w http.ResponseWriter, r *http.Request) (body *[]byte, obj openai.Object, modelJSON []byte, lora string, ok bool) {
+	if !s.checkReady(w) {
+		return nil, obj, nil, "", false
+	}
+	body = s.getBuf()
+	if obj, ok = s.readJSON(w, r, body); ok {
+		modelJSON, lora, ok = s.resolveModel(w, obj)
+	}
+	if !ok {
+		s.putBuf(body)
+		return nil, obj, nil, "", false
+	}
+	return body, obj, modelJSON, lora, true
+}
+
 // handleGenerate serves /v1/chat/completions (chat) and /v1/completions.
 func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat bool) {
-	if !s.checkReady(w) {
+	body, obj, model, lora, ok := s.accept(w, r)
+	if !ok {
 		return
 	}
-	body := s.getBuf()
 	defer s.putBuf(body)
-	obj, ok := s.readJSON(w, r, body)
-	if !ok {
-		return
-	}
-	model, lora, ok := s.resolveModel(w, obj)
-	if !ok {
-		return
-	}
 
 	textBuf := s.getBuf()
 	defer s.putBuf(textBuf)
@@ -381,19 +392,11 @@ func (s *Server) fullResponse(w http.ResponseWriter, r *http.Request, q *seq, en
 // handleEmbeddings serves /v1/embeddings: every input is a prefill-only
 // sequence of the engine, and its vector is 8 floats derived from its hash.
 func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
-	if !s.checkReady(w) {
+	body, obj, model, _, ok := s.accept(w, r)
+	if !ok {
 		return
 	}
-	body := s.getBuf()
 	defer s.putBuf(body)
-	obj, ok := s.readJSON(w, r, body)
-	if !ok {
-		return
-	}
-	model, _, ok := s.resolveModel(w, obj)
-	if !ok {
-		return
-	}
 	raw, present := obj.Get("input")
 	if !present || string(raw) == "null" {
 		badRequest(w, "missing_input", `"input" is required`)
