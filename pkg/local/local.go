@@ -23,6 +23,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
+	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -53,11 +54,58 @@ type revisionState struct {
 	key     fleet.Key
 	ready   atomic.Int64
 	unwatch func()
+
+	// The queue-proxy stats of each ready replica, followed from the moment
+	// it is ready until it leaves.
+	statsMu sync.Mutex
+	subs    map[string]context.CancelFunc
+	latest  map[string]stats.Stat
+}
+
+// follow starts and stops stats subscriptions as endpoints come and go. It
+// is called under the runtime's lock and must not block.
+func (rs *revisionState) follow(ctx context.Context, eps []fleet.Endpoint, log *slog.Logger) {
+	rs.statsMu.Lock()
+	defer rs.statsMu.Unlock()
+	live := make(map[string]bool, len(eps))
+	for _, ep := range eps {
+		live[ep.Name] = true
+		if _, ok := rs.subs[ep.Name]; ok {
+			continue
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		rs.subs[ep.Name] = cancel
+		name := ep.Name
+		go stats.Subscribe(sctx, ep.Address, func(st stats.Stat) {
+			rs.statsMu.Lock()
+			if _, ok := rs.subs[name]; ok {
+				rs.latest[name] = st
+			}
+			rs.statsMu.Unlock()
+		}, log)
+	}
+	for name, cancel := range rs.subs {
+		if !live[name] {
+			cancel()
+			delete(rs.subs, name)
+			delete(rs.latest, name)
+		}
+	}
+}
+
+func (rs *revisionState) stat(name string) *stats.Stat {
+	rs.statsMu.Lock()
+	defer rs.statsMu.Unlock()
+	if st, ok := rs.latest[name]; ok {
+		return &st
+	}
+	return nil
 }
 
 // Platform is a running local platform.
 type Platform struct {
 	opts    Options
+	ctx     context.Context // lives as long as the platform serves
 	log     *slog.Logger
 	act     *activator.Activator
 	runtime *process.Runtime
@@ -95,7 +143,9 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		opts.LogDir = dir
 	}
-	p := &Platform{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry()}
+	pctx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
+	p := &Platform{opts: opts, ctx: pctx, log: opts.Logger, reg: prometheus.NewRegistry()}
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rt, err := process.New(process.Config{
 		QueueProxy: append(append([]string(nil), opts.Self...), "queue-proxy"),
@@ -214,10 +264,11 @@ func (p *Platform) startRevision(ms *v1alpha1.ModelService, rev string) error {
 	qpArgs := []string{"--container-concurrency", strconv.Itoa(tmpl.ContainerConcurrency),
 		"--request-timeout", (time.Duration(tmpl.TimeoutSeconds) * time.Second).String()}
 	p.runtime.Add(process.Spec{Key: key, Engine: engine, Env: env, QueueProxyArgs: qpArgs})
-	rs := &revisionState{svc: ms, key: key}
+	rs := &revisionState{svc: ms, key: key, subs: map[string]context.CancelFunc{}, latest: map[string]stats.Stat{}}
 	rs.unwatch = p.runtime.Watch(key, func(eps []fleet.Endpoint) {
 		rs.ready.Store(int64(len(eps)))
 		p.act.SetEndpoints(key, eps)
+		rs.follow(p.ctx, eps, p.log)
 	})
 	sc := tmpl.Scaling
 	t := &scaleTarget{key: key, minScale: int(*sc.MinScale), maxScale: int(*sc.MaxScale),
@@ -295,13 +346,19 @@ func (p *Platform) Handler() http.Handler {
 
 // RevisionStatus is one revision in /kvasir/replicas.
 type RevisionStatus struct {
-	Service  string                `json:"service"`
-	Model    string                `json:"model"`
-	Revision string                `json:"revision"`
-	Role     string                `json:"role"`
-	Desired  int                   `json:"desired"`
-	Ready    int                   `json:"ready"`
-	Replicas []process.ReplicaInfo `json:"replicas"`
+	Service  string          `json:"service"`
+	Model    string          `json:"model"`
+	Revision string          `json:"revision"`
+	Role     string          `json:"role"`
+	Desired  int             `json:"desired"`
+	Ready    int             `json:"ready"`
+	Replicas []ReplicaStatus `json:"replicas"`
+}
+
+// ReplicaStatus is a replica and the last stats its queue-proxy reported.
+type ReplicaStatus struct {
+	process.ReplicaInfo
+	Stats *stats.Stat `json:"stats,omitempty"`
 }
 
 func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
@@ -310,9 +367,14 @@ func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
 	p.mu.Unlock()
 	out := make([]RevisionStatus, 0, len(revs))
 	for _, rs := range revs {
+		infos := p.runtime.Replicas(rs.key)
+		replicas := make([]ReplicaStatus, 0, len(infos))
+		for _, info := range infos {
+			replicas = append(replicas, ReplicaStatus{ReplicaInfo: info, Stats: rs.stat(info.Name)})
+		}
 		out = append(out, RevisionStatus{Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
 			Role: activator.RoleLabel(rs.key.Role), Desired: p.runtime.Desired(rs.key), Ready: int(rs.ready.Load()),
-			Replicas: p.runtime.Replicas(rs.key)})
+			Replicas: replicas})
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)

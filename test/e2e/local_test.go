@@ -113,6 +113,22 @@ func TestScaleFromZeroWithOpenAISDK(t *testing.T) {
 	require.GreaterOrEqual(t, chunks, 12)
 	require.NotEmpty(t, acc.Choices[0].Message.Content)
 
+	// The queue-proxies measured what they served and streamed it to the
+	// platform: every completion token the clients received, and the TTFT of
+	// the streamed request.
+	const wantTokens = n*8 + 12 + 12
+	require.Eventually(t, func() bool {
+		var tokens, requests, ttfts uint64
+		for _, r := range p.replicas().Replicas {
+			if r.Stats != nil {
+				tokens += r.Stats.CompletionTokens
+				requests += r.Stats.Requests
+				ttfts += r.Stats.TTFTCount
+			}
+		}
+		return tokens >= wantTokens && requests >= n+2 && ttfts >= 1
+	}, 20*time.Second, 50*time.Millisecond, "queue-proxy stats did not reach the platform")
+
 	// Idle past the grace period: back to zero, processes gone.
 	requireAtZero(t, p)
 

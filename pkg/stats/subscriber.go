@@ -1,0 +1,57 @@
+package stats
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Subscribe follows the stats stream of the queue-proxy at addr (host:port)
+// and calls fn with every Stat, in order, until ctx is done. A broken
+// connection is re-dialled with back-off (100 ms doubling to 5 s), so a
+// subscriber started as soon as a replica is known catches its first report.
+// Subscribe blocks; run it in its own goroutine.
+func Subscribe(ctx context.Context, addr string, fn func(Stat), log *slog.Logger) {
+	url := "ws://" + addr + Path
+	dialer := websocket.Dialer{HandshakeTimeout: 3 * time.Second}
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		conn, _, err := dialer.DialContext(ctx, url, nil)
+		if err == nil {
+			backoff = 100 * time.Millisecond
+			err = follow(ctx, conn, fn)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Debug("stats stream broke; re-dialling", slog.String("addr", addr), slog.Duration("backoff", backoff), slog.Any("error", err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func follow(ctx context.Context, conn *websocket.Conn, fn func(Stat)) error {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	defer conn.Close()
+	for {
+		_, data, err := conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		var m Message
+		if err := json.Unmarshal(data, &m); err != nil {
+			return err
+		}
+		if m.Type == TypeStat && m.Stat != nil {
+			fn(*m.Stat)
+		}
+	}
+}
