@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -400,4 +401,37 @@ func TestDepartedReplicaConnectionsAreClosed(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the pooled connection to a departed replica stayed open")
 	}
+}
+
+func TestUpstreamTimeoutIsNotRetried(t *testing.T) {
+	h := newHarness(t, nil)
+	block := make(chan struct{})
+	defer close(block)
+	var calls atomic.Int32
+	slow := func(name string) fleet.Endpoint {
+		return backend(t, name, func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			select {
+			case <-block:
+			case <-r.Context().Done():
+			}
+		})
+	}
+	require.NoError(t, h.act.SetServices([]ServiceConfig{{Namespace: "default", Name: "svc", Model: "m",
+		Traffic:   []traffic.Target{{Revision: "m-1", Percent: 100}},
+		Revisions: []RevisionConfig{{Name: "m-1", Timeout: 100 * time.Millisecond}}}}))
+	h.act.SetEndpoints(key("m-1"), []fleet.Endpoint{slow("a"), slow("b")})
+	resp, body := post(t, h.srv.URL, `{"model":"m"}`)
+	require.Equal(t, http.StatusGatewayTimeout, resp.StatusCode)
+	requireOpenAIError(t, body, "upstream_timeout")
+	require.EqualValues(t, 1, calls.Load(), "a timed-out request is not sent to a second replica")
+}
+
+func TestJSONContentTypeWhateverTheClientSent(t *testing.T) {
+	h := newHarness(t, nil)
+	h.act.SetEndpoints(key("m-1"), []fleet.Endpoint{backend(t, "r", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(r.Header.Get("Content-Type")))
+	})})
+	_, body := post(t, h.srv.URL, `{"model":"m"}`, "Content-Type", "application/x-www-form-urlencoded") // curl -d
+	require.Equal(t, "application/json", string(body))
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -53,7 +54,14 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		if err != nil {
 			return nil, a.acquireFailure(ctx, err)
 		}
-		resp, err := a.upstream.Post(ctx, ep.Address, path, hdr, rt.body, timeout)
+		resp, err := a.upstream.PostJSON(ctx, ep.Address, path, hdr, rt.body, timeout)
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() && ctx.Err() == nil {
+			// The replica had the request for the whole timeout: it did the
+			// work, so another replica must not do it again.
+			rev.release(ep)
+			return nil, &failure{status: http.StatusGatewayTimeout, err: openai.Err(openai.TypeTimeout, "upstream_timeout",
+				"the model replica did not answer within the request timeout ("+timeout.String()+")")}
+		}
 		retryable := err != nil || (isRetryableStatus(resp.StatusCode) && attempt+1 < a.cfg.MaxAttempts)
 		if !retryable {
 			return &inflight{resp: resp, rev: rev, ep: ep}, nil

@@ -102,15 +102,17 @@ type Request struct {
 	// URI is the request target: path and query, already escaped.
 	URI    string
 	Header http.Header // end-to-end headers; hop-by-hop ones are dropped
-	Body   []byte
+	// ContentType, when set, replaces the Content-Type of Header.
+	ContentType string
+	Body        []byte
 	// Timeout bounds the whole exchange, body included, through the
 	// connection's deadline; 0 = none.
 	Timeout time.Duration
 }
 
-// Post sends a POST; see Do.
-func (c *Client) Post(ctx context.Context, addr, uri string, hdr http.Header, body []byte, timeout time.Duration) (*http.Response, error) {
-	return c.Do(ctx, Request{Addr: addr, URI: uri, Header: hdr, Body: body, Timeout: timeout})
+// PostJSON sends a POST of a JSON body; see Do.
+func (c *Client) PostJSON(ctx context.Context, addr, uri string, hdr http.Header, body []byte, timeout time.Duration) (*http.Response, error) {
+	return c.Do(ctx, Request{Addr: addr, URI: uri, Header: hdr, ContentType: "application/json", Body: body, Timeout: timeout})
 }
 
 // Do sends a request and returns the response with its headers read. The
@@ -169,7 +171,12 @@ func (c *Client) roundTrip(ctx context.Context, pc *pconn, req *Request) (*http.
 	bw.WriteString("\r\nContent-Length: ")
 	bw.WriteString(strconv.Itoa(len(req.Body)))
 	bw.WriteString("\r\n")
-	writeForwardHeaders(bw, req.Header)
+	if req.ContentType != "" {
+		bw.WriteString("Content-Type: ")
+		bw.WriteString(req.ContentType)
+		bw.WriteString("\r\n")
+	}
+	writeForwardHeaders(bw, req.Header, req.ContentType != "")
 	bw.WriteString("\r\n")
 	bw.Write(req.Body)
 	if err := bw.Flush(); err != nil {
@@ -231,10 +238,10 @@ func SkipHeader(k string, connection []string) bool {
 }
 
 // writeForwardHeaders writes the end-to-end headers of hdr in wire format.
-func writeForwardHeaders(bw *bufio.Writer, hdr http.Header) {
+func writeForwardHeaders(bw *bufio.Writer, hdr http.Header, skipContentType bool) {
 	conn := hdr["Connection"]
 	for k, vv := range hdr {
-		if SkipHeader(k, conn) {
+		if SkipHeader(k, conn) || (skipContentType && k == "Content-Type") {
 			continue
 		}
 		for _, v := range vv {

@@ -36,15 +36,15 @@ func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, func() 
 func TestUpstreamReusesConnections(t *testing.T) {
 	s, count := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		require.Equal(t, "application/json", r.Header.Get("Content-Type"))
+		require.Equal(t, []string{"application/json"}, r.Header["Content-Type"], "a JSON body is sent as JSON, whatever the client said")
 		require.Empty(t, r.Header.Get("Keep-Alive"), "hop-by-hop headers are not forwarded")
 		fmt.Fprintf(w, "%s %s", r.URL.Path, body)
 	})
 	c := New()
 	addr := strings.TrimPrefix(s.URL, "http://")
-	hdr := http.Header{"Content-Type": {"application/json"}, "Keep-Alive": {"timeout=5"}, "Connection": {"keep-alive"}}
+	hdr := http.Header{"Content-Type": {"application/x-www-form-urlencoded"}, "Keep-Alive": {"timeout=5"}, "Connection": {"keep-alive"}}
 	for i := 0; i < 10; i++ {
-		resp, err := c.Post(context.Background(), addr, "/v1/x", hdr, []byte(fmt.Sprint(i)), time.Minute)
+		resp, err := c.PostJSON(context.Background(), addr, "/v1/x", hdr, []byte(fmt.Sprint(i)), time.Minute)
 		require.NoError(t, err)
 		b, err := io.ReadAll(resp.Body)
 		require.NoError(t, err)
@@ -59,7 +59,7 @@ func TestUpstreamRetriesAPooledConnectionTheServerClosed(t *testing.T) {
 	c := New()
 	addr := strings.TrimPrefix(s.URL, "http://")
 	for i := 0; i < 2; i++ {
-		resp, err := c.Post(context.Background(), addr, "/", nil, nil, time.Minute)
+		resp, err := c.PostJSON(context.Background(), addr, "/", nil, nil, time.Minute)
 		require.NoError(t, err)
 		_, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -82,7 +82,7 @@ func TestUpstreamEarlyCloseDoesNotPoolTheConnection(t *testing.T) {
 	defer close(release)
 	c := New()
 	addr := strings.TrimPrefix(s.URL, "http://")
-	resp, err := c.Post(context.Background(), addr, "/", nil, nil, time.Minute)
+	resp, err := c.PostJSON(context.Background(), addr, "/", nil, nil, time.Minute)
 	require.NoError(t, err)
 	buf := make([]byte, 9)
 	_, err = io.ReadFull(resp.Body, buf)
@@ -100,7 +100,7 @@ func TestUpstreamTimeoutBoundsTheExchange(t *testing.T) {
 	defer close(block)
 	s, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) { <-block })
 	c := New()
-	_, err := c.Post(context.Background(), strings.TrimPrefix(s.URL, "http://"), "/", nil, nil, 50*time.Millisecond)
+	_, err := c.PostJSON(context.Background(), strings.TrimPrefix(s.URL, "http://"), "/", nil, nil, 50*time.Millisecond)
 	require.Error(t, err)
 	var ne net.Error
 	require.ErrorAs(t, err, &ne)
@@ -118,7 +118,7 @@ func TestUpstreamCancelClosesTheConnection(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
-		_, err := c.Post(ctx, strings.TrimPrefix(s.URL, "http://"), "/", nil, nil, time.Minute)
+		_, err := c.PostJSON(ctx, strings.TrimPrefix(s.URL, "http://"), "/", nil, nil, time.Minute)
 		errc <- err
 	}()
 	<-arrived
