@@ -262,3 +262,22 @@ func TestEngineKilledMidStreamIsReportedAndReplaced(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEmpty(t, resp.Choices[0].Message.Content)
 }
+
+func TestKilledPlatformTakesItsReplicasWithIt(t *testing.T) {
+	p := startLocal(t, strings.Replace(demo, "minScale: 0", "minScale: 2", 1))
+	require.Eventually(t, func() bool { return p.replicas().Ready == 2 }, 60*time.Second, 20*time.Millisecond)
+	var pids []int
+	for _, r := range p.replicas().Replicas {
+		pids = append(pids, r.EnginePID, r.ProxyPID)
+	}
+	require.NoError(t, p.cmd.Process.Kill()) // SIGKILL: no chance to clean up
+	<-p.done
+	require.Eventually(t, func() bool {
+		for _, pid := range pids {
+			if syscall.Kill(pid, 0) == nil {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 20*time.Millisecond, "replica processes outlived a killed kvasir local")
+}
