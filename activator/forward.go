@@ -20,19 +20,17 @@ import (
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
-// inflight is a response being forwarded and the endpoint it holds.
+// inflight is a response being forwarded and the endpoint it holds until
+// close (called once, when the response is done).
 type inflight struct {
-	resp    *http.Response
-	rev     *revision
-	ep      *endpoint
-	release sync.Once
+	resp *http.Response
+	rev  *revision
+	ep   *endpoint
 }
 
 func (u *inflight) close() {
-	u.release.Do(func() {
-		u.resp.Body.Close()
-		u.rev.release(u.ep)
-	})
+	u.resp.Body.Close()
+	u.rev.release(u.ep)
 }
 
 func isRetryableStatus(code int) bool {
@@ -109,17 +107,6 @@ func (a *Activator) acquireFailure(ctx context.Context, err error) *failure {
 	return &failure{status: http.StatusInternalServerError, err: openai.Err(openai.TypeServer, "internal_error", err.Error())}
 }
 
-// copyResponseHeaders moves the end-to-end headers of an upstream response
-// (which is ours alone) into dst without copying their values.
-func copyResponseHeaders(dst, src http.Header) {
-	conn := src["Connection"]
-	for k, vv := range src {
-		if !upstream.SkipHeader(k, conn) {
-			dst[k] = vv
-		}
-	}
-}
-
 func isEventStream(h http.Header) bool {
 	return strings.HasPrefix(h.Get("Content-Type"), "text/event-stream")
 }
@@ -135,7 +122,7 @@ func (a *Activator) forwardHTTP(w http.ResponseWriter, r *http.Request, rt route
 	}
 	defer up.close()
 	resp := up.resp
-	copyResponseHeaders(w.Header(), resp.Header)
+	upstream.CopyEndToEnd(w.Header(), resp.Header)
 	if resp.ContentLength >= 0 && !isEventStream(resp.Header) {
 		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}

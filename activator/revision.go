@@ -19,7 +19,6 @@ var (
 type endpoint struct {
 	fleet.Endpoint
 	inFlight int
-	removed  bool
 }
 
 // waiter is a buffered request.
@@ -90,7 +89,6 @@ func (r *revision) setEndpoints(eps []fleet.Endpoint) (gone []string) {
 		next = append(next, &endpoint{Endpoint: e})
 	}
 	for _, e := range old {
-		e.removed = true
 		gone = append(gone, e.Address)
 	}
 	r.endpoints = next

@@ -103,7 +103,7 @@ func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
 	case measured:
 		p.forwardBuffered(ctx, w, r, resp, ex)
 	default:
-		copyHeader(w.Header(), resp.Header)
+		upstream.CopyEndToEnd(w.Header(), resp.Header)
 		ex.code = resp.StatusCode
 		w.WriteHeader(resp.StatusCode)
 		p.pipe(ctx, w, r, resp.Body, resp.ContentLength < 0, ex)
@@ -197,7 +197,7 @@ func (p *Proxy) outRequest(ctx context.Context, r *http.Request, body []byte, me
 			out.URL.RawPath = strings.TrimSuffix(p.engine.EscapedPath(), "/") + r.URL.RawPath
 		}
 	}
-	removeHopByHop(out.Header)
+	upstream.RemoveHopByHop(out.Header)
 	if _, ok := out.Header["User-Agent"]; !ok {
 		out.Header.Set("User-Agent", "") // do not let the client library add its own
 	}
@@ -271,7 +271,7 @@ func (p *Proxy) roundTripFailed(ctx context.Context, w http.ResponseWriter, r *h
 // the usage-only chunk if strip is set. A failure after the stream started
 // becomes one SSE error event.
 func (p *Proxy) forwardEvents(ctx context.Context, w http.ResponseWriter, r *http.Request, resp *http.Response, ex *exchange, measured, strip bool) {
-	copyHeader(w.Header(), resp.Header)
+	upstream.CopyEndToEnd(w.Header(), resp.Header)
 	w.Header().Del("Content-Length") // events may be dropped
 	ex.code = resp.StatusCode
 	w.WriteHeader(resp.StatusCode)
@@ -451,7 +451,7 @@ func (p *Proxy) forwardBuffered(ctx context.Context, w http.ResponseWriter, r *h
 		}
 		return
 	}
-	copyHeader(w.Header(), resp.Header)
+	upstream.CopyEndToEnd(w.Header(), resp.Header)
 	if int64(buf.Len()) > limit {
 		ex.code = resp.StatusCode
 		w.WriteHeader(resp.StatusCode)
@@ -592,35 +592,6 @@ func isEventStream(resp *http.Response) bool {
 	}
 	ce := resp.Header.Get("Content-Encoding")
 	return ce == "" || strings.EqualFold(ce, "identity")
-}
-
-// hopByHop are the headers that belong to one connection (RFC 9110 7.6.1).
-var hopByHop = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
-// removeHopByHop deletes hop-by-hop headers, including those Connection names.
-func removeHopByHop(h http.Header) {
-	for _, v := range h.Values("Connection") {
-		for f := range strings.SplitSeq(v, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				h.Del(f)
-			}
-		}
-	}
-	for _, k := range hopByHop {
-		h.Del(k)
-	}
-}
-
-// copyHeader copies the end-to-end headers of src into dst.
-func copyHeader(dst, src http.Header) {
-	h := src.Clone()
-	removeHopByHop(h)
-	for k, vv := range h {
-		dst[k] = vv
-	}
 }
 
 // isDialError reports whether err is a failure to connect.

@@ -38,9 +38,6 @@ type Endpoint struct {
 	Variant string
 }
 
-// URL returns the http base URL of the endpoint.
-func (e Endpoint) URL() string { return "http://" + e.Address }
-
 // Scaler sets the desired replica count of a replica set.
 type Scaler interface {
 	Scale(ctx context.Context, key Key, replicas int) error

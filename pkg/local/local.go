@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -50,10 +49,9 @@ type Options struct {
 
 // revisionState is one running revision role.
 type revisionState struct {
-	svc     *v1alpha1.ModelService
-	key     fleet.Key
-	ready   atomic.Int64
-	unwatch func()
+	svc   *v1alpha1.ModelService
+	key   fleet.Key
+	ready atomic.Int64
 
 	// The queue-proxy stats of each ready replica, followed from the moment
 	// it is ready until it leaves.
@@ -265,7 +263,7 @@ func (p *Platform) startRevision(ms *v1alpha1.ModelService, rev string) error {
 		"--request-timeout", (time.Duration(tmpl.TimeoutSeconds) * time.Second).String()}
 	p.runtime.Add(process.Spec{Key: key, Engine: engine, Env: env, QueueProxyArgs: qpArgs})
 	rs := &revisionState{svc: ms, key: key, subs: map[string]context.CancelFunc{}, latest: map[string]stats.Stat{}}
-	rs.unwatch = p.runtime.Watch(key, func(eps []fleet.Endpoint) {
+	p.runtime.Watch(key, func(eps []fleet.Endpoint) {
 		rs.ready.Store(int64(len(eps)))
 		p.act.SetEndpoints(key, eps)
 		rs.follow(p.ctx, eps, p.log)
@@ -406,6 +404,3 @@ func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(rs.ready.Load()), rs.key.Service, rs.key.Revision, role)
 	}
 }
-
-// LogDir returns where replica logs go.
-func (p *Platform) LogDir() string { return filepath.Clean(p.opts.LogDir) }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -226,22 +225,12 @@ func (b *body) Close() error {
 	return b.pc.conn.Close()
 }
 
-// skipHeaders are not forwarded: hop-by-hop (RFC 9110 7.6.1) and those the
-// client sets itself.
-var skipHeaders = map[string]bool{"Connection": true, "Keep-Alive": true, "Proxy-Connection": true,
-	"Proxy-Authenticate": true, "Proxy-Authorization": true, "Te": true, "Trailer": true,
-	"Transfer-Encoding": true, "Upgrade": true, "Content-Length": true, "Host": true}
-
-// SkipHeader reports whether a header is not forwarded by a proxy hop.
-func SkipHeader(k string, connection []string) bool {
-	return skipHeaders[k] || (len(connection) > 0 && listsToken(connection, k))
-}
-
 // writeForwardHeaders writes the end-to-end headers of hdr in wire format.
+// Content-Length and Host are written by the client itself.
 func writeForwardHeaders(bw *bufio.Writer, hdr http.Header, skipContentType bool) {
 	conn := hdr["Connection"]
 	for k, vv := range hdr {
-		if SkipHeader(k, conn) || (skipContentType && k == "Content-Type") {
+		if HopByHop(k, conn) || k == "Content-Length" || k == "Host" || (skipContentType && k == "Content-Type") {
 			continue
 		}
 		for _, v := range vv {
@@ -251,16 +240,4 @@ func writeForwardHeaders(bw *bufio.Writer, hdr http.Header, skipContentType bool
 			bw.WriteString("\r\n")
 		}
 	}
-}
-
-// listsToken reports whether a Connection header names the header k.
-func listsToken(values []string, k string) bool {
-	for _, v := range values {
-		for _, f := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(f), k) {
-				return true
-			}
-		}
-	}
-	return false
 }

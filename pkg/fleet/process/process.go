@@ -130,6 +130,7 @@ type replica struct {
 	state      string
 	started    time.Time
 	stopping   bool
+	timedOut   bool          // stopped for not becoming ready in time
 	done       chan struct{} // closed when both processes have exited
 }
 
@@ -431,8 +432,8 @@ func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
 			case !ok && rp.state == stateStarting && time.Now().After(startDeadline):
 				r.log.Error("replica did not become ready in time; replacing it", slog.String("replica", rp.name),
 					slog.Duration("startTimeout", r.cfg.StartTimeout))
+				rp.timedOut = true // its exit is a failure: replace it
 				r.stopLocked(s, rp)
-				rp.stopping = false // counts as a crash below
 			}
 			interval := r.cfg.HealthInterval
 			if rp.state == stateStarting {
@@ -444,7 +445,7 @@ func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
 	}
 	// One process ended (or we are shutting down): end the other too.
 	r.mu.Lock()
-	expected := rp.stopping || r.ctx.Err() != nil
+	expected := (rp.stopping && !rp.timedOut) || r.ctx.Err() != nil
 	if !expected {
 		r.log.Error("replica process exited unexpectedly; replacing the replica", slog.String("replica", rp.name),
 			slog.String("process", which), slog.String("logs", r.cfg.LogDir))
