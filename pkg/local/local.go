@@ -74,10 +74,13 @@ func (rs *revisionState) follow(ctx context.Context, eps []fleet.Endpoint, log *
 		sctx, cancel := context.WithCancel(ctx)
 		rs.subs[ep.Name] = cancel
 		name := ep.Name
-		go stats.Subscribe(sctx, ep.Address, func(st stats.Stat) {
+		go stats.Subscribe(sctx, ep.Address, func(m stats.Message) {
+			if m.Stat == nil {
+				return
+			}
 			rs.statsMu.Lock()
 			if _, ok := rs.subs[name]; ok {
-				rs.latest[name] = st
+				rs.latest[name] = *m.Stat
 			}
 			rs.statsMu.Unlock()
 		}, log)

@@ -157,7 +157,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 			badRequest(w, "missing_prompt", `"prompt" is required`)
 			return
 		}
-		text, err := appendCompletionPrompt(*textBuf, raw)
+		text, err := prompt.AppendCompletion(*textBuf, raw)
 		*textBuf = text
 		if err != nil {
 			badRequest(w, "invalid_prompt", err.Error())
@@ -216,12 +216,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	q.stopReason = stopReason
 	q.lora = lora
 	q.hashes = prompt.BlockHashes(text, s.cfg.BlockSize)
-	if lora != "" {
-		salt := loraSalt(lora)
-		for i := range q.hashes {
-			q.hashes[i] ^= salt
-		}
-	}
+	prompt.SaltHashes(q.hashes, lora)
 	enc := newEncoder(chat, s.nextID(r), time.Now().Unix(), model, promptLen, includeUsage)
 	if err := s.sched.submit(q); err != nil {
 		openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", err.Error()), time.Second)
@@ -232,43 +227,6 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	} else {
 		s.fullResponse(w, r, q, enc)
 	}
-}
-
-// appendCompletionPrompt renders a completions prompt: a string, an array
-// of strings (concatenated into one prompt) or an array of token ids (each
-// id one 4-byte token, so token counts and prefix caching are exact).
-func appendCompletionPrompt(dst, raw []byte) ([]byte, error) {
-	switch raw[0] {
-	case '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return dst, fmt.Errorf(`"prompt": %w`, err)
-		}
-		return append(dst, s...), nil
-	case '[':
-		var parts []json.RawMessage
-		if err := json.Unmarshal(raw, &parts); err != nil {
-			return dst, fmt.Errorf(`"prompt": %w`, err)
-		}
-		for _, p := range parts {
-			switch {
-			case len(p) > 0 && p[0] == '"':
-				var s string
-				if err := json.Unmarshal(p, &s); err != nil {
-					return dst, fmt.Errorf(`"prompt": %w`, err)
-				}
-				dst = append(dst, s...)
-			default:
-				id, err := strconv.ParseUint(string(p), 10, 32)
-				if err != nil {
-					return dst, errors.New(`"prompt" must be a string, an array of strings or an array of token ids`)
-				}
-				dst = binary.LittleEndian.AppendUint32(dst, uint32(id))
-			}
-		}
-		return dst, nil
-	}
-	return dst, errors.New(`"prompt" must be a string, an array of strings or an array of token ids`)
 }
 
 // intParam returns the first of keys present and not null, as a positive

@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"hash/fnv"
 	"slices"
 	"sync"
 )
@@ -67,12 +66,4 @@ func (l *loraSet) list() []LoRAModule {
 		return 0
 	})
 	return out
-}
-
-// loraSalt keys block hashes by adapter: KV computed under one adapter is
-// not reusable under another (vLLM puts the LoRA id in its block hashes).
-func loraSalt(name string) uint64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(name))
-	return h.Sum64()
 }

@@ -8,12 +8,32 @@ const Path = "/kvasir/stats"
 // Message types.
 const (
 	TypeStat = "stat"
+	TypeKV   = "kv"
 )
 
 // Message is the envelope of everything sent on the stats stream.
 type Message struct {
-	Type string `json:"type"`
-	Stat *Stat  `json:"stat,omitempty"`
+	Type string   `json:"type"`
+	Stat *Stat    `json:"stat,omitempty"`
+	KV   *KVEvent `json:"kv,omitempty"`
+}
+
+// KVEvent is a change to the set of prompt blocks a queue-proxy believes its
+// engine holds in its prefix cache. Blocks are the chained hashes of
+// pkg/prompt (salted per LoRA adapter) at BlockSize tokens a block.
+//
+// The first KV event on every connection is a snapshot (Reset, Added = the
+// whole set); later ones are deltas in Seq order. A subscriber that sees a
+// gap in Seq, or a new connection, must drop what it had and wait for the
+// next snapshot, which is what the re-dial of Subscribe does.
+type KVEvent struct {
+	Pod       string   `json:"pod"`
+	BlockSize int      `json:"blockSize"`
+	Capacity  int      `json:"capacity"` // blocks the engine's cache holds at most; 0 = unknown
+	Seq       uint64   `json:"seq"`
+	Reset     bool     `json:"reset,omitempty"`
+	Added     []uint64 `json:"added,omitempty"`
+	Removed   []uint64 `json:"removed,omitempty"`
 }
 
 // Stat is one report of a queue-proxy about its pod, sent at least once a second.

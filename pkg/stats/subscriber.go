@@ -10,11 +10,13 @@ import (
 )
 
 // Subscribe follows the stats stream of the queue-proxy at addr (host:port)
-// and calls fn with every Stat, in order, until ctx is done. A broken
+// and calls fn with every message (stats and KV events), in order, until ctx
+// is done. fn is called with Reset=true on the first KV event of every
+// connection. A broken
 // connection is re-dialled with back-off (100 ms doubling to 5 s), so a
 // subscriber started as soon as a replica is known catches its first report.
 // Subscribe blocks; run it in its own goroutine.
-func Subscribe(ctx context.Context, addr string, fn func(Stat), log *slog.Logger) {
+func Subscribe(ctx context.Context, addr string, fn func(Message), log *slog.Logger) {
 	url := "ws://" + addr + Path
 	dialer := websocket.Dialer{HandshakeTimeout: 3 * time.Second}
 	backoff := 100 * time.Millisecond
@@ -37,7 +39,7 @@ func Subscribe(ctx context.Context, addr string, fn func(Stat), log *slog.Logger
 	}
 }
 
-func follow(ctx context.Context, conn *websocket.Conn, fn func(Stat)) error {
+func follow(ctx context.Context, conn *websocket.Conn, fn func(Message)) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	defer conn.Close()
@@ -50,8 +52,8 @@ func follow(ctx context.Context, conn *websocket.Conn, fn func(Stat)) error {
 		if err := json.Unmarshal(data, &m); err != nil {
 			return err
 		}
-		if m.Type == TypeStat && m.Stat != nil {
-			fn(*m.Stat)
+		if (m.Type == TypeStat && m.Stat != nil) || (m.Type == TypeKV && m.KV != nil) {
+			fn(m)
 		}
 	}
 }

@@ -42,7 +42,7 @@ func TestSubscribeFollowsAndRedials(t *testing.T) {
 	got := make(chan uint64, 10)
 	done := make(chan struct{})
 	go func() {
-		Subscribe(ctx, strings.TrimPrefix(srv.URL, "http://"), func(s Stat) { got <- s.Requests }, slog.New(slog.DiscardHandler))
+		Subscribe(ctx, strings.TrimPrefix(srv.URL, "http://"), func(m Message) { got <- m.Stat.Requests }, slog.New(slog.DiscardHandler))
 		close(done)
 	}()
 	for want := uint64(0); want < 4; want++ {

@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 )
 
@@ -108,10 +109,14 @@ type RoutingSpec struct {
 	Plugins []RoutingPlugin `json:"plugins,omitempty"`
 }
 
-// RoutingPlugin names one plugin and its weight.
+// RoutingPlugin names one scheduler plugin, its weight (scorers; default 1)
+// and its typed configuration (see docs/routing.md for each plugin's fields).
 type RoutingPlugin struct {
 	Name   string `json:"name"`
 	Weight int    `json:"weight,omitempty"`
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Schemaless
+	Config *runtime.RawExtension `json:"config,omitempty"`
 }
 
 // TrafficTarget sends a percent of requests to a revision.

@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"knative.dev/pkg/apis"
@@ -19,6 +20,29 @@ func (ms *ModelService) Validate() *apis.FieldError {
 	}
 	errs = errs.Also(ms.Spec.Template.validate().ViaField("spec.template"))
 	errs = errs.Also(validateTraffic(ms.Spec.Traffic).ViaField("spec.traffic"))
+	if ms.Spec.Routing != nil {
+		errs = errs.Also(ms.Spec.Routing.validate().ViaField("spec.routing"))
+	}
+	return errs
+}
+
+// validate checks the shape of the plugin list; each plugin's name and
+// config are checked by the scheduler that builds them (pkg/scheduler).
+func (r *RoutingSpec) validate() *apis.FieldError {
+	var errs *apis.FieldError
+	seen := map[string]bool{}
+	for i, p := range r.Plugins {
+		switch {
+		case p.Name == "":
+			errs = errs.Also(apis.ErrMissingField("name").ViaFieldIndex("plugins", i))
+		case seen[p.Name]:
+			errs = errs.Also((&apis.FieldError{Message: "duplicate plugin " + strconv.Quote(p.Name), Paths: []string{"name"}}).ViaFieldIndex("plugins", i))
+		}
+		seen[p.Name] = true
+		if p.Weight < 0 {
+			errs = errs.Also(apis.ErrInvalidValue(p.Weight, "weight", "must be >= 0").ViaFieldIndex("plugins", i))
+		}
+	}
 	return errs
 }
 
