@@ -23,40 +23,64 @@ type member struct {
 	vStart     int    // start of the value
 }
 
-// Parse validates body as JSON and indexes its top-level members.
+// Parse validates body as JSON and indexes its top-level members, in one
+// pass over the bytes.
 func Parse(body []byte) (Object, error) {
-	if !json.Valid(body) {
+	s := scanner{b: body}
+	i := s.ws(0)
+	if i >= len(body) || body[i] != '{' {
+		if end := s.value(i); end >= 0 && s.ws(end) == len(body) {
+			return Object{}, ErrNotObject
+		}
 		return Object{}, ErrMalformedJSONValue
 	}
-	return parseValid(body)
+	o := Object{raw: body, members: make([]member, 0, 8)}
+	s.depth = 1
+	i = s.ws(i + 1)
+	if i < len(body) && body[i] == '}' {
+		i++
+	} else {
+		for {
+			if i >= len(body) || body[i] != '"' {
+				return Object{}, ErrMalformedJSONValue
+			}
+			start := i
+			kEnd := s.str(i)
+			if kEnd < 0 {
+				return Object{}, ErrMalformedJSONValue
+			}
+			i = s.ws(kEnd)
+			if i >= len(body) || body[i] != ':' {
+				return Object{}, ErrMalformedJSONValue
+			}
+			vStart := s.ws(i + 1)
+			end := s.value(vStart)
+			if end < 0 {
+				return Object{}, ErrMalformedJSONValue
+			}
+			o.members = append(o.members, member{key: string(body[start+1 : kEnd-1]), start: start, end: end, vStart: vStart})
+			i = s.ws(end)
+			if i >= len(body) {
+				return Object{}, ErrMalformedJSONValue
+			}
+			if body[i] == '}' {
+				i++
+				break
+			}
+			if body[i] != ',' {
+				return Object{}, ErrMalformedJSONValue
+			}
+			i = s.ws(i + 1)
+		}
+	}
+	if s.ws(i) != len(body) {
+		return Object{}, ErrMalformedJSONValue
+	}
+	return o, nil
 }
 
 // ErrMalformedJSONValue is returned by Parse for invalid JSON.
 var ErrMalformedJSONValue = errors.New("malformed JSON")
-
-func parseValid(b []byte) (Object, error) {
-	i := skipWS(b, 0)
-	if i >= len(b) || b[i] != '{' {
-		return Object{}, ErrNotObject
-	}
-	o := Object{raw: b, members: make([]member, 0, 8)}
-	i = skipWS(b, i+1)
-	for i < len(b) && b[i] != '}' {
-		start := i
-		kEnd := skipString(b, i)
-		key := string(b[i+1 : kEnd-1])
-		i = skipWS(b, kEnd)
-		i = skipWS(b, i+1) // ':'
-		vStart := i
-		i = skipValue(b, i)
-		o.members = append(o.members, member{key: key, start: start, end: i, vStart: vStart})
-		i = skipWS(b, i)
-		if i < len(b) && b[i] == ',' {
-			i = skipWS(b, i+1)
-		}
-	}
-	return o, nil
-}
 
 // Raw returns the body the object was parsed from.
 func (o Object) Raw() []byte { return o.raw }
@@ -149,64 +173,4 @@ func (o Object) Delete(key string) []byte {
 		return append(out, o.raw[end:]...)
 	}
 	return o.raw
-}
-
-func skipWS(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index just past the string starting at b[i] == '"'.
-func skipString(b []byte, i int) int {
-	i++
-	for i < len(b) {
-		j := bytes.IndexAny(b[i:], `"\`)
-		if j < 0 {
-			return len(b)
-		}
-		i += j
-		if b[i] == '\\' {
-			i += 2
-			continue
-		}
-		return i + 1
-	}
-	return i
-}
-
-// skipValue returns the index just past the (valid) JSON value at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				i = skipString(b, i)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-		return i
-	default:
-		for i < len(b) {
-			switch b[i] {
-			case ',', '}', ']', ' ', '\t', '\n', '\r':
-				return i
-			}
-			i++
-		}
-		return i
-	}
 }

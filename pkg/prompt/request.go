@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+
+	"github.com/kvasir-serving/kvasir/pkg/openai"
 )
 
 // ErrBadPrompt is returned by AppendCompletion for a prompt of the wrong shape.
@@ -72,4 +74,32 @@ func SaltHashes(hashes []uint64, adapter string) {
 			hashes[i] ^= s
 		}
 	}
+}
+
+// Errors of AppendRequest.
+var (
+	ErrNoMessages = errors.New(`"messages" is required`)
+	ErrNoPrompt   = errors.New(`"prompt" is required`)
+)
+
+// AppendRequest appends the canonical prompt text of a parsed OpenAI request
+// body to dst: the rendered "messages" of a chat request (chat true) or the
+// "prompt" of a completions request. On error dst is returned unchanged.
+func AppendRequest(dst []byte, body openai.Object, chat bool) ([]byte, error) {
+	key, missing := "prompt", ErrNoPrompt
+	if chat {
+		key, missing = "messages", ErrNoMessages
+	}
+	raw, ok := body.Get(key)
+	if !ok || string(raw) == "null" {
+		return dst, missing
+	}
+	if chat {
+		return AppendChatJSON(dst, raw)
+	}
+	out, err := AppendCompletion(dst, raw)
+	if err != nil {
+		return dst, err
+	}
+	return out, nil
 }
