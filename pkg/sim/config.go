@@ -26,6 +26,11 @@ type Physics struct {
 	// KVTokens is the KV cache capacity in tokens; the default number of KV
 	// blocks is KVTokens / block size.
 	KVTokens int
+	// KVTransferOverhead is the fixed cost of receiving a prompt's KV from a
+	// prefill engine (disaggregated prefill/decode).
+	KVTransferOverhead time.Duration
+	// KVTransferPerToken is the cost of receiving one token's KV.
+	KVTransferPerToken time.Duration
 }
 
 // ProfileH100Llama8B is the name of the default profile: Llama-3-8B (fp16)
@@ -42,6 +47,9 @@ func Profile(name string) (Physics, bool) {
 			DecodeBase:      6 * time.Millisecond,
 			DecodePerSeq:    350 * time.Microsecond,
 			KVTokens:        500000,
+			// 128 KiB of KV a token over ~25 GB/s of RDMA: ~5.2us.
+			KVTransferOverhead: 2 * time.Millisecond,
+			KVTransferPerToken: 5 * time.Microsecond,
 		}, true
 	}
 	return Physics{}, false
@@ -49,6 +57,22 @@ func Profile(name string) (Physics, bool) {
 
 // ProfileNames lists the known profiles.
 func ProfileNames() []string { return []string{ProfileH100Llama8B} }
+
+// Roles of an engine in disaggregated prefill/decode (--role), after the
+// kv_role of vLLM's NixlConnector: unified is kv_both.
+const (
+	// RoleUnified serves every request: plain ones, remote prefills
+	// (kv_transfer_params.do_remote_decode) and remote decodes
+	// (kv_transfer_params.do_remote_prefill).
+	RoleUnified = "unified"
+	// RolePrefill refuses remote decodes.
+	RolePrefill = "prefill"
+	// RoleDecode refuses remote prefills.
+	RoleDecode = "decode"
+)
+
+// RoleNames lists the known roles.
+func RoleNames() []string { return []string{RoleUnified, RolePrefill, RoleDecode} }
 
 // LoRAModule is an adapter served at startup (--lora-modules name=path).
 type LoRAModule struct {
@@ -63,6 +87,9 @@ type Config struct {
 	Port int    // --port
 	// Model is the served model name (--model, alias --served-model-name).
 	Model string
+	// Role is the engine's part in disaggregated prefill/decode (--role):
+	// RoleUnified, RolePrefill or RoleDecode.
+	Role string
 
 	MaxNumSeqs          int // --max-num-seqs
 	MaxNumBatchedTokens int // --max-num-batched-tokens: token budget of a step
@@ -105,6 +132,8 @@ const (
 	setDecodeBase
 	setDecodePerSeq
 	setServedName
+	setKVTransferOverhead
+	setKVTransferPerToken
 )
 
 // DefaultConfig returns the defaults of every flag (profile h100-8b).
@@ -114,6 +143,7 @@ func DefaultConfig() Config {
 		Host:                "127.0.0.1",
 		Port:                8000,
 		Model:               "sim-model",
+		Role:                RoleUnified,
 		MaxNumSeqs:          256,
 		MaxNumBatchedTokens: 8192,
 		MaxModelLen:         32768,
@@ -152,6 +182,9 @@ func (c Config) Validate() error {
 	if strings.TrimSpace(c.Model) == "" {
 		bad("model", strconv.Quote(c.Model), "must not be empty")
 	}
+	if !slices.Contains(RoleNames(), c.Role) {
+		bad("role", strconv.Quote(c.Role), "must be one of "+strings.Join(RoleNames(), ", "))
+	}
 	if c.MaxNumSeqs < 1 {
 		bad("max-num-seqs", c.MaxNumSeqs, "must be at least 1")
 	}
@@ -185,6 +218,8 @@ func (c Config) Validate() error {
 		{"prefill-overhead", c.Physics.PrefillOverhead},
 		{"decode-base", c.Physics.DecodeBase},
 		{"decode-per-seq", c.Physics.DecodePerSeq},
+		{"kv-transfer-overhead", c.Physics.KVTransferOverhead},
+		{"kv-transfer-per-token", c.Physics.KVTransferPerToken},
 		{"startup-delay", c.StartupDelay},
 		{"shutdown-timeout", c.ShutdownTimeout},
 	} {
@@ -233,6 +268,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Port, "port", c.Port, "port to listen on (0 picks a free one)")
 	fs.Var(&modelFlag{c: c, served: false}, "model", "served model name")
 	fs.Var(&modelFlag{c: c, served: true}, "served-model-name", "served model name (vLLM alias of --model; wins over it)")
+	fs.StringVar(&c.Role, "role", c.Role, "disaggregated prefill/decode role: "+strings.Join(RoleNames(), ", "))
 
 	fs.IntVar(&c.MaxNumSeqs, "max-num-seqs", c.MaxNumSeqs, "maximum number of sequences in the running batch")
 	fs.IntVar(&c.MaxNumBatchedTokens, "max-num-batched-tokens", c.MaxNumBatchedTokens, "token budget of one scheduler step (chunked prefill)")
@@ -245,6 +281,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(&durFlag{p: &c.Physics.PrefillOverhead, set: &c.flagsSet, bit: setPrefillOverhead}, "prefill-overhead", "extra time of a step that contains prefill")
 	fs.Var(&durFlag{p: &c.Physics.DecodeBase, set: &c.flagsSet, bit: setDecodeBase}, "decode-base", "fixed time of every step")
 	fs.Var(&durFlag{p: &c.Physics.DecodePerSeq, set: &c.flagsSet, bit: setDecodePerSeq}, "decode-per-seq", "time per sequence in a step")
+	fs.Var(&durFlag{p: &c.Physics.KVTransferOverhead, set: &c.flagsSet, bit: setKVTransferOverhead}, "kv-transfer-overhead",
+		"fixed time of receiving a prompt's KV from a prefill engine (kv_transfer_params.do_remote_prefill)")
+	fs.Var(&durFlag{p: &c.Physics.KVTransferPerToken, set: &c.flagsSet, bit: setKVTransferPerToken}, "kv-transfer-per-token",
+		"time of receiving one uncached prompt token's KV from a prefill engine")
 	fs.BoolVar(&c.ZeroLatency, "zero-latency", c.ZeroLatency, "make every physics cost zero")
 	fs.Float64Var(&c.TimeScale, "time-scale", c.TimeScale, "run this many times faster than real time")
 	fs.DurationVar(&c.StartupDelay, "startup-delay", c.StartupDelay, "simulated model loading time (503 until then)")
@@ -311,6 +351,12 @@ func (f profileFlag) Set(v string) error {
 	}
 	if f.c.flagsSet&setDecodePerSeq == 0 {
 		ph.DecodePerSeq = p.DecodePerSeq
+	}
+	if f.c.flagsSet&setKVTransferOverhead == 0 {
+		ph.KVTransferOverhead = p.KVTransferOverhead
+	}
+	if f.c.flagsSet&setKVTransferPerToken == 0 {
+		ph.KVTransferPerToken = p.KVTransferPerToken
 	}
 	ph.KVTokens = p.KVTokens
 	return nil

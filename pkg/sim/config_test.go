@@ -15,6 +15,9 @@ func TestDefaultConfig(t *testing.T) {
 	require.NoError(t, c.Validate())
 	assert.Equal(t, 31250, c.NumKVBlocks())
 	assert.Equal(t, 500000, c.NumKVBlocks()*c.BlockSize)
+	assert.Equal(t, RoleUnified, c.Role)
+	assert.Equal(t, 2*time.Millisecond, c.Physics.KVTransferOverhead)
+	assert.Equal(t, 5*time.Microsecond, c.Physics.KVTransferPerToken, "128 KiB of Llama-3-8B KV a token at ~25 GB/s")
 	c.BlockSize = 32
 	assert.Equal(t, 15625, c.NumKVBlocks(), "the profile fixes KV tokens, not blocks")
 	c.KVBlocks = 10
@@ -30,9 +33,13 @@ func TestValidateNamesFlags(t *testing.T) {
 	c.Physics.DecodeBase = -time.Millisecond
 	c.Model = ""
 	c.LoRAModules = []LoRAModule{{Name: "a", Path: "/a"}, {Name: "a", Path: "/b"}}
+	c.Role = "kv_both"
+	c.Physics.KVTransferOverhead = -time.Millisecond
+	c.Physics.KVTransferPerToken = -time.Microsecond
 	err := c.Validate()
 	require.Error(t, err)
-	for _, flagName := range []string{"--max-num-seqs", "--time-scale", "--fail-rate", "--kv-blocks", "--decode-base", "--model", "--lora-modules"} {
+	for _, flagName := range []string{"--max-num-seqs", "--time-scale", "--fail-rate", "--kv-blocks", "--decode-base", "--model", "--lora-modules",
+		"--role", "--kv-transfer-overhead", "--kv-transfer-per-token"} {
 		assert.ErrorContains(t, err, flagName)
 	}
 
@@ -59,8 +66,12 @@ func parseFlags(t *testing.T, args ...string) (Config, error) {
 func TestFlags(t *testing.T) {
 	c, err := parseFlags(t, "--host", "0.0.0.0", "--port=9000", "--max-num-seqs", "8", "--kv-blocks", "100",
 		"--block-size", "32", "--time-scale", "50", "--startup-delay", "3s", "--zero-latency",
-		"--fail-rate", "0.1", "--seed", "7", "--abort-after-tokens", "5", "--exit-after-tokens", "9", "--default-max-tokens", "12")
+		"--fail-rate", "0.1", "--seed", "7", "--abort-after-tokens", "5", "--exit-after-tokens", "9", "--default-max-tokens", "12",
+		"--role", "decode", "--kv-transfer-overhead", "1ms", "--kv_transfer_per_token", "20us")
 	require.NoError(t, err)
+	assert.Equal(t, RoleDecode, c.Role)
+	assert.Equal(t, time.Millisecond, c.Physics.KVTransferOverhead)
+	assert.Equal(t, 20*time.Microsecond, c.Physics.KVTransferPerToken)
 	assert.Equal(t, "0.0.0.0", c.Host)
 	assert.Equal(t, 9000, c.Port)
 	assert.Equal(t, 8, c.MaxNumSeqs)
@@ -99,17 +110,22 @@ func TestFlags(t *testing.T) {
 
 	// --profile fills only the physics flags not given, in either order.
 	for _, args := range [][]string{
-		{"--prefill-tps", "5", "--decode-per-seq", "1ms", "--profile", "h100-8b"},
-		{"--profile", "h100-8b", "--prefill-tps", "5", "--decode-per-seq", "1ms"},
+		{"--prefill-tps", "5", "--decode-per-seq", "1ms", "--kv-transfer-per-token", "1us", "--profile", "h100-8b"},
+		{"--profile", "h100-8b", "--prefill-tps", "5", "--decode-per-seq", "1ms", "--kv-transfer-per-token", "1us"},
 	} {
 		c, err = parseFlags(t, args...)
 		require.NoError(t, err)
 		assert.Equal(t, 5.0, c.Physics.PrefillTPS)
 		assert.Equal(t, time.Millisecond, c.Physics.DecodePerSeq)
 		assert.Equal(t, 6*time.Millisecond, c.Physics.DecodeBase)
+		assert.Equal(t, time.Microsecond, c.Physics.KVTransferPerToken)
+		assert.Equal(t, 2*time.Millisecond, c.Physics.KVTransferOverhead)
 	}
 	_, err = parseFlags(t, "--profile", "tpu")
 	assert.ErrorContains(t, err, "unknown profile")
 	_, err = parseFlags(t, "--decode-base", "6")
 	assert.ErrorContains(t, err, "decode-base")
+	c, err = parseFlags(t, "--role", "both")
+	require.NoError(t, err, "parsed; Validate rejects it")
+	assert.ErrorContains(t, c.Validate(), `invalid --role "both"`)
 }

@@ -95,8 +95,9 @@ func (e *encoder) appendUsageChunk(b []byte, u usage) []byte {
 	return append(b, "}\n\n"...)
 }
 
-// appendResponse appends a whole non-streaming response of n tokens.
-func (e *encoder) appendResponse(b []byte, n int, reason string, u usage) []byte {
+// appendResponse appends a whole non-streaming response of n tokens, with
+// a top-level "kv_transfer_params" when kvParams (a JSON object) is given.
+func (e *encoder) appendResponse(b []byte, n int, reason string, u usage, kvParams []byte) []byte {
 	b = append(b, e.fullHead...)
 	if e.chat {
 		b = append(b, `"choices":[{"index":0,"message":{"role":"assistant","content":"`...)
@@ -115,6 +116,10 @@ func (e *encoder) appendResponse(b []byte, n int, reason string, u usage) []byte
 	b = append(b, reason...)
 	b = append(b, `"}],"usage":`...)
 	b = appendUsage(b, u)
+	if kvParams != nil {
+		b = append(b, `,"kv_transfer_params":`...)
+		b = append(b, kvParams...)
+	}
 	return append(b, '}')
 }
 

@@ -135,41 +135,11 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 
 	textBuf := s.getBuf()
 	defer s.putBuf(textBuf)
-	if chat {
-		raw, present := obj.Get("messages")
-		if !present || string(raw) == "null" {
-			badRequest(w, "missing_messages", `"messages" is required`)
-			return
-		}
-		msgs, err := prompt.DecodeMessages(raw)
-		if err != nil {
-			badRequest(w, "invalid_messages", err.Error())
-			return
-		}
-		if len(msgs) == 0 {
-			badRequest(w, "invalid_messages", `"messages" must not be empty`)
-			return
-		}
-		*textBuf = prompt.AppendChat(*textBuf, msgs)
-	} else {
-		raw, present := obj.Get("prompt")
-		if !present || string(raw) == "null" {
-			badRequest(w, "missing_prompt", `"prompt" is required`)
-			return
-		}
-		text, err := prompt.AppendCompletion(*textBuf, raw)
-		*textBuf = text
-		if err != nil {
-			badRequest(w, "invalid_prompt", err.Error())
-			return
-		}
-	}
-	text := *textBuf
-	promptLen := prompt.TokenCount(text)
-	if promptLen == 0 {
-		badRequest(w, "invalid_prompt", "the prompt must not be empty")
+	text, ok := renderPrompt(w, obj, chat, textBuf)
+	if !ok {
 		return
 	}
+	promptLen := prompt.TokenCount(text)
 	if promptLen >= s.cfg.MaxModelLen {
 		badRequest(w, "context_length_exceeded", fmt.Sprintf(
 			"This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input.",
@@ -199,6 +169,15 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		}
 		includeUsage = opts.Bool("include_usage")
 	}
+	xfer, ok := s.kvTransfer(w, obj)
+	if !ok {
+		return
+	}
+	if xfer == xferSend && stream {
+		badParam(w, codeBadKV, "stream",
+			`"stream" must be false with kv_transfer_params.do_remote_decode: the prefill answers one response`)
+		return
+	}
 
 	if s.injectFailure() {
 		openai.WriteError(w, http.StatusInternalServerError,
@@ -207,13 +186,19 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	}
 
 	stopReason := reasonStop
-	if !given {
+	switch {
+	case xfer == xferSend:
+		// The prefill half of a disaggregated request: one token, as vLLM's
+		// proxies ask with max_tokens 1.
+		maxTokens, stopReason = 1, reasonLength
+	case !given:
 		maxTokens = s.cfg.DefaultMaxTokens
-	} else {
+	default:
 		stopReason = reasonLength
 	}
 	q := newSeq(promptLen, min(maxTokens, s.cfg.MaxModelLen-promptLen), stream)
 	q.stopReason = stopReason
+	q.xfer = xfer
 	q.lora = lora
 	q.hashes = prompt.BlockHashes(text, s.cfg.BlockSize)
 	prompt.SaltHashes(q.hashes, lora)
@@ -227,6 +212,46 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	} else {
 		s.fullResponse(w, r, q, enc)
 	}
+}
+
+// renderPrompt renders the request's prompt (chat messages or completions
+// prompt) into *buf and returns it; it answers 400 when it is missing,
+// malformed or empty.
+func renderPrompt(w http.ResponseWriter, obj openai.Object, chat bool, buf *[]byte) ([]byte, bool) {
+	if chat {
+		raw, present := obj.Get("messages")
+		if !present || string(raw) == "null" {
+			badRequest(w, "missing_messages", `"messages" is required`)
+			return nil, false
+		}
+		msgs, err := prompt.DecodeMessages(raw)
+		if err != nil {
+			badRequest(w, "invalid_messages", err.Error())
+			return nil, false
+		}
+		if len(msgs) == 0 {
+			badRequest(w, "invalid_messages", `"messages" must not be empty`)
+			return nil, false
+		}
+		*buf = prompt.AppendChat(*buf, msgs)
+	} else {
+		raw, present := obj.Get("prompt")
+		if !present || string(raw) == "null" {
+			badRequest(w, "missing_prompt", `"prompt" is required`)
+			return nil, false
+		}
+		text, err := prompt.AppendCompletion(*buf, raw)
+		*buf = text
+		if err != nil {
+			badRequest(w, "invalid_prompt", err.Error())
+			return nil, false
+		}
+	}
+	if prompt.TokenCount(*buf) == 0 {
+		badRequest(w, "invalid_prompt", "the prompt must not be empty")
+		return nil, false
+	}
+	return *buf, true
 }
 
 // intParam returns the first of keys present and not null, as a positive
@@ -342,7 +367,11 @@ func (s *Server) fullResponse(w http.ResponseWriter, r *http.Request, q *seq, en
 	n := int(q.tokens.Load())
 	bp := s.getBuf()
 	defer s.putBuf(bp)
-	*bp = enc.appendResponse((*bp)[:0], n, q.reason, usage{prompt: q.promptLen, completion: n, cached: q.cached})
+	var kvParams []byte
+	if q.xfer == xferSend {
+		kvParams = s.appendSentKV(nil, r, q.sentBlocks)
+	}
+	*bp = enc.appendResponse((*bp)[:0], n, q.reason, usage{prompt: q.promptLen, completion: n, cached: q.cached}, kvParams)
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(*bp)
 }

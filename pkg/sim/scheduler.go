@@ -27,6 +27,20 @@ var errStopped = errors.New("the engine is shutting down")
 // rate exact and tokens are never more than minSleep early.
 const minSleep = 500 * time.Microsecond
 
+// kvXfer is a sequence's part in disaggregated prefill/decode, set by the
+// request's kv_transfer_params (vLLM's NixlConnector protocol).
+type kvXfer uint8
+
+const (
+	xferNone kvXfer = iota
+	// xferSend (do_remote_decode): prefill here for a decode engine; the
+	// blocks holding the prompt are reported when the sequence ends.
+	xferSend
+	// xferRecv (do_remote_prefill): receive the KV of the prompt tokens not
+	// cached here from a prefill engine instead of computing them.
+	xferRecv
+)
+
 // seq is one request's sequence. The handler fills the first group and then
 // only reads it; the scheduler goroutine owns the last group.
 type seq struct {
@@ -37,18 +51,21 @@ type seq struct {
 	lora       string
 	stream     bool
 	stopReason string // reason when maxOut tokens were generated
+	xfer       kvXfer
 
 	// Shared with the handler: tokens counts the tokens produced so far and
 	// notify (streams only, capacity 1) wakes the handler when it grows;
 	// done is closed when the sequence ends, after cached, reason and err
 	// are final. cancelled is set by the handler when it gives up.
-	notify    chan struct{}
-	done      chan struct{}
-	tokens    atomic.Int64
-	cancelled atomic.Bool
-	cached    int
-	reason    string
-	err       error
+	// sentBlocks (xferSend) are the blocks the sequence held when it ended.
+	notify     chan struct{}
+	done       chan struct{}
+	tokens     atomic.Int64
+	cancelled  atomic.Bool
+	cached     int
+	reason     string
+	err        error
+	sentBlocks []int32
 
 	arrivalSim time.Duration
 	lastSim    time.Duration
@@ -56,9 +73,10 @@ type seq struct {
 	generated  int
 	chunk      int // prompt tokens scheduled in the current step
 	blocks     []int32
-	registered int // leading blocks registered in the prefix cache
-	reserved   int // blocks reserved for the sequence's future growth
-	admitted   bool
+	registered int           // leading blocks registered in the prefix cache
+	reserved   int           // blocks reserved for the sequence's future growth
+	recvEnd    time.Duration // xferRecv: when its KV transfer completes
+	admitted   bool          // joined the running batch
 	finished   bool
 }
 
@@ -79,9 +97,18 @@ func (q *seq) isDone() bool {
 	}
 }
 
+// prefixQuery asks the scheduler goroutine how many leading hashes are
+// cached; the answer goes to reply (capacity 1).
+type prefixQuery struct {
+	hashes []uint64
+	reply  chan int
+}
+
 // scheduler is the simulated engine: a continuous-batching loop over a
 // waiting queue and a running batch, with a paged KV cache and a virtual
-// clock. Everything below mu is owned by the goroutine in run.
+// clock. Sequences receiving their KV from a prefill engine wait outside the
+// batch (receiving), then queue for it ahead of new work (landed).
+// Everything below mu is owned by the goroutine in run.
 type scheduler struct {
 	log       *slog.Logger
 	m         *metrics
@@ -96,6 +123,8 @@ type scheduler struct {
 	maxLoRAs  int
 	cancelled atomic.Uint64 // bumped by handlers that cancel a sequence
 	wake      chan struct{}
+	queries   chan prefixQuery // prefix-cache lookups, answered by run
+	quit      chan struct{}    // closed when the engine has stopped
 
 	mu       sync.Mutex
 	incoming []*seq
@@ -108,6 +137,9 @@ type scheduler struct {
 	waiting     []*seq
 	whead       int
 	running     []*seq
+	receiving   []*seq // xferRecv sequences holding blocks while their KV arrives
+	landed      []*seq // xferRecv sequences whose KV arrived, waiting for the batch
+	resync      bool   // the clock stopped while idle: move it to the present
 	reserved    int
 	decodes     []*seq
 	prefills    []*seq
@@ -132,6 +164,8 @@ func newScheduler(cfg Config, m *metrics, log *slog.Logger) *scheduler {
 		loraOn:   cfg.LoRAEnabled(),
 		maxLoRAs: cfg.MaxLoRAs,
 		wake:     make(chan struct{}, 1),
+		queries:  make(chan prefixQuery),
+		quit:     make(chan struct{}),
 		runLoRA:  map[string]int{},
 		waitLoRA: map[string]int{},
 	}
@@ -152,6 +186,26 @@ func (s *scheduler) submit(q *seq) error {
 	s.mu.Unlock()
 	s.poke()
 	return nil
+}
+
+// prefixMatch returns how many leading hashes the KV cache holds right now.
+// The scheduler goroutine answers (between steps or while it sleeps); the
+// lookup does not change the cache, not even its LRU order.
+func (s *scheduler) prefixMatch(ctx context.Context, hashes []uint64) (int, error) {
+	q := prefixQuery{hashes: hashes, reply: make(chan int, 1)}
+	select {
+	case s.queries <- q:
+	case <-s.quit:
+		return 0, errStopped
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return <-q.reply, nil // answered at once by the receiver
+}
+
+func (s *scheduler) answer(q prefixQuery) {
+	hits, _ := s.kv.match(q.hashes, len(q.hashes))
+	q.reply <- hits
 }
 
 // cancel asks the engine to drop a sequence at its next step.
@@ -185,72 +239,119 @@ func (s *scheduler) run(ctx context.Context, start time.Time) {
 	s.timer = time.NewTimer(time.Hour)
 	s.timer.Stop()
 	defer s.shutdown()
-	idle := true
+	s.resync = true
 	for {
 		s.collect()
-		if len(s.running) == 0 && s.numWaiting() == 0 {
-			idle = true
-			s.publishGauges()
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.wake:
-			}
-			continue
-		}
 		if ctx.Err() != nil {
 			return
 		}
-		if idle || s.zero {
+		if s.resync || s.zero {
 			// The clock stops while the engine idles; with zero latency it
 			// follows real time, so latencies report real processing time.
 			s.vnow = max(s.vnow, s.simSince(time.Now()))
-			idle = false
+			s.resync = false
 		}
-		dur, ok := s.plan()
-		if !ok {
-			// Unreachable with a valid Config (an empty engine can always
-			// admit the head of the queue); wait for a change rather than spin.
-			s.log.Error("scheduler has waiting work it cannot schedule", "waiting", s.numWaiting())
-			s.publishGauges()
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.wake:
+		s.land()
+		if s.hasWork() {
+			if dur, ok := s.plan(); ok {
+				end := s.vnow + dur
+				if !s.sleepUntil(ctx, end) {
+					return
+				}
+				s.vnow = end
+				s.complete()
+				s.publishGauges()
+				continue
 			}
-			continue
+			if len(s.receiving) == 0 {
+				// Unreachable with a valid Config (an empty engine can always
+				// admit the head of the queue); wait for a change rather than spin.
+				s.log.Error("scheduler has waiting work it cannot schedule", "waiting", s.numWaiting())
+			}
 		}
-		end := s.vnow + dur
-		if !s.sleepUntil(ctx, end) {
+		// Nothing to compute: wait for new work or the next KV transfer.
+		s.publishGauges()
+		if !s.await(ctx) {
 			return
 		}
-		s.vnow = end
-		s.complete()
-		s.publishGauges()
+	}
+}
+
+// hasWork reports whether there is anything a step could compute.
+func (s *scheduler) hasWork() bool {
+	return len(s.running) > 0 || s.numWaiting() > 0 || len(s.landed) > 0
+}
+
+// await blocks until new work is submitted or, with KV transfers in
+// flight, until the first of them completes, answering prefix queries
+// meanwhile. It returns false when ctx is done.
+func (s *scheduler) await(ctx context.Context) bool {
+	var timeout <-chan time.Time
+	var next time.Duration
+	if len(s.receiving) > 0 {
+		next = s.receiving[0].recvEnd
+		for _, q := range s.receiving[1:] {
+			next = min(next, q.recvEnd)
+		}
+		d := time.Until(s.realAt(next))
+		if d < minSleep {
+			s.vnow = max(s.vnow, next)
+			return ctx.Err() == nil
+		}
+		s.timer.Reset(d)
+		timeout = s.timer.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			s.timer.Stop()
+			return false
+		case <-s.wake:
+			s.timer.Stop()
+			s.resync = true
+			return true
+		case <-timeout:
+			s.vnow = max(s.vnow, next)
+			return true
+		case q := <-s.queries:
+			s.answer(q)
+		}
 	}
 }
 
 // sleepUntil waits until the real time of the simulated instant end; it
 // does not sleep when that is less than minSleep away (or past: the loop is
-// behind and catches up without drift).
+// behind and catches up without drift). It answers prefix queries meanwhile.
 func (s *scheduler) sleepUntil(ctx context.Context, end time.Duration) bool {
 	d := time.Until(s.realAt(end))
 	if d < minSleep {
 		return ctx.Err() == nil
 	}
 	s.timer.Reset(d)
-	select {
-	case <-s.timer.C:
-		return true
-	case <-ctx.Done():
-		s.timer.Stop()
-		return false
+	for {
+		select {
+		case <-s.timer.C:
+			return true
+		case <-ctx.Done():
+			s.timer.Stop()
+			return false
+		case q := <-s.queries:
+			s.answer(q)
+		}
 	}
 }
 
 // collect moves submitted sequences to the waiting queue and drops the
 // cancelled ones.
 func (s *scheduler) collect() {
+	for answered := false; !answered; {
+		select {
+		case q := <-s.queries:
+			s.answer(q)
+		default:
+			answered = true
+		}
+	}
 	s.mu.Lock()
 	batch := s.incoming
 	s.incoming = s.drained[:0]
@@ -274,6 +375,14 @@ func (s *scheduler) collect() {
 			}
 		}
 		s.running = slices.DeleteFunc(s.running, (*seq).isFinished)
+		for _, list := range []*[]*seq{&s.receiving, &s.landed} {
+			for _, q := range *list {
+				if q.cancelled.Load() {
+					s.finish(q, reasonAbort)
+				}
+			}
+			*list = slices.DeleteFunc(*list, (*seq).isFinished)
+		}
 		w := s.waiting[s.whead:]
 		for _, q := range w {
 			if q.cancelled.Load() {
@@ -335,24 +444,51 @@ func (s *scheduler) plan() (time.Duration, bool) {
 	return d, true
 }
 
-// admit moves sequences from the waiting queue to the running batch while
-// the budget, the batch size and the KV cache allow, first come first
-// served. A sequence whose LoRA adapter would exceed --max-loras is skipped
-// (it keeps its place); one that does not fit in the KV cache stops
-// admission. It returns the prompt tokens scheduled for the admitted ones.
+// admit moves sequences to the running batch while the budget, the batch
+// size and the KV cache allow: first those whose KV transfer has landed,
+// then the waiting queue, first come first served. A sequence whose LoRA
+// adapter would exceed --max-loras is skipped (it keeps its place); one that
+// does not fit in the KV cache stops admission. A sequence that receives its
+// KV from a prefill engine takes its blocks and leaves the queue, but joins
+// the batch only once the transfer has landed (vLLM's
+// WAITING_FOR_REMOTE_KVS). It returns the prompt tokens to compute for the
+// admitted ones.
 func (s *scheduler) admit(budget int) int {
 	scheduled := 0
+	if len(s.landed) > 0 {
+		kept := s.landed[:0]
+		for _, q := range s.landed {
+			if budget == 0 || len(s.running) >= s.maxSeqs || !s.loraFits(q) {
+				kept = append(kept, q)
+				continue
+			}
+			// Only the last prompt token is left, computed at the cost of a
+			// decoding sequence: no prefill tokens for the step's duration.
+			s.join(q)
+			q.chunk = q.promptLen - q.prefilled
+			budget -= q.chunk
+			s.prefills = append(s.prefills, q)
+		}
+		clear(s.landed[len(kept):])
+		s.landed = kept
+	}
 	s.skipped = s.skipped[:0]
 	i := s.whead
 	for ; i < len(s.waiting) && budget > 0 && len(s.running) < s.maxSeqs; i++ {
 		q := s.waiting[i]
-		if q.lora != "" && s.runLoRA[q.lora] == 0 && len(s.runLoRA) >= s.maxLoRAs {
+		if !s.loraFits(q) {
 			s.skipped = append(s.skipped, q)
 			continue
 		}
 		if !s.allocate(q) {
 			break
 		}
+		if q.xfer == xferRecv {
+			q.recvEnd = s.vnow + s.phys.KVTransferOverhead + time.Duration(q.promptLen-q.cached)*s.phys.KVTransferPerToken
+			s.receiving = append(s.receiving, q)
+			continue
+		}
+		s.join(q)
 		q.chunk = min(q.promptLen-q.prefilled, budget)
 		budget -= q.chunk
 		scheduled += q.chunk
@@ -368,10 +504,16 @@ func (s *scheduler) admit(budget int) int {
 	return scheduled
 }
 
-// allocate admits q if the KV cache can hold it: its cached prefix is
-// reused, blocks are taken for the rest of the prompt, and the blocks its
-// output will need are reserved (so a running sequence never has to be
-// preempted).
+// loraFits reports whether q's adapter, if any, is running or fits in
+// --max-loras.
+func (s *scheduler) loraFits(q *seq) bool {
+	return q.lora == "" || s.runLoRA[q.lora] > 0 || len(s.runLoRA) < s.maxLoRAs
+}
+
+// allocate gives q its KV blocks if the cache can hold it: its cached
+// prefix is reused, blocks are taken for the rest of the prompt, and the
+// blocks its output will need are reserved (so a running sequence never has
+// to be preempted).
 func (s *scheduler) allocate(q *seq) bool {
 	maxHit := (q.promptLen - 1) / s.bs // a fully cached prompt recomputes its last block
 	hits, idle := s.kv.match(q.hashes, maxHit)
@@ -394,6 +536,14 @@ func (s *scheduler) allocate(q *seq) bool {
 	q.cached = hits * s.bs
 	q.prefilled = q.cached
 	q.registered = hits
+	s.m.prefixQueries.Add(float64(q.promptLen))
+	s.m.prefixHits.Add(float64(q.cached))
+	s.m.queueTime.Observe(seconds(s.vnow - q.arrivalSim))
+	return true
+}
+
+// join adds q, which holds its blocks, to the running batch.
+func (s *scheduler) join(q *seq) {
 	q.admitted = true
 	s.running = append(s.running, q)
 	if q.lora != "" {
@@ -404,10 +554,28 @@ func (s *scheduler) allocate(q *seq) bool {
 		s.runLoRA[q.lora]++
 		s.loraDirty = true
 	}
-	s.m.prefixQueries.Add(float64(q.promptLen))
-	s.m.prefixHits.Add(float64(q.cached))
-	s.m.queueTime.Observe(seconds(s.vnow - q.arrivalSim))
-	return true
+}
+
+// land completes the KV transfers due by now: the received prompt blocks
+// become findable in the prefix cache and the sequence queues for the batch
+// with only its last prompt token to compute (vLLM sets num_computed_tokens
+// to the prompt length - 1 once the KV has arrived).
+func (s *scheduler) land() {
+	if len(s.receiving) == 0 {
+		return
+	}
+	kept := s.receiving[:0]
+	for _, q := range s.receiving {
+		if q.recvEnd > s.vnow {
+			kept = append(kept, q)
+			continue
+		}
+		q.prefilled = q.promptLen - 1
+		s.register(q)
+		s.landed = append(s.landed, q)
+	}
+	clear(s.receiving[len(kept):])
+	s.receiving = kept
 }
 
 // grow gives a decoding sequence the blocks its next step needs, out of its
@@ -490,6 +658,9 @@ func (s *scheduler) finish(q *seq, reason string) {
 	if q.finished {
 		return
 	}
+	if q.xfer == xferSend && reason != reasonAbort {
+		q.sentBlocks = slices.Clone(q.blocks)
+	}
 	s.kv.release(q.blocks)
 	q.blocks = nil
 	s.reserved -= q.reserved
@@ -518,7 +689,8 @@ func (s *scheduler) finish(q *seq, reason string) {
 
 func (s *scheduler) publishGauges() {
 	s.m.running.Set(float64(len(s.running)))
-	s.m.waiting.Set(float64(s.numWaiting()))
+	// As in vLLM, sequences waiting for their KV count as waiting.
+	s.m.waiting.Set(float64(s.numWaiting() + len(s.receiving) + len(s.landed)))
 	usage := float64(s.kv.used()) / float64(s.kv.numBlocks())
 	s.m.kvUsage.Set(usage)
 	s.m.gpuUsage.Set(usage)
@@ -543,12 +715,15 @@ func (s *scheduler) shutdown() {
 		q.err = errStopped
 		s.finish(q, reasonAbort)
 	}
-	for _, q := range s.running {
-		q.err = errStopped
-		s.finish(q, reasonAbort)
+	for _, list := range [][]*seq{s.running, s.receiving, s.landed} {
+		for _, q := range list {
+			q.err = errStopped
+			s.finish(q, reasonAbort)
+		}
 	}
-	s.waiting, s.whead, s.running = nil, 0, nil
+	s.waiting, s.whead, s.running, s.receiving, s.landed = nil, 0, nil, nil, nil
 	s.publishGauges()
+	close(s.quit)
 }
 
 func joinKeys(m map[string]int) string {

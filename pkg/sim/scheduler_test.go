@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -122,6 +123,87 @@ func TestFullyCachedPromptRecomputesLastBlock(t *testing.T) {
 	assert.Equal(t, 48, run().cached, "3 of 4 blocks reused; the last one is recomputed")
 }
 
+// TestKVTransferWaitsOutsideTheBatch follows a remote decode in virtual
+// time: it takes its blocks at once, waits for the KV of its uncached prompt
+// tokens while the batch keeps stepping at decode cost, then joins the batch
+// with only its last prompt token to compute.
+func TestKVTransferWaitsOutsideTheBatch(t *testing.T) {
+	s := testScheduler(t, nil)
+	p := s.phys
+	step := func() time.Duration {
+		t.Helper()
+		d, ok := s.plan()
+		require.True(t, ok)
+		s.vnow += d
+		s.complete()
+		s.land()
+		return d
+	}
+	hashes := make([]uint64, 250) // a 4000-token prompt: 250 full blocks
+	for i := range hashes {
+		hashes[i] = uint64(i + 1)
+	}
+	// 100 blocks of its prefix are cached here already.
+	warm := newSeq(1601, 1, false)
+	warm.hashes = hashes[:100]
+	dec := newSeq(10, 1000, false)
+	require.NoError(t, s.submit(warm))
+	require.NoError(t, s.submit(dec))
+	s.collect()
+	step()
+	require.True(t, warm.isDone())
+
+	q := newSeq(4000, 5, false)
+	q.hashes = hashes
+	q.xfer = xferRecv
+	require.NoError(t, s.submit(q))
+	s.collect()
+	start := s.vnow
+	d := step()
+	assert.Equal(t, p.DecodeBase+p.DecodePerSeq, d, "the transfer costs the batch nothing")
+	assert.Equal(t, []*seq{q}, s.receiving)
+	assert.Equal(t, []*seq{dec}, s.running)
+	assert.Equal(t, 1600, q.cached, "cached_tokens: the local hits before the transfer")
+	transfer := p.KVTransferOverhead + (4000-1600)*p.KVTransferPerToken // 14ms
+	assert.Equal(t, start+transfer, q.recvEnd)
+	assert.Equal(t, 250, len(q.blocks), "blocks taken before the KV arrives")
+	hits, _ := s.kv.match(hashes, 250)
+	assert.Equal(t, 100, hits, "not findable before it arrives")
+
+	for len(s.landed) == 0 {
+		require.Less(t, s.vnow, q.recvEnd)
+		step()
+	}
+	assert.GreaterOrEqual(t, s.vnow, q.recvEnd)
+	assert.Less(t, s.vnow-q.recvEnd, p.DecodeBase+p.DecodePerSeq, "lands at the first step end after the transfer")
+	hits, _ = s.kv.match(hashes, 250)
+	assert.Equal(t, 249, hits, "received blocks are cached; the last prompt token is recomputed")
+	assert.Zero(t, q.tokens.Load())
+
+	d = step()
+	assert.Equal(t, p.DecodeBase+2*p.DecodePerSeq, d, "the last prompt token costs what a decoding sequence does")
+	assert.Equal(t, int64(1), q.tokens.Load())
+	hits, _ = s.kv.match(hashes, 250)
+	assert.Equal(t, 250, hits)
+	assert.Equal(t, []*seq{dec, q}, s.running)
+	assert.Greater(t, dec.tokens.Load(), int64(3), "the batch kept decoding during the transfer")
+
+	// With zero latency the KV arrives at once.
+	z := testScheduler(t, func(c *Config) { c.ZeroLatency = true })
+	zq := newSeq(100, 1, false)
+	zq.xfer = xferRecv
+	require.NoError(t, z.submit(zq))
+	z.collect()
+	_, ok := z.plan()
+	assert.False(t, ok, "only a transfer started: nothing to compute yet")
+	assert.Equal(t, z.vnow, zq.recvEnd)
+	z.land()
+	_, ok = z.plan()
+	require.True(t, ok)
+	z.complete()
+	assert.True(t, zq.isDone())
+}
+
 func TestCancelledSequencesLeave(t *testing.T) {
 	s := testScheduler(t, func(c *Config) { c.MaxNumSeqs = 1 })
 	a, b := newSeq(10, 1000, true), newSeq(10, 1000, true)
@@ -186,6 +268,9 @@ func TestSchedulerInvariantsRandomized(t *testing.T) {
 			if rng.IntN(4) == 0 {
 				q.lora = []string{"a", "b", "c"}[rng.IntN(3)]
 			}
+			if rng.IntN(4) == 0 {
+				q.xfer = xferRecv
+			}
 			require.NoError(t, s.submit(q))
 			all = append(all, q)
 		}
@@ -193,13 +278,31 @@ func TestSchedulerInvariantsRandomized(t *testing.T) {
 			s.cancel(all[rng.IntN(len(all))])
 		}
 		s.collect()
-		if len(s.running) > 0 || s.numWaiting() > 0 {
-			_, ok := s.plan()
-			require.True(t, ok, "step %d: work but nothing schedulable", step)
-			s.complete()
+		s.land()
+		stepped := false
+		if s.hasWork() {
+			d, ok := s.plan()
+			require.True(t, ok || len(s.receiving) > 0, "step %d: work but nothing schedulable", step)
+			if ok {
+				s.vnow += d
+				s.complete()
+				stepped = true
+			}
+		}
+		if !stepped && len(s.receiving) > 0 {
+			next := s.receiving[0].recvEnd
+			for _, q := range s.receiving {
+				next = min(next, q.recvEnd)
+			}
+			s.vnow = max(s.vnow, next) // as run's await does
 		}
 
 		held, reserved := 0, 0
+		for _, q := range append(slices.Clone(s.receiving), s.landed...) {
+			held += len(q.blocks)
+			reserved += q.reserved
+			require.False(t, q.admitted)
+		}
 		loras := map[string]bool{}
 		for _, q := range s.running {
 			held += len(q.blocks)
@@ -230,10 +333,13 @@ func TestSchedulerInvariantsRandomized(t *testing.T) {
 	s.collect()
 	assert.Zero(t, s.kv.used())
 	assert.Zero(t, s.reserved)
-	finished, hits := 0, 0
+	finished, hits, received := 0, 0, 0
 	for _, q := range all {
 		if q.cached > 0 {
 			hits++
+		}
+		if q.xfer == xferRecv && q.isDone() && q.reason != reasonAbort {
+			received++
 		}
 		if q.isDone() && q.reason != reasonAbort {
 			finished++
@@ -243,5 +349,7 @@ func TestSchedulerInvariantsRandomized(t *testing.T) {
 	assert.Greater(t, finished, 100, "most sequences ran to completion")
 	assert.Greater(t, hits, 50, "prefix reuse was exercised")
 	assert.Greater(t, blockedOnKV, 10, "queueing with free batch slots (KV or budget bound) was exercised")
-	t.Logf("%d sequences, %d finished, %d with cache hits, %d steps queueing with free batch slots", len(all), finished, hits, blockedOnKV)
+	assert.Greater(t, received, 20, "remote decodes were exercised")
+	t.Logf("%d sequences, %d finished (%d after a KV transfer), %d with cache hits, %d steps queueing with free batch slots",
+		len(all), finished, received, hits, blockedOnKV)
 }

@@ -58,6 +58,7 @@ type Server struct {
 	modelJSON []byte // cfg.Model as a JSON string
 	idPrefix  string
 	ids       atomic.Uint64
+	engineID  string // remote_engine_id of the KV this engine prefills
 
 	rngMu sync.Mutex
 	rng   *rand.Rand
@@ -72,6 +73,11 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	}
 	var nonce [8]byte
 	_, _ = crand.Read(nonce[:]) // crypto/rand.Read never fails
+	var uuid [16]byte
+	_, _ = crand.Read(uuid[:])
+	uuid[6] = uuid[6]&0x0f | 0x40 // version 4, like vLLM's engine ids
+	uuid[8] = uuid[8]&0x3f | 0x80
+	h := hex.EncodeToString(uuid[:])
 	s := &Server{
 		cfg:       cfg,
 		log:       slog.Default(),
@@ -79,6 +85,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		created:   time.Now().Unix(),
 		modelJSON: jsonString(cfg.Model),
 		idPrefix:  hex.EncodeToString(nonce[:]),
+		engineID:  h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:],
 		rng:       rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
 		loras:     newLoRASet(cfg.LoRAModules),
 		bufs:      sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }},
@@ -95,8 +102,12 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 // Config returns the configuration the server was built with.
 func (s *Server) Config() Config { return s.cfg }
 
-// Handler returns the HTTP API: the OpenAI endpoints, /health, /metrics and
-// the LoRA adapter endpoints.
+// EngineID returns the engine's id, a random UUID fixed for the Server's
+// life: the remote_engine_id of the KV it prefills for decode engines.
+func (s *Server) EngineID() string { return s.engineID }
+
+// Handler returns the HTTP API: the OpenAI endpoints, /health, /metrics,
+// the LoRA adapter endpoints and POST /sim/prefix-match.
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Ready reports whether the engine is running and done "loading".
@@ -115,7 +126,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.readyAt.Store(int64(start.Add(delay).Sub(s.epoch)))
 	s.running.Store(true)
 	defer s.running.Store(false)
-	s.log.Info("engine starting", "model", s.cfg.Model, "kv_blocks", s.cfg.NumKVBlocks(), "block_size", s.cfg.BlockSize,
+	s.log.Info("engine starting", "model", s.cfg.Model, "role", s.cfg.Role, "engine_id", s.engineID, "kv_blocks", s.cfg.NumKVBlocks(), "block_size", s.cfg.BlockSize,
 		"max_num_seqs", s.cfg.MaxNumSeqs, "max_num_batched_tokens", s.cfg.MaxNumBatchedTokens, "time_scale", s.cfg.TimeScale,
 		"zero_latency", s.cfg.ZeroLatency, "startup_delay", s.cfg.StartupDelay)
 	if delay > 0 {
@@ -136,6 +147,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/load_lora_adapter", s.handleLoadLoRA)
 	mux.HandleFunc("POST /v1/unload_lora_adapter", s.handleUnloadLoRA)
 	mux.HandleFunc("GET /health", s.handleHealth)
+	mux.HandleFunc("POST /sim/prefix-match", s.handlePrefixMatch)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
 	return mux
 }
