@@ -58,6 +58,22 @@ type Config struct {
 	// period; 0 means RequestTimeout.
 	DrainTimeout time.Duration
 
+	// KVModel turns on the model of the engine's prefix cache (the prompt
+	// blocks it holds), streamed to stats subscribers as KV events.
+	KVModel bool
+	// KVBlockSize, when positive, is the block size (tokens) the KV model
+	// hashes prompts at, overriding the engine's vllm:cache_config_info
+	// block_size; 0 takes the engine's. Without either nothing is modelled.
+	KVBlockSize int
+	// KVCapacityBlocks, when positive, is how many prompt blocks the engine's
+	// cache holds at most, overriding vllm:cache_config_info num_gpu_blocks;
+	// 0 takes the engine's (or, when it reports none, caps the model at
+	// DefaultKVModelBlocks and reports the capacity as unknown).
+	KVCapacityBlocks int
+	// KVFlushInterval is the most often KV deltas are sent: changes are
+	// batched for this long.
+	KVFlushInterval time.Duration
+
 	// LogLevel is the minimum level logged by Main.
 	LogLevel slog.Level
 }
@@ -69,6 +85,14 @@ const (
 	DefaultMaxBodyBytes             = 32 << 20
 	DefaultMaxBufferedResponseBytes = 32 << 20
 	DefaultRequestTimeout           = 10 * time.Minute
+	DefaultKVFlushInterval          = 20 * time.Millisecond
+	// DefaultKVModelBlocks bounds the KV model when the engine's capacity is
+	// unknown (no num_gpu_blocks and no --kv-capacity-blocks).
+	DefaultKVModelBlocks = 1 << 16
+	// MaxKVBlockSize and MaxKVCapacityBlocks bound --kv-block-size and
+	// --kv-capacity-blocks (and the model's memory: about 100 bytes a block).
+	MaxKVBlockSize      = 1 << 16
+	MaxKVCapacityBlocks = 1 << 22
 )
 
 // RegisterFlags binds the config to flags on fs and sets the defaults.
@@ -91,6 +115,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ScrapeInterval, "scrape-interval", time.Second, "period (and timeout) of engine metrics scrapes")
 	fs.DurationVar(&c.DrainQuietPeriod, "drain-quiet-period", time.Second, "how long requests are still accepted once draining starts")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 0, "max wait for in-flight requests after the quiet period (0: --request-timeout)")
+	fs.BoolVar(&c.KVModel, "kv-model", true, "model the engine's prefix cache and stream block changes to stats subscribers")
+	fs.IntVar(&c.KVBlockSize, "kv-block-size", 0, "KV block size in tokens for the KV model (0: the engine's vllm:cache_config_info block_size)")
+	fs.IntVar(&c.KVCapacityBlocks, "kv-capacity-blocks", 0, "prompt blocks the engine's cache holds (0: the engine's num_gpu_blocks)")
+	fs.DurationVar(&c.KVFlushInterval, "kv-flush-interval", DefaultKVFlushInterval, "KV model changes are batched and sent at most this often")
 	c.LogLevel = slog.LevelInfo
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "minimum log level (debug, info, warn, error)")
 }
@@ -129,6 +157,12 @@ func (c Config) Validate() error {
 	if c.MaxBufferedResponseBytes <= 0 {
 		bad("max-buffered-response-bytes", "%d must be positive", c.MaxBufferedResponseBytes)
 	}
+	if c.KVBlockSize < 0 || c.KVBlockSize > MaxKVBlockSize {
+		bad("kv-block-size", "%d is not in 0..%d", c.KVBlockSize, MaxKVBlockSize)
+	}
+	if c.KVCapacityBlocks < 0 || c.KVCapacityBlocks > MaxKVCapacityBlocks {
+		bad("kv-capacity-blocks", "%d is not in 0..%d", c.KVCapacityBlocks, MaxKVCapacityBlocks)
+	}
 	for _, d := range []struct {
 		flag string
 		v    time.Duration
@@ -141,6 +175,7 @@ func (c Config) Validate() error {
 		{"scrape-interval", c.ScrapeInterval, false},
 		{"drain-quiet-period", c.DrainQuietPeriod, true},
 		{"drain-timeout", c.DrainTimeout, true},
+		{"kv-flush-interval", c.KVFlushInterval, false},
 	} {
 		if d.v < 0 || (d.v == 0 && !d.zero) {
 			bad(d.flag, "%v must be positive", d.v)

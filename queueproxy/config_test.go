@@ -21,6 +21,10 @@ func TestConfigDefaults(t *testing.T) {
 	assert.Equal(t, 10*time.Minute, c.RequestTimeout)
 	assert.Equal(t, 10*time.Minute, c.drainTimeout())
 	assert.Equal(t, 0, c.queueDepth())
+	assert.True(t, c.KVModel)
+	assert.Zero(t, c.KVBlockSize, "the engine's")
+	assert.Zero(t, c.KVCapacityBlocks, "the engine's")
+	assert.Equal(t, 20*time.Millisecond, c.KVFlushInterval)
 
 	require.NoError(t, fs.Parse([]string{"--container-concurrency=4", "--drain-timeout=30s"}))
 	assert.Equal(t, 40, c.queueDepth())
@@ -46,6 +50,11 @@ func TestConfigValidateNamesFlags(t *testing.T) {
 		{[]string{"--probe-interval=-1s"}, "--probe-interval"},
 		{[]string{"--stats-interval=0s"}, "--stats-interval"},
 		{[]string{"--drain-timeout=-1s"}, "--drain-timeout"},
+		{[]string{"--kv-block-size=-16"}, "--kv-block-size"},
+		{[]string{"--kv-block-size=100000"}, "--kv-block-size"},
+		{[]string{"--kv-capacity-blocks=-1"}, "--kv-capacity-blocks"},
+		{[]string{"--kv-capacity-blocks=100000000"}, "--kv-capacity-blocks"},
+		{[]string{"--kv-flush-interval=0s"}, "--kv-flush-interval"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			var c Config

@@ -3,15 +3,22 @@
 //
 // It serves one port. Under the reserved prefix /kvasir/ it answers its own
 // endpoints: readiness that follows the engine's health (/kvasir/ready), a
-// WebSocket stream of stats.Stat reports (/kvasir/stats) and its own
-// Prometheus metrics (/kvasir/metrics). Everything else is reverse-proxied to
-// the engine, with an optional concurrency limit and FIFO queue in front.
+// WebSocket stream of stats.Stat reports and KV events (/kvasir/stats) and
+// its own Prometheus metrics (/kvasir/metrics). Everything else is
+// reverse-proxied to the engine, with an optional concurrency limit and FIFO
+// queue in front.
 //
 // On the OpenAI completion paths it measures each request as it passes:
 // prompt, cached and completion tokens from the usage the engine reports
 // (asking for it on streams when the client did not, and hiding it again),
 // time to first token and inter-token latency from the SSE events. It scrapes
 // the engine's own Prometheus metrics into stats.EngineStat.
+//
+// It keeps a model of the prompt blocks its engine holds in its prefix cache
+// (kvmodel.go: an LRU set of pkg/prompt block hashes fed by the measured
+// requests and corrected by the engine's cached_tokens) and streams block
+// additions and removals on the same stats stream (stats.KVEvent), so that
+// routers can send a request to the pod that already holds its prefix.
 //
 // Request bodies are read once and passed through byte for byte, except for
 // the single stream_options key it may splice in.

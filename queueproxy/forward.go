@@ -71,18 +71,34 @@ func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
 	measured := r.Method == http.MethodPost && (r.URL.Path == pathChatCompletions || r.URL.Path == pathCompletions)
 	var body []byte
 	strip := false
+	var kt *kvTicket // the request's part in the KV model; nil when not modelled
 	if measured {
 		var ok bool
 		if body, ok = p.readBody(w, r, ex); !ok {
 			return
 		}
-		body, strip = requestUsage(body)
+		// Parsed once, for both the KV model and the usage splice; a body
+		// that is not a JSON object goes on as it is, for the engine to judge.
+		if obj, err := openai.Parse(body); err == nil {
+			if p.kv != nil {
+				kt = p.kv.prepare(obj, r.URL.Path == pathChatCompletions)
+			}
+			body, strip = requestUsage(obj)
+		}
 	}
 
 	if !p.admit(ctx, w, r, ex) {
+		if kt != nil {
+			p.kv.release(kt)
+		}
 		return
 	}
 	defer p.leave()
+	engineStatus := 0 // the engine's response status; 0 while none
+	if kt != nil {
+		p.kv.sent(kt)
+		defer func() { p.kv.finish(kt, kvOutcomeOf(engineStatus, ex), ex.usage) }()
+	}
 
 	var resp *http.Response
 	var err error
@@ -96,6 +112,7 @@ func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer resp.Body.Close()
+	engineStatus = resp.StatusCode
 
 	switch {
 	case isEventStream(resp):
@@ -133,13 +150,14 @@ func (p *Proxy) readBody(w http.ResponseWriter, r *http.Request, ex *exchange) (
 	return buf.Bytes(), true
 }
 
-// requestUsage makes a streaming request ask for usage. When the client did
-// not ask, it sets stream_options.include_usage (keeping other options) and
-// reports that the usage-only chunk must be hidden from the client.
-func requestUsage(body []byte) (out []byte, strip bool) {
-	obj, err := openai.Parse(body)
-	if err != nil || !obj.Bool("stream") {
-		return body, false // not a stream, or not JSON: the engine will say so
+// requestUsage makes a streaming request, parsed as obj, ask for usage and
+// returns the body to send. When the client did not ask, it sets
+// stream_options.include_usage (keeping other options) and reports that the
+// usage-only chunk must be hidden from the client.
+func requestUsage(obj openai.Object) (out []byte, strip bool) {
+	body := obj.Raw()
+	if !obj.Bool("stream") {
+		return body, false
 	}
 	if raw, ok := obj.Get("stream_options"); ok {
 		if opts, err := openai.Parse(raw); err == nil {

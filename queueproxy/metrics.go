@@ -18,6 +18,7 @@ type metrics struct {
 	promptTokens     prometheus.Counter
 	cachedTokens     prometheus.Counter
 	completionTokens prometheus.Counter
+	kvCorrections    prometheus.Counter
 }
 
 const metricsNamespace, metricsSubsystem = "kvasir", "queueproxy"
@@ -49,6 +50,8 @@ func newMetrics(p *Proxy) *metrics {
 			"Prompt tokens served from the engine's prefix cache."))),
 		completionTokens: prometheus.NewCounter(prometheus.CounterOpts(opts("completion_tokens_total",
 			"Completion tokens reported by the engine."))),
+		kvCorrections: prometheus.NewCounter(prometheus.CounterOpts(opts("kv_corrections_total",
+			"Times the engine's cached_tokens showed the KV model held evicted blocks, which were then removed."))),
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(name, help)), f)
@@ -61,7 +64,9 @@ func newMetrics(p *Proxy) *metrics {
 	}
 	m.registry.MustRegister(
 		m.requests, m.errors, m.duration, m.ttft, m.itl,
-		m.promptTokens, m.cachedTokens, m.completionTokens,
+		m.promptTokens, m.cachedTokens, m.completionTokens, m.kvCorrections,
+		gauge("kv_model_blocks", "Prompt blocks the KV model believes the engine holds in its prefix cache.",
+			func() float64 { return float64(p.KVBlocks()) }),
 		gauge("in_flight", "Requests being proxied to the engine now.", func() float64 { return float64(p.inFlight.Load()) }),
 		gauge("queued", "Requests waiting for the concurrency limit.", func() float64 { return float64(p.queued()) }),
 		gauge("ready", "1 when the engine is ready and the queue-proxy is not draining.", func() float64 { return boolGauge(p.isReady()) }),

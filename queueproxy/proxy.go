@@ -43,6 +43,7 @@ type Proxy struct {
 	limiter  *limiter // nil when unlimited
 	metrics  *metrics
 	hub      *hub
+	kv       *kvModel // nil with --kv-model=false
 	upgrader websocket.Upgrader
 	handler  http.Handler
 
@@ -89,6 +90,9 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 		p.limiter = newLimiter(cfg.ContainerConcurrency, cfg.queueDepth())
 	}
 	p.metrics = newMetrics(p)
+	if cfg.KVModel {
+		p.kv = newKVModel(cfg, p.hub, p.metrics.kvCorrections, logger)
+	}
 
 	own := http.NewServeMux()
 	own.HandleFunc("GET "+ReadyPath, p.serveReady)
@@ -146,7 +150,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 	wg.Go(func() {
 		every(ctx, p.cfg.StatsInterval, false, func(context.Context) { p.hub.broadcast(statMessage(p.Stat())) })
 	})
+	if p.kv != nil {
+		wg.Go(func() { every(ctx, p.cfg.KVFlushInterval, false, func(context.Context) { p.kv.flush() }) })
+	}
 	wg.Wait()
+	if p.kv != nil {
+		p.kv.flush()
+	}
 	p.hub.close(statMessage(p.Stat()))
 	p.hub.wait()
 	p.transport.CloseIdleConnections()
@@ -190,6 +200,15 @@ func (p *Proxy) Stat() stats.Stat {
 	es.LoRAAdapters = slices.Clone(es.LoRAAdapters)
 	s.Engine = es
 	return s
+}
+
+// KVBlocks is the number of prompt blocks the KV model believes the engine
+// holds in its prefix cache (0 with --kv-model=false).
+func (p *Proxy) KVBlocks() int {
+	if p.kv == nil {
+		return 0
+	}
+	return p.kv.len()
 }
 
 func (p *Proxy) queued() int {
@@ -329,10 +348,11 @@ func (p *Proxy) scrapeOnce(ctx context.Context) {
 		return
 	}
 	p.mu.Lock()
-	was := p.engineStat.Scraped
+	prev := p.engineStat
 	p.engineStat = es
 	p.mu.Unlock()
-	switch {
+	p.kvScraped(ctx, es, prev)
+	switch was := prev.Scraped; {
 	case err != nil && was:
 		p.log.Warn("engine metrics scrape failing", slog.Any("error", err))
 	case err == nil && !was:

@@ -14,8 +14,9 @@ import (
 
 const (
 	// subscriberBuffer is how many messages a subscriber may lag behind
-	// before it is disconnected.
-	subscriberBuffer = 8
+	// before it is disconnected: with KV deltas up to every 20 ms, about a
+	// second (a large snapshot takes a while to write to a remote peer).
+	subscriberBuffer = 64
 	// subscriberWriteTimeout bounds writing one message to a subscriber.
 	subscriberWriteTimeout = 2 * time.Second
 	// subscriberReadLimit bounds what a subscriber may send (it is ignored).
@@ -46,9 +47,10 @@ func newHub(log *slog.Logger) *hub {
 	return &hub{log: log, subs: make(map[*subscriber]struct{})}
 }
 
-// subscribe registers a subscriber whose first message is first. After the
-// hub closed, the subscriber gets the final message and send closed.
-func (h *hub) subscribe(first []byte, kill func()) *subscriber {
+// subscribe registers a subscriber whose first messages are first (at most
+// subscriberBuffer). After the hub closed, the subscriber gets the final
+// message and send closed.
+func (h *hub) subscribe(kill func(), first ...[]byte) *subscriber {
 	s := &subscriber{send: make(chan []byte, subscriberBuffer), kill: kill}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -60,7 +62,9 @@ func (h *hub) subscribe(first []byte, kill func()) *subscriber {
 	// Added under mu before close sets closed, so before wait is called.
 	h.writers.Add(1)
 	s.tracked = true
-	s.send <- first
+	for _, m := range first {
+		s.send <- m
+	}
 	h.subs[s] = struct{}{}
 	return s
 }
@@ -141,7 +145,15 @@ func (p *Proxy) serveStats(w http.ResponseWriter, r *http.Request) {
 	}
 	log := p.log.With(slog.String("subscriber", r.RemoteAddr))
 	log.Debug("stats subscriber connected")
-	s := p.hub.subscribe(statMessage(p.Stat()), func() { _ = conn.Close() })
+	kill := func() { _ = conn.Close() }
+	var s *subscriber
+	if p.kv != nil {
+		// The KV snapshot and the registration are atomic with respect to
+		// KV deltas (see kvModel.subscribe).
+		s = p.kv.subscribe(p.hub, kill, statMessage(p.Stat()))
+	} else {
+		s = p.hub.subscribe(kill, statMessage(p.Stat()))
+	}
 	defer p.hub.done(s)
 	defer conn.Close()
 

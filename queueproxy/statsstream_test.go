@@ -27,8 +27,22 @@ func subscribe(t *testing.T, base string) *websocket.Conn {
 	return conn
 }
 
-// nextStat reads one stats message.
+// nextStat reads one stats message, skipping KV events.
 func nextStat(t *testing.T, conn *websocket.Conn) stats.Stat {
+	t.Helper()
+	for {
+		msg := nextMessage(t, conn)
+		if msg.Type == stats.TypeKV {
+			continue
+		}
+		require.Equal(t, stats.TypeStat, msg.Type)
+		require.NotNil(t, msg.Stat)
+		return *msg.Stat
+	}
+}
+
+// nextMessage reads one message of the stats stream.
+func nextMessage(t *testing.T, conn *websocket.Conn) stats.Message {
 	t.Helper()
 	require.NoError(t, conn.SetReadDeadline(time.Now().Add(waitFor)))
 	typ, b, err := conn.ReadMessage()
@@ -36,9 +50,7 @@ func nextStat(t *testing.T, conn *websocket.Conn) stats.Stat {
 	require.Equal(t, websocket.TextMessage, typ)
 	var msg stats.Message
 	require.NoError(t, json.Unmarshal(b, &msg))
-	require.Equal(t, stats.TypeStat, msg.Type)
-	require.NotNil(t, msg.Stat)
-	return *msg.Stat
+	return msg
 }
 
 // statUntil reads stats messages until one satisfies ok.
@@ -83,8 +95,8 @@ func TestStatsStream(t *testing.T) {
 func TestHubSlowSubscriberDoesNotBlock(t *testing.T) {
 	h := newHub(slog.New(slog.DiscardHandler))
 	var killed atomic.Bool
-	slow := h.subscribe([]byte("first"), func() { killed.Store(true) })
-	fast := h.subscribe([]byte("first"), func() { t.Error("fast subscriber killed") })
+	slow := h.subscribe(func() { killed.Store(true) }, []byte("first"))
+	fast := h.subscribe(func() { t.Error("fast subscriber killed") }, []byte("first"))
 	assert.Equal(t, "first", string(<-fast.send))
 
 	// slow never reads: its buffer (holding "first") fills, then it is dropped.
@@ -105,7 +117,7 @@ func TestHubSlowSubscriberDoesNotBlock(t *testing.T) {
 	_, open := <-fast.send
 	assert.False(t, open)
 
-	late := h.subscribe([]byte("first"), func() {})
+	late := h.subscribe(func() {}, []byte("first"))
 	assert.Equal(t, "final", string(<-late.send))
 	_, open = <-late.send
 	assert.False(t, open)

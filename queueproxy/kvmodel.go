@@ -1,0 +1,335 @@
+package queueproxy
+
+import (
+	"encoding/json"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kvasir-serving/kvasir/pkg/stats"
+)
+
+// kvModel is the queue-proxy's model of the prompt blocks its engine holds
+// in its prefix cache: an LRU set of chained block hashes (pkg/prompt),
+// bounded by the engine's capacity. Measured requests feed it (kvrequest.go)
+// and every change goes to the stats subscribers as KV events, batched and
+// sent at most every --kv-flush-interval.
+//
+// LRU order. Every touch gives a block the next stamp of a logical clock and
+// moves it to the most recent end, so the list is ordered by stamp. A
+// request touches its blocks when it is sent (routers see them at once) and
+// again when the engine served it: engines free a finished sequence's blocks
+// into their eviction queue in reverse order, the last block first, so the
+// queue is ordered by release time with the first block of a prompt the last
+// to go. Both touches go last block first, so block 0 ends most recent.
+//
+// Settled blocks. A block is settled when its last touch came from a request
+// the engine served (not from one still in flight, or one whose fate is
+// unknown): only then was it certainly in the engine's cache, with a known
+// place in its eviction order. The correction (kvModel.finish) relies on it.
+//
+// Concurrency: mu guards everything below it; the request path reads shape
+// and models without it. The broadcast of a message happens under mu, and
+// so does the snapshot sent to a new subscriber together with its
+// registration, so that no subscriber misses or sees twice a delta.
+type kvModel struct {
+	log         *slog.Logger
+	pod         string
+	flagBS      int // --kv-block-size; 0 = the engine's
+	flagCap     int // --kv-capacity-blocks; 0 = the engine's
+	hub         *hub
+	corrections prometheus.Counter
+	size        atomic.Int64 // blocks in the model
+
+	// shape is the block size and the epoch it belongs to; nil while the
+	// block size is unknown.
+	shape atomic.Pointer[kvShape]
+	// models are the engine's served models and LoRA adapters; nil until
+	// first learnt.
+	models   atomic.Pointer[engineModels]
+	idleOnce atomic.Bool // "not modelling: block size unknown" was logged
+	warnOnce atomic.Bool // "--kv-block-size differs from the engine's" was logged
+
+	tickets sync.Pool // *kvTicket
+	texts   sync.Pool // *[]byte, prompt text buffers
+
+	mu           sync.Mutex
+	engineBS     int // last block size the engine reported
+	engineBlocks int // last num_gpu_blocks the engine reported
+	blockSize    int // in force; 0 = unknown
+	capacity     int // reported to subscribers; 0 = unknown
+	limit        int // blocks the model holds at most
+	epoch        uint64
+	clock        uint64 // stamp of the latest touch; stamps start at 1
+	nodes        []kvNode
+	free         []int32 // unused nodes
+	index        map[uint64]int32
+	head, tail   int32 // least and most recently used; -1 when empty
+	seq          uint64
+	batch        map[uint64]bool // hashes changed since the last message: were they present then?
+	order        []uint64        // batch keys in the order of their first change
+	reset        bool            // the next message is a snapshot
+	meta         bool            // block size or capacity changed since the last message
+}
+
+// kvShape is what the request path needs to hash a prompt.
+type kvShape struct {
+	blockSize int
+	epoch     uint64
+}
+
+// kvNode is one block of the LRU list.
+type kvNode struct {
+	hash       uint64
+	stamp      uint64
+	prev, next int32
+	settled    bool
+}
+
+func newKVModel(cfg Config, h *hub, corrections prometheus.Counter, log *slog.Logger) *kvModel {
+	m := &kvModel{
+		log:         log.With(slog.String("component", "kv-model")),
+		pod:         cfg.PodName,
+		flagBS:      cfg.KVBlockSize,
+		flagCap:     cfg.KVCapacityBlocks,
+		hub:         h,
+		corrections: corrections,
+		index:       make(map[uint64]int32),
+		batch:       make(map[uint64]bool),
+		head:        -1,
+		tail:        -1,
+	}
+	m.tickets.New = func() any { return new(kvTicket) }
+	m.texts.New = func() any { return new([]byte) }
+	m.configure(0, 0, false)
+	return m
+}
+
+// configure applies what the engine reported in a scrape (0, 0 when the
+// scrape found nothing: the last known values stay) and the flags. A new
+// block size, or an engine restart, empties the model.
+func (m *kvModel) configure(engineBS, engineBlocks int, restarted bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if engineBS > 0 {
+		m.engineBS, m.engineBlocks = engineBS, engineBlocks
+	}
+	bs := m.flagBS
+	if bs == 0 {
+		bs = m.engineBS
+	} else if m.engineBS > 0 && m.engineBS != bs && !m.warnOnce.Swap(true) {
+		m.log.Warn("--kv-block-size differs from the engine's block size; cached_tokens corrections may misfire",
+			slog.Int("flag", bs), slog.Int("engine", m.engineBS))
+	}
+	capacity := m.flagCap
+	if capacity == 0 && m.engineBlocks > 0 && bs > 0 {
+		capacity = m.engineBlocks * m.engineBS / bs // the engine's blocks in ours
+	}
+	limit := capacity
+	if limit == 0 {
+		limit = DefaultKVModelBlocks
+	}
+	limit = min(limit, MaxKVCapacityBlocks)
+
+	switch {
+	case bs != m.blockSize:
+		m.log.Info("KV model (re)started", slog.Int("blockSize", bs), slog.Int("previousBlockSize", m.blockSize),
+			slog.Int("capacity", capacity))
+		m.clearLocked(bs)
+	case restarted && bs > 0:
+		m.log.Info("engine restarted (its prefix cache counters went back): KV model emptied")
+		m.clearLocked(bs)
+	}
+	if capacity != m.capacity || limit != m.limit {
+		m.capacity, m.limit, m.meta = capacity, limit, true
+		m.evictLocked()
+	}
+}
+
+// clearLocked empties the model for block size bs; pending requests of the
+// old epoch are ignored when they finish.
+func (m *kvModel) clearLocked(bs int) {
+	m.blockSize = bs
+	m.epoch++
+	clear(m.index)
+	clear(m.batch)
+	m.nodes, m.free, m.order = m.nodes[:0], m.free[:0], m.order[:0]
+	m.head, m.tail = -1, -1
+	m.reset, m.meta = true, true
+	m.size.Store(0)
+	if bs > 0 {
+		m.shape.Store(&kvShape{blockSize: bs, epoch: m.epoch})
+	} else {
+		m.shape.Store(nil)
+	}
+}
+
+// len is the number of blocks in the model.
+func (m *kvModel) len() int { return int(m.size.Load()) }
+
+// hashes returns the blocks of the model, least recently used first.
+func (m *kvModel) hashes() []uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.appendHashesLocked(make([]uint64, 0, len(m.index)))
+}
+
+func (m *kvModel) appendHashesLocked(dst []uint64) []uint64 {
+	for i := m.head; i >= 0; i = m.nodes[i].next {
+		dst = append(dst, m.nodes[i].hash)
+	}
+	return dst
+}
+
+// touchLocked makes hash the most recent block, inserting it when absent,
+// with the next stamp. It returns the block's state before:
+// its stamp<<1 | settled, or 0 when it was absent.
+func (m *kvModel) touchLocked(hash uint64, settled bool) (prior uint64) {
+	m.clock++
+	i, ok := m.index[hash]
+	if ok {
+		n := &m.nodes[i]
+		prior = n.stamp << 1
+		if n.settled {
+			prior |= 1
+		}
+		m.unlinkLocked(i)
+	} else {
+		m.noteLocked(hash, false)
+		if k := len(m.free); k > 0 {
+			i = m.free[k-1]
+			m.free = m.free[:k-1]
+		} else {
+			i = int32(len(m.nodes))
+			m.nodes = append(m.nodes, kvNode{})
+		}
+		m.index[hash] = i
+	}
+	m.nodes[i] = kvNode{hash: hash, stamp: m.clock, prev: m.tail, next: -1, settled: settled}
+	if m.tail >= 0 {
+		m.nodes[m.tail].next = i
+	} else {
+		m.head = i
+	}
+	m.tail = i
+	return prior
+}
+
+// removeLocked drops node i.
+func (m *kvModel) removeLocked(i int32) {
+	h := m.nodes[i].hash
+	m.noteLocked(h, true)
+	m.unlinkLocked(i)
+	delete(m.index, h)
+	m.free = append(m.free, i)
+}
+
+func (m *kvModel) unlinkLocked(i int32) {
+	n := &m.nodes[i]
+	if n.prev >= 0 {
+		m.nodes[n.prev].next = n.next
+	} else {
+		m.head = n.next
+	}
+	if n.next >= 0 {
+		m.nodes[n.next].prev = n.prev
+	} else {
+		m.tail = n.prev
+	}
+	n.prev, n.next = -1, -1
+}
+
+// evictLocked drops least recently used blocks beyond the limit.
+func (m *kvModel) evictLocked() {
+	for len(m.index) > m.limit && m.head >= 0 {
+		m.removeLocked(m.head)
+	}
+	m.size.Store(int64(len(m.index)))
+}
+
+// noteLocked records that hash changes, remembering its presence at the
+// last message on its first change in a batch. The delta sent is the
+// difference between then and the flush, so any sequence of additions and
+// removals of a block within a batch comes out right: added then removed
+// (absent before) is no change, removed then added (present before) is no
+// change, and a block removed and added back whose node moved is no change
+// either.
+func (m *kvModel) noteLocked(hash uint64, present bool) {
+	if m.reset {
+		return // the next message is a snapshot anyway
+	}
+	if _, ok := m.batch[hash]; !ok {
+		m.batch[hash] = present
+		m.order = append(m.order, hash)
+	}
+}
+
+// flush sends the changes batched since the last message, if any.
+func (m *kvModel) flush() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.flushLocked()
+}
+
+func (m *kvModel) flushLocked() {
+	if !m.reset && !m.meta && len(m.order) == 0 {
+		return
+	}
+	ev := stats.KVEvent{Pod: m.pod, BlockSize: m.blockSize, Capacity: m.capacity}
+	if !m.reset {
+		for _, h := range m.order {
+			_, now := m.index[h]
+			switch was := m.batch[h]; {
+			case now && !was:
+				ev.Added = append(ev.Added, h)
+			case !now && was:
+				ev.Removed = append(ev.Removed, h)
+			}
+		}
+		// A delta larger than the whole model is better sent as a snapshot.
+		m.reset = len(ev.Added)+len(ev.Removed) > len(m.index)+1
+	}
+	clear(m.batch)
+	m.order = m.order[:0]
+	if m.reset {
+		ev.Reset, ev.Removed = true, nil
+		ev.Added = m.appendHashesLocked(make([]uint64, 0, len(m.index)))
+	} else if len(ev.Added) == 0 && len(ev.Removed) == 0 && !m.meta {
+		return // every change cancelled out
+	}
+	m.reset, m.meta = false, false
+	m.seq++
+	ev.Seq = m.seq
+	m.hub.broadcast(kvMessage(&ev))
+}
+
+// snapshotLocked is the whole model as a KV event at the current seq.
+func (m *kvModel) snapshotLocked() []byte {
+	return kvMessage(&stats.KVEvent{
+		Pod: m.pod, BlockSize: m.blockSize, Capacity: m.capacity, Seq: m.seq, Reset: true,
+		Added: m.appendHashesLocked(make([]uint64, 0, len(m.index))),
+	})
+}
+
+// subscribe registers a stats subscriber on h whose first messages are
+// stat and a snapshot of the model. Pending changes are flushed to the
+// existing subscribers first, and the snapshot is taken and the subscriber
+// registered under the lock every broadcast of the model holds, so its
+// first delta is exactly the next one.
+func (m *kvModel) subscribe(h *hub, kill func(), stat []byte) *subscriber {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.flushLocked()
+	return h.subscribe(kill, stat, m.snapshotLocked())
+}
+
+// kvMessage renders a KV event message.
+func kvMessage(ev *stats.KVEvent) []byte {
+	b, err := json.Marshal(stats.Message{Type: stats.TypeKV, KV: ev})
+	if err != nil { // only plain fields: cannot happen
+		panic("queueproxy: marshal kv event: " + err.Error())
+	}
+	return b
+}
