@@ -1,6 +1,8 @@
 package activator
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,7 +12,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/kvindex"
+	"github.com/kvasir-serving/kvasir/pkg/scheduler"
+	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
@@ -81,20 +87,30 @@ func WithLogger(l *slog.Logger) Option { return func(a *Activator) { a.log = l }
 // WithRegisterer registers the activator's metrics.
 func WithRegisterer(r prometheus.Registerer) Option { return func(a *Activator) { a.reg = r } }
 
-// WithPicker sets the replica picker.
-func WithPicker(p Picker) Option { return func(a *Activator) { a.picker = p } }
+// WithRegistry sets the scheduler plugins that spec.routing may name
+// (default scheduler.DefaultRegistry).
+func WithRegistry(r scheduler.Registry) Option { return func(a *Activator) { a.registry = r } }
+
+// WithStatsStreams sets whether the activator follows every ready pod's
+// queue-proxy stats stream (engine load, KV events for the prefix index).
+// Default true; tests with plain HTTP backends turn it off.
+func WithStatsStreams(on bool) Option { return func(a *Activator) { a.followStats = on } }
 
 // Activator is the data-plane entry. Create it with New.
 type Activator struct {
 	cfg      Config
 	log      *slog.Logger
 	reg      prometheus.Registerer
-	picker   Picker
-	onDemand func(fleet.Key)
+	registry    scheduler.Registry
+	followStats bool
+	onDemand    func(fleet.Key)
 	metrics  *metrics
 	upstream *upstream.Client
 
 	routes atomic.Pointer[table]
+
+	ctx    context.Context // lives until Close: the pods' stats subscriptions
+	cancel context.CancelFunc
 
 	revMu sync.Mutex
 	revs  map[fleet.Key]*revision
@@ -105,10 +121,12 @@ func New(cfg Config, opts ...Option) (*Activator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("activator config: %w", err)
 	}
-	a := &Activator{cfg: cfg, log: slog.Default(), picker: LeastRequest{}, revs: map[fleet.Key]*revision{}}
+	a := &Activator{cfg: cfg, log: slog.Default(), registry: scheduler.DefaultRegistry(), followStats: true,
+		revs: map[fleet.Key]*revision{}}
 	for _, o := range opts {
 		o(a)
 	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.metrics = newMetrics(a.reg, a)
 	a.upstream = upstream.New()
 	a.routes.Store(&table{byModel: map[string]*service{}})
@@ -124,6 +142,9 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 		if err := sc.validate(); err != nil {
 			return err
 		}
+		if err := a.registry.Validate(sc.Routing); err != nil {
+			return fmt.Errorf("service %q: spec.routing.%w", sc.Name, err)
+		}
 		if _, dup := t.byModel[sc.Model]; dup {
 			return fmt.Errorf("service %q: model %q is served by another service", sc.Name, sc.Model)
 		}
@@ -135,7 +156,10 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 		for _, rc := range sc.Revisions {
 			key := sc.Key(rc.Name)
 			keep[key] = true
-			rev := a.revisionFor(key, rc.ContainerConcurrency)
+			rev, err := a.revisionFor(key, rc.ContainerConcurrency, sc.Routing)
+			if err != nil {
+				return fmt.Errorf("service %q: spec.routing.%w", sc.Name, err)
+			}
 			s.revisions[rc.Name] = &revisionRoute{cfg: rc, rev: rev,
 				ok:       a.metrics.requests.WithLabelValues(sc.Name, rc.Name, "200"),
 				duration: a.metrics.duration.WithLabelValues(sc.Name, rc.Name)}
@@ -143,8 +167,9 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 		t.byModel[sc.Model] = s
 	}
 	a.revMu.Lock()
-	for k := range a.revs {
+	for k, r := range a.revs {
 		if !keep[k] {
+			r.close()
 			delete(a.revs, k)
 		}
 	}
@@ -153,16 +178,37 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 	return nil
 }
 
-func (a *Activator) revisionFor(key fleet.Key, capacity int) *revision {
-	a.revMu.Lock()
-	defer a.revMu.Unlock()
-	if r, ok := a.revs[key]; ok {
-		r.setCapacity(capacity)
-		return r
+func (a *Activator) revisionFor(key fleet.Key, capacity int, routing []v1alpha1.RoutingPlugin) (*revision, error) {
+	routingKey, err := json.Marshal(routing)
+	if err != nil {
+		return nil, fmt.Errorf("plugins: %w", err)
 	}
-	r := newRevision(key, capacity, a.picker, a.onDemand)
-	a.revs[key] = r
-	return r
+	a.revMu.Lock()
+	r, ok := a.revs[key]
+	if !ok {
+		var follow func(context.Context, *scheduler.Pod, *kvindex.Index)
+		if a.followStats {
+			follow = followStats(a.log)
+		}
+		r = newRevision(a.ctx, key, a.log, a.onDemand, follow)
+	}
+	a.revMu.Unlock()
+	var buildErr error
+	r.configure(capacity, string(routingKey), func() *scheduler.Profile {
+		p, err := a.registry.Build(routing, &scheduler.Env{Index: r.index, Upstream: a.upstream,
+			Log: a.log.With(slog.String("revision", key.Revision))})
+		buildErr = err
+		return p
+	})
+	if buildErr != nil { // validated before: cannot happen
+		return nil, buildErr
+	}
+	a.revMu.Lock()
+	if _, ok := a.revs[key]; !ok {
+		a.revs[key] = r
+	}
+	a.revMu.Unlock()
+	return r, nil
 }
 
 func (a *Activator) lookupRevision(key fleet.Key) *revision {
@@ -179,6 +225,35 @@ func (a *Activator) SetEndpoints(key fleet.Key, eps []fleet.Endpoint) {
 			a.upstream.CloseIdle(addr) // nothing will ask for a departed replica again
 		}
 	}
+}
+
+// Close stops following the queue-proxies' stats streams. Serving goes on.
+func (a *Activator) Close() {
+	a.cancel()
+	a.revMu.Lock()
+	defer a.revMu.Unlock()
+	for _, r := range a.revs {
+		r.close()
+	}
+}
+
+// PodStat returns the latest stats report of a ready pod of a revision, nil
+// when unknown or not yet reported.
+func (a *Activator) PodStat(key fleet.Key, pod string) *stats.Stat {
+	if r := a.lookupRevision(key); r != nil {
+		if p := r.pod(pod); p != nil {
+			return p.Stat()
+		}
+	}
+	return nil
+}
+
+// Index returns the prefix index of a revision (nil when unknown).
+func (a *Activator) Index(key fleet.Key) *kvindex.Index {
+	if r := a.lookupRevision(key); r != nil {
+		return r.index
+	}
+	return nil
 }
 
 // Load returns the load of a revision; ok is false when it is unknown.

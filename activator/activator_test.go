@@ -39,7 +39,7 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 		mutate(&cfg)
 	}
 	h := &harness{demand: make(chan fleet.Key, 100)}
-	act, err := New(cfg, WithRegisterer(prometheus.NewRegistry()), WithOnDemand(func(k fleet.Key) {
+	act, err := New(cfg, WithRegisterer(prometheus.NewRegistry()), WithStatsStreams(false), WithOnDemand(func(k fleet.Key) {
 		select {
 		case h.demand <- k:
 		default:
@@ -52,6 +52,7 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 		Revisions: []RevisionConfig{{Name: "m-1"}, {Name: "m-2"}},
 	}}))
 	h.act = act
+	t.Cleanup(act.Close)
 	h.srv = httptest.NewServer(act.Handler())
 	t.Cleanup(h.srv.Close)
 	return h

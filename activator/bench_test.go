@@ -26,7 +26,7 @@ func BenchmarkHop(b *testing.B) {
 		_, _ = w.Write(resp)
 	}))
 	defer be.Close()
-	act, err := New(DefaultConfig(), WithRegisterer(prometheus.NewRegistry()))
+	act, err := New(DefaultConfig(), WithRegisterer(prometheus.NewRegistry()), WithStatsStreams(false))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/scheduler"
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
@@ -25,7 +26,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }
 type inflight struct {
 	resp *http.Response
 	rev  *revision
-	ep   *endpoint
+	ep   *scheduler.Pod
 }
 
 func (u *inflight) close() {
@@ -48,7 +49,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 	var tried map[string]bool
 	var lastErr error
 	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {
-		ep, err := rev.acquire(ctx, tried, a.cfg.MaxBuffered, a.cfg.BufferTimeout)
+		ep, err := rev.acquire(ctx, rt.req, tried, a.cfg.MaxBuffered, a.cfg.BufferTimeout)
 		if err != nil {
 			return nil, a.acquireFailure(ctx, err)
 		}

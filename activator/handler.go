@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/scheduler"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -45,15 +46,30 @@ type failure struct {
 	retryAfter time.Duration
 }
 
-// routed is a request resolved to a service and revision, with the body to send.
+// routed is a request resolved to a service and revision, with the body to
+// send and the scheduler's view of it (release with done).
 type routed struct {
 	svc  *service
 	rev  *revisionRoute
 	body []byte
+	req  *scheduler.Request
 }
 
-// route resolves a parsed request body to a revision.
-func (a *Activator) route(obj openai.Object, tagHeader string) (routed, *failure) {
+func (rt routed) done() { rt.req.Release() }
+
+// apiOf names the API of an inference path.
+func apiOf(path string) string {
+	switch path {
+	case PathChat:
+		return scheduler.APIChat
+	case PathCompletions:
+		return scheduler.APICompletions
+	}
+	return scheduler.APIEmbeddings
+}
+
+// route resolves a parsed request body on path to a revision.
+func (a *Activator) route(obj openai.Object, path, tagHeader string) (routed, *failure) {
 	model, ok := obj.String("model")
 	if !ok || model == "" {
 		return routed{}, &failure{status: http.StatusBadRequest, err: openai.ErrMissingModel}
@@ -82,7 +98,7 @@ func (a *Activator) route(obj openai.Object, tagHeader string) (routed, *failure
 	} else {
 		revName = s.split.Pick(rand.IntN(100))
 	}
-	return routed{svc: s, rev: s.revisions[revName], body: body}, nil
+	return routed{svc: s, rev: s.revisions[revName], body: body, req: &scheduler.Request{Body: obj, API: apiOf(path)}}, nil
 }
 
 func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
@@ -106,11 +122,12 @@ func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
 		a.writeFailure(w, nil, &failure{status: http.StatusBadRequest, err: openai.Err(openai.TypeInvalidRequest, "invalid_json", err.Error())})
 		return
 	}
-	rt, f := a.route(obj, r.Header.Get(TagHeader))
+	rt, f := a.route(obj, r.URL.Path, r.Header.Get(TagHeader))
 	if f != nil {
 		a.writeFailure(w, nil, f)
 		return
 	}
+	defer rt.done()
 	code := a.forwardHTTP(w, r, rt)
 	a.observe(rt, code, start)
 }

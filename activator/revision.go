@@ -3,10 +3,14 @@ package activator
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/kvindex"
+	"github.com/kvasir-serving/kvasir/pkg/scheduler"
+	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
 
 // Errors of Acquire.
@@ -15,36 +19,42 @@ var (
 	ErrBufferTimeout = errors.New("no replica became ready in time")
 )
 
-// endpoint is a ready replica with the activator's view of its load.
-type endpoint struct {
-	fleet.Endpoint
-	inFlight int
-}
-
 // waiter is a buffered request.
 type waiter struct {
+	req     *scheduler.Request
 	exclude map[string]bool
-	ch      chan *endpoint // receives the assigned endpoint (buffered, cap 1)
+	ch      chan *scheduler.Pod // receives the assigned pod (buffered, cap 1)
 }
 
-// revision holds the ready endpoints of one replica set and the requests
-// buffered for it. Endpoints are handed to waiters FIFO the moment one is
-// eligible: when endpoints appear and when a request finishes.
+// revision holds the ready pods of one replica set, their prefix index, the
+// scheduling profile and the requests buffered for it. Pods are handed to
+// waiters FIFO the moment one is eligible: when pods appear and when a
+// request finishes.
 type revision struct {
 	key      fleet.Key
-	capacity int // per-endpoint in-flight limit; 0 = unlimited
-	picker   Picker
 	onDemand func(fleet.Key)
+	index    *kvindex.Index
+	// follow subscribes to a pod's stats stream until ctx ends; nil when
+	// the activator does not follow queue-proxies.
+	follow func(ctx context.Context, p *scheduler.Pod, index *kvindex.Index)
+	ctx    context.Context // parent of the pods' subscriptions
 
 	mu         sync.Mutex
-	endpoints  []*endpoint
+	capacity   int // per-pod in-flight limit; 0 = unlimited
+	profile    *scheduler.Profile
+	routingKey string // the routing spec the profile was built from
+	pods       []*scheduler.Pod
+	subs       map[string]context.CancelFunc
 	waiters    []*waiter
 	inFlight   int
 	lastActive time.Time
 }
 
-func newRevision(key fleet.Key, capacity int, picker Picker, onDemand func(fleet.Key)) *revision {
-	return &revision{key: key, capacity: capacity, picker: picker, onDemand: onDemand, lastActive: time.Now()}
+func newRevision(ctx context.Context, key fleet.Key, log *slog.Logger, onDemand func(fleet.Key),
+	follow func(context.Context, *scheduler.Pod, *kvindex.Index)) *revision {
+	return &revision{key: key, onDemand: onDemand, follow: follow, ctx: ctx,
+		index: kvindex.New(log.With(slog.String("revision", key.Revision))), subs: map[string]context.CancelFunc{},
+		lastActive: time.Now()}
 }
 
 // Load is what the scaler reads of a revision.
@@ -58,27 +68,34 @@ type Load struct {
 func (r *revision) load() Load {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Load{InFlight: r.inFlight, Buffered: len(r.waiters), Ready: len(r.endpoints), LastActive: r.lastActive}
+	return Load{InFlight: r.inFlight, Buffered: len(r.waiters), Ready: len(r.pods), LastActive: r.lastActive}
 }
 
-func (r *revision) setCapacity(c int) {
+// configure sets the per-pod limit and, when the routing changed, the
+// profile (a rebuilt profile starts with fresh plugin state).
+func (r *revision) configure(capacity int, routingKey string, build func() *scheduler.Profile) {
 	r.mu.Lock()
-	r.capacity = c
+	defer r.mu.Unlock()
+	r.capacity = capacity
+	if r.profile == nil || r.routingKey != routingKey {
+		if p := build(); p != nil {
+			r.profile, r.routingKey = p, routingKey
+		}
+	}
 	r.handOffLocked()
-	r.mu.Unlock()
 }
 
-// setEndpoints replaces the ready set, keeping in-flight counts of endpoints
-// that stay, and hands new capacity to buffered requests. It returns the
-// addresses of the endpoints that left.
+// setEndpoints replaces the ready set, keeping the state of pods that stay,
+// and hands new capacity to buffered requests. It returns the addresses of
+// the pods that left.
 func (r *revision) setEndpoints(eps []fleet.Endpoint) (gone []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	old := make(map[string]*endpoint, len(r.endpoints))
-	for _, e := range r.endpoints {
-		old[e.Name] = e
+	old := make(map[string]*scheduler.Pod, len(r.pods))
+	for _, p := range r.pods {
+		old[p.Name] = p
 	}
-	next := make([]*endpoint, 0, len(eps))
+	next := make([]*scheduler.Pod, 0, len(eps))
 	for _, e := range eps {
 		if cur, ok := old[e.Name]; ok && cur.Address == e.Address {
 			cur.Endpoint = e
@@ -86,52 +103,85 @@ func (r *revision) setEndpoints(eps []fleet.Endpoint) (gone []string) {
 			delete(old, e.Name)
 			continue
 		}
-		next = append(next, &endpoint{Endpoint: e})
+		p := scheduler.NewPod(e)
+		if cur, ok := old[e.Name]; ok { // same name, new address: a new pod
+			r.dropLocked(cur)
+			gone = append(gone, cur.Address)
+			delete(old, e.Name)
+		}
+		p.Slot = r.index.AddPod(p.Name)
+		if r.follow != nil {
+			ctx, cancel := context.WithCancel(r.ctx)
+			r.subs[p.Name] = cancel
+			go r.follow(ctx, p, r.index)
+		}
+		next = append(next, p)
 	}
-	for _, e := range old {
-		gone = append(gone, e.Address)
+	for _, p := range old {
+		r.dropLocked(p)
+		gone = append(gone, p.Address)
 	}
-	r.endpoints = next
+	r.pods = next
 	r.handOffLocked()
 	return gone
 }
 
-// eligibleLocked returns the endpoints a request may be sent to now.
-func (r *revision) eligibleLocked(exclude map[string]bool, buf []*endpoint) []*endpoint {
-	for _, e := range r.endpoints {
-		if exclude[e.Name] || (r.capacity > 0 && e.inFlight >= r.capacity) {
+func (r *revision) dropLocked(p *scheduler.Pod) {
+	if cancel, ok := r.subs[p.Name]; ok {
+		cancel()
+		delete(r.subs, p.Name)
+	}
+	r.index.RemovePod(p.Name)
+}
+
+// pod returns a ready pod by name.
+func (r *revision) pod(name string) *scheduler.Pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.pods {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// eligibleLocked returns the pods a request may be sent to now.
+func (r *revision) eligibleLocked(exclude map[string]bool, buf []*scheduler.Pod) []*scheduler.Pod {
+	for _, p := range r.pods {
+		if exclude[p.Name] || (r.capacity > 0 && p.InFlight >= r.capacity) {
 			continue
 		}
-		buf = append(buf, e)
+		buf = append(buf, p)
 	}
 	return buf
 }
 
-func (r *revision) takeLocked(exclude map[string]bool) *endpoint {
-	var buf [16]*endpoint
+func (r *revision) takeLocked(req *scheduler.Request, exclude map[string]bool) *scheduler.Pod {
+	var buf [16]*scheduler.Pod
 	cands := r.eligibleLocked(exclude, buf[:0])
 	if len(cands) == 0 {
 		return nil
 	}
-	e := r.picker.Pick(cands)
-	e.inFlight++
+	p := r.profile.Pick(req, cands)
+	p.InFlight++
 	r.inFlight++
-	return e
+	return p
 }
 
 func (r *revision) handOffLocked() {
 	for len(r.waiters) > 0 {
 		w := r.waiters[0]
-		e := r.takeLocked(w.exclude)
-		if e == nil {
-			// The head may be waiting for an endpoint it has not tried; let a
+		p := r.takeLocked(w.req, w.exclude)
+		if p == nil {
+			// The head may be waiting for a pod it has not tried; let a
 			// later waiter with no exclusions go ahead rather than stall.
 			if !r.handOffOthersLocked() {
 				return
 			}
 			continue
 		}
-		w.ch <- e
+		w.ch <- p
 		r.waiters = r.waiters[1:]
 	}
 }
@@ -141,8 +191,8 @@ func (r *revision) handOffLocked() {
 func (r *revision) handOffOthersLocked() bool {
 	for i := 1; i < len(r.waiters); i++ {
 		w := r.waiters[i]
-		if e := r.takeLocked(w.exclude); e != nil {
-			w.ch <- e
+		if p := r.takeLocked(w.req, w.exclude); p != nil {
+			w.ch <- p
 			r.waiters = append(r.waiters[:i], r.waiters[i+1:]...)
 			return true
 		}
@@ -150,22 +200,22 @@ func (r *revision) handOffOthersLocked() bool {
 	return false
 }
 
-// acquire returns an endpoint for one request, buffering up to timeout when
-// none is eligible. The returned release must be called when the request ends.
-func (r *revision) acquire(ctx context.Context, exclude map[string]bool, maxBuffered int, timeout time.Duration) (*endpoint, error) {
+// acquire returns a pod for one request, buffering up to timeout when none
+// is eligible. release must be called with the pod when the request ends.
+func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude map[string]bool, maxBuffered int, timeout time.Duration) (*scheduler.Pod, error) {
 	r.mu.Lock()
 	r.lastActive = time.Now()
 	if len(r.waiters) == 0 {
-		if e := r.takeLocked(exclude); e != nil {
+		if p := r.takeLocked(req, exclude); p != nil {
 			r.mu.Unlock()
-			return e, nil
+			return p, nil
 		}
 	}
 	if len(r.waiters) >= maxBuffered {
 		r.mu.Unlock()
 		return nil, ErrBufferFull
 	}
-	w := &waiter{exclude: exclude, ch: make(chan *endpoint, 1)}
+	w := &waiter{req: req, exclude: exclude, ch: make(chan *scheduler.Pod, 1)}
 	r.waiters = append(r.waiters, w)
 	r.handOffLocked()
 	r.mu.Unlock()
@@ -177,8 +227,8 @@ func (r *revision) acquire(ctx context.Context, exclude map[string]bool, maxBuff
 	defer timer.Stop()
 	var err error
 	select {
-	case e := <-w.ch:
-		return e, nil
+	case p := <-w.ch:
+		return p, nil
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timer.C:
@@ -193,16 +243,43 @@ func (r *revision) acquire(ctx context.Context, exclude map[string]bool, maxBuff
 		}
 	}
 	r.mu.Unlock()
-	// Assigned concurrently with the timeout: give the endpoint back.
+	// Assigned concurrently with the timeout: give the pod back.
 	r.release(<-w.ch)
 	return nil, err
 }
 
-func (r *revision) release(e *endpoint) {
+func (r *revision) release(p *scheduler.Pod) {
 	r.mu.Lock()
-	e.inFlight--
+	p.InFlight--
 	r.inFlight--
 	r.lastActive = time.Now()
 	r.handOffLocked()
 	r.mu.Unlock()
+}
+
+// close stops following the pods' stats streams.
+func (r *revision) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, cancel := range r.subs {
+		cancel()
+		delete(r.subs, name)
+	}
+}
+
+// followStats is the default follow: the pod's queue-proxy stats stream
+// feeds its Stat and the revision's prefix index.
+func followStats(log *slog.Logger) func(context.Context, *scheduler.Pod, *kvindex.Index) {
+	return func(ctx context.Context, p *scheduler.Pod, index *kvindex.Index) {
+		stats.Subscribe(ctx, p.Address, func(m stats.Message) {
+			if m.Stat != nil {
+				p.SetStat(m.Stat)
+			}
+			if m.KV != nil {
+				ev := *m.KV
+				ev.Pod = p.Name // the activator's name for the pod, whatever the queue-proxy calls itself
+				index.Apply(ev)
+			}
+		}, log.With(slog.String("pod", p.Name)))
+	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
@@ -19,6 +20,9 @@ type ServiceConfig struct {
 	// Traffic resolves to concrete revisions (latestRevision already resolved).
 	Traffic   []traffic.Target
 	Revisions []RevisionConfig
+	// Routing is the scheduler plugin set (spec.routing.plugins); empty =
+	// scheduler.DefaultPlugins.
+	Routing []v1alpha1.RoutingPlugin
 }
 
 // RevisionConfig is the data-plane view of one revision.

@@ -123,11 +123,12 @@ func (c *wsConn) serve(ctx context.Context, msg []byte) {
 	if !ok {
 		id = strconv.AppendQuote(nil, "ws-"+strconv.FormatUint(c.ids.Add(1), 10))
 	}
-	rt, f := c.a.route(obj, c.tag)
+	rt, f := c.a.route(obj, c.path, c.tag)
 	if f != nil {
 		c.sendError(id, f.err)
 		return
 	}
+	defer rt.done()
 	if ok { // request_id is ours, not the engine's
 		if o, err := openai.Parse(rt.body); err == nil {
 			rt.body = o.Delete("request_id")
