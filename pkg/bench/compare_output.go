@@ -1,0 +1,129 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+)
+
+// strategyJSON is one entry of the report's "results": the strategy's name
+// and plugins, the Result's fields flattened next to them (absent when the
+// workload never ran), and the error of a failed strategy.
+type strategyJSON struct {
+	Strategy string                   `json:"strategy"`
+	Plugins  []v1alpha1.RoutingPlugin `json:"plugins"`
+	*Result
+	Error string `json:"error,omitempty"`
+}
+
+// MarshalJSON writes the strategy's entry of the report.
+func (r StrategyResult) MarshalJSON() ([]byte, error) {
+	e := strategyJSON{Strategy: r.Strategy.Name, Plugins: r.Strategy.Plugins, Result: r.Result}
+	if e.Plugins == nil {
+		e.Plugins = []v1alpha1.RoutingPlugin{}
+	}
+	if r.Err != nil {
+		e.Error = r.Err.Error()
+	}
+	return json.Marshal(e)
+}
+
+// WriteJSON writes the report as one indented object:
+// {"benchmark": NAME, "results": [{"strategy": NAME, ...}]}.
+func (r *Report) WriteJSON(w io.Writer) error {
+	results := r.Results
+	if results == nil {
+		results = []StrategyResult{}
+	}
+	b, err := json.MarshalIndent(struct {
+		Benchmark string           `json:"benchmark"`
+		Results   []StrategyResult `json:"results"`
+	}{r.Benchmark, results}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode report: %w", err)
+	}
+	b = append(b, '\n')
+	if _, err := w.Write(b); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// WriteTable writes the strategies side by side, one row each, with the
+// ratios of throughput and mean TTFT to the first strategy's, then the
+// errors of the strategies that failed.
+func (r *Report) WriteTable(w io.Writer) {
+	header := []string{"strategy", "completed", "errors", "throughput_rps", "output_tokens_per_s",
+		"ttft_mean_s", "ttft_p99_s", "e2e_mean_s", "cache_hit_ratio", "throughput_x", "ttft_mean_x"}
+	rows := [][]string{header}
+	// The baseline is the first strategy, if it completed requests.
+	var base *Result
+	if len(r.Results) > 0 && r.Results[0].Result != nil && r.Results[0].Result.Completed > 0 {
+		base = r.Results[0].Result
+	}
+	for _, s := range r.Results {
+		name := s.Strategy.Name
+		if s.Failed() {
+			name += " (failed)"
+		}
+		res := s.Result
+		if res == nil {
+			row := []string{name}
+			for range header[1:] {
+				row = append(row, "-")
+			}
+			rows = append(rows, row)
+			continue
+		}
+		thrRatio, ttftRatio := "-", "-"
+		if base != nil && res.Completed > 0 {
+			if base.ThroughputRPS > 0 {
+				thrRatio = fmt.Sprintf("%.2fx", res.ThroughputRPS/base.ThroughputRPS)
+			}
+			if res.TTFTMeasured && base.TTFTMeasured && base.TTFTMeanS > 0 {
+				ttftRatio = fmt.Sprintf("%.2fx", res.TTFTMeanS/base.TTFTMeanS)
+			}
+		}
+		rows = append(rows, []string{
+			name,
+			fmt.Sprint(res.Completed),
+			fmt.Sprint(res.Errors),
+			fmt.Sprintf("%.2f", res.ThroughputRPS),
+			fmt.Sprintf("%.1f", res.OutputTokensPerS),
+			fmt.Sprintf("%.4f", res.TTFTMeanS),
+			fmt.Sprintf("%.4f", res.TTFTP99S),
+			fmt.Sprintf("%.4f", res.E2EMeanS),
+			fmt.Sprintf("%.4f", res.CacheHitRatio),
+			thrRatio,
+			ttftRatio,
+		})
+	}
+	widths := make([]int, len(header))
+	for _, row := range rows {
+		for i, cell := range row {
+			widths[i] = max(widths[i], len(cell))
+		}
+	}
+	for _, row := range rows {
+		var sb strings.Builder
+		for i, cell := range row {
+			if i == 0 {
+				fmt.Fprintf(&sb, "%-*s", widths[i], cell)
+				continue
+			}
+			fmt.Fprintf(&sb, "  %*s", widths[i], cell)
+		}
+		fmt.Fprintln(w, sb.String())
+	}
+	if base != nil {
+		fmt.Fprintf(w, "throughput_x and ttft_mean_x: ratio to %s's.\n", r.Results[0].Strategy.Name)
+	}
+	for _, s := range r.Results {
+		if s.Failed() {
+			fmt.Fprintf(w, "%s failed: %v\n", s.Strategy.Name, s.Err)
+		}
+	}
+}

@@ -1,0 +1,383 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/local"
+)
+
+// Launcher runs the fleet of a file on this machine until ctx ends, calling
+// onListen with the address (host:port) of its OpenAI API once it serves,
+// and returns only after every replica has stopped. logDir receives the
+// replicas' logs.
+type Launcher func(ctx context.Context, file, logDir string, onListen func(addr string)) error
+
+// LocalLauncher runs each fleet in-process with `kvasir local` (local.Run)
+// on a free loopback port. self is the argv prefix that runs the kvasir
+// binary (nil: this executable); logger receives the platform's logs.
+func LocalLauncher(self []string, logger *slog.Logger) Launcher {
+	return func(ctx context.Context, file, logDir string, onListen func(string)) error {
+		return local.Run(ctx, local.Options{
+			File:      file,
+			Addr:      "127.0.0.1:0",
+			Self:      self,
+			LogDir:    logDir,
+			Activator: activator.DefaultConfig(),
+			Logger:    logger,
+			OnListen:  onListen,
+		})
+	}
+}
+
+// CompareOptions configure Compare.
+type CompareOptions struct {
+	// Launch runs one strategy's fleet. Required.
+	Launch Launcher
+	// Dir receives, per strategy, a directory NN-NAME with the fleet file
+	// (fleet.yaml) and the replicas' logs (logs/). Required.
+	Dir string
+	// Progress receives one line per step (nil: discarded).
+	Progress io.Writer
+	// PollInterval is the period of the readiness check (default 100ms).
+	PollInterval time.Duration
+}
+
+// StrategyResult is the outcome of one strategy. Result is nil when the
+// workload never ran (the fleet did not start or get ready); Err is set when
+// the strategy failed.
+type StrategyResult struct {
+	Strategy Strategy
+	Result   *Result
+	Err      error
+}
+
+// Failed reports whether the strategy failed.
+func (r StrategyResult) Failed() bool { return r.Err != nil }
+
+// Report is the outcome of a comparison: one entry per strategy run, in
+// order.
+type Report struct {
+	Benchmark string
+	Results   []StrategyResult
+}
+
+// Failed returns the names of the strategies that failed.
+func (r *Report) Failed() []string {
+	var out []string
+	for _, s := range r.Results {
+		if s.Failed() {
+			out = append(out, s.Strategy.Name)
+		}
+	}
+	return out
+}
+
+// Compare runs c's workload once per strategy, each on a fresh fleet: it
+// writes the strategy's fleet, launches it, waits until every revision has
+// its minScale/initialScale replicas ready, runs the workload against it,
+// and stops the fleet (every replica gone) before the next strategy. A
+// strategy that fails is reported with its error and the others still run.
+// When ctx is cancelled, Compare stops the running strategy and returns the
+// report so far with ctx's error.
+func Compare(ctx context.Context, c *Comparison, strategies []Strategy, opts CompareOptions) (*Report, error) {
+	if opts.Launch == nil {
+		return nil, errors.New("bench compare: no launcher")
+	}
+	if opts.Dir == "" {
+		return nil, errors.New("bench compare: no directory for the fleets")
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 100 * time.Millisecond
+	}
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	rep := &Report{Benchmark: c.Name}
+	for i, s := range strategies {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		p := func(format string, args ...any) {
+			fmt.Fprintf(opts.Progress, "[%d/%d] %s: %s\n", i+1, len(strategies), s.Name, fmt.Sprintf(format, args...))
+		}
+		dir := filepath.Join(opts.Dir, fmt.Sprintf("%02d-%s", i+1, fileSafe(s.Name)))
+		r := runStrategy(ctx, c, s, dir, opts, p)
+		rep.Results = append(rep.Results, r)
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// runStrategy runs one strategy from start to finish; the fleet has stopped
+// when it returns.
+func runStrategy(ctx context.Context, c *Comparison, s Strategy, dir string, opts CompareOptions, p func(string, ...any)) StrategyResult {
+	out := StrategyResult{Strategy: s}
+	fail := func(err error) StrategyResult {
+		out.Err = err
+		p("FAILED: %v", err)
+		return out
+	}
+	fleetYAML, err := c.FleetYAML(s)
+	if err != nil {
+		return fail(err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fail(fmt.Errorf("fleet directory: %w", err))
+	}
+	file := filepath.Join(dir, "fleet.yaml")
+	if err := os.WriteFile(file, fleetYAML, 0o644); err != nil {
+		return fail(fmt.Errorf("fleet file: %w", err))
+	}
+
+	p("starting the fleet (%s; %s)", describeFleet(c.Fleet), file)
+	start := time.Now()
+	f := launch(ctx, opts.Launch, file, filepath.Join(dir, "logs"))
+	// Whatever happens next, the fleet is stopped before returning.
+	defer func() {
+		running, stopping := !f.exited, time.Now()
+		err := f.stop()
+		if running {
+			p("fleet stopped in %.1fs", time.Since(stopping).Seconds())
+		}
+		if running && err != nil && out.Err == nil {
+			out.Err = fmt.Errorf("stopping the fleet: %w", err)
+			p("FAILED: %v", out.Err)
+		}
+	}()
+
+	addr, err := f.listening(ctx, c.WarmupTimeout)
+	if err != nil {
+		return fail(err)
+	}
+	base := "http://" + addr
+	if err := waitReady(ctx, f, base, c.Fleet, start.Add(c.WarmupTimeout), opts.PollInterval); err != nil {
+		return fail(err)
+	}
+	p("fleet ready in %.1fs at %s", time.Since(start).Seconds(), base)
+
+	cfg := c.Config
+	cfg.Target = base
+	r := cfg.Resolved()
+	p("running %d %s requests (+%d warm-up)", r.NumPrompts, r.Workload, r.Warmup)
+	res, runErr := Run(ctx, cfg)
+	out.Result = res
+	switch {
+	case runErr != nil:
+		return fail(runErr)
+	case res.Completed == 0 && res.Errors > 0:
+		msg := fmt.Sprintf("all %d requests failed", res.Errors)
+		if len(res.ErrorExamples) > 0 {
+			msg += ", e.g.: " + res.ErrorExamples[0].Message
+		}
+		return fail(errors.New(msg))
+	}
+	p("%d completed, %d errors in %.1fs: %.2f req/s, %.1f output tok/s, mean TTFT %.3fs, cache hit ratio %.3f",
+		res.Completed, res.Errors, res.DurationS, res.ThroughputRPS, res.OutputTokensPerS, res.TTFTMeanS, res.CacheHitRatio)
+	return out
+}
+
+// runningFleet is a launched fleet.
+type runningFleet struct {
+	cancel context.CancelFunc
+	addr   chan string
+	done   chan error
+	exited bool
+	err    error // the launcher's, once exited
+}
+
+func launch(ctx context.Context, l Launcher, file, logDir string) *runningFleet {
+	fctx, cancel := context.WithCancel(ctx)
+	f := &runningFleet{cancel: cancel, addr: make(chan string, 1), done: make(chan error, 1)}
+	go func() {
+		f.done <- l(fctx, file, logDir, func(addr string) {
+			select {
+			case f.addr <- addr:
+			default:
+			}
+		})
+	}()
+	return f
+}
+
+// exit records the launcher's return.
+func (f *runningFleet) exit(err error) error {
+	f.exited, f.err = true, err
+	if err == nil {
+		return errors.New("the fleet stopped unexpectedly")
+	}
+	return fmt.Errorf("the fleet stopped: %w", err)
+}
+
+// listening waits for the fleet's address.
+func (f *runningFleet) listening(ctx context.Context, timeout time.Duration) (string, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case addr := <-f.addr:
+		return addr, nil
+	case err := <-f.done:
+		return "", f.exit(err)
+	case <-t.C:
+		return "", fmt.Errorf("the fleet did not start serving within %v (spec.warmupTimeout)", timeout)
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// stop cancels the fleet and waits for the launcher to return.
+func (f *runningFleet) stop() error {
+	f.cancel()
+	if !f.exited {
+		f.exited, f.err = true, <-f.done
+	}
+	return f.err
+}
+
+// waitReady polls GET {base}/kvasir/replicas until every revision role of the
+// fleet has at least its minScale/initialScale replicas ready.
+func waitReady(ctx context.Context, f *runningFleet, base string, fleet []*v1alpha1.ModelService, deadline time.Time, interval time.Duration) error {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	defer hc.CloseIdleConnections()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	timeout := time.NewTimer(time.Until(deadline))
+	defer timeout.Stop()
+	last := "no answer from /kvasir/replicas yet"
+	for {
+		revs, err := getReplicas(ctx, hc, base)
+		if err == nil {
+			var ok bool
+			ok, last = fleetReady(fleet, revs)
+			if ok {
+				return nil
+			}
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-tick.C:
+		case err := <-f.done:
+			return f.exit(err)
+		case <-timeout.C:
+			return fmt.Errorf("the fleet was not ready within the warm-up timeout (spec.warmupTimeout): %s", last)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func getReplicas(ctx context.Context, hc *http.Client, base string) ([]local.RevisionStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/kvasir/replicas", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /kvasir/replicas: HTTP %d", resp.StatusCode)
+	}
+	var revs []local.RevisionStatus
+	if err := json.NewDecoder(resp.Body).Decode(&revs); err != nil {
+		return nil, fmt.Errorf("GET /kvasir/replicas: %w", err)
+	}
+	return revs, nil
+}
+
+// fleetReady reports whether every service of the fleet is listed and each
+// of its revision roles has its expected replicas ready, and if not, what
+// is missing.
+func fleetReady(fleet []*v1alpha1.ModelService, revs []local.RevisionStatus) (bool, string) {
+	var missing []string
+	for _, ms := range fleet {
+		listed := false
+		for _, rev := range revs {
+			if rev.Service != ms.Name {
+				continue
+			}
+			listed = true
+			if want := expectedReplicas(ms, rev.Role); rev.Ready < want {
+				missing = append(missing, fmt.Sprintf("%s (%s): %d of %d replicas ready", rev.Revision, rev.Role, rev.Ready, want))
+			}
+		}
+		if !listed {
+			missing = append(missing, fmt.Sprintf("ModelService %q: no revision listed", ms.Name))
+		}
+	}
+	return len(missing) == 0, strings.Join(missing, "; ")
+}
+
+// expectedReplicas is what a revision role starts with: initialScale raised
+// to minScale and capped at maxScale (when set), as `kvasir local` does.
+func expectedReplicas(ms *v1alpha1.ModelService, role string) int {
+	sc := roleScaling(ms, role)
+	want := 0
+	if sc.InitialScale != nil {
+		want = int(*sc.InitialScale)
+	}
+	if sc.MinScale != nil {
+		want = max(want, int(*sc.MinScale))
+	}
+	if sc.MaxScale != nil && *sc.MaxScale > 0 {
+		want = min(want, int(*sc.MaxScale))
+	}
+	return want
+}
+
+func roleScaling(ms *v1alpha1.ModelService, role string) *v1alpha1.ScalingSpec {
+	t := &ms.Spec.Template
+	if roles := t.Roles; roles != nil {
+		var r *v1alpha1.RoleSpec
+		switch role {
+		case "prefill":
+			r = roles.Prefill
+		case "decode":
+			r = roles.Decode
+		}
+		if r != nil && r.Scaling != nil {
+			return r.Scaling
+		}
+	}
+	return &t.Scaling
+}
+
+// describeFleet summarises a fleet for progress lines.
+func describeFleet(fleet []*v1alpha1.ModelService) string {
+	parts := make([]string, 0, len(fleet))
+	for _, ms := range fleet {
+		n := expectedReplicas(ms, "unified")
+		unit := "replicas"
+		if n == 1 {
+			unit = "replica"
+		}
+		parts = append(parts, fmt.Sprintf("%s: %d %s", ms.Name, n, unit))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// fileSafe maps a strategy name to a file name.
+func fileSafe(name string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.', r == '+':
+			return r
+		}
+		return '_'
+	}, name)
+}
