@@ -114,7 +114,7 @@ spec:
   workload: {model: demo, input-len: 8, output-len: 5, num-prompts: 6, rate: 0, max-concurrency: 2, timeout: 10s}
   strategies:
     - {name: ok, plugins: [{name: random}]}
-    - {name: start-fails, plugins: [{name: nope}]}
+    - {name: start-fails, plugins: [{name: round-robin}]}
     - {name: never-ready}
     - {name: all-fail, plugins: [{name: least-request}]}
     - {name: ok-again, plugins: [{name: kv-cache-aware, weight: 3}, {name: least-request, weight: 2}]}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
@@ -37,6 +39,8 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	cc := fs.Int("container-concurrency", 0, "in-flight limit per backend (0 = unlimited)")
 	level := fs.String("log-level", "info", "log level")
 	profAddr := fs.String("profiling-addr", "", "serve Go's pprof endpoints on this address (off when empty)")
+	followStats := fs.Bool("follow-stats", true, "follow each backend's queue-proxy stats stream (load and KV events for routing)")
+	routingFlag := fs.String("routing", "", "scheduler plugins as name[:weight],... (default kv-cache-aware:3,least-request:2)")
 	var backends stringList
 	fs.Var(&backends, "backend", "queue-proxy address host:port (repeatable, at least one)")
 	RegisterActivatorFlags(fs, &cfg)
@@ -53,16 +57,21 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	routing, err := ParseRouting(*routingFlag)
+	if err != nil {
+		return UsageError{"--routing: " + err.Error()}
+	}
 	reg := prometheus.NewRegistry()
-	act, err := activator.New(cfg, activator.WithLogger(log), activator.WithRegisterer(reg))
+	act, err := activator.New(cfg, activator.WithLogger(log), activator.WithRegisterer(reg), activator.WithStatsStreams(*followStats))
 	if err != nil {
 		return err
 	}
-	svc := activator.ServiceConfig{Namespace: "default", Name: *model, Model: *model,
+	defer act.Close()
+	svc := activator.ServiceConfig{Namespace: "default", Name: *model, Model: *model, Routing: routing,
 		Traffic:   []traffic.Target{{Revision: *model + "-static", Percent: 100}},
 		Revisions: []activator.RevisionConfig{{Name: *model + "-static", ContainerConcurrency: *cc}}}
 	if err := act.SetServices([]activator.ServiceConfig{svc}); err != nil {
-		return err
+		return UsageError{"--routing: " + err.Error()}
 	}
 	eps := make([]fleet.Endpoint, 0, len(backends))
 	for i, b := range backends {
@@ -109,4 +118,26 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	return nil
+}
+
+// ParseRouting parses "name[:weight],..." into routing plugins ("" = none,
+// meaning the default).
+func ParseRouting(s string) ([]v1alpha1.RoutingPlugin, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []v1alpha1.RoutingPlugin
+	for _, part := range strings.Split(s, ",") {
+		name, weight, hasWeight := strings.Cut(strings.TrimSpace(part), ":")
+		p := v1alpha1.RoutingPlugin{Name: name}
+		if hasWeight {
+			w, err := strconv.Atoi(weight)
+			if err != nil || w < 0 {
+				return nil, fmt.Errorf("%q: weight must be a non-negative integer", part)
+			}
+			p.Weight = w
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }

@@ -40,6 +40,8 @@ Commands:
   sim          run the vLLM-compatible engine simulator
   queue-proxy  run the queue-proxy sidecar in front of one engine
   bench run    drive load at an OpenAI-compatible server and report throughput and latency
+  bench compare
+               run one workload against a fresh local fleet per routing strategy, side by side
 
 Run 'kvasir <command> -h' for the flags of a command.
 `

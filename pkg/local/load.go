@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/scheduler"
 )
 
 var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
@@ -56,6 +57,11 @@ func Load(source string, data []byte) ([]*v1alpha1.ModelService, error) {
 		ms.SetDefaults()
 		if ferr := ms.Validate(); ferr != nil {
 			return nil, fmt.Errorf("%s: document %d (ModelService %q): %w", source, i+1, ms.Name, ferr)
+		}
+		if ms.Spec.Routing != nil {
+			if err := scheduler.DefaultRegistry().Validate(ms.Spec.Routing.Plugins); err != nil {
+				return nil, fmt.Errorf("%s: document %d (ModelService %q): spec.routing.%w", source, i+1, ms.Name, err)
+			}
 		}
 		if prev, dup := names[ms.Namespace+"/"+ms.Name]; dup {
 			return nil, fmt.Errorf("%s: document %d: ModelService %q already defined in document %d", source, i+1, ms.Name, prev)

@@ -48,6 +48,14 @@ apiVersion: serving.kvasir.dev/v1alpha1
 kind: ModelService
 metadata: {name: b}
 spec: {model: m, template: {engine: {type: sim}}}`, `spec.model "m"`},
+		"unknown plugin": {`apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: a}
+spec: {template: {engine: {type: sim}}, routing: {plugins: [{name: least-request}, {name: magic}]}}`, `spec.routing.plugins[1].name: unknown plugin "magic"`},
+		"plugin config": {`apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: a}
+spec: {template: {engine: {type: sim}}, routing: {plugins: [{name: kv-cache-aware, config: {balanceSlack: -1}}]}}`, `spec.routing.plugins[0].config: balanceSlack: must be >= 0`},
 		"empty": {"# nothing\n", "no serving.kvasir.dev/v1alpha1 ModelService"},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -52,55 +52,6 @@ type revisionState struct {
 	svc   *v1alpha1.ModelService
 	key   fleet.Key
 	ready atomic.Int64
-
-	// The queue-proxy stats of each ready replica, followed from the moment
-	// it is ready until it leaves.
-	statsMu sync.Mutex
-	subs    map[string]context.CancelFunc
-	latest  map[string]stats.Stat
-}
-
-// follow starts and stops stats subscriptions as endpoints come and go. It
-// is called under the runtime's lock and must not block.
-func (rs *revisionState) follow(ctx context.Context, eps []fleet.Endpoint, log *slog.Logger) {
-	rs.statsMu.Lock()
-	defer rs.statsMu.Unlock()
-	live := make(map[string]bool, len(eps))
-	for _, ep := range eps {
-		live[ep.Name] = true
-		if _, ok := rs.subs[ep.Name]; ok {
-			continue
-		}
-		sctx, cancel := context.WithCancel(ctx)
-		rs.subs[ep.Name] = cancel
-		name := ep.Name
-		go stats.Subscribe(sctx, ep.Address, func(m stats.Message) {
-			if m.Stat == nil {
-				return
-			}
-			rs.statsMu.Lock()
-			if _, ok := rs.subs[name]; ok {
-				rs.latest[name] = *m.Stat
-			}
-			rs.statsMu.Unlock()
-		}, log)
-	}
-	for name, cancel := range rs.subs {
-		if !live[name] {
-			cancel()
-			delete(rs.subs, name)
-			delete(rs.latest, name)
-		}
-	}
-}
-
-func (rs *revisionState) stat(name string) *stats.Stat {
-	rs.statsMu.Lock()
-	defer rs.statsMu.Unlock()
-	if st, ok := rs.latest[name]; ok {
-		return &st
-	}
-	return nil
 }
 
 // Platform is a running local platform.
@@ -163,6 +114,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	p.act = act
+	defer act.Close()
 	p.scaler = newScaler(opts.Logger, act, rt, opts.ScaleInterval)
 	p.reg.MustRegister(&replicaCollector{p: p})
 
@@ -214,8 +166,12 @@ func (p *Platform) apply(svcs []*v1alpha1.ModelService) error {
 			return err
 		}
 		tmpl := ms.Spec.Template
+		var routing []v1alpha1.RoutingPlugin
+		if ms.Spec.Routing != nil {
+			routing = ms.Spec.Routing.Plugins
+		}
 		cfgs = append(cfgs, activator.ServiceConfig{
-			Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model, Traffic: targets,
+			Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model, Traffic: targets, Routing: routing,
 			Revisions: []activator.RevisionConfig{{Name: rev, ContainerConcurrency: tmpl.ContainerConcurrency,
 				Timeout: time.Duration(tmpl.TimeoutSeconds) * time.Second}},
 		})
@@ -265,11 +221,10 @@ func (p *Platform) startRevision(ms *v1alpha1.ModelService, rev string) error {
 	qpArgs := []string{"--container-concurrency", strconv.Itoa(tmpl.ContainerConcurrency),
 		"--request-timeout", (time.Duration(tmpl.TimeoutSeconds) * time.Second).String()}
 	p.runtime.Add(process.Spec{Key: key, Engine: engine, Env: env, QueueProxyArgs: qpArgs})
-	rs := &revisionState{svc: ms, key: key, subs: map[string]context.CancelFunc{}, latest: map[string]stats.Stat{}}
+	rs := &revisionState{svc: ms, key: key}
 	p.runtime.Watch(key, func(eps []fleet.Endpoint) {
 		rs.ready.Store(int64(len(eps)))
 		p.act.SetEndpoints(key, eps)
-		rs.follow(p.ctx, eps, p.log)
 	})
 	sc := tmpl.Scaling
 	t := &scaleTarget{key: key, minScale: int(*sc.MinScale), maxScale: int(*sc.MaxScale),
@@ -371,7 +326,7 @@ func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
 		infos := p.runtime.Replicas(rs.key)
 		replicas := make([]ReplicaStatus, 0, len(infos))
 		for _, info := range infos {
-			replicas = append(replicas, ReplicaStatus{ReplicaInfo: info, Stats: rs.stat(info.Name)})
+			replicas = append(replicas, ReplicaStatus{ReplicaInfo: info, Stats: p.act.PodStat(rs.key, info.Name)})
 		}
 		out = append(out, RevisionStatus{Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
 			Role: activator.RoleLabel(rs.key.Role), Desired: p.runtime.Desired(rs.key), Ready: int(rs.ready.Load()),
