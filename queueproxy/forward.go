@@ -276,7 +276,7 @@ func (p *Proxy) roundTripFailed(ctx context.Context, w http.ResponseWriter, r *h
 			"the engine did not answer within the request timeout"), 0)
 	default:
 		if isDialError(err) {
-			p.setReady(false, "request")
+			p.setReady(ctx, false, "request")
 		}
 		p.log.Warn("engine unavailable", slog.String("path", r.URL.Path), slog.Any("error", err))
 		p.writeError(w, ex, http.StatusBadGateway, openai.Err(openai.TypeServer, "engine_unavailable",

@@ -291,7 +291,7 @@ const requestProbeTimeout = 100 * time.Millisecond
 func (p *Proxy) serveReady(w http.ResponseWriter, r *http.Request) {
 	if !p.draining.Load() && !p.ready.Load() {
 		ctx, cancel := context.WithTimeout(r.Context(), requestProbeTimeout)
-		p.setReady(p.probe(ctx), "request")
+		p.setReady(ctx, p.probe(ctx), "request")
 		cancel()
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -314,7 +314,7 @@ func (p *Proxy) probeOnce(ctx context.Context) {
 	if ctx.Err() != nil {
 		return // stopping: not the engine's fault
 	}
-	p.setReady(ok, "background")
+	p.setReady(ctx, ok, "background")
 }
 
 // probe asks the engine's health endpoint once.
@@ -335,7 +335,14 @@ func (p *Proxy) probe(ctx context.Context) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-func (p *Proxy) setReady(ok bool, source string) {
+// setReady records the engine's readiness. On becoming ready the engine's
+// metrics are scraped first, so that the proxy reports ready only once it
+// knows the engine's KV block size and capacity: the KV model then sees the
+// very first requests, which a cold start sends all at once.
+func (p *Proxy) setReady(ctx context.Context, ok bool, source string) {
+	if ok && !p.ready.Load() {
+		p.scrapeOnce(ctx)
+	}
 	if p.ready.Swap(ok) != ok {
 		p.log.Info("engine readiness changed", slog.Bool("ready", ok), slog.String("source", source))
 	}

@@ -274,10 +274,10 @@ func (ix *Index) expireLocked() {
 
 // PodInfo is what the index knows of one pod.
 type PodInfo struct {
-	Slot     int
-	Synced   bool
-	Blocks   int // confirmed blocks
-	Capacity int // blocks, 0 = unknown
+	Slot     int  `json:"slot"`
+	Synced   bool `json:"synced"`
+	Blocks   int  `json:"blocks"`   // confirmed blocks
+	Capacity int  `json:"capacity"` // blocks, 0 = unknown
 }
 
 // Pod returns what the index knows of a pod.

@@ -21,6 +21,7 @@ import (
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/kvindex"
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
@@ -315,6 +316,9 @@ type RevisionStatus struct {
 type ReplicaStatus struct {
 	process.ReplicaInfo
 	Stats *stats.Stat `json:"stats,omitempty"`
+	// PrefixIndex is what the activator's prefix index holds for the
+	// replica (absent before it is ready).
+	PrefixIndex *kvindex.PodInfo `json:"prefixIndex,omitempty"`
 }
 
 func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
@@ -326,7 +330,8 @@ func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
 		infos := p.runtime.Replicas(rs.key)
 		replicas := make([]ReplicaStatus, 0, len(infos))
 		for _, info := range infos {
-			replicas = append(replicas, ReplicaStatus{ReplicaInfo: info, Stats: p.act.PodStat(rs.key, info.Name)})
+			replicas = append(replicas, ReplicaStatus{ReplicaInfo: info, Stats: p.act.PodStat(rs.key, info.Name),
+				PrefixIndex: p.prefixInfo(rs.key, info.Name)})
 		}
 		out = append(out, RevisionStatus{Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
 			Role: activator.RoleLabel(rs.key.Role), Desired: p.runtime.Desired(rs.key), Ready: int(rs.ready.Load()),
@@ -361,4 +366,13 @@ func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(desiredDesc, prometheus.GaugeValue, float64(c.p.runtime.Desired(rs.key)), rs.key.Service, rs.key.Revision, role)
 		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(rs.ready.Load()), rs.key.Service, rs.key.Revision, role)
 	}
+}
+
+func (p *Platform) prefixInfo(key fleet.Key, pod string) *kvindex.PodInfo {
+	if ix := p.act.Index(key); ix != nil {
+		if info, ok := ix.Pod(pod); ok {
+			return &info
+		}
+	}
+	return nil
 }

@@ -12,20 +12,49 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kvasir-serving/kvasir/pkg/kvindex"
+	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
-// balanced discounts a prefix score on a pod whose load exceeds the least
-// loaded pod's by more than slack: in full up to slack, then in proportion
-// slack/excess. One hot prefix thus fills its pod only until another pod is
-// slack requests emptier; then the prefix is computed there too and the two
-// share it.
-func balanced(frac, load, minLoad, slack float64) float64 {
+// balance is how much load imbalance a prefix match may cause.
+type balance struct {
+	slack    float64 // requests
+	relSlack float64 // fraction of the least-loaded pod's load
+}
+
+// score discounts a prefix score on a pod whose load exceeds the least
+// loaded pod's by more than slack + relSlack*minLoad: in full up to that
+// allowance, then in proportion allowance/excess. One hot prefix thus fills
+// its pod only until the others are that much emptier; then the prefix is
+// computed there too and the pods share it. The allowance grows with load
+// because a continuous-batching engine with 100 sequences running takes a
+// few more at little cost, while a cold prefill on another pod costs a full
+// prompt of compute and evicts someone else's prefix.
+func (b balance) score(frac, load, minLoad float64) float64 {
+	allow := b.slack + b.relSlack*minLoad
 	excess := load - minLoad
-	if excess <= slack {
+	if excess <= allow {
 		return frac
 	}
-	return frac * slack / excess
+	return frac * allow / excess
+}
+
+func balanceOf(slack, relSlack *float64) (balance, error) {
+	b := balance{slack: 16, relSlack: 1}
+	if slack != nil {
+		if *slack < 0 {
+			return b, fmt.Errorf("balanceSlack: must be >= 0, got %g", *slack)
+		}
+		b.slack = *slack
+	}
+	if relSlack != nil {
+		if *relSlack < 0 {
+			return b, fmt.Errorf("balanceRelativeSlack: must be >= 0, got %g", *relSlack)
+		}
+		b.relSlack = *relSlack
+	}
+	return b, nil
 }
 
 // KVCacheAwareConfig configures the kv-cache-aware scorer.
@@ -33,27 +62,20 @@ type KVCacheAwareConfig struct {
 	// SpeculativeTTL is how long a decision's speculative index entry lives
 	// when the pod's queue-proxy does not confirm it first. Default 2s.
 	SpeculativeTTL *metav1.Duration `json:"speculativeTTL,omitempty"`
-	// BalanceSlack is the load (requests) above the least-loaded pod up to
-	// which a prefix match counts in full. Default 8.
-	BalanceSlack *float64 `json:"balanceSlack,omitempty"`
+	// BalanceSlack and BalanceRelativeSlack set the load above the
+	// least-loaded pod up to which a prefix match counts in full:
+	// balanceSlack + balanceRelativeSlack x that pod's load. Defaults 16
+	// requests and 1 (up to twice the least-loaded pod's load, plus 16).
+	BalanceSlack         *float64 `json:"balanceSlack,omitempty"`
+	BalanceRelativeSlack *float64 `json:"balanceRelativeSlack,omitempty"`
 }
 
 // kvCacheAware scores the fraction of the prompt's blocks a pod holds
 // according to the index its queue-proxies feed (plus speculative entries),
 // discounted by load (see balanced).
 type kvCacheAware struct {
-	ttl   time.Duration
-	slack float64
-}
-
-func slackOf(p *float64) (float64, error) {
-	if p == nil {
-		return 8, nil
-	}
-	if *p < 0 {
-		return 0, fmt.Errorf("balanceSlack: must be >= 0, got %g", *p)
-	}
-	return *p, nil
+	ttl time.Duration
+	bal balance
 }
 
 func newKVCacheAware(raw []byte, _ *Env) (Plugin, error) {
@@ -69,7 +91,7 @@ func newKVCacheAware(raw []byte, _ *Env) (Plugin, error) {
 		k.ttl = cfg.SpeculativeTTL.Duration
 	}
 	var err error
-	k.slack, err = slackOf(cfg.BalanceSlack)
+	k.bal, err = balanceOf(cfg.BalanceSlack, cfg.BalanceRelativeSlack)
 	return k, err
 }
 
@@ -85,7 +107,7 @@ func (k *kvCacheAware) Score(c *Cycle, pods []*Pod, out []float64) {
 		if p.Slot < 0 {
 			continue
 		}
-		out[i] = balanced(float64(matched[p.Slot])/float64(blocks), p.Load(), lo, k.slack)
+		out[i] = k.bal.score(float64(matched[p.Slot])/float64(blocks), p.Load(), lo)
 	}
 }
 
@@ -177,20 +199,32 @@ func (pc *prefixCache) Picked(c *Cycle, p *Pod) {
 type OracleConfig struct {
 	// Timeout bounds asking one pod. Default 200ms.
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
-	// BalanceSlack as for kv-cache-aware. Default 8.
-	BalanceSlack *float64 `json:"balanceSlack,omitempty"`
+	// BalanceSlack and BalanceRelativeSlack as for kv-cache-aware.
+	BalanceSlack         *float64 `json:"balanceSlack,omitempty"`
+	BalanceRelativeSlack *float64 `json:"balanceRelativeSlack,omitempty"`
+	// SpeculativeTTL is how long the oracle remembers where it sent a
+	// prompt that the engine may not have computed yet (the true cache shows
+	// a prefix only once its prefill ran, which under load can be seconds
+	// after the decision). Default 30s.
+	SpeculativeTTL *metav1.Duration `json:"speculativeTTL,omitempty"`
 }
 
 // oracle asks every candidate's engine (the simulator's /sim/prefix-match,
 // through the queue-proxy) how much of the prompt it holds right now: the
-// true cache state, the physical limit of cache-aware routing. For
-// benchmarks against the simulator only: it costs a round trip per pod per
-// decision.
+// true cache state, the physical limit of cache-aware routing. Like
+// kv-cache-aware it also remembers where it just sent prompts that are not
+// computed yet (its own speculative index, no queue-proxy reports), and it
+// balances load the same way, so the two differ only in what they know of
+// the caches. For benchmarks against the simulator only: it costs a round
+// trip per pod per decision.
 type oracle struct {
 	timeout time.Duration
-	slack   float64
+	ttl     time.Duration
+	bal     balance
 	client  *upstream.Client
 	log     *slog.Logger
+	pending *kvindex.Index // speculation only
+	slots   map[string]int
 }
 
 func newOracle(raw []byte, env *Env) (Plugin, error) {
@@ -198,7 +232,14 @@ func newOracle(raw []byte, env *Env) (Plugin, error) {
 	if err := decodeConfig(raw, &cfg); err != nil {
 		return nil, err
 	}
-	o := &oracle{timeout: 200 * time.Millisecond, client: env.Upstream, log: env.Log}
+	o := &oracle{timeout: 200 * time.Millisecond, ttl: 30 * time.Second, client: env.Upstream, log: env.Log,
+		pending: kvindex.New(env.Log), slots: map[string]int{}}
+	if cfg.SpeculativeTTL != nil {
+		if cfg.SpeculativeTTL.Duration <= 0 {
+			return nil, fmt.Errorf("speculativeTTL: must be > 0, got %s", cfg.SpeculativeTTL.Duration)
+		}
+		o.ttl = cfg.SpeculativeTTL.Duration
+	}
 	if cfg.Timeout != nil {
 		if cfg.Timeout.Duration <= 0 {
 			return nil, fmt.Errorf("timeout: must be > 0, got %s", cfg.Timeout.Duration)
@@ -209,7 +250,7 @@ func newOracle(raw []byte, env *Env) (Plugin, error) {
 		o.client = upstream.New()
 	}
 	var err error
-	o.slack, err = slackOf(cfg.BalanceSlack)
+	o.bal, err = balanceOf(cfg.BalanceSlack, cfg.BalanceRelativeSlack)
 	return o, err
 }
 
@@ -227,9 +268,37 @@ func (o *oracle) Score(c *Cycle, pods []*Pod, out []float64) {
 		wg.Go(func() { out[i] = o.ask(p, c.Req) })
 	}
 	wg.Wait()
+	hashes := c.Req.Hashes(oracleBlockSize)
+	var pend [kvindex.MaxPods]int
+	if len(hashes) > 0 {
+		o.pending.Match(hashes, &pend)
+	}
 	lo, _ := loadRange(pods)
 	for i, p := range pods {
-		out[i] = balanced(out[i], p.Load(), lo, o.slack)
+		if slot, ok := o.slot(p.Name); ok && len(hashes) > 0 {
+			out[i] = max(out[i], float64(pend[slot])/float64(len(hashes)))
+		}
+		out[i] = o.bal.score(out[i], p.Load(), lo)
+	}
+}
+
+// oracleBlockSize is the block size of the oracle's own speculative index.
+const oracleBlockSize = 16
+
+// slot returns the pod's slot in the speculative index, adding it.
+func (o *oracle) slot(name string) (int, bool) {
+	s, ok := o.slots[name]
+	if !ok {
+		s = o.pending.AddPod(name)
+		o.pending.Apply(stats.KVEvent{Pod: name, BlockSize: oracleBlockSize, Reset: true})
+		o.slots[name] = s
+	}
+	return s, s >= 0
+}
+
+func (o *oracle) Picked(c *Cycle, p *Pod) {
+	if slot, ok := o.slot(p.Name); ok {
+		o.pending.Speculate(slot, c.Req.Hashes(oracleBlockSize), o.ttl)
 	}
 }
 
