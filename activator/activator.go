@@ -155,12 +155,22 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 		s := &service{cfg: sc, split: split, revisions: map[string]*revisionRoute{}}
 		for _, rc := range sc.Revisions {
 			key := sc.Key(rc.Name)
+			var prefill *revision
+			if rc.Disaggregated {
+				key = sc.RoleKey(rc.Name, RoleDecode)
+				pk := sc.RoleKey(rc.Name, RolePrefill)
+				keep[pk] = true
+				var err error
+				if prefill, err = a.revisionFor(pk, rc.ContainerConcurrency, sc.Routing); err != nil {
+					return fmt.Errorf("service %q: spec.routing.%w", sc.Name, err)
+				}
+			}
 			keep[key] = true
 			rev, err := a.revisionFor(key, rc.ContainerConcurrency, sc.Routing)
 			if err != nil {
 				return fmt.Errorf("service %q: spec.routing.%w", sc.Name, err)
 			}
-			s.revisions[rc.Name] = &revisionRoute{cfg: rc, rev: rev,
+			s.revisions[rc.Name] = &revisionRoute{cfg: rc, rev: rev, prefill: prefill,
 				ok:       a.metrics.requests.WithLabelValues(sc.Name, rc.Name, "200"),
 				duration: a.metrics.duration.WithLabelValues(sc.Name, rc.Name)}
 		}

@@ -116,3 +116,25 @@ func TestTwoActivatorsAgree(t *testing.T) {
 	// (16 blocks of 16), plus questions.
 	require.GreaterOrEqual(t, len(last[0]["r1"])+len(last[0]["r2"]), 6*16)
 }
+
+func simConfig(role string) sim.Config {
+	cfg := sim.DefaultConfig()
+	cfg.ZeroLatency = true
+	cfg.Model = "m"
+	cfg.Role = role
+	return cfg
+}
+
+// newSim runs a simulator in-process until the test ends and returns its
+// handler.
+func newSim(t *testing.T, cfg sim.Config) http.Handler {
+	t.Helper()
+	s, err := sim.New(cfg, sim.WithLogger(slog.New(slog.DiscardHandler)))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	require.Eventually(t, s.Ready, 10*time.Second, 5*time.Millisecond)
+	return s.Handler()
+}

@@ -53,7 +53,11 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		if err != nil {
 			return nil, a.acquireFailure(ctx, err)
 		}
-		resp, err := a.upstream.PostJSON(ctx, ep.Address, path, hdr, rt.body, timeout)
+		body := rt.body
+		if rt.rev.prefill != nil {
+			body = a.prefillFor(ctx, rt, ep, path, hdr, timeout)
+		}
+		resp, err := a.upstream.PostJSON(ctx, ep.Address, path, hdr, body, timeout)
 		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() && ctx.Err() == nil {
 			// The replica had the request for the whole timeout: it did the
 			// work, so another replica must not do it again.

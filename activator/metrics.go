@@ -9,6 +9,7 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	attempts *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	pd       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
@@ -26,9 +27,13 @@ func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
 			Help:    "Time from request arrival to the end of its response.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
 		}, []string{"service", "revision"}),
+		pd: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvasir_activator_pd_requests_total",
+			Help: "Requests to disaggregated revisions by where their prompt was prefilled: remote (a prefill pod), local (the decode pod held most of it) or fallback (no prefill pod could).",
+		}, []string{"service", "revision", "prefill"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.attempts, m.duration, &loadCollector{a: a})
+		reg.MustRegister(m.requests, m.attempts, m.duration, m.pd, &loadCollector{a: a})
 	}
 	return m
 }

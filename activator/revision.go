@@ -200,6 +200,31 @@ func (r *revision) handOffOthersLocked() bool {
 	return false
 }
 
+// tryAcquire returns a pod for one request if one is eligible now, else nil
+// (it never buffers).
+func (r *revision) tryAcquire(req *scheduler.Request, exclude map[string]bool) *scheduler.Pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lastActive = time.Now()
+	if len(r.waiters) > 0 {
+		return nil
+	}
+	return r.takeLocked(req, exclude)
+}
+
+// matchFraction is the share of the request's prompt blocks that pod holds
+// according to its queue-proxy's reports (0 when unknown); speculation does
+// not count, since the decision that chose the pod just added it.
+func (r *revision) matchFraction(req *scheduler.Request, p *scheduler.Pod) float64 {
+	hashes := req.Hashes(r.index.BlockSize())
+	if len(hashes) == 0 || p.Slot < 0 {
+		return 0
+	}
+	var m [kvindex.MaxPods]int
+	r.index.MatchConfirmed(hashes, &m)
+	return float64(m[p.Slot]) / float64(len(hashes))
+}
+
 // acquire returns a pod for one request, buffering up to timeout when none
 // is eligible. release must be called with the pod when the request ends.
 func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude map[string]bool, maxBuffered int, timeout time.Duration) (*scheduler.Pod, error) {

@@ -32,6 +32,9 @@ type RevisionConfig struct {
 	ContainerConcurrency int
 	// Timeout bounds one forwarded request; 0 = the activator's default.
 	Timeout time.Duration
+	// Disaggregated revisions run a prefill and a decode replica set
+	// (fleet.Key roles RolePrefill and RoleDecode) instead of one unified set.
+	Disaggregated bool
 }
 
 // table is an immutable routing snapshot, swapped atomically.
@@ -47,7 +50,9 @@ type service struct {
 
 type revisionRoute struct {
 	cfg RevisionConfig
-	rev *revision
+	rev *revision // the unified pool, or the decode pool when disaggregated
+	// prefill is the prefill pool of a disaggregated revision, else nil.
+	prefill *revision
 	// Metric children of the common case, resolved once.
 	ok       prometheus.Counter
 	duration prometheus.Observer
@@ -56,6 +61,17 @@ type revisionRoute struct {
 // Key returns the fleet key of a revision of this service (unified role).
 func (s ServiceConfig) Key(revision string) fleet.Key {
 	return fleet.Key{Namespace: s.Namespace, Service: s.Name, Revision: revision}
+}
+
+// Roles of a disaggregated revision's replica sets (fleet.Key.Role).
+const (
+	RolePrefill = "prefill"
+	RoleDecode  = "decode"
+)
+
+// RoleKey returns the fleet key of one role of a revision.
+func (s ServiceConfig) RoleKey(revision, role string) fleet.Key {
+	return fleet.Key{Namespace: s.Namespace, Service: s.Name, Revision: revision, Role: role}
 }
 
 func (s ServiceConfig) validate() error {

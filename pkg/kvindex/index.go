@@ -200,7 +200,13 @@ func (ix *Index) BlockSize() int {
 // Match sets out[slot] to the number of leading hashes each pod holds
 // (confirmed or speculated); out must have MaxPods entries. A block counts
 // only when every block before it matched too.
-func (ix *Index) Match(hashes []uint64, out *[MaxPods]int) {
+func (ix *Index) Match(hashes []uint64, out *[MaxPods]int) { ix.match(hashes, out, true) }
+
+// MatchConfirmed is Match over the confirmed blocks only: what the pods'
+// queue-proxies reported, not where this activator just sent prompts.
+func (ix *Index) MatchConfirmed(hashes []uint64, out *[MaxPods]int) { ix.match(hashes, out, false) }
+
+func (ix *Index) match(hashes []uint64, out *[MaxPods]int, speculative bool) {
 	*out = [MaxPods]int{}
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
@@ -210,7 +216,11 @@ func (ix *Index) Match(hashes []uint64, out *[MaxPods]int) {
 			return
 		}
 		e := ix.blocks[h]
-		still := (e.held | e.spec) & cand
+		held := e.held
+		if speculative {
+			held |= e.spec
+		}
+		still := held & cand
 		for lost := cand &^ still; lost != 0; lost &= lost - 1 {
 			out[bits.TrailingZeros64(lost)] = i
 		}

@@ -107,6 +107,9 @@ func TestSpeculationExpiresAndIsConfirmed(t *testing.T) {
 	require.Equal(t, 3, m[a])
 	require.Equal(t, 0, m[b])
 	require.Empty(t, ix.Confirmed()["a"], "speculation is not confirmed state")
+	var conf [MaxPods]int
+	ix.MatchConfirmed(hs, &conf)
+	require.Equal(t, 0, conf[a])
 
 	// b's report confirms two of the blocks for b; a's speculation expires.
 	ix.Apply(stats.KVEvent{Pod: "b", BlockSize: bs, Seq: 2, Added: []uint64{10, 11}})

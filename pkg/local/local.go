@@ -174,7 +174,7 @@ func (p *Platform) apply(svcs []*v1alpha1.ModelService) error {
 		cfgs = append(cfgs, activator.ServiceConfig{
 			Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model, Traffic: targets, Routing: routing,
 			Revisions: []activator.RevisionConfig{{Name: rev, ContainerConcurrency: tmpl.ContainerConcurrency,
-				Timeout: time.Duration(tmpl.TimeoutSeconds) * time.Second}},
+				Timeout: time.Duration(tmpl.TimeoutSeconds) * time.Second, Disaggregated: tmpl.Roles != nil}},
 		})
 	}
 	if err := p.act.SetServices(cfgs); err != nil {
@@ -213,11 +213,38 @@ func resolveTraffic(ms *v1alpha1.ModelService, latest string) ([]traffic.Target,
 }
 
 func (p *Platform) startRevision(ms *v1alpha1.ModelService, rev string) error {
-	key := fleet.Key{Namespace: ms.Namespace, Service: ms.Name, Revision: rev}
+	tmpl := ms.Spec.Template
+	if tmpl.Roles == nil {
+		return p.startRole(ms, fleet.Key{Namespace: ms.Namespace, Service: ms.Name, Revision: rev}, tmpl.Scaling, nil)
+	}
+	for _, r := range []struct {
+		name string
+		spec *v1alpha1.RoleSpec
+	}{{activator.RolePrefill, tmpl.Roles.Prefill}, {activator.RoleDecode, tmpl.Roles.Decode}} {
+		scaling := tmpl.Scaling
+		if r.spec.Scaling != nil {
+			scaling = *r.spec.Scaling
+		}
+		args := r.spec.Args
+		if tmpl.Engine.Type == v1alpha1.EngineSim {
+			args = append([]string{"--role=" + r.name}, args...)
+		}
+		key := fleet.Key{Namespace: ms.Namespace, Service: ms.Name, Revision: rev, Role: r.name}
+		if err := p.startRole(ms, key, scaling, args); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startRole runs one replica set of a revision: its role's scaling, and
+// roleArgs after the engine's own arguments.
+func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alpha1.ScalingSpec, roleArgs []string) error {
 	engine, env, err := engineCommand(ms, p.opts.Self)
 	if err != nil {
 		return err
 	}
+	engine = append(engine, roleArgs...)
 	tmpl := ms.Spec.Template
 	qpArgs := []string{"--container-concurrency", strconv.Itoa(tmpl.ContainerConcurrency),
 		"--request-timeout", (time.Duration(tmpl.TimeoutSeconds) * time.Second).String()}
@@ -227,7 +254,6 @@ func (p *Platform) startRevision(ms *v1alpha1.ModelService, rev string) error {
 		rs.ready.Store(int64(len(eps)))
 		p.act.SetEndpoints(key, eps)
 	})
-	sc := tmpl.Scaling
 	t := &scaleTarget{key: key, minScale: int(*sc.MinScale), maxScale: int(*sc.MaxScale),
 		targetConcurrency: v1alpha1.DefaultTargetConcurrency,
 		grace:             sc.ScaleToZeroGracePeriod.Duration, stableWindow: sc.StableWindow.Duration}

@@ -1,0 +1,145 @@
+package activator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/scheduler"
+)
+
+// SkipRemotePrefill is the share of a prompt's blocks a decode pod must hold
+// already for the activator to let it prefill the rest itself rather than
+// have a prefill pod compute the whole prompt and transfer it.
+const SkipRemotePrefill = 0.8
+
+// PD outcomes, the "prefill" label of kvasir_activator_pd_requests_total.
+const (
+	pdRemote   = "remote"   // a prefill pod computed the prompt; its KV went to the decode pod
+	pdLocal    = "local"    // the decode pod held most of the prompt and prefilled the rest
+	pdFallback = "fallback" // no prefill pod could do it; the decode pod prefilled
+)
+
+// prefillFor runs the prefill half of a disaggregated request for the
+// decode pod dp, already chosen, and returns the body to send to dp: the
+// client's body with the prefill pod's kv_transfer_params, or the client's
+// body unchanged when dp should prefill itself. A failing prefill pod is
+// retried on the next one; when none can, the decode pod prefills (the
+// client still gets one answer).
+func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod, path string, hdr http.Header, timeout time.Duration) []byte {
+	if rt.req.API != scheduler.APIChat && rt.req.API != scheduler.APICompletions {
+		return rt.body
+	}
+	if rt.rev.rev.matchFraction(rt.req, dp) >= SkipRemotePrefill {
+		a.metrics.pd.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, pdLocal).Inc()
+		return rt.body
+	}
+	pre := rt.rev.prefill
+	prefillBody, err := prefillRequest(rt.body)
+	if err != nil { // the body parsed before: cannot happen
+		a.log.Error("building the prefill request", slog.Any("error", err))
+		return rt.body
+	}
+	var tried map[string]bool
+	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {
+		pp := pre.tryAcquire(rt.req, tried)
+		if pp == nil {
+			if attempt == 0 && a.onDemand != nil {
+				a.onDemand(pre.key) // none ready: the decode pod prefills; ask for prefill capacity
+			}
+			break
+		}
+		params, err := a.prefill(ctx, pp, path, hdr, prefillBody, timeout)
+		pre.release(pp)
+		if err == nil {
+			body, err := withParam(rt.body, "kv_transfer_params", params)
+			if err == nil {
+				a.metrics.pd.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, pdRemote).Inc()
+				return body
+			}
+		}
+		if ctx.Err() != nil {
+			return rt.body // the client left; the decode attempt fails on ctx
+		}
+		a.log.Warn("prefill pod failed; trying the next", slog.String("revision", rt.rev.cfg.Name),
+			slog.String("pod", pp.Name), slog.Int("attempt", attempt+1), slog.Any("error", err))
+		if tried == nil {
+			tried = map[string]bool{}
+		}
+		tried[pp.Name] = true
+	}
+	a.metrics.pd.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, pdFallback).Inc()
+	return rt.body
+}
+
+// prefill sends the prefill request to pod pp and returns the
+// kv_transfer_params of its answer.
+func (a *Activator) prefill(ctx context.Context, pp *scheduler.Pod, path string, hdr http.Header, body []byte, timeout time.Duration) (json.RawMessage, error) {
+	resp, err := a.upstream.PostJSON(ctx, pp.Address, path, hdr, body, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, fmt.Errorf("reading the prefill answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("prefill answered %d: %s", resp.StatusCode, truncate(data, 200))
+	}
+	obj, err := openai.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("prefill answer: %w", err)
+	}
+	params, ok := obj.Get("kv_transfer_params")
+	if !ok || len(params) == 0 || params[0] != '{' {
+		return nil, errors.New("prefill answer has no kv_transfer_params object (is the engine a prefill engine with a KV connector?)")
+	}
+	return params, nil
+}
+
+func truncate(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	return string(b[:n]) + "..."
+}
+
+// prefillRequest turns a client body into the prefill half: one token, no
+// streaming, and the KV kept for a remote decode.
+func prefillRequest(body []byte) ([]byte, error) {
+	var err error
+	obj, err := openai.Parse(body)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := obj.Get("max_completion_tokens"); ok {
+		if body, err = withParam(body, "max_completion_tokens", []byte("1")); err != nil {
+			return nil, err
+		}
+	}
+	for _, kv := range [][2]string{{"max_tokens", "1"}, {"stream", "false"}, {"kv_transfer_params", `{"do_remote_decode":true}`}} {
+		if body, err = withParam(body, kv[0], []byte(kv[1])); err != nil {
+			return nil, err
+		}
+	}
+	if obj, err = openai.Parse(body); err != nil {
+		return nil, err
+	}
+	return obj.Delete("stream_options"), nil
+}
+
+// withParam returns body with key set to the raw JSON value.
+func withParam(body []byte, key string, value []byte) ([]byte, error) {
+	obj, err := openai.Parse(body)
+	if err != nil {
+		return nil, err
+	}
+	return obj.Set(key, value), nil
+}
