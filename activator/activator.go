@@ -98,14 +98,14 @@ func WithStatsStreams(on bool) Option { return func(a *Activator) { a.followStat
 
 // Activator is the data-plane entry. Create it with New.
 type Activator struct {
-	cfg      Config
-	log      *slog.Logger
-	reg      prometheus.Registerer
+	cfg         Config
+	log         *slog.Logger
+	reg         prometheus.Registerer
 	registry    scheduler.Registry
 	followStats bool
 	onDemand    func(fleet.Key)
-	metrics  *metrics
-	upstream *upstream.Client
+	metrics     *metrics
+	upstream    *upstream.Client
 
 	routes atomic.Pointer[table]
 
