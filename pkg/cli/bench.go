@@ -76,14 +76,8 @@ func runBenchRun(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return runErr
 	}
 	res.WriteTable(stdout)
-	if *jsonPath != "" {
-		var buf bytes.Buffer
-		if err := res.WriteJSON(&buf); err != nil {
-			return err
-		}
-		if err := os.WriteFile(*jsonPath, buf.Bytes(), 0o644); err != nil {
-			return fmt.Errorf("--json: %w", err)
-		}
+	if err := writeJSONFile(*jsonPath, res.WriteJSON); err != nil {
+		return err
 	}
 	return runErr
 }
@@ -177,14 +171,8 @@ func runBenchCompare(ctx context.Context, args []string, stdout, stderr io.Write
 		return runErr
 	}
 	rep.WriteTable(stdout)
-	if *jsonPath != "" {
-		var buf bytes.Buffer
-		if err := rep.WriteJSON(&buf); err != nil {
-			return err
-		}
-		if err := os.WriteFile(*jsonPath, buf.Bytes(), 0o644); err != nil {
-			return fmt.Errorf("--json: %w", err)
-		}
+	if err := writeJSONFile(*jsonPath, rep.WriteJSON); err != nil {
+		return err
 	}
 	if runErr != nil {
 		return runErr
@@ -206,4 +194,20 @@ func plural(n int, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// writeJSONFile writes what write produces to path (the --json flag); an
+// empty path writes nothing.
+func writeJSONFile(path string, write func(io.Writer) error) error {
+	if path == "" {
+		return nil
+	}
+	var buf bytes.Buffer
+	if err := write(&buf); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("--json: %w", err)
+	}
+	return nil
 }
