@@ -41,7 +41,7 @@ func (b balance) score(frac, load, minLoad float64) float64 {
 }
 
 func balanceOf(slack, relSlack *float64) (balance, error) {
-	b := balance{slack: 16, relSlack: 1}
+	b := balance{slack: 32, relSlack: 2}
 	if slack != nil {
 		if *slack < 0 {
 			return b, fmt.Errorf("balanceSlack: must be >= 0, got %g", *slack)
@@ -64,8 +64,10 @@ type KVCacheAwareConfig struct {
 	SpeculativeTTL *metav1.Duration `json:"speculativeTTL,omitempty"`
 	// BalanceSlack and BalanceRelativeSlack set the load above the
 	// least-loaded pod up to which a prefix match counts in full:
-	// balanceSlack + balanceRelativeSlack x that pod's load. Defaults 16
-	// requests and 1 (up to twice the least-loaded pod's load, plus 16).
+	// balanceSlack + balanceRelativeSlack x that pod's load. Defaults 32
+	// requests and 2 (up to three times the least-loaded pod's load, plus
+	// 32). Load counts the engine's waiting queue, so a pod whose engine
+	// queues reaches the allowance sooner.
 	BalanceSlack         *float64 `json:"balanceSlack,omitempty"`
 	BalanceRelativeSlack *float64 `json:"balanceRelativeSlack,omitempty"`
 }
