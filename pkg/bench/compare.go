@@ -48,6 +48,9 @@ type Comparison struct {
 	Name string
 	// WarmupTimeout bounds the wait for a fleet's replicas to be ready.
 	WarmupTimeout time.Duration
+	// Activators is how many activator replicas each fleet runs (default
+	// 1); the load is spread over them.
+	Activators int
 	// Config is the workload, validated; Target is left empty (each
 	// strategy's fleet gets its own address).
 	Config Config
@@ -75,6 +78,7 @@ type benchmarkDoc struct {
 	} `json:"metadata"`
 	Spec struct {
 		WarmupTimeout *string        `json:"warmupTimeout,omitempty"`
+		Activators    *int           `json:"activators,omitempty"`
 		Workload      map[string]any `json:"workload"`
 		Strategies    []Strategy     `json:"strategies"`
 	} `json:"spec"`
@@ -170,6 +174,7 @@ func benchmarkFields() fieldSet {
 		"metadata":   fieldSet{"name": nil, "labels": nil, "annotations": nil},
 		"spec": fieldSet{
 			"warmupTimeout": nil,
+			"activators":    nil,
 			"workload":      nil,
 			"strategies": fieldSet{"[]": fieldSet{
 				"name":    nil,
@@ -245,6 +250,13 @@ func (c *Comparison) parseBenchmark(where, doc string) error {
 			return fmt.Errorf("%s: spec.warmupTimeout: must be > 0, got %v", where, d)
 		}
 		c.WarmupTimeout = d
+	}
+	c.Activators = 1
+	if b.Spec.Activators != nil {
+		if *b.Spec.Activators < 1 {
+			return fmt.Errorf("%s: spec.activators: must be >= 1, got %d", where, *b.Spec.Activators)
+		}
+		c.Activators = *b.Spec.Activators
 	}
 	cfg, err := workloadConfig(b.Spec.Workload)
 	if err != nil {

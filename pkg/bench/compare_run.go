@@ -27,16 +27,17 @@ type Launcher func(ctx context.Context, file, logDir string, onListen func(addr 
 // LocalLauncher runs each fleet in-process with `kvasir local` (local.Run)
 // on a free loopback port. self is the argv prefix that runs the kvasir
 // binary (nil: this executable); logger receives the platform's logs.
-func LocalLauncher(self []string, logger *slog.Logger) Launcher {
+func LocalLauncher(self []string, activators int, logger *slog.Logger) Launcher {
 	return func(ctx context.Context, file, logDir string, onListen func(string)) error {
 		return local.Run(ctx, local.Options{
-			File:      file,
-			Addr:      "127.0.0.1:0",
-			Self:      self,
-			LogDir:    logDir,
-			Activator: activator.DefaultConfig(),
-			Logger:    logger,
-			OnListen:  onListen,
+			Activators: activators,
+			File:       file,
+			Addr:       "127.0.0.1:0",
+			Self:       self,
+			LogDir:     logDir,
+			Activator:  activator.DefaultConfig(),
+			Logger:     logger,
+			OnListen:   onListen,
 		})
 	}
 }

@@ -56,6 +56,7 @@ func TestParseComparison(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "long-system-prompt", c.Name)
 	assert.Equal(t, 90*time.Second, c.WarmupTimeout)
+	assert.Equal(t, 1, c.Activators, "one activator unless spec.activators says otherwise")
 
 	want := DefaultConfig()
 	want.Workload = WorkloadSharedPrefix
@@ -165,6 +166,8 @@ func TestParseComparisonErrors(t *testing.T) {
 			[]string{"good.yaml: document 2 (Benchmark): spec.strategies[0].plugins[0].wieght: unknown field"}},
 		{"duplicate key", bench("    groups: 32\n", "    groups: 32\n    groups: 33\n"),
 			[]string{"good.yaml: document 2", "groups"}},
+		{"zero activators", bench("  warmupTimeout: 90s\n", "  warmupTimeout: 90s\n  activators: 0\n"),
+			[]string{"document 2", "spec.activators: must be >= 1, got 0"}},
 		{"bad warmupTimeout", bench("  warmupTimeout: 90s\n", "  warmupTimeout: soon\n"),
 			[]string{"document 2", `spec.warmupTimeout: "soon" is not a duration`}},
 		{"numeric warmupTimeout", bench("  warmupTimeout: 90s\n", "  warmupTimeout: 90\n"),

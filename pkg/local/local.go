@@ -40,6 +40,10 @@ type Options struct {
 	LogDir string
 	// Activator configures the data plane.
 	Activator activator.Config
+	// Activators is how many activator replicas serve, each with its own
+	// scheduling state (default 1). Requests are spread over them one at a
+	// time, like activator pods behind a Service.
+	Activators int
 	// ScaleInterval is the scaler's tick. Default 1s.
 	ScaleInterval time.Duration
 	// Logger for everything.
@@ -60,7 +64,7 @@ type Platform struct {
 	opts    Options
 	ctx     context.Context // lives as long as the platform serves
 	log     *slog.Logger
-	act     *activator.Activator
+	act     *activators
 	runtime *process.Runtime
 	scaler  *scaler
 	reg     *prometheus.Registry
@@ -109,7 +113,13 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	p.runtime = rt
 	defer rt.Close()
-	act, err := activator.New(opts.Activator, activator.WithLogger(opts.Logger), activator.WithRegisterer(p.reg),
+	if opts.Activators == 0 {
+		opts.Activators = 1
+	}
+	if opts.Activators < 0 {
+		return fmt.Errorf("activators: must be >= 1, got %d", opts.Activators)
+	}
+	act, err := newActivators(opts.Activators, opts.Activator, p.reg, activator.WithLogger(opts.Logger),
 		activator.WithOnDemand(func(k fleet.Key) { p.scaler.poke(k) }))
 	if err != nil {
 		return err
