@@ -83,7 +83,9 @@ func (as *activators) Load(key fleet.Key) (activator.Load, bool) {
 }
 
 // PodStat and Index read the first replica (all follow the same streams).
-func (as *activators) PodStat(key fleet.Key, pod string) *stats.Stat { return as.acts[0].PodStat(key, pod) }
+func (as *activators) PodStat(key fleet.Key, pod string) *stats.Stat {
+	return as.acts[0].PodStat(key, pod)
+}
 
 func (as *activators) Index(key fleet.Key) *kvindex.Index { return as.acts[0].Index(key) }
 
