@@ -129,14 +129,14 @@ func New(cfg Config, opts ...Option) (*Activator, error) {
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.metrics = newMetrics(a.reg, a)
 	a.upstream = upstream.New()
-	a.routes.Store(&table{byModel: map[string]*service{}})
+	a.routes.Store(&table{byModel: map[string]*service{}, byAdapter: map[string]*service{}})
 	return a, nil
 }
 
 // SetServices replaces the routing table. Revisions no longer referenced are
 // forgotten; their buffered requests keep waiting until they time out.
 func (a *Activator) SetServices(svcs []ServiceConfig) error {
-	t := &table{byModel: make(map[string]*service, len(svcs))}
+	t := &table{byModel: make(map[string]*service, len(svcs)), byAdapter: map[string]*service{}}
 	keep := map[fleet.Key]bool{}
 	for _, sc := range svcs {
 		if err := sc.validate(); err != nil {
@@ -145,8 +145,13 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 		if err := a.registry.Validate(sc.Routing); err != nil {
 			return fmt.Errorf("service %q: spec.routing.%w", sc.Name, err)
 		}
-		if _, dup := t.byModel[sc.Model]; dup {
+		if _, _, dup := t.lookup(sc.Model); dup {
 			return fmt.Errorf("service %q: model %q is served by another service", sc.Name, sc.Model)
+		}
+		for _, ad := range sc.LoRAAdapters {
+			if _, _, dup := t.lookup(ad); dup || ad == sc.Model {
+				return fmt.Errorf("service %q: LoRA adapter %q is served by another service", sc.Name, ad)
+			}
 		}
 		split, err := traffic.New(sc.Traffic)
 		if err != nil {
@@ -175,6 +180,9 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 				duration: a.metrics.duration.WithLabelValues(sc.Name, rc.Name)}
 		}
 		t.byModel[sc.Model] = s
+		for _, ad := range sc.LoRAAdapters {
+			t.byAdapter[ad] = s
+		}
 	}
 	a.revMu.Lock()
 	for k, r := range a.revs {

@@ -436,3 +436,41 @@ func TestJSONContentTypeWhateverTheClientSent(t *testing.T) {
 	_, body := post(t, h.srv.URL, `{"model":"m"}`, "Content-Type", "application/x-www-form-urlencoded") // curl -d
 	require.Equal(t, "application/json", string(body))
 }
+
+// A request naming a LoRA adapter of a service goes to that service with the
+// body unchanged (the engine resolves the adapter); /v1/models lists it with
+// its parent; an adapter name cannot belong to two services.
+func TestLoRAAdapterRouting(t *testing.T) {
+	act, err := New(DefaultConfig(), WithRegisterer(prometheus.NewRegistry()), WithStatsStreams(false))
+	require.NoError(t, err)
+	t.Cleanup(act.Close)
+	svc := ServiceConfig{Namespace: "default", Name: "svc", Model: "m", LoRAAdapters: []string{"sql"},
+		Traffic: []traffic.Target{{Revision: "m-1", Percent: 100}}, Revisions: []RevisionConfig{{Name: "m-1"}}}
+	require.NoError(t, act.SetServices([]ServiceConfig{svc}))
+	act.SetEndpoints(svc.Key("m-1"), []fleet.Endpoint{okBackend(t, "r1")})
+	srv := httptest.NewServer(act.Handler())
+	t.Cleanup(srv.Close)
+
+	resp, body := post(t, srv.URL, `{"model":"sql","messages":[{"role":"user","content":"hi"}]}`)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	require.Contains(t, string(body), `"got":{"model":"sql"`)
+
+	resp, err = http.Get(srv.URL + PathModels)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var list struct {
+		Data []struct {
+			ID     string `json:"id"`
+			Parent string `json:"parent"`
+		} `json:"data"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&list))
+	require.Len(t, list.Data, 2)
+	require.Equal(t, "m", list.Data[0].ID)
+	require.Equal(t, "sql", list.Data[1].ID)
+	require.Equal(t, "m", list.Data[1].Parent)
+
+	other := ServiceConfig{Namespace: "default", Name: "other", Model: "o", LoRAAdapters: []string{"sql"},
+		Traffic: []traffic.Target{{Revision: "o-1", Percent: 100}}, Revisions: []RevisionConfig{{Name: "o-1"}}}
+	require.ErrorContains(t, act.SetServices([]ServiceConfig{svc, other}), `LoRA adapter "sql" is served by another service`)
+}

@@ -77,11 +77,11 @@ func (a *Activator) route(obj openai.Object, path, tagHeader string) (routed, *f
 	t := a.routes.Load()
 	body := obj.Raw()
 	name, tag := model, tagHeader
-	s, found := t.byModel[model]
+	s, adapter, found := t.lookup(model)
 	if !found {
 		var atTag string
 		name, atTag = traffic.SplitModelTag(model)
-		if s, found = t.byModel[name]; !found || atTag == "" {
+		if s, adapter, found = t.lookup(name); !found || atTag == "" {
 			return routed{}, &failure{status: http.StatusNotFound, err: openai.ModelNotFound(model)}
 		}
 		tag = atTag
@@ -98,7 +98,7 @@ func (a *Activator) route(obj openai.Object, path, tagHeader string) (routed, *f
 	} else {
 		revName = s.split.Pick(rand.IntN(100))
 	}
-	return routed{svc: s, rev: s.revisions[revName], body: body, req: &scheduler.Request{Body: obj, API: apiOf(path)}}, nil
+	return routed{svc: s, rev: s.revisions[revName], body: body, req: &scheduler.Request{Body: obj, API: apiOf(path), Adapter: adapter}}, nil
 }
 
 func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
@@ -168,15 +168,19 @@ type modelEntry struct {
 	Object  string `json:"object"`
 	Created int64  `json:"created"`
 	OwnedBy string `json:"owned_by"`
+	Parent  string `json:"parent,omitempty"` // the base model of a LoRA adapter
 }
 
 func (a *Activator) serveModels(w http.ResponseWriter, _ *http.Request) {
-	models := a.Models()
-	sort.Strings(models)
-	data := make([]modelEntry, 0, len(models))
-	for _, m := range models {
+	t := a.routes.Load()
+	data := make([]modelEntry, 0, len(t.byModel)+len(t.byAdapter))
+	for m := range t.byModel {
 		data = append(data, modelEntry{ID: m, Object: "model", OwnedBy: "kvasir"})
 	}
+	for ad, s := range t.byAdapter {
+		data = append(data, modelEntry{ID: ad, Object: "model", OwnedBy: "kvasir", Parent: s.cfg.Model})
+	}
+	sort.Slice(data, func(i, j int) bool { return data[i].ID < data[j].ID })
 	writeJSON(w, http.StatusOK, struct {
 		Object string       `json:"object"`
 		Data   []modelEntry `json:"data"`
@@ -185,9 +189,14 @@ func (a *Activator) serveModels(w http.ResponseWriter, _ *http.Request) {
 
 func (a *Activator) serveModel(w http.ResponseWriter, r *http.Request) {
 	model := r.PathValue("model")
-	if _, ok := a.routes.Load().byModel[model]; !ok {
+	s, adapter, ok := a.routes.Load().lookup(model)
+	if !ok {
 		openai.WriteError(w, http.StatusNotFound, openai.ModelNotFound(model), 0)
 		return
 	}
-	writeJSON(w, http.StatusOK, modelEntry{ID: model, Object: "model", OwnedBy: "kvasir"})
+	e := modelEntry{ID: model, Object: "model", OwnedBy: "kvasir"}
+	if adapter != "" {
+		e.Parent = s.cfg.Model
+	}
+	writeJSON(w, http.StatusOK, e)
 }

@@ -17,6 +17,8 @@ type ServiceConfig struct {
 	Name      string
 	// Model is the name clients send; the engines serve it under this name.
 	Model string
+	// LoRAAdapters are adapter names also served by this service's engines.
+	LoRAAdapters []string
 	// Traffic resolves to concrete revisions (latestRevision already resolved).
 	Traffic   []traffic.Target
 	Revisions []RevisionConfig
@@ -39,7 +41,20 @@ type RevisionConfig struct {
 
 // table is an immutable routing snapshot, swapped atomically.
 type table struct {
-	byModel map[string]*service
+	byModel   map[string]*service
+	byAdapter map[string]*service
+}
+
+// lookup finds the service of a model or adapter name; adapter is the
+// name when it is an adapter.
+func (t *table) lookup(name string) (s *service, adapter string, ok bool) {
+	if s, ok = t.byModel[name]; ok {
+		return s, "", true
+	}
+	if s, ok = t.byAdapter[name]; ok {
+		return s, name, true
+	}
+	return nil, "", false
 }
 
 type service struct {

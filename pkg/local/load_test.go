@@ -48,6 +48,10 @@ apiVersion: serving.kvasir.dev/v1alpha1
 kind: ModelService
 metadata: {name: b}
 spec: {model: m, template: {engine: {type: sim}}}`, `spec.model "m"`},
+		"adapter named like the model": {`apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: a}
+spec: {model: m, loraAdapters: [sql, m], template: {engine: {type: sim}}}`, `spec.loraAdapters[1]`},
 		"unknown plugin": {`apiVersion: serving.kvasir.dev/v1alpha1
 kind: ModelService
 metadata: {name: a}

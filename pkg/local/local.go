@@ -182,7 +182,8 @@ func (p *Platform) apply(svcs []*v1alpha1.ModelService) error {
 			routing = ms.Spec.Routing.Plugins
 		}
 		cfgs = append(cfgs, activator.ServiceConfig{
-			Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model, Traffic: targets, Routing: routing,
+			Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model, LoRAAdapters: ms.Spec.LoRAAdapters,
+			Traffic: targets, Routing: routing,
 			Revisions: []activator.RevisionConfig{{Name: rev, ContainerConcurrency: tmpl.ContainerConcurrency,
 				Timeout: time.Duration(tmpl.TimeoutSeconds) * time.Second, Disaggregated: tmpl.Roles != nil}},
 		})
@@ -298,6 +299,9 @@ func engineCommand(ms *v1alpha1.ModelService, self []string) ([]string, []string
 		argv = append(append(argv, e.Command...), e.Args...)
 	case e.Type == v1alpha1.EngineSim:
 		argv = append(append([]string(nil), self...), "sim", "--port", "$(PORT)", "--model", model)
+		for _, ad := range ms.Spec.LoRAAdapters { // the simulator serves the declared adapters
+			argv = append(argv, "--lora-modules", ad+"="+ad)
+		}
 		argv = append(argv, e.Args...)
 	case e.Type == v1alpha1.EngineVLLM:
 		argv = []string{"vllm", "serve"}

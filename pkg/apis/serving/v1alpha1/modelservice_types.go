@@ -20,6 +20,11 @@ type ModelService struct {
 type ModelServiceSpec struct {
 	// Model is the name clients send in "model"; defaults to metadata.name.
 	Model string `json:"model,omitempty"`
+	// LoRAAdapters are adapter names the engines serve next to the model
+	// (vLLM --lora-modules); a request naming one is routed to this service,
+	// preferring replicas that have it loaded (scheduler plugin
+	// lora-affinity).
+	LoRAAdapters []string `json:"loraAdapters,omitempty"`
 	// Template is the revision template: every change creates a new revision.
 	Template RevisionTemplate `json:"template"`
 	// Routing selects the scheduler plugins that pick a pod.

@@ -18,6 +18,19 @@ func (ms *ModelService) Validate() *apis.FieldError {
 	if strings.Contains(ms.Spec.Model, "@") {
 		errs = errs.Also(apis.ErrInvalidValue(ms.Spec.Model, "spec.model", `"@" separates a model from a traffic tag`))
 	}
+	seen := map[string]bool{ms.Spec.Model: true}
+	for i, a := range ms.Spec.LoRAAdapters {
+		field := fmt.Sprintf("spec.loraAdapters[%d]", i)
+		switch {
+		case a == "":
+			errs = errs.Also(apis.ErrInvalidValue(a, field, "must not be empty"))
+		case strings.Contains(a, "@"):
+			errs = errs.Also(apis.ErrInvalidValue(a, field, `"@" separates a model from a traffic tag`))
+		case seen[a]:
+			errs = errs.Also(apis.ErrInvalidValue(a, field, "duplicate of the model or of another adapter"))
+		}
+		seen[a] = true
+	}
 	errs = errs.Also(ms.Spec.Template.validate().ViaField("spec.template"))
 	errs = errs.Also(validateTraffic(ms.Spec.Traffic).ViaField("spec.traffic"))
 	if ms.Spec.Routing != nil {
