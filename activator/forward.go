@@ -128,6 +128,7 @@ func (a *Activator) forwardHTTP(w http.ResponseWriter, r *http.Request, rt route
 	defer up.close()
 	resp := up.resp
 	upstream.CopyEndToEnd(w.Header(), resp.Header)
+	w.Header().Set(RevisionHeader, rt.rev.cfg.Name)
 	if resp.ContentLength >= 0 && !isEventStream(resp.Header) {
 		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}

@@ -17,6 +17,9 @@ import (
 // TagHeader selects a tagged revision.
 const TagHeader = "X-Kvasir-Tag"
 
+// RevisionHeader names, on a response, the revision that served it.
+const RevisionHeader = "X-Kvasir-Revision"
+
 // Paths of the OpenAI API the activator serves.
 const (
 	PathChat        = "/v1/chat/completions"

@@ -24,7 +24,6 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/kvindex"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
-	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
 // Options of `kvasir local`.
@@ -50,13 +49,17 @@ type Options struct {
 	Logger *slog.Logger
 	// OnListen is called with the bound address once serving (tests).
 	OnListen func(addr string)
+	// WatchInterval is how often the file is checked for changes (default
+	// 1s; negative: never).
+	WatchInterval time.Duration
 }
 
 // revisionState is one running revision role.
 type revisionState struct {
-	svc   *v1alpha1.ModelService
-	key   fleet.Key
-	ready atomic.Int64
+	svc     *v1alpha1.ModelService
+	key     fleet.Key
+	ready   atomic.Int64
+	unwatch func()
 }
 
 // Platform is a running local platform.
@@ -71,6 +74,12 @@ type Platform struct {
 
 	mu   sync.Mutex
 	revs []*revisionState
+
+	// The services and their revisions; guarded by svcMu, which reconcile
+	// holds throughout.
+	svcMu    sync.Mutex
+	services map[string]*serviceState
+	applied  []*v1alpha1.ModelService // the documents last applied
 }
 
 // Run starts the platform and serves until ctx is cancelled, then stops
@@ -102,7 +111,8 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	pctx, stopAll := context.WithCancel(ctx)
 	defer stopAll()
-	p := &Platform{opts: opts, ctx: pctx, log: opts.Logger, reg: prometheus.NewRegistry()}
+	p := &Platform{opts: opts, ctx: pctx, log: opts.Logger, reg: prometheus.NewRegistry(),
+		services: map[string]*serviceState{}}
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rt, err := process.New(process.Config{
 		QueueProxy: append(append([]string(nil), opts.Self...), "queue-proxy"),
@@ -129,7 +139,7 @@ func Run(ctx context.Context, opts Options) error {
 	p.scaler = newScaler(opts.Logger, act, rt, opts.ScaleInterval)
 	p.reg.MustRegister(&replicaCollector{p: p})
 
-	if err := p.apply(svcs); err != nil {
+	if err := p.reconcile(svcs); err != nil {
 		return err
 	}
 
@@ -141,6 +151,7 @@ func Run(ctx context.Context, opts Options) error {
 	sctx, stopScaler := context.WithCancel(ctx)
 	defer stopScaler()
 	go p.scaler.run(sctx)
+	go p.watch(sctx)
 	errCh := make(chan error, 1)
 	go func() { errCh <- srv.Serve(ln) }()
 	p.log.Info("kvasir local is serving", slog.String("addr", ln.Addr().String()), slog.String("file", opts.File),
@@ -164,96 +175,13 @@ func Run(ctx context.Context, opts Options) error {
 	return nil
 }
 
-// revisionName is the name of a service's n-th revision.
-func revisionName(svc string, n int) string { return fmt.Sprintf("%s-%05d", svc, n) }
-
-// apply starts serving the given services.
-func (p *Platform) apply(svcs []*v1alpha1.ModelService) error {
-	var cfgs []activator.ServiceConfig
-	for _, ms := range svcs {
-		rev := revisionName(ms.Name, 1)
-		targets, err := resolveTraffic(ms, rev)
-		if err != nil {
-			return err
-		}
-		tmpl := ms.Spec.Template
-		var routing []v1alpha1.RoutingPlugin
-		if ms.Spec.Routing != nil {
-			routing = ms.Spec.Routing.Plugins
-		}
-		cfgs = append(cfgs, activator.ServiceConfig{
-			Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model, LoRAAdapters: ms.Spec.LoRAAdapters,
-			Traffic: targets, Routing: routing,
-			Revisions: []activator.RevisionConfig{{Name: rev, ContainerConcurrency: tmpl.ContainerConcurrency,
-				Timeout: time.Duration(tmpl.TimeoutSeconds) * time.Second, Disaggregated: tmpl.Roles != nil}},
-		})
-	}
-	if err := p.act.SetServices(cfgs); err != nil {
-		return err
-	}
-	for _, ms := range svcs {
-		if err := p.startRevision(ms, revisionName(ms.Name, 1)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// resolveTraffic turns spec.traffic into concrete targets. Local mode runs one
-// revision per service for now, so every target must resolve to it.
-func resolveTraffic(ms *v1alpha1.ModelService, latest string) ([]traffic.Target, error) {
-	if len(ms.Spec.Traffic) == 0 {
-		return []traffic.Target{{Revision: latest, Percent: 100}}, nil
-	}
-	var out []traffic.Target
-	for i, t := range ms.Spec.Traffic {
-		rev := t.RevisionName
-		if t.LatestRevision != nil && *t.LatestRevision {
-			rev = latest
-		}
-		if rev != latest {
-			return nil, fmt.Errorf("ModelService %q: spec.traffic[%d].revisionName: unknown revision %q (local mode has %q)", ms.Name, i, rev, latest)
-		}
-		pct := 0
-		if t.Percent != nil {
-			pct = int(*t.Percent)
-		}
-		out = append(out, traffic.Target{Revision: rev, Percent: pct, Tag: t.Tag})
-	}
-	return out, nil
-}
-
-func (p *Platform) startRevision(ms *v1alpha1.ModelService, rev string) error {
-	tmpl := ms.Spec.Template
-	if tmpl.Roles == nil {
-		return p.startRole(ms, fleet.Key{Namespace: ms.Namespace, Service: ms.Name, Revision: rev}, tmpl.Scaling, nil)
-	}
-	for _, r := range []struct {
-		name string
-		spec *v1alpha1.RoleSpec
-	}{{activator.RolePrefill, tmpl.Roles.Prefill}, {activator.RoleDecode, tmpl.Roles.Decode}} {
-		scaling := tmpl.Scaling
-		if r.spec.Scaling != nil {
-			scaling = *r.spec.Scaling
-		}
-		args := r.spec.Args
-		if tmpl.Engine.Type == v1alpha1.EngineSim {
-			args = append([]string{"--role=" + r.name}, args...)
-		}
-		key := fleet.Key{Namespace: ms.Namespace, Service: ms.Name, Revision: rev, Role: r.name}
-		if err := p.startRole(ms, key, scaling, args); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // startRole runs one replica set of a revision: its role's scaling, and
 // roleArgs after the engine's own arguments.
-func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alpha1.ScalingSpec, roleArgs []string) error {
+func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alpha1.ScalingSpec, roleArgs []string,
+	minInitial int, onReady func()) (*revisionState, error) {
 	engine, env, err := engineCommand(ms, p.opts.Self)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	engine = append(engine, roleArgs...)
 	tmpl := ms.Spec.Template
@@ -261,9 +189,12 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 		"--request-timeout", (time.Duration(tmpl.TimeoutSeconds) * time.Second).String()}
 	p.runtime.Add(process.Spec{Key: key, Engine: engine, Env: env, QueueProxyArgs: qpArgs})
 	rs := &revisionState{svc: ms, key: key}
-	p.runtime.Watch(key, func(eps []fleet.Endpoint) {
+	rs.unwatch = p.runtime.Watch(key, func(eps []fleet.Endpoint) {
 		rs.ready.Store(int64(len(eps)))
 		p.act.SetEndpoints(key, eps)
+		if len(eps) > 0 && onReady != nil {
+			onReady()
+		}
 	})
 	t := &scaleTarget{key: key, minScale: int(*sc.MinScale), maxScale: int(*sc.MaxScale),
 		targetConcurrency: v1alpha1.DefaultTargetConcurrency,
@@ -271,22 +202,37 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 	if sc.Target != nil && sc.Target.Concurrency != nil {
 		t.targetConcurrency = *sc.Target.Concurrency
 	}
-	initial := int(*sc.InitialScale)
-	if initial < t.minScale {
-		initial = t.minScale
-	}
+	initial := max(int(*sc.InitialScale), t.minScale, minInitial)
 	if t.maxScale > 0 && initial > t.maxScale {
 		initial = t.maxScale
 	}
 	t.desired = initial
 	if err := p.runtime.Scale(context.Background(), key, initial); err != nil {
-		return err
+		return nil, err
 	}
 	p.scaler.add(t)
 	p.mu.Lock()
 	p.revs = append(p.revs, rs)
 	p.mu.Unlock()
-	return nil
+	return rs, nil
+}
+
+// stopRole stops a replica set: the scaler forgets it, its replicas drain
+// and stop, and it leaves the metrics and /kvasir/replicas.
+func (p *Platform) stopRole(rs *revisionState) {
+	p.scaler.remove(rs.key)
+	if rs.unwatch != nil {
+		rs.unwatch()
+	}
+	p.runtime.Remove(rs.key)
+	p.mu.Lock()
+	for i, x := range p.revs {
+		if x == rs {
+			p.revs = append(p.revs[:i], p.revs[i+1:]...)
+			break
+		}
+	}
+	p.mu.Unlock()
 }
 
 // engineCommand returns the argv and extra environment of a revision's engine.

@@ -55,6 +55,7 @@ type platform struct {
 	t    *testing.T
 	cmd  *exec.Cmd
 	URL  string
+	File string // the ModelService file it runs (and watches)
 	logs *syncBuffer
 	done chan struct{}
 }
@@ -93,7 +94,7 @@ func startLocal(t *testing.T, doc string, extraArgs ...string) *platform {
 	require.NoError(t, err)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(t, cmd.Start())
-	p := &platform{t: t, cmd: cmd, logs: &syncBuffer{}, done: make(chan struct{})}
+	p := &platform{t: t, cmd: cmd, File: file, logs: &syncBuffer{}, done: make(chan struct{})}
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
