@@ -173,3 +173,44 @@ func TestMainRejectsBadFlags(t *testing.T) {
 	err = Main(context.Background(), []string{"extra"}, &out)
 	assert.ErrorContains(t, err, "unexpected arguments")
 }
+
+// The engine's preStop hook (GET /kvasir/wait-for-drain) returns only once a
+// drain started and the last proxied request finished.
+func TestWaitForDrain(t *testing.T) {
+	step := make(chan struct{})
+	bodies := make(chan string, 2)
+	eng := streamEngine(t, step, bodies)
+	p := newProxy(t, eng.URL, true, "--stats-interval=1h")
+	require.Equal(t, http.StatusOK, p.readyCode(t))
+
+	resp := p.post(t, testCtx(t), "/v1/chat/completions", `{"model":"m","stream":true}`)
+	defer resp.Body.Close()
+	rd := bufio.NewReader(resp.Body)
+	assert.Equal(t, "data: "+chunkRole+"\n\n", readEvent(t, rd))
+
+	waited := make(chan int, 1)
+	go func() {
+		r, err := http.Get(p.srv.URL + WaitForDrainPath)
+		if err != nil {
+			waited <- 0
+			return
+		}
+		r.Body.Close()
+		waited <- r.StatusCode
+	}()
+	p.Drain(testCtx(t)) // the quiet period (0) is over; a stream is still in flight
+	select {
+	case code := <-waited:
+		t.Fatalf("wait-for-drain answered %d with a request in flight", code)
+	default:
+	}
+	close(step)
+	_, err := io.ReadAll(rd)
+	require.NoError(t, err)
+	select {
+	case code := <-waited:
+		assert.Equal(t, http.StatusOK, code)
+	case <-testCtx(t).Done():
+		t.Fatal("wait-for-drain did not answer after the last request")
+	}
+}

@@ -52,6 +52,9 @@ type Proxy struct {
 	inFlight atomic.Int64
 	active   activity // proxy handlers running, queued ones included
 
+	quietOver     chan struct{} // closed when a drain's quiet period is over
+	quietOverOnce sync.Once
+
 	mu         sync.Mutex // guards totals and engine
 	totals     totals
 	engineStat stats.EngineStat
@@ -78,6 +81,7 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 		return nil, fmt.Errorf("--engine-url: %w", err)
 	}
 	p := &Proxy{
+		quietOver: make(chan struct{}),
 		cfg:       cfg,
 		log:       logger,
 		engine:    engine,
@@ -96,6 +100,7 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 
 	own := http.NewServeMux()
 	own.HandleFunc("GET "+ReadyPath, p.serveReady)
+	own.HandleFunc("GET "+WaitForDrainPath, p.serveWaitForDrain)
 	own.HandleFunc("GET "+stats.Path, p.serveStats)
 	own.Handle("GET "+MetricsPath, promhttp.HandlerFor(p.metrics.registry, promhttp.HandlerOpts{}))
 	own.HandleFunc(ReservedPrefix, func(w http.ResponseWriter, r *http.Request) {
@@ -235,6 +240,26 @@ func (p *Proxy) Drain(ctx context.Context) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+	p.quietOverOnce.Do(func() { close(p.quietOver) })
+}
+
+// WaitForDrainPath answers once the proxy has drained: a drain started, its
+// quiet period is over and no proxied request is left. The engine
+// container's preStop hook calls it on Kubernetes, so the engine is stopped
+// only after the queue-proxy has finished every request.
+const WaitForDrainPath = ReservedPrefix + "wait-for-drain"
+
+func (p *Proxy) serveWaitForDrain(w http.ResponseWriter, r *http.Request) {
+	select {
+	case <-p.quietOver:
+	case <-r.Context().Done():
+		return
+	}
+	if err := p.active.wait(r.Context()); err != nil {
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "drained\n")
 }
 
 // activity counts running handlers and tells when none are left.
