@@ -18,12 +18,19 @@ const (
 	DefaultTargetConcurrency      = 8.0
 )
 
-// SetDefaults fills unset fields. It is idempotent.
+// SetDefaults fills unset fields. It is idempotent. There is no defaulting
+// webhook: the controller and `kvasir local` default what they read, and a
+// revision is cut from the defaulted template, so it carries every default.
 func (ms *ModelService) SetDefaults() {
 	if ms.Spec.Model == "" {
 		ms.Spec.Model = ms.Name
 	}
-	t := &ms.Spec.Template
+	ms.Spec.Template.SetDefaults()
+}
+
+// SetDefaults fills the template's unset fields; a role's unset scaling
+// fields come from the template's. It is idempotent.
+func (t *RevisionTemplate) SetDefaults() {
 	if t.Engine.Type == "" {
 		t.Engine.Type = EngineVLLM
 	}

@@ -7,7 +7,43 @@ import (
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 )
 
-// ModelService serves one model name through revisions of an engine template.
+// Bounds of the API. The CRDs carry them too (CEL cost estimation needs
+// bounded lists and strings); Validate checks them with field paths.
+const (
+	// MaxServiceNameLength keeps revision names (<service>-00001) within a
+	// DNS label.
+	MaxServiceNameLength = 57
+	// MaxTrafficTargets bounds spec.traffic.
+	MaxTrafficTargets = 100
+	// MaxLoRAAdapters bounds spec.loraAdapters.
+	MaxLoRAAdapters = 256
+	// MaxAcceleratorVariants bounds spec.template.accelerators.
+	MaxAcceleratorVariants = 16
+	// MaxRoutingPlugins bounds spec.routing.plugins.
+	MaxRoutingPlugins = 16
+	// MaxModelNameLength bounds spec.model and each adapter name.
+	MaxModelNameLength = 253
+)
+
+// ModelService serves one model name through revisions of an engine
+// template. Every change to what runs in the pods (spec.template, spec.model,
+// spec.loraAdapters) creates the next ModelRevision; spec.traffic splits
+// requests across revisions.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=msvc,categories=kvasir;all
+// +kubebuilder:metadata:labels="app.kubernetes.io/name=kvasir"
+// +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`
+// +kubebuilder:printcolumn:name="LatestReady",type=string,JSONPath=`.status.latestReadyRevisionName`
+// +kubebuilder:printcolumn:name="Traffic",type=string,JSONPath=`.status.trafficSummary`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=='Ready')].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=='Ready')].reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="LatestCreated",type=string,JSONPath=`.status.latestCreatedRevisionName`,priority=1
+// +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`,priority=1
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 57 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be a DNS-1035 label of at most 57 characters, so that revision names <name>-00001 are DNS labels too"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.loraAdapters) || !((has(self.spec.model) && size(self.spec.model) > 0 ? self.spec.model : self.metadata.name) in self.spec.loraAdapters)",message="an adapter must not be named like the model",fieldPath=".spec.loraAdapters"
 type ModelService struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -19,21 +55,40 @@ type ModelService struct {
 // ModelServiceSpec is the desired state of a ModelService.
 type ModelServiceSpec struct {
 	// Model is the name clients send in "model"; defaults to metadata.name.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[^@]*$`
 	Model string `json:"model,omitempty"`
 	// LoRAAdapters are adapter names the engines serve next to the model
 	// (vLLM --lora-modules); a request naming one is routed to this service,
 	// preferring replicas that have it loaded (scheduler plugin
 	// lora-affinity).
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:items:Pattern=`^[^@]+$`
 	LoRAAdapters []string `json:"loraAdapters,omitempty"`
 	// Template is the revision template: every change creates a new revision.
 	Template RevisionTemplate `json:"template"`
-	// Routing selects the scheduler plugins that pick a pod.
+	// Routing selects the scheduler plugins that pick a pod. It is read by
+	// the activators and is not part of a revision: changing it creates no
+	// revision.
+	// +optional
 	Routing *RoutingSpec `json:"routing,omitempty"`
 	// Traffic splits requests across revisions; absent = 100% latest ready.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=100
+	// +kubebuilder:validation:XValidation:rule="self.all(t, (has(t.revisionName) && size(t.revisionName) > 0) != (has(t.latestRevision) && t.latestRevision))",message="each traffic target sets exactly one of revisionName and latestRevision: true"
+	// +kubebuilder:validation:XValidation:rule="size(self) == 0 || self.map(t, has(t.percent) ? t.percent : 0).sum() == 100",message="traffic percents must sum to 100"
+	// +kubebuilder:validation:XValidation:rule="self.all(t, !has(t.tag) || size(t.tag) == 0 || self.exists_one(u, has(u.tag) && u.tag == t.tag))",message="traffic tags must be unique"
 	Traffic []TrafficTarget `json:"traffic,omitempty"`
 }
 
 // EngineType names the inference engine of a template.
+// +kubebuilder:validation:Enum=vllm;sglang;sim;custom
 type EngineType string
 
 // Engine types.
@@ -46,106 +101,250 @@ const (
 
 // RevisionTemplate is what a revision snapshots.
 type RevisionTemplate struct {
-	Engine       EngineSpec                  `json:"engine"`
-	Resources    corev1.ResourceRequirements `json:"resources,omitempty"`
-	Accelerators []AcceleratorVariant        `json:"accelerators,omitempty"`
-	Roles        *RolesSpec                  `json:"roles,omitempty"`
-	Scaling      ScalingSpec                 `json:"scaling,omitempty"`
+	// Engine is the inference engine every replica runs.
+	Engine EngineSpec `json:"engine"`
+	// Resources of the engine container (Kubernetes), for example
+	// limits: {nvidia.com/gpu: "1"}. An accelerator variant's resources
+	// replace them.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+	// Accelerators are alternative placements of a replica, cheapest used
+	// first.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=16
+	Accelerators []AcceleratorVariant `json:"accelerators,omitempty"`
+	// Roles splits a revision into prefill and decode replica sets; absent =
+	// one unified role.
+	// +optional
+	Roles *RolesSpec `json:"roles,omitempty"`
+	// Scaling bounds and targets the autoscaler.
+	// +optional
+	Scaling ScalingSpec `json:"scaling,omitempty"`
 	// ContainerConcurrency limits requests per replica at the queue-proxy; 0 = unlimited.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
 	ContainerConcurrency int `json:"containerConcurrency,omitempty"`
-	// TimeoutSeconds bounds one request end to end.
+	// TimeoutSeconds bounds one request end to end; defaults to 600.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
 	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
 }
 
 // EngineSpec describes the engine container (Kubernetes) or process (local).
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.type) || self.type != 'custom' || (has(self.command) && size(self.command) > 0) || (has(self.image) && size(self.image) > 0)",message="a custom engine needs command or image"
 type EngineSpec struct {
-	Type  EngineType `json:"type,omitempty"`
-	Image string     `json:"image,omitempty"`
+	// Type of the engine; defaults to vllm.
+	// +optional
+	Type EngineType `json:"type,omitempty"`
+	// Image of the engine container (Kubernetes only).
+	// +optional
+	Image string `json:"image,omitempty"`
 	// Command run in local mode for custom and real engines; $(PORT) expands
 	// to the port the engine must listen on.
-	Command []string        `json:"command,omitempty"`
-	Args    []string        `json:"args,omitempty"`
-	Env     []corev1.EnvVar `json:"env,omitempty"`
-	Port    int32           `json:"port,omitempty"`
+	// +optional
+	Command []string `json:"command,omitempty"`
+	// Args are appended to the engine's command.
+	// +optional
+	Args []string `json:"args,omitempty"`
+	// Env of the engine.
+	// +optional
+	Env []corev1.EnvVar `json:"env,omitempty"`
+	// Port the engine listens on; defaults to 8000.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port,omitempty"`
 }
 
 // AcceleratorVariant is one way to place a replica, with its relative cost.
 type AcceleratorVariant struct {
-	Name         string                      `json:"name"`
-	Resources    corev1.ResourceRequirements `json:"resources,omitempty"`
-	NodeSelector map[string]string           `json:"nodeSelector,omitempty"`
-	Cost         float64                     `json:"cost,omitempty"`
+	// Name of the variant, unique within the template.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Name string `json:"name"`
+	// Resources of the engine container on this variant.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+	// NodeSelector places the replica on nodes with this accelerator.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// Cost relative to the other variants; the cheapest with capacity is
+	// used first.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Cost float64 `json:"cost,omitempty"`
 }
 
 // RolesSpec splits a revision into prefill and decode replica sets.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.prefill) && has(self.decode)",message="roles needs both prefill and decode"
 type RolesSpec struct {
+	// +optional
 	Prefill *RoleSpec `json:"prefill,omitempty"`
-	Decode  *RoleSpec `json:"decode,omitempty"`
+	// +optional
+	Decode *RoleSpec `json:"decode,omitempty"`
 }
 
 // RoleSpec overrides scaling (and engine args) for one role.
 type RoleSpec struct {
+	// Scaling of this role; unset fields come from the template's.
+	// +optional
 	Scaling *ScalingSpec `json:"scaling,omitempty"`
-	Args    []string     `json:"args,omitempty"`
+	// Args are appended to the engine's arguments for this role.
+	// +optional
+	Args []string `json:"args,omitempty"`
 }
 
 // ScalingSpec bounds and targets the autoscaler.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.minScale) || !has(self.maxScale) || self.maxScale == 0 || self.minScale <= self.maxScale",message="minScale must be <= maxScale",fieldPath=".minScale"
 type ScalingSpec struct {
-	MinScale               *int32           `json:"minScale,omitempty"`
-	MaxScale               *int32           `json:"maxScale,omitempty"`
-	InitialScale           *int32           `json:"initialScale,omitempty"`
-	Target                 *ScalingTarget   `json:"target,omitempty"`
+	// MinScale is the lower bound of replicas; 0 allows scale to zero.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MinScale *int32 `json:"minScale,omitempty"`
+	// MaxScale is the upper bound of replicas; 0 = bounded by capacity only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxScale *int32 `json:"maxScale,omitempty"`
+	// InitialScale is the number of replicas a new revision starts with.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	InitialScale *int32 `json:"initialScale,omitempty"`
+	// Target is the per-replica target of the autoscaler's signals.
+	// +optional
+	Target *ScalingTarget `json:"target,omitempty"`
+	// ScaleToZeroGracePeriod is how long the last replica stays after
+	// traffic stops.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s')",message="must be >= 0"
 	ScaleToZeroGracePeriod *metav1.Duration `json:"scaleToZeroGracePeriod,omitempty"`
-	StableWindow           *metav1.Duration `json:"stableWindow,omitempty"`
-	PanicWindowPercent     *int32           `json:"panicWindowPercent,omitempty"`
-	PanicThresholdPercent  *int32           `json:"panicThresholdPercent,omitempty"`
+	// StableWindow is the window the autoscaler averages over.
+	// +optional
+	StableWindow *metav1.Duration `json:"stableWindow,omitempty"`
+	// PanicWindowPercent is the panic window as a percent of the stable
+	// window.
+	// +optional
+	PanicWindowPercent *int32 `json:"panicWindowPercent,omitempty"`
+	// PanicThresholdPercent is the load, in percent of the target, that
+	// enters panic mode.
+	// +optional
+	PanicThresholdPercent *int32 `json:"panicThresholdPercent,omitempty"`
 }
 
 // ScalingTarget is the per-replica target of one or several signals.
 type ScalingTarget struct {
-	Concurrency     *float64 `json:"concurrency,omitempty"`
-	KVCacheUsage    *float64 `json:"kvCacheUsage,omitempty"`
+	// Concurrency is in-flight plus buffered requests per replica.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:ExclusiveMinimum=true
+	Concurrency *float64 `json:"concurrency,omitempty"`
+	// KVCacheUsage is the engine's KV-cache usage, a fraction in (0, 1].
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:ExclusiveMinimum=true
+	// +kubebuilder:validation:Maximum=1
+	KVCacheUsage *float64 `json:"kvCacheUsage,omitempty"`
+	// WaitingRequests is the engine's waiting queue per replica.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:ExclusiveMinimum=true
 	WaitingRequests *float64 `json:"waitingRequests,omitempty"`
+	// TokensPerSecond is generated tokens per second per replica.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:ExclusiveMinimum=true
 	TokensPerSecond *float64 `json:"tokensPerSecond,omitempty"`
 }
 
 // RoutingSpec lists scheduler plugins with weights.
 type RoutingSpec struct {
+	// Plugins, each at most once.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=16
 	Plugins []RoutingPlugin `json:"plugins,omitempty"`
 }
 
 // RoutingPlugin names one scheduler plugin, its weight (scorers; default 1)
 // and its typed configuration (see docs/routing.md for each plugin's fields).
 type RoutingPlugin struct {
-	Name   string `json:"name"`
-	Weight int    `json:"weight,omitempty"`
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Weight int `json:"weight,omitempty"`
+	// +optional
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +kubebuilder:validation:Schemaless
 	Config *runtime.RawExtension `json:"config,omitempty"`
 }
 
-// TrafficTarget sends a percent of requests to a revision.
+// TrafficTarget sends a percent of requests to a revision. In spec.traffic
+// exactly one of RevisionName and LatestRevision is set; in status.traffic
+// RevisionName is always the resolved revision, LatestRevision says whether
+// it follows the latest ready one, and URL is the tag's address.
 type TrafficTarget struct {
-	RevisionName   string `json:"revisionName,omitempty"`
-	LatestRevision *bool  `json:"latestRevision,omitempty"`
-	Percent        *int64 `json:"percent,omitempty"`
-	Tag            string `json:"tag,omitempty"`
-	URL            string `json:"url,omitempty"`
+	// RevisionName pins this target to one revision.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	RevisionName string `json:"revisionName,omitempty"`
+	// LatestRevision makes this target follow the latest ready revision.
+	// +optional
+	LatestRevision *bool `json:"latestRevision,omitempty"`
+	// Percent of requests without a tag that go to this target.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	Percent *int64 `json:"percent,omitempty"`
+	// Tag addresses this target alone: header X-Kvasir-Tag: <tag>, or
+	// "model": "<model>@<tag>".
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	Tag string `json:"tag,omitempty"`
+	// URL of the tag (status only).
+	// +optional
+	URL string `json:"url,omitempty"`
 }
 
 // ModelServiceStatus is the observed state.
 type ModelServiceStatus struct {
 	duckv1.Status `json:",inline"`
 
-	URL                       string          `json:"url,omitempty"`
-	LatestCreatedRevisionName string          `json:"latestCreatedRevisionName,omitempty"`
-	LatestReadyRevisionName   string          `json:"latestReadyRevisionName,omitempty"`
-	Traffic                   []TrafficTarget `json:"traffic,omitempty"`
+	// URL clients send requests to.
+	// +optional
+	URL string `json:"url,omitempty"`
+	// LatestCreatedRevisionName is the revision cut from the current spec.
+	// +optional
+	LatestCreatedRevisionName string `json:"latestCreatedRevisionName,omitempty"`
+	// LatestReadyRevisionName is the newest revision that became ready.
+	// +optional
+	LatestReadyRevisionName string `json:"latestReadyRevisionName,omitempty"`
+	// Traffic is spec.traffic resolved to revisions, with per-tag URLs.
+	// +optional
+	// +listType=atomic
+	Traffic []TrafficTarget `json:"traffic,omitempty"`
+	// TrafficSummary is Traffic in one line for kubectl, for example
+	// "llama-00001=90%, llama-00002=10%@canary" (see SetTraffic).
+	// +optional
+	TrafficSummary string `json:"trafficSummary,omitempty"`
 }
 
 // ModelServiceList is a list of ModelServices.
+//
+// +kubebuilder:object:root=true
 type ModelServiceList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []ModelService `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ModelService{}, &ModelServiceList{})
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	"knative.dev/pkg/apis"
 )
 
@@ -14,23 +15,10 @@ func (ms *ModelService) Validate() *apis.FieldError {
 	var errs *apis.FieldError
 	if ms.Name == "" {
 		errs = errs.Also(apis.ErrMissingField("metadata.name"))
+	} else {
+		errs = errs.Also(validateDNSLabel(ms.Name, MaxServiceNameLength, "metadata.name"))
 	}
-	if strings.Contains(ms.Spec.Model, "@") {
-		errs = errs.Also(apis.ErrInvalidValue(ms.Spec.Model, "spec.model", `"@" separates a model from a traffic tag`))
-	}
-	seen := map[string]bool{ms.Spec.Model: true}
-	for i, a := range ms.Spec.LoRAAdapters {
-		field := fmt.Sprintf("spec.loraAdapters[%d]", i)
-		switch {
-		case a == "":
-			errs = errs.Also(apis.ErrInvalidValue(a, field, "must not be empty"))
-		case strings.Contains(a, "@"):
-			errs = errs.Also(apis.ErrInvalidValue(a, field, `"@" separates a model from a traffic tag`))
-		case seen[a]:
-			errs = errs.Also(apis.ErrInvalidValue(a, field, "duplicate of the model or of another adapter"))
-		}
-		seen[a] = true
-	}
+	errs = errs.Also(validateModel(ms.Spec.Model, ms.Spec.LoRAAdapters).ViaField("spec"))
 	errs = errs.Also(ms.Spec.Template.validate().ViaField("spec.template"))
 	errs = errs.Also(validateTraffic(ms.Spec.Traffic).ViaField("spec.traffic"))
 	if ms.Spec.Routing != nil {
@@ -39,10 +27,57 @@ func (ms *ModelService) Validate() *apis.FieldError {
 	return errs
 }
 
+// validateModel checks a model name and its adapters (paths model,
+// loraAdapters[i]): no "@" (it separates a traffic tag), bounded, adapters
+// non-empty and distinct from each other and from the model.
+func validateModel(model string, adapters []string) *apis.FieldError {
+	var errs *apis.FieldError
+	if strings.Contains(model, "@") {
+		errs = errs.Also(apis.ErrInvalidValue(model, "model", `"@" separates a model from a traffic tag`))
+	}
+	if len(model) > MaxModelNameLength {
+		errs = errs.Also(apis.ErrInvalidValue(model, "model", fmt.Sprintf("must be at most %d characters", MaxModelNameLength)))
+	}
+	if len(adapters) > MaxLoRAAdapters {
+		errs = errs.Also(apis.ErrOutOfBoundsValue(len(adapters), 0, MaxLoRAAdapters, "loraAdapters"))
+	}
+	seen := map[string]bool{model: true}
+	for i, a := range adapters {
+		field := fmt.Sprintf("loraAdapters[%d]", i)
+		switch {
+		case a == "":
+			errs = errs.Also(apis.ErrInvalidValue(a, field, "must not be empty"))
+		case strings.Contains(a, "@"):
+			errs = errs.Also(apis.ErrInvalidValue(a, field, `"@" separates a model from a traffic tag`))
+		case len(a) > MaxModelNameLength:
+			errs = errs.Also(apis.ErrInvalidValue(a, field, fmt.Sprintf("must be at most %d characters", MaxModelNameLength)))
+		case seen[a]:
+			errs = errs.Also(apis.ErrInvalidValue(a, field, "duplicate of the model or of another adapter"))
+		}
+		seen[a] = true
+	}
+	return errs
+}
+
+// validateDNSLabel checks that name is a DNS-1035 label (what Kubernetes
+// requires of a Service name) of at most max characters.
+func validateDNSLabel(name string, max int, field string) *apis.FieldError {
+	if msgs := validation.IsDNS1035Label(name); len(msgs) > 0 {
+		return apis.ErrInvalidValue(name, field, strings.Join(msgs, "; "))
+	}
+	if len(name) > max {
+		return apis.ErrInvalidValue(name, field, fmt.Sprintf("must be at most %d characters", max))
+	}
+	return nil
+}
+
 // validate checks the shape of the plugin list; each plugin's name and
 // config are checked by the scheduler that builds them (pkg/scheduler).
 func (r *RoutingSpec) validate() *apis.FieldError {
 	var errs *apis.FieldError
+	if len(r.Plugins) > MaxRoutingPlugins {
+		errs = errs.Also(apis.ErrOutOfBoundsValue(len(r.Plugins), 0, MaxRoutingPlugins, "plugins"))
+	}
 	seen := map[string]bool{}
 	for i, p := range r.Plugins {
 		switch {
@@ -89,12 +124,18 @@ func (t *RevisionTemplate) validate() *apis.FieldError {
 			}
 		}
 	}
+	if len(t.Accelerators) > MaxAcceleratorVariants {
+		errs = errs.Also(apis.ErrOutOfBoundsValue(len(t.Accelerators), 0, MaxAcceleratorVariants, "accelerators"))
+	}
 	seen := map[string]bool{}
 	for i, v := range t.Accelerators {
-		if v.Name == "" {
+		switch {
+		case v.Name == "":
 			errs = errs.Also(apis.ErrMissingField("name").ViaFieldIndex("accelerators", i))
-		} else if seen[v.Name] {
+		case seen[v.Name]:
 			errs = errs.Also(apis.ErrMultipleOneOf("name").ViaFieldIndex("accelerators", i))
+		case len(v.Name) > 63:
+			errs = errs.Also(apis.ErrInvalidValue(v.Name, "name", "must be at most 63 characters").ViaFieldIndex("accelerators", i))
 		}
 		seen[v.Name] = true
 		if v.Cost < 0 {
@@ -140,12 +181,18 @@ func validateTraffic(targets []TrafficTarget) *apis.FieldError {
 		return nil
 	}
 	var errs *apis.FieldError
+	if len(targets) > MaxTrafficTargets {
+		errs = errs.Also(apis.ErrOutOfBoundsValue(len(targets), 0, MaxTrafficTargets, apis.CurrentField))
+	}
 	var sum int64
 	tags := map[string]bool{}
 	for i, t := range targets {
 		latest := t.LatestRevision != nil && *t.LatestRevision
 		if (t.RevisionName == "") == !latest {
 			errs = errs.Also(apis.ErrMultipleOneOf("revisionName", "latestRevision").ViaIndex(i))
+		}
+		if t.RevisionName != "" {
+			errs = errs.Also(validateDNSLabel(t.RevisionName, 63, "revisionName").ViaIndex(i))
 		}
 		if t.Percent != nil {
 			if *t.Percent < 0 || *t.Percent > 100 {
@@ -154,6 +201,7 @@ func validateTraffic(targets []TrafficTarget) *apis.FieldError {
 			sum += *t.Percent
 		}
 		if t.Tag != "" {
+			errs = errs.Also(validateDNSLabel(t.Tag, 63, "tag").ViaIndex(i))
 			if tags[t.Tag] {
 				errs = errs.Also(apis.ErrGeneric(fmt.Sprintf("duplicate tag %q", t.Tag), "tag").ViaIndex(i))
 			}

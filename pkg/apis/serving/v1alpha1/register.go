@@ -13,18 +13,55 @@ const (
 
 // Kind names.
 const (
-	KindModelService = "ModelService"
+	KindModelService  = "ModelService"
+	KindModelRevision = "ModelRevision"
+)
+
+// Labels the controller puts on ModelRevisions and on everything it creates
+// for them (Deployments, Services, pods), and that selectors use.
+const (
+	// LabelService names the ModelService a revision belongs to.
+	LabelService = GroupName + "/service"
+	// LabelRevision names the ModelRevision a Deployment, Service or pod
+	// belongs to.
+	LabelRevision = GroupName + "/revision"
+	// LabelRevisionGeneration is the revision's number within its service
+	// (1 for <service>-00001), in decimal.
+	LabelRevisionGeneration = GroupName + "/revision-generation"
+	// LabelRole is the replica set's role: unified, prefill or decode.
+	LabelRole = GroupName + "/role"
+)
+
+// AnnotationAutoscalerClass on a ModelService (the controller copies it to
+// its revisions) chooses who writes a revision's spec.replicas:
+// AutoscalerClassKvasir (the default) or AutoscalerClassExternal (an HPA,
+// KEDA or `kubectl scale`; Kvasir's autoscaler then leaves the revision
+// alone).
+const (
+	AnnotationAutoscalerClass = "autoscaling.kvasir.dev/class"
+	AutoscalerClassKvasir     = "kvasir"
+	AutoscalerClassExternal   = "external"
 )
 
 var (
 	// SchemeGroupVersion is the group version of these types.
 	SchemeGroupVersion = schema.GroupVersion{Group: GroupName, Version: Version}
 
-	// SchemeBuilder adds this group's types to a scheme. The types are
-	// registered with it once their deep-copy functions are generated
-	// (controller-gen, with the control plane).
+	// SchemeBuilder adds this group's types to a scheme; each kind registers
+	// itself from its _types.go file.
 	SchemeBuilder = &scheme.Builder{GroupVersion: SchemeGroupVersion}
 
 	// AddToScheme adds this group to a scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
+
+// Kind takes an unqualified kind and returns it qualified by this group.
+func Kind(kind string) schema.GroupKind {
+	return SchemeGroupVersion.WithKind(kind).GroupKind()
+}
+
+// Resource takes an unqualified resource and returns it qualified by this
+// group.
+func Resource(resource string) schema.GroupResource {
+	return SchemeGroupVersion.WithResource(resource).GroupResource()
+}

@@ -1,0 +1,147 @@
+package v1alpha1
+
+import (
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"knative.dev/pkg/apis"
+	duckv1 "knative.dev/pkg/apis/duck/v1"
+)
+
+// ModelRevision conditions. Ready is True when ResourcesAvailable and
+// ContainerHealthy are. Active is informational (severity Info, not part of
+// Ready): a revision scaled to zero stays Ready, as in Knative.
+const (
+	// RevisionConditionReady is the happy condition.
+	RevisionConditionReady = apis.ConditionReady
+	// RevisionConditionResourcesAvailable says whether the revision's
+	// Deployments and Services exist and its pods can be placed: False with
+	// ReasonUnschedulable when no node has the accelerators, with
+	// ReasonProgressDeadlineExceeded when a Deployment gives up.
+	RevisionConditionResourcesAvailable apis.ConditionType = "ResourcesAvailable"
+	// RevisionConditionContainerHealthy says whether the engine (and its
+	// queue-proxy) start and pass readiness: False with
+	// ReasonImagePullFailed or ReasonEngineFailed.
+	RevisionConditionContainerHealthy apis.ConditionType = "ContainerHealthy"
+	// RevisionConditionActive says whether the revision has ready replicas
+	// (True), is scaled to zero (False, ReasonNoTraffic) or is scaling from
+	// zero (Unknown, ReasonActivating).
+	RevisionConditionActive apis.ConditionType = "Active"
+)
+
+// Reasons of the ModelRevision conditions (Kubernetes' own reasons, for
+// example a container's waiting reason, may be passed on as they are).
+const (
+	ReasonDeploying                = "Deploying"
+	ReasonUnschedulable            = "Unschedulable"
+	ReasonProgressDeadlineExceeded = "ProgressDeadlineExceeded"
+	ReasonImagePullFailed          = "ImagePullFailed"
+	ReasonEngineFailed             = "EngineFailed"
+	ReasonNoTraffic                = "NoTraffic"
+	ReasonActivating               = "Activating"
+)
+
+var modelRevisionCondSet = apis.NewLivingConditionSet(
+	RevisionConditionResourcesAvailable,
+	RevisionConditionContainerHealthy,
+)
+
+// RevisionName names the n-th revision (from 1) of a service:
+// "<service>-00001". Past 99999 the number just grows wider.
+func RevisionName(service string, generation int) string {
+	return fmt.Sprintf("%s-%05d", service, generation)
+}
+
+// GetConditionSet returns the set of conditions of ModelRevisions.
+func (*ModelRevision) GetConditionSet() apis.ConditionSet { return modelRevisionCondSet }
+
+// GetGroupVersionKind implements kmeta.OwnerRefable: a revision owns its
+// Deployments and Services.
+func (*ModelRevision) GetGroupVersionKind() schema.GroupVersionKind {
+	return SchemeGroupVersion.WithKind(KindModelRevision)
+}
+
+// GetStatus returns the duck status (conditions, observedGeneration).
+func (r *ModelRevision) GetStatus() *duckv1.Status { return &r.Status.Status }
+
+// IsReady is true when the status describes the current generation and
+// Ready is True.
+func (r *ModelRevision) IsReady() bool {
+	return r.Status.ObservedGeneration == r.Generation &&
+		r.Status.GetCondition(RevisionConditionReady).IsTrue()
+}
+
+// IsFailed is true when Ready is False.
+func (r *ModelRevision) IsFailed() bool {
+	return r.Status.GetCondition(RevisionConditionReady).IsFalse()
+}
+
+// InitializeConditions sets every unset condition to Unknown.
+func (s *ModelRevisionStatus) InitializeConditions() {
+	modelRevisionCondSet.Manage(s).InitializeConditions()
+}
+
+// GetCondition returns the condition of type t, or nil.
+func (s *ModelRevisionStatus) GetCondition(t apis.ConditionType) *apis.Condition {
+	return modelRevisionCondSet.Manage(s).GetCondition(t)
+}
+
+// IsReady is true when Ready is True (whatever generation it describes).
+func (s *ModelRevisionStatus) IsReady() bool {
+	return modelRevisionCondSet.Manage(s).IsHappy()
+}
+
+// MarkResourcesAvailable records that the Deployments and Services exist
+// and the pods could be placed.
+func (s *ModelRevisionStatus) MarkResourcesAvailable() {
+	modelRevisionCondSet.Manage(s).MarkTrue(RevisionConditionResourcesAvailable)
+}
+
+// MarkResourcesAvailableUnknown records that the resources are being set up.
+func (s *ModelRevisionStatus) MarkResourcesAvailableUnknown(reason, messageFormat string, messageA ...any) {
+	modelRevisionCondSet.Manage(s).MarkUnknown(RevisionConditionResourcesAvailable, reason, messageFormat, messageA...)
+}
+
+// MarkResourcesUnavailable records that the revision cannot run, for
+// example ReasonUnschedulable for lack of accelerators.
+func (s *ModelRevisionStatus) MarkResourcesUnavailable(reason, messageFormat string, messageA ...any) {
+	modelRevisionCondSet.Manage(s).MarkFalse(RevisionConditionResourcesAvailable, reason, messageFormat, messageA...)
+}
+
+// MarkContainerHealthy records that the engine started and passed readiness.
+func (s *ModelRevisionStatus) MarkContainerHealthy() {
+	modelRevisionCondSet.Manage(s).MarkTrue(RevisionConditionContainerHealthy)
+}
+
+// MarkContainerHealthyUnknown records that the engine is still starting.
+func (s *ModelRevisionStatus) MarkContainerHealthyUnknown(reason, messageFormat string, messageA ...any) {
+	modelRevisionCondSet.Manage(s).MarkUnknown(RevisionConditionContainerHealthy, reason, messageFormat, messageA...)
+}
+
+// MarkContainerUnhealthy records that the engine cannot start or crashed,
+// for example ReasonImagePullFailed.
+func (s *ModelRevisionStatus) MarkContainerUnhealthy(reason, messageFormat string, messageA ...any) {
+	modelRevisionCondSet.Manage(s).MarkFalse(RevisionConditionContainerHealthy, reason, messageFormat, messageA...)
+}
+
+// MarkActive records that the revision has ready replicas.
+func (s *ModelRevisionStatus) MarkActive() {
+	modelRevisionCondSet.Manage(s).MarkTrue(RevisionConditionActive)
+}
+
+// MarkActivating records that the revision is scaling from zero.
+func (s *ModelRevisionStatus) MarkActivating(reason, messageFormat string, messageA ...any) {
+	modelRevisionCondSet.Manage(s).MarkUnknown(RevisionConditionActive, reason, messageFormat, messageA...)
+}
+
+// MarkInactive records that the revision is scaled to zero; it stays Ready.
+func (s *ModelRevisionStatus) MarkInactive(reason, messageFormat string, messageA ...any) {
+	modelRevisionCondSet.Manage(s).MarkFalse(RevisionConditionActive, reason, messageFormat, messageA...)
+}
+
+// SetReplicas records the desired and the ready replica count of the
+// serving role.
+func (s *ModelRevisionStatus) SetReplicas(desired, actual int32) {
+	s.DesiredReplicas = &desired
+	s.ActualReplicas = &actual
+}

@@ -1,0 +1,111 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	duckv1 "knative.dev/pkg/apis/duck/v1"
+)
+
+// ModelRevision is an immutable snapshot of what runs in a ModelService's
+// pods: its spec.template plus the model name and LoRA adapters the engines
+// are started with. The controller creates one, named RevisionName(service,
+// n), whenever any of those change, owned by the ModelService and labelled
+// LabelService and LabelRevisionGeneration. Routing and traffic stay on the
+// ModelService: they are read by the activators, not by the pods, and
+// changing them creates no revision.
+//
+// Only spec.replicas may change after creation. The controller never
+// updates anything else and ValidateUpdate reports other changes with a
+// field path; the CRD cannot enforce it (a CEL transition rule comparing
+// the template is rejected for its estimated cost, since env, args and
+// resources are unbounded) and there is no webhook.
+//
+// spec.replicas is the scale subresource (`kubectl scale mrev`, an HPA, a
+// KEDA ScaledObject): the desired number of replicas of the revision's
+// serving role, the unified role or, when the revision is split, decode
+// (prefill follows the autoscaler). It is always present (the API server
+// defaults it to 1; the controller creates revisions with the role's
+// initialScale), because the scale subresource fails on a missing field.
+// Kvasir's autoscaler writes it too, as a Deployment's HPA does, unless the
+// revision is annotated AnnotationAutoscalerClass: AutoscalerClassExternal,
+// which leaves it to the external scaler.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.actualReplicas,selectorpath=.status.selector
+// +kubebuilder:resource:shortName=mrev,categories=kvasir;all
+// +kubebuilder:metadata:labels="app.kubernetes.io/name=kvasir"
+// +kubebuilder:printcolumn:name="Service",type=string,JSONPath=`.metadata.labels['serving\.kvasir\.dev/service']`
+// +kubebuilder:printcolumn:name="Generation",type=string,JSONPath=`.metadata.labels['serving\.kvasir\.dev/revision-generation']`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=='Ready')].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=='Ready')].reason`
+// +kubebuilder:printcolumn:name="Actual Replicas",type=integer,JSONPath=`.status.actualReplicas`
+// +kubebuilder:printcolumn:name="Desired Replicas",type=integer,JSONPath=`.status.desiredReplicas`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`,priority=1
+// +kubebuilder:printcolumn:name="Engine",type=string,JSONPath=`.spec.engine.type`,priority=1
+type ModelRevision struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   ModelRevisionSpec   `json:"spec,omitempty"`
+	Status ModelRevisionStatus `json:"status,omitempty"`
+}
+
+// ModelRevisionSpec is the snapshot: the service's (defaulted) template
+// inline, its model name and adapters; plus the desired replica count, the
+// one field that changes (the scale subresource).
+type ModelRevisionSpec struct {
+	RevisionTemplate `json:",inline"`
+
+	// Model is the name the engines serve (the service's spec.model).
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[^@]*$`
+	Model string `json:"model"`
+	// LoRAAdapters the engines load next to the model.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:items:Pattern=`^[^@]+$`
+	LoRAAdapters []string `json:"loraAdapters,omitempty"`
+	// Replicas is the desired replica count of the serving role, written
+	// through the scale subresource by Kvasir's autoscaler or, with
+	// AutoscalerClassExternal, by an external scaler.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	Replicas *int32 `json:"replicas,omitempty"`
+}
+
+// ModelRevisionStatus is the observed state of a revision.
+type ModelRevisionStatus struct {
+	duckv1.Status `json:",inline"`
+
+	// ActualReplicas is the number of ready replicas of the serving role
+	// (the scale subresource's status.replicas).
+	// +optional
+	ActualReplicas *int32 `json:"actualReplicas,omitempty"`
+	// DesiredReplicas is what the autoscaler (or spec.replicas) asks for.
+	// +optional
+	DesiredReplicas *int32 `json:"desiredReplicas,omitempty"`
+	// Selector is the label selector of the serving role's pods, in string
+	// form (the scale subresource's status.selector), for example
+	// "serving.kvasir.dev/revision=llama-00001".
+	// +optional
+	Selector string `json:"selector,omitempty"`
+}
+
+// ModelRevisionList is a list of ModelRevisions.
+//
+// +kubebuilder:object:root=true
+type ModelRevisionList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ModelRevision `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ModelRevision{}, &ModelRevisionList{})
+}
