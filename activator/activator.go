@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -281,6 +282,20 @@ func (a *Activator) Load(key fleet.Key) (Load, bool) {
 		return Load{}, false
 	}
 	return r.load(), true
+}
+
+// PickRevision makes one routing decision for a model name (with an
+// optional tag) as a request would, without sending anything: the revision
+// chosen. For tests and diagnostics.
+func (a *Activator) PickRevision(model, tag string) (string, bool) {
+	s, _, ok := a.routes.Load().lookup(model)
+	if !ok {
+		return "", false
+	}
+	if tag != "" {
+		return s.split.Tagged(tag)
+	}
+	return s.split.Pick(rand.IntN(100)), true
 }
 
 // Models lists the model names served.

@@ -1,5 +1,9 @@
-// Command activator runs the Kvasir activator on its own. Until the
-// Kubernetes control plane lands it serves static backends:
+// Command activator runs the Kvasir activator: on Kubernetes, fed by the
+// cluster's ModelServices, ModelRevisions and EndpointSlices,
+//
+//	activator --kubernetes --addr :8080
+//
+// or in front of static queue-proxies:
 //
 //	activator --model demo --backend 127.0.0.1:8012 --backend 127.0.0.1:8013
 package main

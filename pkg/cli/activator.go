@@ -16,8 +16,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/activator/kube"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
@@ -28,8 +30,9 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
-// ActivatorMain runs a standalone activator in front of static queue-proxy
-// backends (one model, one revision).
+// ActivatorMain runs an activator: on Kubernetes (--kubernetes) fed by
+// informers on ModelServices, ModelRevisions and EndpointSlices; otherwise
+// in front of static queue-proxy backends (one model, one revision).
 func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("activator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -41,16 +44,20 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	profAddr := fs.String("profiling-addr", "", "serve Go's pprof endpoints on this address (off when empty)")
 	followStats := fs.Bool("follow-stats", true, "follow each backend's queue-proxy stats stream (load and KV events for routing)")
 	routingFlag := fs.String("routing", "", "scheduler plugins as name[:weight],... (default kv-cache-aware:3,least-request:2)")
+	onKube := fs.Bool("kubernetes", false, "route what the cluster's ModelServices say (in-cluster or $KUBECONFIG credentials)")
+	namespace := fs.String("namespace", "", "with --kubernetes: watch only this namespace (default: all)")
 	var backends stringList
-	fs.Var(&backends, "backend", "queue-proxy address host:port (repeatable, at least one)")
+	fs.Var(&backends, "backend", "queue-proxy address host:port (repeatable, at least one; without --kubernetes)")
 	RegisterActivatorFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		return UsageError{err.Error()}
 	}
-	if *model == "" {
+	switch {
+	case *onKube && (len(backends) > 0 || *model != "" || *routingFlag != ""):
+		return UsageError{"--kubernetes: --backend, --model and --routing come from the cluster"}
+	case !*onKube && *model == "":
 		return UsageError{"--model: required"}
-	}
-	if len(backends) == 0 {
+	case !*onKube && len(backends) == 0:
 		return UsageError{"--backend: at least one is required"}
 	}
 	log, err := NewLogger(stderr, *level)
@@ -67,21 +74,36 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer act.Close()
-	svc := activator.ServiceConfig{Namespace: "default", Name: *model, Model: *model, Routing: routing,
-		Traffic:   []traffic.Target{{Revision: *model + "-static", Percent: 100}},
-		Revisions: []activator.RevisionConfig{{Name: *model + "-static", ContainerConcurrency: *cc}}}
-	if err := act.SetServices([]activator.ServiceConfig{svc}); err != nil {
-		return UsageError{"--routing: " + err.Error()}
-	}
-	eps := make([]fleet.Endpoint, 0, len(backends))
-	for i, b := range backends {
-		if _, _, err := net.SplitHostPort(b); err != nil {
-			return UsageError{fmt.Sprintf("--backend %q: %v", b, err)}
+	if *onKube {
+		restCfg, err := ctrl.GetConfig()
+		if err != nil {
+			return fmt.Errorf("--kubernetes: %w", err)
 		}
-		eps = append(eps, fleet.Endpoint{Name: fmt.Sprintf("backend-%d", i), Address: b})
+		sync, err := kube.New(restCfg, act, kube.Options{Namespace: *namespace, Logger: log})
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := sync.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("following the cluster stopped", slog.Any("error", err))
+			}
+		}()
+	} else {
+		svc := activator.ServiceConfig{Namespace: "default", Name: *model, Model: *model, Routing: routing,
+			Traffic:   []traffic.Target{{Revision: *model + "-static", Percent: 100}},
+			Revisions: []activator.RevisionConfig{{Name: *model + "-static", ContainerConcurrency: *cc}}}
+		if err := act.SetServices([]activator.ServiceConfig{svc}); err != nil {
+			return UsageError{"--routing: " + err.Error()}
+		}
+		eps := make([]fleet.Endpoint, 0, len(backends))
+		for i, b := range backends {
+			if _, _, err := net.SplitHostPort(b); err != nil {
+				return UsageError{fmt.Sprintf("--backend %q: %v", b, err)}
+			}
+			eps = append(eps, fleet.Endpoint{Name: fmt.Sprintf("backend-%d", i), Address: b})
+		}
+		act.SetEndpoints(svc.Key(*model+"-static"), eps)
 	}
-	act.SetEndpoints(svc.Key(*model+"-static"), eps)
-
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", act.Handler())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

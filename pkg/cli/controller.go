@@ -1,0 +1,101 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/modelservice"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+)
+
+// ControllerMain runs the Kvasir controller: the ModelService and
+// ModelRevision reconcilers in a controller-runtime manager with leader
+// election.
+func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var res resources.Config
+	fs.StringVar(&res.QueueProxyImage, "queue-proxy-image", "", "image of the queue-proxy sidecar (required)")
+	fs.StringVar(&res.SimulatorImage, "simulator-image", "", "image of engine.type sim (required)")
+	baseURL := fs.String("base-url", "http://activator.kvasir-serving.svc.cluster.local/v1", "the activators' OpenAI API base, for status URLs")
+	namespace := fs.String("namespace", "", "watch only this namespace (default: all)")
+	leaderElect := fs.Bool("leader-elect", true, "elect one active controller among replicas")
+	leaderNS := fs.String("leader-election-namespace", "kvasir-serving", "namespace of the leader election lease")
+	metricsAddr := fs.String("metrics-addr", ":9090", "Prometheus metrics address (0 = off)")
+	probeAddr := fs.String("health-probe-addr", ":8081", "/healthz and /readyz address")
+	keep := fs.Int("keep-revisions", 2, "unreferenced revisions kept per service for rollback")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return UsageError{err.Error()}
+	}
+	var missing []string
+	if res.QueueProxyImage == "" {
+		missing = append(missing, "--queue-proxy-image")
+	}
+	if res.SimulatorImage == "" {
+		missing = append(missing, "--simulator-image")
+	}
+	if len(missing) > 0 {
+		return UsageError{strings.Join(missing, ", ") + ": required"}
+	}
+	if *keep < 0 {
+		return UsageError{"--keep-revisions: must be >= 0"}
+	}
+	log, err := NewLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	opts := ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress:  *probeAddr,
+		LeaderElection:          *leaderElect,
+		LeaderElectionID:        "kvasir-controller",
+		LeaderElectionNamespace: *leaderNS,
+	}
+	if *namespace != "" {
+		opts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{*namespace: {}}}
+	}
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), opts)
+	if err != nil {
+		return err
+	}
+	recorder := mgr.GetEventRecorder("kvasir-controller")
+	if err := (&modelservice.Reconciler{Client: mgr.GetClient(), Events: recorder, BaseURL: *baseURL,
+		KeepRevisions: *keep}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := (&revision.Reconciler{Client: mgr.GetClient(), Events: recorder, Resources: res}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", func(*http.Request) error { return nil }); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("ping", func(*http.Request) error { return nil }); err != nil {
+		return err
+	}
+	log.Info("controller starting", slog.Bool("leaderElect", *leaderElect), slog.String("namespace", *namespace))
+	return mgr.Start(ctx)
+}

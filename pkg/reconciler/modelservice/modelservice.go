@@ -1,0 +1,212 @@
+package modelservice
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"knative.dev/pkg/kmeta"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/traffic"
+)
+
+// Reconciler turns ModelServices into ModelRevisions and resolved traffic.
+type Reconciler struct {
+	Client client.Client
+	Events events.EventRecorder
+	// BaseURL is the OpenAI API base of the activators, for status URLs,
+	// e.g. http://activator.kvasir-serving.svc.cluster.local/v1.
+	BaseURL string
+	// KeepRevisions is how many unreferenced revisions are kept (newest
+	// first) for rollback; older ones are deleted. Default 2.
+	KeepRevisions int
+}
+
+var _ reconcile.Reconciler = (*Reconciler)(nil)
+
+// SetupWithManager registers the reconciler (ModelServices and the
+// revisions they own).
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1alpha1.ModelService{}).
+		Owns(&v1alpha1.ModelRevision{}).
+		Named("modelservice").
+		Complete(r)
+}
+
+// snapshot is what a revision of ms freezes.
+func snapshot(ms *v1alpha1.ModelService) v1alpha1.ModelRevisionSpec {
+	return v1alpha1.ModelRevisionSpec{RevisionTemplate: *ms.Spec.Template.DeepCopy(), Model: ms.Spec.Model,
+		LoRAAdapters: slices.Clone(ms.Spec.LoRAAdapters)}
+}
+
+// sameSnapshot compares two revision specs, ignoring the externally set
+// replica count.
+func sameSnapshot(a, b v1alpha1.ModelRevisionSpec) bool {
+	a.Replicas, b.Replicas = nil, nil
+	return equality.Semantic.DeepEqual(a, b)
+}
+
+func generation(rev *v1alpha1.ModelRevision) int {
+	n, _ := strconv.Atoi(rev.Labels[v1alpha1.LabelRevisionGeneration])
+	return n
+}
+
+// Reconcile implements reconcile.Reconciler.
+func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	ms := &v1alpha1.ModelService{}
+	if err := r.Client.Get(ctx, req.NamespacedName, ms); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	before := ms.Status.DeepCopy()
+	ms.SetDefaults()
+	ms.Status.InitializeConditions()
+	ms.Status.ObservedGeneration = ms.Generation
+	if ferr := ms.Validate(); ferr != nil {
+		ms.Status.MarkRevisionsFailed("InvalidSpec", "%v", ferr)
+		return reconcile.Result{}, r.updateStatus(ctx, ms, before)
+	}
+
+	list := &v1alpha1.ModelRevisionList{}
+	if err := r.Client.List(ctx, list, client.InNamespace(ms.Namespace), client.MatchingLabels{v1alpha1.LabelService: ms.Name}); err != nil {
+		return reconcile.Result{}, fmt.Errorf("listing revisions: %w", err)
+	}
+	revs := make([]*v1alpha1.ModelRevision, 0, len(list.Items))
+	for i := range list.Items {
+		if metav1.IsControlledBy(&list.Items[i], ms) {
+			revs = append(revs, &list.Items[i])
+		}
+	}
+	slices.SortFunc(revs, func(a, b *v1alpha1.ModelRevision) int { return generation(a) - generation(b) })
+
+	want := snapshot(ms)
+	if len(revs) == 0 || !sameSnapshot(revs[len(revs)-1].Spec, want) {
+		gen := 1
+		if len(revs) > 0 {
+			gen = generation(revs[len(revs)-1]) + 1
+		}
+		rev := &v1alpha1.ModelRevision{
+			ObjectMeta: metav1.ObjectMeta{
+				Name:      v1alpha1.RevisionName(ms.Name, gen),
+				Namespace: ms.Namespace,
+				Labels: map[string]string{v1alpha1.LabelService: ms.Name,
+					v1alpha1.LabelRevisionGeneration: strconv.Itoa(gen)},
+				OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(ms)},
+			},
+			Spec: want,
+		}
+		if err := r.Client.Create(ctx, rev); err != nil {
+			return reconcile.Result{}, fmt.Errorf("creating revision %s: %w", rev.Name, err)
+		}
+		r.event(ms, corev1.EventTypeNormal, "Created", "Created revision %s", rev.Name)
+		revs = append(revs, rev)
+	}
+
+	latest := revs[len(revs)-1]
+	ms.Status.LatestCreatedRevisionName = latest.Name
+	ms.Status.PropagateRevisionStatus(latest.Name, &latest.Status)
+	latestReady := ""
+	for i := len(revs) - 1; i >= 0; i-- {
+		if revs[i].IsReady() {
+			latestReady = revs[i].Name
+			break
+		}
+	}
+	ms.Status.LatestReadyRevisionName = latestReady
+
+	known := func(name string) bool {
+		return slices.ContainsFunc(revs, func(rev *v1alpha1.ModelRevision) bool { return rev.Name == name })
+	}
+	targets, err := traffic.Resolve(ms.Spec.Traffic, latestReady, known)
+	switch {
+	case err != nil && latestReady == "" && len(ms.Spec.Traffic) == 0:
+		ms.Status.MarkTrafficNotReady(v1alpha1.ReasonDeploying, "no revision is ready yet")
+	case err != nil:
+		ms.Status.MarkTrafficFailed("TrafficInvalid", "%v", err)
+	default:
+		ms.Status.SetTraffic(r.statusTraffic(ms, targets))
+		ms.Status.MarkTrafficReady()
+	}
+	ms.Status.URL = r.BaseURL
+
+	if err := r.collect(ctx, ms, revs, targets, latestReady); err != nil {
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{}, r.updateStatus(ctx, ms, before)
+}
+
+// statusTraffic renders resolved targets for the status, with a URL per
+// tag: the model named with its tag under the activators' API base.
+func (r *Reconciler) statusTraffic(ms *v1alpha1.ModelService, targets []traffic.Target) []v1alpha1.TrafficTarget {
+	out := make([]v1alpha1.TrafficTarget, 0, len(targets))
+	for _, t := range targets {
+		pct := int64(t.Percent)
+		tt := v1alpha1.TrafficTarget{RevisionName: t.Revision, Percent: &pct, Tag: t.Tag}
+		if t.Tag != "" && r.BaseURL != "" {
+			tt.URL = r.BaseURL + "/models/" + ms.Spec.Model + "@" + t.Tag
+		}
+		out = append(out, tt)
+	}
+	return out
+}
+
+// collect deletes revisions that no traffic names, are neither the latest
+// created nor the latest ready, beyond the KeepRevisions newest of them.
+func (r *Reconciler) collect(ctx context.Context, ms *v1alpha1.ModelService, revs []*v1alpha1.ModelRevision, targets []traffic.Target, latestReady string) error {
+	keep := r.KeepRevisions
+	if keep == 0 {
+		keep = 2
+	}
+	ref := traffic.Referenced(targets)
+	var unreferenced []*v1alpha1.ModelRevision
+	for _, rev := range revs[:len(revs)-1] { // never the latest created
+		if !ref[rev.Name] && rev.Name != latestReady {
+			unreferenced = append(unreferenced, rev)
+		}
+	}
+	for len(unreferenced) > keep {
+		old := unreferenced[0]
+		unreferenced = unreferenced[1:]
+		if err := r.Client.Delete(ctx, old); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("deleting old revision %s: %w", old.Name, err)
+		}
+		r.event(ms, corev1.EventTypeNormal, "Deleted", "Deleted unreferenced revision %s", old.Name)
+	}
+	return nil
+}
+
+func (r *Reconciler) updateStatus(ctx context.Context, ms *v1alpha1.ModelService, before *v1alpha1.ModelServiceStatus) error {
+	if equality.Semantic.DeepEqual(before, &ms.Status) {
+		return nil
+	}
+	if err := r.Client.Status().Update(ctx, ms); err != nil {
+		return fmt.Errorf("updating status: %w", err)
+	}
+	was, now := before.GetCondition(v1alpha1.ModelServiceConditionReady), ms.Status.GetCondition(v1alpha1.ModelServiceConditionReady)
+	if now != nil && (was == nil || was.Status != now.Status || was.Reason != now.Reason) {
+		kind := corev1.EventTypeNormal
+		if now.IsFalse() {
+			kind = corev1.EventTypeWarning
+		}
+		r.event(ms, kind, "Ready"+string(now.Status), "Ready is %s: %s %s", now.Status, now.Reason, now.Message)
+	}
+	if before.TrafficSummary != ms.Status.TrafficSummary && ms.Status.TrafficSummary != "" {
+		r.event(ms, corev1.EventTypeNormal, "TrafficChanged", "Traffic: %s", ms.Status.TrafficSummary)
+	}
+	return nil
+}
+
+func (r *Reconciler) event(ms *v1alpha1.ModelService, kind, reason, format string, args ...any) {
+	if r.Events != nil {
+		r.Events.Eventf(ms, nil, kind, reason, "Reconcile", format, args...)
+	}
+}

@@ -1,0 +1,152 @@
+package modelservice
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
+)
+
+const wait, tick = 30 * time.Second, 20 * time.Millisecond
+
+func start(t *testing.T) client.Client {
+	t.Helper()
+	cfg := kubetest.Start(t)
+	scheme := runtime.NewScheme()
+	require.NoError(t, clientgoscheme.AddToScheme(scheme))
+	require.NoError(t, v1alpha1.AddToScheme(scheme))
+	ctrl.SetLogger(logr.Discard()) // controller-runtime insists on a logger
+	skip := true                   // several managers in one test binary
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: &skip}})
+	require.NoError(t, err)
+	r := &Reconciler{Client: mgr.GetClient(), Events: mgr.GetEventRecorder("kvasir-controller"),
+		BaseURL: "http://activator.kvasir-serving.svc.cluster.local/v1"}
+	require.NoError(t, r.SetupWithManager(mgr))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	require.NoError(t, err)
+	return c
+}
+
+func pct(n int64) *int64 { return &n }
+func yes() *bool         { b := true; return &b }
+
+func get(t *testing.T, c client.Client, name string) *v1alpha1.ModelService {
+	ms := &v1alpha1.ModelService{}
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, ms))
+	return ms
+}
+
+// markReady plays the revision reconciler: the revision has a ready replica.
+func markReady(t *testing.T, c client.Client, name string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		rev := &v1alpha1.ModelRevision{}
+		if c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, rev) != nil {
+			return false
+		}
+		rev.Status.InitializeConditions()
+		rev.Status.ObservedGeneration = rev.Generation
+		rev.Status.MarkResourcesAvailable()
+		rev.Status.MarkContainerHealthy()
+		rev.Status.MarkActive()
+		return c.Status().Update(context.Background(), rev) == nil
+	}, wait, tick)
+}
+
+func summary(ms *v1alpha1.ModelService) string { return ms.Status.TrafficSummary }
+
+func TestRolloutCanaryPromotionRollback(t *testing.T) {
+	c := start(t)
+	ctx := context.Background()
+	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
+	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
+	require.NoError(t, c.Create(ctx, ms))
+
+	markReady(t, c, "llama-00001")
+	require.Eventually(t, func() bool {
+		got := get(t, c, "llama")
+		return got.IsReady() && summary(got) == "llama-00001=100%" && got.Status.LatestReadyRevisionName == "llama-00001"
+	}, wait, tick, "status: %+v", func() any { return get(t, c, "llama").Status }())
+	rev := &v1alpha1.ModelRevision{}
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00001"}, rev))
+	require.True(t, metav1.IsControlledBy(rev, get(t, c, "llama")), "deleting the service deletes its revisions (owner reference)")
+
+	// A template change with a 90/10 canary split.
+	cur := get(t, c, "llama")
+	cur.Spec.Template.Engine.Args = []string{"--default-max-tokens=32"}
+	cur.Spec.Traffic = []v1alpha1.TrafficTarget{{RevisionName: "llama-00001", Percent: pct(90)},
+		{LatestRevision: yes(), Percent: pct(10), Tag: "canary"}}
+	require.NoError(t, c.Update(ctx, cur))
+	require.Eventually(t, func() bool {
+		got := get(t, c, "llama")
+		return got.Status.LatestCreatedRevisionName == "llama-00002" && summary(got) == "llama-00001=90%, llama-00001=10%@canary"
+	}, wait, tick, "before the new revision is ready, latestRevision still means the old one")
+	markReady(t, c, "llama-00002")
+	require.Eventually(t, func() bool {
+		got := get(t, c, "llama")
+		return summary(got) == "llama-00001=90%, llama-00002=10%@canary" && got.IsReady()
+	}, wait, tick)
+	got := get(t, c, "llama")
+	require.Equal(t, "http://activator.kvasir-serving.svc.cluster.local/v1/models/llama@canary", got.Status.Traffic[1].URL)
+
+	// Promotion, then rollback.
+	got.Spec.Traffic = []v1alpha1.TrafficTarget{{LatestRevision: yes(), Percent: pct(100)}}
+	require.NoError(t, c.Update(ctx, got))
+	require.Eventually(t, func() bool { return summary(get(t, c, "llama")) == "llama-00002=100%" }, wait, tick)
+	got = get(t, c, "llama")
+	got.Spec.Traffic = []v1alpha1.TrafficTarget{{RevisionName: "llama-00001", Percent: pct(100)}}
+	require.NoError(t, c.Update(ctx, got))
+	require.Eventually(t, func() bool { return summary(get(t, c, "llama")) == "llama-00001=100%" }, wait, tick)
+
+	// An unknown revision is reported with its field.
+	got = get(t, c, "llama")
+	got.Spec.Traffic = []v1alpha1.TrafficTarget{{RevisionName: "llama-00009", Percent: pct(100)}}
+	require.NoError(t, c.Update(ctx, got))
+	require.Eventually(t, func() bool {
+		cond := get(t, c, "llama").Status.GetCondition(v1alpha1.ModelServiceConditionTrafficReady)
+		return cond != nil && cond.IsFalse() && cond.Message == `spec.traffic[0].revisionName: unknown revision "llama-00009"`
+	}, wait, tick)
+}
+
+// The API server rejects invalid objects, naming the field.
+func TestInvalidObjectsRejected(t *testing.T) {
+	c := start(t)
+	ctx := context.Background()
+	for name, tc := range map[string]struct {
+		traffic []v1alpha1.TrafficTarget
+		want    string
+	}{
+		"percents": {[]v1alpha1.TrafficTarget{{LatestRevision: yes(), Percent: pct(50)}}, "spec.traffic"},
+		"tags": {[]v1alpha1.TrafficTarget{{LatestRevision: yes(), Percent: pct(50), Tag: "a"},
+			{RevisionName: "x-00001", Percent: pct(50), Tag: "a"}}, "spec.traffic"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "bad-" + name, Namespace: "default"}}
+			ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
+			ms.Spec.Traffic = tc.traffic
+			err := c.Create(ctx, ms)
+			require.Error(t, err)
+			require.Contains(t, err.Error(), tc.want)
+		})
+	}
+}

@@ -1,0 +1,6 @@
+// Package revision owns the ModelRevision reconciler: per role, a Deployment
+// (engine plus queue-proxy sidecar) and a Service built by resources/, and a
+// status that says why a revision is not ready (unschedulable for lack of
+// accelerators, image pull failure, a crashing engine, a rollout past its
+// progress deadline).
+package revision

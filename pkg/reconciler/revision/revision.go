@@ -1,0 +1,226 @@
+package revision
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrs "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+)
+
+// Reconciler makes a ModelRevision's Deployments and Services exist and
+// reports their state in its status.
+type Reconciler struct {
+	Client    client.Client
+	Events    events.EventRecorder
+	Resources resources.Config
+}
+
+var _ reconcile.Reconciler = (*Reconciler)(nil)
+
+// SetupWithManager registers the reconciler: it watches revisions and the
+// Deployments and Services they own.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1alpha1.ModelRevision{}).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{}).
+		Named("modelrevision").
+		Complete(r)
+}
+
+// Reconcile implements reconcile.Reconciler.
+func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	rev := &v1alpha1.ModelRevision{}
+	if err := r.Client.Get(ctx, req.NamespacedName, rev); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err) // deleted: owner references clean up
+	}
+	before := rev.Status.DeepCopy()
+	rev.Status.InitializeConditions()
+	rev.Status.ObservedGeneration = rev.Generation
+
+	var serving *appsv1.Deployment
+	for _, role := range resources.Roles(rev) {
+		d, err := r.reconcileRole(ctx, rev, role)
+		if err != nil {
+			rev.Status.MarkResourcesUnavailable("ReconcileFailed", "%v", err)
+			_ = r.updateStatus(ctx, rev, before)
+			return reconcile.Result{}, err
+		}
+		if role == resources.RoleUnified || role == resources.RoleDecode {
+			serving = d
+		}
+	}
+	if err := r.observe(ctx, rev, serving); err != nil {
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{}, r.updateStatus(ctx, rev, before)
+}
+
+// desiredReplicas is the replica count of a role: spec.replicas when an
+// external scaler set it, else the revision's initial scale (at least its
+// minScale). The autoscaler takes over from here (issue 5).
+func desiredReplicas(rev *v1alpha1.ModelRevision, role string) int32 {
+	if rev.Spec.Replicas != nil && role != resources.RolePrefill {
+		return *rev.Spec.Replicas
+	}
+	sc := rev.Spec.Scaling
+	if rev.Spec.Roles != nil {
+		rs := rev.Spec.Roles.Decode
+		if role == resources.RolePrefill {
+			rs = rev.Spec.Roles.Prefill
+		}
+		if rs != nil && rs.Scaling != nil {
+			sc = *rs.Scaling
+		}
+	}
+	n := int32(1)
+	if sc.InitialScale != nil {
+		n = *sc.InitialScale
+	}
+	if sc.MinScale != nil && *sc.MinScale > n {
+		n = *sc.MinScale
+	}
+	return n
+}
+
+func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevision, role string) (*appsv1.Deployment, error) {
+	want, err := resources.MakeDeployment(rev, role, desiredReplicas(rev, role), r.Resources)
+	if err != nil {
+		return nil, err
+	}
+	have := &appsv1.Deployment{}
+	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), have); {
+	case apierrs.IsNotFound(err):
+		if err := r.Client.Create(ctx, want); err != nil {
+			return nil, fmt.Errorf("creating deployment %s: %w", want.Name, err)
+		}
+		r.event(rev, corev1.EventTypeNormal, "Created", "Created deployment %s", want.Name)
+		have = want
+	case err != nil:
+		return nil, fmt.Errorf("getting deployment %s: %w", want.Name, err)
+	default:
+		if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) {
+			have.Spec = want.Spec
+			if err := r.Client.Update(ctx, have); err != nil {
+				return nil, fmt.Errorf("updating deployment %s: %w", want.Name, err)
+			}
+		}
+	}
+	svc := resources.MakeService(rev, role)
+	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(svc), &corev1.Service{}); apierrs.IsNotFound(err) {
+		if err := r.Client.Create(ctx, svc); err != nil {
+			return nil, fmt.Errorf("creating service %s: %w", svc.Name, err)
+		}
+		r.event(rev, corev1.EventTypeNormal, "Created", "Created service %s", svc.Name)
+	} else if err != nil {
+		return nil, fmt.Errorf("getting service %s: %w", svc.Name, err)
+	}
+	return have, nil
+}
+
+// observe sets the status from the serving role's Deployment and pods.
+func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d *appsv1.Deployment) error {
+	role := resources.RoleUnified
+	if rev.Spec.Roles != nil {
+		role = resources.RoleDecode
+	}
+	rev.Status.Selector = labels.SelectorFromSet(resources.Selector(rev, role)).String()
+	desired := int32(0)
+	if d.Spec.Replicas != nil {
+		desired = *d.Spec.Replicas
+	}
+	rev.Status.SetReplicas(desired, d.Status.ReadyReplicas)
+
+	pods := &corev1.PodList{}
+	if err := r.Client.List(ctx, pods, client.InNamespace(rev.Namespace), client.MatchingLabels(resources.Selector(rev, role))); err != nil {
+		return fmt.Errorf("listing pods: %w", err)
+	}
+	if reason, msg := podTrouble(pods.Items); reason != "" {
+		if reason == v1alpha1.ReasonUnschedulable {
+			rev.Status.MarkResourcesUnavailable(reason, "%s", msg)
+		} else {
+			rev.Status.MarkContainerUnhealthy(reason, "%s", msg)
+		}
+	} else {
+		rev.Status.MarkContainerHealthy()
+	}
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded" {
+			rev.Status.MarkResourcesUnavailable(v1alpha1.ReasonProgressDeadlineExceeded, "%s", c.Message)
+		}
+	}
+	switch {
+	case d.Status.ReadyReplicas > 0:
+		rev.Status.MarkResourcesAvailable()
+		rev.Status.MarkActive()
+	case desired == 0:
+		rev.Status.MarkResourcesAvailable()
+		rev.Status.MarkInactive(v1alpha1.ReasonNoTraffic, "scaled to zero")
+	default:
+		if c := rev.Status.GetCondition(v1alpha1.RevisionConditionResourcesAvailable); c == nil || !c.IsFalse() {
+			rev.Status.MarkResourcesAvailableUnknown(v1alpha1.ReasonDeploying, "waiting for %d replica(s) to be ready", desired)
+		}
+		rev.Status.MarkActivating(v1alpha1.ReasonDeploying, "waiting for a ready replica")
+	}
+	return nil
+}
+
+// podTrouble finds why pods cannot run: unschedulable (no node has the
+// accelerators), an image that cannot be pulled, an engine that crashes.
+func podTrouble(pods []corev1.Pod) (reason, message string) {
+	for _, p := range pods {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+				return v1alpha1.ReasonUnschedulable, c.Message
+			}
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if w := cs.State.Waiting; w != nil {
+				switch w.Reason {
+				case "ImagePullBackOff", "ErrImagePull", "InvalidImageName":
+					return v1alpha1.ReasonImagePullFailed, fmt.Sprintf("container %s: %s", cs.Name, w.Message)
+				case "CrashLoopBackOff":
+					return v1alpha1.ReasonEngineFailed, fmt.Sprintf("container %s keeps crashing: %s", cs.Name, strings.TrimSpace(w.Message))
+				}
+			}
+		}
+	}
+	return "", ""
+}
+
+func (r *Reconciler) updateStatus(ctx context.Context, rev *v1alpha1.ModelRevision, before *v1alpha1.ModelRevisionStatus) error {
+	if equality.Semantic.DeepEqual(before, &rev.Status) {
+		return nil
+	}
+	wasReady := before.GetCondition(v1alpha1.RevisionConditionReady)
+	nowReady := rev.Status.GetCondition(v1alpha1.RevisionConditionReady)
+	if err := r.Client.Status().Update(ctx, rev); err != nil {
+		return fmt.Errorf("updating status: %w", err)
+	}
+	if nowReady != nil && (wasReady == nil || wasReady.Status != nowReady.Status || wasReady.Reason != nowReady.Reason) {
+		kind := corev1.EventTypeNormal
+		if nowReady.IsFalse() {
+			kind = corev1.EventTypeWarning
+		}
+		r.event(rev, kind, "Ready"+string(nowReady.Status), "Ready is %s: %s %s", nowReady.Status, nowReady.Reason, nowReady.Message)
+	}
+	return nil
+}
+
+func (r *Reconciler) event(rev *v1alpha1.ModelRevision, kind, reason, format string, args ...any) {
+	if r.Events != nil {
+		r.Events.Eventf(rev, nil, kind, reason, "Reconcile", format, args...)
+	}
+}

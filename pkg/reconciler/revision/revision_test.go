@@ -1,0 +1,126 @@
+package revision
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
+)
+
+const wait, tick = 30 * time.Second, 20 * time.Millisecond
+
+func start(t *testing.T) client.Client {
+	t.Helper()
+	cfg := kubetest.Start(t)
+	scheme := runtime.NewScheme()
+	require.NoError(t, clientgoscheme.AddToScheme(scheme))
+	require.NoError(t, v1alpha1.AddToScheme(scheme))
+	ctrl.SetLogger(logr.Discard()) // controller-runtime insists on a logger
+	skip := true                   // several managers in one test binary
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: &skip}})
+	require.NoError(t, err)
+	r := &Reconciler{Client: mgr.GetClient(), Events: mgr.GetEventRecorder("kvasir-controller"),
+		Resources: resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"}}
+	require.NoError(t, r.SetupWithManager(mgr))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	require.NoError(t, err)
+	return c
+}
+
+func newRevision(name string) *v1alpha1.ModelRevision {
+	rev := &v1alpha1.ModelRevision{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default",
+		Labels: map[string]string{v1alpha1.LabelService: "llama", v1alpha1.LabelRevisionGeneration: "1"}}}
+	rev.Spec.Model = "llama"
+	rev.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Port: 8000}
+	rev.Spec.TimeoutSeconds = 600
+	one := int32(1)
+	rev.Spec.Scaling.MinScale, rev.Spec.Scaling.MaxScale, rev.Spec.Scaling.InitialScale = &one, &one, &one
+	return rev
+}
+
+func readyOf(t *testing.T, c client.Client, name string) (status, reason string) {
+	rev := &v1alpha1.ModelRevision{}
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, rev))
+	cond := rev.Status.GetCondition(v1alpha1.RevisionConditionReady)
+	if cond == nil {
+		return "", ""
+	}
+	return string(cond.Status), cond.Reason
+}
+
+// A revision gets its Deployment and Service, owned by it; it is ready once
+// its Deployment has a ready replica (envtest runs no kubelet: the test
+// plays it), and says why not when its pods cannot be scheduled.
+func TestRevisionDeploysAndReportsWhy(t *testing.T) {
+	c := start(t)
+	ctx := context.Background()
+	rev := newRevision("llama-00001")
+	require.NoError(t, c.Create(ctx, rev))
+
+	d := &appsv1.Deployment{}
+	require.Eventually(t, func() bool {
+		return c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00001-deployment"}, d) == nil
+	}, wait, tick)
+	require.Equal(t, "llama-00001", d.OwnerReferences[0].Name)
+	require.Equal(t, int32(1), *d.Spec.Replicas)
+	svc := &corev1.Service{}
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00001"}, svc))
+	require.Eventually(t, func() bool {
+		s, reason := readyOf(t, c, "llama-00001")
+		return s == "Unknown" && reason == v1alpha1.ReasonDeploying
+	}, wait, tick)
+
+	// A pod that no node can take, for lack of accelerators.
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "llama-00001-abc", Namespace: "default", Labels: d.Spec.Template.Labels},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "engine", Image: "sim"}}}}
+	require.NoError(t, c.Create(ctx, pod))
+	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+		Reason: corev1.PodReasonUnschedulable, Message: "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}}
+	require.NoError(t, c.Status().Update(ctx, pod))
+	// Pods are not watched: a Deployment status change triggers the next look.
+	d.Status.Replicas, d.Status.UpdatedReplicas = 1, 1
+	require.NoError(t, c.Status().Update(ctx, d))
+	require.Eventually(t, func() bool {
+		s, reason := readyOf(t, c, "llama-00001")
+		return s == "False" && reason == v1alpha1.ReasonUnschedulable
+	}, wait, tick)
+	got := &v1alpha1.ModelRevision{}
+	require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(rev), got))
+	require.Contains(t, got.Status.GetCondition(v1alpha1.RevisionConditionReady).Message, "nvidia.com/gpu")
+
+	// The pod is placed and becomes ready.
+	require.NoError(t, c.Delete(ctx, pod))
+	require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(d), d))
+	d.Status.ReadyReplicas, d.Status.AvailableReplicas = 1, 1
+	require.NoError(t, c.Status().Update(ctx, d))
+	require.Eventually(t, func() bool {
+		s, _ := readyOf(t, c, "llama-00001")
+		return s == "True"
+	}, wait, tick)
+	require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(rev), got))
+	require.Equal(t, int32(1), *got.Status.ActualReplicas)
+	require.Equal(t, "serving.kvasir.dev/revision=llama-00001,serving.kvasir.dev/role=unified", got.Status.Selector)
+}
