@@ -2,7 +2,7 @@ GO ?= go
 BIN := bin
 BINARIES := kvasir activator queue-proxy engine-sim controller
 
-.PHONY: all build test run vet fmt clean envtest-assets
+.PHONY: all build test run vet fmt clean envtest-assets deploy
 
 all: build
 
@@ -19,6 +19,11 @@ envtest-assets:
 test: envtest-assets
 	$(GO) vet ./...
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" $(GO) test -race -count=1 ./...
+
+# Installs Kvasir on the current kubectl context (needs ko and a registry:
+# KO_DOCKER_REPO).
+deploy:
+	ko apply -f config/
 
 run: build
 	@echo "Try: curl -s http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'"

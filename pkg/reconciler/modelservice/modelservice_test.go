@@ -2,6 +2,7 @@ package modelservice
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
@@ -24,12 +26,31 @@ const wait, tick = 30 * time.Second, 20 * time.Millisecond
 func start(t *testing.T) client.Client {
 	t.Helper()
 	cfg := kubetest.Start(t)
+	stop := runController(t, cfg)
+	t.Cleanup(stop)
+	return newClient(t, cfg)
+}
+
+func newScheme(t *testing.T) *runtime.Scheme {
 	scheme := runtime.NewScheme()
 	require.NoError(t, clientgoscheme.AddToScheme(scheme))
 	require.NoError(t, v1alpha1.AddToScheme(scheme))
+	return scheme
+}
+
+func newClient(t *testing.T, cfg *rest.Config) client.Client {
+	c, err := client.New(cfg, client.Options{Scheme: newScheme(t)})
+	require.NoError(t, err)
+	return c
+}
+
+// runController starts a manager with the reconciler; the returned func
+// stops it and waits.
+func runController(t *testing.T, cfg *rest.Config) func() {
+	t.Helper()
 	ctrl.SetLogger(logr.Discard()) // controller-runtime insists on a logger
 	skip := true                   // several managers in one test binary
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: newScheme(t), Metrics: metricsserver.Options{BindAddress: "0"},
 		Controller: config.Controller{SkipNameValidation: &skip}})
 	require.NoError(t, err)
 	r := &Reconciler{Client: mgr.GetClient(), Events: mgr.GetEventRecorder("kvasir-controller"),
@@ -38,13 +59,13 @@ func start(t *testing.T) client.Client {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	require.NoError(t, err)
-	return c
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
 }
 
 func pct(n int64) *int64 { return &n }
@@ -149,4 +170,36 @@ func TestInvalidObjectsRejected(t *testing.T) {
 			require.Contains(t, err.Error(), tc.want)
 		})
 	}
+}
+
+// The controller stops in the middle of a rollout (the template and the
+// traffic changed while it was down); a new one converges.
+func TestControllerRestartMidRolloutConverges(t *testing.T) {
+	cfg := kubetest.Start(t)
+	c := newClient(t, cfg)
+	ctx := context.Background()
+	stop := runController(t, cfg)
+	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
+	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
+	require.NoError(t, c.Create(ctx, ms))
+	markReady(t, c, "llama-00001")
+	require.Eventually(t, func() bool { return summary(get(t, c, "llama")) == "llama-00001=100%" }, wait, tick)
+	stop()
+
+	cur := get(t, c, "llama")
+	cur.Spec.Template.Engine.Args = []string{"--default-max-tokens=32"}
+	cur.Spec.Traffic = []v1alpha1.TrafficTarget{{RevisionName: "llama-00001", Percent: pct(50)},
+		{LatestRevision: yes(), Percent: pct(50), Tag: "next"}}
+	require.NoError(t, c.Update(ctx, cur))
+
+	t.Cleanup(runController(t, cfg))
+	markReady(t, c, "llama-00002")
+	require.Eventually(t, func() bool {
+		got := get(t, c, "llama")
+		return got.IsReady() && summary(got) == "llama-00001=50%, llama-00002=50%@next" &&
+			got.Status.ObservedGeneration == got.Generation
+	}, wait, tick)
+	list := &v1alpha1.ModelRevisionList{}
+	require.NoError(t, c.List(ctx, list, client.InNamespace("default")))
+	require.Len(t, list.Items, 2, "exactly one new revision, however many reconciles ran")
 }
