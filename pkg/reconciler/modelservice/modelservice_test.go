@@ -2,6 +2,7 @@ package modelservice
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -202,4 +203,37 @@ func TestControllerRestartMidRolloutConverges(t *testing.T) {
 	list := &v1alpha1.ModelRevisionList{}
 	require.NoError(t, c.List(ctx, list, client.InNamespace("default")))
 	require.Len(t, list.Items, 2, "exactly one new revision, however many reconciles ran")
+}
+
+// Old unreferenced revisions beyond the newest two are deleted; what
+// traffic names and the latest created stay.
+func TestOldRevisionsCollected(t *testing.T) {
+	c := start(t)
+	ctx := context.Background()
+	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
+	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
+	ms.Spec.Traffic = []v1alpha1.TrafficTarget{{RevisionName: "llama-00001", Percent: pct(100)}}
+	require.NoError(t, c.Create(ctx, ms))
+	for gen := 2; gen <= 5; gen++ {
+		require.Eventually(t, func() bool {
+			return get(t, c, "llama").Status.LatestCreatedRevisionName == v1alpha1.RevisionName("llama", gen-1)
+		}, wait, tick)
+		cur := get(t, c, "llama")
+		cur.Spec.Template.Engine.Args = []string{"--seed=" + string(rune('0'+gen))}
+		require.NoError(t, c.Update(ctx, cur))
+	}
+	names := func() []string {
+		list := &v1alpha1.ModelRevisionList{}
+		require.NoError(t, c.List(ctx, list, client.InNamespace("default")))
+		var out []string
+		for _, r := range list.Items {
+			out = append(out, r.Name)
+		}
+		return out
+	}
+	require.Eventually(t, func() bool {
+		n := names()
+		return len(n) == 4 && !slices.Contains(n, "llama-00002")
+	}, wait, tick, "revisions: %v", names())
+	require.ElementsMatch(t, []string{"llama-00001", "llama-00003", "llama-00004", "llama-00005"}, names())
 }

@@ -124,3 +124,17 @@ func TestRevisionDeploysAndReportsWhy(t *testing.T) {
 	require.Equal(t, int32(1), *got.Status.ActualReplicas)
 	require.Equal(t, "serving.kvasir.dev/revision=llama-00001,serving.kvasir.dev/role=unified", got.Status.Selector)
 }
+
+func TestPodTrouble(t *testing.T) {
+	waiting := func(reason, msg string) corev1.Pod {
+		return corev1.Pod{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "engine",
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: msg}}}}}}
+	}
+	reason, msg := podTrouble([]corev1.Pod{waiting("ImagePullBackOff", `Back-off pulling image "vllm/nope"`)})
+	require.Equal(t, v1alpha1.ReasonImagePullFailed, reason)
+	require.Contains(t, msg, "vllm/nope")
+	reason, _ = podTrouble([]corev1.Pod{waiting("CrashLoopBackOff", "back-off 40s restarting failed container")})
+	require.Equal(t, v1alpha1.ReasonEngineFailed, reason)
+	reason, _ = podTrouble([]corev1.Pod{waiting("ContainerCreating", "")})
+	require.Empty(t, reason)
+}
