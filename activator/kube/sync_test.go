@@ -11,8 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kvasir-serving/kvasir/activator"
@@ -54,11 +52,7 @@ func slice(name, service string, ips ...string) *discoveryv1.EndpointSlice {
 // addresses become its endpoints.
 func TestActivatorFollowsTheCluster(t *testing.T) {
 	cfg := kubetest.Start(t)
-	scheme := runtime.NewScheme()
-	require.NoError(t, clientgoscheme.AddToScheme(scheme))
-	require.NoError(t, v1alpha1.AddToScheme(scheme))
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	require.NoError(t, err)
+	c := kubetest.Client(t, cfg)
 	ctx := context.Background()
 
 	for _, name := range []string{"llama-00001", "llama-00002"} {

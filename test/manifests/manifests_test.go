@@ -14,8 +14,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -32,10 +30,7 @@ var notKubernetes = map[string]bool{"bench.kvasir.dev/v1alpha1": true}
 // (server-side apply, dry run), CRDs installed.
 func TestManifestsApplyWithDryRun(t *testing.T) {
 	cfg := kubetest.Start(t)
-	scheme := runtime.NewScheme()
-	require.NoError(t, clientgoscheme.AddToScheme(scheme))
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	require.NoError(t, err)
+	c := kubetest.Client(t, cfg)
 	ctx := context.Background()
 	// The namespace must exist for the dry run of what goes in it.
 	require.NoError(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kvasir-serving"}}))

@@ -3,20 +3,14 @@ package modelservice
 import (
 	"context"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
@@ -27,46 +21,16 @@ const wait, tick = 30 * time.Second, 20 * time.Millisecond
 func start(t *testing.T) client.Client {
 	t.Helper()
 	cfg := kubetest.Start(t)
-	stop := runController(t, cfg)
-	t.Cleanup(stop)
-	return newClient(t, cfg)
+	t.Cleanup(runController(t, cfg))
+	return kubetest.Client(t, cfg)
 }
 
-func newScheme(t *testing.T) *runtime.Scheme {
-	scheme := runtime.NewScheme()
-	require.NoError(t, clientgoscheme.AddToScheme(scheme))
-	require.NoError(t, v1alpha1.AddToScheme(scheme))
-	return scheme
-}
-
-func newClient(t *testing.T, cfg *rest.Config) client.Client {
-	c, err := client.New(cfg, client.Options{Scheme: newScheme(t)})
-	require.NoError(t, err)
-	return c
-}
-
-// runController starts a manager with the reconciler; the returned func
-// stops it and waits.
+// runController runs the reconciler until the returned func is called.
 func runController(t *testing.T, cfg *rest.Config) func() {
-	t.Helper()
-	ctrl.SetLogger(logr.Discard()) // controller-runtime insists on a logger
-	skip := true                   // several managers in one test binary
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: newScheme(t), Metrics: metricsserver.Options{BindAddress: "0"},
-		Controller: config.Controller{SkipNameValidation: &skip}})
-	require.NoError(t, err)
-	r := &Reconciler{Client: mgr.GetClient(), Events: mgr.GetEventRecorder("kvasir-controller"),
-		BaseURL: "http://activator.kvasir-serving.svc.cluster.local/v1"}
-	require.NoError(t, r.SetupWithManager(mgr))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			cancel()
-			require.NoError(t, <-done)
-		})
-	}
+	return kubetest.Manager(t, cfg, func(mgr ctrl.Manager) error {
+		return (&Reconciler{Client: mgr.GetClient(), Events: mgr.GetEventRecorder("kvasir-controller"),
+			BaseURL: "http://activator.kvasir-serving.svc.cluster.local/v1"}).SetupWithManager(mgr)
+	})
 }
 
 func pct(n int64) *int64 { return &n }
@@ -177,7 +141,7 @@ func TestInvalidObjectsRejected(t *testing.T) {
 // traffic changed while it was down); a new one converges.
 func TestControllerRestartMidRolloutConverges(t *testing.T) {
 	cfg := kubetest.Start(t)
-	c := newClient(t, cfg)
+	c := kubetest.Client(t, cfg)
 	ctx := context.Background()
 	stop := runController(t, cfg)
 	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
