@@ -104,6 +104,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 			},
 			Spec: want,
 		}
+		// The serving role starts at its initial scale, at least its
+		// minScale; the autoscaler (or an external one) moves it from there.
+		rev.SetDefaults()
+		if sc := rev.Spec.ServingScaling(); sc.MinScale != nil && *sc.MinScale > *rev.Spec.Replicas {
+			n := *sc.MinScale
+			rev.Spec.Replicas = &n
+		}
 		if err := r.Client.Create(ctx, rev); err != nil {
 			return reconcile.Result{}, fmt.Errorf("creating revision %s: %w", rev.Name, err)
 		}

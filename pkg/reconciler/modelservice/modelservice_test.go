@@ -201,3 +201,20 @@ func TestOldRevisionsCollected(t *testing.T) {
 	}, wait, tick, "revisions: %v", names())
 	require.ElementsMatch(t, []string{"llama-00001", "llama-00003", "llama-00004", "llama-00005"}, names())
 }
+
+// A new revision's serving role starts at its initial scale, raised to its
+// minScale.
+func TestRevisionStartsAtInitialScale(t *testing.T) {
+	c := start(t)
+	ctx := context.Background()
+	three, one := int32(3), int32(1)
+	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "big", Namespace: "default"}}
+	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
+	ms.Spec.Template.Scaling = v1alpha1.ScalingSpec{MinScale: &three, MaxScale: &three, InitialScale: &one}
+	require.NoError(t, c.Create(ctx, ms))
+	rev := &v1alpha1.ModelRevision{}
+	require.Eventually(t, func() bool {
+		return c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "big-00001"}, rev) == nil
+	}, wait, tick)
+	require.Equal(t, int32(3), *rev.Spec.Replicas)
+}
