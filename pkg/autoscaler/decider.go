@@ -1,0 +1,285 @@
+package autoscaler
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Signals is one observation of a revision role, summed (or averaged, for
+// KV-cache usage) over its replicas.
+type Signals struct {
+	// Concurrency is requests in flight plus buffered, as the activators see
+	// them (demand at zero included).
+	Concurrency float64
+	// Buffered is the part of Concurrency waiting for a replica.
+	Buffered float64
+	// Waiting is the engines' waiting queues, summed.
+	Waiting float64
+	// KVCacheUsage is the ready replicas' mean KV-cache usage, 0..1.
+	KVCacheUsage float64
+	// TokensPerSecond is the replicas' summed token throughput.
+	TokensPerSecond float64
+}
+
+// Targets are the per-replica targets; nil ones are not used. With several,
+// the largest recommendation wins.
+type Targets struct {
+	Concurrency     *float64
+	WaitingRequests *float64
+	KVCacheUsage    *float64
+	TokensPerSecond *float64
+}
+
+// Config is one revision role's scaling configuration.
+type Config struct {
+	MinScale, MaxScale int // MaxScale 0 = unbounded
+	InitialScale       int
+	// ActivationScale is the least a scale from zero asks for (default 1).
+	ActivationScale int
+	Targets         Targets
+
+	StableWindow time.Duration // default 60s
+	// PanicWindowPercent is the panic window as a share of the stable
+	// window (default 10).
+	PanicWindowPercent float64
+	// PanicThresholdPercent: panic when the panic-window recommendation
+	// reaches this share of ready replicas (default 200).
+	PanicThresholdPercent float64
+	// MaxScaleUpRate and MaxScaleDownRate bound one decision to ready×up
+	// and ready÷down (defaults 1000 and 2).
+	MaxScaleUpRate, MaxScaleDownRate float64
+	// ScaleDownDelay holds the highest recommendation of that long before
+	// scaling down (default 0).
+	ScaleDownDelay time.Duration
+	// ScaleToZeroGracePeriod is how long a role must see no demand before
+	// it goes to zero (default 30s).
+	ScaleToZeroGracePeriod time.Duration
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.StableWindow == 0 {
+		c.StableWindow = 60 * time.Second
+	}
+	if c.PanicWindowPercent == 0 {
+		c.PanicWindowPercent = 10
+	}
+	if c.PanicThresholdPercent == 0 {
+		c.PanicThresholdPercent = 200
+	}
+	if c.MaxScaleUpRate == 0 {
+		c.MaxScaleUpRate = 1000
+	}
+	if c.MaxScaleDownRate == 0 {
+		c.MaxScaleDownRate = 2
+	}
+	if c.ScaleToZeroGracePeriod == 0 {
+		c.ScaleToZeroGracePeriod = 30 * time.Second
+	}
+	if c.ActivationScale == 0 {
+		c.ActivationScale = 1
+	}
+	if c.Targets == (Targets{}) {
+		c.Targets.Concurrency = ptr(8.0)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Validate checks a defaulted config, naming the field.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field string, v any, why string) { errs = append(errs, fmt.Errorf("%s: %v %s", field, v, why)) }
+	if c.MinScale < 0 {
+		bad("minScale", c.MinScale, "must be >= 0")
+	}
+	if c.MaxScale != 0 && c.MaxScale < c.MinScale {
+		bad("maxScale", c.MaxScale, "must be >= minScale")
+	}
+	if c.PanicWindowPercent <= 0 || c.PanicWindowPercent > 100 {
+		bad("panicWindowPercent", c.PanicWindowPercent, "must be in (0, 100]")
+	}
+	if c.PanicThresholdPercent <= 100 {
+		bad("panicThresholdPercent", c.PanicThresholdPercent, "must be > 100")
+	}
+	if c.MaxScaleUpRate <= 1 {
+		bad("maxScaleUpRate", c.MaxScaleUpRate, "must be > 1")
+	}
+	if c.MaxScaleDownRate <= 1 {
+		bad("maxScaleDownRate", c.MaxScaleDownRate, "must be > 1")
+	}
+	for name, t := range map[string]*float64{"target.concurrency": c.Targets.Concurrency,
+		"target.waitingRequests": c.Targets.WaitingRequests, "target.tokensPerSecond": c.Targets.TokensPerSecond} {
+		if t != nil && *t <= 0 {
+			bad(name, *t, "must be > 0")
+		}
+	}
+	if t := c.Targets.KVCacheUsage; t != nil && (*t <= 0 || *t > 1) {
+		bad("target.kvCacheUsage", *t, "must be in (0, 1]")
+	}
+	return errors.Join(errs...)
+}
+
+// Decision is the outcome of Decide.
+type Decision struct {
+	Desired int
+	Panic   bool
+	// Reason says which signal or rule decided, for events and logs.
+	Reason string
+}
+
+// Decider decides one revision role's replica count. It is not safe for
+// concurrent use.
+type Decider struct {
+	cfg Config
+
+	concurrency, waiting, kv, tps window
+	panicUntil                    time.Time
+	lastDemand                    time.Time
+	recent                        []held // recommendations within ScaleDownDelay
+	started                       bool
+}
+
+type held struct {
+	at time.Time
+	n  int
+}
+
+// NewDecider returns a decider for a defaulted, valid config.
+func NewDecider(cfg Config, now time.Time) (*Decider, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Decider{cfg: cfg, lastDemand: now}, nil
+}
+
+// Record adds an observation.
+func (d *Decider) Record(t time.Time, s Signals) {
+	d.concurrency.record(t, s.Concurrency)
+	d.waiting.record(t, s.Waiting)
+	d.kv.record(t, s.KVCacheUsage)
+	d.tps.record(t, s.TokensPerSecond)
+	if s.Concurrency > 0 || s.Buffered > 0 || s.Waiting > 0 {
+		d.lastDemand = t
+	}
+}
+
+// recommend returns the largest per-signal recommendation over window w.
+func (d *Decider) recommend(now time.Time, w time.Duration, ready int) (int, string) {
+	best, reason := 0, "no demand"
+	try := func(n float64, why string) {
+		if v := int(math.Ceil(n - 1e-9)); v > best {
+			best, reason = v, why
+		}
+	}
+	t := d.cfg.Targets
+	if t.Concurrency != nil {
+		if avg, ok := d.concurrency.average(now, w); ok {
+			try(avg / *t.Concurrency, "concurrency")
+		}
+	}
+	if t.WaitingRequests != nil {
+		if avg, ok := d.waiting.average(now, w); ok && avg > 0 {
+			// A queue above target asks for the replicas that would drain it.
+			try(float64(ready)+avg / *t.WaitingRequests, "waiting requests")
+		}
+	}
+	if t.KVCacheUsage != nil {
+		if avg, ok := d.kv.average(now, w); ok {
+			try(float64(ready)*avg / *t.KVCacheUsage, "KV-cache usage")
+		}
+	}
+	if t.TokensPerSecond != nil {
+		if avg, ok := d.tps.average(now, w); ok {
+			try(avg / *t.TokensPerSecond, "tokens per second")
+		}
+	}
+	return best, reason
+}
+
+// Decide returns the desired replicas given ready ones now; buffered and
+// inFlight are the demand at this instant (a scale to zero never happens
+// while either is non-zero).
+func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) Decision {
+	c := d.cfg
+	panicWindow := time.Duration(float64(c.StableWindow) * c.PanicWindowPercent / 100)
+	defer d.concurrency.trim(now, c.StableWindow)
+	defer d.waiting.trim(now, c.StableWindow)
+	defer d.kv.trim(now, c.StableWindow)
+	defer d.tps.trim(now, c.StableWindow)
+
+	if !d.started {
+		d.started = true
+		if ready == 0 && buffered == 0 && inFlight == 0 {
+			return Decision{Desired: d.clamp(max(c.InitialScale, c.MinScale)), Reason: "initial scale"}
+		}
+	}
+	stable, reason := d.recommend(now, c.StableWindow, ready)
+	quick, quickReason := d.recommend(now, panicWindow, ready)
+	if buffered > 0 || inFlight > 0 {
+		d.lastDemand = now
+	}
+
+	// Scale from zero: the first buffered request asks for capacity at once.
+	if ready == 0 && (buffered > 0 || inFlight > 0) {
+		want := max(stable, quick, c.ActivationScale)
+		return Decision{Desired: d.clamp(want), Reason: "activation: demand at zero"}
+	}
+
+	// Panic: the short window asks for twice (by default) what is ready.
+	if ready > 0 && float64(quick) >= float64(ready)*c.PanicThresholdPercent/100 {
+		if d.panicUntil.Before(now) {
+			reason = "panic: " + quickReason
+		}
+		d.panicUntil = now.Add(c.StableWindow)
+	}
+	want := stable
+	panicking := now.Before(d.panicUntil)
+	if panicking {
+		want = max(quick, stable, ready) // never down in panic
+		reason = "panic: " + quickReason
+	}
+
+	// Rates.
+	if ready > 0 {
+		up := int(math.Ceil(float64(ready) * c.MaxScaleUpRate))
+		down := int(math.Floor(float64(ready) / c.MaxScaleDownRate))
+		want = min(max(want, down), up)
+	}
+
+	// Scale-down delay: the highest recommendation within it.
+	if c.ScaleDownDelay > 0 {
+		d.recent = append(d.recent, held{now, want})
+		i := 0
+		for i < len(d.recent) && now.Sub(d.recent[i].at) > c.ScaleDownDelay {
+			i++
+		}
+		d.recent = d.recent[i:]
+		for _, h := range d.recent {
+			want = max(want, h.n)
+		}
+	}
+
+	// To zero only after the grace period without any demand, and never
+	// with requests buffered or in flight.
+	if want == 0 && ready > 0 {
+		if buffered > 0 || inFlight > 0 || now.Sub(d.lastDemand) < c.ScaleToZeroGracePeriod {
+			want = 1
+			reason = "waiting for the scale-to-zero grace period"
+		} else {
+			reason = "idle for the scale-to-zero grace period"
+		}
+	}
+	return Decision{Desired: d.clamp(want), Panic: panicking, Reason: reason}
+}
+
+func (d *Decider) clamp(n int) int {
+	n = max(n, d.cfg.MinScale)
+	if d.cfg.MaxScale > 0 {
+		n = min(n, d.cfg.MaxScale)
+	}
+	return n
+}
