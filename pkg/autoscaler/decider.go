@@ -184,7 +184,7 @@ func (d *Decider) recommend(now time.Time, w time.Duration, ready int) (int, str
 	if t.WaitingRequests != nil {
 		if avg, ok := d.waiting.average(now, w); ok && avg > 0 {
 			// A queue above target asks for the replicas that would drain it.
-			try(float64(ready)+avg / *t.WaitingRequests, "waiting requests")
+			try(float64(ready) + avg / *t.WaitingRequests, "waiting requests")
 		}
 	}
 	if t.KVCacheUsage != nil {
