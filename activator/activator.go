@@ -267,6 +267,24 @@ func (a *Activator) PodStat(key fleet.Key, pod string) *stats.Stat {
 	return nil
 }
 
+// PodStats returns the latest stats report of each ready pod of a revision
+// that has reported.
+func (a *Activator) PodStats(key fleet.Key) []*stats.Stat {
+	r := a.lookupRevision(key)
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*stats.Stat, 0, len(r.pods))
+	for _, p := range r.pods {
+		if s := p.Stat(); s != nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // Index returns the prefix index of a revision (nil when unknown).
 func (a *Activator) Index(key fleet.Key) *kvindex.Index {
 	if r := a.lookupRevision(key); r != nil {

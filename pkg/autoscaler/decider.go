@@ -140,6 +140,7 @@ type Decider struct {
 	lastDemand                    time.Time
 	recent                        []held // recommendations within ScaleDownDelay
 	started                       bool
+	last                          int // the last decision
 }
 
 type held struct {
@@ -214,7 +215,7 @@ func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) D
 	if !d.started {
 		d.started = true
 		if ready == 0 && buffered == 0 && inFlight == 0 {
-			return Decision{Desired: d.clamp(max(c.InitialScale, c.MinScale)), Reason: "initial scale"}
+			return d.decided(Decision{Desired: d.clamp(max(c.InitialScale, c.MinScale)), Reason: "initial scale"})
 		}
 	}
 	stable, reason := d.recommend(now, c.StableWindow, ready)
@@ -226,7 +227,7 @@ func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) D
 	// Scale from zero: the first buffered request asks for capacity at once.
 	if ready == 0 && (buffered > 0 || inFlight > 0) {
 		want := max(stable, quick, c.ActivationScale)
-		return Decision{Desired: d.clamp(want), Reason: "activation: demand at zero"}
+		return d.decided(Decision{Desired: d.clamp(want), Reason: "activation: demand at zero"})
 	}
 
 	// Panic: the short window asks for twice (by default) what is ready.
@@ -263,9 +264,10 @@ func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) D
 		}
 	}
 
-	// To zero only after the grace period without any demand, and never
-	// with requests buffered or in flight.
-	if want == 0 && ready > 0 {
+	// To zero only after the grace period without any demand (replicas
+	// still starting included), and never with requests buffered or in
+	// flight.
+	if want == 0 && (ready > 0 || d.last > 0) {
 		if buffered > 0 || inFlight > 0 || now.Sub(d.lastDemand) < c.ScaleToZeroGracePeriod {
 			want = 1
 			reason = "waiting for the scale-to-zero grace period"
@@ -273,7 +275,12 @@ func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) D
 			reason = "idle for the scale-to-zero grace period"
 		}
 	}
-	return Decision{Desired: d.clamp(want), Panic: panicking, Reason: reason}
+	return d.decided(Decision{Desired: d.clamp(want), Panic: panicking, Reason: reason})
+}
+
+func (d *Decider) decided(dec Decision) Decision {
+	d.last = dec.Desired
+	return dec
 }
 
 func (d *Decider) clamp(n int) int {

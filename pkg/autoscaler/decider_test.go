@@ -142,3 +142,14 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	require.ErrorContains(t, err, "panicThresholdPercent: 50 must be > 100")
 	require.ErrorContains(t, err, "target.kvCacheUsage: 1.5 must be in (0, 1]")
 }
+
+// Replicas still starting (none ready yet) are not taken away before the
+// grace period, counted from the decider's creation.
+func TestStartingReplicasWaitForGrace(t *testing.T) {
+	d, err := NewDecider(Config{MaxScale: 4, InitialScale: 1, ScaleToZeroGracePeriod: 30 * time.Second}, t0)
+	require.NoError(t, err)
+	require.Equal(t, 1, d.Decide(t0, 0, 0, 0).Desired)
+	require.Equal(t, 1, d.Decide(at(1), 0, 0, 0).Desired, "starting, idle, within grace")
+	require.Equal(t, 0, d.Decide(at(31), 1, 0, 0).Desired, "idle past grace")
+	require.Equal(t, 0, d.Decide(at(32), 0, 0, 0).Desired, "at zero and idle: stays")
+}

@@ -82,7 +82,10 @@ func (as *activators) Load(key fleet.Key) (activator.Load, bool) {
 	return sum, known
 }
 
-// PodStat and Index read the first replica (all follow the same streams).
+// PodStats, PodStat and Index read the first replica (all follow the same
+// streams).
+func (as *activators) PodStats(key fleet.Key) []*stats.Stat { return as.acts[0].PodStats(key) }
+
 func (as *activators) PodStat(key fleet.Key, pod string) *stats.Stat {
 	return as.acts[0].PodStat(key, pod)
 }

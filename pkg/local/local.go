@@ -20,6 +20,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/kvindex"
@@ -196,17 +197,27 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 			onReady()
 		}
 	})
-	t := &scaleTarget{key: key, minScale: int(*sc.MinScale), maxScale: int(*sc.MaxScale),
-		targetConcurrency: v1alpha1.DefaultTargetConcurrency,
-		grace:             sc.ScaleToZeroGracePeriod.Duration, stableWindow: sc.StableWindow.Duration}
-	if sc.Target != nil && sc.Target.Concurrency != nil {
-		t.targetConcurrency = *sc.Target.Concurrency
+	initial := max(int(*sc.InitialScale), int(*sc.MinScale), minInitial)
+	if maxScale := int(*sc.MaxScale); maxScale > 0 && initial > maxScale {
+		initial = maxScale
 	}
-	initial := max(int(*sc.InitialScale), t.minScale, minInitial)
-	if t.maxScale > 0 && initial > t.maxScale {
-		initial = t.maxScale
+	cfg := autoscaler.Config{MinScale: int(*sc.MinScale), MaxScale: int(*sc.MaxScale), InitialScale: initial,
+		StableWindow: sc.StableWindow.Duration, ScaleToZeroGracePeriod: sc.ScaleToZeroGracePeriod.Duration,
+		PanicWindowPercent: float64(*sc.PanicWindowPercent), PanicThresholdPercent: float64(*sc.PanicThresholdPercent)}
+	if tg := sc.Target; tg != nil {
+		cfg.Targets = autoscaler.Targets{Concurrency: tg.Concurrency, KVCacheUsage: tg.KVCacheUsage,
+			WaitingRequests: tg.WaitingRequests, TokensPerSecond: tg.TokensPerSecond}
 	}
-	t.desired = initial
+	if cfg.Targets == (autoscaler.Targets{}) {
+		c := v1alpha1.DefaultTargetConcurrency
+		cfg.Targets.Concurrency = &c
+	}
+	decider, err := autoscaler.NewDecider(cfg, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("ModelService %q: spec.template.scaling: %w", ms.Name, err)
+	}
+	decider.Decide(time.Now(), 0, 0, 0) // the initial-scale decision, taken here
+	t := &scaleTarget{key: key, decider: decider, desired: initial}
 	if err := p.runtime.Scale(context.Background(), key, initial); err != nil {
 		return nil, err
 	}

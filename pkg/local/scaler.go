@@ -3,36 +3,35 @@ package local
 import (
 	"context"
 	"log/slog"
-	"math"
 	"sync"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
 
-// scaleTarget is what the simple scaler knows of one replica set.
-type scaleTarget struct {
-	key               fleet.Key
-	minScale          int
-	maxScale          int // 0 = unbounded
-	targetConcurrency float64
-	grace             time.Duration // scale-to-zero grace period
-	stableWindow      time.Duration // how long a lower recommendation must hold
-
-	desired    int
-	belowSince time.Time
-}
-
-// loadSource reads a revision's demand (the activator).
+// loadSource is what the scaler observes of a revision role: the
+// activators' demand and the queue-proxies' last reports.
 type loadSource interface {
 	Load(fleet.Key) (activator.Load, bool)
+	PodStats(fleet.Key) []*stats.Stat
 }
 
-// scaler is the simple scaler of local mode: scale up at once on demand
-// (in-flight + buffered over the per-replica concurrency target), scale down
-// after the recommendation stayed lower for the stable window, and to zero
-// after the grace period without any request.
+// scaleTarget is one replica set under the autoscaler.
+type scaleTarget struct {
+	key     fleet.Key
+	decider *autoscaler.Decider
+	desired int
+
+	// Cumulative token counters per pod at the last tick, for the rate.
+	tokens map[string]uint64
+	last   time.Time
+}
+
+// scaler runs the autoscaler's decider for every replica set of local
+// mode: on a tick, and at once when a request is buffered (the poke).
 type scaler struct {
 	log    *slog.Logger
 	loads  loadSource
@@ -91,56 +90,45 @@ func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 		if !ok {
 			continue
 		}
-		next := t.decide(load, now)
-		if next == t.desired {
+		sig := t.signals(load, s.loads.PodStats(t.key), now)
+		t.decider.Record(now, sig)
+		dec := t.decider.Decide(now, load.Ready, float64(load.Buffered), float64(load.InFlight))
+		if dec.Desired == t.desired {
 			continue
 		}
-		if err := s.fleet.Scale(ctx, t.key, next); err != nil {
-			s.log.Error("scale failed", slog.String("revision", t.key.String()), slog.Any("error", err))
+		s.log.Info("autoscaler", slog.String("replicaSet", t.key.String()), slog.Int("from", t.desired),
+			slog.Int("to", dec.Desired), slog.Bool("panic", dec.Panic), slog.String("reason", dec.Reason))
+		if err := s.fleet.Scale(ctx, t.key, dec.Desired); err != nil {
+			s.log.Error("scale failed", slog.String("replicaSet", t.key.String()), slog.Any("error", err))
 			continue
 		}
-		t.desired = next
+		t.desired = dec.Desired
 	}
 }
 
-// decide returns the desired replicas for the observed load.
-func (t *scaleTarget) decide(load activator.Load, now time.Time) int {
-	demand := load.InFlight + load.Buffered
-	want := int(math.Ceil(float64(demand) / t.targetConcurrency))
-	if want < t.minScale {
-		want = t.minScale
-	}
-	if t.maxScale > 0 && want > t.maxScale {
-		want = t.maxScale
-	}
-	if demand > 0 && want < 1 {
-		want = 1
-	}
-	switch {
-	case want >= t.desired:
-		t.belowSince = time.Time{}
-		return want
-	case want == 0:
-		// To zero only after the grace period with no request at all.
-		if now.Sub(load.LastActive) >= t.grace {
-			return 0
+// signals turns the activators' load and the pods' reports into the
+// decider's observation; the token rate is the growth of the pods'
+// cumulative counters since the last tick.
+func (t *scaleTarget) signals(load activator.Load, pods []*stats.Stat, now time.Time) autoscaler.Signals {
+	s := autoscaler.Signals{Concurrency: float64(load.InFlight + load.Buffered), Buffered: float64(load.Buffered)}
+	var kv float64
+	var tokens uint64
+	seen := make(map[string]uint64, len(pods))
+	for _, p := range pods {
+		s.Waiting += p.Engine.Waiting
+		kv += p.Engine.KVCacheUsage
+		total := p.PromptTokens + p.CompletionTokens
+		if prev, ok := t.tokens[p.Pod]; ok && total >= prev {
+			tokens += total - prev
 		}
-		if t.desired > 1 {
-			return t.stepDown(1, now)
-		}
-		return t.desired
-	default:
-		return t.stepDown(want, now)
+		seen[p.Pod] = total
 	}
-}
-
-func (t *scaleTarget) stepDown(want int, now time.Time) int {
-	if t.belowSince.IsZero() {
-		t.belowSince = now
+	if len(pods) > 0 {
+		s.KVCacheUsage = kv / float64(len(pods))
 	}
-	if now.Sub(t.belowSince) >= t.stableWindow {
-		t.belowSince = time.Time{}
-		return want
+	if dt := now.Sub(t.last).Seconds(); !t.last.IsZero() && dt > 0 {
+		s.TokensPerSecond = float64(tokens) / dt
 	}
-	return t.desired
+	t.tokens, t.last = seen, now
+	return s
 }

@@ -30,7 +30,7 @@ spec:
     engine:
       type: sim
       args: ["--time-scale=20", "--startup-delay=2s"]
-    scaling: {minScale: 0, maxScale: 2, initialScale: 0, target: {concurrency: 128}, scaleToZeroGracePeriod: 3s}
+    scaling: {minScale: 0, maxScale: 2, initialScale: 0, target: {concurrency: 128}, scaleToZeroGracePeriod: 3s, stableWindow: 4s}
 `
 
 var demoLabels = map[string]string{"service": "demo", "revision": "demo-00001"}
