@@ -77,6 +77,7 @@ func runLocal(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&opts.Addr, "addr", "127.0.0.1:8080", "address of the OpenAI API, /healthz and /metrics")
 	fs.StringVar(&opts.LogDir, "log-dir", "", "directory for replica logs (default: a new temporary directory)")
 	fs.DurationVar(&opts.ScaleInterval, "scale-interval", 0, "scaler decision period (default 1s)")
+	fs.StringVar(&opts.Accelerators, "accelerators", "", "this machine's accelerators, e.g. nvidia.com/gpu=4,huawei.com/ascend-910b=8 (empty: not counted)")
 	fs.IntVar(&opts.Activators, "activators", 1, "activator replicas, each with its own scheduling state; requests are spread over them")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	RegisterActivatorFlags(fs, &opts.Activator)

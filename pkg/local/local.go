@@ -53,6 +53,10 @@ type Options struct {
 	// WatchInterval is how often the file is checked for changes (default
 	// 1s; negative: never).
 	WatchInterval time.Duration
+	// Accelerators is the machine's inventory, e.g.
+	// "nvidia.com/gpu=4,huawei.com/ascend-910b=8"; empty: accelerators in
+	// templates are not counted.
+	Accelerators string
 }
 
 // revisionState is one running revision role.
@@ -69,6 +73,7 @@ type Platform struct {
 	ctx     context.Context // lives as long as the platform serves
 	log     *slog.Logger
 	act     *activators
+	devices *devices // nil without an accelerator inventory
 	runtime *process.Runtime
 	scaler  *scaler
 	reg     *prometheus.Registry
@@ -115,10 +120,16 @@ func Run(ctx context.Context, opts Options) error {
 	p := &Platform{opts: opts, ctx: pctx, log: opts.Logger, reg: prometheus.NewRegistry(),
 		services: map[string]*serviceState{}}
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	rt, err := process.New(process.Config{
-		QueueProxy: append(append([]string(nil), opts.Self...), "queue-proxy"),
-		LogDir:     opts.LogDir,
-	}, opts.Logger)
+	var inv *autoscaler.Inventory
+	pcfg := process.Config{QueueProxy: append(append([]string(nil), opts.Self...), "queue-proxy"), LogDir: opts.LogDir}
+	if opts.Accelerators != "" {
+		if inv, err = autoscaler.ParseInventory(opts.Accelerators); err != nil {
+			return fmt.Errorf("accelerators: %w", err)
+		}
+		p.devices = &devices{inv: inv, needs: map[fleet.Key]map[string]int{}}
+		pcfg.Devices = p.devices
+	}
+	rt, err := process.New(pcfg, opts.Logger)
 	if err != nil {
 		return err
 	}
@@ -137,7 +148,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	p.act = act
 	defer act.Close()
-	p.scaler = newScaler(opts.Logger, act, rt, opts.ScaleInterval)
+	p.scaler = newScaler(opts.Logger, act, rt, opts.ScaleInterval, inv)
 	p.reg.MustRegister(&replicaCollector{p: p})
 
 	if err := p.reconcile(svcs); err != nil {
@@ -217,7 +228,12 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 		return nil, fmt.Errorf("ModelService %q: spec.template.scaling: %w", ms.Name, err)
 	}
 	decider.Decide(time.Now(), 0, 0, 0) // the initial-scale decision, taken here
-	t := &scaleTarget{key: key, decider: decider, desired: initial}
+	t := &scaleTarget{key: key, decider: decider, need: acceleratorNeed(ms.Spec.Template)}
+	if p.devices != nil {
+		p.devices.setNeed(key, t.need)
+		initial = p.scaler.placeable(t, initial)
+	}
+	t.desired = initial
 	if err := p.runtime.Scale(context.Background(), key, initial); err != nil {
 		return nil, err
 	}
@@ -343,6 +359,9 @@ var (
 		[]string{"service", "revision", "role"}, nil)
 	readyDesc = prometheus.NewDesc("kvasir_revision_ready_replicas", "Ready replicas of a revision role.",
 		[]string{"service", "revision", "role"}, nil)
+	unplaceableDesc = prometheus.NewDesc("kvasir_revision_unplaceable_replicas",
+		"Replicas the autoscaler wants for a revision role beyond what the accelerator inventory holds.",
+		[]string{"service", "revision", "role"}, nil)
 )
 
 // replicaCollector reports desired and ready replicas of every revision from
@@ -352,6 +371,7 @@ type replicaCollector struct{ p *Platform }
 func (c *replicaCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- desiredDesc
 	ch <- readyDesc
+	ch <- unplaceableDesc
 }
 
 func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
@@ -362,6 +382,7 @@ func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
 		role := activator.RoleLabel(rs.key.Role)
 		ch <- prometheus.MustNewConstMetric(desiredDesc, prometheus.GaugeValue, float64(c.p.runtime.Desired(rs.key)), rs.key.Service, rs.key.Revision, role)
 		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(rs.ready.Load()), rs.key.Service, rs.key.Revision, role)
+		ch <- prometheus.MustNewConstMetric(unplaceableDesc, prometheus.GaugeValue, float64(c.p.scaler.unplaceable(rs.key)), rs.key.Service, rs.key.Revision, role)
 	}
 }
 

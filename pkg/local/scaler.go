@@ -28,6 +28,12 @@ type scaleTarget struct {
 	// Cumulative token counters per pod at the last tick, for the rate.
 	tokens map[string]uint64
 	last   time.Time
+
+	// need is the accelerators one replica takes (nil: none counted);
+	// unplaceable is how many replicas the decider wanted beyond what the
+	// inventory holds.
+	need        map[string]int
+	unplaceable int
 }
 
 // scaler runs the autoscaler's decider for every replica set of local
@@ -39,13 +45,40 @@ type scaler struct {
 	tick   time.Duration
 	pokeCh chan struct{}
 
+	inv *autoscaler.Inventory // nil: accelerators are not counted
+
 	mu      sync.Mutex
 	targets map[fleet.Key]*scaleTarget
 }
 
-func newScaler(log *slog.Logger, loads loadSource, f fleet.Scaler, tick time.Duration) *scaler {
+func newScaler(log *slog.Logger, loads loadSource, f fleet.Scaler, tick time.Duration, inv *autoscaler.Inventory) *scaler {
 	return &scaler{log: log, loads: loads, fleet: f, tick: tick, pokeCh: make(chan struct{}, 1),
-		targets: map[fleet.Key]*scaleTarget{}}
+		targets: map[fleet.Key]*scaleTarget{}, inv: inv}
+}
+
+// placeable caps n replicas of t by the free accelerators, recording what
+// does not fit.
+func (s *scaler) placeable(t *scaleTarget, n int) int {
+	t.unplaceable = 0
+	if s.inv == nil || len(t.need) == 0 || n <= t.desired {
+		return n
+	}
+	fit := s.inv.Placeable(t.need)
+	if fit < 0 || t.desired+fit >= n {
+		return n
+	}
+	t.unplaceable = n - (t.desired + fit)
+	return t.desired + fit
+}
+
+// unplaceable reports the replicas of key that did not fit.
+func (s *scaler) unplaceable(key fleet.Key) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.targets[key]; ok {
+		return t.unplaceable
+	}
+	return 0
 }
 
 func (s *scaler) add(t *scaleTarget) {
@@ -93,6 +126,11 @@ func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 		sig := t.signals(load, s.loads.PodStats(t.key), now)
 		t.decider.Record(now, sig)
 		dec := t.decider.Decide(now, load.Ready, float64(load.Buffered), float64(load.InFlight))
+		wanted := dec.Desired
+		if dec.Desired = s.placeable(t, dec.Desired); dec.Desired < wanted {
+			s.log.Warn("not enough accelerators for the replicas the autoscaler wants", slog.String("replicaSet", t.key.String()),
+				slog.Int("wanted", wanted), slog.Int("placeable", dec.Desired), slog.Any("perReplica", t.need))
+		}
 		if dec.Desired == t.desired {
 			continue
 		}

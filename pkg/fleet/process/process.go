@@ -48,6 +48,19 @@ type Config struct {
 	StartTimeout time.Duration
 	// StopTimeout bounds a replica's drain before it is killed. Default 30s.
 	StopTimeout time.Duration
+	// Devices, when set, hands accelerator devices to each replica before it
+	// starts (their indices reach the engine in its environment) and takes
+	// them back when it is gone.
+	Devices Devices
+}
+
+// Devices allocates accelerator devices to replicas.
+type Devices interface {
+	// Allocate reserves devices for a replica of key and returns the
+	// environment that tells its engine which ones.
+	Allocate(key fleet.Key, replica string) (env []string, err error)
+	// Release frees a replica's devices.
+	Release(replica string)
 }
 
 func (c *Config) setDefaults() {
@@ -330,9 +343,21 @@ func (r *Runtime) startLocked(s *set) error {
 	if s.spec.Key.Role != "" {
 		name = fmt.Sprintf("%s-%s-%d", s.spec.Key.Revision, s.spec.Key.Role, r.seq)
 	}
+	var devEnv []string
+	if r.cfg.Devices != nil {
+		if devEnv, err = r.cfg.Devices.Allocate(s.spec.Key, name); err != nil {
+			return fmt.Errorf("accelerators for %s: %w", name, err)
+		}
+	}
+	started := false
+	defer func() {
+		if !started && r.cfg.Devices != nil {
+			r.cfg.Devices.Release(name)
+		}
+	}()
 	engineArgv := expand(s.spec.Engine, ep)
 	engine := exec.Command(engineArgv[0], engineArgv[1:]...)
-	engine.Env = append(append(os.Environ(), "PORT="+strconv.Itoa(ep)), s.spec.Env...)
+	engine.Env = append(append(append(os.Environ(), "PORT="+strconv.Itoa(ep)), s.spec.Env...), devEnv...)
 	qpArgv := append(append([]string(nil), r.cfg.QueueProxy...),
 		"--port", strconv.Itoa(qpPort),
 		"--engine-url", "http://127.0.0.1:"+strconv.Itoa(ep),
@@ -366,6 +391,7 @@ func (r *Runtime) startLocked(s *set) error {
 		qpLog.Close()
 		return fmt.Errorf("start queue-proxy: %w", err)
 	}
+	started = true
 	rp := &replica{name: name, qpPort: qpPort, enginePort: ep, engine: engine, qp: qp,
 		engineDone: make(chan struct{}), qpDone: make(chan struct{}),
 		state: stateStarting, started: time.Now(), done: make(chan struct{})}
@@ -463,6 +489,9 @@ func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
 			s.replicas = append(s.replicas[:i], s.replicas[i+1:]...)
 			break
 		}
+	}
+	if r.cfg.Devices != nil {
+		r.cfg.Devices.Release(rp.name)
 	}
 	close(rp.done)
 	if expected || s.removed {

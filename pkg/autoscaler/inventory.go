@@ -1,0 +1,140 @@
+package autoscaler
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Inventory is one machine's accelerators for local mode: per extended
+// resource name (nvidia.com/gpu, huawei.com/ascend-910b, ...), devices
+// 0..n-1, each held by at most one replica. It is safe for concurrent use.
+type Inventory struct {
+	mu     sync.Mutex
+	owners map[string][]string         // resource → owner per device index ("" = free)
+	held   map[string]map[string][]int // replica → resource → device indices
+}
+
+// ParseInventory reads "name=count,name=count".
+func ParseInventory(s string) (*Inventory, error) {
+	inv := &Inventory{owners: map[string][]string{}, held: map[string]map[string][]int{}}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, count, ok := strings.Cut(part, "=")
+		n, err := strconv.Atoi(count)
+		switch {
+		case !ok || name == "":
+			return nil, fmt.Errorf("%q: want resource=count", part)
+		case err != nil || n < 0:
+			return nil, fmt.Errorf("%q: count must be a non-negative integer", part)
+		case !strings.Contains(name, "/"):
+			return nil, fmt.Errorf("%q: an accelerator is an extended resource such as nvidia.com/gpu", part)
+		}
+		if _, dup := inv.owners[name]; dup {
+			return nil, fmt.Errorf("%q: %s given twice", part, name)
+		}
+		inv.owners[name] = make([]string, n)
+	}
+	return inv, nil
+}
+
+// Resources lists the inventory's resource names, sorted.
+func (inv *Inventory) Resources() []string {
+	return slices.Sorted(maps.Keys(inv.owners))
+}
+
+// Placeable returns how many more replicas needing need fit now (need maps
+// resource names to devices per replica; an empty need fits without limit,
+// reported as -1). A resource the inventory lacks fits none.
+func (inv *Inventory) Placeable(need map[string]int) int {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	fit := -1
+	for res, n := range need {
+		if n <= 0 {
+			continue
+		}
+		free := 0
+		for _, o := range inv.owners[res] {
+			if o == "" {
+				free++
+			}
+		}
+		if k := free / n; fit < 0 || k < fit {
+			fit = k
+		}
+	}
+	return fit
+}
+
+// Allocate reserves devices for a replica.
+func (inv *Inventory) Allocate(replica string, need map[string]int) (map[string][]int, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	got := map[string][]int{}
+	for _, res := range slices.Sorted(maps.Keys(need)) {
+		n := need[res]
+		for i, o := range inv.owners[res] {
+			if len(got[res]) == n {
+				break
+			}
+			if o == "" {
+				got[res] = append(got[res], i)
+			}
+		}
+		if len(got[res]) < n {
+			return nil, fmt.Errorf("%s: %d free of %d, the replica needs %d", res, len(got[res]), len(inv.owners[res]), n)
+		}
+	}
+	for res, idx := range got {
+		for _, i := range idx {
+			inv.owners[res][i] = replica
+		}
+	}
+	inv.held[replica] = got
+	return got, nil
+}
+
+// Release frees a replica's devices.
+func (inv *Inventory) Release(replica string) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	for res, idx := range inv.held[replica] {
+		for _, i := range idx {
+			if inv.owners[res][i] == replica {
+				inv.owners[res][i] = ""
+			}
+		}
+	}
+	delete(inv.held, replica)
+}
+
+// VisibleDevicesEnv tells an engine which devices are its own, in the
+// variables the vendors' runtimes read.
+func VisibleDevicesEnv(alloc map[string][]int) []string {
+	var env []string
+	for _, res := range slices.Sorted(maps.Keys(alloc)) {
+		ids := make([]string, len(alloc[res]))
+		for i, d := range alloc[res] {
+			ids[i] = strconv.Itoa(d)
+		}
+		list := strings.Join(ids, ",")
+		switch {
+		case res == "nvidia.com/gpu":
+			env = append(env, "CUDA_VISIBLE_DEVICES="+list)
+		case res == "amd.com/gpu":
+			env = append(env, "ROCR_VISIBLE_DEVICES="+list, "HIP_VISIBLE_DEVICES="+list)
+		case strings.HasPrefix(res, "huawei.com/ascend"):
+			env = append(env, "ASCEND_RT_VISIBLE_DEVICES="+list)
+		default:
+			env = append(env, "KVASIR_VISIBLE_DEVICES="+list)
+		}
+	}
+	return env
+}
