@@ -17,6 +17,7 @@ import (
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/sim"
+	"github.com/kvasir-serving/kvasir/pkg/sim/simtest"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 	"github.com/kvasir-serving/kvasir/queueproxy"
 )
@@ -27,19 +28,12 @@ func replica(t *testing.T, name string) (*queueproxy.Proxy, string) {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	ctx, cancel := context.WithCancel(context.Background())
-	cfg := sim.DefaultConfig()
-	cfg.ZeroLatency = true
-	cfg.Model = "m"
-	s, err := sim.New(cfg, sim.WithLogger(log))
-	require.NoError(t, err)
-	simDone := make(chan struct{})
-	go func() { defer close(simDone); _ = s.Run(ctx) }()
-	simSrv := httptest.NewServer(s.Handler())
+	simURL := simtest.Start(t, simConfig("unified"))
 
 	var qcfg queueproxy.Config
 	fs := flag.NewFlagSet("qp", flag.ContinueOnError)
 	qcfg.RegisterFlags(fs)
-	require.NoError(t, fs.Parse([]string{"--engine-url=" + simSrv.URL, "--pod-name=" + name,
+	require.NoError(t, fs.Parse([]string{"--engine-url=" + simURL, "--pod-name=" + name,
 		"--probe-interval=10ms", "--stats-interval=50ms", "--scrape-interval=50ms", "--drain-quiet-period=0s"}))
 	qp, err := queueproxy.New(qcfg, log)
 	require.NoError(t, err)
@@ -50,8 +44,6 @@ func replica(t *testing.T, name string) (*queueproxy.Proxy, string) {
 		cancel()
 		<-qpDone
 		qpSrv.Close()
-		<-simDone
-		simSrv.Close()
 	})
 	return qp, strings.TrimPrefix(qpSrv.URL, "http://")
 }
@@ -118,23 +110,9 @@ func TestTwoActivatorsAgree(t *testing.T) {
 }
 
 func simConfig(role string) sim.Config {
-	cfg := sim.DefaultConfig()
-	cfg.ZeroLatency = true
-	cfg.Model = "m"
-	cfg.Role = role
-	return cfg
+	return simtest.Config(func(c *sim.Config) { c.Model, c.Role = "m", role })
 }
 
 // newSim runs a simulator in-process until the test ends and returns its
 // handler.
-func newSim(t *testing.T, cfg sim.Config) http.Handler {
-	t.Helper()
-	s, err := sim.New(cfg, sim.WithLogger(slog.New(slog.DiscardHandler)))
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	require.Eventually(t, s.Ready, 10*time.Second, 5*time.Millisecond)
-	return s.Handler()
-}
+func newSim(t *testing.T, cfg sim.Config) http.Handler { return simtest.Handler(t, cfg) }

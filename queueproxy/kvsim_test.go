@@ -2,12 +2,9 @@ package queueproxy
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -16,33 +13,14 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/prompt"
 	"github.com/kvasir-serving/kvasir/pkg/sim"
+	"github.com/kvasir-serving/kvasir/pkg/sim/simtest"
 )
 
 // startSim runs the engine simulator in-process (no latency) and returns
 // its URL.
 func startSim(t *testing.T, mutate func(*sim.Config)) string {
 	t.Helper()
-	cfg := sim.DefaultConfig()
-	cfg.ZeroLatency = true
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	s, err := sim.New(cfg, sim.WithLogger(slog.New(slog.DiscardHandler)))
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = s.Run(ctx)
-	}()
-	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(func() {
-		cancel() // the engine fails what is left, so handlers return
-		<-done
-		hs.Close()
-	})
-	require.Eventually(t, s.Ready, waitFor, tick)
-	return hs.URL
+	return simtest.Start(t, simtest.Config(mutate))
 }
 
 // awaitKVShape waits until the proxy knows the engine's block size.
