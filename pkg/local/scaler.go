@@ -118,6 +118,7 @@ func (s *scaler) run(ctx context.Context) {
 func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	want := make(map[fleet.Key]autoscaler.Decision, len(s.targets))
 	for _, t := range s.targets {
 		load, ok := s.loads.Load(t.key)
 		if !ok {
@@ -125,7 +126,11 @@ func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 		}
 		sig := t.signals(load, s.loads.PodStats(t.key), now)
 		t.decider.Record(now, sig)
-		dec := t.decider.Decide(now, load.Ready, float64(load.Buffered), float64(load.InFlight))
+		want[t.key] = t.decider.Decide(now, load.Ready, float64(load.Buffered), float64(load.InFlight))
+	}
+	couplePrefill(want)
+	for key, dec := range want {
+		t := s.targets[key]
 		wanted := dec.Desired
 		if dec.Desired = s.placeable(t, dec.Desired); dec.Desired < wanted {
 			s.log.Warn("not enough accelerators for the replicas the autoscaler wants", slog.String("replicaSet", t.key.String()),
@@ -141,6 +146,31 @@ func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 			continue
 		}
 		t.desired = dec.Desired
+	}
+}
+
+// couplePrefill keeps a disaggregated revision's roles together at zero: a
+// prefill role follows its decode role to zero, and wakes with it (prefill
+// requests are never buffered, so the prefill role sees no demand of its
+// own while it is at zero). Above that each role scales on its own signals.
+func couplePrefill(want map[fleet.Key]autoscaler.Decision) {
+	for key, dec := range want {
+		if key.Role != activator.RolePrefill {
+			continue
+		}
+		decodeKey := key
+		decodeKey.Role = activator.RoleDecode
+		decode, ok := want[decodeKey]
+		if !ok {
+			continue
+		}
+		switch {
+		case decode.Desired == 0 && dec.Desired > 0:
+			dec.Desired, dec.Reason = 0, "its decode role is at zero"
+		case decode.Desired > 0 && dec.Desired == 0:
+			dec.Desired, dec.Reason = 1, "its decode role is awake"
+		}
+		want[key] = dec
 	}
 }
 

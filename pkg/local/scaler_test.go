@@ -7,6 +7,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
 
@@ -31,4 +33,18 @@ func TestScalerSignals(t *testing.T) {
 
 	s = st.signals(activator.Load{}, pods(400, 250), t0.Add(2*time.Second))
 	require.Equal(t, 250.0, s.TokensPerSecond, "(300 + 200) tokens in 2 s")
+}
+
+func TestPrefillFollowsDecodeToAndFromZero(t *testing.T) {
+	pre := fleet.Key{Service: "s", Revision: "s-00001", Role: activator.RolePrefill}
+	dec := fleet.Key{Service: "s", Revision: "s-00001", Role: activator.RoleDecode}
+	want := map[fleet.Key]autoscaler.Decision{pre: {Desired: 2}, dec: {Desired: 0}}
+	couplePrefill(want)
+	require.Equal(t, 0, want[pre].Desired, "to zero together")
+	want = map[fleet.Key]autoscaler.Decision{pre: {Desired: 0}, dec: {Desired: 3}}
+	couplePrefill(want)
+	require.Equal(t, 1, want[pre].Desired, "awake together")
+	want = map[fleet.Key]autoscaler.Decision{pre: {Desired: 4}, dec: {Desired: 3}}
+	couplePrefill(want)
+	require.Equal(t, 4, want[pre].Desired, "above zero each on its own signals")
 }
