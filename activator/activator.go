@@ -315,13 +315,3 @@ func (a *Activator) PickRevision(model, tag string) (string, bool) {
 	}
 	return s.split.Pick(rand.IntN(100)), true
 }
-
-// Models lists the model names served.
-func (a *Activator) Models() []string {
-	t := a.routes.Load()
-	out := make([]string, 0, len(t.byModel))
-	for m := range t.byModel {
-		out = append(out, m)
-	}
-	return out
-}

@@ -75,6 +75,9 @@ func decodeContent(raw json.RawMessage) (string, error) {
 	}
 }
 
+// GenerationPrompt ends every rendered chat: what the assistant answers after.
+const GenerationPrompt = "<|assistant|>\n"
+
 // AppendChat appends the canonical rendering of messages to dst: for each
 // message "<|role|>\n" + content + "\n", then "<|assistant|>\n" (the
 // generation prompt).
@@ -86,12 +89,12 @@ func AppendChat(dst []byte, messages []Message) []byte {
 		dst = append(dst, m.Content...)
 		dst = append(dst, '\n')
 	}
-	return append(dst, "<|assistant|>\n"...)
+	return append(dst, GenerationPrompt...)
 }
 
 // RenderChat returns the canonical rendering of messages (see AppendChat).
 func RenderChat(messages []Message) string {
-	n := len("<|assistant|>\n")
+	n := len(GenerationPrompt)
 	for _, m := range messages {
 		n += len(m.Role) + len(m.Content) + 6
 	}

@@ -38,7 +38,7 @@ func appendChatFast(dst, raw []byte) ([]byte, bool) {
 	}
 	i = p.ws(i + 1)
 	if i < len(raw) && raw[i] == ']' {
-		return append(dst, "<|assistant|>\n"...), p.ws(i+1) == len(raw)
+		return append(dst, GenerationPrompt...), p.ws(i+1) == len(raw)
 	}
 	for {
 		var err error
@@ -61,7 +61,7 @@ func appendChatFast(dst, raw []byte) ([]byte, bool) {
 	if p.ws(i+1) != len(raw) {
 		return dst, false
 	}
-	return append(dst, "<|assistant|>\n"...), true
+	return append(dst, GenerationPrompt...), true
 }
 
 type fastParser struct{ b []byte }

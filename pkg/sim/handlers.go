@@ -224,16 +224,16 @@ func renderPrompt(w http.ResponseWriter, obj openai.Object, chat bool, buf *[]by
 			badRequest(w, "missing_messages", `"messages" is required`)
 			return nil, false
 		}
-		msgs, err := prompt.DecodeMessages(raw)
+		text, err := prompt.AppendChatJSON((*buf)[:0], raw)
 		if err != nil {
 			badRequest(w, "invalid_messages", err.Error())
 			return nil, false
 		}
-		if len(msgs) == 0 {
+		*buf = text
+		if len(text) == len(prompt.GenerationPrompt) { // no message rendered
 			badRequest(w, "invalid_messages", `"messages" must not be empty`)
 			return nil, false
 		}
-		*buf = prompt.AppendChat(*buf, msgs)
 	} else {
 		raw, present := obj.Get("prompt")
 		if !present || string(raw) == "null" {
