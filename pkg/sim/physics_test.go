@@ -84,7 +84,10 @@ func TestCacheOverflowEvicts(t *testing.T) {
 		assert.Zero(t, cached(other))
 	}
 	assert.Zero(t, cached("a"), "evicted by the other prompts")
-	assert.Zero(t, ts.value(t, "vllm:kv_cache_usage_perc"), "idle cached blocks do not count as used")
+	// The response is written before the scheduler frees the sequence's
+	// blocks at its next step: poll for the idle state.
+	assert.Eventually(t, func() bool { return ts.value(t, "vllm:kv_cache_usage_perc") == 0 },
+		5*time.Second, time.Millisecond, "idle cached blocks do not count as used")
 }
 
 // meanITL streams n concurrent requests and returns the mean client-side
@@ -127,7 +130,10 @@ func TestBiggerBatchSlowsSteps(t *testing.T) {
 
 func TestTimeScaleKeepsAverageRate(t *testing.T) {
 	// At time scale 100 a step is ~64µs real, shorter than the scheduler's
-	// shortest sleep: several steps run per sleep, without drift.
+	// shortest sleep: several steps run per sleep, without drift. The
+	// virtual clock follows the real one, so a machine that stalls the
+	// process (a busy CI host) moves simulated time on by stall x scale;
+	// the tolerance below allows for a few milliseconds of that.
 	ts := startServer(t, func(c *Config) { c.TimeScale = 100 })
 	const tokens = 300
 	events, start, err := ts.stream(t, context.Background(), "/v1/completions",
@@ -141,7 +147,8 @@ func TestTimeScaleKeepsAverageRate(t *testing.T) {
 	first := step + ph.PrefillOverhead + time.Duration(1/ph.PrefillTPS*float64(time.Second))
 	simulated := first + (tokens-1)*step // 1.92s
 	e2e, _ := ts.histogram(t, "vllm:e2e_request_latency_seconds")
-	assert.InDelta(t, simulated.Seconds(), e2e, 0.05*simulated.Seconds(), "simulated e2e")
+	assert.GreaterOrEqual(t, e2e, simulated.Seconds()*0.95, "simulated e2e never shorter than the physics")
+	assert.Less(t, e2e, simulated.Seconds()*1.5, "simulated e2e: stalls aside, the physics")
 
 	real := simulated / 100
 	t.Logf("%d tokens: %v real for %v simulated (ideal %v), server e2e %.3fs", tokens, elapsed, simulated, real, e2e)
