@@ -49,28 +49,22 @@ func (inv *Inventory) Resources() []string {
 	return slices.Sorted(maps.Keys(inv.owners))
 }
 
-// Placeable returns how many more replicas needing need fit now (need maps
-// resource names to devices per replica; an empty need fits without limit,
-// reported as -1). A resource the inventory lacks fits none.
-func (inv *Inventory) Placeable(need map[string]int) int {
+// Free returns the free devices per resource.
+func (inv *Inventory) Free() map[string]int {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	fit := -1
-	for res, n := range need {
-		if n <= 0 {
-			continue
-		}
-		free := 0
-		for _, o := range inv.owners[res] {
+	free := make(map[string]int, len(inv.owners))
+	for res, owners := range inv.owners {
+		for _, o := range owners {
 			if o == "" {
-				free++
+				free[res]++
 			}
 		}
-		if k := free / n; fit < 0 || k < fit {
-			fit = k
+		if _, ok := free[res]; !ok {
+			free[res] = 0
 		}
 	}
-	return fit
+	return free
 }
 
 // Allocate reserves devices for a replica.

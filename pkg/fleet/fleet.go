@@ -43,6 +43,13 @@ type Scaler interface {
 	Scale(ctx context.Context, key Key, replicas int) error
 }
 
+// VariantScaler sets the replicas of a replica set per accelerator variant
+// (the variant's name; "" for a set without variants). Variants left out go
+// to zero.
+type VariantScaler interface {
+	ScaleVariants(ctx context.Context, key Key, counts map[string]int) error
+}
+
 // Watcher reports the ready endpoints of a replica set. fn is called with the
 // full current set at once and after every change, never concurrently for
 // one watch; stop ends the watch.

@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,8 +63,21 @@ type Options struct {
 type revisionState struct {
 	svc     *v1alpha1.ModelService
 	key     fleet.Key
-	ready   atomic.Int64
 	unwatch func()
+
+	mu    sync.Mutex
+	ready map[string]int // ready replicas per accelerator variant
+}
+
+// readyReplicas returns the ready replicas in all and per variant.
+func (rs *revisionState) readyReplicas() (int, map[string]int) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	n := 0
+	for _, c := range rs.ready {
+		n += c
+	}
+	return n, maps.Clone(rs.ready)
 }
 
 // Platform is a running local platform.
@@ -126,7 +139,7 @@ func Run(ctx context.Context, opts Options) error {
 		if inv, err = autoscaler.ParseInventory(opts.Accelerators); err != nil {
 			return fmt.Errorf("accelerators: %w", err)
 		}
-		p.devices = &devices{inv: inv, needs: map[fleet.Key]map[string]int{}}
+		p.devices = &devices{inv: inv, variants: map[fleet.Key][]autoscaler.Variant{}}
 		pcfg.Devices = p.devices
 	}
 	rt, err := process.New(pcfg, opts.Logger)
@@ -202,7 +215,13 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 	p.runtime.Add(process.Spec{Key: key, Engine: engine, Env: env, QueueProxyArgs: qpArgs})
 	rs := &revisionState{svc: ms, key: key}
 	rs.unwatch = p.runtime.Watch(key, func(eps []fleet.Endpoint) {
-		rs.ready.Store(int64(len(eps)))
+		ready := map[string]int{}
+		for _, ep := range eps {
+			ready[ep.Variant]++
+		}
+		rs.mu.Lock()
+		rs.ready = ready
+		rs.mu.Unlock()
 		p.act.SetEndpoints(key, eps)
 		if len(eps) > 0 && onReady != nil {
 			onReady()
@@ -228,15 +247,15 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 		return nil, fmt.Errorf("ModelService %q: spec.template.scaling: %w", ms.Name, err)
 	}
 	decider.Decide(time.Now(), 0, 0, 0) // the initial-scale decision, taken here
-	t := &scaleTarget{key: key, decider: decider, need: acceleratorNeed(ms.Spec.Template)}
+	t := &scaleTarget{key: key, decider: decider, variants: autoscaler.VariantsOf(&ms.Spec.Template)}
 	if p.devices != nil {
-		p.devices.setNeed(key, t.need)
-		initial = p.scaler.placeable(t, initial)
+		p.devices.setVariants(key, t.variants)
 	}
-	t.desired = initial
-	if err := p.runtime.Scale(context.Background(), key, initial); err != nil {
+	counts, placed := p.scaler.place(t, initial)
+	if err := p.runtime.ScaleVariants(context.Background(), key, counts); err != nil {
 		return nil, err
 	}
+	t.counts, t.desired = counts, placed.Total()
 	p.scaler.add(t)
 	p.mu.Lock()
 	p.revs = append(p.revs, rs)
@@ -322,7 +341,18 @@ type RevisionStatus struct {
 	Role     string          `json:"role"`
 	Desired  int             `json:"desired"`
 	Ready    int             `json:"ready"`
-	Replicas []ReplicaStatus `json:"replicas"`
+	// Variants splits Desired and Ready by accelerator variant (absent
+	// without variants).
+	Variants    []VariantStatus `json:"variants,omitempty"`
+	Unplaceable int             `json:"unplaceable,omitempty"`
+	Replicas    []ReplicaStatus `json:"replicas"`
+}
+
+// VariantStatus is one accelerator variant of a revision role.
+type VariantStatus struct {
+	Name    string `json:"name"`
+	Desired int    `json:"desired"`
+	Ready   int    `json:"ready"`
 }
 
 // ReplicaStatus is a replica and the last stats its queue-proxy reported.
@@ -346,19 +376,27 @@ func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
 			replicas = append(replicas, ReplicaStatus{ReplicaInfo: info, Stats: p.act.PodStat(rs.key, info.Name),
 				PrefixIndex: p.prefixInfo(rs.key, info.Name)})
 		}
-		out = append(out, RevisionStatus{Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
-			Role: activator.RoleLabel(rs.key.Role), Desired: p.runtime.Desired(rs.key), Ready: int(rs.ready.Load()),
-			Replicas: replicas})
+		ready, readyBy := rs.readyReplicas()
+		st := RevisionStatus{Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
+			Role: activator.RoleLabel(rs.key.Role), Desired: p.runtime.Desired(rs.key), Ready: ready,
+			Unplaceable: p.scaler.unplaceable(rs.key), Replicas: replicas}
+		desiredBy := p.runtime.DesiredVariants(rs.key)
+		for _, v := range rs.svc.Spec.Template.AcceleratorsByCost() {
+			st.Variants = append(st.Variants, VariantStatus{Name: v.Name, Desired: desiredBy[v.Name], Ready: readyBy[v.Name]})
+		}
+		out = append(out, st)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
 }
 
 var (
-	desiredDesc = prometheus.NewDesc("kvasir_revision_desired_replicas", "Replicas the scaler wants for a revision role.",
-		[]string{"service", "revision", "role"}, nil)
-	readyDesc = prometheus.NewDesc("kvasir_revision_ready_replicas", "Ready replicas of a revision role.",
-		[]string{"service", "revision", "role"}, nil)
+	desiredDesc = prometheus.NewDesc("kvasir_revision_desired_replicas",
+		"Replicas the autoscaler wants for a revision role, per accelerator variant (variant empty without variants).",
+		[]string{"service", "revision", "role", "variant"}, nil)
+	readyDesc = prometheus.NewDesc("kvasir_revision_ready_replicas",
+		"Ready replicas of a revision role, per accelerator variant (variant empty without variants).",
+		[]string{"service", "revision", "role", "variant"}, nil)
 	unplaceableDesc = prometheus.NewDesc("kvasir_revision_unplaceable_replicas",
 		"Replicas the autoscaler wants for a revision role beyond what the accelerator inventory holds.",
 		[]string{"service", "revision", "role"}, nil)
@@ -380,8 +418,19 @@ func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
 	c.p.mu.Unlock()
 	for _, rs := range revs {
 		role := activator.RoleLabel(rs.key.Role)
-		ch <- prometheus.MustNewConstMetric(desiredDesc, prometheus.GaugeValue, float64(c.p.runtime.Desired(rs.key)), rs.key.Service, rs.key.Revision, role)
-		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(rs.ready.Load()), rs.key.Service, rs.key.Revision, role)
+		desired := c.p.runtime.DesiredVariants(rs.key)
+		_, ready := rs.readyReplicas()
+		variants := []string{""}
+		if vs := rs.svc.Spec.Template.AcceleratorsByCost(); len(vs) > 0 {
+			variants = variants[:0]
+			for _, v := range vs {
+				variants = append(variants, v.Name)
+			}
+		}
+		for _, v := range variants {
+			ch <- prometheus.MustNewConstMetric(desiredDesc, prometheus.GaugeValue, float64(desired[v]), rs.key.Service, rs.key.Revision, role, v)
+			ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(ready[v]), rs.key.Service, rs.key.Revision, role, v)
+		}
 		ch <- prometheus.MustNewConstMetric(unplaceableDesc, prometheus.GaugeValue, float64(c.p.scaler.unplaceable(rs.key)), rs.key.Service, rs.key.Revision, role)
 	}
 }

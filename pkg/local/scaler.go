@@ -1,7 +1,10 @@
 package local
 
 import (
+	"cmp"
 	"context"
+	"maps"
+	"slices"
 	"log/slog"
 	"sync"
 	"time"
@@ -23,16 +26,17 @@ type loadSource interface {
 type scaleTarget struct {
 	key     fleet.Key
 	decider *autoscaler.Decider
-	desired int
+	desired int            // the sum of counts
+	counts  map[string]int // replicas per accelerator variant
 
 	// Cumulative token counters per pod at the last tick, for the rate.
 	tokens map[string]uint64
 	last   time.Time
 
-	// need is the accelerators one replica takes (nil: none counted);
-	// unplaceable is how many replicas the decider wanted beyond what the
-	// inventory holds.
-	need        map[string]int
+	// variants are where a replica can run, cheapest first (one unnamed
+	// variant without accelerator variants); unplaceable is how many
+	// replicas the decider wanted beyond what the inventory holds.
+	variants    []autoscaler.Variant
 	unplaceable int
 }
 
@@ -41,7 +45,7 @@ type scaleTarget struct {
 type scaler struct {
 	log    *slog.Logger
 	loads  loadSource
-	fleet  fleet.Scaler
+	fleet  fleet.VariantScaler
 	tick   time.Duration
 	pokeCh chan struct{}
 
@@ -51,24 +55,34 @@ type scaler struct {
 	targets map[fleet.Key]*scaleTarget
 }
 
-func newScaler(log *slog.Logger, loads loadSource, f fleet.Scaler, tick time.Duration, inv *autoscaler.Inventory) *scaler {
+func newScaler(log *slog.Logger, loads loadSource, f fleet.VariantScaler, tick time.Duration, inv *autoscaler.Inventory) *scaler {
 	return &scaler{log: log, loads: loads, fleet: f, tick: tick, pokeCh: make(chan struct{}, 1),
 		targets: map[fleet.Key]*scaleTarget{}, inv: inv}
 }
 
-// placeable caps n replicas of t by the free accelerators, recording what
-// does not fit.
-func (s *scaler) placeable(t *scaleTarget, n int) int {
-	t.unplaceable = 0
-	if s.inv == nil || len(t.need) == 0 || n <= t.desired {
-		return n
+// place spreads n replicas of t over its variants by cost and the free
+// accelerators, recording what does not fit.
+func (s *scaler) place(t *scaleTarget, n int) (map[string]int, autoscaler.Placement) {
+	vs := slices.Clone(t.variants)
+	var free map[string]int
+	if s.inv != nil {
+		free = s.inv.Free()
 	}
-	fit := s.inv.Placeable(t.need)
-	if fit < 0 || t.desired+fit >= n {
-		return n
+	for i := range vs {
+		vs[i].Current = t.counts[vs[i].Name]
+		if s.inv == nil {
+			vs[i].Need = nil // accelerators are not counted
+		}
 	}
-	t.unplaceable = n - (t.desired + fit)
-	return t.desired + fit
+	p := autoscaler.Place(vs, free, n)
+	t.unplaceable = p.Unplaceable
+	counts := make(map[string]int, len(vs))
+	for i, v := range vs {
+		if p.Counts[i] > 0 {
+			counts[v.Name] = p.Counts[i]
+		}
+	}
+	return counts, p
 }
 
 // unplaceable reports the replicas of key that did not fit.
@@ -119,6 +133,7 @@ func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	want := make(map[fleet.Key]autoscaler.Decision, len(s.targets))
+	waking := map[fleet.Key]bool{}
 	for _, t := range s.targets {
 		load, ok := s.loads.Load(t.key)
 		if !ok {
@@ -127,26 +142,45 @@ func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 		sig := t.signals(load, s.loads.PodStats(t.key), now)
 		t.decider.Record(now, sig)
 		want[t.key] = t.decider.Decide(now, load.Ready, float64(load.Buffered), float64(load.InFlight))
+		waking[t.key] = t.desired == 0 && want[t.key].Desired > 0
 	}
 	couplePrefill(want)
-	for key, dec := range want {
-		t := s.targets[key]
-		wanted := dec.Desired
-		if dec.Desired = s.placeable(t, dec.Desired); dec.Desired < wanted {
-			s.log.Warn("not enough accelerators for the replicas the autoscaler wants", slog.String("replicaSet", t.key.String()),
-				slog.Int("wanted", wanted), slog.Int("placeable", dec.Desired), slog.Any("perReplica", t.need))
+	// Shrinking first frees accelerators; then replica sets waking from
+	// zero claim them before others grow.
+	order := slices.SortedFunc(maps.Keys(want), func(a, b fleet.Key) int {
+		rank := func(k fleet.Key) int {
+			switch {
+			case want[k].Desired < s.targets[k].desired:
+				return 0
+			case waking[k]:
+				return 1
+			}
+			return 2
 		}
-		if dec.Desired == t.desired {
-			continue
-		}
-		s.log.Info("autoscaler", slog.String("replicaSet", t.key.String()), slog.Int("from", t.desired),
-			slog.Int("to", dec.Desired), slog.Bool("panic", dec.Panic), slog.String("reason", dec.Reason))
-		if err := s.fleet.Scale(ctx, t.key, dec.Desired); err != nil {
-			s.log.Error("scale failed", slog.String("replicaSet", t.key.String()), slog.Any("error", err))
-			continue
-		}
-		t.desired = dec.Desired
+		return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(a.String(), b.String()))
+	})
+	for _, key := range order {
+		s.apply(ctx, s.targets[key], want[key])
 	}
+}
+
+// apply places a decision on the variants and scales to it.
+func (s *scaler) apply(ctx context.Context, t *scaleTarget, dec autoscaler.Decision) {
+	counts, p := s.place(t, dec.Desired)
+	if p.Unplaceable > 0 {
+		s.log.Warn("not enough accelerators for the replicas the autoscaler wants", slog.String("replicaSet", t.key.String()),
+			slog.Int("wanted", dec.Desired), slog.Int("placeable", p.Total()), slog.Any("missing", p.Missing))
+	}
+	if maps.Equal(counts, t.counts) {
+		return
+	}
+	s.log.Info("autoscaler", slog.String("replicaSet", t.key.String()), slog.Int("from", t.desired),
+		slog.Int("to", p.Total()), slog.Any("variants", counts), slog.Bool("panic", dec.Panic), slog.String("reason", dec.Reason))
+	if err := s.fleet.ScaleVariants(ctx, t.key, counts); err != nil {
+		s.log.Error("scale failed", slog.String("replicaSet", t.key.String()), slog.Any("error", err))
+		return
+	}
+	t.counts, t.desired = counts, p.Total()
 }
 
 // couplePrefill keeps a disaggregated revision's roles together at zero: a

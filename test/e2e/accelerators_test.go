@@ -65,3 +65,71 @@ spec:
 	desired, _ := p.metric("kvasir_revision_desired_replicas", demoLabels)
 	require.LessOrEqual(t, desired, 2.0)
 }
+
+// Two accelerator variants: the cheaper (ascend, 2 NPUs here) fills first
+// and the burst spills to the dearer (h100, 1 GPU); what neither holds is
+// reported. Metrics carry the variant; every request is served.
+func TestAcceleratorVariantsFillCheapestFirst(t *testing.T) {
+	p := startLocal(t, `apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: demo}
+spec:
+  template:
+    engine: {type: sim, args: [--time-scale=10]}
+    accelerators:
+      - {name: h100, resources: {limits: {nvidia.com/gpu: "1"}}, cost: 3}
+      - {name: ascend, resources: {limits: {huawei.com/ascend-910b: "1"}}, cost: 2}
+    scaling: {minScale: 0, maxScale: 5, initialScale: 1, target: {concurrency: 2}, stableWindow: 4s, scaleToZeroGracePeriod: 2s}
+`, "--accelerators", "nvidia.com/gpu=1,huawei.com/ascend-910b=2")
+	variant := func(v string) map[string]string {
+		return map[string]string{"service": "demo", "role": "unified", "variant": v}
+	}
+	require.Eventually(t, func() bool {
+		n, ok := p.metric("kvasir_revision_ready_replicas", variant("ascend"))
+		return ok && n == 1
+	}, 60*time.Second, 20*time.Millisecond, "the initial replica runs on the cheapest variant")
+	h, ok := p.metric("kvasir_revision_desired_replicas", variant("h100"))
+	require.True(t, ok, "every variant has its series")
+	require.Zero(t, h)
+
+	client := sdk(p)
+	var wg sync.WaitGroup
+	errs := make(chan error, 24)
+	for i := range 24 {
+		wg.Go(func() {
+			_, err := client.Chat.Completions.New(context.Background(), chatParams("request "+strconv.Itoa(i), 96))
+			errs <- err
+		})
+	}
+	require.Eventually(t, func() bool {
+		n, ok := p.metric("kvasir_revision_unplaceable_replicas", demoLabels)
+		return ok && n > 0
+	}, 60*time.Second, 20*time.Millisecond, "the burst wants more than three accelerators hold")
+	require.Eventually(t, func() bool {
+		a, _ := p.metric("kvasir_revision_desired_replicas", variant("ascend"))
+		h, _ := p.metric("kvasir_revision_desired_replicas", variant("h100"))
+		return a == 2 && h == 1
+	}, 60*time.Second, 20*time.Millisecond, "both NPUs first, then the GPU")
+	env := map[string]string{}
+	require.Eventually(t, func() bool {
+		st := p.replicas()
+		if len(st.Replicas) != 3 {
+			return false
+		}
+		clear(env)
+		for _, r := range st.Replicas {
+			env[r.Name] = r.Variant + ":" + engineEnv(t, r.EnginePID, "CUDA_VISIBLE_DEVICES") + ":" + engineEnv(t, r.EnginePID, "ASCEND_RT_VISIBLE_DEVICES")
+		}
+		return true
+	}, 60*time.Second, 20*time.Millisecond)
+	got := map[string]bool{}
+	for _, v := range env {
+		got[v] = true
+	}
+	require.Equal(t, map[string]bool{"ascend::0": true, "ascend::1": true, "h100:0:": true}, got, "each replica has its variant's device")
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+}

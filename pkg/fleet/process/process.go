@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,9 +58,10 @@ type Config struct {
 
 // Devices allocates accelerator devices to replicas.
 type Devices interface {
-	// Allocate reserves devices for a replica of key and returns the
-	// environment that tells its engine which ones.
-	Allocate(key fleet.Key, replica string) (env []string, err error)
+	// Allocate reserves devices for a replica of key on an accelerator
+	// variant ("" without variants) and returns the environment that tells
+	// its engine which ones.
+	Allocate(key fleet.Key, variant, replica string) (env []string, err error)
 	// Release frees a replica's devices.
 	Release(replica string)
 }
@@ -92,7 +95,10 @@ type Runtime struct {
 	seq  int
 }
 
-var _ fleet.Runtime = (*Runtime)(nil)
+var (
+	_ fleet.Runtime       = (*Runtime)(nil)
+	_ fleet.VariantScaler = (*Runtime)(nil)
+)
 
 // New returns a runtime; Close stops every replica it started.
 func New(cfg Config, log *slog.Logger) (*Runtime, error) {
@@ -116,7 +122,7 @@ func New(cfg Config, log *slog.Logger) (*Runtime, error) {
 // set is one replica set.
 type set struct {
 	spec     Spec
-	desired  int
+	desired  map[string]int // per accelerator variant ("" without variants)
 	replicas []*replica
 	watchers map[int]func([]fleet.Endpoint)
 	nextW    int
@@ -134,6 +140,7 @@ const (
 
 type replica struct {
 	name       string
+	variant    string
 	qpPort     int
 	enginePort int
 	engine     *exec.Cmd
@@ -150,6 +157,7 @@ type replica struct {
 // ReplicaInfo describes a replica for status output and tests.
 type ReplicaInfo struct {
 	Name       string    `json:"name"`
+	Variant    string    `json:"variant,omitempty"`
 	State      string    `json:"state"`
 	Address    string    `json:"address"`
 	EngineAddr string    `json:"engineAddress"`
@@ -166,7 +174,7 @@ func (r *Runtime) Add(spec Spec) {
 		s.spec = spec
 		return
 	}
-	r.sets[spec.Key] = &set{spec: spec, watchers: map[int]func([]fleet.Endpoint){}}
+	r.sets[spec.Key] = &set{spec: spec, desired: map[string]int{}, watchers: map[int]func([]fleet.Endpoint){}}
 }
 
 // Remove scales a replica set to zero and forgets it.
@@ -175,17 +183,26 @@ func (r *Runtime) Remove(key fleet.Key) {
 	s, ok := r.sets[key]
 	if ok {
 		s.removed = true
-		s.desired = 0
+		clear(s.desired)
 		delete(r.sets, key)
 		r.reconcileLocked(s)
 	}
 	r.mu.Unlock()
 }
 
-// Scale implements fleet.Scaler.
-func (r *Runtime) Scale(_ context.Context, key fleet.Key, n int) error {
-	if n < 0 {
-		return fmt.Errorf("scale %s: negative replicas %d", key, n)
+// Scale implements fleet.Scaler for a replica set without accelerator
+// variants.
+func (r *Runtime) Scale(ctx context.Context, key fleet.Key, n int) error {
+	return r.ScaleVariants(ctx, key, map[string]int{"": n})
+}
+
+// ScaleVariants implements fleet.VariantScaler: counts gives the replicas
+// per accelerator variant; variants it leaves out go to zero.
+func (r *Runtime) ScaleVariants(_ context.Context, key fleet.Key, counts map[string]int) error {
+	for v, n := range counts {
+		if n < 0 {
+			return fmt.Errorf("scale %s: negative replicas %d for variant %q", key, n, v)
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -193,12 +210,26 @@ func (r *Runtime) Scale(_ context.Context, key fleet.Key, n int) error {
 	if !ok {
 		return fleet.ErrUnknown{Key: key}
 	}
-	if s.desired != n {
-		r.log.Info("scaling", slog.String("replicaSet", key.String()), slog.Int("from", s.desired), slog.Int("to", n))
+	from := sum(s.desired)
+	clear(s.desired)
+	for v, n := range counts {
+		if n > 0 {
+			s.desired[v] = n
+		}
 	}
-	s.desired = n
+	if to := sum(s.desired); to != from {
+		r.log.Info("scaling", slog.String("replicaSet", key.String()), slog.Int("from", from), slog.Int("to", to))
+	}
 	r.reconcileLocked(s)
 	return nil
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 // Desired returns the desired replica count of a set.
@@ -206,9 +237,19 @@ func (r *Runtime) Desired(key fleet.Key) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if s, ok := r.sets[key]; ok {
-		return s.desired
+		return sum(s.desired)
 	}
 	return 0
+}
+
+// DesiredVariants returns the desired replicas of a set per variant.
+func (r *Runtime) DesiredVariants(key fleet.Key) map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s, ok := r.sets[key]; ok {
+		return maps.Clone(s.desired)
+	}
+	return nil
 }
 
 // Watch implements fleet.Watcher.
@@ -242,7 +283,7 @@ func (r *Runtime) Replicas(key fleet.Key) []ReplicaInfo {
 	}
 	out := make([]ReplicaInfo, 0, len(s.replicas))
 	for _, rp := range s.replicas {
-		info := ReplicaInfo{Name: rp.name, State: rp.state, Started: rp.started,
+		info := ReplicaInfo{Name: rp.name, Variant: rp.variant, State: rp.state, Started: rp.started,
 			Address:    "127.0.0.1:" + strconv.Itoa(rp.qpPort),
 			EngineAddr: "127.0.0.1:" + strconv.Itoa(rp.enginePort)}
 		if rp.engine.Process != nil {
@@ -260,7 +301,7 @@ func readyEndpoints(s *set) []fleet.Endpoint {
 	var eps []fleet.Endpoint
 	for _, rp := range s.replicas {
 		if rp.state == stateReady {
-			eps = append(eps, fleet.Endpoint{Name: rp.name, Address: "127.0.0.1:" + strconv.Itoa(rp.qpPort)})
+			eps = append(eps, fleet.Endpoint{Name: rp.name, Address: "127.0.0.1:" + strconv.Itoa(rp.qpPort), Variant: rp.variant})
 		}
 	}
 	return eps
@@ -278,23 +319,37 @@ func (r *Runtime) reconcileLocked(s *set) {
 	if r.ctx.Err() != nil {
 		return
 	}
-	live := 0
+	live := map[string]int{}
 	for _, rp := range s.replicas {
 		if !rp.stopping {
-			live++
+			live[rp.variant]++
 		}
 	}
-	for ; live < s.desired; live++ {
-		if err := r.startLocked(s); err != nil {
-			r.log.Error("starting replica failed", slog.String("replicaSet", s.spec.Key.String()), slog.Any("error", err))
+	variants := slices.Sorted(maps.Keys(live))
+	for v := range s.desired {
+		if _, ok := live[v]; !ok {
+			variants = append(variants, v)
+		}
+	}
+	for _, v := range variants {
+		r.reconcileVariantLocked(s, v, live[v])
+	}
+}
+
+// reconcileVariantLocked starts or stops the replicas of one variant.
+func (r *Runtime) reconcileVariantLocked(s *set, variant string, live int) {
+	for ; live < s.desired[variant]; live++ {
+		if err := r.startLocked(s, variant); err != nil {
+			r.log.Error("starting replica failed", slog.String("replicaSet", s.spec.Key.String()),
+				slog.String("variant", variant), slog.Any("error", err))
 			return
 		}
 	}
-	if live > s.desired {
+	if live > s.desired[variant] {
 		// Stop not-ready replicas first, then the newest.
 		cands := make([]*replica, 0, len(s.replicas))
 		for _, rp := range s.replicas {
-			if !rp.stopping {
+			if !rp.stopping && rp.variant == variant {
 				cands = append(cands, rp)
 			}
 		}
@@ -305,7 +360,7 @@ func (r *Runtime) reconcileLocked(s *set) {
 			}
 			return cands[i].started.After(cands[j].started)
 		})
-		for _, rp := range cands[:live-s.desired] {
+		for _, rp := range cands[:live-s.desired[variant]] {
 			r.stopLocked(s, rp)
 		}
 	}
@@ -329,7 +384,7 @@ func expand(args []string, port int) []string {
 	return out
 }
 
-func (r *Runtime) startLocked(s *set) error {
+func (r *Runtime) startLocked(s *set, variant string) error {
 	ep, err := freePort()
 	if err != nil {
 		return fmt.Errorf("engine port: %w", err)
@@ -345,7 +400,7 @@ func (r *Runtime) startLocked(s *set) error {
 	}
 	var devEnv []string
 	if r.cfg.Devices != nil {
-		if devEnv, err = r.cfg.Devices.Allocate(s.spec.Key, name); err != nil {
+		if devEnv, err = r.cfg.Devices.Allocate(s.spec.Key, variant, name); err != nil {
 			return fmt.Errorf("accelerators for %s: %w", name, err)
 		}
 	}
@@ -392,7 +447,7 @@ func (r *Runtime) startLocked(s *set) error {
 		return fmt.Errorf("start queue-proxy: %w", err)
 	}
 	started = true
-	rp := &replica{name: name, qpPort: qpPort, enginePort: ep, engine: engine, qp: qp,
+	rp := &replica{name: name, variant: variant, qpPort: qpPort, enginePort: ep, engine: engine, qp: qp,
 		engineDone: make(chan struct{}), qpDone: make(chan struct{}),
 		state: stateStarting, started: time.Now(), done: make(chan struct{})}
 	s.replicas = append(s.replicas, rp)
@@ -581,7 +636,7 @@ func (r *Runtime) terminate(rp *replica) {
 func (r *Runtime) Close() {
 	r.mu.Lock()
 	for _, s := range r.sets {
-		s.desired = 0
+		clear(s.desired)
 		for _, rp := range s.replicas {
 			r.stopLocked(s, rp)
 		}

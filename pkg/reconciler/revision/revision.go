@@ -50,16 +50,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	rev.Status.InitializeConditions()
 	rev.Status.ObservedGeneration = rev.Generation
 
-	var serving *appsv1.Deployment
+	var serving []*appsv1.Deployment
 	for _, role := range resources.Roles(rev) {
-		d, err := r.reconcileRole(ctx, rev, role)
+		ds, err := r.reconcileRole(ctx, rev, role)
 		if err != nil {
 			rev.Status.MarkResourcesUnavailable("ReconcileFailed", "%v", err)
 			_ = r.updateStatus(ctx, rev, before)
 			return reconcile.Result{}, err
 		}
 		if role == resources.RoleUnified || role == resources.RoleDecode {
-			serving = d
+			serving = ds
 		}
 	}
 	if err := r.observe(ctx, rev, serving); err != nil {
@@ -68,10 +68,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	return reconcile.Result{}, r.updateStatus(ctx, rev, before)
 }
 
-// desiredReplicas is the replica count of a role: spec.replicas when an
-// external scaler set it, else the revision's initial scale (at least its
-// minScale). The autoscaler takes over from here (issue 5).
-func desiredReplicas(rev *v1alpha1.ModelRevision, role string) int32 {
+// initialReplicas is the replica count a role's Deployment is created
+// with: spec.replicas when an external scaler set it, else the revision's
+// initial scale (at least its minScale). From then on the autoscaler owns
+// the count (pkg/reconciler/autoscaling), placing it on the variants.
+func initialReplicas(rev *v1alpha1.ModelRevision, role string) int32 {
 	if rev.Spec.Replicas != nil && role != resources.RolePrefill {
 		return *rev.Spec.Replicas
 	}
@@ -95,28 +96,20 @@ func desiredReplicas(rev *v1alpha1.ModelRevision, role string) int32 {
 	return n
 }
 
-func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevision, role string) (*appsv1.Deployment, error) {
-	want, err := resources.MakeDeployment(rev, role, desiredReplicas(rev, role), r.Resources)
-	if err != nil {
-		return nil, err
-	}
-	have := &appsv1.Deployment{}
-	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), have); {
-	case apierrs.IsNotFound(err):
-		if err := r.Client.Create(ctx, want); err != nil {
-			return nil, fmt.Errorf("creating deployment %s: %w", want.Name, err)
+// reconcileRole makes a role's Deployments (one per accelerator variant)
+// and its Service exist.
+func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevision, role string) ([]*appsv1.Deployment, error) {
+	var out []*appsv1.Deployment
+	for i, v := range resources.Variants(rev) {
+		initial := int32(0) // the cheapest variant starts; the autoscaler spills
+		if i == 0 {
+			initial = initialReplicas(rev, role)
 		}
-		r.event(rev, corev1.EventTypeNormal, "Created", "Created deployment %s", want.Name)
-		have = want
-	case err != nil:
-		return nil, fmt.Errorf("getting deployment %s: %w", want.Name, err)
-	default:
-		if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) {
-			have.Spec = want.Spec
-			if err := r.Client.Update(ctx, have); err != nil {
-				return nil, fmt.Errorf("updating deployment %s: %w", want.Name, err)
-			}
+		d, err := r.reconcileDeployment(ctx, rev, role, v, initial)
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, d)
 	}
 	svc := resources.MakeService(rev, role)
 	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(svc), &corev1.Service{}); apierrs.IsNotFound(err) {
@@ -127,21 +120,51 @@ func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevis
 	} else if err != nil {
 		return nil, fmt.Errorf("getting service %s: %w", svc.Name, err)
 	}
+	return out, nil
+}
+
+func (r *Reconciler) reconcileDeployment(ctx context.Context, rev *v1alpha1.ModelRevision, role string,
+	v *v1alpha1.AcceleratorVariant, initial int32) (*appsv1.Deployment, error) {
+	want, err := resources.MakeDeployment(rev, role, v, initial, r.Resources)
+	if err != nil {
+		return nil, err
+	}
+	have := &appsv1.Deployment{}
+	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), have); {
+	case apierrs.IsNotFound(err):
+		if err := r.Client.Create(ctx, want); err != nil {
+			return nil, fmt.Errorf("creating deployment %s: %w", want.Name, err)
+		}
+		r.event(rev, corev1.EventTypeNormal, "Created", "Created deployment %s", want.Name)
+		return want, nil
+	case err != nil:
+		return nil, fmt.Errorf("getting deployment %s: %w", want.Name, err)
+	}
+	want.Spec.Replicas = have.Spec.Replicas // the autoscaler's, through the scale subresource
+	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) {
+		have.Spec = want.Spec
+		if err := r.Client.Update(ctx, have); err != nil {
+			return nil, fmt.Errorf("updating deployment %s: %w", want.Name, err)
+		}
+	}
 	return have, nil
 }
 
 // observe sets the status from the serving role's Deployment and pods.
-func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d *appsv1.Deployment) error {
+func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, ds []*appsv1.Deployment) error {
 	role := resources.RoleUnified
 	if rev.Spec.Roles != nil {
 		role = resources.RoleDecode
 	}
 	rev.Status.Selector = labels.SelectorFromSet(resources.Selector(rev, role)).String()
-	desired := int32(0)
-	if d.Spec.Replicas != nil {
-		desired = *d.Spec.Replicas
+	desired, ready := int32(0), int32(0)
+	for _, d := range ds {
+		if d.Spec.Replicas != nil {
+			desired += *d.Spec.Replicas
+		}
+		ready += d.Status.ReadyReplicas
 	}
-	rev.Status.SetReplicas(desired, d.Status.ReadyReplicas)
+	rev.Status.SetReplicas(desired, ready)
 
 	pods := &corev1.PodList{}
 	if err := r.Client.List(ctx, pods, client.InNamespace(rev.Namespace), client.MatchingLabels(resources.Selector(rev, role))); err != nil {
@@ -156,13 +179,15 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d
 	} else {
 		rev.Status.MarkContainerHealthy()
 	}
-	for _, c := range d.Status.Conditions {
-		if c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded" {
-			rev.Status.MarkResourcesUnavailable(v1alpha1.ReasonProgressDeadlineExceeded, "%s", c.Message)
+	for _, d := range ds {
+		for _, c := range d.Status.Conditions {
+			if c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded" {
+				rev.Status.MarkResourcesUnavailable(v1alpha1.ReasonProgressDeadlineExceeded, "%s", c.Message)
+			}
 		}
 	}
 	switch {
-	case d.Status.ReadyReplicas > 0:
+	case ready > 0:
 		rev.Status.MarkResourcesAvailable()
 		rev.Status.MarkActive()
 	case desired == 0:

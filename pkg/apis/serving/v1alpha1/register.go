@@ -30,6 +30,9 @@ const (
 	LabelRevisionGeneration = GroupName + "/revision-generation"
 	// LabelRole is the replica set's role: unified, prefill or decode.
 	LabelRole = GroupName + "/role"
+	// LabelVariant is the accelerator variant a Deployment's pods run on
+	// (absent without variants).
+	LabelVariant = GroupName + "/variant"
 )
 
 // AnnotationAutoscalerClass on a ModelService (the controller copies it to

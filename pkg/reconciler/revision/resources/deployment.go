@@ -2,7 +2,7 @@ package resources
 
 import (
 	"fmt"
-	"slices"
+	"maps"
 	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -104,37 +104,20 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 	return c, nil
 }
 
-// variant returns the accelerator variant a revision's pods use: the
-// cheapest (the autoscaler spills to others; see issue 5), or nil.
-func variant(rev *v1alpha1.ModelRevision) *v1alpha1.AcceleratorVariant {
-	if len(rev.Spec.Accelerators) == 0 {
-		return nil
-	}
-	vs := append([]v1alpha1.AcceleratorVariant(nil), rev.Spec.Accelerators...)
-	slices.SortStableFunc(vs, func(a, b v1alpha1.AcceleratorVariant) int {
-		switch {
-		case a.Cost < b.Cost:
-			return -1
-		case a.Cost > b.Cost:
-			return 1
-		}
-		return 0
-	})
-	return &vs[0]
-}
-
-// MakeDeployment builds the Deployment of one role of a revision, owned by
-// it. replicas is the desired replica count.
-func MakeDeployment(rev *v1alpha1.ModelRevision, role string, replicas int32, cfg Config) (*appsv1.Deployment, error) {
+// MakeDeployment builds the Deployment of one role of a revision on an
+// accelerator variant (nil without variants), owned by the revision.
+// replicas is the desired replica count.
+func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.AcceleratorVariant, replicas int32, cfg Config) (*appsv1.Deployment, error) {
 	engine, err := engineContainer(rev, role, cfg)
 	if err != nil {
 		return nil, err
 	}
-	engine.Resources = *rev.Spec.Resources.DeepCopy()
+	engine.Resources = rev.Spec.VariantResources(v)
 	var nodeSelector map[string]string
-	if v := variant(rev); v != nil {
-		mergeResources(&engine.Resources, v.Resources)
-		nodeSelector = v.NodeSelector
+	variant := ""
+	if v != nil {
+		nodeSelector = maps.Clone(v.NodeSelector)
+		variant = v.Name
 	}
 	timeout := int64(rev.Spec.TimeoutSeconds)
 	qp := corev1.Container{
@@ -157,7 +140,7 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, replicas int32, cf
 		},
 	}
 	qp.Args = append(qp.Args, "--pod-name", "$(POD_NAME)")
-	labels := Labels(rev, role)
+	labels := DeploymentLabels(rev, role, variant)
 	grace := timeout + drainGrace
 	deadline := cfg.ProgressDeadlineSeconds
 	if deadline == 0 {
@@ -165,14 +148,14 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, replicas int32, cf
 	}
 	d := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            DeploymentName(rev, role),
+			Name:            DeploymentName(rev, role, variant),
 			Namespace:       rev.Namespace,
 			Labels:          labels,
 			OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(rev)},
 		},
 		Spec: appsv1.DeploymentSpec{
 			Replicas:                &replicas,
-			Selector:                &metav1.LabelSelector{MatchLabels: Selector(rev, role)},
+			Selector:                &metav1.LabelSelector{MatchLabels: DeploymentSelector(rev, role, variant)},
 			ProgressDeadlineSeconds: &deadline,
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
@@ -186,22 +169,6 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, replicas int32, cf
 		},
 	}
 	return d, nil
-}
-
-// mergeResources sets the variant's requests and limits over the template's.
-func mergeResources(dst *corev1.ResourceRequirements, src corev1.ResourceRequirements) {
-	if len(src.Limits) > 0 && dst.Limits == nil {
-		dst.Limits = corev1.ResourceList{}
-	}
-	for k, v := range src.Limits {
-		dst.Limits[k] = v
-	}
-	if len(src.Requests) > 0 && dst.Requests == nil {
-		dst.Requests = corev1.ResourceList{}
-	}
-	for k, v := range src.Requests {
-		dst.Requests[k] = v
-	}
 }
 
 // MakeService builds the Service of one role of a revision: its

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,7 +42,7 @@ func TestMakeDeploymentVLLM(t *testing.T) {
 	r := revision(func(r *v1alpha1.ModelRevision) {
 		r.Spec.Resources = corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("1")}}
 	})
-	d, err := MakeDeployment(r, RoleUnified, 2, cfg)
+	d, err := MakeDeployment(r, RoleUnified, nil, 2, cfg)
 	require.NoError(t, err)
 	require.Equal(t, "llama-00002-deployment", d.Name)
 	require.Equal(t, int32(2), *d.Spec.Replicas)
@@ -77,14 +78,31 @@ func TestMakeDeploymentRolesAndVariants(t *testing.T) {
 		}
 	})
 	require.Equal(t, []string{RolePrefill, RoleDecode}, Roles(r))
-	d, err := MakeDeployment(r, RolePrefill, 1, cfg)
+	vs := Variants(r)
+	require.Len(t, vs, 2)
+	require.Equal(t, "ascend", vs[0].Name, "cheapest first")
+	d, err := MakeDeployment(r, RolePrefill, vs[0], 1, cfg)
 	require.NoError(t, err)
-	require.Equal(t, "llama-00002-prefill", d.Name)
+	require.Equal(t, "llama-00002-prefill-ascend", d.Name)
 	engine := container(d, d.Spec.Template.Spec.Containers, "engine")
 	require.Equal(t, "ko://sim", engine.Image)
 	require.Equal(t, []string{"--host", "0.0.0.0", "--port", "8000", "--model", "llama-3-8b", "--role=prefill", "--x=1"}, engine.Args)
-	require.Equal(t, map[string]string{"npu": "910b"}, d.Spec.Template.Spec.NodeSelector, "the cheapest variant")
+	require.Equal(t, map[string]string{"npu": "910b"}, d.Spec.Template.Spec.NodeSelector)
 	require.Contains(t, engine.Resources.Limits, corev1.ResourceName("huawei.com/ascend-910b"))
+	require.Equal(t, "ascend", d.Spec.Template.Labels[v1alpha1.LabelVariant])
+
+	h100, err := MakeDeployment(r, RolePrefill, vs[1], 0, cfg)
+	require.NoError(t, err)
+	require.Equal(t, "llama-00002-prefill-h100", h100.Name)
+	require.Equal(t, map[string]string{"gpu": "h100"}, h100.Spec.Template.Spec.NodeSelector)
+	require.NotEqual(t, d.Spec.Selector.MatchLabels, h100.Spec.Selector.MatchLabels, "variants' Deployments must not share pods")
+	for _, dep := range []*appsv1.Deployment{d, h100} {
+		for k, v := range Selector(r, RolePrefill) {
+			require.Equal(t, v, dep.Spec.Template.Labels[k], "the role's Service selects every variant's pods")
+		}
+	}
+	require.Equal(t, "llama-00002-h100", DeploymentName(r, RoleUnified, "h100"))
+	require.Equal(t, "llama-00002-deployment", DeploymentName(r, RoleUnified, ""))
 
 	svc := MakeService(r, RoleDecode)
 	require.Equal(t, "llama-00002-decode", svc.Name)
@@ -95,6 +113,6 @@ func TestMakeDeploymentRolesAndVariants(t *testing.T) {
 func TestMakeDeploymentErrorsNameTheField(t *testing.T) {
 	_, err := MakeDeployment(revision(func(r *v1alpha1.ModelRevision) {
 		r.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Port: 8000, Command: []string{"serve"}}
-	}), RoleUnified, 1, cfg)
+	}), RoleUnified, nil, 1, cfg)
 	require.ErrorContains(t, err, "spec.engine.image")
 }

@@ -17,12 +17,35 @@ func Roles(rev *v1alpha1.ModelRevision) []string {
 	return []string{RoleUnified}
 }
 
-// DeploymentName is the name of a revision role's Deployment.
-func DeploymentName(rev *v1alpha1.ModelRevision, role string) string {
-	if role == RoleUnified {
-		return rev.Name + "-deployment"
+// Variants returns the accelerator variants a revision's roles run on,
+// cheapest first; one nil entry without variants.
+func Variants(rev *v1alpha1.ModelRevision) []*v1alpha1.AcceleratorVariant {
+	vs := rev.Spec.AcceleratorsByCost()
+	if len(vs) == 0 {
+		return []*v1alpha1.AcceleratorVariant{nil}
 	}
-	return rev.Name + "-" + role
+	out := make([]*v1alpha1.AcceleratorVariant, len(vs))
+	for i := range vs {
+		out[i] = &vs[i]
+	}
+	return out
+}
+
+// DeploymentName is the name of a revision role's Deployment on an
+// accelerator variant ("" without variants): <revision>-deployment,
+// <revision>-<role>, with -<variant> after the revision or role.
+func DeploymentName(rev *v1alpha1.ModelRevision, role, variant string) string {
+	name := rev.Name
+	if role != RoleUnified {
+		name += "-" + role
+	}
+	switch {
+	case variant != "":
+		return name + "-" + variant
+	case role == RoleUnified:
+		return name + "-deployment"
+	}
+	return name
 }
 
 // ServiceName is the name of a revision role's Service.
@@ -43,7 +66,27 @@ func Labels(rev *v1alpha1.ModelRevision, role string) map[string]string {
 	}
 }
 
-// Selector is the pod selector of a revision role.
+// DeploymentLabels are a Deployment's labels and its pod template's: the
+// role's, plus the variant's name when it has one.
+func DeploymentLabels(rev *v1alpha1.ModelRevision, role, variant string) map[string]string {
+	l := Labels(rev, role)
+	if variant != "" {
+		l[v1alpha1.LabelVariant] = variant
+	}
+	return l
+}
+
+// DeploymentSelector picks one Deployment's pods: Deployments of a role's
+// variants must not overlap.
+func DeploymentSelector(rev *v1alpha1.ModelRevision, role, variant string) map[string]string {
+	s := Selector(rev, role)
+	if variant != "" {
+		s[v1alpha1.LabelVariant] = variant
+	}
+	return s
+}
+
+// Selector is the pod selector of a revision role (all its variants).
 func Selector(rev *v1alpha1.ModelRevision, role string) map[string]string {
 	return map[string]string{v1alpha1.LabelRevision: rev.Name, v1alpha1.LabelRole: role}
 }
