@@ -335,12 +335,12 @@ func (p *Platform) Handler() http.Handler {
 
 // RevisionStatus is one revision in /kvasir/replicas.
 type RevisionStatus struct {
-	Service  string          `json:"service"`
-	Model    string          `json:"model"`
-	Revision string          `json:"revision"`
-	Role     string          `json:"role"`
-	Desired  int             `json:"desired"`
-	Ready    int             `json:"ready"`
+	Service  string `json:"service"`
+	Model    string `json:"model"`
+	Revision string `json:"revision"`
+	Role     string `json:"role"`
+	Desired  int    `json:"desired"`
+	Ready    int    `json:"ready"`
 	// Variants splits Desired and Ready by accelerator variant (absent
 	// without variants).
 	Variants    []VariantStatus `json:"variants,omitempty"`

@@ -3,9 +3,9 @@ package local
 import (
 	"cmp"
 	"context"
+	"log/slog"
 	"maps"
 	"slices"
-	"log/slog"
 	"sync"
 	"time"
 
