@@ -248,6 +248,9 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 	}
 	decider.Decide(time.Now(), 0, 0, 0) // the initial-scale decision, taken here
 	t := &scaleTarget{key: key, decider: decider, variants: autoscaler.VariantsOf(&ms.Spec.Template)}
+	if key.Role == activator.RolePrefill {
+		t.ratio = autoscaler.RatioOf(ms.Spec.Template.Roles)
+	}
 	if p.devices != nil {
 		p.devices.setVariants(key, t.variants)
 	}

@@ -38,6 +38,9 @@ type scaleTarget struct {
 	// replicas the decider wanted beyond what the inventory holds.
 	variants    []autoscaler.Variant
 	unplaceable int
+
+	// ratio bounds a prefill role by its decode role (nil: unbounded).
+	ratio *autoscaler.Ratio
 }
 
 // scaler runs the autoscaler's decider for every replica set of local
@@ -144,7 +147,7 @@ func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 		want[t.key] = t.decider.Decide(now, load.Ready, float64(load.Buffered), float64(load.InFlight))
 		waking[t.key] = t.desired == 0 && want[t.key].Desired > 0
 	}
-	couplePrefill(want)
+	s.couplePrefill(want)
 	// Shrinking first frees accelerators; then replica sets waking from
 	// zero claim them before others grow.
 	order := slices.SortedFunc(maps.Keys(want), func(a, b fleet.Key) int {
@@ -183,28 +186,19 @@ func (s *scaler) apply(ctx context.Context, t *scaleTarget, dec autoscaler.Decis
 	t.counts, t.desired = counts, p.Total()
 }
 
-// couplePrefill keeps a disaggregated revision's roles together at zero: a
-// prefill role follows its decode role to zero, and wakes with it (prefill
-// requests are never buffered, so the prefill role sees no demand of its
-// own while it is at zero). Above that each role scales on its own signals.
-func couplePrefill(want map[fleet.Key]autoscaler.Decision) {
+// couplePrefill applies autoscaler.CoupleRoles to every disaggregated
+// revision's prefill decision.
+func (s *scaler) couplePrefill(want map[fleet.Key]autoscaler.Decision) {
 	for key, dec := range want {
 		if key.Role != activator.RolePrefill {
 			continue
 		}
 		decodeKey := key
 		decodeKey.Role = activator.RoleDecode
-		decode, ok := want[decodeKey]
-		if !ok {
-			continue
+		if decode, ok := want[decodeKey]; ok {
+			t := s.targets[key]
+			want[key] = autoscaler.CoupleRoles(decode, dec, t.ratio, t.decider.Clamp)
 		}
-		switch {
-		case decode.Desired == 0 && dec.Desired > 0:
-			dec.Desired, dec.Reason = 0, "its decode role is at zero"
-		case decode.Desired > 0 && dec.Desired == 0:
-			dec.Desired, dec.Reason = 1, "its decode role is awake"
-		}
-		want[key] = dec
 	}
 }
 

@@ -186,6 +186,29 @@ type RolesSpec struct {
 	Prefill *RoleSpec `json:"prefill,omitempty"`
 	// +optional
 	Decode *RoleSpec `json:"decode,omitempty"`
+	// Ratio keeps the prefill replicas within bounds per decode replica;
+	// each role otherwise scales on its own signals. The prefill role's
+	// minScale and maxScale still bound it.
+	// +optional
+	Ratio *RoleRatio `json:"ratio,omitempty"`
+}
+
+// RoleRatio bounds prefill replicas per decode replica, for example
+// {min: 0.25, max: 1}: one prefill replica for every four decode replicas
+// at least, and no more prefill than decode replicas.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.min) || !has(self.max) || self.min <= self.max",message="min must be <= max"
+type RoleRatio struct {
+	// Min prefill replicas per decode replica (rounded up).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Min *float64 `json:"min,omitempty"`
+	// Max prefill replicas per decode replica (rounded down, at least one
+	// while decode runs).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:ExclusiveMinimum=true
+	Max *float64 `json:"max,omitempty"`
 }
 
 // RoleSpec overrides scaling (and engine args) for one role.

@@ -123,6 +123,17 @@ func (t *RevisionTemplate) validate() *apis.FieldError {
 				errs = errs.Also(r.Scaling.validate().ViaField("roles", name, "scaling"))
 			}
 		}
+		if r := t.Roles.Ratio; r != nil {
+			if r.Min != nil && *r.Min < 0 {
+				errs = errs.Also(apis.ErrInvalidValue(*r.Min, "roles.ratio.min", "must be >= 0"))
+			}
+			if r.Max != nil && *r.Max <= 0 {
+				errs = errs.Also(apis.ErrInvalidValue(*r.Max, "roles.ratio.max", "must be > 0"))
+			}
+			if r.Min != nil && r.Max != nil && *r.Min > *r.Max {
+				errs = errs.Also(apis.ErrInvalidValue(*r.Min, "roles.ratio.min", fmt.Sprintf("must be <= max (%g)", *r.Max)))
+			}
+		}
 	}
 	if len(t.Accelerators) > MaxAcceleratorVariants {
 		errs = errs.Also(apis.ErrOutOfBoundsValue(len(t.Accelerators), 0, MaxAcceleratorVariants, "accelerators"))

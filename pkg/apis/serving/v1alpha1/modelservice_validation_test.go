@@ -95,6 +95,15 @@ func TestModelServiceValidate(t *testing.T) {
 		{name: "prefill minScale above maxScale", mutate: func(ms *ModelService) {
 			ms.Spec.Template.Roles.Prefill.Scaling.MinScale = ptr(int32(5))
 		}, paths: []string{"spec.template.roles.prefill.scaling.minScale"}},
+		{name: "PD ratio min above max", mutate: func(ms *ModelService) {
+			ms.Spec.Template.Roles.Ratio = &RoleRatio{Min: ptr(2.0), Max: ptr(1.0)}
+		}, paths: []string{"spec.template.roles.ratio.min"}},
+		{name: "PD ratio max zero", mutate: func(ms *ModelService) {
+			ms.Spec.Template.Roles.Ratio = &RoleRatio{Max: ptr(0.0)}
+		}, paths: []string{"spec.template.roles.ratio.max"}},
+		{name: "PD ratio", mutate: func(ms *ModelService) {
+			ms.Spec.Template.Roles.Ratio = &RoleRatio{Min: ptr(0.25), Max: ptr(1.0)}
+		}},
 		{name: "maxScale 0 is unbounded", mutate: func(ms *ModelService) {
 			ms.Spec.Template.Scaling.MinScale, ms.Spec.Template.Scaling.MaxScale = ptr(int32(5)), ptr(int32(0))
 		}},
