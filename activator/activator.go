@@ -236,6 +236,21 @@ func (a *Activator) lookupRevision(key fleet.Key) *revision {
 	return a.revs[key]
 }
 
+// Loads returns the load of every revision role the activator knows.
+func (a *Activator) Loads() map[fleet.Key]Load {
+	a.revMu.Lock()
+	revs := make(map[fleet.Key]*revision, len(a.revs))
+	for k, r := range a.revs {
+		revs[k] = r
+	}
+	a.revMu.Unlock()
+	out := make(map[fleet.Key]Load, len(revs))
+	for k, r := range revs {
+		out[k] = r.load()
+	}
+	return out
+}
+
 // SetEndpoints replaces the ready endpoints of a revision; buffered requests
 // are released to them at once. Unknown revisions are ignored.
 func (a *Activator) SetEndpoints(key fleet.Key, eps []fleet.Endpoint) {

@@ -157,6 +157,15 @@ func NewDecider(cfg Config, now time.Time) (*Decider, error) {
 	return &Decider{cfg: cfg, lastDemand: now}, nil
 }
 
+// Resume starts a decider on a replica set that already runs n replicas
+// (a controller restart, or a Deployment created at its initial scale):
+// no initial-scale decision, and the grace period before zero counts from
+// the decider's creation.
+func (d *Decider) Resume(n int) {
+	d.started = true
+	d.last = n
+}
+
 // Record adds an observation.
 func (d *Decider) Record(t time.Time, s Signals) {
 	d.concurrency.record(t, s.Concurrency)

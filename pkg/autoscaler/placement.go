@@ -107,3 +107,17 @@ func Place(variants []Variant, free map[string]int, n int) Placement {
 	}
 	return p
 }
+
+// Priority orders replica sets within one placement pass: those shrinking
+// first (they free accelerators), then those waking from zero (first
+// claim on what is free, so a model at zero is not starved by others
+// growing), then the rest.
+func Priority(current, desired int) int {
+	switch {
+	case desired < current:
+		return 0
+	case current == 0 && desired > 0:
+		return 1
+	}
+	return 2
+}

@@ -48,3 +48,53 @@ func AcceleratorNeed(r corev1.ResourceRequirements) map[string]int {
 func IsAccelerator(name string) bool {
 	return strings.Contains(name, "/") && !strings.HasPrefix(name, "hugepages-")
 }
+
+// ConfigOf turns a defaulted scaling spec into the decider's config; the
+// initial scale is given apart (callers bound it by minScale, maxScale and
+// what else they know).
+func ConfigOf(sc v1alpha1.ScalingSpec, initial int) Config {
+	cfg := Config{InitialScale: initial}
+	if sc.MinScale != nil {
+		cfg.MinScale = int(*sc.MinScale)
+	}
+	if sc.MaxScale != nil {
+		cfg.MaxScale = int(*sc.MaxScale)
+	}
+	if sc.StableWindow != nil {
+		cfg.StableWindow = sc.StableWindow.Duration
+	}
+	if sc.ScaleToZeroGracePeriod != nil {
+		cfg.ScaleToZeroGracePeriod = sc.ScaleToZeroGracePeriod.Duration
+	}
+	if sc.PanicWindowPercent != nil {
+		cfg.PanicWindowPercent = float64(*sc.PanicWindowPercent)
+	}
+	if sc.PanicThresholdPercent != nil {
+		cfg.PanicThresholdPercent = float64(*sc.PanicThresholdPercent)
+	}
+	if tg := sc.Target; tg != nil {
+		cfg.Targets = Targets{Concurrency: tg.Concurrency, KVCacheUsage: tg.KVCacheUsage,
+			WaitingRequests: tg.WaitingRequests, TokensPerSecond: tg.TokensPerSecond}
+	}
+	if cfg.Targets == (Targets{}) {
+		c := v1alpha1.DefaultTargetConcurrency
+		cfg.Targets.Concurrency = &c
+	}
+	return cfg
+}
+
+// InitialScale is a role's first replica count: initialScale, at least
+// minScale (and least), at most maxScale when bounded.
+func InitialScale(sc v1alpha1.ScalingSpec, least int) int {
+	n := least
+	if sc.InitialScale != nil {
+		n = max(n, int(*sc.InitialScale))
+	}
+	if sc.MinScale != nil {
+		n = max(n, int(*sc.MinScale))
+	}
+	if sc.MaxScale != nil && *sc.MaxScale > 0 {
+		n = min(n, int(*sc.MaxScale))
+	}
+	return n
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/kvasir-serving/kvasir/activator/kube"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -46,6 +48,9 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	routingFlag := fs.String("routing", "", "scheduler plugins as name[:weight],... (default kv-cache-aware:3,least-request:2)")
 	onKube := fs.Bool("kubernetes", false, "route what the cluster's ModelServices say (in-cluster or $KUBECONFIG credentials)")
 	namespace := fs.String("namespace", "", "with --kubernetes: watch only this namespace (default: all)")
+	autoscalerURL := fs.String("autoscaler-url", "ws://autoscaler.kvasir-serving.svc.cluster.local:8080",
+		"with --kubernetes: where to report demand to the autoscaler (empty: do not report)")
+	podName := fs.String("pod-name", os.Getenv("POD_NAME"), "this activator's name in its reports (default $POD_NAME, else the host name)")
 	var backends stringList
 	fs.Var(&backends, "backend", "queue-proxy address host:port (repeatable, at least one; without --kubernetes)")
 	RegisterActivatorFlags(fs, &cfg)
@@ -69,11 +74,26 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 		return UsageError{"--routing: " + err.Error()}
 	}
 	reg := prometheus.NewRegistry()
-	act, err := activator.New(cfg, activator.WithLogger(log), activator.WithRegisterer(reg), activator.WithStatsStreams(*followStats))
+	demand := make(chan struct{}, 1) // a request was buffered: report at once
+	act, err := activator.New(cfg, activator.WithLogger(log), activator.WithRegisterer(reg), activator.WithStatsStreams(*followStats),
+		activator.WithOnDemand(func(fleet.Key) {
+			select {
+			case demand <- struct{}{}:
+			default:
+			}
+		}))
 	if err != nil {
 		return err
 	}
 	defer act.Close()
+	if *onKube && *autoscalerURL != "" {
+		name := *podName
+		if name == "" {
+			name, _ = os.Hostname()
+		}
+		go stats.Report(ctx, strings.TrimSuffix(*autoscalerURL, "/"), time.Second, demand,
+			func() stats.ActivatorReport { return activatorReport(name, act) }, log)
+	}
 	if *onKube {
 		restCfg, err := ctrl.GetConfig()
 		if err != nil {
@@ -140,6 +160,16 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	return nil
+}
+
+// activatorReport is what an activator tells the autoscaler.
+func activatorReport(name string, act *activator.Activator) stats.ActivatorReport {
+	r := stats.ActivatorReport{Activator: name, Time: time.Now()}
+	for k, l := range act.Loads() {
+		r.Loads = append(r.Loads, stats.RevisionLoad{Namespace: k.Namespace, Service: k.Service, Revision: k.Revision,
+			Role: k.Role, InFlight: l.InFlight, Buffered: l.Buffered, Ready: l.Ready})
+	}
+	return r
 }
 
 // ParseRouting parses "name[:weight],..." into routing plugins ("" = none,

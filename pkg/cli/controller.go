@@ -3,27 +3,34 @@ package cli
 import (
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/autoscaling"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/modelservice"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 )
 
 // ControllerMain runs the Kvasir controller: the ModelService and
-// ModelRevision reconcilers in a controller-runtime manager with leader
-// election.
+// ModelRevision reconcilers and the autoscaler in a controller-runtime
+// manager with leader election.
 func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -38,6 +45,10 @@ func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error 
 	probeAddr := fs.String("health-probe-addr", ":8081", "/healthz and /readyz address")
 	keep := fs.Int("keep-revisions", 2, "unreferenced revisions kept per service for rollback")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	autoscalerAddr := fs.String("autoscaler-addr", ":8080", "where the leader's autoscaler receives the activators' reports")
+	autoscalerSvc := fs.String("autoscaler-service", "autoscaler",
+		"selector-less Service (in --leader-election-namespace) whose endpoint the leader sets to $POD_IP (empty: none)")
+	tick := fs.Duration("autoscaler-tick", time.Second, "the autoscaler's decision period")
 	if err := fs.Parse(args); err != nil {
 		return UsageError{err.Error()}
 	}
@@ -88,6 +99,24 @@ func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error 
 		return err
 	}
 	if err := (&revision.Reconciler{Client: mgr.GetClient(), Events: recorder, Resources: res}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	as := &autoscaling.Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: recorder, Log: log.With(slog.String("component", "autoscaler")),
+		Registerer: ctrlmetrics.Registry, Addr: *autoscalerAddr, Tick: *tick}
+	if ip := os.Getenv("POD_IP"); *autoscalerSvc != "" && ip != "" {
+		_, port, err := net.SplitHostPort(*autoscalerAddr)
+		if err != nil {
+			return UsageError{fmt.Sprintf("--autoscaler-addr %q: %v", *autoscalerAddr, err)}
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return UsageError{fmt.Sprintf("--autoscaler-addr %q: port: %v", *autoscalerAddr, err)}
+		}
+		as.Endpoint = &autoscaling.LeaderEndpoint{Namespace: *leaderNS, Service: *autoscalerSvc, IP: ip, Port: int32(p), PortName: "http"}
+	} else if *autoscalerSvc != "" {
+		log.Warn("POD_IP is not set: the activators reach this autoscaler only if the Service selects it", slog.String("service", *autoscalerSvc))
+	}
+	if err := mgr.Add(as); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", func(*http.Request) error { return nil }); err != nil {

@@ -227,21 +227,8 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 			onReady()
 		}
 	})
-	initial := max(int(*sc.InitialScale), int(*sc.MinScale), minInitial)
-	if maxScale := int(*sc.MaxScale); maxScale > 0 && initial > maxScale {
-		initial = maxScale
-	}
-	cfg := autoscaler.Config{MinScale: int(*sc.MinScale), MaxScale: int(*sc.MaxScale), InitialScale: initial,
-		StableWindow: sc.StableWindow.Duration, ScaleToZeroGracePeriod: sc.ScaleToZeroGracePeriod.Duration,
-		PanicWindowPercent: float64(*sc.PanicWindowPercent), PanicThresholdPercent: float64(*sc.PanicThresholdPercent)}
-	if tg := sc.Target; tg != nil {
-		cfg.Targets = autoscaler.Targets{Concurrency: tg.Concurrency, KVCacheUsage: tg.KVCacheUsage,
-			WaitingRequests: tg.WaitingRequests, TokensPerSecond: tg.TokensPerSecond}
-	}
-	if cfg.Targets == (autoscaler.Targets{}) {
-		c := v1alpha1.DefaultTargetConcurrency
-		cfg.Targets.Concurrency = &c
-	}
+	initial := autoscaler.InitialScale(sc, minInitial)
+	cfg := autoscaler.ConfigOf(sc, initial)
 	decider, err := autoscaler.NewDecider(cfg, time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("ModelService %q: spec.template.scaling: %w", ms.Name, err)

@@ -29,15 +29,14 @@ type scaleTarget struct {
 	desired int            // the sum of counts
 	counts  map[string]int // replicas per accelerator variant
 
-	// Cumulative token counters per pod at the last tick, for the rate.
-	tokens map[string]uint64
-	last   time.Time
+	rate autoscaler.TokenRate
 
 	// variants are where a replica can run, cheapest first (one unnamed
 	// variant without accelerator variants); unplaceable is how many
 	// replicas the decider wanted beyond what the inventory holds.
 	variants    []autoscaler.Variant
 	unplaceable int
+	message     string // the last unplaceable message, "" when all fit
 
 	// ratio bounds a prefill role by its decode role (nil: unbounded).
 	ratio *autoscaler.Ratio
@@ -136,31 +135,20 @@ func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	want := make(map[fleet.Key]autoscaler.Decision, len(s.targets))
-	waking := map[fleet.Key]bool{}
 	for _, t := range s.targets {
 		load, ok := s.loads.Load(t.key)
 		if !ok {
 			continue
 		}
-		sig := t.signals(load, s.loads.PodStats(t.key), now)
+		sig := t.rate.Observe(load.InFlight, load.Buffered, s.loads.PodStats(t.key), now)
 		t.decider.Record(now, sig)
 		want[t.key] = t.decider.Decide(now, load.Ready, float64(load.Buffered), float64(load.InFlight))
-		waking[t.key] = t.desired == 0 && want[t.key].Desired > 0
 	}
 	s.couplePrefill(want)
-	// Shrinking first frees accelerators; then replica sets waking from
-	// zero claim them before others grow.
 	order := slices.SortedFunc(maps.Keys(want), func(a, b fleet.Key) int {
-		rank := func(k fleet.Key) int {
-			switch {
-			case want[k].Desired < s.targets[k].desired:
-				return 0
-			case waking[k]:
-				return 1
-			}
-			return 2
-		}
-		return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(a.String(), b.String()))
+		pa := autoscaler.Priority(s.targets[a].desired, want[a].Desired)
+		pb := autoscaler.Priority(s.targets[b].desired, want[b].Desired)
+		return cmp.Or(cmp.Compare(pa, pb), cmp.Compare(a.String(), b.String()))
 	})
 	for _, key := range order {
 		s.apply(ctx, s.targets[key], want[key])
@@ -170,9 +158,12 @@ func (s *scaler) decideAll(ctx context.Context, now time.Time) {
 // apply places a decision on the variants and scales to it.
 func (s *scaler) apply(ctx context.Context, t *scaleTarget, dec autoscaler.Decision) {
 	counts, p := s.place(t, dec.Desired)
-	if p.Unplaceable > 0 {
-		s.log.Warn("not enough accelerators for the replicas the autoscaler wants", slog.String("replicaSet", t.key.String()),
-			slog.Int("wanted", dec.Desired), slog.Int("placeable", p.Total()), slog.Any("missing", p.Missing))
+	if msg := p.Message(); msg != t.message { // said once per change, not every decision
+		if msg != "" {
+			s.log.Warn("not enough accelerators for the replicas the autoscaler wants", slog.String("replicaSet", t.key.String()),
+				slog.Int("wanted", dec.Desired), slog.Int("placeable", p.Total()), slog.Any("missing", p.Missing))
+		}
+		t.message = msg
 	}
 	if maps.Equal(counts, t.counts) {
 		return
@@ -200,31 +191,4 @@ func (s *scaler) couplePrefill(want map[fleet.Key]autoscaler.Decision) {
 			want[key] = autoscaler.CoupleRoles(decode, dec, t.ratio, t.decider.Clamp)
 		}
 	}
-}
-
-// signals turns the activators' load and the pods' reports into the
-// decider's observation; the token rate is the growth of the pods'
-// cumulative counters since the last tick.
-func (t *scaleTarget) signals(load activator.Load, pods []*stats.Stat, now time.Time) autoscaler.Signals {
-	s := autoscaler.Signals{Concurrency: float64(load.InFlight + load.Buffered), Buffered: float64(load.Buffered)}
-	var kv float64
-	var tokens uint64
-	seen := make(map[string]uint64, len(pods))
-	for _, p := range pods {
-		s.Waiting += p.Engine.Waiting
-		kv += p.Engine.KVCacheUsage
-		total := p.PromptTokens + p.CompletionTokens
-		if prev, ok := t.tokens[p.Pod]; ok && total >= prev {
-			tokens += total - prev
-		}
-		seen[p.Pod] = total
-	}
-	if len(pods) > 0 {
-		s.KVCacheUsage = kv / float64(len(pods))
-	}
-	if dt := now.Sub(t.last).Seconds(); !t.last.IsZero() && dt > 0 {
-		s.TokensPerSecond = float64(tokens) / dt
-	}
-	t.tokens, t.last = seen, now
-	return s
 }

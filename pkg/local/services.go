@@ -227,10 +227,7 @@ func (p *Platform) startRevision(r *localRevision, first bool) error {
 		name string
 		spec *v1alpha1.RoleSpec
 	}{{activator.RolePrefill, tmpl.Roles.Prefill}, {activator.RoleDecode, tmpl.Roles.Decode}} {
-		scaling := tmpl.Scaling
-		if role.spec.Scaling != nil {
-			scaling = *role.spec.Scaling
-		}
+		scaling := tmpl.RoleScaling(role.name)
 		args := role.spec.Args
 		if tmpl.Engine.Type == v1alpha1.EngineSim {
 			args = append([]string{"--role=" + role.name}, args...)

@@ -104,6 +104,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 			},
 			Spec: want,
 		}
+		if class := ms.Annotations[v1alpha1.AnnotationAutoscalerClass]; class != "" {
+			rev.Annotations = map[string]string{v1alpha1.AnnotationAutoscalerClass: class}
+		}
 		// The serving role starts at its initial scale, at least its
 		// minScale; the autoscaler (or an external one) moves it from there.
 		rev.SetDefaults()
@@ -116,6 +119,26 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		r.event(ms, corev1.EventTypeNormal, "Created", "Created revision %s", rev.Name)
 		revs = append(revs, rev)
+	}
+
+	// The autoscaler class follows the service on every revision.
+	for _, rev := range revs {
+		class := ms.Annotations[v1alpha1.AnnotationAutoscalerClass]
+		if rev.Annotations[v1alpha1.AnnotationAutoscalerClass] == class {
+			continue
+		}
+		patch := client.MergeFrom(rev.DeepCopy())
+		if class == "" {
+			delete(rev.Annotations, v1alpha1.AnnotationAutoscalerClass)
+		} else {
+			if rev.Annotations == nil {
+				rev.Annotations = map[string]string{}
+			}
+			rev.Annotations[v1alpha1.AnnotationAutoscalerClass] = class
+		}
+		if err := r.Client.Patch(ctx, rev, patch); err != nil {
+			return reconcile.Result{}, fmt.Errorf("revision %s: autoscaler class: %w", rev.Name, err)
+		}
 	}
 
 	latest := revs[len(revs)-1]

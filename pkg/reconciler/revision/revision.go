@@ -170,9 +170,11 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d
 	if err := r.Client.List(ctx, pods, client.InNamespace(rev.Namespace), client.MatchingLabels(resources.Selector(rev, role))); err != nil {
 		return fmt.Errorf("listing pods: %w", err)
 	}
+	unavailable := false // said so in this pass (what an earlier pass said does not stick)
 	if reason, msg := podTrouble(pods.Items); reason != "" {
 		if reason == v1alpha1.ReasonUnschedulable {
 			rev.Status.MarkResourcesUnavailable(reason, "%s", msg)
+			unavailable = true
 		} else {
 			rev.Status.MarkContainerUnhealthy(reason, "%s", msg)
 		}
@@ -183,10 +185,16 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d
 		for _, c := range d.Status.Conditions {
 			if c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded" {
 				rev.Status.MarkResourcesUnavailable(v1alpha1.ReasonProgressDeadlineExceeded, "%s", c.Message)
+				unavailable = true
 			}
 		}
 	}
+	capacity := rev.Status.GetCondition(v1alpha1.RevisionConditionCapacityAvailable)
 	switch {
+	case ready == 0 && desired == 0 && capacity != nil && capacity.IsFalse():
+		// The autoscaler wants replicas and nothing can take one.
+		rev.Status.MarkResourcesUnavailable(capacity.Reason, "%s", capacity.Message)
+		rev.Status.MarkActivating(capacity.Reason, "%s", capacity.Message)
 	case ready > 0:
 		rev.Status.MarkResourcesAvailable()
 		rev.Status.MarkActive()
@@ -194,7 +202,7 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d
 		rev.Status.MarkResourcesAvailable()
 		rev.Status.MarkInactive(v1alpha1.ReasonNoTraffic, "scaled to zero")
 	default:
-		if c := rev.Status.GetCondition(v1alpha1.RevisionConditionResourcesAvailable); c == nil || !c.IsFalse() {
+		if !unavailable {
 			rev.Status.MarkResourcesAvailableUnknown(v1alpha1.ReasonDeploying, "waiting for %d replica(s) to be ready", desired)
 		}
 		rev.Status.MarkActivating(v1alpha1.ReasonDeploying, "waiting for a ready replica")

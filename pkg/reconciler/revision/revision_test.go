@@ -66,7 +66,9 @@ func TestRevisionDeploysAndReportsWhy(t *testing.T) {
 	require.Equal(t, "llama-00001", d.OwnerReferences[0].Name)
 	require.Equal(t, int32(1), *d.Spec.Replicas)
 	svc := &corev1.Service{}
-	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00001"}, svc))
+	require.Eventually(t, func() bool { // made right after the Deployment
+		return c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00001"}, svc) == nil
+	}, wait, tick)
 	require.Eventually(t, func() bool {
 		s, reason := readyOf(t, c, "llama-00001")
 		return s == "Unknown" && reason == v1alpha1.ReasonDeploying

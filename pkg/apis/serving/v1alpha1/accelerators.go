@@ -35,3 +35,19 @@ func (t *RevisionTemplate) VariantResources(v *AcceleratorVariant) corev1.Resour
 	merge(&r.Requests, v.Resources.Requests)
 	return r
 }
+
+// RoleScaling returns the scaling of a role ("prefill" or "decode"): the
+// role's own when it has one, else the template's. Defaulted templates
+// have every role field filled.
+func (t *RevisionTemplate) RoleScaling(role string) ScalingSpec {
+	if t.Roles != nil {
+		r := t.Roles.Decode
+		if role == "prefill" {
+			r = t.Roles.Prefill
+		}
+		if r != nil && r.Scaling != nil {
+			return *r.Scaling
+		}
+	}
+	return t.Scaling
+}

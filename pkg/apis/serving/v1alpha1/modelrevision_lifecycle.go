@@ -27,6 +27,12 @@ const (
 	// (True), is scaled to zero (False, ReasonNoTraffic) or is scaling from
 	// zero (Unknown, ReasonActivating).
 	RevisionConditionActive apis.ConditionType = "Active"
+	// RevisionConditionCapacityAvailable is the autoscaler's: True when
+	// every replica it wants can be placed, False with
+	// ReasonInsufficientAccelerators and the missing resources otherwise.
+	// Informational; when nothing can be placed and nothing is ready,
+	// ResourcesAvailable turns False with the same reason.
+	RevisionConditionCapacityAvailable apis.ConditionType = "CapacityAvailable"
 )
 
 // Reasons of the ModelRevision conditions (Kubernetes' own reasons, for
@@ -39,6 +45,7 @@ const (
 	ReasonEngineFailed             = "EngineFailed"
 	ReasonNoTraffic                = "NoTraffic"
 	ReasonActivating               = "Activating"
+	ReasonInsufficientAccelerators = "InsufficientAccelerators"
 )
 
 var modelRevisionCondSet = apis.NewLivingConditionSet(
@@ -144,4 +151,16 @@ func (s *ModelRevisionStatus) MarkInactive(reason, messageFormat string, message
 func (s *ModelRevisionStatus) SetReplicas(desired, actual int32) {
 	s.DesiredReplicas = &desired
 	s.ActualReplicas = &actual
+}
+
+// MarkCapacityAvailable records that the autoscaler placed every replica
+// it wants.
+func (s *ModelRevisionStatus) MarkCapacityAvailable() {
+	modelRevisionCondSet.Manage(s).MarkTrue(RevisionConditionCapacityAvailable)
+}
+
+// MarkCapacityUnavailable records replicas the autoscaler wants and cannot
+// place, naming the missing resources.
+func (s *ModelRevisionStatus) MarkCapacityUnavailable(messageFormat string, messageA ...any) {
+	modelRevisionCondSet.Manage(s).MarkFalse(RevisionConditionCapacityAvailable, ReasonInsufficientAccelerators, messageFormat, messageA...)
 }

@@ -25,9 +25,11 @@ import (
 // (prefill follows the autoscaler). It is always present (the API server
 // defaults it to 1; the controller creates revisions with the role's
 // initialScale), because the scale subresource fails on a missing field.
-// Kvasir's autoscaler writes it too, as a Deployment's HPA does, unless the
-// revision is annotated AnnotationAutoscalerClass: AutoscalerClassExternal,
-// which leaves it to the external scaler.
+// With AnnotationAutoscalerClass: AutoscalerClassExternal the external
+// scaler's count is what runs (Kvasir's autoscaler still places it on the
+// accelerator variants within capacity). Otherwise Kvasir's autoscaler
+// decides from its own signals and spec.replicas only gives the initial
+// scale; status.desiredReplicas and status.actualReplicas say what runs.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
@@ -71,8 +73,8 @@ type ModelRevisionSpec struct {
 	// +kubebuilder:validation:items:Pattern=`^[^@]+$`
 	LoRAAdapters []string `json:"loraAdapters,omitempty"`
 	// Replicas is the desired replica count of the serving role, written
-	// through the scale subresource by Kvasir's autoscaler or, with
-	// AutoscalerClassExternal, by an external scaler.
+	// through the scale subresource by an external scaler (with
+	// AutoscalerClassExternal); otherwise the initial scale.
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=0

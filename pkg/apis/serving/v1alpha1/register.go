@@ -36,10 +36,12 @@ const (
 )
 
 // AnnotationAutoscalerClass on a ModelService (the controller copies it to
-// its revisions) chooses who writes a revision's spec.replicas:
-// AutoscalerClassKvasir (the default) or AutoscalerClassExternal (an HPA,
-// KEDA or `kubectl scale`; Kvasir's autoscaler then leaves the revision
-// alone).
+// its revisions) chooses who decides a revision's replica count:
+// AutoscalerClassKvasir (the default: Kvasir's autoscaler, on its LLM
+// signals) or AutoscalerClassExternal (an HPA, KEDA or `kubectl scale`
+// writing spec.replicas through the revision's scale subresource; Kvasir's
+// autoscaler then only places that count on accelerator variants within
+// capacity).
 const (
 	AnnotationAutoscalerClass = "autoscaling.kvasir.dev/class"
 	AutoscalerClassKvasir     = "kvasir"

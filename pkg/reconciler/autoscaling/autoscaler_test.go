@@ -1,0 +1,253 @@
+package autoscaling
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"knative.dev/pkg/apis"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+	"github.com/kvasir-serving/kvasir/pkg/stats"
+	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
+)
+
+const wait, tick = 30 * time.Second, 20 * time.Millisecond
+
+type env struct {
+	c   client.Client
+	url string // ws://host:port of the autoscaler's report listener
+	reg *prometheus.Registry
+}
+
+// start runs the revision reconciler and the autoscaler against a real API
+// server. There is no scheduler or kubelet: the test plays them (nodes,
+// bound pods, Deployment status).
+func start(t *testing.T) env {
+	t.Helper()
+	cfg := kubetest.Start(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	t.Cleanup(kubetest.Manager(t, cfg, func(mgr ctrl.Manager) error {
+		rec := mgr.GetEventRecorder("kvasir-controller")
+		if err := (&revision.Reconciler{Client: mgr.GetClient(), Events: rec,
+			Resources: resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"}}).SetupWithManager(mgr); err != nil {
+			return err
+		}
+		return mgr.Add(&Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: rec, Registerer: reg,
+			Listener: ln, Tick: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+	}))
+	return env{c: kubetest.Client(t, cfg), url: "ws://" + ln.Addr().String(), reg: reg}
+}
+
+func addNode(t *testing.T, c client.Client, name string, alloc corev1.ResourceList) {
+	t.Helper()
+	ctx := context.Background()
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	require.NoError(t, c.Create(ctx, n))
+	n.Status.Allocatable, n.Status.Capacity = alloc, alloc
+	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}
+	require.NoError(t, c.Status().Update(ctx, n))
+}
+
+func gpus(n string) corev1.ResourceList {
+	return corev1.ResourceList{"nvidia.com/gpu": resource.MustParse(n)}
+}
+
+func newRevision(name string, mutate func(*v1alpha1.ModelRevision)) *v1alpha1.ModelRevision {
+	rev := &v1alpha1.ModelRevision{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default",
+		Labels: map[string]string{v1alpha1.LabelService: strings.TrimSuffix(name, "-00001"), v1alpha1.LabelRevisionGeneration: "1"}}}
+	rev.Spec.Model = "m"
+	rev.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Port: 8000}
+	rev.Spec.TimeoutSeconds = 600
+	rev.Spec.SetDefaults()
+	zero, five, one := int32(0), int32(5), 1.0
+	rev.Spec.Scaling.MinScale, rev.Spec.Scaling.MaxScale, rev.Spec.Scaling.InitialScale = &zero, &five, &zero
+	rev.Spec.Scaling.Target = &v1alpha1.ScalingTarget{Concurrency: &one}
+	rev.Spec.Replicas = &zero // as the ModelService reconciler creates it: the initial scale
+	mutate(rev)
+	return rev
+}
+
+// demand reports, as an activator would, requests buffered for revisions
+// at zero, until the test ends.
+func reportDemand(t *testing.T, url string, loads ...stats.RevisionLoad) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		stats.Report(ctx, url, 50*time.Millisecond, nil, func() stats.ActivatorReport {
+			return stats.ActivatorReport{Activator: "activator-test", Time: time.Now(), Loads: loads}
+		}, slog.New(slog.DiscardHandler))
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func replicas(t *testing.T, c client.Client, name string) int32 {
+	d := &appsv1.Deployment{}
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, d); err != nil {
+		return -1
+	}
+	return *d.Spec.Replicas
+}
+
+func condition(t *testing.T, c client.Client, name string, typ apis.ConditionType) (status, reason, message string) {
+	rev := &v1alpha1.ModelRevision{}
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, rev))
+	if cond := rev.Status.GetCondition(typ); cond != nil {
+		return string(cond.Status), cond.Reason, cond.Message
+	}
+	return "", "", ""
+}
+
+// gauge reads one series of a gauge from the registry (-1: absent).
+func gauge(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	fams, err := reg.Gather()
+	require.NoError(t, err)
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if got[k] != v {
+					continue next
+				}
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+func hasEvent(t *testing.T, c client.Client, object, reason string) bool {
+	var evs eventsv1.EventList
+	require.NoError(t, c.List(context.Background(), &evs, client.InNamespace("default")))
+	for _, e := range evs.Items {
+		if e.Regarding.Name == object && e.Reason == reason {
+			return true
+		}
+	}
+	return false
+}
+
+// Nodes' allocatable accelerators, minus what bound pods take, bound the
+// replicas the autoscaler asks for; the revision says what is missing
+// (condition, event, metric) until nodes with room join.
+func TestCapacityFromNodesDrivesPlacementAndStatus(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	addNode(t, e.c, "gpu-1", gpus("1"))
+	// Another workload holds the only GPU.
+	other := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "training", Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: "gpu-1", Containers: []corev1.Container{{Name: "c", Image: "x",
+			Resources: corev1.ResourceRequirements{Limits: gpus("1"), Requests: gpus("1")}}}}}
+	require.NoError(t, e.c.Create(ctx, other))
+
+	rev := newRevision("llama-00001", func(r *v1alpha1.ModelRevision) { r.Spec.Resources.Limits = gpus("1") })
+	require.NoError(t, e.c.Create(ctx, rev))
+	require.Eventually(t, func() bool { return replicas(t, e.c, "llama-00001-deployment") == 0 }, wait, tick,
+		"created at its initial scale, zero")
+
+	// Twenty requests wait at the activator: the decider wants maxScale (5)
+	// and nothing can take one: the revision is not ready, and says why.
+	reportDemand(t, e.url, stats.RevisionLoad{Namespace: "default", Service: "llama", Revision: "llama-00001", Buffered: 20})
+	role := map[string]string{"namespace": "default", "service": "llama", "revision": "llama-00001", "role": "unified"}
+	require.Eventually(t, func() bool { return gauge(t, e.reg, "kvasir_autoscaler_desired_replicas", role) == 5 }, wait, tick)
+	require.Eventually(t, func() bool {
+		s, reason, msg := condition(t, e.c, "llama-00001", apis.ConditionReady)
+		return s == "False" && reason == v1alpha1.ReasonInsufficientAccelerators &&
+			strings.Contains(msg, "unified: 5 replica(s) cannot be placed: not enough free nvidia.com/gpu")
+	}, wait, tick)
+	require.Equal(t, int32(0), replicas(t, e.c, "llama-00001-deployment"))
+	require.Equal(t, 5.0, gauge(t, e.reg, "kvasir_revision_unplaceable_replicas", role))
+	require.Eventually(t, func() bool { return hasEvent(t, e.c, "llama-00001", v1alpha1.ReasonInsufficientAccelerators) }, wait, tick)
+
+	// A node with two GPUs joins: two replicas are placed, three are not.
+	addNode(t, e.c, "gpu-2", gpus("2"))
+	require.Eventually(t, func() bool { return replicas(t, e.c, "llama-00001-deployment") == 2 }, wait, tick)
+	require.Eventually(t, func() bool {
+		s, _, msg := condition(t, e.c, "llama-00001", v1alpha1.RevisionConditionCapacityAvailable)
+		return s == "False" && strings.Contains(msg, "3 replica(s) cannot be placed: not enough free nvidia.com/gpu")
+	}, wait, tick)
+	require.Eventually(t, func() bool {
+		s, _, _ := condition(t, e.c, "llama-00001", apis.ConditionReady)
+		return s == "Unknown" // deploying: placed replicas are starting
+	}, wait, tick)
+	require.Eventually(t, func() bool { return hasEvent(t, e.c, "llama-00001", "Scaled") }, wait, tick)
+
+	// A node with room joins: all five are placed and the condition clears.
+	addNode(t, e.c, "gpu-3", gpus("8"))
+	require.Eventually(t, func() bool { return replicas(t, e.c, "llama-00001-deployment") == 5 }, wait, tick)
+	require.Eventually(t, func() bool {
+		s, _, _ := condition(t, e.c, "llama-00001", v1alpha1.RevisionConditionCapacityAvailable)
+		return s == "True"
+	}, wait, tick)
+	require.Equal(t, 0.0, gauge(t, e.reg, "kvasir_revision_unplaceable_replicas", role))
+}
+
+// With accelerator variants, the cheaper one's Deployment fills first and
+// the rest spills to the dearer one, each bounded by its nodes' resource.
+func TestVariantsSpillByCost(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	addNode(t, e.c, "npu-1", corev1.ResourceList{"huawei.com/ascend-910b": resource.MustParse("1")})
+	addNode(t, e.c, "gpu-1", gpus("4"))
+	rev := newRevision("qwen-00001", func(r *v1alpha1.ModelRevision) {
+		r.Spec.Accelerators = []v1alpha1.AcceleratorVariant{
+			{Name: "h100", Cost: 3, Resources: corev1.ResourceRequirements{Limits: gpus("1")}},
+			{Name: "ascend", Cost: 2, Resources: corev1.ResourceRequirements{
+				Limits: corev1.ResourceList{"huawei.com/ascend-910b": resource.MustParse("1")}}},
+		}
+	})
+	require.NoError(t, e.c.Create(ctx, rev))
+	reportDemand(t, e.url, stats.RevisionLoad{Namespace: "default", Service: "qwen", Revision: "qwen-00001", Buffered: 3})
+	require.Eventually(t, func() bool {
+		return replicas(t, e.c, "qwen-00001-ascend") == 1 && replicas(t, e.c, "qwen-00001-h100") == 2
+	}, wait, tick, "one on the NPU, the rest on GPUs")
+	v := map[string]string{"service": "qwen", "role": "unified", "variant": "h100"}
+	require.Equal(t, 2.0, gauge(t, e.reg, "kvasir_revision_desired_replicas", v))
+	s, _, _ := condition(t, e.c, "qwen-00001", v1alpha1.RevisionConditionCapacityAvailable)
+	require.NotEqual(t, "False", s)
+
+	// An external scaler (HPA, KEDA, kubectl scale) sets spec.replicas on a
+	// revision of the external class: that count runs, placed by cost
+	// within what is left (one NPU is taken, two GPUs are free).
+	ext := newRevision("ext-00001", func(r *v1alpha1.ModelRevision) {
+		r.Annotations = map[string]string{v1alpha1.AnnotationAutoscalerClass: v1alpha1.AutoscalerClassExternal}
+		r.Spec.Accelerators = rev.Spec.Accelerators
+	})
+	require.NoError(t, e.c.Create(ctx, ext))
+	require.Eventually(t, func() bool { return replicas(t, e.c, "ext-00001-h100") == 0 }, wait, tick)
+	patch := client.MergeFrom(ext.DeepCopy())
+	three := int32(3)
+	ext.Spec.Replicas = &three
+	require.NoError(t, e.c.Patch(ctx, ext, patch))
+	require.Eventually(t, func() bool {
+		return replicas(t, e.c, "ext-00001-h100") == 2 && replicas(t, e.c, "ext-00001-ascend") == 0
+	}, wait, tick)
+	require.Eventually(t, func() bool {
+		s, _, msg := condition(t, e.c, "ext-00001", v1alpha1.RevisionConditionCapacityAvailable)
+		return s == "False" && strings.Contains(msg, "1 replica(s) cannot be placed")
+	}, wait, tick)
+}
