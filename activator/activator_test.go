@@ -113,6 +113,7 @@ func TestBufferedUntilReplicaReady(t *testing.T) {
 	require.Equal(t, key("m-1"), <-h.demand, "a buffered request asks for scale-up at once")
 	l, _ := h.act.Load(key("m-1"))
 	require.Equal(t, 1, l.Buffered)
+	require.Equal(t, l, h.act.Loads()[key("m-1")], "what the autoscaler is told")
 	h.act.SetEndpoints(key("m-1"), []fleet.Endpoint{okBackend(t, "r1")})
 	r := <-done
 	require.Equal(t, http.StatusOK, r.code)

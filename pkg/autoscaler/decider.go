@@ -177,12 +177,19 @@ func (d *Decider) Record(t time.Time, s Signals) {
 	}
 }
 
-// recommend returns the largest per-signal recommendation over window w.
-func (d *Decider) recommend(now time.Time, w time.Duration, ready int) (int, string) {
-	best, reason := 0, "no demand"
+// scaleDownHeadroom: a scale-down goes only to a replica count that holds
+// the stable window's load with this share to spare. Without it a load
+// right at a boundary (16 in flight at a target of 8) scales down to the
+// count it saturates, queues, panics back up, and flaps.
+const scaleDownHeadroom = 0.1
+
+// recommend returns the largest per-signal recommendation over window w,
+// in replicas (not rounded).
+func (d *Decider) recommend(now time.Time, w time.Duration, ready int) (float64, string) {
+	best, reason := 0.0, "no demand"
 	try := func(n float64, why string) {
-		if v := int(math.Ceil(n - 1e-9)); v > best {
-			best, reason = v, why
+		if n > best {
+			best, reason = n, why
 		}
 	}
 	t := d.cfg.Targets
@@ -227,8 +234,12 @@ func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) D
 			return d.decided(Decision{Desired: d.clamp(max(c.InitialScale, c.MinScale)), Reason: "initial scale"})
 		}
 	}
-	stable, reason := d.recommend(now, c.StableWindow, ready)
-	quick, quickReason := d.recommend(now, panicWindow, ready)
+	rawStable, reason := d.recommend(now, c.StableWindow, ready)
+	rawQuick, quickReason := d.recommend(now, panicWindow, ready)
+	stable, quick := replicas(rawStable), replicas(rawQuick)
+	if stable < ready && rawStable > 0 {
+		stable = min(replicas(rawStable/(1-scaleDownHeadroom)), ready)
+	}
 	if buffered > 0 || inFlight > 0 {
 		d.lastDemand = now
 	}
@@ -286,6 +297,10 @@ func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) D
 	}
 	return d.decided(Decision{Desired: d.clamp(want), Panic: panicking, Reason: reason})
 }
+
+// replicas rounds a recommendation up (a hair below a whole number counts
+// as that number).
+func replicas(n float64) int { return int(math.Ceil(n - 1e-9)) }
 
 func (d *Decider) decided(dec Decision) Decision {
 	d.last = dec.Desired

@@ -54,8 +54,8 @@ func TestWaitingQueueAsksForMore(t *testing.T) {
 func TestOldSamplesLeaveTheWindow(t *testing.T) {
 	d := newDecider(t, Config{MaxScale: 100, StableWindow: 60 * time.Second, MaxScaleDownRate: 100})
 	feed(d, 0, 30, Signals{Concurrency: 80})  // 10 replicas' worth, then nothing
-	feed(d, 30, 100, Signals{Concurrency: 8}) // 1 replica's worth
-	require.Equal(t, 1, d.Decide(at(100), 10, 0, 8).Desired)
+	feed(d, 30, 100, Signals{Concurrency: 7}) // 1 replica's worth, with headroom
+	require.Equal(t, 1, d.Decide(at(100), 10, 0, 7).Desired)
 }
 
 func TestPanicScalesUpAtOnceAndNeverDown(t *testing.T) {
@@ -78,6 +78,19 @@ func TestPanicScalesUpAtOnceAndNeverDown(t *testing.T) {
 	require.Equal(t, 5, got.Desired)
 }
 
+// A load right at a boundary does not scale down to the count it would
+// saturate (that count queues, panics back up, and flaps): scale-down keeps
+// 10% headroom.
+func TestScaleDownKeepsHeadroom(t *testing.T) {
+	d := newDecider(t, Config{MaxScale: 100, PanicThresholdPercent: 100000})
+	feed(d, 0, 60, Signals{Concurrency: 16})
+	require.Equal(t, 3, d.Decide(at(60), 5, 0, 16).Desired, "16 at target 8 is 2 saturated replicas: keep 3")
+	feed(d, 60, 120, Signals{Concurrency: 14})
+	require.Equal(t, 2, d.Decide(at(120), 3, 0, 14).Desired, "14 fits 2 with room")
+	feed(d, 120, 180, Signals{Concurrency: 16})
+	require.Equal(t, 2, d.Decide(at(180), 2, 0, 16).Desired, "and does not scale back up at the boundary")
+}
+
 func TestRatesBoundOneDecision(t *testing.T) {
 	d := newDecider(t, Config{MaxScale: 1000, MaxScaleUpRate: 2, MaxScaleDownRate: 2, PanicThresholdPercent: 100000})
 	feed(d, 0, 60, Signals{Concurrency: 800})
@@ -92,10 +105,10 @@ func TestScaleDownDelayHoldsTheHighest(t *testing.T) {
 		PanicThresholdPercent: 100000, MaxScaleDownRate: 100})
 	feed(d, 0, 10, Signals{Concurrency: 40})
 	require.Equal(t, 5, d.Decide(at(10), 5, 0, 40).Desired)
-	feed(d, 10, 20, Signals{Concurrency: 8})
-	require.Equal(t, 5, d.Decide(at(20), 5, 0, 8).Desired, "within the delay")
-	feed(d, 20, 45, Signals{Concurrency: 8})
-	require.Equal(t, 1, d.Decide(at(45), 5, 0, 8).Desired, "the delay has passed")
+	feed(d, 10, 20, Signals{Concurrency: 7})
+	require.Equal(t, 5, d.Decide(at(20), 5, 0, 7).Desired, "within the delay")
+	feed(d, 20, 45, Signals{Concurrency: 7})
+	require.Equal(t, 1, d.Decide(at(45), 5, 0, 7).Desired, "the delay has passed")
 }
 
 func TestToZeroAfterGraceOnly(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
 )
 
 // Ratio bounds prefill replicas per decode replica; Max 0 is unbounded.
@@ -56,6 +57,22 @@ func CoupleRoles(decode, prefill Decision, ratio *Ratio, clamp func(int) int) De
 		prefill.Desired = clamp(prefill.Desired)
 	}
 	return prefill
+}
+
+// CoupleAll applies CoupleRoles to every prefill role in want whose decode
+// role is in want too; bounds gives a prefill role's ratio and clamp.
+func CoupleAll(want map[fleet.Key]Decision, bounds func(prefill fleet.Key) (*Ratio, func(int) int)) {
+	for key, dec := range want {
+		if key.Role != fleet.RolePrefill {
+			continue
+		}
+		dk := key
+		dk.Role = fleet.RoleDecode
+		if decode, ok := want[dk]; ok {
+			ratio, clamp := bounds(key)
+			want[key] = CoupleRoles(decode, dec, ratio, clamp)
+		}
+	}
 }
 
 // Clamp bounds n by the decider's minScale and maxScale.

@@ -177,18 +177,11 @@ func (s *scaler) apply(ctx context.Context, t *scaleTarget, dec autoscaler.Decis
 	t.counts, t.desired = counts, p.Total()
 }
 
-// couplePrefill applies autoscaler.CoupleRoles to every disaggregated
-// revision's prefill decision.
+// couplePrefill couples every disaggregated revision's prefill decision
+// to its decode decision.
 func (s *scaler) couplePrefill(want map[fleet.Key]autoscaler.Decision) {
-	for key, dec := range want {
-		if key.Role != activator.RolePrefill {
-			continue
-		}
-		decodeKey := key
-		decodeKey.Role = activator.RoleDecode
-		if decode, ok := want[decodeKey]; ok {
-			t := s.targets[key]
-			want[key] = autoscaler.CoupleRoles(decode, dec, t.ratio, t.decider.Clamp)
-		}
-	}
+	autoscaler.CoupleAll(want, func(k fleet.Key) (*autoscaler.Ratio, func(int) int) {
+		t := s.targets[k]
+		return t.ratio, t.decider.Clamp
+	})
 }

@@ -37,7 +37,7 @@ func TestManifestsApplyWithDryRun(t *testing.T) {
 
 	root := kubetest.RepoRoot()
 	var files []string
-	for _, dir := range []string{"config", "examples", filepath.Join("examples", "bench")} {
+	for _, dir := range []string{"config", "examples", filepath.Join("examples", "bench"), filepath.Join("examples", "bench", "autoscale")} {
 		matches, err := filepath.Glob(filepath.Join(root, dir, "*.yaml"))
 		require.NoError(t, err)
 		files = append(files, matches...)

@@ -212,15 +212,15 @@ func (a *Autoscaler) tick(ctx context.Context) error {
 	}
 	reserve(free, roles, pods.Items)
 	// Prefill follows decode (to zero together, within the ratio).
-	for key, r := range roles {
-		if key.Role != fleet.RolePrefill {
-			continue
-		}
-		dk := key
-		dk.Role = fleet.RoleDecode
-		if d, ok := roles[dk]; ok {
-			r.dec = autoscaler.CoupleRoles(d.dec, r.dec, r.state.ratio, r.state.decider.Clamp)
-		}
+	want := make(map[fleet.Key]autoscaler.Decision, len(roles))
+	for k, r := range roles {
+		want[k] = r.dec
+	}
+	autoscaler.CoupleAll(want, func(k fleet.Key) (*autoscaler.Ratio, func(int) int) {
+		return roles[k].state.ratio, roles[k].state.decider.Clamp
+	})
+	for k, dec := range want {
+		roles[k].dec = dec
 	}
 	order := slices.SortedFunc(maps.Keys(roles), func(x, y fleet.Key) int {
 		px := autoscaler.Priority(roles[x].state.placed, roles[x].dec.Desired)
