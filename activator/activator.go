@@ -251,6 +251,17 @@ func (a *Activator) Loads() map[fleet.Key]Load {
 	return out
 }
 
+// Report is what the activator tells the autoscaler: the load of every
+// revision role it knows, under its name.
+func (a *Activator) Report(name string) stats.ActivatorReport {
+	r := stats.ActivatorReport{Activator: name, Time: time.Now()}
+	for k, l := range a.Loads() {
+		r.Loads = append(r.Loads, stats.RevisionLoad{Namespace: k.Namespace, Service: k.Service, Revision: k.Revision,
+			Role: k.Role, InFlight: l.InFlight, Buffered: l.Buffered, Ready: l.Ready})
+	}
+	return r
+}
+
 // SetEndpoints replaces the ready endpoints of a revision; buffered requests
 // are released to them at once. Unknown revisions are ignored.
 func (a *Activator) SetEndpoints(key fleet.Key, eps []fleet.Endpoint) {

@@ -98,7 +98,12 @@ func (r *revision) setEndpoints(eps []fleet.Endpoint) (gone []string) {
 	next := make([]*scheduler.Pod, 0, len(eps))
 	for _, e := range eps {
 		if cur, ok := old[e.Name]; ok && cur.Address == e.Address {
-			cur.Endpoint = e
+			// Only the variant can differ. Name and Address are read
+			// without the lock by the pod's stats follower: never rewrite
+			// them.
+			if cur.Variant != e.Variant {
+				cur.Variant = e.Variant
+			}
 			next = append(next, cur)
 			delete(old, e.Name)
 			continue

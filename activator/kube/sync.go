@@ -36,6 +36,10 @@ type Options struct {
 	Namespace string
 	// Logger for resync failures.
 	Logger *slog.Logger
+	// MapAddress, when set, rewrites each endpoint address before use. For
+	// tests that run pods on loopback: the API server rejects loopback
+	// addresses in EndpointSlices.
+	MapAddress func(string) string
 }
 
 // Sync keeps a Target in step with the cluster.
@@ -44,6 +48,8 @@ type Sync struct {
 	cache  cache.Cache
 	log    *slog.Logger
 	poke   chan struct{}
+
+	mapAddr func(string) string
 }
 
 // New prepares a Sync; Run starts it.
@@ -67,7 +73,7 @@ func New(cfg *rest.Config, target Target, opts Options) (*Sync, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Sync{target: target, cache: c, log: log, poke: make(chan struct{}, 1)}, nil
+	return &Sync{target: target, cache: c, log: log, poke: make(chan struct{}, 1), mapAddr: opts.MapAddress}, nil
 }
 
 // Run watches until ctx ends. It returns once the informers stop; an error
@@ -202,8 +208,11 @@ func (s *Sync) resync(ctx context.Context) error {
 			if ep.TargetRef != nil {
 				name = ep.TargetRef.Name
 			}
-			eps[key] = append(eps[key], fleet.Endpoint{Name: name,
-				Address: net.JoinHostPort(ep.Addresses[0], strconv.Itoa(int(port)))})
+			addr := ep.Addresses[0]
+			if s.mapAddr != nil {
+				addr = s.mapAddr(addr)
+			}
+			eps[key] = append(eps[key], fleet.Endpoint{Name: name, Address: net.JoinHostPort(addr, strconv.Itoa(int(port)))})
 		}
 	}
 	for key, list := range eps {

@@ -92,7 +92,7 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 			name, _ = os.Hostname()
 		}
 		go stats.Report(ctx, strings.TrimSuffix(*autoscalerURL, "/"), time.Second, demand,
-			func() stats.ActivatorReport { return activatorReport(name, act) }, log)
+			func() stats.ActivatorReport { return act.Report(name) }, log)
 	}
 	if *onKube {
 		restCfg, err := ctrl.GetConfig()
@@ -160,16 +160,6 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	return nil
-}
-
-// activatorReport is what an activator tells the autoscaler.
-func activatorReport(name string, act *activator.Activator) stats.ActivatorReport {
-	r := stats.ActivatorReport{Activator: name, Time: time.Now()}
-	for k, l := range act.Loads() {
-		r.Loads = append(r.Loads, stats.RevisionLoad{Namespace: k.Namespace, Service: k.Service, Revision: k.Revision,
-			Role: k.Role, InFlight: l.InFlight, Buffered: l.Buffered, Ready: l.Ready})
-	}
-	return r
 }
 
 // ParseRouting parses "name[:weight],..." into routing plugins ("" = none,
