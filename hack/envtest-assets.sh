@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Builds the envtest control plane (kube-apiserver and etcd) from the Go
-# module proxy into a cache directory outside the repository, and prints
-# that directory (use it as KUBEBUILDER_ASSETS). Nothing prebuilt is
-# downloaded. A second run with the binaries in place does nothing.
+# Builds the test control plane (kube-apiserver and etcd for envtest, plus
+# kube-controller-manager and kubectl) from the Go module proxy into a
+# cache directory outside the repository, and prints that directory (use it
+# as KUBEBUILDER_ASSETS). Nothing prebuilt is downloaded. A second run with
+# the binaries in place does nothing.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-1.35.4}
 ETCD_VERSION=${ETCD_VERSION:-3.6.5}
 DEST=${KVASIR_ENVTEST_ASSETS:-${XDG_CACHE_HOME:-$HOME/.cache}/kvasir/envtest/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}}
 
-if [[ -x "$DEST/kube-apiserver" && -x "$DEST/etcd" ]]; then
+kube_cmds=()
+for b in kube-apiserver kube-controller-manager kubectl; do
+  [[ -x "$DEST/$b" ]] || kube_cmds+=("k8s.io/kubernetes/cmd/$b")
+done
+if [[ ${#kube_cmds[@]} -eq 0 && -x "$DEST/etcd" ]]; then
   echo "$DEST"
   exit 0
 fi
@@ -19,8 +24,8 @@ trap 'rm -rf "$work"' EXIT
 minor=${K8S_VERSION#*.}   # 35.4
 staging="v0.${minor}"     # v0.35.4
 
-if [[ ! -x "$DEST/kube-apiserver" ]]; then
-  echo "building kube-apiserver v${K8S_VERSION} (a few minutes the first time)" >&2
+if [[ ${#kube_cmds[@]} -gt 0 ]]; then
+  echo "building ${kube_cmds[*]##*/} v${K8S_VERSION} (minutes the first time)" >&2
   mkdir "$work/apiserver" && cd "$work/apiserver"
   go mod init kvasir.local/envtest-apiserver >/dev/null 2>&1
   gomod=$(go mod download -json "k8s.io/kubernetes@v${K8S_VERSION}" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
@@ -32,10 +37,10 @@ if [[ ! -x "$DEST/kube-apiserver" ]]; then
     grep -oE '^[[:space:]]*k8s\.io/[A-Za-z0-9._-]+ => \./staging/' "$gomod" | awk '{print $1}' | sort -u |
       while read -r m; do echo "replace $m => $m ${staging}"; done
   } >>go.mod
-  GOFLAGS=-mod=mod go build -o "$DEST/kube-apiserver" -ldflags "\
+  GOFLAGS=-mod=mod go build -o "$DEST/" -ldflags "\
 -X k8s.io/component-base/version.gitVersion=v${K8S_VERSION} \
 -X k8s.io/component-base/version.gitMajor=1 \
--X k8s.io/component-base/version.gitMinor=${minor%%.*}" k8s.io/kubernetes/cmd/kube-apiserver
+-X k8s.io/component-base/version.gitMinor=${minor%%.*}" "${kube_cmds[@]}"
 fi
 
 if [[ ! -x "$DEST/etcd" ]]; then

@@ -2,13 +2,11 @@ package kube
 
 import (
 	"context"
-	"flag"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,11 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kvasir-serving/kvasir/activator"
@@ -32,7 +29,6 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 	"github.com/kvasir-serving/kvasir/pkg/sim"
-	"github.com/kvasir-serving/kvasir/pkg/sim/simtest"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
 	"github.com/kvasir-serving/kvasir/queueproxy"
@@ -42,30 +38,6 @@ const wait, tick = 30 * time.Second, 20 * time.Millisecond
 
 var discard = slog.New(slog.DiscardHandler)
 
-// replica plays a kubelet's pod: a simulator and a queue-proxy in front
-// of it on loopback. It returns the queue-proxy's port.
-func replica(t *testing.T, name string) int {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	simURL := simtest.Start(t, simtest.Config(func(c *sim.Config) { c.Model = "llama" }))
-	var qcfg queueproxy.Config
-	fs := flag.NewFlagSet("qp", flag.ContinueOnError)
-	qcfg.RegisterFlags(fs)
-	require.NoError(t, fs.Parse([]string{"--engine-url=" + simURL, "--pod-name=" + name,
-		"--probe-interval=10ms", "--stats-interval=50ms", "--scrape-interval=50ms", "--drain-quiet-period=0s"}))
-	qp, err := queueproxy.New(qcfg, discard)
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = qp.Run(ctx) }()
-	srv := httptest.NewServer(qp.Handler())
-	t.Cleanup(func() { cancel(); <-done; srv.Close() })
-	_, port, err := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
-	require.NoError(t, err)
-	p, err := strconv.Atoi(port)
-	require.NoError(t, err)
-	return p
-}
-
 func deploymentReplicas(c client.Client, name string) int32 {
 	d := &appsv1.Deployment{}
 	if err := c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, d); err != nil {
@@ -74,18 +46,15 @@ func deploymentReplicas(c client.Client, name string) int32 {
 	return *d.Spec.Replicas
 }
 
-// A ModelService at zero on Kubernetes: a request waits in the activator,
-// whose report wakes the autoscaler in the controller; the autoscaler
-// scales the revision's Deployment to one through its scale subresource;
-// once the pod is ready (the test plays the kubelet and the EndpointSlice
-// controller) the request is answered. Idle past the grace period, the
-// Deployment goes back to zero.
-func TestScaleFromZeroAndBack(t *testing.T) {
-	cfg := kubetest.Start(t)
-	c := kubetest.Client(t, cfg)
+// startKvasir runs Kvasir's controller (reconcilers and the autoscaler)
+// and an activator fed by informers, as `controller` and `activator
+// --kubernetes` run them, against the API server at cfg. mapAddress, when
+// set, turns pod IPs into the loopback addresses their pods listen on. It
+// returns the activator and its API's base URL.
+func startKvasir(t *testing.T, cfg *rest.Config, mapAddress func(string) string) (*activator.Activator, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(kubetest.Manager(t, cfg, func(mgr ctrl.Manager) error {
@@ -99,10 +68,10 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 			return err
 		}
 		return mgr.Add(&autoscaling.Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: rec,
-			Registerer: prometheus.NewRegistry(), Listener: ln, Tick: 100 * time.Millisecond, Log: discard})
+			Registerer: prometheus.NewRegistry(), Listener: ln, Tick: 100 * time.Millisecond, Log: discard,
+			MapAddress: mapAddress})
 	}))
 
-	// The activator, as `activator --kubernetes` runs it.
 	demand := make(chan struct{}, 1)
 	acfg := activator.DefaultConfig()
 	acfg.BufferTimeout = wait // a failure ends the test in bounded time
@@ -115,28 +84,36 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 		}))
 	require.NoError(t, err)
 	t.Cleanup(act.Close)
-	// Pods run on loopback here, which EndpointSlices may not list: the
-	// slice says 192.0.2.1 (TEST-NET-1) and the activator dials 127.0.0.1.
-	sync, err := kube.New(cfg, act, kube.Options{Logger: discard, MapAddress: func(ip string) string {
-		if ip == "192.0.2.1" {
-			return "127.0.0.1"
-		}
-		return ip
-	}})
+	sync, err := kube.New(cfg, act, kube.Options{Logger: discard, MapAddress: mapAddress})
 	require.NoError(t, err)
 	syncDone := make(chan error, 1)
 	go func() { syncDone <- sync.Run(ctx) }()
 	reportDone := make(chan struct{})
 	go func() {
 		defer close(reportDone)
-		// A report a minute apart unless poked: the wake-up must come from
-		// the poke, not from the period.
+		// A report a minute apart unless poked: a wake-up from zero must
+		// come from the poke, not from the period.
 		stats.Report(ctx, "ws://"+ln.Addr().String(), time.Minute, demand,
 			func() stats.ActivatorReport { return act.Report("activator-0") }, discard)
 	}()
 	t.Cleanup(func() { cancel(); <-reportDone; require.NoError(t, <-syncDone) })
 	api := httptest.NewServer(act.Handler())
 	t.Cleanup(api.Close)
+	return act, api.URL
+}
+
+// A ModelService at zero on Kubernetes: a request waits in the activator,
+// whose report wakes the autoscaler in the controller; the autoscaler
+// scales the revision's Deployment to one through its scale subresource;
+// the ReplicaSet makes the pod, the kubelet runs it, the EndpointSlice
+// controller lists it once ready, and the request is answered. Idle past
+// the grace period, the Deployment goes back to zero and the pod is gone.
+func TestScaleFromZeroAndBack(t *testing.T) {
+	cl := kubetest.StartCluster(t)
+	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
+	c := kubetest.Client(t, cl.Config)
+	ctx := t.Context()
+	act, apiURL := startKvasir(t, cl.Config, kl.MapAddress)
 
 	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
 	zero := int32(0)
@@ -156,7 +133,7 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 	}
 	answered := make(chan answer, 1)
 	go func() {
-		resp, err := http.Post(api.URL+"/v1/chat/completions", "application/json",
+		resp, err := http.Post(apiURL+"/v1/chat/completions", "application/json",
 			strings.NewReader(`{"model":"llama","messages":[{"role":"user","content":"wake up"}],"max_tokens":8}`))
 		if err != nil {
 			answered <- answer{err: err}
@@ -169,24 +146,6 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 	require.Eventually(t, func() bool { return deploymentReplicas(c, "llama-00001-deployment") == 1 }, wait, tick,
 		"the buffered request's report scales the Deployment to one")
 
-	// The kubelet starts the pod; it turns ready; the EndpointSlice
-	// controller lists it.
-	port := replica(t, "llama-00001-deployment-abc")
-	portName, ready := resources.QueueProxyPortName, true
-	p32 := int32(port)
-	require.NoError(t, c.Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "llama-00001-abc", Namespace: "default",
-			Labels: map[string]string{discoveryv1.LabelServiceName: "llama-00001"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &p32}},
-		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"192.0.2.1"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
-			TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "llama-00001-deployment-abc"}}},
-	}))
-	d := &appsv1.Deployment{}
-	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00001-deployment"}, d))
-	d.Status.Replicas, d.Status.ReadyReplicas, d.Status.AvailableReplicas, d.Status.UpdatedReplicas = 1, 1, 1, 1
-	require.NoError(t, c.Status().Update(ctx, d))
-
 	a := <-answered
 	require.NoError(t, a.err)
 	require.Equal(t, http.StatusOK, a.code, a.body)
@@ -194,6 +153,7 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 
 	// Idle past the stable window and the grace period: back to zero.
 	require.Eventually(t, func() bool { return deploymentReplicas(c, "llama-00001-deployment") == 0 }, wait, tick)
+	require.Eventually(t, func() bool { return kl.Running() == 0 }, wait, tick, "the pod is stopped")
 	var evs eventsv1.EventList
 	require.NoError(t, c.List(ctx, &evs, client.InNamespace("default")))
 	var scaled []string
@@ -204,3 +164,7 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 	}
 	require.NotEmpty(t, scaled, "kubectl describe shows the autoscaler's decisions")
 }
+
+// images are what the kubelet runs for the images the reconciler puts in
+// pods (resources.Config above).
+var images = map[string]kubetest.Image{"sim": sim.Main, "qp": queueproxy.Main}

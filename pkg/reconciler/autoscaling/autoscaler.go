@@ -59,6 +59,10 @@ type Autoscaler struct {
 	Endpoint *LeaderEndpoint
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// MapAddress, when set, rewrites each pod IP before the autoscaler
+	// dials its queue-proxy. For tests that run pods on loopback, which
+	// pod IPs in EndpointSlices may not be.
+	MapAddress func(string) string
 
 	metrics   *metrics
 	collector *collector
@@ -430,8 +434,12 @@ func (a *Autoscaler) followPods(ctx context.Context, revs []v1alpha1.ModelRevisi
 			p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
+		ip := p.Status.PodIP
+		if a.MapAddress != nil {
+			ip = a.MapAddress(ip)
+		}
 		targets[p.Namespace+"/"+p.Name] = podTarget{key: keyOf(rev, p.Labels[v1alpha1.LabelRole]),
-			addr: net.JoinHostPort(p.Status.PodIP, strconv.Itoa(a.QueueProxyPort))}
+			addr: net.JoinHostPort(ip, strconv.Itoa(a.QueueProxyPort))}
 	}
 	a.pods.sync(ctx, targets)
 }

@@ -13,7 +13,8 @@ import (
 // assetsEnv is the variable envtest reads the binaries' directory from.
 const assetsEnv = "KUBEBUILDER_ASSETS"
 
-// Assets returns the directory holding kube-apiserver and etcd:
+// Assets returns the directory holding kube-apiserver, etcd,
+// kube-controller-manager and kubectl:
 // $KUBEBUILDER_ASSETS, else the cache directory hack/envtest-assets.sh
 // builds into. ok is false when neither holds them.
 func Assets() (dir string, ok bool) {
@@ -34,7 +35,7 @@ func Assets() (dir string, ok bool) {
 }
 
 func hasBinaries(dir string) bool {
-	for _, b := range []string{"kube-apiserver", "etcd"} {
+	for _, b := range []string{"kube-apiserver", "etcd", "kube-controller-manager", "kubectl"} {
 		if fi, err := os.Stat(filepath.Join(dir, b)); err != nil || fi.IsDir() {
 			return false
 		}
@@ -54,9 +55,15 @@ func RepoRoot() string {
 // first).
 func Start(t testing.TB) *rest.Config {
 	t.Helper()
+	_, cfg := start(t)
+	return cfg
+}
+
+func start(t testing.TB) (*envtest.Environment, *rest.Config) {
+	t.Helper()
 	dir, ok := Assets()
 	if !ok {
-		t.Fatalf("no kube-apiserver and etcd for envtest: run `make envtest-assets` (or set %s)", assetsEnv)
+		t.Fatalf("no kube-apiserver, etcd, kube-controller-manager and kubectl for envtest: run `make envtest-assets` (or set %s)", assetsEnv)
 	}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: dir,
@@ -72,5 +79,5 @@ func Start(t testing.TB) *rest.Config {
 			t.Errorf("stopping the test API server: %v", err)
 		}
 	})
-	return cfg
+	return env, cfg
 }

@@ -1,0 +1,143 @@
+package kube
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
+)
+
+// The life of a ModelService on a cluster whose Deployments, ReplicaSets,
+// EndpointSlices and garbage collection are Kubernetes' own
+// (kube-controller-manager) and whose pods run for real on loopback: it
+// serves the official OpenAI client, rolls out a canary with a tag, is
+// promoted, shows in kubectl, and deleting it removes everything it made.
+func TestRolloutOnACluster(t *testing.T) {
+	cl := kubetest.StartCluster(t)
+	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
+	c := kubetest.Client(t, cl.Config)
+	ctx := t.Context()
+	_, apiURL := startKvasir(t, cl.Config, kl.MapAddress)
+	sdk := openai.NewClient(option.WithBaseURL(apiURL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+	kubectl := func(args ...string) string {
+		t.Helper()
+		out, err := cl.Kubectl(ctx, args...)
+		require.NoError(t, err, out)
+		t.Logf("$ kubectl %s\n%s", strings.Join(args, " "), out)
+		return out
+	}
+	// servedBy asks for model (a name or name@tag) and returns the
+	// revision that answered.
+	servedBy := func(model string) string {
+		t.Helper()
+		var resp *http.Response
+		out, err := sdk.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: model, MaxTokens: openai.Int(4),
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Hello")}}, option.WithResponseInto(&resp))
+		require.NoError(t, err)
+		require.NotEmpty(t, out.Choices)
+		return resp.Header.Get("X-Kvasir-Revision")
+	}
+	msReady := func(latest string) func() bool {
+		return func() bool {
+			ms := &v1alpha1.ModelService{}
+			return c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "demo"}, ms) == nil &&
+				ms.Status.ObservedGeneration == ms.Generation && ms.Status.IsReady() &&
+				ms.Status.LatestReadyRevisionName == latest
+		}
+	}
+
+	// Create: one revision, one pod, served.
+	one := int32(1)
+	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "demo", Namespace: "default"}}
+	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Args: []string{"--zero-latency"}}
+	ms.Spec.Template.Scaling = v1alpha1.ScalingSpec{MinScale: &one}
+	require.NoError(t, c.Create(ctx, ms))
+	require.Eventually(t, msReady("demo-00001"), wait, tick, "the first revision becomes ready")
+	require.Eventually(t, func() bool { return kl.Running() == 1 }, wait, tick)
+	require.Equal(t, "demo-00001", servedBy("demo"))
+
+	// Canary: a template edit makes demo-00002, which takes 10% and the
+	// tag; demo-00001 keeps 90%.
+	require.NoError(t, update(ctx, c, "demo", func(ms *v1alpha1.ModelService) {
+		ms.Spec.Template.Engine.Args = []string{"--zero-latency", "--default-max-tokens=32"}
+		ms.Spec.Traffic = []v1alpha1.TrafficTarget{
+			{RevisionName: "demo-00001", Percent: ptr.To[int64](90)},
+			{LatestRevision: ptr.To(true), Percent: ptr.To[int64](10), Tag: "canary"},
+		}
+	}))
+	require.Eventually(t, msReady("demo-00002"), wait, tick, "the canary becomes ready")
+	require.Eventually(t, func() bool { return servedBy("demo@canary") == "demo-00002" }, wait, tick,
+		"the activator routes the tag once its pod is in the EndpointSlice")
+	got := kubectl("get", "msvc", "demo")
+	require.Contains(t, got, "demo-00001=90%, demo-00002=10%@canary")
+	require.Contains(t, got, "http://activator/v1")
+	got = kubectl("get", "mrev")
+	require.Regexp(t, `demo-00001\s+demo\s+1\s+True\s+1\s+1`, got)
+	require.Regexp(t, `demo-00002\s+demo\s+2\s+True\s+1\s+1`, got)
+	kubectl("get", "deployments,replicasets,pods,endpointslices")
+
+	// Promotion: all to the latest.
+	require.NoError(t, update(ctx, c, "demo", func(ms *v1alpha1.ModelService) {
+		ms.Spec.Traffic = []v1alpha1.TrafficTarget{{LatestRevision: ptr.To(true), Percent: ptr.To[int64](100)}}
+	}))
+	require.Eventually(t, func() bool {
+		ms := &v1alpha1.ModelService{}
+		return c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "demo"}, ms) == nil &&
+			ms.Status.ObservedGeneration == ms.Generation && ms.Status.TrafficSummary == "demo-00002=100%"
+	}, wait, tick)
+	require.Eventually(t, func() bool { return servedBy("demo") == "demo-00002" }, wait, tick)
+	kubectl("get", "msvc")
+
+	// Deletion, as kubectl does it: the garbage collector removes the
+	// revisions and, through them, everything else; the pods stop.
+	kubectl("delete", "msvc", "demo")
+	require.Eventually(t, func() bool {
+		return count(ctx, c, &v1alpha1.ModelRevisionList{}) == 0 && count(ctx, c, &appsv1.DeploymentList{}) == 0 &&
+			count(ctx, c, &appsv1.ReplicaSetList{}) == 0 && count(ctx, c, &corev1.PodList{}) == 0 &&
+			count(ctx, c, &corev1.ServiceList{}, client.HasLabels{v1alpha1.LabelService}) == 0 &&
+			count(ctx, c, &discoveryv1.EndpointSliceList{}, client.HasLabels{v1alpha1.LabelService}) == 0
+	}, wait, tick, "deleting the ModelService deletes all it made")
+	require.Eventually(t, func() bool { return kl.Running() == 0 }, wait, tick, "and its pods' containers stop")
+	_, err := sdk.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "demo",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Hello")}})
+	var apiErr *openai.Error
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusNotFound, apiErr.StatusCode, "the model is gone from the activator too")
+}
+
+// count lists objects in the default namespace and returns how many there
+// are (-1 on error).
+func count(ctx context.Context, c client.Client, list client.ObjectList, opts ...client.ListOption) int {
+	if err := c.List(ctx, list, append(opts, client.InNamespace("default"))...); err != nil {
+		return -1
+	}
+	return meta.LenList(list)
+}
+
+// update applies mutate to the latest version of the ModelService until
+// the update does not conflict.
+func update(ctx context.Context, c client.Client, name string, mutate func(*v1alpha1.ModelService)) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ms := &v1alpha1.ModelService{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: "default", Name: name}, ms); err != nil {
+			return err
+		}
+		mutate(ms)
+		return c.Update(ctx, ms)
+	})
+}
