@@ -295,6 +295,9 @@ func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) D
 			reason = "idle for the scale-to-zero grace period"
 		}
 	}
+	if c.MinScale > 0 && want <= c.MinScale {
+		reason = fmt.Sprintf("minScale %d", c.MinScale) // what holds the count
+	}
 	return d.decided(Decision{Desired: d.clamp(want), Panic: panicking, Reason: reason})
 }
 

@@ -35,6 +35,13 @@ func TestStableRecommendation(t *testing.T) {
 	require.Equal(t, "concurrency", got.Reason)
 }
 
+func TestMinScaleNamedWhenItHolds(t *testing.T) {
+	d := newDecider(t, Config{MinScale: 2, MaxScale: 100, Targets: Targets{Concurrency: ptr(8.0)}})
+	feed(d, 0, 60, Signals{Concurrency: 4})
+	got := d.Decide(at(60), 2, 0, 4)
+	require.Equal(t, Decision{Desired: 2, Reason: "minScale 2"}, got, "concurrency asks for 1")
+}
+
 func TestLargestRecommendationWins(t *testing.T) {
 	d := newDecider(t, Config{MaxScale: 100, Targets: Targets{Concurrency: ptr(100.0), KVCacheUsage: ptr(0.5),
 		TokensPerSecond: ptr(1000.0)}})

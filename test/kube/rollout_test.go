@@ -26,7 +26,8 @@ import (
 // EndpointSlices and garbage collection are Kubernetes' own
 // (kube-controller-manager) and whose pods run for real on loopback: it
 // serves the official OpenAI client, rolls out a canary with a tag, is
-// promoted, shows in kubectl, and deleting it removes everything it made.
+// promoted and rolled back (the revision without traffic at zero), shows
+// in kubectl, and deleting it removes everything it made.
 func TestRolloutOnACluster(t *testing.T) {
 	cl := kubetest.StartCluster(t)
 	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
@@ -101,7 +102,28 @@ func TestRolloutOnACluster(t *testing.T) {
 			ms.Status.ObservedGeneration == ms.Generation && ms.Status.TrafficSummary == "demo-00002=100%"
 	}, wait, tick)
 	require.Eventually(t, func() bool { return servedBy("demo") == "demo-00002" }, wait, tick)
+	// demo-00001 takes no traffic now: kept for rollback, at zero.
+	require.Eventually(t, func() bool {
+		return deploymentReplicas(c, "demo-00001-deployment") == 0 && kl.Running() == 1
+	}, wait, tick, "the unreferenced revision scales to zero despite its minScale")
+	rev := &v1alpha1.ModelRevision{}
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "demo-00001"}, rev))
+	require.Equal(t, v1alpha1.RoutingStateReserve, rev.Labels[v1alpha1.LabelRoutingState])
 	kubectl("get", "msvc")
+	kubectl("get", "mrev")
+
+	// Rollback: demo-00001 takes all traffic again; the first request
+	// waits in the activator while it scales from zero; demo-00002 goes to
+	// zero.
+	require.NoError(t, update(ctx, c, "demo", func(ms *v1alpha1.ModelService) {
+		ms.Spec.Traffic = []v1alpha1.TrafficTarget{{RevisionName: "demo-00001", Percent: ptr.To[int64](100)}}
+	}))
+	require.Eventually(t, func() bool { return servedBy("demo") == "demo-00001" }, wait, tick)
+	require.Eventually(t, func() bool {
+		return deploymentReplicas(c, "demo-00002-deployment") == 0 && deploymentReplicas(c, "demo-00001-deployment") == 1 &&
+			kl.Running() == 1
+	}, wait, tick, "the rolled-back-from revision scales to zero")
+	kubectl("describe", "mrev", "demo-00001")
 
 	// Deletion, as kubectl does it: the garbage collector removes the
 	// revisions and, through them, everything else; the pods stop.

@@ -330,6 +330,10 @@ func (a *Autoscaler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, n
 		// placed like ours.
 		r.dec = autoscaler.Decision{Desired: int(*rev.Spec.Replicas), Reason: "spec.replicas, set through the revision's scale subresource"}
 	}
+	if rev.Labels[v1alpha1.LabelRoutingState] == v1alpha1.RoutingStateReserve {
+		// No traffic can reach it: it waits for a rollback at zero.
+		r.dec = autoscaler.Decision{Desired: 0, Reason: "no traffic routes to the revision"}
+	}
 	a.metrics.observe(key, sig, r.dec)
 	return r, nil
 }

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	"knative.dev/pkg/kmeta"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -117,7 +119,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		if err := r.Client.Create(ctx, rev); err != nil {
 			return reconcile.Result{}, fmt.Errorf("creating revision %s: %w", rev.Name, err)
 		}
-		r.event(ms, corev1.EventTypeNormal, "Created", "Created revision %s", rev.Name)
+		r.event(ms, rev, corev1.EventTypeNormal, "Created", "Created revision %s", rev.Name)
 		revs = append(revs, rev)
 	}
 
@@ -156,18 +158,25 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	known := func(name string) bool {
 		return slices.ContainsFunc(revs, func(rev *v1alpha1.ModelRevision) bool { return rev.Name == name })
 	}
+	ms.Status.URL = r.BaseURL
 	targets, err := traffic.Resolve(ms.Spec.Traffic, latestReady, known)
 	switch {
 	case err != nil && latestReady == "" && len(ms.Spec.Traffic) == 0:
 		ms.Status.MarkTrafficNotReady(v1alpha1.ReasonDeploying, "no revision is ready yet")
+		err = r.markRouting(ctx, ms, revs, nil, latestReady)
 	case err != nil:
+		// Routing states stay as they are: a mistake in spec.traffic
+		// must not scale down, nor collect, what serves.
 		ms.Status.MarkTrafficFailed("TrafficInvalid", "%v", err)
+		return reconcile.Result{}, r.updateStatus(ctx, ms, before) // and no revision is collected
 	default:
 		ms.Status.SetTraffic(r.statusTraffic(ms, targets))
 		ms.Status.MarkTrafficReady()
+		err = r.markRouting(ctx, ms, revs, targets, latestReady)
 	}
-	ms.Status.URL = r.BaseURL
-
+	if err != nil {
+		return reconcile.Result{}, err
+	}
 	if err := r.collect(ctx, ms, revs, targets, latestReady); err != nil {
 		return reconcile.Result{}, err
 	}
@@ -187,6 +196,36 @@ func (r *Reconciler) statusTraffic(ms *v1alpha1.ModelService, targets []traffic.
 		out = append(out, tt)
 	}
 	return out
+}
+
+// markRouting labels every revision with its routing state: active when a
+// traffic target names it or when it is the latest created and not ready
+// yet (it must start to become ready), reserve otherwise.
+func (r *Reconciler) markRouting(ctx context.Context, ms *v1alpha1.ModelService, revs []*v1alpha1.ModelRevision,
+	targets []traffic.Target, latestReady string) error {
+	ref := traffic.Referenced(targets)
+	latest := revs[len(revs)-1].Name
+	for _, rev := range revs {
+		state := v1alpha1.RoutingStateReserve
+		if ref[rev.Name] || (rev.Name == latest && latest != latestReady) {
+			state = v1alpha1.RoutingStateActive
+		}
+		if rev.Labels[v1alpha1.LabelRoutingState] == state {
+			continue
+		}
+		patch := client.MergeFrom(rev.DeepCopy())
+		if rev.Labels == nil {
+			rev.Labels = map[string]string{}
+		}
+		rev.Labels[v1alpha1.LabelRoutingState] = state
+		if err := r.Client.Patch(ctx, rev, patch); err != nil {
+			return fmt.Errorf("revision %s: routing state: %w", rev.Name, err)
+		}
+		if state == v1alpha1.RoutingStateReserve {
+			r.event(ms, rev, corev1.EventTypeNormal, "RevisionReserved", "Revision %s takes no traffic: kept for rollback at zero replicas", rev.Name)
+		}
+	}
+	return nil
 }
 
 // collect deletes revisions that no traffic names, are neither the latest
@@ -209,7 +248,7 @@ func (r *Reconciler) collect(ctx context.Context, ms *v1alpha1.ModelService, rev
 		if err := r.Client.Delete(ctx, old); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("deleting old revision %s: %w", old.Name, err)
 		}
-		r.event(ms, corev1.EventTypeNormal, "Deleted", "Deleted unreferenced revision %s", old.Name)
+		r.event(ms, old, corev1.EventTypeNormal, "Deleted", "Deleted unreferenced revision %s", old.Name)
 	}
 	return nil
 }
@@ -227,16 +266,23 @@ func (r *Reconciler) updateStatus(ctx context.Context, ms *v1alpha1.ModelService
 		if now.IsFalse() {
 			kind = corev1.EventTypeWarning
 		}
-		r.event(ms, kind, "Ready"+string(now.Status), "Ready is %s: %s %s", now.Status, now.Reason, now.Message)
+		note := "Ready is " + string(now.Status)
+		if why := strings.TrimSpace(now.Reason + " " + now.Message); why != "" {
+			note += ": " + why
+		}
+		r.event(ms, nil, kind, "Ready"+string(now.Status), "%s", note)
 	}
 	if before.TrafficSummary != ms.Status.TrafficSummary && ms.Status.TrafficSummary != "" {
-		r.event(ms, corev1.EventTypeNormal, "TrafficChanged", "Traffic: %s", ms.Status.TrafficSummary)
+		r.event(ms, nil, corev1.EventTypeNormal, "TrafficChanged", "Traffic: %s", ms.Status.TrafficSummary)
 	}
 	return nil
 }
 
-func (r *Reconciler) event(ms *v1alpha1.ModelService, kind, reason, format string, args ...any) {
+// event records an event on ms; related, when not nil, is the object
+// acted on (it also keeps events of one reason about different objects
+// from being folded into one series).
+func (r *Reconciler) event(ms *v1alpha1.ModelService, related runtime.Object, kind, reason, format string, args ...any) {
 	if r.Events != nil {
-		r.Events.Eventf(ms, nil, kind, reason, "Reconcile", format, args...)
+		r.Events.Eventf(ms, related, kind, reason, "Reconcile", format, args...)
 	}
 }

@@ -2,6 +2,7 @@ package modelservice
 
 import (
 	"context"
+	"strings"
 	"slices"
 	"testing"
 	"time"
@@ -61,6 +62,19 @@ func markReady(t *testing.T, c client.Client, name string) {
 
 func summary(ms *v1alpha1.ModelService) string { return ms.Status.TrafficSummary }
 
+// routing returns the routing states of two revisions, "a b".
+func routing(c client.Client, a, b string) string {
+	var out []string
+	for _, name := range []string{a, b} {
+		rev := &v1alpha1.ModelRevision{}
+		if err := c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, rev); err != nil {
+			return err.Error()
+		}
+		out = append(out, rev.Labels[v1alpha1.LabelRoutingState])
+	}
+	return strings.Join(out, " ")
+}
+
 func TestRolloutCanaryPromotionRollback(t *testing.T) {
 	c := start(t)
 	ctx := context.Background()
@@ -99,10 +113,13 @@ func TestRolloutCanaryPromotionRollback(t *testing.T) {
 	got.Spec.Traffic = []v1alpha1.TrafficTarget{{LatestRevision: yes(), Percent: pct(100)}}
 	require.NoError(t, c.Update(ctx, got))
 	require.Eventually(t, func() bool { return summary(get(t, c, "llama")) == "llama-00002=100%" }, wait, tick)
+	require.Eventually(t, func() bool { return routing(c, "llama-00001", "llama-00002") == "reserve active" }, wait, tick,
+		"a revision no traffic names is marked for scale to zero")
 	got = get(t, c, "llama")
 	got.Spec.Traffic = []v1alpha1.TrafficTarget{{RevisionName: "llama-00001", Percent: pct(100)}}
 	require.NoError(t, c.Update(ctx, got))
 	require.Eventually(t, func() bool { return summary(get(t, c, "llama")) == "llama-00001=100%" }, wait, tick)
+	require.Eventually(t, func() bool { return routing(c, "llama-00001", "llama-00002") == "active reserve" }, wait, tick)
 
 	// An unknown revision is reported with its field.
 	got = get(t, c, "llama")
@@ -112,6 +129,8 @@ func TestRolloutCanaryPromotionRollback(t *testing.T) {
 		cond := get(t, c, "llama").Status.GetCondition(v1alpha1.ModelServiceConditionTrafficReady)
 		return cond != nil && cond.IsFalse() && cond.Message == `spec.traffic[0].revisionName: unknown revision "llama-00009"`
 	}, wait, tick)
+	require.Equal(t, "active reserve", routing(c, "llama-00001", "llama-00002"),
+		"a mistake in spec.traffic scales nothing down: the last good routing stands")
 }
 
 // The API server rejects invalid objects, naming the field.

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrs "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -53,6 +54,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	var serving []*appsv1.Deployment
 	for _, role := range resources.Roles(rev) {
 		ds, err := r.reconcileRole(ctx, rev, role)
+		if apierrs.IsConflict(err) {
+			return reconcile.Result{}, err // another writer came first (the autoscaler): retried, nothing to report
+		}
 		if err != nil {
 			rev.Status.MarkResourcesUnavailable("ReconcileFailed", "%v", err)
 			_ = r.updateStatus(ctx, rev, before)
@@ -116,7 +120,7 @@ func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevis
 		if err := r.Client.Create(ctx, svc); err != nil {
 			return nil, fmt.Errorf("creating service %s: %w", svc.Name, err)
 		}
-		r.event(rev, corev1.EventTypeNormal, "Created", "Created service %s", svc.Name)
+		r.event(rev, svc, corev1.EventTypeNormal, "Created", "Created service %s", svc.Name)
 	} else if err != nil {
 		return nil, fmt.Errorf("getting service %s: %w", svc.Name, err)
 	}
@@ -135,7 +139,7 @@ func (r *Reconciler) reconcileDeployment(ctx context.Context, rev *v1alpha1.Mode
 		if err := r.Client.Create(ctx, want); err != nil {
 			return nil, fmt.Errorf("creating deployment %s: %w", want.Name, err)
 		}
-		r.event(rev, corev1.EventTypeNormal, "Created", "Created deployment %s", want.Name)
+		r.event(rev, want, corev1.EventTypeNormal, "Created", "Created deployment %s", want.Name)
 		return want, nil
 	case err != nil:
 		return nil, fmt.Errorf("getting deployment %s: %w", want.Name, err)
@@ -247,13 +251,20 @@ func (r *Reconciler) updateStatus(ctx context.Context, rev *v1alpha1.ModelRevisi
 		if nowReady.IsFalse() {
 			kind = corev1.EventTypeWarning
 		}
-		r.event(rev, kind, "Ready"+string(nowReady.Status), "Ready is %s: %s %s", nowReady.Status, nowReady.Reason, nowReady.Message)
+		note := "Ready is " + string(nowReady.Status)
+		if why := strings.TrimSpace(nowReady.Reason + " " + nowReady.Message); why != "" {
+			note += ": " + why
+		}
+		r.event(rev, nil, kind, "Ready"+string(nowReady.Status), "%s", note)
 	}
 	return nil
 }
 
-func (r *Reconciler) event(rev *v1alpha1.ModelRevision, kind, reason, format string, args ...any) {
+// event records an event on rev; related, when not nil, is the object
+// acted on (it also keeps events of one reason about different objects
+// from being folded into one series).
+func (r *Reconciler) event(rev *v1alpha1.ModelRevision, related runtime.Object, kind, reason, format string, args ...any) {
 	if r.Events != nil {
-		r.Events.Eventf(rev, nil, kind, reason, "Reconcile", format, args...)
+		r.Events.Eventf(rev, related, kind, reason, "Reconcile", format, args...)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -118,4 +120,22 @@ func TestPodTrouble(t *testing.T) {
 	require.Equal(t, v1alpha1.ReasonEngineFailed, reason)
 	reason, _ = podTrouble([]corev1.Pod{waiting("ContainerCreating", "")})
 	require.Empty(t, reason)
+}
+
+// What the builder makes must still match once the API server has filled
+// in its defaults; otherwise every pass rewrites the Deployment, racing
+// the autoscaler's writes to its scale.
+func TestDeploymentSurvivesDefaulting(t *testing.T) {
+	c := kubetest.Client(t, kubetest.Start(t))
+	ctx := context.Background()
+	rev := newRevision("llama-00001")
+	rev.UID = "uid"
+	for _, role := range []string{resources.RoleUnified, resources.RolePrefill} {
+		want, err := resources.MakeDeployment(rev, role, nil, 1, resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"})
+		require.NoError(t, err)
+		want.OwnerReferences = nil
+		got := want.DeepCopy()
+		require.NoError(t, c.Create(ctx, got, client.DryRunAll))
+		require.True(t, equality.Semantic.DeepDerivative(want.Spec, got.Spec), "role %s: %s", role, cmp.Diff(want.Spec, got.Spec))
+	}
 }

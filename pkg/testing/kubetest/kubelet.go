@@ -60,7 +60,7 @@ type Kubelet struct {
 type hollowPod struct {
 	key        client.ObjectKey
 	uid        types.UID
-	n          int    // host number: 127.0.1.n, 192.0.2.n
+	n          int // host number: 127.0.1.n, 192.0.2.n
 	started    metav1.Time
 	containers []*hollowContainer
 	stopping   bool

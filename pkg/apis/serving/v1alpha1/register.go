@@ -33,6 +33,18 @@ const (
 	// LabelVariant is the accelerator variant a Deployment's pods run on
 	// (absent without variants).
 	LabelVariant = GroupName + "/variant"
+	// LabelRoutingState on a ModelRevision says whether traffic can reach
+	// it: RoutingStateActive (a traffic target, or the latest created
+	// revision on its way to ready) or RoutingStateReserve (kept for
+	// rollback only). A reserve revision is scaled to zero whatever its
+	// minScale, as Knative does, so that it holds no accelerator.
+	LabelRoutingState = GroupName + "/routing-state"
+)
+
+// Values of LabelRoutingState.
+const (
+	RoutingStateActive  = "active"
+	RoutingStateReserve = "reserve"
 )
 
 // AnnotationAutoscalerClass on a ModelService (the controller copies it to
