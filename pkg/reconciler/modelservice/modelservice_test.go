@@ -2,8 +2,8 @@ package modelservice
 
 import (
 	"context"
-	"strings"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 

@@ -134,7 +134,7 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
 		Ports: []corev1.ContainerPort{{Name: QueueProxyPortName, ContainerPort: QueueProxyPort, Protocol: corev1.ProtocolTCP}},
 		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/kvasir/ready", Port: intstr.FromInt32(QueueProxyPort)}},
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/kvasir/ready", Port: intstr.FromInt32(QueueProxyPort)}},
 			// Every integer is spelled out, defaults included: the
 			// reconciler compares what it builds with what the API server
 			// stored, and a zero it left out would differ from the
