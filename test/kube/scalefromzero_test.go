@@ -163,6 +163,12 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 		}
 	}
 	require.NotEmpty(t, scaled, "kubectl describe shows the autoscaler's decisions")
+	for _, e := range evs.Items {
+		if e.Regarding.Name == "llama-00001" {
+			require.NotContains(t, []string{"ReadyFalse", "ReadyUnknown"}, e.Reason,
+				"a revision stays ready while it wakes from zero: %s", e.Note)
+		}
+	}
 }
 
 // images are what the kubelet runs for the images the reconciler puts in

@@ -146,9 +146,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	latest := revs[len(revs)-1]
 	ms.Status.LatestCreatedRevisionName = latest.Name
 	ms.Status.PropagateRevisionStatus(latest.Name, &latest.Status)
+	// The latest ready revision only moves forward, as in Knative: a newer
+	// revision that turns ready takes over, and one that is not ready for
+	// a while (waking from zero, a replica replaced) hands no traffic back
+	// to an older one.
 	latestReady := ""
 	for i := len(revs) - 1; i >= 0; i-- {
-		if revs[i].IsReady() {
+		if revs[i].IsReady() || revs[i].Name == ms.Status.LatestReadyRevisionName {
 			latestReady = revs[i].Name
 			break
 		}

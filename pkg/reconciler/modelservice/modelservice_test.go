@@ -237,3 +237,34 @@ func TestRevisionStartsAtInitialScale(t *testing.T) {
 	}, wait, tick)
 	require.Equal(t, int32(3), *rev.Spec.Replicas)
 }
+
+// The latest ready revision only moves forward: when it is not ready for a
+// while (a replica replaced, waking from zero), traffic that follows the
+// latest revision stays with it instead of going back to an older one.
+func TestLatestReadyOnlyMovesForward(t *testing.T) {
+	c := start(t)
+	ctx := context.Background()
+	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
+	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
+	require.NoError(t, c.Create(ctx, ms))
+	markReady(t, c, "llama-00001")
+	require.Eventually(t, func() bool { return get(t, c, "llama").Status.LatestReadyRevisionName == "llama-00001" }, wait, tick)
+	cur := get(t, c, "llama")
+	cur.Spec.Template.Engine.Args = []string{"--default-max-tokens=32"}
+	require.NoError(t, c.Update(ctx, cur))
+	markReady(t, c, "llama-00002")
+	require.Eventually(t, func() bool { return summary(get(t, c, "llama")) == "llama-00002=100%" }, wait, tick)
+
+	require.Eventually(t, func() bool {
+		rev := &v1alpha1.ModelRevision{}
+		if c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00002"}, rev) != nil {
+			return false
+		}
+		rev.Status.MarkContainerUnhealthy("EngineFailed", "the engine exited")
+		return c.Status().Update(ctx, rev) == nil
+	}, wait, tick)
+	require.Eventually(t, func() bool {
+		got := get(t, c, "llama")
+		return !got.IsReady() && got.Status.LatestReadyRevisionName == "llama-00002" && summary(got) == "llama-00002=100%"
+	}, wait, tick, "the service is not ready, and its traffic stays on llama-00002: %+v", func() any { return get(t, c, "llama").Status })
+}

@@ -206,7 +206,9 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d
 		rev.Status.MarkResourcesAvailable()
 		rev.Status.MarkInactive(v1alpha1.ReasonNoTraffic, "scaled to zero")
 	default:
-		if !unavailable {
+		// A revision that was ready stays ready while it wakes from zero
+		// or replaces a replica: only Active says it is activating.
+		if ra := rev.Status.GetCondition(v1alpha1.RevisionConditionResourcesAvailable); !unavailable && (ra == nil || !ra.IsTrue()) {
 			rev.Status.MarkResourcesAvailableUnknown(v1alpha1.ReasonDeploying, "waiting for %d replica(s) to be ready", desired)
 		}
 		rev.Status.MarkActivating(v1alpha1.ReasonDeploying, "waiting for a ready replica")
