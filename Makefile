@@ -10,9 +10,9 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
 
-# kube-apiserver and etcd for the Kubernetes tests, built from the Go module
-# proxy into a cache directory outside the repository (minutes the first
-# time, nothing after).
+# kube-apiserver, etcd, kube-controller-manager and kubectl for the
+# Kubernetes tests, built from the Go module proxy into a cache directory
+# outside the repository (minutes the first time, nothing after).
 envtest-assets:
 	@hack/envtest-assets.sh >/dev/null
 

@@ -33,7 +33,7 @@ func TestRolloutOnACluster(t *testing.T) {
 	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
 	c := kubetest.Client(t, cl.Config)
 	ctx := t.Context()
-	_, apiURL := startKvasir(t, cl.Config, kl.MapAddress)
+	_, apiURL := startKvasir(t, cl, kl.MapAddress)
 	sdk := openai.NewClient(option.WithBaseURL(apiURL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
 	kubectl := func(args ...string) string {
 		t.Helper()

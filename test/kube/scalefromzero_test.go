@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -48,16 +48,21 @@ func deploymentReplicas(c client.Client, name string) int32 {
 
 // startKvasir runs Kvasir's controller (reconcilers and the autoscaler)
 // and an activator fed by informers, as `controller` and `activator
-// --kubernetes` run them, against the API server at cfg. mapAddress, when
-// set, turns pod IPs into the loopback addresses their pods listen on. It
-// returns the activator and its API's base URL.
-func startKvasir(t *testing.T, cfg *rest.Config, mapAddress func(string) string) (*activator.Activator, string) {
+// --kubernetes` run them, on the cluster: each as its service account, with
+// the RBAC of config/ and nothing more. mapAddress turns pod IPs into the
+// loopback addresses their pods listen on. It returns the activator and its
+// API's base URL.
+func startKvasir(t *testing.T, cl *kubetest.Cluster, mapAddress func(string) string) (*activator.Activator, string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	config := filepath.Join(kubetest.RepoRoot(), "config")
+	out, err := cl.Kubectl(ctx, "apply", "-f", filepath.Join(config, "100-namespace.yaml"),
+		"-f", filepath.Join(config, "200-clusterrole-controller.yaml"), "-f", filepath.Join(config, "200-clusterrole-activator.yaml"))
+	require.NoError(t, err, out)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	t.Cleanup(kubetest.Manager(t, cfg, func(mgr ctrl.Manager) error {
+	t.Cleanup(kubetest.Manager(t, cl.As("kvasir-serving/controller"), func(mgr ctrl.Manager) error {
 		rec := mgr.GetEventRecorder("kvasir-controller")
 		if err := (&modelservice.Reconciler{Client: mgr.GetClient(), Events: rec, BaseURL: "http://activator/v1",
 			KeepRevisions: 2}).SetupWithManager(mgr); err != nil {
@@ -84,7 +89,7 @@ func startKvasir(t *testing.T, cfg *rest.Config, mapAddress func(string) string)
 		}))
 	require.NoError(t, err)
 	t.Cleanup(act.Close)
-	sync, err := kube.New(cfg, act, kube.Options{Logger: discard, MapAddress: mapAddress})
+	sync, err := kube.New(cl.As("kvasir-serving/activator"), act, kube.Options{Logger: discard, MapAddress: mapAddress})
 	require.NoError(t, err)
 	syncDone := make(chan error, 1)
 	go func() { syncDone <- sync.Run(ctx) }()
@@ -113,7 +118,7 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
 	c := kubetest.Client(t, cl.Config)
 	ctx := t.Context()
-	act, apiURL := startKvasir(t, cl.Config, kl.MapAddress)
+	act, apiURL := startKvasir(t, cl, kl.MapAddress)
 
 	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
 	zero := int32(0)
