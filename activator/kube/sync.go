@@ -42,6 +42,11 @@ type Options struct {
 	MapAddress func(string) string
 }
 
+// RBAC of the activator (make generate writes config/'s kvasir-activator
+// role from these markers): it only reads.
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelservices;modelrevisions,verbs=get;list;watch
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
+
 // Sync keeps a Target in step with the cluster.
 type Sync struct {
 	target Target

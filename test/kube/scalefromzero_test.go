@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -57,8 +58,11 @@ func startKvasir(t *testing.T, cl *kubetest.Cluster, mapAddress func(string) str
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	config := filepath.Join(kubetest.RepoRoot(), "config")
-	out, err := cl.Kubectl(ctx, "apply", "-f", filepath.Join(config, "100-namespace.yaml"),
-		"-f", filepath.Join(config, "200-clusterrole-controller.yaml"), "-f", filepath.Join(config, "200-clusterrole-activator.yaml"))
+	args := []string{"apply", "-f", filepath.Join(config, "100-namespace.yaml")}
+	for _, f := range []string{"200-controller-rbac.yaml", "201-controller-roles.yaml", "200-activator-rbac.yaml", "201-activator-role.yaml"} {
+		args = append(args, "-f", filepath.Join(config, f))
+	}
+	out, err := cl.Kubectl(ctx, args...)
 	require.NoError(t, err, out)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -74,7 +78,10 @@ func startKvasir(t *testing.T, cl *kubetest.Cluster, mapAddress func(string) str
 		}
 		return mgr.Add(&autoscaling.Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: rec,
 			Registerer: prometheus.NewRegistry(), Listener: ln, Tick: 100 * time.Millisecond, Log: discard,
-			MapAddress: mapAddress})
+			MapAddress: mapAddress, Endpoint: &autoscaling.LeaderEndpoint{Namespace: "kvasir-serving",
+				Service: "autoscaler", IP: "192.0.2.250", Port: 8080, PortName: "http"}})
+	}, func(o *ctrl.Options) { // as cmd/controller runs it
+		o.LeaderElection, o.LeaderElectionID, o.LeaderElectionNamespace = true, "kvasir-controller", "kvasir-serving"
 	}))
 
 	demand := make(chan struct{}, 1)
@@ -130,6 +137,9 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 		"the revision starts at zero")
 	require.Eventually(t, func() bool { _, ok := act.PickRevision("llama", ""); return ok }, wait, tick,
 		"the activator routes the model")
+	require.Eventually(t, func() bool {
+		return c.Get(ctx, client.ObjectKey{Namespace: "kvasir-serving", Name: "autoscaler-leader"}, &discoveryv1.EndpointSlice{}) == nil
+	}, wait, tick, "the leader is the endpoint activators report to")
 
 	type answer struct {
 		code int

@@ -32,6 +32,18 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
 
+// RBAC (make generate): Deployments scaled through their scale
+// subresource, nodes and pods read for capacity, the CapacityAvailable
+// condition, events; the leader election Lease (and its core events).
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions,verbs=get;list;watch
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,resources=deployments/scale,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=nodes;pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;update;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=kvasir-serving,resources=leases,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",namespace=kvasir-serving,resources=events,verbs=create;update;patch
+
 // Autoscaler scales every ModelRevision role on Kubernetes. It runs in the
 // elected controller only (it is a leader-election runnable).
 type Autoscaler struct {

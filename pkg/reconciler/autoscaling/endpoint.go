@@ -12,6 +12,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
+// RBAC (make generate): the leader writes the EndpointSlice of the
+// autoscaler Service in Kvasir's namespace.
+// +kubebuilder:rbac:groups=discovery.k8s.io,namespace=kvasir-serving,resources=endpointslices,verbs=get;create;update
+
 // LeaderEndpoint makes the leading controller replica the one endpoint of a
 // selector-less Service, so that activators reach the autoscaler that
 // acts (as Knative's autoscaler does).

@@ -21,6 +21,15 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
+// RBAC of what this reconciler does (make generate writes the controller's
+// roles in config/ from these markers): ModelServices in, ModelRevisions
+// made, labelled and collected, events on the ModelService.
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelservices,verbs=get;list;watch
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelservices/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelservices/finalizers,verbs=update
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;update;patch
+
 // Reconciler turns ModelServices into ModelRevisions and resolved traffic.
 type Reconciler struct {
 	Client client.Client

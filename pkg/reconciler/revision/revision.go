@@ -20,6 +20,16 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 )
 
+// RBAC (make generate): a revision's Deployments and Services, its pods read
+// to say why they do not run, its status.
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions,verbs=get;list;watch
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;update;patch
+
 // Reconciler makes a ModelRevision's Deployments and Services exist and
 // reports their state in its status.
 type Reconciler struct {

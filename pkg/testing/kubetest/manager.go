@@ -42,13 +42,17 @@ func Client(t testing.TB, cfg *rest.Config) client.Client {
 
 // Manager runs a controller-runtime manager against cfg with what setup
 // registers, until the returned stop is called (stop waits for it; calling
-// it again does nothing).
-func Manager(t testing.TB, cfg *rest.Config, setup func(ctrl.Manager) error) (stop func()) {
+// it again does nothing). opts adjust the manager's options.
+func Manager(t testing.TB, cfg *rest.Config, setup func(ctrl.Manager) error, opts ...func(*ctrl.Options)) (stop func()) {
 	t.Helper()
 	ctrl.SetLogger(logr.Discard()) // controller-runtime insists on a logger
 	skip := true                   // several managers in one test binary
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: Scheme(t), Metrics: metricsserver.Options{BindAddress: "0"},
-		Controller: config.Controller{SkipNameValidation: &skip}})
+	o := ctrl.Options{Scheme: Scheme(t), Metrics: metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: &skip}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	mgr, err := ctrl.NewManager(cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}
