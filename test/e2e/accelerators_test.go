@@ -25,6 +25,42 @@ func engineEnv(t *testing.T, pid int, name string) string {
 	return ""
 }
 
+// sustain keeps n requests in flight (each asking for maxTokens) until the
+// returned stop is called; stop waits for the last answers and fails the
+// test on any error. The load lasts as long as the test looks at it, however
+// fast the machine answers.
+func sustain(t *testing.T, p *platform, n int, maxTokens int64) (stop func()) {
+	t.Helper()
+	client := sdk(p)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			for k := 0; ; k++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if _, err := client.Chat.Completions.New(context.Background(),
+					chatParams("request "+strconv.Itoa(i)+"."+strconv.Itoa(k), maxTokens)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	return func() {
+		close(done)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+	}
+}
+
 // With an inventory of 2 GPUs and one GPU a replica, a burst that wants 4
 // replicas gets 2, each with its own device, and the rest is reported as
 // unplaceable; the requests are all served.
@@ -38,15 +74,7 @@ spec:
     resources: {limits: {nvidia.com/gpu: "1"}}
     scaling: {minScale: 0, maxScale: 4, initialScale: 0, target: {concurrency: 4}, stableWindow: 4s, scaleToZeroGracePeriod: 2s}
 `, "--accelerators", "nvidia.com/gpu=2")
-	client := sdk(p)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for i := range 16 {
-		wg.Go(func() {
-			_, err := client.Chat.Completions.New(context.Background(), chatParams("request "+strconv.Itoa(i), 64))
-			errs <- err
-		})
-	}
+	stop := sustain(t, p, 16, 64)
 	require.Eventually(t, func() bool {
 		n, ok := p.metric("kvasir_revision_unplaceable_replicas", demoLabels)
 		return ok && n > 0
@@ -57,11 +85,7 @@ spec:
 		devices[engineEnv(t, r.EnginePID, "CUDA_VISIBLE_DEVICES")] = true
 	}
 	require.Equal(t, map[string]bool{"0": true, "1": true}, devices, "each replica has its own GPU")
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	stop()
 	desired, _ := p.metric("kvasir_revision_desired_replicas", demoLabels)
 	require.LessOrEqual(t, desired, 2.0)
 }
@@ -92,15 +116,7 @@ spec:
 	require.True(t, ok, "every variant has its series")
 	require.Zero(t, h)
 
-	client := sdk(p)
-	var wg sync.WaitGroup
-	errs := make(chan error, 24)
-	for i := range 24 {
-		wg.Go(func() {
-			_, err := client.Chat.Completions.New(context.Background(), chatParams("request "+strconv.Itoa(i), 96))
-			errs <- err
-		})
-	}
+	stop := sustain(t, p, 24, 96)
 	require.Eventually(t, func() bool {
 		n, ok := p.metric("kvasir_revision_unplaceable_replicas", demoLabels)
 		return ok && n > 0
@@ -127,9 +143,5 @@ spec:
 		got[v] = true
 	}
 	require.Equal(t, map[string]bool{"ascend::0": true, "ascend::1": true, "h100:0:": true}, got, "each replica has its variant's device")
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	stop()
 }
