@@ -21,6 +21,9 @@ type Signals struct {
 	KVCacheUsage float64
 	// TokensPerSecond is the replicas' summed token throughput.
 	TokensPerSecond float64
+	// CPU is the replicas' summed CPU use in cores, and MemoryGiB their
+	// summed memory use (the resource metrics API, on Kubernetes).
+	CPU, MemoryGiB float64
 }
 
 // Targets are the per-replica targets; nil ones are not used. With several,
@@ -30,6 +33,8 @@ type Targets struct {
 	WaitingRequests *float64
 	KVCacheUsage    *float64
 	TokensPerSecond *float64
+	CPU             *float64
+	MemoryGiB       *float64
 }
 
 // Config is one revision role's scaling configuration.
@@ -111,7 +116,8 @@ func (c *Config) Validate() error {
 		bad("maxScaleDownRate", c.MaxScaleDownRate, "must be > 1")
 	}
 	for name, t := range map[string]*float64{"target.concurrency": c.Targets.Concurrency,
-		"target.waitingRequests": c.Targets.WaitingRequests, "target.tokensPerSecond": c.Targets.TokensPerSecond} {
+		"target.waitingRequests": c.Targets.WaitingRequests, "target.tokensPerSecond": c.Targets.TokensPerSecond,
+		"target.cpu": c.Targets.CPU, "target.memoryGiB": c.Targets.MemoryGiB} {
 		if t != nil && *t <= 0 {
 			bad(name, *t, "must be > 0")
 		}
@@ -135,12 +141,12 @@ type Decision struct {
 type Decider struct {
 	cfg Config
 
-	concurrency, waiting, kv, tps window
-	panicUntil                    time.Time
-	lastDemand                    time.Time
-	recent                        []held // recommendations within ScaleDownDelay
-	started                       bool
-	last                          int // the last decision
+	concurrency, waiting, kv, tps, cpu, mem window
+	panicUntil                              time.Time
+	lastDemand                              time.Time
+	recent                                  []held // recommendations within ScaleDownDelay
+	started                                 bool
+	last                                    int // the last decision
 }
 
 type held struct {
@@ -172,6 +178,8 @@ func (d *Decider) Record(t time.Time, s Signals) {
 	d.waiting.record(t, s.Waiting)
 	d.kv.record(t, s.KVCacheUsage)
 	d.tps.record(t, s.TokensPerSecond)
+	d.cpu.record(t, s.CPU)
+	d.mem.record(t, s.MemoryGiB)
 	if s.Concurrency > 0 || s.Buffered > 0 || s.Waiting > 0 {
 		d.lastDemand = t
 	}
@@ -214,6 +222,16 @@ func (d *Decider) recommend(now time.Time, w time.Duration, ready int) (float64,
 			try(avg / *t.TokensPerSecond, "tokens per second")
 		}
 	}
+	if t.CPU != nil {
+		if avg, ok := d.cpu.average(now, w); ok {
+			try(avg / *t.CPU, "CPU")
+		}
+	}
+	if t.MemoryGiB != nil {
+		if avg, ok := d.mem.average(now, w); ok {
+			try(avg / *t.MemoryGiB, "memory")
+		}
+	}
 	return best, reason
 }
 
@@ -227,6 +245,8 @@ func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) D
 	defer d.waiting.trim(now, c.StableWindow)
 	defer d.kv.trim(now, c.StableWindow)
 	defer d.tps.trim(now, c.StableWindow)
+	defer d.cpu.trim(now, c.StableWindow)
+	defer d.mem.trim(now, c.StableWindow)
 
 	if !d.started {
 		d.started = true

@@ -35,6 +35,16 @@ func TestStableRecommendation(t *testing.T) {
 	require.Equal(t, "concurrency", got.Reason)
 }
 
+func TestCPUAndMemoryTargets(t *testing.T) {
+	d := newDecider(t, Config{MaxScale: 100, Targets: Targets{CPU: ptr(2.0), MemoryGiB: ptr(16.0), Concurrency: ptr(100.0)}})
+	feed(d, 0, 60, Signals{Concurrency: 10, CPU: 7, MemoryGiB: 40})
+	got := d.Decide(at(60), 4, 0, 10)
+	require.Equal(t, Decision{Desired: 4, Reason: "CPU"}, got, "7 cores at 2 a replica: 4 beats memory (40/16: 3) and concurrency (1)")
+	d = newDecider(t, Config{MaxScale: 100, Targets: Targets{CPU: ptr(2.0), MemoryGiB: ptr(16.0)}})
+	feed(d, 0, 60, Signals{Concurrency: 10, CPU: 1, MemoryGiB: 70})
+	require.Equal(t, Decision{Desired: 5, Reason: "memory"}, d.Decide(at(60), 5, 0, 10))
+}
+
 func TestMinScaleNamedWhenItHolds(t *testing.T) {
 	d := newDecider(t, Config{MinScale: 2, MaxScale: 100, Targets: Targets{Concurrency: ptr(8.0)}})
 	feed(d, 0, 60, Signals{Concurrency: 4})

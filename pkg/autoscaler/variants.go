@@ -74,7 +74,7 @@ func ConfigOf(sc v1alpha1.ScalingSpec, initial int) Config {
 	}
 	if tg := sc.Target; tg != nil {
 		cfg.Targets = Targets{Concurrency: tg.Concurrency, KVCacheUsage: tg.KVCacheUsage,
-			WaitingRequests: tg.WaitingRequests, TokensPerSecond: tg.TokensPerSecond}
+			WaitingRequests: tg.WaitingRequests, TokensPerSecond: tg.TokensPerSecond, CPU: tg.CPU, MemoryGiB: tg.MemoryGiB}
 	}
 	if cfg.Targets == (Targets{}) {
 		c := v1alpha1.DefaultTargetConcurrency

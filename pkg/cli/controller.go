@@ -16,6 +16,7 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	metricsclient "k8s.io/metrics/pkg/client/clientset/versioned"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -49,6 +50,8 @@ func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error 
 	autoscalerSvc := fs.String("autoscaler-service", "autoscaler",
 		"selector-less Service (in --leader-election-namespace) whose endpoint the leader sets to $POD_IP (empty: none)")
 	tick := fs.Duration("autoscaler-tick", time.Second, "the autoscaler's decision period")
+	resourceMetrics := fs.Duration("resource-metrics-interval", autoscaling.DefaultResourceMetricsInterval,
+		"how often the autoscaler reads pods' CPU and memory from metrics.k8s.io (0 = never)")
 	if err := fs.Parse(args); err != nil {
 		return UsageError{err.Error()}
 	}
@@ -89,7 +92,8 @@ func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error 
 	if *namespace != "" {
 		opts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{*namespace: {}}}
 	}
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), opts)
+	restCfg := ctrl.GetConfigOrDie()
+	mgr, err := ctrl.NewManager(restCfg, opts)
 	if err != nil {
 		return err
 	}
@@ -103,6 +107,13 @@ func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error 
 	}
 	as := &autoscaling.Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: recorder, Log: log.With(slog.String("component", "autoscaler")),
 		Registerer: ctrlmetrics.Registry, Addr: *autoscalerAddr, Tick: *tick}
+	if *resourceMetrics > 0 {
+		mc, err := metricsclient.NewForConfig(restCfg)
+		if err != nil {
+			return fmt.Errorf("metrics.k8s.io client: %w", err)
+		}
+		as.ResourceMetrics, as.ResourceMetricsInterval = mc.MetricsV1beta1(), *resourceMetrics
+	}
 	if ip := os.Getenv("POD_IP"); *autoscalerSvc != "" && ip != "" {
 		_, port, err := net.SplitHostPort(*autoscalerAddr)
 		if err != nil {

@@ -1,8 +1,11 @@
 package local
 
 import (
+	"bytes"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -69,4 +72,26 @@ spec: {template: {engine: {type: sim}}, routing: {plugins: [{name: kv-cache-awar
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
+}
+
+// kvasir local reads a cpu target but cannot act on it, and says so,
+// naming the field.
+func TestKubernetesOnlyTargetsWarned(t *testing.T) {
+	svcs, err := Load("test.yaml", []byte(`apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: demo}
+spec:
+  template:
+    engine: {type: sim}
+    roles:
+      prefill: {scaling: {target: {memoryGiB: 40}}}
+      decode: {}
+    scaling: {target: {cpu: 2, concurrency: 8}}
+`))
+	require.NoError(t, err)
+	var buf bytes.Buffer
+	warnKubernetesOnly(slog.New(slog.NewTextHandler(&buf, nil)), svcs[0])
+	require.Contains(t, buf.String(), "field=spec.template.scaling.target.cpu")
+	require.Contains(t, buf.String(), "field=spec.template.roles.prefill.scaling.target.memoryGiB")
+	require.Equal(t, 2, strings.Count(buf.String(), "level=WARN"))
 }

@@ -74,7 +74,36 @@ func revisionName(svc string, n int) string { return fmt.Sprintf("%s-%05d", svc,
 func (p *Platform) reconcile(svcs []*v1alpha1.ModelService) error {
 	p.svcMu.Lock()
 	defer p.svcMu.Unlock()
+	for _, ms := range svcs {
+		warnKubernetesOnly(p.log, ms)
+	}
 	return p.reconcileLocked(svcs)
+}
+
+// warnKubernetesOnly says which fields of a ModelService kvasir local
+// reads but cannot act on: the cpu and memoryGiB targets need the
+// resource metrics API of a cluster.
+func warnKubernetesOnly(log *slog.Logger, ms *v1alpha1.ModelService) {
+	scalings := map[string]*v1alpha1.ScalingSpec{"spec.template.scaling": &ms.Spec.Template.Scaling}
+	if r := ms.Spec.Template.Roles; r != nil {
+		if r.Prefill != nil {
+			scalings["spec.template.roles.prefill.scaling"] = r.Prefill.Scaling
+		}
+		if r.Decode != nil {
+			scalings["spec.template.roles.decode.scaling"] = r.Decode.Scaling
+		}
+	}
+	for path, sc := range scalings {
+		if sc == nil || sc.Target == nil {
+			continue
+		}
+		for name, v := range map[string]*float64{"cpu": sc.Target.CPU, "memoryGiB": sc.Target.MemoryGiB} {
+			if v != nil {
+				log.Warn("this target needs the resource metrics API of a Kubernetes cluster: kvasir local does not scale on it",
+					slog.String("service", ms.Name), slog.String("field", path+".target."+name))
+			}
+		}
+	}
 }
 
 func (p *Platform) reconcileLocked(svcs []*v1alpha1.ModelService) error {

@@ -20,6 +20,7 @@ import (
 	apierrs "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	metricsv1beta1 "k8s.io/metrics/pkg/client/clientset/versioned/typed/metrics/v1beta1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
@@ -33,12 +34,14 @@ import (
 )
 
 // RBAC (make generate): Deployments scaled through their scale
-// subresource, nodes and pods read for capacity, the CapacityAvailable
+// subresource, nodes and pods read for capacity, pods' CPU and memory use,
+// the CapacityAvailable
 // condition, events; the leader election Lease (and its core events).
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions,verbs=get;list;watch
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments/scale,verbs=get;update;patch
+// +kubebuilder:rbac:groups=metrics.k8s.io,resources=pods,verbs=get;list
 // +kubebuilder:rbac:groups="",resources=nodes;pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;update;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=kvasir-serving,resources=leases,verbs=get;list;watch;create;update;patch;delete
@@ -71,6 +74,12 @@ type Autoscaler struct {
 	Endpoint *LeaderEndpoint
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// ResourceMetrics reads the pods' CPU and memory use (metrics.k8s.io,
+	// served by metrics-server) for the cpu and memoryGiB targets and the
+	// observed metrics; nil: none. ResourceMetricsInterval is how often
+	// (default DefaultResourceMetricsInterval).
+	ResourceMetrics         metricsv1beta1.PodMetricsesGetter
+	ResourceMetricsInterval time.Duration
 	// MapAddress, when set, rewrites each pod IP before the autoscaler
 	// dials its queue-proxy. For tests that run pods on loopback, which
 	// pod IPs in EndpointSlices may not be.
@@ -79,6 +88,7 @@ type Autoscaler struct {
 	metrics   *metrics
 	collector *collector
 	pods      *podStats
+	usage     *usage
 	poke      chan struct{}
 	roles     map[fleet.Key]*roleState
 }
@@ -123,6 +133,7 @@ func (a *Autoscaler) Start(ctx context.Context) error {
 	a.poke = make(chan struct{}, 1)
 	a.collector = newCollector(a.Log, a.Now, a.wake)
 	a.pods = newPodStats(a.Log)
+	a.usage = &usage{client: a.ResourceMetrics, interval: cmp.Or(a.ResourceMetricsInterval, DefaultResourceMetricsInterval), log: a.Log}
 	a.roles = map[fleet.Key]*roleState{}
 	defer a.pods.stop()
 
@@ -201,6 +212,7 @@ func (a *Autoscaler) tick(ctx context.Context) error {
 	a.followPods(ctx, revs.Items, pods.Items)
 	demand := a.collector.demand()
 	podStats := a.pods.stats()
+	a.usage.refresh(ctx, now)
 
 	roles := map[fleet.Key]*role{}
 	for i := range revs.Items {
@@ -333,6 +345,8 @@ func (a *Autoscaler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, n
 	r.state = st
 	d := demand[key]
 	sig := st.rate.Observe(d.InFlight, d.Buffered, podStats[key], now)
+	use := a.usage.of(key, now)
+	sig.CPU, sig.MemoryGiB = use.CPU, use.MemoryGiB
 	st.decider.Record(now, sig)
 	r.dec = st.decider.Decide(now, r.ready, float64(d.Buffered), float64(d.InFlight))
 	if rev.Annotations[v1alpha1.AnnotationAutoscalerClass] == v1alpha1.AutoscalerClassExternal &&

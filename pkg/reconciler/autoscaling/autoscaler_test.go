@@ -15,9 +15,13 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
+	metricsclient "k8s.io/metrics/pkg/client/clientset/versioned"
 	"knative.dev/pkg/apis"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
@@ -35,9 +39,9 @@ type env struct {
 }
 
 // start runs the revision reconciler and the autoscaler against a real API
-// server. There is no scheduler or kubelet: the test plays them (nodes,
-// bound pods, Deployment status).
-func start(t *testing.T) env {
+// server; opts adjust the autoscaler. There is no scheduler or kubelet: the
+// test plays them (nodes, bound pods, Deployment status).
+func start(t *testing.T, opts ...func(*Autoscaler, *rest.Config)) env {
 	t.Helper()
 	cfg := kubetest.Start(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -49,8 +53,12 @@ func start(t *testing.T) env {
 			Resources: resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"}}).SetupWithManager(mgr); err != nil {
 			return err
 		}
-		return mgr.Add(&Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: rec, Registerer: reg,
-			Listener: ln, Tick: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+		as := &Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: rec, Registerer: reg,
+			Listener: ln, Tick: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+		for _, o := range opts {
+			o(as, cfg)
+		}
+		return mgr.Add(as)
 	}))
 	return env{c: kubetest.Client(t, cfg), url: "ws://" + ln.Addr().String(), reg: reg}
 }
@@ -250,4 +258,77 @@ func TestVariantsSpillByCost(t *testing.T) {
 		s, _, msg := condition(t, e.c, "ext-00001", v1alpha1.RevisionConditionCapacityAvailable)
 		return s == "False" && strings.Contains(msg, "1 replica(s) cannot be placed")
 	}, wait, tick)
+}
+
+// metricsAPI stands in for metrics-server: envtest serves no aggregated
+// API, so a CRD serves the resource metrics API's pods at its path
+// (/apis/metrics.k8s.io/v1beta1/namespaces/NS/pods), with its shape.
+const metricsAPI = `apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: pods.metrics.k8s.io
+  annotations: {api-approved.kubernetes.io: "unapproved, a test stand-in for metrics-server"}
+spec:
+  group: metrics.k8s.io
+  scope: Namespaced
+  names: {plural: pods, singular: podmetrics, kind: PodMetrics, listKind: PodMetricsList}
+  versions:
+    - name: v1beta1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+`
+
+// podMetrics is what metrics-server reports of a revision pod.
+const podMetrics = `apiVersion: metrics.k8s.io/v1beta1
+kind: PodMetrics
+metadata:
+  name: llama-00001-deployment-abc
+  namespace: default
+  labels: {serving.kvasir.dev/service: llama, serving.kvasir.dev/revision: llama-00001, serving.kvasir.dev/role: unified}
+timestamp: "2026-12-01T00:00:00Z"
+window: 30s
+containers:
+  - {name: engine, usage: {cpu: 6500m, memory: 20Gi}}
+  - {name: queue-proxy, usage: {cpu: 500m, memory: 1Gi}}
+`
+
+func createYAML(t *testing.T, c client.Client, doc string) {
+	t.Helper()
+	u := &unstructured.Unstructured{}
+	require.NoError(t, yaml.Unmarshal([]byte(doc), &u.Object))
+	require.Eventually(t, func() bool { return c.Create(context.Background(), u.DeepCopy()) == nil }, wait, tick,
+		"creating %s %s", u.GetKind(), u.GetName())
+}
+
+// The cpu target reads the pods' use from the resource metrics API: one pod
+// using 7 cores at a target of 2 a replica wants 4 replicas; the observed
+// metrics say what the pods use.
+func TestCPUTargetFromResourceMetrics(t *testing.T) {
+	var mc *metricsclient.Clientset
+	e := start(t, func(a *Autoscaler, cfg *rest.Config) {
+		mc = metricsclient.NewForConfigOrDie(cfg)
+		a.ResourceMetrics, a.ResourceMetricsInterval = mc.MetricsV1beta1(), 100*time.Millisecond
+	})
+	ctx := context.Background()
+	createYAML(t, e.c, metricsAPI)
+	require.Eventually(t, func() bool {
+		_, err := mc.MetricsV1beta1().PodMetricses("default").List(ctx, metav1.ListOptions{})
+		return err == nil
+	}, wait, tick, "the stand-in serves the metrics API")
+
+	rev := newRevision("llama-00001", func(r *v1alpha1.ModelRevision) {
+		one, two := int32(1), 2.0
+		r.Spec.Scaling.MinScale, r.Spec.Scaling.InitialScale, r.Spec.Replicas = &one, &one, &one
+		r.Spec.Scaling.Target = &v1alpha1.ScalingTarget{CPU: &two}
+	})
+	require.NoError(t, e.c.Create(ctx, rev))
+	require.Eventually(t, func() bool { return replicas(t, e.c, "llama-00001-deployment") == 1 }, wait, tick)
+
+	createYAML(t, e.c, podMetrics)
+	role := map[string]string{"namespace": "default", "service": "llama", "revision": "llama-00001", "role": "unified"}
+	require.Eventually(t, func() bool { return gauge(t, e.reg, "kvasir_autoscaler_observed_cpu_cores", role) == 7 }, wait, tick)
+	require.Equal(t, 21.0*(1<<30), gauge(t, e.reg, "kvasir_autoscaler_observed_memory_bytes", role))
+	require.Eventually(t, func() bool { return replicas(t, e.c, "llama-00001-deployment") == 4 }, wait, tick,
+		"7 cores at 2 a replica")
 }

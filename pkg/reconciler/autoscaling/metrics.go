@@ -12,6 +12,7 @@ import (
 type metrics struct {
 	desired, panic                       *prometheus.GaugeVec
 	concurrency, waiting, kv, tokensRate *prometheus.GaugeVec
+	cpu, memory                          *prometheus.GaugeVec
 	revDesired, revReady, unplaceable    *prometheus.GaugeVec
 }
 
@@ -35,6 +36,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		kv:      g("kvasir_autoscaler_observed_kv_cache_usage", "Mean KV-cache usage (0..1) of a revision role's replicas.", roleLabels),
 		tokensRate: g("kvasir_autoscaler_observed_tokens_per_second",
 			"Prompt plus completion tokens per second of a revision role's replicas.", roleLabels),
+		cpu: g("kvasir_autoscaler_observed_cpu_cores",
+			"CPU cores a revision role's pods use, summed (metrics.k8s.io; 0 without it).", roleLabels),
+		memory: g("kvasir_autoscaler_observed_memory_bytes",
+			"Memory a revision role's pods use, summed (metrics.k8s.io; 0 without it).", roleLabels),
 		revDesired: g("kvasir_revision_desired_replicas",
 			"Replicas of a revision role after placement, per accelerator variant (variant empty without variants).", withVariant),
 		revReady: g("kvasir_revision_ready_replicas",
@@ -64,6 +69,8 @@ func (m *metrics) observe(k fleet.Key, sig autoscaler.Signals, dec autoscaler.De
 	m.waiting.With(l).Set(sig.Waiting)
 	m.kv.With(l).Set(sig.KVCacheUsage)
 	m.tokensRate.With(l).Set(sig.TokensPerSecond)
+	m.cpu.With(l).Set(sig.CPU)
+	m.memory.With(l).Set(sig.MemoryGiB * (1 << 30))
 }
 
 func (m *metrics) placed(k fleet.Key, variant string, desired, ready int) {
@@ -77,7 +84,7 @@ func (m *metrics) placed(k fleet.Key, variant string, desired, ready int) {
 func (m *metrics) forget(k fleet.Key) {
 	l := labelsOf(k)
 	for _, v := range []*prometheus.GaugeVec{m.desired, m.panic, m.concurrency, m.waiting, m.kv, m.tokensRate,
-		m.revDesired, m.revReady, m.unplaceable} {
+		m.cpu, m.memory, m.revDesired, m.revReady, m.unplaceable} {
 		v.DeletePartialMatch(l)
 	}
 }

@@ -64,8 +64,7 @@ func (s *ScalingSpec) SetDefaults() {
 	if s.Target == nil {
 		s.Target = &ScalingTarget{}
 	}
-	if s.Target.Concurrency == nil && s.Target.KVCacheUsage == nil &&
-		s.Target.WaitingRequests == nil && s.Target.TokensPerSecond == nil {
+	if *s.Target == (ScalingTarget{}) {
 		s.Target.Concurrency = ptr(DefaultTargetConcurrency)
 	}
 	if s.ScaleToZeroGracePeriod == nil {

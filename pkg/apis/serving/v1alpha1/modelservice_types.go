@@ -281,6 +281,19 @@ type ScalingTarget struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:ExclusiveMinimum=true
 	TokensPerSecond *float64 `json:"tokensPerSecond,omitempty"`
+	// CPU is CPU cores used per replica, all its containers together, as
+	// the resource metrics API (metrics.k8s.io, served by metrics-server)
+	// reports them. Kubernetes only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:ExclusiveMinimum=true
+	CPU *float64 `json:"cpu,omitempty"`
+	// MemoryGiB is memory used per replica in GiB, all its containers
+	// together, from the resource metrics API. Kubernetes only.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:ExclusiveMinimum=true
+	MemoryGiB *float64 `json:"memoryGiB,omitempty"`
 }
 
 // RoutingSpec lists scheduler plugins with weights.

@@ -175,7 +175,7 @@ func (s *ScalingSpec) validate() *apis.FieldError {
 	}
 	if t := s.Target; t != nil {
 		for name, v := range map[string]*float64{"concurrency": t.Concurrency, "kvCacheUsage": t.KVCacheUsage,
-			"waitingRequests": t.WaitingRequests, "tokensPerSecond": t.TokensPerSecond} {
+			"waitingRequests": t.WaitingRequests, "tokensPerSecond": t.TokensPerSecond, "cpu": t.CPU, "memoryGiB": t.MemoryGiB} {
 			if v != nil && *v <= 0 {
 				errs = errs.Also(apis.ErrInvalidValue(*v, "target."+name, "must be > 0"))
 			}
