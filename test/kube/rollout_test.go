@@ -2,8 +2,10 @@ package kube
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/openai/openai-go/v3"
@@ -33,7 +35,7 @@ func TestRolloutOnACluster(t *testing.T) {
 	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
 	c := kubetest.Client(t, cl.Config)
 	ctx := t.Context()
-	_, apiURL := startKvasir(t, cl, kl.MapAddress)
+	_, apiURL, _ := startKvasir(t, cl, kl.MapAddress)
 	sdk := openai.NewClient(option.WithBaseURL(apiURL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
 	kubectl := func(args ...string) string {
 		t.Helper()
@@ -43,16 +45,22 @@ func TestRolloutOnACluster(t *testing.T) {
 		return out
 	}
 	// servedBy asks for model (a name or name@tag) and returns the
-	// revision that answered.
+	// revision that answered, or what went wrong. Every request must
+	// succeed: errs counts those that did not (checked at the end, as
+	// servedBy also runs inside Eventually's goroutine).
+	var errs atomic.Int32
 	servedBy := func(model string) string {
-		t.Helper()
 		var resp *http.Response
 		out, err := sdk.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: model, MaxTokens: openai.Int(4),
 			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Hello")}}, option.WithResponseInto(&resp))
-		require.NoError(t, err)
-		require.NotEmpty(t, out.Choices)
+		if err != nil || len(out.Choices) == 0 {
+			errs.Add(1)
+			t.Logf("request for %s failed: %v", model, err)
+			return fmt.Sprintf("error: %v", err)
+		}
 		return resp.Header.Get("X-Kvasir-Revision")
 	}
+	defer func() { require.Zero(t, errs.Load(), "requests failed") }()
 	msReady := func(latest string) func() bool {
 		return func() bool {
 			ms := &v1alpha1.ModelService{}

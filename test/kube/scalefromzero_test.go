@@ -51,9 +51,9 @@ func deploymentReplicas(c client.Client, name string) int32 {
 // and an activator fed by informers, as `controller` and `activator
 // --kubernetes` run them, on the cluster: each as its service account, with
 // the RBAC of config/ and nothing more. mapAddress turns pod IPs into the
-// loopback addresses their pods listen on. It returns the activator and its
-// API's base URL.
-func startKvasir(t *testing.T, cl *kubetest.Cluster, mapAddress func(string) string) (*activator.Activator, string) {
+// loopback addresses their pods listen on. It returns the activator, its
+// API's base URL and the registry of its metrics.
+func startKvasir(t *testing.T, cl *kubetest.Cluster, mapAddress func(string) string) (*activator.Activator, string, *prometheus.Registry) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -87,7 +87,8 @@ func startKvasir(t *testing.T, cl *kubetest.Cluster, mapAddress func(string) str
 	demand := make(chan struct{}, 1)
 	acfg := activator.DefaultConfig()
 	acfg.BufferTimeout = wait // a failure ends the test in bounded time
-	act, err := activator.New(acfg, activator.WithRegisterer(prometheus.NewRegistry()),
+	reg := prometheus.NewRegistry()
+	act, err := activator.New(acfg, activator.WithRegisterer(reg),
 		activator.WithLogger(discard), activator.WithOnDemand(func(fleet.Key) {
 			select {
 			case demand <- struct{}{}:
@@ -111,7 +112,7 @@ func startKvasir(t *testing.T, cl *kubetest.Cluster, mapAddress func(string) str
 	t.Cleanup(func() { cancel(); <-reportDone; require.NoError(t, <-syncDone) })
 	api := httptest.NewServer(act.Handler())
 	t.Cleanup(api.Close)
-	return act, api.URL
+	return act, api.URL, reg
 }
 
 // A ModelService at zero on Kubernetes: a request waits in the activator,
@@ -125,7 +126,7 @@ func TestScaleFromZeroAndBack(t *testing.T) {
 	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
 	c := kubetest.Client(t, cl.Config)
 	ctx := t.Context()
-	act, apiURL := startKvasir(t, cl, kl.MapAddress)
+	act, apiURL, _ := startKvasir(t, cl, kl.MapAddress)
 
 	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
 	zero := int32(0)
