@@ -58,7 +58,6 @@ type Kubelet struct {
 
 // hollowPod is a pod the Kubelet runs.
 type hollowPod struct {
-	key        client.ObjectKey
 	uid        types.UID
 	n          int // host number: 127.0.1.n, 192.0.2.n
 	started    metav1.Time
@@ -220,7 +219,7 @@ func (k *Kubelet) run(ctx context.Context, pod *corev1.Pod) error {
 			return fmt.Errorf("pod %s/%s: no loopback address left", pod.Namespace, pod.Name)
 		}
 		k.used[n] = true
-		p = &hollowPod{key: client.ObjectKeyFromObject(pod), uid: pod.UID, n: n, started: metav1.Now()}
+		p = &hollowPod{uid: pod.UID, n: n, started: metav1.Now()}
 		k.pods[pod.UID] = p
 		k.mu.Unlock()
 		k.start(pod, p)
