@@ -212,7 +212,9 @@ func (a *Autoscaler) tick(ctx context.Context) error {
 	a.followPods(ctx, revs.Items, pods.Items)
 	demand := a.collector.demand()
 	podStats := a.pods.stats()
-	a.usage.refresh(ctx, now)
+	if usesResourceMetrics(revs.Items) {
+		a.usage.refresh(ctx, now)
+	}
 
 	roles := map[fleet.Key]*role{}
 	for i := range revs.Items {
@@ -270,6 +272,19 @@ func (a *Autoscaler) tick(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// usesResourceMetrics tells whether a revision role scales on CPU or
+// memory: only then is the resource metrics API read.
+func usesResourceMetrics(revs []v1alpha1.ModelRevision) bool {
+	for i := range revs {
+		for _, role := range resources.Roles(&revs[i]) {
+			if t := revs[i].Spec.RoleScaling(role).Target; t != nil && (t.CPU != nil || t.MemoryGiB != nil) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // reserve takes from free what the Deployments already asked for and have
