@@ -7,7 +7,6 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
+	"github.com/kvasir-serving/kvasir/pkg/testing/promtest"
 )
 
 // Prefill/decode disaggregation on a cluster: the revision's two roles get
@@ -27,7 +27,7 @@ func TestPrefillDecodeOnACluster(t *testing.T) {
 	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
 	c := kubetest.Client(t, cl.Config)
 	ctx := t.Context()
-	_, apiURL, reg := startKvasir(t, cl, kl.MapAddress)
+	act, apiURL, reg := startKvasir(t, cl, kl.MapAddress)
 
 	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "pd", Namespace: "default"}}
 	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Args: []string{"--zero-latency"}}
@@ -45,6 +45,7 @@ func TestPrefillDecodeOnACluster(t *testing.T) {
 	require.Contains(t, out, "pd-00001-prefill")
 	require.Contains(t, out, "pd-00001-decode")
 
+	require.Eventually(t, func() bool { _, ok := act.PickRevision("pd", ""); return ok }, wait, tick)
 	sdk := openai.NewClient(option.WithBaseURL(apiURL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
 	remote := map[string]string{"service": "pd", "revision": "pd-00001", "prefill": "remote"}
 	// The decode pod's EndpointSlice may be listed before the prefill
@@ -58,35 +59,8 @@ func TestPrefillDecodeOnACluster(t *testing.T) {
 			t.Logf("request failed: %v", err)
 			return false
 		}
-		return counter(reg, "kvasir_activator_pd_requests_total", remote) >= 1
+		n, _ := promtest.Value(reg, "kvasir_activator_pd_requests_total", remote)
+		return n >= 1
 	}, wait, tick, "the activator prefills remotely")
 	require.Zero(t, failed.Load(), "requests failed")
-}
-
-// counter reads one series of a counter (0: absent, -1: the registry
-// failed).
-func counter(reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	fams, err := reg.Gather()
-	if err != nil {
-		return -1
-	}
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range f.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if got[k] != v {
-					continue next
-				}
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
 }

@@ -35,7 +35,7 @@ func TestRolloutOnACluster(t *testing.T) {
 	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
 	c := kubetest.Client(t, cl.Config)
 	ctx := t.Context()
-	_, apiURL, _ := startKvasir(t, cl, kl.MapAddress)
+	act, apiURL, _ := startKvasir(t, cl, kl.MapAddress)
 	sdk := openai.NewClient(option.WithBaseURL(apiURL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
 	kubectl := func(args ...string) string {
 		t.Helper()
@@ -78,6 +78,8 @@ func TestRolloutOnACluster(t *testing.T) {
 	require.NoError(t, c.Create(ctx, ms))
 	require.Eventually(t, msReady("demo-00001"), wait, tick, "the first revision becomes ready")
 	require.Eventually(t, func() bool { return kl.Running() == 1 }, wait, tick)
+	// The activator's informers follow the API server a moment behind it.
+	require.Eventually(t, func() bool { _, ok := act.PickRevision("demo", ""); return ok }, wait, tick)
 	require.Equal(t, "demo-00001", servedBy("demo"))
 
 	// Canary: a template edit makes demo-00002, which takes 10% and the
@@ -90,6 +92,7 @@ func TestRolloutOnACluster(t *testing.T) {
 		}
 	}))
 	require.Eventually(t, msReady("demo-00002"), wait, tick, "the canary becomes ready")
+	require.Eventually(t, func() bool { rev, ok := act.PickRevision("demo", "canary"); return ok && rev == "demo-00002" }, wait, tick)
 	require.Eventually(t, func() bool { return servedBy("demo@canary") == "demo-00002" }, wait, tick,
 		"the activator routes the tag once its pod is in the EndpointSlice")
 	got := kubectl("get", "msvc", "demo")
@@ -143,6 +146,7 @@ func TestRolloutOnACluster(t *testing.T) {
 			count(ctx, c, &discoveryv1.EndpointSliceList{}, client.HasLabels{v1alpha1.LabelService}) == 0
 	}, wait, tick, "deleting the ModelService deletes all it made")
 	require.Eventually(t, func() bool { return kl.Running() == 0 }, wait, tick, "and its pods' containers stop")
+	require.Eventually(t, func() bool { _, ok := act.PickRevision("demo", ""); return !ok }, wait, tick)
 	_, err := sdk.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "demo",
 		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Hello")}})
 	var apiErr *openai.Error

@@ -28,6 +28,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
+	"github.com/kvasir-serving/kvasir/pkg/testing/promtest"
 )
 
 const wait, tick = 30 * time.Second, 20 * time.Millisecond
@@ -125,25 +126,8 @@ func condition(t *testing.T, c client.Client, name string, typ apis.ConditionTyp
 
 // gauge reads one series of a gauge from the registry (-1: absent).
 func gauge(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	fams, err := reg.Gather()
-	require.NoError(t, err)
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range f.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if got[k] != v {
-					continue next
-				}
-			}
-			return m.GetGauge().GetValue()
-		}
+	if v, ok := promtest.Value(reg, name, labels); ok {
+		return v
 	}
 	return -1
 }
