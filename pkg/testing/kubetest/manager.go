@@ -9,7 +9,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
@@ -47,7 +46,6 @@ func Client(t testing.TB, cfg *rest.Config) client.Client {
 func Manager(t testing.TB, cfg *rest.Config, setup func(ctrl.Manager) error, opts ...func(*ctrl.Options)) (stop func()) {
 	t.Helper()
 	ctrl.SetLogger(logr.Discard()) // controller-runtime insists on a logger
-	klog.SetLogger(logr.Discard()) // client-go's leader election logs through klog
 	skip := true                   // several managers in one test binary
 	o := ctrl.Options{Scheme: Scheme(t), Metrics: metricsserver.Options{BindAddress: "0"},
 		Controller: config.Controller{SkipNameValidation: &skip}}
