@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/pkg/testing/promtest"
 )
 
 // kvasirBin is the binary under test, built once by TestMain.
@@ -184,25 +185,7 @@ func scrape(t *testing.T, url, name string, labels map[string]string) (float64, 
 	if !ok {
 		return 0, false
 	}
-next:
-	for _, m := range fam.GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		for k, v := range labels {
-			if got[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue(), true
-		case m.Counter != nil:
-			return m.GetCounter().GetValue(), true
-		}
-	}
-	return 0, false
+	return promtest.Lookup(fam, labels)
 }
 
 func postJSON(ctx context.Context, url, body string) (*http.Response, error) {

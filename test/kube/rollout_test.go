@@ -21,7 +21,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
-	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
 )
 
 // The life of a ModelService on a cluster whose Deployments, ReplicaSets,
@@ -31,15 +30,11 @@ import (
 // promoted and rolled back (the revision without traffic at zero), shows
 // in kubectl, and deleting it removes everything it made.
 func TestRolloutOnACluster(t *testing.T) {
-	cl := kubetest.StartCluster(t)
-	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
-	c := kubetest.Client(t, cl.Config)
-	ctx := t.Context()
-	act, apiURL, _ := startKvasir(t, cl, kl.MapAddress)
-	sdk := openai.NewClient(option.WithBaseURL(apiURL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+	k := startKvasir(t)
+	c, ctx := k.c, t.Context()
 	kubectl := func(args ...string) string {
 		t.Helper()
-		out, err := cl.Kubectl(ctx, args...)
+		out, err := k.cl.Kubectl(ctx, args...)
 		require.NoError(t, err, out)
 		t.Logf("$ kubectl %s\n%s", strings.Join(args, " "), out)
 		return out
@@ -51,7 +46,7 @@ func TestRolloutOnACluster(t *testing.T) {
 	var errs atomic.Int32
 	servedBy := func(model string) string {
 		var resp *http.Response
-		out, err := sdk.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: model, MaxTokens: openai.Int(4),
+		out, err := k.sdk.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: model, MaxTokens: openai.Int(4),
 			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Hello")}}, option.WithResponseInto(&resp))
 		if err != nil || len(out.Choices) == 0 {
 			errs.Add(1)
@@ -77,9 +72,9 @@ func TestRolloutOnACluster(t *testing.T) {
 	ms.Spec.Template.Scaling = v1alpha1.ScalingSpec{MinScale: &one}
 	require.NoError(t, c.Create(ctx, ms))
 	require.Eventually(t, msReady("demo-00001"), wait, tick, "the first revision becomes ready")
-	require.Eventually(t, func() bool { return kl.Running() == 1 }, wait, tick)
+	require.Eventually(t, func() bool { return k.kl.Running() == 1 }, wait, tick)
 	// The activator's informers follow the API server a moment behind it.
-	require.Eventually(t, func() bool { _, ok := act.PickRevision("demo", ""); return ok }, wait, tick)
+	require.Eventually(t, func() bool { _, ok := k.act.PickRevision("demo", ""); return ok }, wait, tick)
 	require.Equal(t, "demo-00001", servedBy("demo"))
 
 	// Canary: a template edit makes demo-00002, which takes 10% and the
@@ -92,7 +87,7 @@ func TestRolloutOnACluster(t *testing.T) {
 		}
 	}))
 	require.Eventually(t, msReady("demo-00002"), wait, tick, "the canary becomes ready")
-	require.Eventually(t, func() bool { rev, ok := act.PickRevision("demo", "canary"); return ok && rev == "demo-00002" }, wait, tick)
+	require.Eventually(t, func() bool { rev, ok := k.act.PickRevision("demo", "canary"); return ok && rev == "demo-00002" }, wait, tick)
 	require.Eventually(t, func() bool { return servedBy("demo@canary") == "demo-00002" }, wait, tick,
 		"the activator routes the tag once its pod is in the EndpointSlice")
 	got := kubectl("get", "msvc", "demo")
@@ -115,7 +110,7 @@ func TestRolloutOnACluster(t *testing.T) {
 	require.Eventually(t, func() bool { return servedBy("demo") == "demo-00002" }, wait, tick)
 	// demo-00001 takes no traffic now: kept for rollback, at zero.
 	require.Eventually(t, func() bool {
-		return deploymentReplicas(c, "demo-00001-deployment") == 0 && kl.Running() == 1
+		return deploymentReplicas(c, "demo-00001-deployment") == 0 && k.kl.Running() == 1
 	}, wait, tick, "the unreferenced revision scales to zero despite its minScale")
 	rev := &v1alpha1.ModelRevision{}
 	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "demo-00001"}, rev))
@@ -132,7 +127,7 @@ func TestRolloutOnACluster(t *testing.T) {
 	require.Eventually(t, func() bool { return servedBy("demo") == "demo-00001" }, wait, tick)
 	require.Eventually(t, func() bool {
 		return deploymentReplicas(c, "demo-00002-deployment") == 0 && deploymentReplicas(c, "demo-00001-deployment") == 1 &&
-			kl.Running() == 1
+			k.kl.Running() == 1
 	}, wait, tick, "the rolled-back-from revision scales to zero")
 	kubectl("describe", "mrev", "demo-00001")
 
@@ -145,9 +140,9 @@ func TestRolloutOnACluster(t *testing.T) {
 			count(ctx, c, &corev1.ServiceList{}, client.HasLabels{v1alpha1.LabelService}) == 0 &&
 			count(ctx, c, &discoveryv1.EndpointSliceList{}, client.HasLabels{v1alpha1.LabelService}) == 0
 	}, wait, tick, "deleting the ModelService deletes all it made")
-	require.Eventually(t, func() bool { return kl.Running() == 0 }, wait, tick, "and its pods' containers stop")
-	require.Eventually(t, func() bool { _, ok := act.PickRevision("demo", ""); return !ok }, wait, tick)
-	_, err := sdk.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "demo",
+	require.Eventually(t, func() bool { return k.kl.Running() == 0 }, wait, tick, "and its pods' containers stop")
+	require.Eventually(t, func() bool { _, ok := k.act.PickRevision("demo", ""); return !ok }, wait, tick)
+	_, err := k.sdk.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "demo",
 		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Hello")}})
 	var apiErr *openai.Error
 	require.ErrorAs(t, err, &apiErr)

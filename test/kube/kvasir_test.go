@@ -1,0 +1,129 @@
+package kube
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/activator/kube"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/autoscaling"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/modelservice"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+	"github.com/kvasir-serving/kvasir/pkg/sim"
+	"github.com/kvasir-serving/kvasir/pkg/stats"
+	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
+	"github.com/kvasir-serving/kvasir/queueproxy"
+)
+
+const wait, tick = 30 * time.Second, 20 * time.Millisecond
+
+var discard = slog.New(slog.DiscardHandler)
+
+func deploymentReplicas(c client.Client, name string) int32 {
+	d := &appsv1.Deployment{}
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, d); err != nil {
+		return -1
+	}
+	return *d.Spec.Replicas
+}
+
+// kvasir is Kvasir on a test cluster (kubetest.StartCluster, whose pods
+// the kubelet runs with images): its controller (reconcilers and the
+// autoscaler) and an activator fed by informers, as `controller` and
+// `activator --kubernetes` run them, each as its service account with the
+// RBAC of config/ and nothing more.
+type kvasir struct {
+	cl  *kubetest.Cluster
+	kl  *kubetest.Kubelet
+	c   client.Client        // the cluster's admin
+	act *activator.Activator // and its API's base URL, metrics, official client:
+	url string
+	reg *prometheus.Registry
+	sdk openai.Client
+}
+
+// startKvasir starts a cluster with Kvasir on it; all stops with the test.
+func startKvasir(t *testing.T) *kvasir {
+	t.Helper()
+	cl := kubetest.StartCluster(t)
+	kl := kubetest.RunKubelet(t, cl, kubetest.KubeletOptions{Images: images})
+	mapAddress := kl.MapAddress
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	config := filepath.Join(kubetest.RepoRoot(), "config")
+	args := []string{"apply", "-f", filepath.Join(config, "100-namespace.yaml")}
+	for _, f := range []string{"200-controller-rbac.yaml", "201-controller-roles.yaml", "200-activator-rbac.yaml", "201-activator-role.yaml"} {
+		args = append(args, "-f", filepath.Join(config, f))
+	}
+	out, err := cl.Kubectl(ctx, args...)
+	require.NoError(t, err, out)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(kubetest.Manager(t, cl.As("kvasir-serving/controller"), func(mgr ctrl.Manager) error {
+		rec := mgr.GetEventRecorder("kvasir-controller")
+		if err := (&modelservice.Reconciler{Client: mgr.GetClient(), Events: rec, BaseURL: "http://activator/v1",
+			KeepRevisions: 2}).SetupWithManager(mgr); err != nil {
+			return err
+		}
+		if err := (&revision.Reconciler{Client: mgr.GetClient(), Events: rec,
+			Resources: resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"}}).SetupWithManager(mgr); err != nil {
+			return err
+		}
+		return mgr.Add(&autoscaling.Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: rec,
+			Registerer: prometheus.NewRegistry(), Listener: ln, Tick: 100 * time.Millisecond, Log: discard,
+			MapAddress: mapAddress, Endpoint: &autoscaling.LeaderEndpoint{Namespace: "kvasir-serving",
+				Service: "autoscaler", IP: "192.0.2.250", Port: 8080, PortName: "http"}})
+	}, func(o *ctrl.Options) { // as cmd/controller runs it
+		o.LeaderElection, o.LeaderElectionID, o.LeaderElectionNamespace = true, "kvasir-controller", "kvasir-serving"
+	}))
+
+	demand := make(chan struct{}, 1)
+	acfg := activator.DefaultConfig()
+	acfg.BufferTimeout = wait // a failure ends the test in bounded time
+	reg := prometheus.NewRegistry()
+	act, err := activator.New(acfg, activator.WithRegisterer(reg),
+		activator.WithLogger(discard), activator.WithOnDemand(func(fleet.Key) {
+			select {
+			case demand <- struct{}{}:
+			default:
+			}
+		}))
+	require.NoError(t, err)
+	t.Cleanup(act.Close)
+	sync, err := kube.New(cl.As("kvasir-serving/activator"), act, kube.Options{Logger: discard, MapAddress: mapAddress})
+	require.NoError(t, err)
+	syncDone := make(chan error, 1)
+	go func() { syncDone <- sync.Run(ctx) }()
+	reportDone := make(chan struct{})
+	go func() {
+		defer close(reportDone)
+		// A report a minute apart unless poked: a wake-up from zero must
+		// come from the poke, not from the period.
+		stats.Report(ctx, "ws://"+ln.Addr().String(), time.Minute, demand,
+			func() stats.ActivatorReport { return act.Report("activator-0") }, discard)
+	}()
+	t.Cleanup(func() { cancel(); <-reportDone; require.NoError(t, <-syncDone) })
+	api := httptest.NewServer(act.Handler())
+	t.Cleanup(api.Close)
+	return &kvasir{cl: cl, kl: kl, c: kubetest.Client(t, cl.Config), act: act, url: api.URL, reg: reg,
+		sdk: openai.NewClient(option.WithBaseURL(api.URL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))}
+}
+
+// images are what the kubelet runs for the images the reconciler puts in
+// pods (resources.Config above).
+var images = map[string]kubetest.Image{"sim": sim.Main, "qp": queueproxy.Main}
