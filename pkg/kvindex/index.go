@@ -15,9 +15,10 @@ import (
 const MaxPods = 64
 
 // entry is the set of pods holding a block: confirmed by their reports, or
-// speculated by a recent routing decision.
+// speculated by a recent routing decision; and the pods that held it until
+// their engine evicted it (was).
 type entry struct {
-	held, spec uint64
+	held, spec, was uint64
 }
 
 type pod struct {
@@ -27,7 +28,21 @@ type pod struct {
 	synced   bool // a snapshot was applied and no delta was missed since
 	capacity int
 	blocks   int // confirmed blocks held
+	// evicted lists the blocks the pod's engine evicted, oldest first, up
+	// to maxEvicted: the blocks whose was bit is this pod's.
+	evicted []uint64
 }
+
+// maxEvicted bounds each pod's memory of evicted blocks: its reported
+// capacity (a cache's worth), within [minEvicted, maxEvictedCap].
+func (p *pod) maxEvicted() int {
+	return min(max(p.capacity, minEvicted), maxEvictedCap)
+}
+
+const (
+	minEvicted    = 1 << 12
+	maxEvictedCap = 1 << 17
+)
 
 type speculation struct {
 	deadline time.Time
@@ -113,20 +128,24 @@ func (ix *Index) RemovePod(name string) {
 func (ix *Index) clearLocked(slot int, all bool) {
 	bit := uint64(1) << slot
 	for h, e := range ix.blocks {
-		if e.held&bit == 0 && (!all || e.spec&bit == 0) {
+		if e.held&bit == 0 && (!all || (e.spec|e.was)&bit == 0) {
 			continue
 		}
 		e.held &^= bit
 		if all {
 			e.spec &^= bit
+			e.was &^= bit
 		}
 		ix.store(h, e)
 	}
 	ix.slots[slot].blocks = 0
+	if all {
+		ix.slots[slot].evicted = nil
+	}
 }
 
 func (ix *Index) store(h uint64, e entry) {
-	if e.held|e.spec == 0 {
+	if e.held|e.spec|e.was == 0 {
 		delete(ix.blocks, h)
 	} else {
 		ix.blocks[h] = e
@@ -174,8 +193,10 @@ func (ix *Index) Apply(ev stats.KVEvent) bool {
 	for _, h := range ev.Removed {
 		if e, ok := ix.blocks[h]; ok && e.held&bit != 0 {
 			e.held &^= bit
+			e.was |= bit
 			p.blocks--
-			ix.store(h, e)
+			ix.blocks[h] = e
+			ix.rememberEvictedLocked(p, h)
 		}
 	}
 	for _, h := range ev.Added {
@@ -185,9 +206,31 @@ func (ix *Index) Apply(ev stats.KVEvent) bool {
 		}
 		e.held |= bit
 		e.spec &^= bit // confirmed now
+		e.was &^= bit
 		ix.blocks[h] = e
 	}
 	return true
+}
+
+// rememberEvictedLocked records that p's engine evicted h, forgetting the
+// pod's oldest evictions beyond its bound. (An old record of a block that
+// was evicted again since clears the newer one early: the memory is
+// approximate, and the same for every activator that follows the pod.)
+func (ix *Index) rememberEvictedLocked(p *pod, h uint64) {
+	p.evicted = append(p.evicted, h)
+	over := len(p.evicted) - p.maxEvicted()
+	if over <= 0 {
+		return
+	}
+	bit := uint64(1) << p.slot
+	for _, old := range p.evicted[:over] {
+		if e, ok := ix.blocks[old]; ok && e.was&bit != 0 {
+			e.was &^= bit
+			ix.store(old, e)
+		}
+	}
+	// Slicing forward is enough: append's next reallocation drops the head.
+	p.evicted = p.evicted[over:]
 }
 
 // BlockSize is the pool's KV block size in tokens; 0 before any report.
@@ -200,19 +243,32 @@ func (ix *Index) BlockSize() int {
 // Match sets out[slot] to the number of leading hashes each pod holds
 // (confirmed or speculated); out must have MaxPods entries. A block counts
 // only when every block before it matched too.
-func (ix *Index) Match(hashes []uint64, out *[MaxPods]int) { ix.match(hashes, out, true) }
+func (ix *Index) Match(hashes []uint64, out *[MaxPods]int) {
+	var former [MaxPods]int
+	ix.match(hashes, out, &former, true)
+}
+
+// MatchWithEvicted is Match that also sets former[slot] to the leading
+// hashes each pod holds or held until its engine evicted them: where the
+// prefix lived, when no pod holds it any more.
+func (ix *Index) MatchWithEvicted(hashes []uint64, out, former *[MaxPods]int) {
+	ix.match(hashes, out, former, true)
+}
 
 // MatchConfirmed is Match over the confirmed blocks only: what the pods'
 // queue-proxies reported, not where this activator just sent prompts.
-func (ix *Index) MatchConfirmed(hashes []uint64, out *[MaxPods]int) { ix.match(hashes, out, false) }
+func (ix *Index) MatchConfirmed(hashes []uint64, out *[MaxPods]int) {
+	var former [MaxPods]int
+	ix.match(hashes, out, &former, false)
+}
 
-func (ix *Index) match(hashes []uint64, out *[MaxPods]int, speculative bool) {
-	*out = [MaxPods]int{}
+func (ix *Index) match(hashes []uint64, out, former *[MaxPods]int, speculative bool) {
+	*out, *former = [MaxPods]int{}, [MaxPods]int{}
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
-	cand := ix.used
+	cand, candF := ix.used, ix.used
 	for i, h := range hashes {
-		if cand == 0 {
+		if candF == 0 {
 			return
 		}
 		e := ix.blocks[h]
@@ -225,9 +281,17 @@ func (ix *Index) match(hashes []uint64, out *[MaxPods]int, speculative bool) {
 			out[bits.TrailingZeros64(lost)] = i
 		}
 		cand = still
+		stillF := (held | e.was) & candF
+		for lost := candF &^ stillF; lost != 0; lost &= lost - 1 {
+			former[bits.TrailingZeros64(lost)] = i
+		}
+		candF = stillF
 	}
 	for ; cand != 0; cand &= cand - 1 {
 		out[bits.TrailingZeros64(cand)] = len(hashes)
+	}
+	for ; candF != 0; candF &= candF - 1 {
+		former[bits.TrailingZeros64(candF)] = len(hashes)
 	}
 }
 
@@ -304,6 +368,16 @@ func (ix *Index) Pod(name string) (PodInfo, bool) {
 // Confirmed returns each pod's confirmed blocks, sorted: the part of the
 // index that is a function of the event streams alone.
 func (ix *Index) Confirmed() map[string][]uint64 {
+	return ix.bySlot(func(e entry) uint64 { return e.held })
+}
+
+// Evicted returns, per pod, the blocks its engine evicted that the index
+// remembers, sorted. Like Confirmed, it is a function of each pod's events.
+func (ix *Index) Evicted() map[string][]uint64 {
+	return ix.bySlot(func(e entry) uint64 { return e.was })
+}
+
+func (ix *Index) bySlot(set func(entry) uint64) map[string][]uint64 {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	out := make(map[string][]uint64, len(ix.pods))
@@ -311,7 +385,7 @@ func (ix *Index) Confirmed() map[string][]uint64 {
 		out[name] = []uint64{}
 	}
 	for h, e := range ix.blocks {
-		for held := e.held; held != 0; held &= held - 1 {
+		for held := set(e); held != 0; held &= held - 1 {
 			name := ix.slots[bits.TrailingZeros64(held)].name
 			out[name] = append(out[name], h)
 		}

@@ -153,10 +153,19 @@ func TestSameStreamsSameIndex(t *testing.T) {
 	idx[1].Speculate(1, []uint64{1, 9}, time.Hour)
 	for _, ev := range events {
 		idx[0].Apply(ev)
-		idx[1].Apply(ev)
+	}
+	// The second replica gets each pod's stream in order, but b's first.
+	for _, pod := range []string{"b", "a"} {
+		for _, ev := range events {
+			if ev.Pod == pod {
+				idx[1].Apply(ev)
+			}
+		}
 	}
 	require.Equal(t, idx[0].Confirmed(), idx[1].Confirmed())
 	require.Equal(t, map[string][]uint64{"a": {3, 4, 5}, "b": {1, 2}}, idx[0].Confirmed())
+	require.Equal(t, idx[0].Evicted(), idx[1].Evicted())
+	require.Equal(t, map[string][]uint64{"a": {1, 2}, "b": {}}, idx[0].Evicted())
 }
 
 func TestIndexFull(t *testing.T) {
@@ -183,4 +192,51 @@ func BenchmarkMatch8kTokens64Pods(b *testing.B) {
 	for b.Loop() {
 		ix.Match(hashes, &out)
 	}
+}
+
+// A pod whose engine evicted a prefix is remembered as its former holder
+// (MatchWithEvicted), until it holds it again or forgets the eviction; a
+// removed pod's slot does not inherit it.
+func TestEvictedBlocksAreRememberedBounded(t *testing.T) {
+	ix := newIndex(t, nil)
+	a, b := ix.AddPod("a"), ix.AddPod("b")
+	hs := prompt.BlockHashes([]byte(strings.Repeat("0123456789abcdef", 6)), bs)
+	require.True(t, ix.Apply(snapshot("a", 1, hs...)))
+	require.True(t, ix.Apply(snapshot("b", 1)))
+	require.True(t, ix.Apply(stats.KVEvent{Pod: "a", BlockSize: bs, Seq: 2, Removed: hs[2:]}))
+
+	var now, former [MaxPods]int
+	ix.MatchWithEvicted(hs, &now, &former)
+	require.Equal(t, 2, now[a], "a holds the first two blocks")
+	require.Equal(t, len(hs), former[a], "and held all of them")
+	require.Equal(t, 0, former[b])
+	require.Equal(t, 2, match(ix, hs)[a], "Match counts held blocks only")
+
+	// Holding the blocks again ends the memory of their eviction.
+	require.True(t, ix.Apply(stats.KVEvent{Pod: "a", BlockSize: bs, Seq: 3, Added: hs[2:]}))
+	require.True(t, ix.Apply(stats.KVEvent{Pod: "a", BlockSize: bs, Seq: 4, Removed: hs}))
+	ix.MatchWithEvicted(hs, &now, &former)
+	require.Equal(t, 0, now[a])
+	require.Equal(t, len(hs), former[a])
+
+	// The memory is bounded: after a cache's worth of newer evictions
+	// (minEvicted when the pod reports no capacity), the old ones are gone.
+	var churn []uint64
+	for i := range minEvicted {
+		churn = append(churn, uint64(1_000_000+i))
+	}
+	require.True(t, ix.Apply(stats.KVEvent{Pod: "a", BlockSize: bs, Seq: 5, Added: churn}))
+	require.True(t, ix.Apply(stats.KVEvent{Pod: "a", BlockSize: bs, Seq: 6, Removed: churn}))
+	ix.MatchWithEvicted(hs, &now, &former)
+	require.Equal(t, 0, former[a])
+	require.LessOrEqual(t, len(ix.blocks), minEvicted, "forgotten entries are deleted")
+
+	// A removed pod's evictions go with it.
+	require.True(t, ix.Apply(stats.KVEvent{Pod: "b", BlockSize: bs, Seq: 2, Added: hs}))
+	require.True(t, ix.Apply(stats.KVEvent{Pod: "b", BlockSize: bs, Seq: 3, Removed: hs}))
+	ix.RemovePod("b")
+	c := ix.AddPod("c")
+	require.Equal(t, b, c, "the slot is reused")
+	ix.MatchWithEvicted(hs, &now, &former)
+	require.Equal(t, 0, former[c])
 }

@@ -70,14 +70,23 @@ type KVCacheAwareConfig struct {
 	// queues reaches the allowance sooner.
 	BalanceSlack         *float64 `json:"balanceSlack,omitempty"`
 	BalanceRelativeSlack *float64 `json:"balanceRelativeSlack,omitempty"`
+	// EvictedAffinity is how much a pod that held the prompt's prefix until
+	// its engine evicted it counts, as a fraction of a pod that holds it
+	// now, while no pod holds as much of it. Under cache pressure it sends a
+	// prefix that was evicted everywhere back to the pod that had it, so
+	// the pods keep dividing the prefixes between them instead of each
+	// recomputing whichever prefix it is sent. Default 0.9; 0 turns it off.
+	EvictedAffinity *float64 `json:"evictedAffinity,omitempty"`
 }
 
 // kvCacheAware scores the fraction of the prompt's blocks a pod holds
 // according to the index its queue-proxies feed (plus speculative entries),
-// discounted by load (see balanced).
+// or, while no pod holds as much, EvictedAffinity times the fraction it held
+// before evictions; discounted by load (see balance).
 type kvCacheAware struct {
-	ttl time.Duration
-	bal balance
+	ttl     time.Duration
+	bal     balance
+	evicted float64
 }
 
 func newKVCacheAware(raw []byte, _ *Env) (Plugin, error) {
@@ -85,7 +94,13 @@ func newKVCacheAware(raw []byte, _ *Env) (Plugin, error) {
 	if err := decodeConfig(raw, &cfg); err != nil {
 		return nil, err
 	}
-	k := &kvCacheAware{ttl: 2 * time.Second}
+	k := &kvCacheAware{ttl: 2 * time.Second, evicted: 0.9}
+	if cfg.EvictedAffinity != nil {
+		if a := *cfg.EvictedAffinity; a < 0 || a > 1 {
+			return nil, fmt.Errorf("evictedAffinity: must be within [0, 1], got %g", a)
+		}
+		k.evicted = *cfg.EvictedAffinity
+	}
 	if cfg.SpeculativeTTL != nil {
 		if cfg.SpeculativeTTL.Duration <= 0 {
 			return nil, fmt.Errorf("speculativeTTL: must be > 0, got %s", cfg.SpeculativeTTL.Duration)
@@ -104,12 +119,24 @@ func (k *kvCacheAware) Score(c *Cycle, pods []*Pod, out []float64) {
 	if blocks == 0 {
 		return
 	}
+	former, _ := c.FormerMatch()
+	held := 0 // the longest prefix a pod holds now
+	for _, p := range pods {
+		if p.Slot >= 0 {
+			held = max(held, matched[p.Slot])
+		}
+	}
 	lo, _ := loadRange(pods)
 	for i, p := range pods {
 		if p.Slot < 0 {
 			continue
 		}
-		out[i] = k.bal.score(float64(matched[p.Slot])/float64(blocks), p.Load(), lo)
+		m := float64(matched[p.Slot])
+		if f := former[p.Slot]; f > held {
+			// No pod holds as much as this one held before evictions.
+			m = max(m, k.evicted*float64(f))
+		}
+		out[i] = k.bal.score(m/float64(blocks), p.Load(), lo)
 	}
 }
 

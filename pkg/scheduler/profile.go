@@ -57,6 +57,7 @@ type Cycle struct {
 	Env *Env
 
 	matched     [kvindex.MaxPods]int
+	former      [kvindex.MaxPods]int
 	blocks      int
 	matchedDone bool
 }
@@ -65,17 +66,29 @@ type Cycle struct {
 // pods hold (confirmed or speculated), and the prompt's length in blocks.
 // It is computed once per decision.
 func (c *Cycle) PrefixMatch() (*[kvindex.MaxPods]int, int) {
-	if !c.matchedDone {
-		c.matchedDone = true
-		if c.Env != nil && c.Env.Index != nil {
-			hashes := c.Req.Hashes(c.Env.Index.BlockSize())
-			c.blocks = len(hashes)
-			if c.blocks > 0 {
-				c.Env.Index.Match(hashes, &c.matched)
-			}
+	c.match()
+	return &c.matched, c.blocks
+}
+
+// FormerMatch is PrefixMatch counting also the blocks a pod held until its
+// engine evicted them.
+func (c *Cycle) FormerMatch() (*[kvindex.MaxPods]int, int) {
+	c.match()
+	return &c.former, c.blocks
+}
+
+func (c *Cycle) match() {
+	if c.matchedDone {
+		return
+	}
+	c.matchedDone = true
+	if c.Env != nil && c.Env.Index != nil {
+		hashes := c.Req.Hashes(c.Env.Index.BlockSize())
+		c.blocks = len(hashes)
+		if c.blocks > 0 {
+			c.Env.Index.MatchWithEvicted(hashes, &c.matched, &c.former)
 		}
 	}
-	return &c.matched, c.blocks
 }
 
 // Factory builds a plugin from its raw config (nil when absent). Errors

@@ -73,7 +73,9 @@ func TestBuildValidatesNamesAndConfig(t *testing.T) {
 	require.ErrorContains(t, err, `plugins[0].config: invalid config: json: unknown field "typo"`)
 	err = reg.Validate([]v1alpha1.RoutingPlugin{withConfig(PrefixCache, `{"maxBlocks":0}`)})
 	require.ErrorContains(t, err, "plugins[0].config: maxBlocks: must be >= 1")
-	require.NoError(t, reg.Validate([]v1alpha1.RoutingPlugin{withConfig(KVCacheAware, `{"speculativeTTL":"500ms","balanceSlack":4}`)}))
+	err = reg.Validate([]v1alpha1.RoutingPlugin{withConfig(KVCacheAware, `{"evictedAffinity":1.5}`)})
+	require.ErrorContains(t, err, "plugins[0].config: evictedAffinity: must be within [0, 1], got 1.5")
+	require.NoError(t, reg.Validate([]v1alpha1.RoutingPlugin{withConfig(KVCacheAware, `{"speculativeTTL":"500ms","balanceSlack":4,"evictedAffinity":0.5}`)}))
 }
 
 func TestLeastRequestCountsEngineQueue(t *testing.T) {
@@ -206,4 +208,36 @@ func BenchmarkDecision8kTokens64Pods(b *testing.B) {
 	slices.Sort(durs)
 	b.ReportMetric(float64(durs[len(durs)*99/100].Microseconds()), "p99-us")
 	b.ReportMetric(float64(durs[len(durs)/2].Microseconds()), "p50-us")
+}
+
+// Under cache pressure a prefix that no pod holds any more goes back to the
+// pod that held it last, even when that pod is busier, so the pods keep
+// dividing the prefixes between them (evictedAffinity); a pod that holds the
+// prefix now wins, and 0 turns the memory off.
+func TestKVCacheAwareReturnsAnEvictedPrefixToItsFormerPod(t *testing.T) {
+	sys := strings.Repeat("A prefix under cache pressure. ", 100)
+	setup := func(t *testing.T, plugins ...v1alpha1.RoutingPlugin) (*pool, *Profile, []uint64) {
+		p := newPool(t, 3)
+		text, err := chatRequest(t, sys, "").Text()
+		require.NoError(t, err)
+		hs := prompt.BlockHashes(text, blockSize)
+		require.True(t, p.env.Index.Apply(stats.KVEvent{Pod: "pod-02", BlockSize: blockSize, Seq: 2, Added: hs}))
+		require.True(t, p.env.Index.Apply(stats.KVEvent{Pod: "pod-02", BlockSize: blockSize, Seq: 3, Removed: hs}))
+		p.pods[2].InFlight = 4 // busier than the others, within the allowance
+		return p, p.profile(t, plugins...), hs
+	}
+	t.Run("former holder", func(t *testing.T) {
+		p, prof, _ := setup(t, plugin(KVCacheAware, 3), plugin(LeastRequest, 2))
+		require.Equal(t, "pod-02", prof.Pick(chatRequest(t, sys, "q"), p.pods).Name)
+	})
+	t.Run("current holder wins", func(t *testing.T) {
+		p, prof, hs := setup(t, plugin(KVCacheAware, 3), plugin(LeastRequest, 2))
+		require.True(t, p.env.Index.Apply(stats.KVEvent{Pod: "pod-01", BlockSize: blockSize, Seq: 2, Added: hs}))
+		require.Equal(t, "pod-01", prof.Pick(chatRequest(t, sys, "q"), p.pods).Name)
+	})
+	t.Run("off", func(t *testing.T) {
+		p, prof, _ := setup(t, v1alpha1.RoutingPlugin{Name: KVCacheAware, Weight: 3,
+			Config: &runtime.RawExtension{Raw: []byte(`{"evictedAffinity":0}`)}}, plugin(LeastRequest, 2))
+		require.NotEqual(t, "pod-02", prof.Pick(chatRequest(t, sys, "q"), p.pods).Name, "least-request decides")
+	})
 }
