@@ -101,9 +101,7 @@ func (r *revision) setEndpoints(eps []fleet.Endpoint) (gone []string) {
 			// Only the variant can differ. Name and Address are read
 			// without the lock by the pod's stats follower: never rewrite
 			// them.
-			if cur.Variant != e.Variant {
-				cur.Variant = e.Variant
-			}
+			cur.Variant = e.Variant
 			next = append(next, cur)
 			delete(old, e.Name)
 			continue

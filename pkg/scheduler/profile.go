@@ -116,6 +116,7 @@ type Profile struct {
 	scorers   []weighted
 	observers []Observer
 
+	cycle   Cycle // the decision in progress, reused (Pick is not concurrent)
 	scratch []float64
 	totals  []float64
 }
@@ -194,7 +195,9 @@ func (p *Profile) Pick(req *Request, pods []*Pod) *Pod {
 	if len(pods) == 1 && len(p.observers) == 0 {
 		return pods[0]
 	}
-	c := &Cycle{Req: req, Env: p.env}
+	c := &p.cycle
+	*c = Cycle{Req: req, Env: p.env}
+	defer func() { c.Req = nil }() // keep no request alive past its decision
 	cands := pods
 	for _, f := range p.filters {
 		if out := f.Filter(c, cands); len(out) > 0 {

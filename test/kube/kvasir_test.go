@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,6 +123,16 @@ func startKvasir(t *testing.T) *kvasir {
 	t.Cleanup(api.Close)
 	return &kvasir{cl: cl, kl: kl, c: kubetest.Client(t, cl.Config), act: act, url: api.URL, reg: reg,
 		sdk: openai.NewClient(option.WithBaseURL(api.URL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))}
+}
+
+// kubectl runs kubectl against the cluster, logs the command and its
+// output, and fails the test if it fails.
+func (k *kvasir) kubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := k.cl.Kubectl(t.Context(), args...)
+	require.NoError(t, err, out)
+	t.Logf("$ kubectl %s\n%s", strings.Join(args, " "), out)
+	return out
 }
 
 // images are what the kubelet runs for the images the reconciler puts in

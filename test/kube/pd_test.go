@@ -34,9 +34,7 @@ func TestPrefillDecodeOnACluster(t *testing.T) {
 		return c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "pd"}, got) == nil && got.Status.IsReady()
 	}, wait, tick, "both roles ready")
 	require.Eventually(t, func() bool { return k.kl.Running() == 2 }, wait, tick, "a prefill pod and a decode pod")
-	out, err := k.cl.Kubectl(ctx, "get", "deployments,services")
-	require.NoError(t, err, out)
-	t.Logf("$ kubectl get deployments,services\n%s", out)
+	out := k.kubectl(t, "get", "deployments,services")
 	require.Contains(t, out, "pd-00001-prefill")
 	require.Contains(t, out, "pd-00001-decode")
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -32,13 +31,7 @@ import (
 func TestRolloutOnACluster(t *testing.T) {
 	k := startKvasir(t)
 	c, ctx := k.c, t.Context()
-	kubectl := func(args ...string) string {
-		t.Helper()
-		out, err := k.cl.Kubectl(ctx, args...)
-		require.NoError(t, err, out)
-		t.Logf("$ kubectl %s\n%s", strings.Join(args, " "), out)
-		return out
-	}
+	kubectl := func(args ...string) string { t.Helper(); return k.kubectl(t, args...) }
 	// servedBy asks for model (a name or name@tag) and returns the
 	// revision that answered, or what went wrong. Every request must
 	// succeed: errs counts those that did not (checked at the end, as

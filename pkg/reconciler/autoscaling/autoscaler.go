@@ -497,7 +497,12 @@ func (a *Autoscaler) event(rev *v1alpha1.ModelRevision, kind, reason, format str
 
 // keyOf names a revision role as the data plane does.
 func keyOf(rev *v1alpha1.ModelRevision, role string) fleet.Key {
-	k := fleet.Key{Namespace: rev.Namespace, Service: rev.Labels[v1alpha1.LabelService], Revision: rev.Name}
+	return roleKey(rev.Namespace, rev.Labels[v1alpha1.LabelService], rev.Name, role)
+}
+
+// roleKey is the fleet key of a revision role; the unified role has none.
+func roleKey(namespace, service, revision, role string) fleet.Key {
+	k := fleet.Key{Namespace: namespace, Service: service, Revision: revision}
 	if role != resources.RoleUnified {
 		k.Role = role
 	}

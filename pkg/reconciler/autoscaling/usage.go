@@ -10,7 +10,6 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
-	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 )
 
 // DefaultResourceMetricsInterval is how often the autoscaler reads the
@@ -56,10 +55,7 @@ func (u *usage) refresh(ctx context.Context, now time.Time) {
 	byKey := map[fleet.Key]resourceUse{}
 	for _, pm := range list.Items {
 		l := pm.Labels
-		k := fleet.Key{Namespace: pm.Namespace, Service: l[v1alpha1.LabelService], Revision: l[v1alpha1.LabelRevision]}
-		if role := l[v1alpha1.LabelRole]; role != resources.RoleUnified {
-			k.Role = role
-		}
+		k := roleKey(pm.Namespace, l[v1alpha1.LabelService], l[v1alpha1.LabelRevision], l[v1alpha1.LabelRole])
 		use := byKey[k]
 		for _, c := range pm.Containers {
 			use.CPU += c.Usage.Cpu().AsApproximateFloat64()

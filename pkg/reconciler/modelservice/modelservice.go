@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -18,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -274,16 +274,8 @@ func (r *Reconciler) updateStatus(ctx context.Context, ms *v1alpha1.ModelService
 		return fmt.Errorf("updating status: %w", err)
 	}
 	was, now := before.GetCondition(v1alpha1.ModelServiceConditionReady), ms.Status.GetCondition(v1alpha1.ModelServiceConditionReady)
-	if now != nil && (was == nil || was.Status != now.Status || was.Reason != now.Reason) {
-		kind := corev1.EventTypeNormal
-		if now.IsFalse() {
-			kind = corev1.EventTypeWarning
-		}
-		note := "Ready is " + string(now.Status)
-		if why := strings.TrimSpace(now.Reason + " " + now.Message); why != "" {
-			note += ": " + why
-		}
-		r.event(ms, nil, kind, "Ready"+string(now.Status), "%s", note)
+	if kind, reason, note, ok := reconciler.ReadyEvent(was, now); ok {
+		r.event(ms, nil, kind, reason, "%s", note)
 	}
 	if before.TrafficSummary != ms.Status.TrafficSummary && ms.Status.TrafficSummary != "" {
 		r.event(ms, nil, corev1.EventTypeNormal, "TrafficChanged", "Traffic: %s", ms.Status.TrafficSummary)

@@ -37,6 +37,15 @@ func runController(t *testing.T, cfg *rest.Config) func() {
 func pct(n int64) *int64 { return &n }
 func yes() *bool         { b := true; return &b }
 
+// createLlama creates the ModelService "llama" on the simulator, with the
+// defaults.
+func createLlama(t *testing.T, c client.Client) {
+	t.Helper()
+	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
+	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
+	require.NoError(t, c.Create(context.Background(), ms))
+}
+
 func get(t *testing.T, c client.Client, name string) *v1alpha1.ModelService {
 	ms := &v1alpha1.ModelService{}
 	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, ms))
@@ -78,9 +87,7 @@ func routing(c client.Client, a, b string) string {
 func TestRolloutCanaryPromotionRollback(t *testing.T) {
 	c := start(t)
 	ctx := context.Background()
-	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
-	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
-	require.NoError(t, c.Create(ctx, ms))
+	createLlama(t, c)
 
 	markReady(t, c, "llama-00001")
 	require.Eventually(t, func() bool {
@@ -163,9 +170,7 @@ func TestControllerRestartMidRolloutConverges(t *testing.T) {
 	c := kubetest.Client(t, cfg)
 	ctx := context.Background()
 	stop := runController(t, cfg)
-	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
-	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
-	require.NoError(t, c.Create(ctx, ms))
+	createLlama(t, c)
 	markReady(t, c, "llama-00001")
 	require.Eventually(t, func() bool { return summary(get(t, c, "llama")) == "llama-00001=100%" }, wait, tick)
 	stop()
@@ -244,9 +249,7 @@ func TestRevisionStartsAtInitialScale(t *testing.T) {
 func TestLatestReadyOnlyMovesForward(t *testing.T) {
 	c := start(t)
 	ctx := context.Background()
-	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "default"}}
-	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
-	require.NoError(t, c.Create(ctx, ms))
+	createLlama(t, c)
 	markReady(t, c, "llama-00001")
 	require.Eventually(t, func() bool { return get(t, c, "llama").Status.LatestReadyRevisionName == "llama-00001" }, wait, tick)
 	cur := get(t, c, "llama")

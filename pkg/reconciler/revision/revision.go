@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 )
 
@@ -258,16 +259,8 @@ func (r *Reconciler) updateStatus(ctx context.Context, rev *v1alpha1.ModelRevisi
 	if err := r.Client.Status().Update(ctx, rev); err != nil {
 		return fmt.Errorf("updating status: %w", err)
 	}
-	if nowReady != nil && (wasReady == nil || wasReady.Status != nowReady.Status || wasReady.Reason != nowReady.Reason) {
-		kind := corev1.EventTypeNormal
-		if nowReady.IsFalse() {
-			kind = corev1.EventTypeWarning
-		}
-		note := "Ready is " + string(nowReady.Status)
-		if why := strings.TrimSpace(nowReady.Reason + " " + nowReady.Message); why != "" {
-			note += ": " + why
-		}
-		r.event(rev, nil, kind, "Ready"+string(nowReady.Status), "%s", note)
+	if kind, reason, note, ok := reconciler.ReadyEvent(wasReady, nowReady); ok {
+		r.event(rev, nil, kind, reason, "%s", note)
 	}
 	return nil
 }
