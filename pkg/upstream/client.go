@@ -181,12 +181,38 @@ func (c *Client) roundTrip(ctx context.Context, pc *pconn, req *Request) (*http.
 	if err := bw.Flush(); err != nil {
 		return fail(err)
 	}
-	resp, err := http.ReadResponse(pc.br, &http.Request{Method: method})
+	resp, err := readFinalResponse(pc.br, method)
 	if err != nil {
 		return fail(err)
 	}
 	resp.Body = &body{rc: resp.Body, pc: pc, client: c, stop: stop, keep: !resp.Close}
 	return resp, nil
+}
+
+// maxInterim bounds the 1xx responses skipped before the final one: a
+// server that sends interim responses forever is broken.
+const maxInterim = 8
+
+// readFinalResponse reads the final response of an exchange, skipping the
+// interim 1xx responses a server may send first (RFC 9110 15.2: 100
+// Continue, 103 Early Hints, ...). Taking an interim response for the final
+// one would leave the real answer on the connection for the next request
+// to read. 101 Switching Protocols is never asked for here: it is an error.
+func readFinalResponse(br *bufio.Reader, method string) (*http.Response, error) {
+	for range maxInterim {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case resp.StatusCode == http.StatusSwitchingProtocols:
+			return nil, errors.New("upstream answered 101 Switching Protocols to a request that asked for no upgrade")
+		case resp.StatusCode >= 100 && resp.StatusCode < 200:
+			continue // an interim response has no body: the final one follows
+		}
+		return resp, nil
+	}
+	return nil, fmt.Errorf("upstream sent more than %d interim (1xx) responses", maxInterim)
 }
 
 // body returns its connection to the pool when read to the end.
@@ -226,11 +252,13 @@ func (b *body) Close() error {
 }
 
 // writeForwardHeaders writes the end-to-end headers of hdr in wire format.
-// Content-Length and Host are written by the client itself.
+// Content-Length and Host are written by the client itself. Expect is not
+// forwarded: the whole body is sent at once, so there is nothing to wait
+// for, and a forwarded "100-continue" would only draw an interim response.
 func writeForwardHeaders(bw *bufio.Writer, hdr http.Header, skipContentType bool) {
 	conn := hdr["Connection"]
 	for k, vv := range hdr {
-		if HopByHop(k, conn) || k == "Content-Length" || k == "Host" || (skipContentType && k == "Content-Type") {
+		if HopByHop(k, conn) || k == "Content-Length" || k == "Host" || k == "Expect" || (skipContentType && k == "Content-Type") {
 			continue
 		}
 		for _, v := range vv {

@@ -1,0 +1,110 @@
+package httpserver
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/openai"
+)
+
+// New returns a server for h with the limits' timeouts and header size.
+// Serve it on a listener from Listen, which caps the connections.
+func New(h http.Handler, l Limits, log *slog.Logger) *http.Server {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: l.ReadHeaderTimeout,
+		IdleTimeout:       l.IdleTimeout,
+		MaxHeaderBytes:    l.MaxHeaderBytes,
+	}
+	if log != nil {
+		srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	}
+	return srv
+}
+
+// rejectWorkers bounds the connections past the cap being answered at once;
+// past that they are closed without an answer.
+const rejectWorkers = 64
+
+// Listen wraps ln so that at most max connections are open at once. A
+// connection past the cap is answered 503 with Retry-After and closed,
+// never queued: the client learns at once that it should come back.
+func Listen(ln net.Listener, max int) net.Listener {
+	return &capListener{Listener: ln, open: make(chan struct{}, max), rejecting: make(chan struct{}, rejectWorkers),
+		overloaded: overloadedResponse()}
+}
+
+type capListener struct {
+	net.Listener
+	open       chan struct{} // one token per open connection
+	rejecting  chan struct{} // one token per connection being turned away
+	overloaded []byte
+}
+
+func (l *capListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.open <- struct{}{}:
+			return &cappedConn{Conn: c, release: func() { <-l.open }}, nil
+		default:
+			l.reject(c)
+		}
+	}
+}
+
+// reject answers a connection past the cap and closes it. The answer goes
+// out before the request is read; the request is then drained briefly so
+// that closing does not reset the connection before the client reads it.
+func (l *capListener) reject(c net.Conn) {
+	select {
+	case l.rejecting <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	go func() {
+		defer func() { <-l.rejecting }()
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write(l.overloaded); err != nil {
+			return
+		}
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		var sink [4 << 10]byte
+		for {
+			if _, err := c.Read(sink[:]); err != nil {
+				return
+			}
+		}
+	}()
+}
+
+func overloadedResponse() []byte {
+	body := openai.Err(openai.TypeUnavailable, "too_many_connections",
+		"the server has too many open connections; retry shortly").JSON()
+	return []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n" +
+		"Connection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body))
+}
+
+// cappedConn gives its place back once, when closed.
+type cappedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *cappedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
