@@ -68,12 +68,42 @@ func TestMaxTokensExactnessAndDefaults(t *testing.T) {
 		})
 	}
 
-	t.Run("capped by max-model-len", func(t *testing.T) {
-		status, body := ts.post(t, "/v1/completions", `{"model":"sim-model","prompt":"`+prompt40+`","max_tokens":1000}`)
+	t.Run("up to max-model-len", func(t *testing.T) {
+		status, body := ts.post(t, "/v1/completions", `{"model":"sim-model","prompt":"`+prompt40+`","max_tokens":60}`)
 		require.Equal(t, http.StatusOK, status, "%s", body)
 		c := decode[completion](t, body)
 		assert.Equal(t, 40, c.Usage.PromptTokens)
 		assert.Equal(t, 60, c.Usage.CompletionTokens)
+		assert.Equal(t, "length", *c.Choices[0].FinishReason)
+	})
+
+	// vLLM answers 400 when prompt + max_tokens exceed the context; it does
+	// not cap.
+	for _, tc := range []struct{ name, path, body, param string }{
+		{"max_tokens beyond max-model-len", "/v1/completions", `{"prompt":"` + prompt40 + `","max_tokens":61}`, "max_tokens"},
+		{"far beyond", "/v1/completions", `{"prompt":"` + prompt40 + `","max_tokens":1000000000000}`, "max_tokens"},
+		{"max_completion_tokens beyond", "/v1/chat/completions", chatBody("s", strings.Repeat("x", 200), `"max_completion_tokens":90`), "max_completion_tokens"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := ts.post(t, tc.path, tc.body)
+			require.Equal(t, http.StatusBadRequest, status, "%s", body)
+			e := decode[openai.Envelope](t, body).Error
+			assert.Equal(t, "context_length_exceeded", e.Code)
+			assert.Equal(t, openai.TypeInvalidRequest, e.Type)
+			require.NotNil(t, e.Param)
+			assert.Equal(t, tc.param, *e.Param)
+			assert.Contains(t, e.Message, "This model's maximum context length is 100 tokens")
+		})
+	}
+	assert.Equal(t, 3.0, ts.value(t, "vllm:request_success_total", "finished_reason", "length"), "the refused requests did not run")
+
+	t.Run("default capped by max-model-len", func(t *testing.T) {
+		// Without max_tokens the output fits in what the context leaves.
+		status, body := ts.post(t, "/v1/completions", `{"prompt":"`+strings.Repeat("abcd", 97)+`"}`)
+		require.Equal(t, http.StatusOK, status, "%s", body)
+		c := decode[completion](t, body)
+		assert.Equal(t, 97, c.Usage.PromptTokens)
+		assert.Equal(t, 3, c.Usage.CompletionTokens)
 		assert.Equal(t, "length", *c.Choices[0].FinishReason)
 	})
 }

@@ -122,6 +122,11 @@ type Config struct {
 
 	// ShutdownTimeout bounds the graceful shutdown of Main (--shutdown-timeout).
 	ShutdownTimeout time.Duration
+	// WriteTimeout is how long one write of a response (a stream's batch of
+	// chunks, at most 32 KiB, or a whole response) may wait for a client
+	// that does not read, in real time (--write-timeout). The request is
+	// then aborted and its sequence leaves the engine.
+	WriteTimeout time.Duration
 
 	flagsSet uint8 // physics/model flags set explicitly, so --profile keeps them
 }
@@ -153,6 +158,7 @@ func DefaultConfig() Config {
 		DefaultMaxTokens:    64,
 		MaxLoRAs:            1,
 		ShutdownTimeout:     30 * time.Second,
+		WriteTimeout:        30 * time.Second,
 	}
 }
 
@@ -227,6 +233,9 @@ func (c Config) Validate() error {
 			bad(d.name, d.v, "must not be negative")
 		}
 	}
+	if c.WriteTimeout <= 0 {
+		bad("write-timeout", c.WriteTimeout, "must be positive")
+	}
 	if !(c.TimeScale > 0) || math.IsInf(c.TimeScale, 0) {
 		bad("time-scale", c.TimeScale, "must be a positive number")
 	}
@@ -300,6 +309,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(loraFlag{c}, "lora-modules", "LoRA adapters as name=path (repeatable, comma-separated, or JSON {\"name\":..,\"path\":..})")
 
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long graceful shutdown waits for in-flight requests")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout,
+		"how long one write of a response may wait for a client that does not read before the request is aborted (real time)")
 }
 
 type modelFlag struct {

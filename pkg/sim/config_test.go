@@ -18,6 +18,7 @@ func TestDefaultConfig(t *testing.T) {
 	assert.Equal(t, RoleUnified, c.Role)
 	assert.Equal(t, 2*time.Millisecond, c.Physics.KVTransferOverhead)
 	assert.Equal(t, 5*time.Microsecond, c.Physics.KVTransferPerToken, "128 KiB of Llama-3-8B KV a token at ~25 GB/s")
+	assert.Equal(t, 30*time.Second, c.WriteTimeout)
 	c.BlockSize = 32
 	assert.Equal(t, 15625, c.NumKVBlocks(), "the profile fixes KV tokens, not blocks")
 	c.KVBlocks = 10
@@ -36,10 +37,11 @@ func TestValidateNamesFlags(t *testing.T) {
 	c.Role = "kv_both"
 	c.Physics.KVTransferOverhead = -time.Millisecond
 	c.Physics.KVTransferPerToken = -time.Microsecond
+	c.WriteTimeout = 0
 	err := c.Validate()
 	require.Error(t, err)
 	for _, flagName := range []string{"--max-num-seqs", "--time-scale", "--fail-rate", "--kv-blocks", "--decode-base", "--model", "--lora-modules",
-		"--role", "--kv-transfer-overhead", "--kv-transfer-per-token"} {
+		"--role", "--kv-transfer-overhead", "--kv-transfer-per-token", "--write-timeout"} {
 		assert.ErrorContains(t, err, flagName)
 	}
 
@@ -67,8 +69,9 @@ func TestFlags(t *testing.T) {
 	c, err := parseFlags(t, "--host", "0.0.0.0", "--port=9000", "--max-num-seqs", "8", "--kv-blocks", "100",
 		"--block-size", "32", "--time-scale", "50", "--startup-delay", "3s", "--zero-latency",
 		"--fail-rate", "0.1", "--seed", "7", "--abort-after-tokens", "5", "--exit-after-tokens", "9", "--default-max-tokens", "12",
-		"--role", "decode", "--kv-transfer-overhead", "1ms", "--kv_transfer_per_token", "20us")
+		"--role", "decode", "--kv-transfer-overhead", "1ms", "--kv_transfer_per_token", "20us", "--write-timeout", "5s")
 	require.NoError(t, err)
+	assert.Equal(t, 5*time.Second, c.WriteTimeout)
 	assert.Equal(t, RoleDecode, c.Role)
 	assert.Equal(t, time.Millisecond, c.Physics.KVTransferOverhead)
 	assert.Equal(t, 20*time.Microsecond, c.Physics.KVTransferPerToken)

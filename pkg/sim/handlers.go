@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -132,6 +133,12 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		return
 	}
 	defer s.putBuf(body)
+	sp, perr := parseSampling(obj, chat)
+	if perr != nil {
+		perr.write(w)
+		return
+	}
+	stream := sp.stream
 
 	textBuf := s.getBuf()
 	defer s.putBuf(textBuf)
@@ -141,33 +148,18 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	}
 	promptLen := prompt.TokenCount(text)
 	if promptLen >= s.cfg.MaxModelLen {
-		badRequest(w, "context_length_exceeded", fmt.Sprintf(
+		badRequest(w, codeContextLength, fmt.Sprintf(
 			"This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input.",
 			s.cfg.MaxModelLen, promptLen))
 		return
 	}
-	keys := []string{"max_tokens"}
-	if chat {
-		keys = []string{"max_completion_tokens", "max_tokens"}
-	}
-	maxTokens, given, err := intParam(obj, keys...)
-	if err != nil {
-		badRequest(w, "invalid_max_tokens", err.Error())
+	if sp.maxTokensParam != "" && sp.maxTokens > s.cfg.MaxModelLen-promptLen {
+		// The words of vLLM's 2025 releases; vLLM answers 400 rather than
+		// capping.
+		badParam(w, codeContextLength, sp.maxTokensParam, fmt.Sprintf(
+			"'max_tokens' or 'max_completion_tokens' is too large: %d. This model's maximum context length is %d tokens and your request has %d input tokens (%d > %d - %d).",
+			sp.maxTokens, s.cfg.MaxModelLen, promptLen, sp.maxTokens, s.cfg.MaxModelLen, promptLen))
 		return
-	}
-	if n, present, err := intParam(obj, "n"); err != nil || (present && n != 1) {
-		badRequest(w, "invalid_n", `the simulator supports only "n": 1`)
-		return
-	}
-	stream := obj.Bool("stream")
-	includeUsage := false
-	if raw, ok := obj.Get("stream_options"); ok && stream && string(raw) != "null" {
-		opts, err := openai.Parse(raw)
-		if err != nil {
-			badRequest(w, "invalid_stream_options", `"stream_options" must be an object`)
-			return
-		}
-		includeUsage = opts.Bool("include_usage")
 	}
 	xfer, ok := s.kvTransfer(w, obj)
 	if !ok {
@@ -185,24 +177,29 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		return
 	}
 
-	stopReason := reasonStop
+	maxTokens, stopReason := sp.maxTokens, reasonLength
 	switch {
 	case xfer == xferSend:
 		// The prefill half of a disaggregated request: one token, as vLLM's
 		// proxies ask with max_tokens 1.
-		maxTokens, stopReason = 1, reasonLength
-	case !given:
+		maxTokens = 1
+	case sp.maxTokensParam == "":
+		// vLLM would generate up to the context length; the simulator's
+		// default is shorter, and ends as if the model stopped by itself.
 		maxTokens = s.cfg.DefaultMaxTokens
-	default:
-		stopReason = reasonLength
+		if room := s.cfg.MaxModelLen - promptLen; maxTokens > room {
+			maxTokens = room
+		} else {
+			stopReason = reasonStop
+		}
 	}
-	q := newSeq(promptLen, min(maxTokens, s.cfg.MaxModelLen-promptLen), stream)
+	q := newSeq(promptLen, maxTokens, stream)
 	q.stopReason = stopReason
 	q.xfer = xfer
 	q.lora = lora
 	q.hashes = prompt.BlockHashes(text, s.cfg.BlockSize)
 	prompt.SaltHashes(q.hashes, lora)
-	enc := newEncoder(chat, s.nextID(r), time.Now().Unix(), model, promptLen, includeUsage)
+	enc := newEncoder(chat, s.nextID(r), time.Now().Unix(), model, promptLen, sp.stream && sp.includeUsage)
 	if err := s.sched.submit(q); err != nil {
 		openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", err.Error()), time.Second)
 		return
@@ -254,28 +251,17 @@ func renderPrompt(w http.ResponseWriter, obj openai.Object, chat bool, buf *[]by
 	return *buf, true
 }
 
-// intParam returns the first of keys present and not null, as a positive
-// integer.
-func intParam(obj openai.Object, keys ...string) (int, bool, error) {
-	for _, k := range keys {
-		raw, ok := obj.Get(k)
-		if !ok || string(raw) == "null" {
-			continue
-		}
-		n, ok := obj.Int(k)
-		if !ok {
-			return 0, true, fmt.Errorf("%q must be an integer", k)
-		}
-		if n < 1 {
-			return 0, true, fmt.Errorf("%q must be at least 1, got %d", k, n)
-		}
-		return n, true, nil
-	}
-	return 0, false, nil
-}
+// streamBufferBytes bounds what a stream buffers: once its pending chunks
+// reach this size they are written (and must be accepted within
+// --write-timeout) before more are encoded. Tokens produced meanwhile are
+// only counted (seq.tokens), so a stream never holds more than this plus
+// the events that cross it, however far its client lags.
+const streamBufferBytes = 32 << 10
 
 // streamResponse writes a sequence's tokens as SSE chunks as they are
-// produced: one chunk per token, flushed together when the handler wakes.
+// produced: one chunk per token, flushed together when the handler wakes,
+// in batches of at most streamBufferBytes. A client that does not accept a
+// batch within --write-timeout has its request aborted.
 func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, q *seq, enc *encoder) {
 	completed := false
 	defer func() {
@@ -288,7 +274,9 @@ func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, q *seq, 
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	_ = rc.Flush()
+	if !s.writeFlush(w, rc, nil) {
+		return
+	}
 
 	bp := s.getBuf()
 	defer s.putBuf(bp)
@@ -303,53 +291,91 @@ func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, q *seq, 
 		}
 		done := q.isDone() // before loading tokens: once done, tokens is final
 		n := int(q.tokens.Load())
-		b := (*bp)[:0]
-		for sent < n {
-			if sent == 0 && enc.chat {
-				b = enc.appendRoleChunk(b)
-			}
-			b = enc.appendTokenChunk(b, sent)
-			sent++
-			if sent == s.cfg.AbortAfterTokens {
-				*bp = b
-				s.log.Info("aborting stream", "reason", "abort-after-tokens", "tokens", sent)
-				writeFlush(w, rc, b)
-				panic(http.ErrAbortHandler)
-			}
-			if sent == s.cfg.ExitAfterTokens {
-				*bp = b
-				writeFlush(w, rc, b)
-				s.crash(sent)
-				panic(http.ErrAbortHandler)
-			}
-		}
-		if done {
-			completed = true
-			if q.err != nil {
-				b = append(b, openai.ErrorEvent(openai.Err(openai.TypeUnavailable, "engine_stopped", q.err.Error()))...)
-			} else {
-				b = enc.appendFinalChunk(b, q.reason)
-				if enc.includeUsage {
-					b = enc.appendUsageChunk(b, usage{prompt: q.promptLen, completion: n, cached: q.cached})
+		for {
+			b := (*bp)[:0]
+			for sent < n && len(b) < streamBufferBytes {
+				if sent == 0 && enc.chat {
+					b = enc.appendRoleChunk(b)
+				}
+				b = enc.appendTokenChunk(b, sent)
+				sent++
+				if sent == s.cfg.AbortAfterTokens {
+					*bp = b
+					s.log.Info("aborting stream", "reason", "abort-after-tokens", "tokens", sent)
+					s.writeFlush(w, rc, b)
+					panic(http.ErrAbortHandler)
+				}
+				if sent == s.cfg.ExitAfterTokens {
+					*bp = b
+					s.writeFlush(w, rc, b)
+					s.crash(sent)
+					panic(http.ErrAbortHandler)
 				}
 			}
-			b = append(b, openai.DoneEvent...)
+			last := done && sent == n && len(b) < streamBufferBytes
+			if last {
+				completed = true
+				if q.err != nil {
+					b = append(b, openai.ErrorEvent(openai.Err(openai.TypeUnavailable, "engine_stopped", q.err.Error()))...)
+				} else {
+					b = enc.appendFinalChunk(b, q.reason)
+					if enc.includeUsage {
+						b = enc.appendUsageChunk(b, usage{prompt: q.promptLen, completion: n, cached: q.cached})
+					}
+				}
+				b = append(b, openai.DoneEvent...)
+			}
+			*bp = b
+			s.noteBuffered(len(b))
+			if len(b) > 0 && !s.writeFlush(w, rc, b) {
+				return
+			}
+			if last {
+				return
+			}
+			if sent == n && !done {
+				break // wait for more tokens
+			}
 		}
-		*bp = b
-		if len(b) > 0 && !writeFlush(w, rc, b) {
-			return
-		}
-		if done {
+	}
+}
+
+// noteBuffered records the size of a stream's pending chunks (the largest
+// seen is kept for tests).
+func (s *Server) noteBuffered(n int) {
+	for {
+		peak := s.streamPeak.Load()
+		if int64(n) <= peak || s.streamPeak.CompareAndSwap(peak, int64(n)) {
 			return
 		}
 	}
 }
 
-func writeFlush(w http.ResponseWriter, rc *http.ResponseController, b []byte) bool {
-	if _, err := w.Write(b); err != nil {
-		return false
+// writeFlush writes b (may be empty) and flushes it, giving the client
+// --write-timeout to accept it. It reports whether that succeeded; a
+// client that let the deadline pass is logged and counted. The deadline
+// also bounds what net/http writes after the handler returns (the end of a
+// chunked body); net/http clears it before the connection serves another
+// request.
+func (s *Server) writeFlush(w http.ResponseWriter, rc *http.ResponseController, b []byte) bool {
+	// Without deadline support (a ResponseWriter that does not expose its
+	// connection) the write simply has none.
+	_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	var err error
+	if len(b) > 0 {
+		_, err = w.Write(b)
 	}
-	return rc.Flush() == nil
+	if err == nil {
+		err = rc.Flush()
+	}
+	if err == nil {
+		return true
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		s.writeTimeouts.Add(1)
+		s.log.Warn("aborting request: the client did not read its response", "write_timeout", s.cfg.WriteTimeout, "pending_bytes", len(b))
+	}
+	return false
 }
 
 // fullResponse waits for the sequence and writes the whole response.
@@ -372,8 +398,10 @@ func (s *Server) fullResponse(w http.ResponseWriter, r *http.Request, q *seq, en
 		kvParams = s.appendSentKV(nil, r, q.sentBlocks)
 	}
 	*bp = enc.appendResponse((*bp)[:0], n, q.reason, usage{prompt: q.promptLen, completion: n, cached: q.cached}, kvParams)
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(*bp)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(*bp)))
+	s.writeFlush(w, http.NewResponseController(w), *bp)
 }
 
 // handleEmbeddings serves /v1/embeddings: every input is a prefill-only

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,6 +28,13 @@ type testServer struct {
 
 func startServer(t *testing.T, mutate func(*Config), opts ...Option) *testServer {
 	t.Helper()
+	return startServerOn(t, nil, mutate, opts...)
+}
+
+// startServerOn is startServer with the HTTP server's listener wrapped by
+// wrap (nil: as it is).
+func startServerOn(t *testing.T, wrap func(net.Listener) net.Listener, mutate func(*Config), opts ...Option) *testServer {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.TimeScale = 100
 	if mutate != nil {
@@ -40,7 +48,11 @@ func startServer(t *testing.T, mutate func(*Config), opts ...Option) *testServer
 		defer close(engineDone)
 		_ = s.Run(ctx)
 	}()
-	hs := httptest.NewServer(s.Handler())
+	hs := httptest.NewUnstartedServer(s.Handler())
+	if wrap != nil {
+		hs.Listener = wrap(hs.Listener)
+	}
+	hs.Start()
 	t.Cleanup(func() {
 		cancel() // the engine fails what is left, so handlers return
 		<-engineDone

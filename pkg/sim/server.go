@@ -64,6 +64,12 @@ type Server struct {
 	rng   *rand.Rand
 
 	bufs sync.Pool // *[]byte
+
+	// streamPeak is the largest batch of chunks a stream has buffered, in
+	// bytes; writeTimeouts counts requests aborted because their client did
+	// not accept a write within --write-timeout.
+	streamPeak    atomic.Int64
+	writeTimeouts atomic.Uint64
 }
 
 // New validates cfg and builds a Server. Call Run to start its engine.
