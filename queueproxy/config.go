@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 )
 
 // Config is everything a queue-proxy is told at start. Fill it with
@@ -76,6 +78,11 @@ type Config struct {
 
 	// LogLevel is the minimum level logged by Main.
 	LogLevel slog.Level
+
+	// Limits harden the listener against slow and hostile clients:
+	// header and body read timeouts, a connection cap, and the memory
+	// budget of request bodies held at once.
+	Limits httpserver.Limits
 }
 
 // Defaults.
@@ -119,6 +126,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.KVBlockSize, "kv-block-size", 0, "KV block size in tokens for the KV model (0: the engine's vllm:cache_config_info block_size)")
 	fs.IntVar(&c.KVCapacityBlocks, "kv-capacity-blocks", 0, "prompt blocks the engine's cache holds (0: the engine's num_gpu_blocks)")
 	fs.DurationVar(&c.KVFlushInterval, "kv-flush-interval", DefaultKVFlushInterval, "KV model changes are batched and sent at most this often")
+	c.Limits = httpserver.DefaultLimits()
+	httpserver.RegisterFlags(fs, &c.Limits)
 	c.LogLevel = slog.LevelInfo
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "minimum log level (debug, info, warn, error)")
 }
@@ -180,6 +189,9 @@ func (c Config) Validate() error {
 		if d.v < 0 || (d.v == 0 && !d.zero) {
 			bad(d.flag, "%v must be positive", d.v)
 		}
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
@@ -73,10 +74,12 @@ func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
 	strip := false
 	var kt *kvTicket // the request's part in the KV model; nil when not modelled
 	if measured {
-		var ok bool
-		if body, ok = p.readBody(w, r, ex); !ok {
+		held, ok := p.readBody(w, r, ex)
+		if !ok {
 			return
 		}
+		defer held.Release()
+		body = held.Bytes
 		// Parsed once, for both the KV model and the usage splice; a body
 		// that is not a JSON object goes on as it is, for the engine to judge.
 		if obj, err := openai.Parse(body); err == nil {
@@ -127,27 +130,16 @@ func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// readBody reads a measured request's body, bounded by MaxBodyBytes.
-func (p *Proxy) readBody(w http.ResponseWriter, r *http.Request, ex *exchange) ([]byte, bool) {
-	limit := p.cfg.MaxBodyBytes
-	if r.ContentLength > limit {
-		p.writeError(w, ex, http.StatusRequestEntityTooLarge, openai.ErrBodyTooLarge, 0)
+// readBody reads a measured request's body within MaxBodyBytes, the body
+// read timeout and the memory budget; the caller releases it when done.
+func (p *Proxy) readBody(w http.ResponseWriter, r *http.Request, ex *exchange) (*httpserver.Body, bool) {
+	b, f := p.bodies.Read(w, r)
+	if f != nil {
+		ex.code = f.Status
+		f.Write(w)
 		return nil, false
 	}
-	var buf bytes.Buffer
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
-	}
-	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit)); err != nil {
-		if _, tooLarge := errors.AsType[*http.MaxBytesError](err); tooLarge {
-			p.writeError(w, ex, http.StatusRequestEntityTooLarge, openai.ErrBodyTooLarge, 0)
-			return nil, false
-		}
-		p.writeError(w, ex, http.StatusBadRequest,
-			openai.Err(openai.TypeInvalidRequest, "invalid_body", "could not read the request body: "+err.Error()), 0)
-		return nil, false
-	}
-	return buf.Bytes(), true
+	return b, true
 }
 
 // requestUsage makes a streaming request, parsed as obj, ask for usage and
@@ -293,14 +285,15 @@ func (p *Proxy) forwardEvents(ctx context.Context, w http.ResponseWriter, r *htt
 	w.Header().Del("Content-Length") // events may be dropped
 	ex.code = resp.StatusCode
 	w.WriteHeader(resp.StatusCode)
-	rc := http.NewResponseController(w)
-	_ = rc.Flush() // headers now: the client's request is under way
+	cw := httpserver.NewClientWriter(w, p.cfg.Limits.WriteTimeout) // a client that stops reading is cut off
+	defer cw.Done()
+	_ = cw.Flush() // headers now: the client's request is under way
 
 	var m *meter
 	if measured {
 		m = &meter{ex: ex, strip: strip, observeITL: p.metrics.itl.Observe}
 	}
-	err := relayEvents(w, rc.Flush, resp.Body, m)
+	err := relayEvents(cw, cw.Flush, resp.Body, m)
 	if err == nil {
 		return
 	}
@@ -314,8 +307,8 @@ func (p *Proxy) forwardEvents(ctx context.Context, w http.ResponseWriter, r *htt
 		e = openai.Err(openai.TypeTimeout, "request_timeout", "the stream exceeded the request timeout")
 	}
 	p.log.Warn("stream broken", slog.String("path", r.URL.Path), slog.Any("error", err))
-	if _, err := w.Write(openai.ErrorEvent(e)); err == nil {
-		_ = rc.Flush()
+	if _, err := cw.Write(openai.ErrorEvent(e)); err == nil {
+		_ = cw.Flush()
 	}
 }
 
@@ -486,7 +479,9 @@ func (p *Proxy) forwardBuffered(ctx context.Context, w http.ResponseWriter, r *h
 	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	ex.code = resp.StatusCode
 	w.WriteHeader(resp.StatusCode)
-	if _, err := w.Write(buf.Bytes()); err != nil {
+	cw := httpserver.NewClientWriter(w, p.cfg.Limits.WriteTimeout)
+	defer cw.Done()
+	if _, err := cw.Write(buf.Bytes()); err != nil {
 		ex.clientGone = true
 	}
 }
@@ -512,17 +507,18 @@ func usageOf(body []byte) *usage {
 // If the engine fails mid-body the client connection is aborted so the
 // client sees a truncated response, not a complete one.
 func (p *Proxy) pipe(ctx context.Context, w http.ResponseWriter, r *http.Request, body io.Reader, flushEach bool, ex *exchange) {
-	rc := http.NewResponseController(w)
+	cw := httpserver.NewClientWriter(w, p.cfg.Limits.WriteTimeout)
+	defer cw.Done()
 	buf := make([]byte, copyBufferSize)
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
+			if _, err := cw.Write(buf[:n]); err != nil {
 				ex.clientGone = true
 				return
 			}
 			if flushEach {
-				if err := rc.Flush(); err != nil {
+				if err := cw.Flush(); err != nil {
 					ex.clientGone = true
 					return
 				}

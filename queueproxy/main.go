@@ -8,9 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 )
 
 // closeGrace bounds the wait for handlers to return once their connections
@@ -56,12 +57,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	if err != nil {
 		return fmt.Errorf("queue-proxy: listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           p.Handler(),
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logHandler, slog.LevelWarn),
-	}
+	srv := httpserver.New(p.Handler(), cfg.Limits, log)
 
 	// Run outlives ctx: it must keep reporting through the drain.
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
@@ -72,7 +68,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		_ = p.Run(runCtx) // returns nil when stopped
 	}()
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- srv.Serve(httpserver.Listen(ln, cfg.Limits.MaxConnections)) }()
 	log.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("engine", cfg.EngineURL),
 		slog.Int("containerConcurrency", cfg.ContainerConcurrency))
 	if listening != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
@@ -45,6 +46,7 @@ type Proxy struct {
 	hub      *hub
 	kv       *kvModel // nil with --kv-model=false
 	upgrader websocket.Upgrader
+	bodies   httpserver.BodyReader // measured requests' bodies
 	handler  http.Handler
 
 	ready    atomic.Bool // the engine answered its health check
@@ -89,6 +91,8 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 		sync:      newSyncClient(engine),
 		hub:       newHub(logger),
 		upgrader:  websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096},
+		bodies: httpserver.BodyReader{MaxBytes: cfg.MaxBodyBytes, Timeout: cfg.Limits.BodyReadTimeout,
+			Budget: httpserver.NewBudget(cfg.Limits.BodyBudget)},
 	}
 	if cfg.ContainerConcurrency > 0 {
 		p.limiter = newLimiter(cfg.ContainerConcurrency, cfg.queueDepth())

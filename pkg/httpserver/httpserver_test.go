@@ -216,3 +216,64 @@ func TestLimitsValidateNamesTheFlag(t *testing.T) {
 	require.ErrorContains(t, err, "body-read-timeout")
 	require.ErrorContains(t, err, "max-connections")
 }
+
+// A client that reads nothing of a stream is cut off; one that waits while
+// the server has nothing to send is not.
+func TestClientWriterCutsOffAClientThatDoesNotRead(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	failed := make(chan error, 1)
+	pause := make(chan struct{})
+	addr := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := NewClientWriter(w, timeout)
+		defer cw.Done()
+		if r.URL.Path == "/pause" {
+			_, _ = cw.Write([]byte("first\n"))
+			_ = cw.Flush()
+			<-pause // idle far longer than the timeout: nothing to write
+			_, err := cw.Write([]byte("second\n"))
+			if err == nil {
+				err = cw.Flush()
+			}
+			failed <- err
+			return
+		}
+		chunk := []byte(strings.Repeat("x", 32<<10))
+		for {
+			if _, err := cw.Write(chunk); err != nil {
+				failed <- err
+				return
+			}
+			if err := cw.Flush(); err != nil {
+				failed <- err
+				return
+			}
+		}
+	}), DefaultLimits())
+
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.(*net.TCPConn).SetReadBuffer(4<<10))
+	_, err = io.WriteString(c, "GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	select {
+	case err := <-failed:
+		require.Error(t, err, "the write to a client that reads nothing fails")
+	case <-time.After(time.Minute):
+		t.Fatal("the server still writes to a client that reads nothing")
+	}
+
+	resp, err := http.Get("http://" + addr + "/pause")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "first\n", line)
+	time.Sleep(3 * timeout) // the client waits; the server is idle, not blocked
+	close(pause)
+	require.NoError(t, <-failed, "an idle pause is not a client that stopped reading")
+	line, err = br.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "second\n", line)
+}

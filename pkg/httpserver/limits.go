@@ -17,6 +17,10 @@ type Limits struct {
 	// BodyReadTimeout bounds reading a whole request body once the headers
 	// are in; past it the request is answered 408. Default 30s.
 	BodyReadTimeout time.Duration
+	// WriteTimeout bounds each write to a client: a client that takes
+	// nothing of a response (a stream it never reads) for this long is cut
+	// off and its request cancelled upstream. Default 60s.
+	WriteTimeout time.Duration
 	// IdleTimeout closes a kept-alive connection with no request for this
 	// long. Default 5m.
 	IdleTimeout time.Duration
@@ -37,6 +41,7 @@ func DefaultLimits() Limits {
 	return Limits{
 		ReadHeaderTimeout: 10 * time.Second,
 		BodyReadTimeout:   30 * time.Second,
+		WriteTimeout:      time.Minute,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		MaxConnections:    10000,
@@ -52,6 +57,9 @@ func (l Limits) Validate() error {
 	}
 	if l.BodyReadTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("body-read-timeout: must be > 0, got %s", l.BodyReadTimeout))
+	}
+	if l.WriteTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("write-timeout: must be > 0, got %s", l.WriteTimeout))
 	}
 	if l.IdleTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("idle-timeout: must be > 0, got %s", l.IdleTimeout))
@@ -74,6 +82,8 @@ func RegisterFlags(fs *flag.FlagSet, l *Limits) {
 		"close a connection whose request headers take longer than this")
 	fs.DurationVar(&l.BodyReadTimeout, "body-read-timeout", l.BodyReadTimeout,
 		"answer 408 to a request whose body takes longer than this to arrive")
+	fs.DurationVar(&l.WriteTimeout, "write-timeout", l.WriteTimeout,
+		"cut off a client that takes nothing of its response (a stream it does not read) for this long")
 	fs.DurationVar(&l.IdleTimeout, "idle-timeout", l.IdleTimeout, "close kept-alive connections idle for this long")
 	fs.IntVar(&l.MaxHeaderBytes, "max-header-bytes", l.MaxHeaderBytes, "largest request line and headers (431 above)")
 	fs.IntVar(&l.MaxConnections, "max-connections", l.MaxConnections,

@@ -15,7 +15,7 @@ import (
 // Serve it on a listener from Listen, which caps the connections.
 func New(h http.Handler, l Limits, log *slog.Logger) *http.Server {
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           closeChunked(h),
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
 		IdleTimeout:       l.IdleTimeout,
 		MaxHeaderBytes:    l.MaxHeaderBytes,
@@ -24,6 +24,23 @@ func New(h http.Handler, l Limits, log *slog.Logger) *http.Server {
 		srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	}
 	return srv
+}
+
+// closeChunked closes the connection after answering a request with a
+// chunked body. net/http takes the chunked framing when a request also has
+// a Content-Length, and keeps the connection: a proxy in front that framed
+// by the Content-Length would see what follows as another request (request
+// smuggling). RFC 9112 6.1 has the server close such a connection; a
+// request whose Content-Length net/http already dropped cannot be told
+// apart, so every chunked request closes its connection. Clients of the
+// OpenAI API send a Content-Length.
+func closeChunked(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TransferEncoding) > 0 {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // rejectWorkers bounds the connections past the cap being answered at once;
@@ -101,6 +118,15 @@ type cappedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+}
+
+// CloseWrite half-closes a TCP connection, as net/http does before it hangs
+// up on a client it refused (so that the client reads the refusal).
+func (c *cappedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 func (c *cappedConn) Close() error {
