@@ -16,9 +16,25 @@ build:
 envtest-assets:
 	@hack/envtest-assets.sh >/dev/null
 
+# test also runs every fuzz target's seed corpus (testdata/fuzz/, f.Add)
+# and cross-compiles for macOS, where kvasir local and kvasir bench run too.
 test: envtest-assets
 	$(GO) vet ./...
+	GOOS=darwin GOARCH=arm64 $(GO) build ./...
+	GOOS=darwin GOARCH=arm64 $(GO) vet ./...
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" $(GO) test -race -count=1 ./...
+
+# Runs every fuzz target (listed in hack/fuzz.sh) for FUZZTIME each, one
+# after another; a failing input lands in its package's testdata/fuzz/.
+# FUZZ picks targets by name (a regular expression), FUZZFLAGS adds go test
+# flags (-parallel=1 on a shared machine); see docs/fuzzing.md.
+FUZZTIME ?= 30s
+FUZZ ?= .
+FUZZFLAGS ?=
+
+.PHONY: fuzz
+fuzz:
+	GO="$(GO)" FUZZTIME="$(FUZZTIME)" FUZZFLAGS="$(FUZZFLAGS)" hack/fuzz.sh '$(FUZZ)'
 
 # Installs Kvasir on the current kubectl context (needs ko and a registry:
 # KO_DOCKER_REPO).

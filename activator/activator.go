@@ -15,6 +15,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/kvindex"
 	"github.com/kvasir-serving/kvasir/pkg/scheduler"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
@@ -36,6 +37,29 @@ type Config struct {
 	MaxAttempts int
 	// MaxWebSocketInFlight bounds concurrent requests on one WebSocket. Default 128.
 	MaxWebSocketInFlight int
+	// AllowedOrigins are the browser origins, besides the API's own, whose
+	// pages may open a WebSocket (each a full origin such as
+	// https://app.example.com: scheme and host, optional port, no path).
+	// "*" admits every origin: an explicit opt-in that lets any web page a
+	// user visits drive the API with the user's network access. Requests
+	// without an Origin header (programs, not browsers) are always admitted.
+	// Default none: same origin only.
+	AllowedOrigins []string
+	// OutlierConsecutiveFailures is how many failures in a row (connection
+	// errors, 502/503/504, responses broken before their end) eject a
+	// replica from picking, as Envoy's outlier detection does. Default 5;
+	// 0 turns ejection off.
+	OutlierConsecutiveFailures int
+	// OutlierBaseEjection is how long a first ejection lasts; each further
+	// ejection of the same replica lasts this times its ejection count.
+	// Default 30s.
+	OutlierBaseEjection time.Duration
+	// OutlierMaxEjection caps one ejection. Default 5m.
+	OutlierMaxEjection time.Duration
+	// OutlierMaxEjectionPercent caps the share of a revision role's ready
+	// replicas ejected at once; one replica may always be ejected whatever
+	// the share. Default 10.
+	OutlierMaxEjectionPercent int
 }
 
 // DefaultConfig returns the defaults.
@@ -47,6 +71,11 @@ func DefaultConfig() Config {
 		RequestTimeout:       10 * time.Minute,
 		MaxAttempts:          3,
 		MaxWebSocketInFlight: 128,
+
+		OutlierConsecutiveFailures: 5,
+		OutlierBaseEjection:        30 * time.Second,
+		OutlierMaxEjection:         5 * time.Minute,
+		OutlierMaxEjectionPercent:  10,
 	}
 }
 
@@ -71,6 +100,23 @@ func (c Config) Validate() error {
 	if c.MaxWebSocketInFlight < 1 {
 		errs = append(errs, fmt.Errorf("max-websocket-in-flight: must be >= 1, got %d", c.MaxWebSocketInFlight))
 	}
+	for _, o := range c.AllowedOrigins {
+		if err := validateOrigin(o); err != nil {
+			errs = append(errs, fmt.Errorf("allowed-origins: %w", err))
+		}
+	}
+	if c.OutlierConsecutiveFailures < 0 {
+		errs = append(errs, fmt.Errorf("outlier-consecutive-failures: must be >= 0 (0: off), got %d", c.OutlierConsecutiveFailures))
+	}
+	if c.OutlierBaseEjection <= 0 {
+		errs = append(errs, fmt.Errorf("outlier-base-ejection: must be > 0, got %s", c.OutlierBaseEjection))
+	}
+	if c.OutlierMaxEjection < c.OutlierBaseEjection {
+		errs = append(errs, fmt.Errorf("outlier-max-ejection: must be >= outlier-base-ejection (%s), got %s", c.OutlierBaseEjection, c.OutlierMaxEjection))
+	}
+	if c.OutlierMaxEjectionPercent < 0 || c.OutlierMaxEjectionPercent > 100 {
+		errs = append(errs, fmt.Errorf("outlier-max-ejection-percent: must be in [0, 100], got %d", c.OutlierMaxEjectionPercent))
+	}
 	return errors.Join(errs...)
 }
 
@@ -92,6 +138,18 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(a *Activator) 
 // (default scheduler.DefaultRegistry).
 func WithRegistry(r scheduler.Registry) Option { return func(a *Activator) { a.registry = r } }
 
+// WithLimits sets the limits of the listener the activator serves on:
+// how long a request body may take to arrive (408 past it), how long a
+// write to a client may block (a stream nobody reads is cut off), and the
+// memory budget shared by the bodies held at once (503 when full; the
+// activators of one process share one). Default: httpserver.DefaultLimits
+// with a budget of its own.
+func WithLimits(l httpserver.Limits, budget *httpserver.Budget) Option {
+	return func(a *Activator) {
+		a.bodies.Timeout, a.bodies.Budget, a.writeTimeout = l.BodyReadTimeout, budget, l.WriteTimeout
+	}
+}
+
 // WithStatsStreams sets whether the activator follows every ready pod's
 // queue-proxy stats stream (engine load, KV events for the prefix index).
 // Default true; tests with plain HTTP backends turn it off.
@@ -107,6 +165,11 @@ type Activator struct {
 	onDemand    func(fleet.Key)
 	metrics     *metrics
 	upstream    *upstream.Client
+	bodies      httpserver.BodyReader
+	// writeTimeout bounds each write to a client (httpserver.ClientWriter).
+	writeTimeout time.Duration
+	origins      originPolicy     // who may open a WebSocket
+	now          func() time.Time // the clock of outlier ejections (tests set their own)
 
 	routes atomic.Pointer[table]
 
@@ -122,11 +185,16 @@ func New(cfg Config, opts ...Option) (*Activator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("activator config: %w", err)
 	}
+	limits := httpserver.DefaultLimits()
 	a := &Activator{cfg: cfg, log: slog.Default(), registry: scheduler.DefaultRegistry(), followStats: true,
-		revs: map[fleet.Key]*revision{}}
+		revs:         map[fleet.Key]*revision{},
+		bodies:       httpserver.BodyReader{Timeout: limits.BodyReadTimeout, Budget: httpserver.NewBudget(limits.BodyBudget)},
+		writeTimeout: limits.WriteTimeout}
+	a.origins, a.now = newOriginPolicy(cfg.AllowedOrigins), time.Now
 	for _, o := range opts {
 		o(a)
 	}
+	a.bodies.MaxBytes = cfg.MaxBodyBytes
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.metrics = newMetrics(a.reg, a)
 	a.upstream = upstream.New()
@@ -177,8 +245,8 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 				return fmt.Errorf("service %q: spec.routing.%w", sc.Name, err)
 			}
 			s.revisions[rc.Name] = &revisionRoute{cfg: rc, rev: rev, prefill: prefill,
-				ok:       a.metrics.requests.WithLabelValues(sc.Name, rc.Name, "200"),
-				duration: a.metrics.duration.WithLabelValues(sc.Name, rc.Name)}
+				ok:       a.metrics.requests.WithLabelValues(sc.Namespace, sc.Name, rc.Name, "200"),
+				duration: a.metrics.duration.WithLabelValues(sc.Namespace, sc.Name, rc.Name)}
 		}
 		t.byModel[sc.Model] = s
 		for _, ad := range sc.LoRAAdapters {
@@ -209,7 +277,7 @@ func (a *Activator) revisionFor(key fleet.Key, capacity int, routing []v1alpha1.
 		if a.followStats {
 			follow = followStats(a.log)
 		}
-		r = newRevision(a.ctx, key, a.log, a.onDemand, follow)
+		r = newRevision(a.ctx, key, a.log, a.onDemand, follow, outlierConfigOf(a.cfg, a.now))
 	}
 	a.revMu.Unlock()
 	var buildErr error

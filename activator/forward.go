@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/scheduler"
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
@@ -24,22 +26,82 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }
 // inflight is a response being forwarded and the endpoint it holds until
 // close (called once, when the response is done).
 type inflight struct {
+	a    *Activator
 	resp *http.Response
 	rev  *revision
 	ep   *scheduler.Pod
+	// broken: the replica's answer failed before its end; abandoned: the
+	// client left before it. They decide what close tells outlier detection.
+	broken, abandoned bool
 }
 
 func (u *inflight) close() {
 	u.resp.Body.Close()
-	u.rev.release(u.ep)
+	o := outcomeSuccess
+	switch {
+	case u.broken || isGatewayFailure(u.resp.StatusCode):
+		o = outcomeFailure
+	case u.abandoned:
+		o = outcomeNone
+	}
+	u.a.release(u.rev, u.ep, o)
+}
+
+// release gives a pod back to its revision with the outcome of the request
+// it served, and logs the ejection that outcome caused, if any.
+func (a *Activator) release(rev *revision, ep *scheduler.Pod, o outcome) {
+	if ej := rev.release(ep, o); ej != nil {
+		a.log.Warn("replica ejected after consecutive failures", slog.String("namespace", rev.key.Namespace),
+			slog.String("revision", rev.key.Revision), slog.String("role", RoleLabel(rev.key.Role)),
+			slog.String("replica", ej.pod), slog.Duration("for", ej.dur))
+	}
 }
 
 func isRetryableStatus(code int) bool {
 	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable
 }
 
+// maxReply bounds the error body of a failed replica kept to answer with.
+const maxReply = 64 << 10
+
+// reply is a replica's whole answer, kept in memory.
+type reply struct {
+	header http.Header
+	body   []byte
+}
+
+// replyFailure reads a replica's failed answer (502 or 503) into a failure
+// that passes it through: its status, end-to-end headers and body. A body
+// that cannot be read whole becomes a 502 (over maxReply: an OpenAI error
+// with the replica's status).
+func replyFailure(resp *http.Response) *failure {
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxReply+1))
+	if err != nil {
+		return unreachable(fmt.Errorf("reading the replica's %s answer: %w", resp.Status, err))
+	}
+	rp := &reply{header: http.Header{}, body: body}
+	upstream.CopyEndToEnd(rp.header, resp.Header)
+	if len(body) > maxReply {
+		e := openai.Err(openai.TypeServer, "upstream_error", "the model replica answered "+resp.Status)
+		rp.header = http.Header{"Content-Type": {"application/json"}}
+		rp.body = e.JSON()
+	}
+	return &failure{status: resp.StatusCode, err: upstreamError(resp.StatusCode, rp.body), reply: rp}
+}
+
+// unreachable is the 502 for a replica that could not be reached or broke
+// its answer.
+func unreachable(err error) *failure {
+	return &failure{status: http.StatusBadGateway, err: openai.Err(openai.TypeServer, "upstream_unavailable",
+		"no replica could take the request: "+err.Error())}
+}
+
 // dispatch sends the request to a replica, buffering while none is ready and
-// retrying on another replica while nothing has been received.
+// retrying on another replica while nothing has been received. When every
+// ready replica has been tried (or the attempts are spent) it answers at
+// once with the last replica's failure rather than buffer: replicas that
+// are ready and failing are not "scaling up".
 func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr http.Header) (*inflight, *failure) {
 	rev := rt.rev.rev
 	timeout := rt.rev.cfg.Timeout
@@ -47,10 +109,13 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		timeout = a.cfg.RequestTimeout
 	}
 	var tried map[string]bool
-	var lastErr error
+	var last *failure // the last replica's failure
 	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {
 		ep, err := rev.acquire(ctx, rt.req, tried, a.cfg.MaxBuffered, a.cfg.BufferTimeout)
 		if err != nil {
+			if errors.Is(err, errAllTried) && last != nil {
+				return nil, last
+			}
 			return nil, a.acquireFailure(ctx, err)
 		}
 		body := rt.body
@@ -61,42 +126,38 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() && ctx.Err() == nil {
 			// The replica had the request for the whole timeout: it did the
 			// work, so another replica must not do it again.
-			rev.release(ep)
+			a.release(rev, ep, outcomeFailure)
 			return nil, &failure{status: http.StatusGatewayTimeout, err: openai.Err(openai.TypeTimeout, "upstream_timeout",
 				"the model replica did not answer within the request timeout ("+timeout.String()+")")}
 		}
-		retryable := err != nil || (isRetryableStatus(resp.StatusCode) && attempt+1 < a.cfg.MaxAttempts)
-		if !retryable {
-			return &inflight{resp: resp, rev: rev, ep: ep}, nil
+		if err == nil && !isRetryableStatus(resp.StatusCode) {
+			return &inflight{a: a, resp: resp, rev: rev, ep: ep}, nil
 		}
-		if err == nil {
-			lastErr = errors.New(resp.Status)
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-			resp.Body.Close()
-		} else {
-			lastErr = err
-		}
-		rev.release(ep)
 		if ctx.Err() != nil {
+			if err == nil {
+				resp.Body.Close()
+			}
+			a.release(rev, ep, outcomeNone)
 			return nil, &failure{status: 499, err: openai.Err(openai.TypeInvalidRequest, "client_closed", "client closed the request")}
 		}
+		if err == nil {
+			last = replyFailure(resp)
+		} else {
+			last = unreachable(err)
+		}
+		a.release(rev, ep, outcomeFailure)
+		if attempt+1 == a.cfg.MaxAttempts {
+			break
+		}
 		a.log.Warn("replica failed before the first byte; retrying", slog.String("revision", rev.key.Revision),
-			slog.String("replica", ep.Name), slog.Int("attempt", attempt+1), slog.Any("error", lastErr))
-		a.metrics.attempts.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name).Inc()
+			slog.String("replica", ep.Name), slog.Int("attempt", attempt+1), slog.String("error", last.err.Message))
+		a.metrics.attempts.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name).Inc()
 		if tried == nil {
 			tried = map[string]bool{}
 		}
 		tried[ep.Name] = true
 	}
-	return nil, &failure{status: http.StatusBadGateway, err: openai.Err(openai.TypeServer, "upstream_unavailable",
-		"no replica could take the request: "+errString(lastErr))}
-}
-
-func errString(err error) string {
-	if err == nil {
-		return "unknown error"
-	}
-	return err.Error()
+	return nil, last
 }
 
 func (a *Activator) acquireFailure(ctx context.Context, err error) *failure {
@@ -120,7 +181,10 @@ func isEventStream(h http.Header) bool {
 func (a *Activator) forwardHTTP(w http.ResponseWriter, r *http.Request, rt routed) int {
 	up, f := a.dispatch(r.Context(), rt, r.URL.Path, r.Header)
 	if f != nil {
-		if f.status != 499 {
+		switch {
+		case f.reply != nil:
+			writeReply(w, rt, f)
+		case f.status != 499:
 			openai.WriteError(w, f.status, f.err, f.retryAfter)
 		}
 		return f.status
@@ -133,35 +197,73 @@ func (a *Activator) forwardHTTP(w http.ResponseWriter, r *http.Request, rt route
 		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
 	w.WriteHeader(resp.StatusCode)
+	// A client that takes nothing of the response for the write timeout
+	// (a stream it never reads) is cut off, which cancels the replica's work.
+	cw := httpserver.NewClientWriter(w, a.writeTimeout)
+	defer cw.Done()
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	if isEventStream(resp.Header) {
-		a.copyStream(w, r, resp.Body, *bp, rt)
+		a.copyStream(cw, r, up, *bp, rt)
 		return resp.StatusCode
 	}
-	if _, err := io.CopyBuffer(w, resp.Body, *bp); err != nil && r.Context().Err() == nil {
+	src := &readErrs{r: resp.Body}
+	if _, err := io.CopyBuffer(cw, src, *bp); err != nil {
+		if r.Context().Err() != nil || src.err == nil {
+			up.abandoned = true // the client left, or writing to it failed
+			return resp.StatusCode
+		}
 		// Status and part of the body are out: abort the connection so the
 		// client sees a broken response, never a truncated success.
+		up.broken = true
 		a.log.Warn("replica failed mid-response", slog.String("revision", rt.rev.cfg.Name), slog.Any("error", err))
 		panic(http.ErrAbortHandler)
 	}
 	return resp.StatusCode
 }
 
+// readErrs remembers the error of its reader other than io.EOF, to tell a
+// replica's failure from the client's when a copy fails.
+type readErrs struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErrs) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
+}
+
+// writeReply passes a failed replica's answer kept by replyFailure through.
+func writeReply(w http.ResponseWriter, rt routed, f *failure) {
+	upstream.CopyEndToEnd(w.Header(), f.reply.header)
+	w.Header().Set(RevisionHeader, rt.rev.cfg.Name)
+	w.Header().Set("Content-Length", strconv.Itoa(len(f.reply.body)))
+	w.WriteHeader(f.status)
+	_, _ = w.Write(f.reply.body)
+}
+
 // copyStream forwards SSE events as they arrive, whole events only, flushing
 // each read. If the upstream breaks mid-stream the client gets one error
 // event instead of a torn one.
-func (a *Activator) copyStream(w http.ResponseWriter, r *http.Request, body io.Reader, buf []byte, rt routed) {
-	rc := http.NewResponseController(w)
+func (a *Activator) copyStream(w *httpserver.ClientWriter, r *http.Request, up *inflight, buf []byte, rt routed) {
+	body := up.resp.Body
 	pending := 0
 	for {
 		n, err := body.Read(buf[pending:])
 		pending += n
 		if cut := completeEvents(buf[:pending]); cut > 0 {
 			if _, werr := w.Write(buf[:cut]); werr != nil {
+				up.abandoned = true
 				return // client gone; deferred close cancels upstream
 			}
-			_ = rc.Flush()
+			if werr := w.Flush(); werr != nil {
+				up.abandoned = true
+				return // client gone or not reading
+			}
 			pending = copy(buf, buf[cut:pending])
 		}
 		if err == io.EOF {
@@ -169,16 +271,19 @@ func (a *Activator) copyStream(w http.ResponseWriter, r *http.Request, body io.R
 		}
 		if err != nil {
 			if r.Context().Err() != nil {
+				up.abandoned = true
 				return
 			}
+			up.broken = true
 			a.log.Warn("replica failed mid-stream", slog.String("revision", rt.rev.cfg.Name), slog.Any("error", err))
 			_, _ = w.Write(openai.ErrorEvent(openai.Err(openai.TypeServer, "upstream_failed",
 				"the model replica failed while streaming: "+err.Error())))
-			_ = rc.Flush()
+			_ = w.Flush()
 			return
 		}
 		if pending == len(buf) { // one event larger than the buffer: pass it on as is
 			if _, werr := w.Write(buf); werr != nil {
+				up.abandoned = true
 				return
 			}
 			pending = 0

@@ -1,8 +1,6 @@
 package activator
 
 import (
-	"errors"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"sort"
@@ -47,6 +45,9 @@ type failure struct {
 	status     int
 	err        openai.Error
 	retryAfter time.Duration
+	// reply, when set, is the replica's own answer (status above), passed
+	// through to HTTP clients as it came; err is its OpenAI error.
+	reply *reply
 }
 
 // routed is a request resolved to a service and revision, with the body to
@@ -73,6 +74,9 @@ func apiOf(path string) string {
 
 // route resolves a parsed request body on path to a revision.
 func (a *Activator) route(obj openai.Object, path, tagHeader string) (routed, *failure) {
+	if f := platformFieldFailure(obj); f != nil {
+		return routed{}, f
+	}
 	model, ok := obj.String("model")
 	if !ok || model == "" {
 		return routed{}, &failure{status: http.StatusBadRequest, err: openai.ErrMissingModel}
@@ -115,14 +119,16 @@ func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := time.Now()
-	body, f := a.readBody(w, r)
-	if f != nil {
-		a.writeFailure(w, nil, f)
+	held, hf := a.bodies.Read(w, r)
+	if hf != nil {
+		hf.Write(w)
 		return
 	}
+	defer held.Release()
+	body := held.Bytes
 	obj, err := openai.Parse(body)
 	if err != nil {
-		a.writeFailure(w, nil, &failure{status: http.StatusBadRequest, err: openai.Err(openai.TypeInvalidRequest, "invalid_json", err.Error())})
+		a.writeFailure(w, nil, &failure{status: http.StatusBadRequest, err: openai.ParseError(err)})
 		return
 	}
 	rt, f := a.route(obj, r.URL.Path, r.Header.Get(TagHeader))
@@ -139,30 +145,15 @@ func (a *Activator) observe(rt routed, code int, start time.Time) {
 	if code == http.StatusOK {
 		rt.rev.ok.Inc()
 	} else {
-		a.metrics.requests.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, strconv.Itoa(code)).Inc()
+		a.metrics.requests.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, strconv.Itoa(code)).Inc()
 	}
 	rt.rev.duration.Observe(time.Since(start).Seconds())
-}
-
-func (a *Activator) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *failure) {
-	if r.ContentLength > a.cfg.MaxBodyBytes {
-		return nil, &failure{status: http.StatusRequestEntityTooLarge, err: openai.ErrBodyTooLarge}
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return nil, &failure{status: http.StatusRequestEntityTooLarge, err: openai.ErrBodyTooLarge}
-		}
-		return nil, &failure{status: http.StatusBadRequest, err: openai.Err(openai.TypeInvalidRequest, "body_read_failed", "reading the request body: "+err.Error())}
-	}
-	return body, nil
 }
 
 func (a *Activator) writeFailure(w http.ResponseWriter, rt *routed, f *failure) {
 	openai.WriteError(w, f.status, f.err, f.retryAfter)
 	if rt != nil {
-		a.metrics.requests.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, strconv.Itoa(f.status)).Inc()
+		a.metrics.requests.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, strconv.Itoa(f.status)).Inc()
 	}
 }
 

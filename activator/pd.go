@@ -37,7 +37,7 @@ func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod
 		return rt.body
 	}
 	if rt.rev.rev.matchFraction(rt.req, dp) >= SkipRemotePrefill {
-		a.metrics.pd.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, pdLocal).Inc()
+		a.metrics.pd.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, pdLocal).Inc()
 		return rt.body
 	}
 	pre := rt.rev.prefill
@@ -55,12 +55,15 @@ func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod
 			}
 			break
 		}
-		params, err := a.prefill(ctx, pp, path, hdr, prefillBody, timeout)
-		pre.release(pp)
+		params, o, err := a.prefill(ctx, pp, path, hdr, prefillBody, timeout)
+		if ctx.Err() != nil {
+			o = outcomeNone
+		}
+		a.release(pre, pp, o)
 		if err == nil {
 			body, err := withParam(rt.body, "kv_transfer_params", params)
 			if err == nil {
-				a.metrics.pd.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, pdRemote).Inc()
+				a.metrics.pd.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, pdRemote).Inc()
 				return body
 			}
 		}
@@ -74,34 +77,39 @@ func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod
 		}
 		tried[pp.Name] = true
 	}
-	a.metrics.pd.WithLabelValues(rt.svc.cfg.Name, rt.rev.cfg.Name, pdFallback).Inc()
+	a.metrics.pd.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, pdFallback).Inc()
 	return rt.body
 }
 
 // prefill sends the prefill request to pod pp and returns the
-// kv_transfer_params of its answer.
-func (a *Activator) prefill(ctx context.Context, pp *scheduler.Pod, path string, hdr http.Header, body []byte, timeout time.Duration) (json.RawMessage, error) {
+// kv_transfer_params of its answer, and what the exchange showed of pp's
+// health (outlier detection).
+func (a *Activator) prefill(ctx context.Context, pp *scheduler.Pod, path string, hdr http.Header, body []byte, timeout time.Duration) (json.RawMessage, outcome, error) {
 	resp, err := a.upstream.PostJSON(ctx, pp.Address, path, hdr, body, timeout)
 	if err != nil {
-		return nil, err
+		return nil, outcomeFailure, err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
-		return nil, fmt.Errorf("reading the prefill answer: %w", err)
+		return nil, outcomeFailure, fmt.Errorf("reading the prefill answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("prefill answered %d: %s", resp.StatusCode, truncate(data, 200))
+		o := outcomeSuccess // it answered
+		if isGatewayFailure(resp.StatusCode) {
+			o = outcomeFailure
+		}
+		return nil, o, fmt.Errorf("prefill answered %d: %s", resp.StatusCode, truncate(data, 200))
 	}
 	obj, err := openai.Parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("prefill answer: %w", err)
+		return nil, outcomeSuccess, fmt.Errorf("prefill answer: %w", err)
 	}
 	params, ok := obj.Get("kv_transfer_params")
 	if !ok || len(params) == 0 || params[0] != '{' {
-		return nil, errors.New("prefill answer has no kv_transfer_params object (is the engine a prefill engine with a KV connector?)")
+		return nil, outcomeSuccess, errors.New("prefill answer has no kv_transfer_params object (is the engine a prefill engine with a KV connector?)")
 	}
-	return params, nil
+	return params, outcomeSuccess, nil
 }
 
 func truncate(b []byte, n int) string {

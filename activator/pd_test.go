@@ -203,3 +203,28 @@ func TestPDSkipsRemotePrefillWhenDecodeHoldsThePrefix(t *testing.T) {
 	require.Empty(t, pre.got(), "no remote prefill for a prompt the decode pod holds")
 	require.Nil(t, transferParams(dec.got()[0]))
 }
+
+// kv_transfer_params come from the platform only: a client's are refused
+// before any engine sees them, and the activator still sets its own.
+func TestPDClientKVTransferParamsAreRefused(t *testing.T) {
+	pre := startEngine(t, "p1", "prefill", 0)
+	dec := startEngine(t, "d1", "decode", 0)
+	f := newPDFleet(t, []*engine{pre}, []*engine{dec})
+	body := `{"model":"m","max_tokens":4,"messages":[{"role":"user","content":"hello"}],` +
+		`"kv_transfer_params":{"do_remote_prefill":true,"remote_host":"169.254.169.254","remote_port":80,"remote_block_ids":[1]}}`
+	resp, err := http.Post(f.url+activator.PathChat, "application/json", strings.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode, string(b))
+	var env openai.Envelope
+	require.NoError(t, json.Unmarshal(b, &env))
+	require.Equal(t, "platform_field", env.Error.Code)
+	require.Empty(t, pre.got(), "no engine saw the request")
+	require.Empty(t, dec.got())
+
+	code, out := f.chat(t, false)
+	require.Equal(t, http.StatusOK, code, out)
+	require.Equal(t, true, transferParams(dec.got()[0])["do_remote_prefill"], "the platform's own still flow")
+}

@@ -17,13 +17,18 @@ import (
 var (
 	ErrBufferFull    = errors.New("too many requests are buffered for this revision")
 	ErrBufferTimeout = errors.New("no replica became ready in time")
+	// errAllTried: every ready replica has been tried by this request (or
+	// is ejected); buffering would only wait for the timeout.
+	errAllTried = errors.New("every ready replica has been tried")
 )
 
 // waiter is a buffered request.
 type waiter struct {
 	req     *scheduler.Request
 	exclude map[string]bool
-	ch      chan *scheduler.Pod // receives the assigned pod (buffered, cap 1)
+	// ch receives the assigned pod, or nil when every ready pod has been
+	// tried (buffered, cap 1).
+	ch chan *scheduler.Pod
 }
 
 // revision holds the ready pods of one replica set, their prefix index, the
@@ -38,6 +43,8 @@ type revision struct {
 	// the activator does not follow queue-proxies.
 	follow func(ctx context.Context, p *scheduler.Pod, index *kvindex.Index)
 	ctx    context.Context // parent of the pods' subscriptions
+	// outlier configures ejection of failing pods (outlier.go).
+	outlier outlierConfig
 
 	mu         sync.Mutex
 	capacity   int // per-pod in-flight limit; 0 = unlimited
@@ -48,13 +55,15 @@ type revision struct {
 	waiters    []*waiter
 	inFlight   int
 	lastActive time.Time
+	health     map[*scheduler.Pod]*podHealth // outlier state of pods that failed
+	ejections  uint64                        // ejections so far
 }
 
 func newRevision(ctx context.Context, key fleet.Key, log *slog.Logger, onDemand func(fleet.Key),
-	follow func(context.Context, *scheduler.Pod, *kvindex.Index)) *revision {
-	return &revision{key: key, onDemand: onDemand, follow: follow, ctx: ctx,
+	follow func(context.Context, *scheduler.Pod, *kvindex.Index), outlier outlierConfig) *revision {
+	return &revision{key: key, onDemand: onDemand, follow: follow, ctx: ctx, outlier: outlier,
 		index: kvindex.New(log.With(slog.String("revision", key.Revision))), subs: map[string]context.CancelFunc{},
-		lastActive: time.Now()}
+		lastActive: time.Now(), health: map[*scheduler.Pod]*podHealth{}}
 }
 
 // Load is what the scaler reads of a revision.
@@ -125,6 +134,7 @@ func (r *revision) setEndpoints(eps []fleet.Endpoint) (gone []string) {
 		gone = append(gone, p.Address)
 	}
 	r.pods = next
+	r.failExhaustedLocked()
 	r.handOffLocked()
 	return gone
 }
@@ -134,6 +144,7 @@ func (r *revision) dropLocked(p *scheduler.Pod) {
 		cancel()
 		delete(r.subs, p.Name)
 	}
+	delete(r.health, p)
 	r.index.RemovePod(p.Name)
 }
 
@@ -149,15 +160,59 @@ func (r *revision) pod(name string) *scheduler.Pod {
 	return nil
 }
 
-// eligibleLocked returns the pods a request may be sent to now.
+// skipEjectedLocked reports whether picking must pass over ejected pods
+// (some pod is ejected, but not every one: panic), and the time to judge
+// them at. Without outlier state it reads no clock.
+func (r *revision) skipEjectedLocked() (bool, time.Time) {
+	if len(r.health) == 0 {
+		return false, time.Time{}
+	}
+	now := r.outlier.now()
+	return !r.panicLocked(now), now
+}
+
+// eligibleLocked returns the pods a request may be sent to now: not tried
+// by it, not ejected (unless every pod is), and under the capacity.
 func (r *revision) eligibleLocked(exclude map[string]bool, buf []*scheduler.Pod) []*scheduler.Pod {
+	skipEjected, now := r.skipEjectedLocked()
 	for _, p := range r.pods {
-		if exclude[p.Name] || (r.capacity > 0 && p.InFlight >= r.capacity) {
+		if exclude[p.Name] || (r.capacity > 0 && p.InFlight >= r.capacity) || (skipEjected && r.ejectedLocked(p, now)) {
 			continue
 		}
 		buf = append(buf, p)
 	}
 	return buf
+}
+
+// exhaustedLocked reports whether a request that tried the pods of exclude
+// has none left: there are ready pods, and each was tried or is ejected.
+// Such a request is answered at once, not buffered.
+func (r *revision) exhaustedLocked(exclude map[string]bool) bool {
+	if len(exclude) == 0 || len(r.pods) == 0 {
+		return false
+	}
+	skipEjected, now := r.skipEjectedLocked()
+	for _, p := range r.pods {
+		if !exclude[p.Name] && !(skipEjected && r.ejectedLocked(p, now)) {
+			return false
+		}
+	}
+	return true
+}
+
+// failExhaustedLocked answers the buffered requests that have no pod left
+// to try (pods left or were ejected while they waited).
+func (r *revision) failExhaustedLocked() {
+	kept := r.waiters[:0]
+	for _, w := range r.waiters {
+		if r.exhaustedLocked(w.exclude) {
+			w.ch <- nil
+			continue
+		}
+		kept = append(kept, w)
+	}
+	clear(r.waiters[len(kept):])
+	r.waiters = kept
 }
 
 func (r *revision) takeLocked(req *scheduler.Request, exclude map[string]bool) *scheduler.Pod {
@@ -233,6 +288,10 @@ func (r *revision) matchFraction(req *scheduler.Request, p *scheduler.Pod) float
 func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude map[string]bool, maxBuffered int, timeout time.Duration) (*scheduler.Pod, error) {
 	r.mu.Lock()
 	r.lastActive = time.Now()
+	if r.exhaustedLocked(exclude) {
+		r.mu.Unlock()
+		return nil, errAllTried
+	}
 	if len(r.waiters) == 0 {
 		if p := r.takeLocked(req, exclude); p != nil {
 			r.mu.Unlock()
@@ -256,6 +315,9 @@ func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude 
 	var err error
 	select {
 	case p := <-w.ch:
+		if p == nil {
+			return nil, errAllTried
+		}
 		return p, nil
 	case <-ctx.Done():
 		err = ctx.Err()
@@ -272,17 +334,27 @@ func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude 
 	}
 	r.mu.Unlock()
 	// Assigned concurrently with the timeout: give the pod back.
-	r.release(<-w.ch)
+	if p := <-w.ch; p != nil {
+		r.release(p, outcomeNone)
+	}
 	return nil, err
 }
 
-func (r *revision) release(p *scheduler.Pod) {
+// release gives back a pod acquired for a request and records what the
+// request showed of it; it returns the pod's ejection when this outcome
+// caused one (for the caller to log, outside the lock).
+func (r *revision) release(p *scheduler.Pod, o outcome) *ejection {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	p.InFlight--
 	r.inFlight--
 	r.lastActive = time.Now()
+	ej := r.reportLocked(p, o, r.outlier.now())
+	if ej != nil {
+		r.failExhaustedLocked()
+	}
 	r.handOffLocked()
-	r.mu.Unlock()
+	return ej
 }
 
 // close stops following the pods' stats streams.

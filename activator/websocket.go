@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -28,8 +29,8 @@ const wsWriteTimeout = 10 * time.Second
 var upgrader = websocket.Upgrader{
 	ReadBufferSize:  32 << 10,
 	WriteBufferSize: 32 << 10,
-	// The API is for programs, not browsers: any origin may connect, as with
-	// the HTTP API.
+	// serveWebSocket checks the origin before the upgrade (originPolicy),
+	// to answer a refusal as an OpenAI error.
 	CheckOrigin: func(*http.Request) bool { return true },
 }
 
@@ -45,15 +46,23 @@ type wsConn struct {
 	tag  string
 	mu   sync.Mutex // one writer at a time
 	ids  atomic.Uint64
+
+	idMu   sync.Mutex
+	active map[string]bool // request ids in flight (idKey)
 }
 
 func (a *Activator) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	if !a.origins.allows(r) {
+		openai.WriteError(w, http.StatusForbidden, openai.Err(openai.TypeInvalidRequest, "origin_not_allowed", originNotAllowed), 0)
+		return
+	}
 	conn, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader has answered with an HTTP error
 	}
 	conn.SetReadLimit(a.cfg.MaxBodyBytes)
-	c := &wsConn{a: a, conn: conn, path: r.URL.Path, hdr: forwardableHeaders(r.Header), tag: r.Header.Get(TagHeader)}
+	c := &wsConn{a: a, conn: conn, path: r.URL.Path, hdr: forwardableHeaders(r.Header), tag: r.Header.Get(TagHeader),
+		active: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() {
@@ -74,19 +83,96 @@ func (a *Activator) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			c.sendError(nil, openai.Err(openai.TypeInvalidRequest, "invalid_message", "send each request as one text message"))
 			continue
 		}
+		obj, err := openai.Parse(msg)
+		if err != nil {
+			c.sendError(nil, openai.ParseError(err))
+			continue
+		}
+		// A request's id is claimed here, in arrival order, and freed just
+		// before its last message ("done" or an error) is sent.
+		id, hasID := obj.Get("request_id")
+		hasID = hasID && string(id) != "null"
+		free := func() {}
+		if hasID {
+			var ok bool
+			if free, ok = c.claim(idKey(id)); !ok {
+				c.sendError(id, openai.Err(openai.TypeInvalidRequest, "duplicate_request_id",
+					"request_id "+string(id)+" is already in flight on this connection; reuse it after its \"done\" or error"))
+				continue
+			}
+		}
 		select {
 		case sem <- struct{}{}:
 		default:
-			c.sendError(requestID(msg), openai.Err(openai.TypeRateLimit, "too_many_in_flight",
+			free()
+			c.sendError(id, openai.Err(openai.TypeRateLimit, "too_many_in_flight",
 				"too many requests in flight on this connection: "+strconv.Itoa(a.cfg.MaxWebSocketInFlight)))
 			continue
+		}
+		if !hasID {
+			id, free = c.newID()
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c.serve(ctx, msg)
+			defer free() // in case no last message could be sent
+			c.serve(ctx, obj, id, free)
 		}()
+	}
+}
+
+// idKey is the identity of a raw request_id: ids equal as JSON values are
+// one id ("a" and "\u0061", 7 and 7.0), as the client reads them back.
+func idKey(raw []byte) string {
+	if raw[0] == '"' {
+		if bytes.IndexByte(raw, '\\') < 0 {
+			return "s" + string(raw[1:len(raw)-1])
+		}
+		var s string
+		if json.Unmarshal(raw, &s) == nil {
+			return "s" + s
+		}
+	}
+	var v any
+	if json.Unmarshal(raw, &v) == nil {
+		if b, err := json.Marshal(v); err == nil {
+			return "v" + string(b)
+		}
+	}
+	return "v" + string(raw)
+}
+
+// claim marks a request id (idKey) in flight and returns the function that
+// ends the flight: its first call frees the id, later ones do nothing (by
+// then the id may be another request's). ok is false when the id is in
+// flight already. The function is called by one goroutine at a time.
+func (c *wsConn) claim(key string) (free func(), ok bool) {
+	c.idMu.Lock()
+	defer c.idMu.Unlock()
+	if c.active[key] {
+		return nil, false
+	}
+	c.active[key] = true
+	freed := false
+	return func() {
+		if freed {
+			return
+		}
+		freed = true
+		c.idMu.Lock()
+		defer c.idMu.Unlock()
+		delete(c.active, key)
+	}, true
+}
+
+// newID claims a connection-unique id for a request that sent none.
+func (c *wsConn) newID() ([]byte, func()) {
+	for {
+		id := strconv.AppendQuote(nil, "ws-"+strconv.FormatUint(c.ids.Add(1), 10))
+		if free, ok := c.claim(idKey(id)); ok {
+			return id, free
+		}
 	}
 }
 
@@ -102,34 +188,22 @@ func forwardableHeaders(h http.Header) http.Header {
 	return out
 }
 
-// requestID finds the raw request_id of a message, best effort.
-func requestID(msg []byte) []byte {
-	obj, err := openai.Parse(msg)
-	if err != nil {
-		return nil
-	}
-	id, _ := obj.Get("request_id")
-	return id
-}
-
-func (c *wsConn) serve(ctx context.Context, msg []byte) {
+// serve answers one request of the connection; free ends the flight of its
+// id, which happens before the request's last message is sent so that the
+// client may reuse the id the moment it reads that message.
+func (c *wsConn) serve(ctx context.Context, obj openai.Object, id []byte, free func()) {
 	start := time.Now()
-	obj, err := openai.Parse(msg)
-	if err != nil {
-		c.sendError(nil, openai.Err(openai.TypeInvalidRequest, "invalid_json", err.Error()))
-		return
-	}
-	id, ok := obj.Get("request_id")
-	if !ok {
-		id = strconv.AppendQuote(nil, "ws-"+strconv.FormatUint(c.ids.Add(1), 10))
+	fail := func(e openai.Error) {
+		free()
+		c.sendError(id, e)
 	}
 	rt, f := c.a.route(obj, c.path, c.tag)
 	if f != nil {
-		c.sendError(id, f.err)
+		fail(f.err)
 		return
 	}
 	defer rt.done()
-	if ok { // request_id is ours, not the engine's
+	if _, ok := obj.Get("request_id"); ok { // request_id is ours, not the engine's
 		if o, err := openai.Parse(rt.body); err == nil {
 			rt.body = o.Delete("request_id")
 		}
@@ -137,7 +211,7 @@ func (c *wsConn) serve(ctx context.Context, msg []byte) {
 	up, f := c.a.dispatch(ctx, rt, c.path, c.hdr)
 	if f != nil {
 		if f.status != 499 {
-			c.sendError(id, f.err)
+			fail(f.err)
 		}
 		c.a.observe(rt, f.status, start)
 		return
@@ -145,19 +219,28 @@ func (c *wsConn) serve(ctx context.Context, msg []byte) {
 	defer up.close()
 	c.a.observe(rt, up.resp.StatusCode, start)
 	if up.resp.StatusCode >= 400 {
-		body, _ := io.ReadAll(io.LimitReader(up.resp.Body, 1<<20))
-		c.sendError(id, upstreamError(up.resp.StatusCode, body))
+		body, err := io.ReadAll(io.LimitReader(up.resp.Body, 1<<20))
+		up.broken = err != nil && ctx.Err() == nil
+		fail(upstreamError(up.resp.StatusCode, body))
 		return
 	}
 	if !isEventStream(up.resp.Header) {
 		body, err := io.ReadAll(io.LimitReader(up.resp.Body, c.a.cfg.MaxBodyBytes*4))
 		if err != nil {
-			c.sendError(id, openai.Err(openai.TypeServer, "upstream_failed", "the model replica failed mid-response: "+err.Error()))
+			if ctx.Err() != nil {
+				up.abandoned = true
+				return
+			}
+			up.broken = true
+			fail(openai.Err(openai.TypeServer, "upstream_failed", "the model replica failed mid-response: "+err.Error()))
 			return
 		}
-		if c.send(withRequestID(id, bytes.TrimSpace(body))) == nil {
-			c.sendDone(id)
+		if c.send(withRequestID(id, bytes.TrimSpace(body))) != nil {
+			up.abandoned = true
+			return
 		}
+		free()
+		c.sendDone(id)
 		return
 	}
 	var split openai.EventSplitter
@@ -173,11 +256,16 @@ func (c *wsConn) serve(ctx context.Context, msg []byte) {
 			}
 			if o, perr := openai.Parse(data); perr == nil {
 				if e, has := o.Get("error"); has {
+					free()
 					c.sendRaw(id, "error", e)
 					return io.EOF
 				}
 			}
-			return c.send(withRequestID(id, data))
+			if err := c.send(withRequestID(id, data)); err != nil {
+				up.abandoned = true
+				return err
+			}
+			return nil
 		}); ferr != nil {
 			stop = ferr
 		}
@@ -185,13 +273,17 @@ func (c *wsConn) serve(ctx context.Context, msg []byte) {
 			return // error already sent, or the connection is gone
 		}
 		if err == io.EOF {
+			free()
 			c.sendDone(id)
 			return
 		}
 		if err != nil {
-			if ctx.Err() == nil {
-				c.sendError(id, openai.Err(openai.TypeServer, "upstream_failed", "the model replica failed while streaming: "+err.Error()))
+			if ctx.Err() != nil {
+				up.abandoned = true
+				return
 			}
+			up.broken = true
+			fail(openai.Err(openai.TypeServer, "upstream_failed", "the model replica failed while streaming: "+err.Error()))
 			return
 		}
 	}
@@ -206,8 +298,23 @@ func upstreamError(status int, body []byte) openai.Error {
 	return openai.Err(openai.TypeServer, "upstream_error", http.StatusText(status)+": "+string(bytes.TrimSpace(body)))
 }
 
-// withRequestID inserts "request_id" as the first member of a JSON object.
+// withRequestID turns an engine payload (an SSE event's data, or a whole
+// body) into a message for the client: the JSON object with "request_id"
+// inserted as its first member (an engine's own "request_id" dropped). A
+// payload that is not a JSON object, which no engine should send, goes as
+// the string "data": {"request_id": ..., "data": "<payload>"}.
 func withRequestID(id, obj []byte) []byte {
+	obj = bytes.Trim(obj, " \t\r\n")
+	switch o, err := openai.Parse(obj); {
+	case err == nil:
+		if _, has := o.Get("request_id"); has {
+			obj = o.Delete("request_id")
+		}
+	case errors.Is(err, openai.ErrDuplicateKey): // an object all the same
+	default:
+		data, _ := json.Marshal(string(obj)) // a string always marshals
+		obj = append(append([]byte(`{"data":`), data...), '}')
+	}
 	out := make([]byte, 0, len(obj)+len(id)+16)
 	out = append(out, `{"request_id":`...)
 	out = append(out, id...)

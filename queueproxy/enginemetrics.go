@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -43,7 +44,7 @@ func parseEngineMetrics(r io.Reader) (stats.EngineStat, error) {
 				for _, m := range mf.GetMetric() {
 					s += value(m)
 				}
-				return s
+				return finite(s) // a sum of huge samples overflows
 			}
 		}
 		return 0
@@ -66,8 +67,8 @@ func parseEngineMetrics(r io.Reader) (stats.EngineStat, error) {
 	es.PrefixCacheQuery = sum("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries")
 	if m := firstMetric(fams["vllm:cache_config_info"]); m != nil {
 		found = true
-		es.BlockSize, _ = strconv.Atoi(label(m, "block_size"))
-		es.NumGPUBlocks, _ = strconv.Atoi(label(m, "num_gpu_blocks"))
+		es.BlockSize = count(label(m, "block_size"))
+		es.NumGPUBlocks = count(label(m, "num_gpu_blocks"))
 	}
 	if mf, ok := fams["vllm:lora_requests_info"]; ok {
 		found = true
@@ -87,13 +88,37 @@ func parseEngineMetrics(r io.Reader) (stats.EngineStat, error) {
 func value(m *dto.Metric) float64 {
 	switch {
 	case m.Gauge != nil:
-		return m.Gauge.GetValue()
+		return finite(m.Gauge.GetValue())
 	case m.Counter != nil:
-		return m.Counter.GetValue()
+		return finite(m.Counter.GetValue())
 	case m.Untyped != nil:
-		return m.Untyped.GetValue()
+		return finite(m.Untyped.GetValue())
 	}
 	return 0
+}
+
+// finite reads NaN and ±Inf (valid samples in the exposition format) as 0:
+// every stat must stay a number that JSON can carry, or the stats stream
+// cannot be written (statMessage panics).
+func finite(v float64) float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0
+	}
+	return v
+}
+
+// maxCount bounds a block size or count read from a label, so that the KV
+// model's arithmetic on them (blocks × block size) cannot overflow.
+const maxCount = 1 << 31
+
+// count reads a label as a positive count; anything else (absent, not a
+// number, not positive, maxCount or more) is 0: unknown.
+func count(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 || n >= maxCount {
+		return 0
+	}
+	return n
 }
 
 func firstMetric(mf *dto.MetricFamily) *dto.Metric {

@@ -105,3 +105,16 @@ sglang:prompt_tokens_total{model_name="m"} 1234.0
 		})
 	}
 }
+
+// TestEngineMetricsNotFiniteOrHuge: NaN and ±Inf are valid samples, and
+// once made statMessage panic (JSON has no NaN), taking the queue-proxy
+// down at its next report; they read as 0 now. Block labels too large for
+// the KV model's arithmetic read as unknown.
+func TestEngineMetricsNotFiniteOrHuge(t *testing.T) {
+	es, err := parseEngineMetrics(strings.NewReader("sglang:cache_hit_rate NaN\nvllm:num_requests_waiting +Inf\n" +
+		"vllm:kv_cache_usage_perc{a=\"1\"} -1e308\nvllm:kv_cache_usage_perc{a=\"2\"} -1e308\n" +
+		"vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"9223372036854775807\"} 1\n"))
+	require.NoError(t, err)
+	assert.Equal(t, stats.EngineStat{Scraped: true, BlockSize: 16}, es)
+	require.NotPanics(t, func() { statMessage(stats.Stat{Engine: es}) })
+}

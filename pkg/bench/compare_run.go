@@ -18,26 +18,32 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/local"
 )
 
+// Listening is where a launched fleet serves: the address (host:port) of
+// its OpenAI API and that of its admin endpoints (/kvasir/replicas).
+type Listening struct{ API, Admin string }
+
 // Launcher runs the fleet of a file on this machine until ctx ends, calling
-// onListen with the address (host:port) of its OpenAI API once it serves,
-// and returns only after every replica has stopped. logDir receives the
-// replicas' logs.
-type Launcher func(ctx context.Context, file, logDir string, onListen func(addr string)) error
+// onListen with its addresses once it serves, and returns only after every
+// replica has stopped. logDir receives the replicas' logs.
+type Launcher func(ctx context.Context, file, logDir string, onListen func(Listening)) error
 
 // LocalLauncher runs each fleet in-process with `kvasir local` (local.Run)
 // on a free loopback port. self is the argv prefix that runs the kvasir
 // binary (nil: this executable); logger receives the platform's logs.
 func LocalLauncher(self []string, activators int, logger *slog.Logger) Launcher {
-	return func(ctx context.Context, file, logDir string, onListen func(string)) error {
+	return func(ctx context.Context, file, logDir string, onListen func(Listening)) error {
+		var api string
 		return local.Run(ctx, local.Options{
-			Activators: activators,
-			File:       file,
-			Addr:       "127.0.0.1:0",
-			Self:       self,
-			LogDir:     logDir,
-			Activator:  activator.DefaultConfig(),
-			Logger:     logger,
-			OnListen:   onListen,
+			Activators:    activators,
+			File:          file,
+			Addr:          "127.0.0.1:0",
+			AdminAddr:     "127.0.0.1:0",
+			Self:          self,
+			LogDir:        logDir,
+			Activator:     activator.DefaultConfig(),
+			Logger:        logger,
+			OnListen:      func(addr string) { api = addr },
+			OnAdminListen: func(addr string) { onListen(Listening{API: api, Admin: addr}) },
 		})
 	}
 }
@@ -160,12 +166,12 @@ func runStrategy(ctx context.Context, c *Comparison, s Strategy, dir string, opt
 		}
 	}()
 
-	addr, err := f.listening(ctx, c.WarmupTimeout)
+	addrs, err := f.listening(ctx, c.WarmupTimeout)
 	if err != nil {
 		return fail(err)
 	}
-	base := "http://" + addr
-	if err := waitReady(ctx, f, base, c.Fleet, start.Add(c.WarmupTimeout), opts.PollInterval); err != nil {
+	base := "http://" + addrs.API
+	if err := waitReady(ctx, f, "http://"+addrs.Admin, c.Fleet, start.Add(c.WarmupTimeout), opts.PollInterval); err != nil {
 		return fail(err)
 	}
 	p("fleet ready in %.1fs at %s", time.Since(start).Seconds(), base)
@@ -194,7 +200,7 @@ func runStrategy(ctx context.Context, c *Comparison, s Strategy, dir string, opt
 // runningFleet is a launched fleet.
 type runningFleet struct {
 	cancel context.CancelFunc
-	addr   chan string
+	addr   chan Listening
 	done   chan error
 	exited bool
 	err    error // the launcher's, once exited
@@ -202,11 +208,11 @@ type runningFleet struct {
 
 func launch(ctx context.Context, l Launcher, file, logDir string) *runningFleet {
 	fctx, cancel := context.WithCancel(ctx)
-	f := &runningFleet{cancel: cancel, addr: make(chan string, 1), done: make(chan error, 1)}
+	f := &runningFleet{cancel: cancel, addr: make(chan Listening, 1), done: make(chan error, 1)}
 	go func() {
-		f.done <- l(fctx, file, logDir, func(addr string) {
+		f.done <- l(fctx, file, logDir, func(addrs Listening) {
 			select {
-			case f.addr <- addr:
+			case f.addr <- addrs:
 			default:
 			}
 		})
@@ -223,19 +229,19 @@ func (f *runningFleet) exit(err error) error {
 	return fmt.Errorf("the fleet stopped: %w", err)
 }
 
-// listening waits for the fleet's address.
-func (f *runningFleet) listening(ctx context.Context, timeout time.Duration) (string, error) {
+// listening waits for the fleet's addresses.
+func (f *runningFleet) listening(ctx context.Context, timeout time.Duration) (Listening, error) {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case addr := <-f.addr:
-		return addr, nil
+	case addrs := <-f.addr:
+		return addrs, nil
 	case err := <-f.done:
-		return "", f.exit(err)
+		return Listening{}, f.exit(err)
 	case <-t.C:
-		return "", fmt.Errorf("the fleet did not start serving within %v (spec.warmupTimeout)", timeout)
+		return Listening{}, fmt.Errorf("the fleet did not start serving within %v (spec.warmupTimeout)", timeout)
 	case <-ctx.Done():
-		return "", ctx.Err()
+		return Listening{}, ctx.Err()
 	}
 }
 

@@ -43,7 +43,7 @@ type fakeFleets struct {
 	started    chan struct{} // receives when a fleet serves requests (fleetBlocks)
 }
 
-func (ff *fakeFleets) launch(ctx context.Context, file, logDir string, onListen func(string)) error {
+func (ff *fakeFleets) launch(ctx context.Context, file, logDir string, onListen func(Listening)) error {
 	ff.mu.Lock()
 	ff.running++
 	ff.maxRunning = max(ff.maxRunning, ff.running)
@@ -94,7 +94,7 @@ func (ff *fakeFleets) launch(ctx context.Context, file, logDir string, onListen 
 	}
 	srv := &http.Server{Handler: mux}
 	go func() { _ = srv.Serve(ln) }()
-	onListen(ln.Addr().String())
+	onListen(Listening{API: ln.Addr().String(), Admin: ln.Addr().String()})
 	<-ctx.Done()
 	return srv.Close()
 }

@@ -2,17 +2,16 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +22,7 @@ import (
 	"github.com/kvasir-serving/kvasir/activator/kube"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
@@ -43,18 +43,31 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	model := fs.String("model", "", "model name clients send (required)")
 	cc := fs.Int("container-concurrency", 0, "in-flight limit per backend (0 = unlimited)")
 	level := fs.String("log-level", "info", "log level")
-	profAddr := fs.String("profiling-addr", "", "serve Go's pprof endpoints on this address (off when empty)")
+	profAddr := fs.String("profiling-addr", "", "also serve the admin endpoints (pprof among them) on this address (off when empty; see --admin-addr)")
+	adminAddr := fs.String("admin-addr", "127.0.0.1:9090", "address of the operator endpoints: /metrics, /healthz, /debug/pprof/ (off when empty)")
 	followStats := fs.Bool("follow-stats", true, "follow each backend's queue-proxy stats stream (load and KV events for routing)")
 	routingFlag := fs.String("routing", "", "scheduler plugins as name[:weight],... (default kv-cache-aware:3,least-request:2)")
 	onKube := fs.Bool("kubernetes", false, "route what the cluster's ModelServices say (in-cluster or $KUBECONFIG credentials)")
 	namespace := fs.String("namespace", "", "with --kubernetes: watch only this namespace (default: all)")
 	autoscalerURL := fs.String("autoscaler-url", "ws://autoscaler.kvasir-serving.svc.cluster.local:8080",
 		"with --kubernetes: where to report demand to the autoscaler (empty: do not report)")
+	tokenFile := fs.String("autoscaler-token-file", stats.DefaultTokenFile,
+		"with --kubernetes: file holding the token the autoscaler asks of reports (the mounted Secret "+
+			"kvasir-autoscaler-token); read at each connection")
 	podName := fs.String("pod-name", os.Getenv("POD_NAME"), "this activator's name in its reports (default $POD_NAME, else the host name)")
+	drainTimeout := fs.Duration("drain-timeout", 0,
+		"on SIGTERM, how long in-flight requests and streams may take to finish after the quiet period (0: --request-timeout)")
+	quiet := fs.Duration("drain-quiet-period", time.Second,
+		"on SIGTERM, how long requests are still accepted while /healthz answers 503, so that load balancers stop sending before the listener closes")
 	var backends stringList
 	fs.Var(&backends, "backend", "queue-proxy address host:port (repeatable, at least one; without --kubernetes)")
 	RegisterActivatorFlags(fs, &cfg)
+	limits := httpserver.DefaultLimits()
+	httpserver.RegisterFlags(fs, &limits)
 	if err := fs.Parse(args); err != nil {
+		return UsageError{err.Error()}
+	}
+	if err := limits.Validate(); err != nil {
 		return UsageError{err.Error()}
 	}
 	switch {
@@ -76,6 +89,7 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	demand := make(chan struct{}, 1) // a request was buffered: report at once
 	act, err := activator.New(cfg, activator.WithLogger(log), activator.WithRegisterer(reg), activator.WithStatsStreams(*followStats),
+		activator.WithLimits(limits, httpserver.NewBudget(limits.BodyBudget)),
 		activator.WithOnDemand(func(fleet.Key) {
 			select {
 			case demand <- struct{}{}:
@@ -91,7 +105,7 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 		if name == "" {
 			name, _ = os.Hostname()
 		}
-		go stats.Report(ctx, strings.TrimSuffix(*autoscalerURL, "/"), time.Second, demand,
+		go stats.Report(ctx, strings.TrimSuffix(*autoscalerURL, "/"), stats.TokenFile(*tokenFile), time.Second, demand,
 			func() stats.ActivatorReport { return act.Report(name) }, log)
 	}
 	if *onKube {
@@ -124,42 +138,36 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		act.SetEndpoints(svc.Key(*model+"-static"), eps)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/v1/", act.Handler())
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	if *profAddr != "" {
+	public := http.NewServeMux()
+	public.Handle("/v1/", act.Handler())
+	var draining atomic.Bool
+	public.HandleFunc("GET /healthz", drainingHealthz(&draining))
+	admin := httpserver.AdminMux(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if *profAddr != "" { // before --admin-addr existed; pprof is on the admin listener too
 		pl, err := net.Listen("tcp", *profAddr)
 		if err != nil {
 			return fmt.Errorf("listen --profiling-addr %s: %w", *profAddr, err)
 		}
-		pmux := http.NewServeMux()
-		pmux.HandleFunc("/debug/pprof/", pprof.Index)
-		pmux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		pmux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		psrv := &http.Server{Handler: pmux, ReadHeaderTimeout: 10 * time.Second}
+		psrv := httpserver.New(admin, limits, log)
 		go func() { _ = psrv.Serve(pl) }()
 		defer psrv.Close()
 	}
-	ln, err := net.Listen("tcp", *addr)
+	srv, errCh, addrs, err := serve(*addr, public, *adminAddr, admin, limits, log)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", *addr, err)
+		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute}
-	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(ln) }()
-	log.Info("activator serving", slog.String("addr", ln.Addr().String()), slog.String("model", *model), slog.Any("backends", []string(backends)))
+	defer srv.admin.Close()
+	log.Info("activator serving", slog.String("addr", addrs.public), slog.String("admin", addrs.admin), slog.String("model", *model), slog.Any("backends", []string(backends)))
 	select {
 	case err := <-errCh:
 		return err
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
+	drainTO := *drainTimeout
+	if drainTO == 0 {
+		drainTO = cfg.RequestTimeout
 	}
-	return nil
+	return drain(srv.public, errCh, &draining, *quiet, drainTO, log)
 }
 
 // ParseRouting parses "name[:weight],..." into routing plugins ("" = none,

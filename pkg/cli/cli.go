@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/kvasir-serving/kvasir/activator"
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/local"
 	"github.com/kvasir-serving/kvasir/pkg/sim"
 	"github.com/kvasir-serving/kvasir/queueproxy"
@@ -74,14 +76,22 @@ func runLocal(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	opts := local.Options{Activator: activator.DefaultConfig()}
 	fs.StringVar(&opts.File, "f", "", "file with ModelService documents (required)")
-	fs.StringVar(&opts.Addr, "addr", "127.0.0.1:8080", "address of the OpenAI API, /healthz and /metrics")
+	fs.StringVar(&opts.Addr, "addr", "127.0.0.1:8080", "address of the OpenAI API and /healthz")
+	fs.StringVar(&opts.AdminAddr, "admin-addr", "127.0.0.1:9090",
+		"address of the operator endpoints: /metrics, /kvasir/replicas, /healthz, /debug/pprof/ (off when empty)")
 	fs.StringVar(&opts.LogDir, "log-dir", "", "directory for replica logs (default: a new temporary directory)")
 	fs.DurationVar(&opts.ScaleInterval, "scale-interval", 0, "scaler decision period (default 1s)")
 	fs.StringVar(&opts.Accelerators, "accelerators", "", "this machine's accelerators, e.g. nvidia.com/gpu=4,huawei.com/ascend-910b=8 (empty: not counted)")
+	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "on Ctrl-C or SIGTERM, how long in-flight requests and streams may take to finish")
 	fs.IntVar(&opts.Activators, "activators", 1, "activator replicas, each with its own scheduling state; requests are spread over them")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	RegisterActivatorFlags(fs, &opts.Activator)
+	opts.Limits = httpserver.DefaultLimits()
+	httpserver.RegisterFlags(fs, &opts.Limits)
 	if err := fs.Parse(args); err != nil {
+		return UsageError{err.Error()}
+	}
+	if err := opts.Limits.Validate(); err != nil {
 		return UsageError{err.Error()}
 	}
 	if opts.File == "" {
@@ -106,6 +116,31 @@ func RegisterActivatorFlags(fs *flag.FlagSet, c *activator.Config) {
 	fs.DurationVar(&c.BufferTimeout, "buffer-timeout", c.BufferTimeout, "how long a request waits for a ready replica (then 503)")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", c.RequestTimeout, "bound of one forwarded request when the revision sets none")
 	fs.IntVar(&c.MaxAttempts, "max-attempts", c.MaxAttempts, "replicas a request may try before its first byte")
+	fs.Var((*listFlag)(&c.AllowedOrigins), "allowed-origins",
+		"comma-separated browser origins, besides the API's own, whose pages may open a WebSocket, e.g. https://app.example.com; "+
+			`"*" lets any web page drive the API (explicit opt-in)`)
+	fs.IntVar(&c.OutlierConsecutiveFailures, "outlier-consecutive-failures", c.OutlierConsecutiveFailures,
+		"failures in a row (connection errors, 502/503/504, broken answers) that eject a replica from picking (0: never)")
+	fs.DurationVar(&c.OutlierBaseEjection, "outlier-base-ejection", c.OutlierBaseEjection,
+		"how long a replica's first ejection lasts; later ones last this times the replica's ejection count")
+	fs.DurationVar(&c.OutlierMaxEjection, "outlier-max-ejection", c.OutlierMaxEjection, "the longest one ejection lasts")
+	fs.IntVar(&c.OutlierMaxEjectionPercent, "outlier-max-ejection-percent", c.OutlierMaxEjectionPercent,
+		"most of a revision's replicas ejected at once, in percent (one may always be)")
+}
+
+// listFlag is a comma-separated list flag; each use replaces the list.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	*l = nil
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
 }
 
 // NewLogger returns a text logger at the named level.

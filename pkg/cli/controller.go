@@ -18,11 +18,12 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	metricsclient "k8s.io/metrics/pkg/client/clientset/versioned"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/autoscaling"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/modelservice"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
@@ -89,11 +90,20 @@ func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error 
 		LeaderElectionID:        "kvasir-controller",
 		LeaderElectionNamespace: *leaderNS,
 	}
-	if *namespace != "" {
-		opts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{*namespace: {}}}
-	}
+	opts.Cache = reconciler.CacheOptions(*namespace)
+	res.SystemNamespace = *leaderNS
 	restCfg := ctrl.GetConfigOrDie()
 	mgr, err := ctrl.NewManager(restCfg, opts)
+	if err != nil {
+		return err
+	}
+	// Every replica holds the report token, so that whichever leads
+	// accepts the activators' reports. Read and made past the cache.
+	direct, err := client.New(restCfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return fmt.Errorf("API client: %w", err)
+	}
+	token, err := autoscaling.EnsureToken(ctx, direct, *leaderNS)
 	if err != nil {
 		return err
 	}
@@ -106,7 +116,7 @@ func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error 
 		return err
 	}
 	as := &autoscaling.Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: recorder, Log: log.With(slog.String("component", "autoscaler")),
-		Registerer: ctrlmetrics.Registry, Addr: *autoscalerAddr, Tick: *tick}
+		Registerer: ctrlmetrics.Registry, Addr: *autoscalerAddr, Tick: *tick, ReportToken: token}
 	if *resourceMetrics > 0 {
 		mc, err := metricsclient.NewForConfig(restCfg)
 		if err != nil {

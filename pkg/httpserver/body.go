@@ -69,8 +69,8 @@ const firstChunk = 16 << 10
 
 // Read reads r's body. A body with a Content-Length takes its length from
 // the budget before a byte is read; one without (chunked) takes it as it
-// grows. The memory grows only with what arrives, never with what a client
-// merely announces.
+// grows. Resident memory grows only with what arrives, never with what a
+// client merely announces.
 func (br *BodyReader) Read(w http.ResponseWriter, r *http.Request) (*Body, *Failure) {
 	if r.ContentLength > br.MaxBytes {
 		return nil, &Failure{Status: http.StatusRequestEntityTooLarge, Err: openai.ErrBodyTooLarge}
@@ -92,7 +92,14 @@ func (br *BodyReader) Read(w http.ResponseWriter, r *http.Request) (*Body, *Fail
 			defer rc.SetReadDeadline(time.Time{})
 		}
 	}
+	// A body of known length, its memory already taken from the budget,
+	// is allocated once: a fresh allocation's pages become resident only
+	// as bytes arrive, and no doubling leaves garbage behind. One of
+	// unknown length grows as it arrives.
 	buf := make([]byte, 0, min(limit, firstChunk))
+	if r.ContentLength > 0 {
+		buf = make([]byte, 0, r.ContentLength)
+	}
 	for {
 		if len(buf) == cap(buf) {
 			if int64(len(buf)) >= limit {

@@ -32,7 +32,8 @@ type Limits struct {
 	MaxConnections int
 	// BodyBudget is the memory, in bytes, that request bodies held at once
 	// may take across all requests; a body that does not fit is answered
-	// 503 with Retry-After. Default 128 MiB.
+	// 503 with Retry-After. Default 64 MiB: two bodies of the largest
+	// default size (32 MiB), or thousands of ordinary prompts.
 	BodyBudget int64
 }
 
@@ -45,7 +46,7 @@ func DefaultLimits() Limits {
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		MaxConnections:    10000,
-		BodyBudget:        128 << 20,
+		BodyBudget:        64 << 20,
 	}
 }
 

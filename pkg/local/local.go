@@ -23,6 +23,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/kvindex"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
@@ -31,8 +32,14 @@ import (
 type Options struct {
 	// File holds the ModelService documents.
 	File string
-	// Addr is where the OpenAI API, /healthz and /metrics listen.
+	// Addr is where the OpenAI API and /healthz listen.
 	Addr string
+	// AdminAddr is where the operator endpoints listen: /metrics,
+	// /kvasir/replicas, /healthz and pprof. Empty: not served.
+	AdminAddr string
+	// Limits harden the public listener (timeouts, connections, the
+	// memory budget of request bodies); zero: httpserver.DefaultLimits.
+	Limits httpserver.Limits
 	// Self is the argv prefix that runs this binary (for `sim` and
 	// `queue-proxy` subcommands), normally {os.Executable()}.
 	Self []string
@@ -48,8 +55,14 @@ type Options struct {
 	ScaleInterval time.Duration
 	// Logger for everything.
 	Logger *slog.Logger
+	// DrainTimeout bounds, on stop, the wait for in-flight requests and
+	// streams (default 30s: a laptop's Ctrl-C should not wait long).
+	DrainTimeout time.Duration
 	// OnListen is called with the bound address once serving (tests).
 	OnListen func(addr string)
+	// OnAdminListen is called with the admin listener's bound address once
+	// serving (tests).
+	OnAdminListen func(addr string)
 	// WatchInterval is how often the file is checked for changes (default
 	// 1s; negative: never).
 	WatchInterval time.Duration
@@ -110,6 +123,12 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.ScaleInterval == 0 {
 		opts.ScaleInterval = time.Second
 	}
+	if opts.Limits == (httpserver.Limits{}) {
+		opts.Limits = httpserver.DefaultLimits()
+	}
+	if err := opts.Limits.Validate(); err != nil {
+		return err
+	}
 	if len(opts.Self) == 0 {
 		exe, err := os.Executable()
 		if err != nil {
@@ -154,7 +173,9 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Activators < 0 {
 		return fmt.Errorf("activators: must be >= 1, got %d", opts.Activators)
 	}
+	budget := httpserver.NewBudget(opts.Limits.BodyBudget) // one process, one budget for its activators
 	act, err := newActivators(opts.Activators, opts.Activator, p.reg, activator.WithLogger(opts.Logger),
+		activator.WithLimits(opts.Limits, budget),
 		activator.WithOnDemand(func(k fleet.Key) { p.scaler.poke(k) }))
 	if err != nil {
 		return err
@@ -172,17 +193,32 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", opts.Addr, err)
 	}
-	srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute}
+	srv := httpserver.New(p.Handler(), opts.Limits, p.log)
+	adminAddr := ""
+	if opts.AdminAddr != "" {
+		aln, err := net.Listen("tcp", opts.AdminAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen admin-addr %s: %w", opts.AdminAddr, err)
+		}
+		adminAddr = aln.Addr().String()
+		asrv := httpserver.New(p.AdminHandler(), opts.Limits, p.log)
+		go func() { _ = asrv.Serve(aln) }()
+		defer asrv.Close()
+	}
 	sctx, stopScaler := context.WithCancel(ctx)
 	defer stopScaler()
 	go p.scaler.run(sctx)
 	go p.watch(sctx)
 	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(ln) }()
-	p.log.Info("kvasir local is serving", slog.String("addr", ln.Addr().String()), slog.String("file", opts.File),
-		slog.Int("services", len(svcs)), slog.String("logs", opts.LogDir))
+	go func() { errCh <- srv.Serve(httpserver.Listen(ln, opts.Limits.MaxConnections)) }()
+	p.log.Info("kvasir local is serving", slog.String("addr", ln.Addr().String()), slog.String("admin", adminAddr),
+		slog.String("file", opts.File), slog.Int("services", len(svcs)), slog.String("logs", opts.LogDir))
 	if opts.OnListen != nil {
 		opts.OnListen(ln.Addr().String())
+	}
+	if opts.OnAdminListen != nil && adminAddr != "" {
+		opts.OnAdminListen(adminAddr)
 	}
 	select {
 	case err := <-errCh:
@@ -190,7 +226,11 @@ func Run(ctx context.Context, opts Options) error {
 	case <-ctx.Done():
 	}
 	p.log.Info("shutting down: finishing in-flight requests")
-	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	drainTimeout := opts.DrainTimeout
+	if drainTimeout <= 0 {
+		drainTimeout = 30 * time.Second
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		p.log.Warn("shutdown", slog.Any("error", err))
@@ -310,27 +350,31 @@ func engineCommand(ms *v1alpha1.ModelService, self []string) ([]string, []string
 	return argv, env, nil
 }
 
-// Handler serves the OpenAI API plus /healthz, /metrics and /kvasir/replicas.
+// Handler serves the public listener: the OpenAI API and /healthz.
 func (p *Platform) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", p.act.Handler())
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", httpserver.Healthz)
+	return mux
+}
+
+// AdminHandler serves the operator endpoints: /metrics, /kvasir/replicas
+// (process ids and internal addresses), /healthz and pprof.
+func (p *Platform) AdminHandler() http.Handler {
+	mux := httpserver.AdminMux(promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /kvasir/replicas", p.serveReplicas)
 	return mux
 }
 
 // RevisionStatus is one revision in /kvasir/replicas.
 type RevisionStatus struct {
-	Service  string `json:"service"`
-	Model    string `json:"model"`
-	Revision string `json:"revision"`
-	Role     string `json:"role"`
-	Desired  int    `json:"desired"`
-	Ready    int    `json:"ready"`
+	Namespace string `json:"namespace"`
+	Service   string `json:"service"`
+	Model     string `json:"model"`
+	Revision  string `json:"revision"`
+	Role      string `json:"role"`
+	Desired   int    `json:"desired"`
+	Ready     int    `json:"ready"`
 	// Variants splits Desired and Ready by accelerator variant (absent
 	// without variants).
 	Variants    []VariantStatus `json:"variants,omitempty"`
@@ -367,7 +411,7 @@ func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
 				PrefixIndex: p.prefixInfo(rs.key, info.Name)})
 		}
 		ready, readyBy := rs.readyReplicas()
-		st := RevisionStatus{Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
+		st := RevisionStatus{Namespace: rs.key.Namespace, Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
 			Role: activator.RoleLabel(rs.key.Role), Desired: p.runtime.Desired(rs.key), Ready: ready,
 			Unplaceable: p.scaler.unplaceable(rs.key), Replicas: replicas}
 		desiredBy := p.runtime.DesiredVariants(rs.key)
@@ -383,13 +427,13 @@ func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
 var (
 	desiredDesc = prometheus.NewDesc("kvasir_revision_desired_replicas",
 		"Replicas the autoscaler wants for a revision role, per accelerator variant (variant empty without variants).",
-		[]string{"service", "revision", "role", "variant"}, nil)
+		[]string{"namespace", "service", "revision", "role", "variant"}, nil)
 	readyDesc = prometheus.NewDesc("kvasir_revision_ready_replicas",
 		"Ready replicas of a revision role, per accelerator variant (variant empty without variants).",
-		[]string{"service", "revision", "role", "variant"}, nil)
+		[]string{"namespace", "service", "revision", "role", "variant"}, nil)
 	unplaceableDesc = prometheus.NewDesc("kvasir_revision_unplaceable_replicas",
 		"Replicas the autoscaler wants for a revision role beyond what the accelerator inventory holds.",
-		[]string{"service", "revision", "role"}, nil)
+		[]string{"namespace", "service", "revision", "role"}, nil)
 )
 
 // replicaCollector reports desired and ready replicas of every revision from
@@ -418,10 +462,10 @@ func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		for _, v := range variants {
-			ch <- prometheus.MustNewConstMetric(desiredDesc, prometheus.GaugeValue, float64(desired[v]), rs.key.Service, rs.key.Revision, role, v)
-			ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(ready[v]), rs.key.Service, rs.key.Revision, role, v)
+			ch <- prometheus.MustNewConstMetric(desiredDesc, prometheus.GaugeValue, float64(desired[v]), rs.key.Namespace, rs.key.Service, rs.key.Revision, role, v)
+			ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(ready[v]), rs.key.Namespace, rs.key.Service, rs.key.Revision, role, v)
 		}
-		ch <- prometheus.MustNewConstMetric(unplaceableDesc, prometheus.GaugeValue, float64(c.p.scaler.unplaceable(rs.key)), rs.key.Service, rs.key.Revision, role)
+		ch <- prometheus.MustNewConstMetric(unplaceableDesc, prometheus.GaugeValue, float64(c.p.scaler.unplaceable(rs.key)), rs.key.Namespace, rs.key.Service, rs.key.Revision, role)
 	}
 }
 

@@ -5,10 +5,36 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // ErrNotObject is returned by Parse for valid JSON that is not an object.
 var ErrNotObject = errors.New("request body is not a JSON object")
+
+// ErrMalformedJSONValue is returned by Parse for invalid JSON.
+var ErrMalformedJSONValue = errors.New("malformed JSON")
+
+// ErrDuplicateKey is matched (errors.Is) by the *DuplicateKeyError that Parse
+// returns for an object with a top-level key twice.
+var ErrDuplicateKey = errors.New("duplicate key")
+
+// DuplicateKeyError is returned by Parse for an object that has a top-level
+// key more than once. Keys are compared as JSON decoders see them (escapes
+// decoded), so "model" and "mod\u0065l" are the same key. Such bodies are
+// refused rather than read: decoders disagree on which value wins (the
+// first here, the last in Python's and Go's), and a router that reads one
+// value while the engine reads another is a way around every check.
+type DuplicateKeyError struct {
+	Key string // the key, decoded
+}
+
+func (e *DuplicateKeyError) Error() string {
+	return "request body has the key " + strconv.Quote(e.Key) + " more than once"
+}
+
+// Unwrap makes errors.Is(err, ErrDuplicateKey) hold.
+func (e *DuplicateKeyError) Unwrap() error { return ErrDuplicateKey }
 
 // Object is a parsed view of a JSON object's top level: the raw bytes and the
 // span of each member. Nested values stay raw; nothing is re-encoded.
@@ -17,14 +43,24 @@ type Object struct {
 	members []member
 }
 
+// member is one top-level "key": value of an Object.
 type member struct {
-	key        string // raw key bytes between the quotes (escapes kept)
-	start, end int    // span of the whole "key": value
-	vStart     int    // start of the value
+	// decoded is the key as a JSON decoder reads it, set only when that
+	// differs from the raw bytes (escapes, or invalid UTF-8, which decoders
+	// replace with U+FFFD); empty otherwise, and the raw bytes are the key.
+	decoded      string
+	kStart, kEnd int // raw key bytes, between the quotes
+	start, end   int // span of the whole "key": value
+	vStart       int // start of the value
 }
 
+// dupIndexAt is the member count from which Parse finds duplicate keys with
+// a map instead of comparing each key with every earlier one.
+const dupIndexAt = 32
+
 // Parse validates body as JSON and indexes its top-level members, in one
-// pass over the bytes.
+// pass over the bytes. A body with a top-level key twice is refused with a
+// *DuplicateKeyError.
 func Parse(body []byte) (Object, error) {
 	s := scanner{b: body}
 	i := s.ws(0)
@@ -35,6 +71,8 @@ func Parse(body []byte) (Object, error) {
 		return Object{}, ErrMalformedJSONValue
 	}
 	o := Object{raw: body, members: make([]member, 0, 8)}
+	var seen map[string]struct{} // decoded keys, once there are dupIndexAt of them
+	var dup error                // the first repeated key
 	s.depth = 1
 	i = s.ws(i + 1)
 	if i < len(body) && body[i] == '}' {
@@ -58,7 +96,13 @@ func Parse(body []byte) (Object, error) {
 			if end < 0 {
 				return Object{}, ErrMalformedJSONValue
 			}
-			o.members = append(o.members, member{key: string(body[start+1 : kEnd-1]), start: start, end: end, vStart: vStart})
+			m := member{kStart: start + 1, kEnd: kEnd - 1, start: start, end: end, vStart: vStart}
+			if dup == nil {
+				m.decoded = decodeKey(body[m.kStart:m.kEnd])
+				// A repeated key is reported once the rest is known to be
+				// valid JSON: malformed JSON is the first thing to fix.
+				seen, dup = o.add(m, seen)
+			}
 			i = s.ws(end)
 			if i >= len(body) {
 				return Object{}, ErrMalformedJSONValue
@@ -76,44 +120,130 @@ func Parse(body []byte) (Object, error) {
 	if s.ws(i) != len(body) {
 		return Object{}, ErrMalformedJSONValue
 	}
+	if dup != nil {
+		return Object{}, dup
+	}
 	return o, nil
 }
 
-// ErrMalformedJSONValue is returned by Parse for invalid JSON.
-var ErrMalformedJSONValue = errors.New("malformed JSON")
+// add appends m, or returns a *DuplicateKeyError when its key is taken.
+// Keys are compared pairwise, without allocating, up to dupIndexAt members;
+// from there on through seen, which add creates then and returns.
+func (o *Object) add(m member, seen map[string]struct{}) (map[string]struct{}, error) {
+	if seen != nil {
+		var dup bool
+		if m.decoded != "" {
+			_, dup = seen[m.decoded]
+		} else {
+			_, dup = seen[string(o.raw[m.kStart:m.kEnd])]
+		}
+		if dup {
+			return nil, &DuplicateKeyError{Key: o.name(m)}
+		}
+		seen[o.name(m)] = struct{}{}
+	} else {
+		for _, prev := range o.members {
+			if o.sameKey(prev, m) {
+				return nil, &DuplicateKeyError{Key: o.name(m)}
+			}
+		}
+		if len(o.members)+1 == dupIndexAt {
+			seen = make(map[string]struct{}, 2*dupIndexAt)
+			for _, prev := range o.members {
+				seen[o.name(prev)] = struct{}{}
+			}
+			seen[o.name(m)] = struct{}{}
+		}
+	}
+	o.members = append(o.members, m)
+	return seen, nil
+}
+
+// sameKey reports whether members a and b have the same decoded key.
+func (o *Object) sameKey(a, b member) bool {
+	switch {
+	case a.decoded == "" && b.decoded == "":
+		return bytes.Equal(o.raw[a.kStart:a.kEnd], o.raw[b.kStart:b.kEnd])
+	case a.decoded != "" && b.decoded != "":
+		return a.decoded == b.decoded
+	case a.decoded != "":
+		return a.decoded == string(o.raw[b.kStart:b.kEnd])
+	}
+	return b.decoded == string(o.raw[a.kStart:a.kEnd])
+}
+
+// name returns the decoded key of m (a copy of the raw bytes when they are
+// the key).
+func (o *Object) name(m member) string {
+	if m.decoded != "" {
+		return m.decoded
+	}
+	return string(o.raw[m.kStart:m.kEnd])
+}
+
+// index returns the position of the member whose decoded key is key, or -1.
+// A key of invalid UTF-8 is first read as a decoder would read it written
+// as JSON (each invalid byte U+FFFD), so that Set writes the key Get finds.
+func (o *Object) index(key string) int {
+	if !utf8.ValidString(key) {
+		key = string([]rune(key))
+	}
+	for idx, m := range o.members {
+		if m.decoded != "" {
+			if m.decoded == key {
+				return idx
+			}
+		} else if string(o.raw[m.kStart:m.kEnd]) == key {
+			return idx
+		}
+	}
+	return -1
+}
+
+// decodeKey returns the raw key (the bytes between its quotes, already
+// validated) decoded as encoding/json decodes strings, or "" when that is
+// the raw bytes themselves: no escapes and valid UTF-8, the common case,
+// which allocates nothing.
+func decodeKey(raw []byte) string {
+	plain := true
+	for _, c := range raw {
+		if c == '\\' || c >= utf8.RuneSelf {
+			plain = false
+			break
+		}
+	}
+	if plain || (bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw)) {
+		return ""
+	}
+	return unquote(raw)
+}
 
 // Raw returns the body the object was parsed from.
 func (o Object) Raw() []byte { return o.raw }
 
-// Get returns the raw value of a top-level key.
+// Get returns the raw value of a top-level key. Keys match as decoded:
+// Get("model") finds "mod\u0065l".
 func (o Object) Get(key string) ([]byte, bool) {
-	for _, m := range o.members {
-		if m.key == key {
-			return bytes.TrimRight(o.raw[m.vStart:m.end], " \t\r\n"), true
-		}
+	idx := o.index(key)
+	if idx < 0 {
+		return nil, false
 	}
-	return nil, false
+	m := o.members[idx]
+	return bytes.TrimRight(o.raw[m.vStart:m.end], " \t\r\n"), true
 }
 
-// String returns a top-level string value (unquoted); ok is false when the
-// key is absent or not a string.
+// String returns a top-level string value, decoded as encoding/json decodes
+// it; ok is false when the key is absent or not a string.
 func (o Object) String(key string) (string, bool) {
 	v, ok := o.Get(key)
 	if !ok || len(v) < 2 || v[0] != '"' {
 		return "", false
 	}
-	if bytes.IndexByte(v, '\\') < 0 {
-		return string(v[1 : len(v)-1]), true
+	inner := v[1 : len(v)-1]
+	if d := decodeKey(inner); d != "" {
+		return d, true
 	}
-	s, err := strconv.Unquote(string(v))
-	if err != nil {
-		var out string
-		if json.Unmarshal(v, &out) != nil {
-			return "", false
-		}
-		return out, true
-	}
-	return s, true
+	return string(inner), true
 }
 
 // Bool returns a top-level boolean; absent or non-boolean reads as false.
@@ -133,15 +263,15 @@ func (o Object) Int(key string) (int, bool) {
 }
 
 // Set returns a new body with key set to the raw JSON value, replacing the
-// existing member or appending one. The receiver is not modified.
+// existing member (matched as Get matches) or appending one, its key
+// JSON-quoted. The receiver is not modified.
 func (o Object) Set(key string, value []byte) []byte {
-	for _, m := range o.members {
-		if m.key == key {
-			out := make([]byte, 0, len(o.raw)+len(value))
-			out = append(out, o.raw[:m.vStart]...)
-			out = append(out, value...)
-			return append(out, o.raw[m.end:]...)
-		}
+	if idx := o.index(key); idx >= 0 {
+		m := o.members[idx]
+		out := make([]byte, 0, len(o.raw)+len(value))
+		out = append(out, o.raw[:m.vStart]...)
+		out = append(out, value...)
+		return append(out, o.raw[m.end:]...)
 	}
 	end := bytes.LastIndexByte(o.raw, '}')
 	out := make([]byte, 0, len(o.raw)+len(key)+len(value)+4)
@@ -149,28 +279,114 @@ func (o Object) Set(key string, value []byte) []byte {
 	if len(o.members) > 0 {
 		out = append(out, ',')
 	}
-	out = append(out, '"')
-	out = append(out, key...)
-	out = append(out, '"', ':')
+	out = appendQuoted(out, key)
+	out = append(out, ':')
 	out = append(out, value...)
 	return append(out, o.raw[end:]...)
 }
 
-// Delete returns a new body without key (the body itself when key is absent).
+// Delete returns a new body without key, matched as Get matches (the body
+// itself when key is absent).
 func (o Object) Delete(key string) []byte {
-	for idx, m := range o.members {
-		if m.key != key {
-			continue
-		}
-		start, end := m.start, m.end
-		if idx+1 < len(o.members) {
-			end = o.members[idx+1].start // drop the trailing comma with it
-		} else if idx > 0 {
-			start = o.members[idx-1].end // drop the leading comma
-		}
-		out := make([]byte, 0, len(o.raw))
-		out = append(out, o.raw[:start]...)
-		return append(out, o.raw[end:]...)
+	idx := o.index(key)
+	if idx < 0 {
+		return o.raw
 	}
-	return o.raw
+	m := o.members[idx]
+	start, end := m.start, m.end
+	if idx+1 < len(o.members) {
+		end = o.members[idx+1].start // drop the trailing comma with it
+	} else if idx > 0 {
+		start = o.members[idx-1].end // drop the leading comma
+	}
+	out := make([]byte, 0, len(o.raw))
+	out = append(out, o.raw[:start]...)
+	return append(out, o.raw[end:]...)
+}
+
+// appendQuoted appends s as a JSON string: as it is when it needs no
+// escaping (the keys the platform sets), else as encoding/json writes it.
+func appendQuoted(dst []byte, s string) []byte {
+	plain := true
+	for i := range len(s) {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+			plain = false
+			break
+		}
+	}
+	if !plain {
+		q, _ := json.Marshal(s) // a string always marshals
+		return append(dst, q...)
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
+
+// unquote decodes the bytes between the quotes of a validated JSON string
+// exactly as encoding/json does: escapes decoded, a UTF-16 surrogate pair
+// joined, a lone surrogate and each byte of invalid UTF-8 replaced by U+FFFD.
+func unquote(raw []byte) string {
+	out := make([]byte, 0, len(raw))
+	for i := 0; i < len(raw); {
+		c := raw[i]
+		switch {
+		case c == '\\':
+			switch e := raw[i+1]; e {
+			case 'b':
+				out = append(out, '\b')
+			case 'f':
+				out = append(out, '\f')
+			case 'n':
+				out = append(out, '\n')
+			case 'r':
+				out = append(out, '\r')
+			case 't':
+				out = append(out, '\t')
+			case 'u':
+				r := hex4(raw[i+2:])
+				i += 6
+				if utf16.IsSurrogate(r) {
+					if i+6 <= len(raw) && raw[i] == '\\' && raw[i+1] == 'u' {
+						if pair := utf16.DecodeRune(r, hex4(raw[i+2:])); pair != utf8.RuneError {
+							out = utf8.AppendRune(out, pair)
+							i += 6
+							continue
+						}
+					}
+					r = utf8.RuneError
+				}
+				out = utf8.AppendRune(out, r)
+				continue
+			default: // '"', '\\', '/'
+				out = append(out, e)
+			}
+			i += 2
+		case c < utf8.RuneSelf:
+			out = append(out, c)
+			i++
+		default:
+			r, size := utf8.DecodeRune(raw[i:])
+			out = utf8.AppendRune(out, r)
+			i += size
+		}
+	}
+	return string(out)
+}
+
+// hex4 decodes the four validated hex digits at the start of b.
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case c <= '9':
+			c -= '0'
+		case c <= 'F':
+			c -= 'A' - 10
+		default:
+			c -= 'a' - 10
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
 }

@@ -2,6 +2,7 @@ package openai
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -58,6 +59,18 @@ var (
 	ErrMissingModel  = Err(TypeInvalidRequest, "model_required", `request body has no "model" field`)
 	ErrBodyTooLarge  = Err(TypeInvalidRequest, "request_too_large", "request body exceeds the size limit")
 )
+
+// ParseError is the 400 error for a body Parse refused: code
+// "duplicate_key" (param: the key) for a key given twice, "invalid_json"
+// otherwise.
+func ParseError(err error) Error {
+	if dup, ok := errors.AsType[*DuplicateKeyError](err); ok {
+		e := Err(TypeInvalidRequest, "duplicate_key", dup.Error())
+		e.Param = &dup.Key
+		return e
+	}
+	return Err(TypeInvalidRequest, "invalid_json", err.Error())
+}
 
 // ModelNotFound is the 404 for a model no service serves.
 func ModelNotFound(model string) Error {

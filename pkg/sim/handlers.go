@@ -53,9 +53,12 @@ func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, buf *[]byte) (
 	}
 	obj, err := openai.Parse(body)
 	if err != nil {
-		if errors.Is(err, openai.ErrNotObject) {
+		switch {
+		case errors.Is(err, openai.ErrNotObject):
 			badRequest(w, "invalid_json", "request body must be a JSON object")
-		} else {
+		case errors.Is(err, openai.ErrDuplicateKey):
+			openai.WriteError(w, http.StatusBadRequest, openai.ParseError(err), 0)
+		default:
 			openai.WriteError(w, http.StatusBadRequest, openai.ErrMalformedJSON, 0)
 		}
 		return openai.Object{}, false

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -37,13 +40,15 @@ type RevisionLoad struct {
 // and sends snapshot() every interval and whenever poke fires, re-dialling
 // with back-off when the connection breaks, until ctx ends. Reports made
 // while disconnected are dropped: the next one after the re-dial carries
-// the current state.
-func Report(ctx context.Context, url string, interval time.Duration, poke <-chan struct{},
+// the current state. token gives the autoscaler's token for each dial
+// (sent as "Authorization: Bearer <token>"; see TokenFile); the
+// autoscaler refuses a stream without it.
+func Report(ctx context.Context, url string, token func() (string, error), interval time.Duration, poke <-chan struct{},
 	snapshot func() ActivatorReport, log *slog.Logger) {
 	dialer := websocket.Dialer{HandshakeTimeout: 3 * time.Second}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		conn, _, err := dialer.DialContext(ctx, url+ActivatorPath, nil)
+		conn, err := dial(ctx, &dialer, url, token)
 		if err == nil {
 			backoff = 100 * time.Millisecond
 			log.Info("reporting to the autoscaler", slog.String("url", url))
@@ -60,6 +65,40 @@ func Report(ctx context.Context, url string, interval time.Duration, poke <-chan
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// dial opens the report stream, presenting the token.
+func dial(ctx context.Context, dialer *websocket.Dialer, url string, token func() (string, error)) (*websocket.Conn, error) {
+	t, err := token()
+	if err != nil {
+		return nil, fmt.Errorf("reading the autoscaler token: %w", err)
+	}
+	conn, resp, err := dialer.DialContext(ctx, url+ActivatorPath, http.Header{"Authorization": {"Bearer " + t}})
+	if err != nil && resp != nil {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: the autoscaler answered %s", err, resp.Status)
+	}
+	return conn, err
+}
+
+// DefaultTokenFile is where config/500-activator.yaml mounts the Secret
+// holding the autoscaler's token.
+const DefaultTokenFile = "/var/run/secrets/kvasir/autoscaler/token"
+
+// TokenFile reads the autoscaler's token from path at each call, so that a
+// mounted Secret's new value is used from the next dial on.
+func TokenFile(path string) func() (string, error) {
+	return func() (string, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", err
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return "", fmt.Errorf("%s: empty", path)
+		}
+		return t, nil
 	}
 }
 

@@ -2,7 +2,6 @@ package stats
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"time"
 
@@ -48,11 +47,11 @@ func follow(ctx context.Context, conn *websocket.Conn, fn func(Message)) error {
 		if err != nil {
 			return err
 		}
-		var m Message
-		if err := json.Unmarshal(data, &m); err != nil {
+		m, ok, err := Decode(data)
+		if err != nil {
 			return err
 		}
-		if (m.Type == TypeStat && m.Stat != nil) || (m.Type == TypeKV && m.KV != nil) {
+		if ok {
 			fn(m)
 		}
 	}

@@ -103,11 +103,13 @@ spec:
     accelerators:
       - {name: h100, resources: {limits: {nvidia.com/gpu: "1"}}, cost: 3}
       - {name: ascend, resources: {limits: {huawei.com/ascend-910b: "1"}}, cost: 2}
-    scaling: {minScale: 0, maxScale: 5, initialScale: 1, target: {concurrency: 2}, stableWindow: 4s, scaleToZeroGracePeriod: 2s}
+    scaling: {minScale: 0, maxScale: 5, initialScale: 1, target: {concurrency: 2}, stableWindow: 4s, scaleToZeroGracePeriod: 30s}
 `, "--accelerators", "nvidia.com/gpu=1,huawei.com/ascend-910b=2")
 	variant := func(v string) map[string]string {
-		return map[string]string{"service": "demo", "role": "unified", "variant": v}
+		return map[string]string{"namespace": "default", "service": "demo", "role": "unified", "variant": v}
 	}
+	// The grace period outlasts a slow start on a loaded machine: with 2s, the
+	// idle initial replica was once scaled to zero before it was ready.
 	require.Eventually(t, func() bool {
 		n, ok := p.metric("kvasir_revision_ready_replicas", variant("ascend"))
 		return ok && n == 1

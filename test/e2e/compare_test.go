@@ -8,12 +8,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 )
 
 // TestBenchCompareSmoke runs `kvasir bench compare` on a tiny file (one
@@ -29,7 +30,7 @@ func TestBenchCompareSmoke(t *testing.T) {
 		"--json", out, "--log-dir", logs)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = process.DieWithParent(nil)
 	start := time.Now()
 	err := cmd.Run()
 	t.Logf("kvasir bench compare took %v\nstdout:\n%s\nstderr:\n%s", time.Since(start).Round(time.Millisecond), stdout.String(), stderr.String())

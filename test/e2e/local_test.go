@@ -33,7 +33,7 @@ spec:
     scaling: {minScale: 0, maxScale: 2, initialScale: 0, target: {concurrency: 128}, scaleToZeroGracePeriod: 3s, stableWindow: 4s}
 `
 
-var demoLabels = map[string]string{"service": "demo", "revision": "demo-00001"}
+var demoLabels = map[string]string{"namespace": "default", "service": "demo", "revision": "demo-00001"}
 
 func sdk(p *platform) openai.Client {
 	// No SDK retries: every request must succeed on its first try.

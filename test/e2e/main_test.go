@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/local"
 	"github.com/kvasir-serving/kvasir/pkg/testing/promtest"
 )
@@ -53,12 +54,14 @@ func TestMain(m *testing.M) {
 
 // platform is a running `kvasir local`.
 type platform struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	URL  string
-	File string // the ModelService file it runs (and watches)
-	logs *syncBuffer
-	done chan struct{}
+	t   *testing.T
+	cmd *exec.Cmd
+	URL string // the OpenAI API
+	// AdminURL serves /metrics and /kvasir/replicas.
+	AdminURL string
+	File     string // the ModelService file it runs (and watches)
+	logs     *syncBuffer
+	done     chan struct{}
 }
 
 type syncBuffer struct {
@@ -78,7 +81,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-var servingLine = regexp.MustCompile(`kvasir local is serving.* addr=(\S+)`)
+var servingLine = regexp.MustCompile(`kvasir local is serving.* addr=(\S+) admin=(\S+)`)
 
 // startLocal runs `kvasir local` on a ModelService document and waits until
 // it serves. It is stopped (SIGTERM) at the end of the test, and the test
@@ -88,15 +91,15 @@ func startLocal(t *testing.T, doc string, extraArgs ...string) *platform {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "models.yaml")
 	require.NoError(t, os.WriteFile(file, []byte(doc), 0o644))
-	args := append([]string{"local", "-f", file, "--addr", "127.0.0.1:0", "--log-dir", filepath.Join(dir, "logs"),
+	args := append([]string{"local", "-f", file, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-dir", filepath.Join(dir, "logs"),
 		"--scale-interval", "100ms"}, extraArgs...)
 	cmd := exec.Command(kvasirBin, args...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = process.DieWithParent(nil)
 	require.NoError(t, cmd.Start())
 	p := &platform{t: t, cmd: cmd, File: file, logs: &syncBuffer{}, done: make(chan struct{})}
-	addr := make(chan string, 1)
+	addr := make(chan []string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -105,7 +108,7 @@ func startLocal(t *testing.T, doc string, extraArgs ...string) *platform {
 			fmt.Fprintln(p.logs, line)
 			if m := servingLine.FindStringSubmatch(line); m != nil {
 				select {
-				case addr <- m[1]:
+				case addr <- m[1:]:
 				default:
 				}
 			}
@@ -115,7 +118,7 @@ func startLocal(t *testing.T, doc string, extraArgs ...string) *platform {
 	}()
 	select {
 	case a := <-addr:
-		p.URL = "http://" + a
+		p.URL, p.AdminURL = "http://"+a[0], "http://"+a[1]
 	case <-p.done:
 		t.Fatalf("kvasir local exited before serving:\n%s", p.logs.String())
 	case <-time.After(60 * time.Second):
@@ -150,7 +153,7 @@ func (p *platform) stop() {
 }
 
 func (p *platform) replicasOrNil() []local.RevisionStatus {
-	resp, err := http.Get(p.URL + "/kvasir/replicas")
+	resp, err := http.Get(p.AdminURL + "/kvasir/replicas")
 	if err != nil {
 		return nil
 	}
@@ -170,7 +173,7 @@ func (p *platform) replicas() local.RevisionStatus {
 // metric returns the value of a gauge or counter with the given labels, and
 // whether the series exists.
 func (p *platform) metric(name string, labels map[string]string) (float64, bool) {
-	return scrape(p.t, p.URL+"/metrics", name, labels)
+	return scrape(p.t, p.AdminURL+"/metrics", name, labels)
 }
 
 func scrape(t *testing.T, url, name string, labels map[string]string) (float64, bool) {

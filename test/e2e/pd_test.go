@@ -29,7 +29,7 @@ spec:
 func TestPrefillDecodeThroughLocal(t *testing.T) {
 	p := startLocal(t, pdFleet)
 	labels := func(role string) map[string]string {
-		return map[string]string{"service": "demo", "revision": "demo-00001", "role": role}
+		return map[string]string{"namespace": "default", "service": "demo", "revision": "demo-00001", "role": role}
 	}
 	require.Eventually(t, func() bool {
 		pre, ok1 := p.metric("kvasir_revision_ready_replicas", labels("prefill"))
@@ -51,14 +51,14 @@ func TestPrefillDecodeThroughLocal(t *testing.T) {
 	}
 	first := ask("first question")
 	require.Zero(t, first.Usage.PromptTokensDetails.CachedTokens, "the decode replica had nothing local before the transfer")
-	remote := map[string]string{"service": "demo", "revision": "demo-00001", "prefill": "remote"}
+	remote := map[string]string{"namespace": "default", "service": "demo", "revision": "demo-00001", "prefill": "remote"}
 	n, ok := p.metric("kvasir_activator_pd_requests_total", remote)
 	require.True(t, ok)
 	require.Equal(t, 1.0, n)
 
 	// The decode replica's queue-proxy reports the transferred prefix; then
 	// the same prefix is prefilled locally.
-	local := map[string]string{"service": "demo", "revision": "demo-00001", "prefill": "local"}
+	local := map[string]string{"namespace": "default", "service": "demo", "revision": "demo-00001", "prefill": "local"}
 	require.Eventually(t, func() bool {
 		second := ask("second question")
 		if second.Usage.PromptTokensDetails.CachedTokens == 0 {
@@ -85,7 +85,7 @@ spec:
     scaling: {minScale: 0, maxScale: 1, initialScale: 0, stableWindow: 4s, scaleToZeroGracePeriod: 2s}
 `)
 	labels := func(role string) map[string]string {
-		return map[string]string{"service": "demo", "revision": "demo-00001", "role": role}
+		return map[string]string{"namespace": "default", "service": "demo", "revision": "demo-00001", "role": role}
 	}
 	client := sdk(p)
 	ask := func(system string) {
@@ -102,7 +102,7 @@ spec:
 		return ok && n == 1
 	}, 60*time.Second, 20*time.Millisecond, "the prefill role woke with the decode role")
 	ask(strings.Repeat("Another system prompt. ", 60))
-	remote := map[string]string{"service": "demo", "revision": "demo-00001", "prefill": "remote"}
+	remote := map[string]string{"namespace": "default", "service": "demo", "revision": "demo-00001", "prefill": "remote"}
 	n, ok := p.metric("kvasir_activator_pd_requests_total", remote)
 	require.True(t, ok)
 	require.GreaterOrEqual(t, n, 1.0)

@@ -5,7 +5,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,12 +17,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/activator/kube"
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/autoscaling"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/modelservice"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
@@ -73,6 +81,12 @@ func startKvasir(t *testing.T) *kvasir {
 	}
 	out, err := cl.Kubectl(ctx, args...)
 	require.NoError(t, err, out)
+	// The controller makes the report token's Secret at startup, as its
+	// service account; the activator reads it where its pod mounts it.
+	token, err := autoscaling.EnsureToken(ctx, kubetest.Client(t, cl.As("kvasir-serving/controller")), "kvasir-serving")
+	require.NoError(t, err)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokenFile, token, 0o600))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(kubetest.Manager(t, cl.As("kvasir-serving/controller"), func(mgr ctrl.Manager) error {
@@ -86,11 +100,12 @@ func startKvasir(t *testing.T) *kvasir {
 			return err
 		}
 		return mgr.Add(&autoscaling.Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: rec,
-			Registerer: prometheus.NewRegistry(), Listener: ln, Tick: 100 * time.Millisecond, Log: discard,
+			Registerer: prometheus.NewRegistry(), Listener: ln, Tick: 100 * time.Millisecond, Log: discard, ReportToken: token,
 			MapAddress: mapAddress, Endpoint: &autoscaling.LeaderEndpoint{Namespace: "kvasir-serving",
 				Service: "autoscaler", IP: "192.0.2.250", Port: 8080, PortName: "http"}})
 	}, func(o *ctrl.Options) { // as cmd/controller runs it
 		o.LeaderElection, o.LeaderElectionID, o.LeaderElectionNamespace = true, "kvasir-controller", "kvasir-serving"
+		o.Cache = reconciler.CacheOptions("")
 	}))
 
 	demand := make(chan struct{}, 1)
@@ -115,7 +130,7 @@ func startKvasir(t *testing.T) *kvasir {
 		defer close(reportDone)
 		// A report a minute apart unless poked: a wake-up from zero must
 		// come from the poke, not from the period.
-		stats.Report(ctx, "ws://"+ln.Addr().String(), time.Minute, demand,
+		stats.Report(ctx, "ws://"+ln.Addr().String(), stats.TokenFile(tokenFile), time.Minute, demand,
 			func() stats.ActivatorReport { return act.Report("activator-0") }, discard)
 	}()
 	t.Cleanup(func() { cancel(); <-reportDone; require.NoError(t, <-syncDone) })
@@ -138,3 +153,36 @@ func (k *kvasir) kubectl(t *testing.T, args ...string) string {
 // images are what the kubelet runs for the images the reconciler puts in
 // pods (resources.Config above).
 var images = map[string]kubetest.Image{"sim": sim.Main, "qp": queueproxy.Main}
+
+// checkRevisionPods checks what a revision's running pods expose: the
+// queue-proxy answers at the pod's address, the engine (on the pod's
+// loopback) does not; no service-account token is mounted; a
+// NetworkPolicy of the revision selects them.
+func (k *kvasir) checkRevisionPods(t *testing.T, revision string, enginePort int32) {
+	t.Helper()
+	ctx := t.Context()
+	var pods corev1.PodList
+	require.NoError(t, k.c.List(ctx, &pods, client.InNamespace("default"), client.MatchingLabels{v1alpha1.LabelRevision: revision}))
+	require.NotEmpty(t, pods.Items)
+	for _, p := range pods.Items {
+		require.NotEmpty(t, p.Status.PodIP, p.Name)
+		addr := k.kl.MapAddress(p.Status.PodIP)
+		conn, err := net.DialTimeout("tcp", net.JoinHostPort(addr, strconv.Itoa(resources.QueueProxyPort)), time.Second)
+		require.NoError(t, err, "the queue-proxy of %s", p.Name)
+		conn.Close()
+		_, err = net.DialTimeout("tcp", net.JoinHostPort(addr, strconv.Itoa(int(enginePort))), time.Second)
+		require.Error(t, err, "the engine of %s is reachable at the pod's address", p.Name)
+		for _, v := range p.Spec.Volumes {
+			require.False(t, strings.HasPrefix(v.Name, "kube-api-access-"), "%s mounts a service-account token", p.Name)
+		}
+		var nps networkingv1.NetworkPolicyList
+		require.NoError(t, k.c.List(ctx, &nps, client.InNamespace("default")))
+		selected := false
+		for _, np := range nps.Items {
+			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+			require.NoError(t, err)
+			selected = selected || sel.Matches(labels.Set(p.Labels))
+		}
+		require.True(t, selected, "no NetworkPolicy selects %s", p.Name)
+	}
+}

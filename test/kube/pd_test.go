@@ -39,7 +39,7 @@ func TestPrefillDecodeOnACluster(t *testing.T) {
 	require.Contains(t, out, "pd-00001-decode")
 
 	require.Eventually(t, func() bool { _, ok := k.act.PickRevision("pd", ""); return ok }, wait, tick)
-	remote := map[string]string{"service": "pd", "revision": "pd-00001", "prefill": "remote"}
+	remote := map[string]string{"namespace": "default", "service": "pd", "revision": "pd-00001", "prefill": "remote"}
 	// The decode pod's EndpointSlice may be listed before the prefill
 	// pod's: ask until a prompt is prefilled remotely.
 	var failed atomic.Int32
@@ -55,4 +55,5 @@ func TestPrefillDecodeOnACluster(t *testing.T) {
 		return n >= 1
 	}, wait, tick, "the activator prefills remotely")
 	require.Zero(t, failed.Load(), "requests failed")
+	k.checkRevisionPods(t, "pd-00001", 8000)
 }

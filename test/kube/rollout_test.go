@@ -13,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
@@ -69,6 +70,7 @@ func TestRolloutOnACluster(t *testing.T) {
 	// The activator's informers follow the API server a moment behind it.
 	require.Eventually(t, func() bool { _, ok := k.act.PickRevision("demo", ""); return ok }, wait, tick)
 	require.Equal(t, "demo-00001", servedBy("demo"))
+	k.checkRevisionPods(t, "demo-00001", 8000)
 
 	// Canary: a template edit makes demo-00002, which takes 10% and the
 	// tag; demo-00001 keeps 90%.
@@ -131,7 +133,8 @@ func TestRolloutOnACluster(t *testing.T) {
 		return count(ctx, c, &v1alpha1.ModelRevisionList{}) == 0 && count(ctx, c, &appsv1.DeploymentList{}) == 0 &&
 			count(ctx, c, &appsv1.ReplicaSetList{}) == 0 && count(ctx, c, &corev1.PodList{}) == 0 &&
 			count(ctx, c, &corev1.ServiceList{}, client.HasLabels{v1alpha1.LabelService}) == 0 &&
-			count(ctx, c, &discoveryv1.EndpointSliceList{}, client.HasLabels{v1alpha1.LabelService}) == 0
+			count(ctx, c, &discoveryv1.EndpointSliceList{}, client.HasLabels{v1alpha1.LabelService}) == 0 &&
+			count(ctx, c, &networkingv1.NetworkPolicyList{}) == 0
 	}, wait, tick, "deleting the ModelService deletes all it made")
 	require.Eventually(t, func() bool { return k.kl.Running() == 0 }, wait, tick, "and its pods' containers stop")
 	require.Eventually(t, func() bool { _, ok := k.act.PickRevision("demo", ""); return !ok }, wait, tick)

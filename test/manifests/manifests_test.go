@@ -11,13 +11,18 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
+	"github.com/kvasir-serving/kvasir/pkg/testing/netpol"
 )
 
 var separator = regexp.MustCompile(`(?m)^---[ \t]*$`)
@@ -65,4 +70,67 @@ func TestManifestsApplyWithDryRun(t *testing.T) {
 		}
 	}
 	t.Logf("%d documents from %d files accepted", applied, len(files))
+}
+
+// configObjects decodes the documents of config/ of one kind as T.
+func configObjects[T any](t *testing.T, kind string) []T {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(kubetest.RepoRoot(), "config", "*.yaml"))
+	require.NoError(t, err)
+	var out []T
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, doc := range separator.Split(string(data), -1) {
+			var meta metav1.TypeMeta
+			require.NoError(t, yaml.Unmarshal([]byte(doc), &meta), f)
+			if meta.Kind != kind {
+				continue
+			}
+			var obj T
+			require.NoError(t, yaml.UnmarshalStrict([]byte(doc), &obj), f)
+			out = append(out, obj)
+		}
+	}
+	return out
+}
+
+// Under the NetworkPolicies of config/ (and the ones the controller gives
+// revisions), only activators reach the autoscaler's report port and the
+// revision pods' queue-proxies; the controller's metrics and probes stay
+// open. The pods are those of config/'s Deployments, with their labels.
+func TestNetworkPoliciesLetOnlyActivatorsIn(t *testing.T) {
+	policies := configObjects[networkingv1.NetworkPolicy](t, "NetworkPolicy")
+	require.NotEmpty(t, policies)
+	pods := map[string]netpol.Pod{}
+	for _, d := range configObjects[appsv1.Deployment](t, "Deployment") {
+		pods[d.Name] = netpol.Pod{Namespace: d.Namespace, Labels: d.Spec.Template.Labels}
+	}
+	activator, controller := pods["activator"], pods["controller"]
+	require.NotEmpty(t, activator.Labels)
+	require.NotEmpty(t, controller.Labels)
+	stranger := netpol.Pod{Namespace: "default", Labels: map[string]string{"app": "web"}}
+	lookalike := netpol.Pod{Namespace: "default", Labels: activator.Labels}
+	neighbour := netpol.Pod{Namespace: "kvasir-serving", Labels: map[string]string{"app": "debug"}}
+
+	require.True(t, netpol.Allows(policies, controller, activator, 8080), "activators report demand")
+	for name, from := range map[string]netpol.Pod{"stranger": stranger, "look-alike": lookalike, "neighbour": neighbour} {
+		require.False(t, netpol.Allows(policies, controller, from, 8080), "%s reaches the autoscaler", name)
+		require.True(t, netpol.Allows(policies, controller, from, 9090), "%s scrapes metrics", name)
+		require.True(t, netpol.Allows(policies, controller, from, 8081), "%s probes", name)
+	}
+	require.True(t, netpol.Allows(policies, activator, stranger, 8080), "the API is the activators' public port")
+
+	// A revision's pods, under the policy the controller gives it.
+	rev := &v1alpha1.ModelRevision{ObjectMeta: metav1.ObjectMeta{Name: "demo-00001", Namespace: "default",
+		Labels: map[string]string{v1alpha1.LabelService: "demo"}}}
+	rev.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Port: 8000}
+	revPolicies := append(policies, *resources.MakeNetworkPolicy(rev, resources.Config{}))
+	pod := netpol.Pod{Namespace: "default", Labels: resources.Labels(rev, resources.RoleUnified)}
+	require.True(t, netpol.Allows(revPolicies, pod, activator, resources.QueueProxyPort), "requests and stats streams")
+	require.True(t, netpol.Allows(revPolicies, pod, controller, resources.QueueProxyPort), "the autoscaler's stats streams")
+	for name, from := range map[string]netpol.Pod{"stranger": stranger, "look-alike": lookalike, "neighbour": neighbour} {
+		require.False(t, netpol.Allows(revPolicies, pod, from, resources.QueueProxyPort), "%s reaches a queue-proxy", name)
+	}
+	require.False(t, netpol.Allows(revPolicies, pod, activator, 8000), "the engine is behind its queue-proxy")
 }

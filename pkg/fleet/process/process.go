@@ -420,8 +420,9 @@ func (r *Runtime) startLocked(s *set, variant string) error {
 	qpArgv = append(qpArgv, s.spec.QueueProxyArgs...)
 	qp := exec.Command(qpArgv[0], qpArgv[1:]...)
 	for _, c := range []*exec.Cmd{engine, qp} {
-		// Children die with us even when we are killed hard.
-		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+		// Children die with us even when we are killed hard (on Linux), and
+		// each leads its own process group, killed whole when it hangs.
+		c.SysProcAttr = DieWithParent(&syscall.SysProcAttr{Setpgid: true})
 	}
 	engineLog, err := r.logFile(name + "-engine.log")
 	if err != nil {

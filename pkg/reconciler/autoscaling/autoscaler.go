@@ -40,7 +40,7 @@ import (
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions,verbs=get;list;watch
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch
-// +kubebuilder:rbac:groups=apps,resources=deployments/scale,verbs=get;update;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments/scale,verbs=get;update
 // +kubebuilder:rbac:groups=metrics.k8s.io,resources=pods,verbs=get;list
 // +kubebuilder:rbac:groups="",resources=nodes;pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;update;patch
@@ -63,6 +63,9 @@ type Autoscaler struct {
 	// Listener, when set, is used instead.
 	Addr     string
 	Listener net.Listener
+	// ReportToken is what a report stream must present as
+	// "Authorization: Bearer <token>" (EnsureToken); required.
+	ReportToken []byte
 	// Tick is the decision period (default 1s); a report of demand at zero
 	// triggers a decision at once.
 	Tick time.Duration
@@ -129,9 +132,12 @@ func (a *Autoscaler) Start(ctx context.Context) error {
 	if a.Addr == "" {
 		a.Addr = ":8080"
 	}
+	if len(a.ReportToken) == 0 {
+		return errors.New("autoscaler: no ReportToken: activators' reports would be refused")
+	}
 	a.metrics = newMetrics(a.Registerer)
 	a.poke = make(chan struct{}, 1)
-	a.collector = newCollector(a.Log, a.Now, a.wake)
+	a.collector = newCollector(a.Log, a.Now, a.wake, a.ReportToken)
 	a.pods = newPodStats(a.Log)
 	a.usage = &usage{client: a.ResourceMetrics, interval: cmp.Or(a.ResourceMetricsInterval, DefaultResourceMetricsInterval), log: a.Log}
 	a.roles = map[fleet.Key]*roleState{}

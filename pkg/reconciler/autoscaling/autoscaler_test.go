@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
@@ -34,9 +35,10 @@ import (
 const wait, tick = 30 * time.Second, 20 * time.Millisecond
 
 type env struct {
-	c   client.Client
-	url string // ws://host:port of the autoscaler's report listener
-	reg *prometheus.Registry
+	c     client.Client
+	url   string // ws://host:port of the autoscaler's report listener
+	token string // the report token (EnsureToken)
+	reg   *prometheus.Registry
 }
 
 // start runs the revision reconciler and the autoscaler against a real API
@@ -48,6 +50,10 @@ func start(t *testing.T, opts ...func(*Autoscaler, *rest.Config)) env {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	reg := prometheus.NewRegistry()
+	admin := kubetest.Client(t, cfg)
+	require.NoError(t, admin.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kvasir-serving"}}))
+	token, err := EnsureToken(context.Background(), admin, "kvasir-serving")
+	require.NoError(t, err)
 	t.Cleanup(kubetest.Manager(t, cfg, func(mgr ctrl.Manager) error {
 		rec := mgr.GetEventRecorder("kvasir-controller")
 		if err := (&revision.Reconciler{Client: mgr.GetClient(), Events: rec,
@@ -55,13 +61,13 @@ func start(t *testing.T, opts ...func(*Autoscaler, *rest.Config)) env {
 			return err
 		}
 		as := &Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: rec, Registerer: reg,
-			Listener: ln, Tick: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+			Listener: ln, Tick: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler), ReportToken: token}
 		for _, o := range opts {
 			o(as, cfg)
 		}
 		return mgr.Add(as)
-	}))
-	return env{c: kubetest.Client(t, cfg), url: "ws://" + ln.Addr().String(), reg: reg}
+	}, func(o *ctrl.Options) { o.Cache = reconciler.CacheOptions("") }))
+	return env{c: admin, url: "ws://" + ln.Addr().String(), token: string(token), reg: reg}
 }
 
 func addNode(t *testing.T, c client.Client, name string, alloc corev1.ResourceList) {
@@ -95,12 +101,13 @@ func newRevision(name string, mutate func(*v1alpha1.ModelRevision)) *v1alpha1.Mo
 
 // demand reports, as an activator would, requests buffered for revisions
 // at zero, until the test ends.
-func reportDemand(t *testing.T, url string, loads ...stats.RevisionLoad) {
+func reportDemand(t *testing.T, e env, loads ...stats.RevisionLoad) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		stats.Report(ctx, url, 50*time.Millisecond, nil, func() stats.ActivatorReport {
+		token := func() (string, error) { return e.token, nil }
+		stats.Report(ctx, e.url, token, 50*time.Millisecond, nil, func() stats.ActivatorReport {
 			return stats.ActivatorReport{Activator: "activator-test", Time: time.Now(), Loads: loads}
 		}, slog.New(slog.DiscardHandler))
 	}()
@@ -163,7 +170,7 @@ func TestCapacityFromNodesDrivesPlacementAndStatus(t *testing.T) {
 
 	// Twenty requests wait at the activator: the decider wants maxScale (5)
 	// and nothing can take one: the revision is not ready, and says why.
-	reportDemand(t, e.url, stats.RevisionLoad{Namespace: "default", Service: "llama", Revision: "llama-00001", Buffered: 20})
+	reportDemand(t, e, stats.RevisionLoad{Namespace: "default", Service: "llama", Revision: "llama-00001", Buffered: 20})
 	role := map[string]string{"namespace": "default", "service": "llama", "revision": "llama-00001", "role": "unified"}
 	require.Eventually(t, func() bool { return gauge(t, e.reg, "kvasir_autoscaler_desired_replicas", role) == 5 }, wait, tick)
 	require.Eventually(t, func() bool {
@@ -213,7 +220,7 @@ func TestVariantsSpillByCost(t *testing.T) {
 		}
 	})
 	require.NoError(t, e.c.Create(ctx, rev))
-	reportDemand(t, e.url, stats.RevisionLoad{Namespace: "default", Service: "qwen", Revision: "qwen-00001", Buffered: 3})
+	reportDemand(t, e, stats.RevisionLoad{Namespace: "default", Service: "qwen", Revision: "qwen-00001", Buffered: 3})
 	require.Eventually(t, func() bool {
 		return replicas(t, e.c, "qwen-00001-ascend") == 1 && replicas(t, e.c, "qwen-00001-h100") == 2
 	}, wait, tick, "one on the NPU, the rest on GPUs")

@@ -27,6 +27,7 @@ type collector struct {
 	log      *slog.Logger
 	now      func() time.Time
 	onDemand func() // a report asks for a revision at zero: decide now
+	token    []byte // what reporters must present (Authorization: Bearer)
 	upgrader websocket.Upgrader
 
 	mu      sync.Mutex
@@ -38,13 +39,21 @@ type received struct {
 	loads map[fleet.Key]stats.RevisionLoad
 }
 
-func newCollector(log *slog.Logger, now func() time.Time, onDemand func()) *collector {
-	return &collector{log: log, now: now, onDemand: onDemand, reports: map[string]received{},
+func newCollector(log *slog.Logger, now func() time.Time, onDemand func(), token []byte) *collector {
+	return &collector{log: log, now: now, onDemand: onDemand, token: token, reports: map[string]received{},
 		upgrader: websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 1024}}
 }
 
-// ServeHTTP accepts one activator's report stream.
+// ServeHTTP accepts one activator's report stream, if it presents the
+// token: anyone else is answered 401 before the upgrade, and nothing it
+// would send is read.
 func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !authorized(r, c.token) {
+		c.log.Warn("refused an unauthenticated activator report stream", slog.String("remote", r.RemoteAddr))
+		w.Header().Set("WWW-Authenticate", `Bearer realm="kvasir-autoscaler"`)
+		http.Error(w, "a report needs the autoscaler token (Authorization: Bearer)", http.StatusUnauthorized)
+		return
+	}
 	conn, err := c.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader answered

@@ -7,6 +7,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrs "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
@@ -21,13 +22,18 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 )
 
-// RBAC (make generate): a revision's Deployments and Services, its pods read
-// to say why they do not run, its status.
+// RBAC (make generate): a revision's Deployments, Services and
+// NetworkPolicy, its pods read to say why they do not run, its status.
+// Nothing is deleted: owner references let the garbage collector remove
+// what a deleted revision owned. Services are never changed once made.
+// The finalizers subresource lets owner references block their owner's
+// deletion (OwnerReferencesPermissionEnforcement).
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions,verbs=get;list;watch
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/finalizers,verbs=update
-// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;update;patch
 
@@ -42,12 +48,13 @@ type Reconciler struct {
 var _ reconcile.Reconciler = (*Reconciler)(nil)
 
 // SetupWithManager registers the reconciler: it watches revisions and the
-// Deployments and Services they own.
+// Deployments, Services and NetworkPolicies they own.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.ModelRevision{}).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
+		Owns(&networkingv1.NetworkPolicy{}).
 		Named("modelrevision").
 		Complete(r)
 }
@@ -62,6 +69,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	rev.Status.InitializeConditions()
 	rev.Status.ObservedGeneration = rev.Generation
 
+	if err := r.reconcileNetworkPolicy(ctx, rev); err != nil {
+		if apierrs.IsConflict(err) {
+			return reconcile.Result{}, err
+		}
+		rev.Status.MarkResourcesUnavailable("ReconcileFailed", "%v", err)
+		_ = r.updateStatus(ctx, rev, before)
+		return reconcile.Result{}, err
+	}
 	var serving []*appsv1.Deployment
 	for _, role := range resources.Roles(rev) {
 		ds, err := r.reconcileRole(ctx, rev, role)
@@ -136,6 +151,30 @@ func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevis
 		return nil, fmt.Errorf("getting service %s: %w", svc.Name, err)
 	}
 	return out, nil
+}
+
+// reconcileNetworkPolicy makes the revision's NetworkPolicy exist as the
+// builder makes it (its pods are not created before it is).
+func (r *Reconciler) reconcileNetworkPolicy(ctx context.Context, rev *v1alpha1.ModelRevision) error {
+	want := resources.MakeNetworkPolicy(rev, r.Resources)
+	have := &networkingv1.NetworkPolicy{}
+	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), have); {
+	case apierrs.IsNotFound(err):
+		if err := r.Client.Create(ctx, want); err != nil {
+			return fmt.Errorf("creating network policy %s: %w", want.Name, err)
+		}
+		r.event(rev, want, corev1.EventTypeNormal, "Created", "Created network policy %s", want.Name)
+		return nil
+	case err != nil:
+		return fmt.Errorf("getting network policy %s: %w", want.Name, err)
+	}
+	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) {
+		have.Spec = want.Spec
+		if err := r.Client.Update(ctx, have); err != nil {
+			return fmt.Errorf("updating network policy %s: %w", want.Name, err)
+		}
+	}
+	return nil
 }
 
 func (r *Reconciler) reconcileDeployment(ctx context.Context, rev *v1alpha1.ModelRevision, role string,
@@ -243,6 +282,10 @@ func podTrouble(pods []corev1.Pod) (reason, message string) {
 					return v1alpha1.ReasonImagePullFailed, fmt.Sprintf("container %s: %s", cs.Name, w.Message)
 				case "CrashLoopBackOff":
 					return v1alpha1.ReasonEngineFailed, fmt.Sprintf("container %s keeps crashing: %s", cs.Name, strings.TrimSpace(w.Message))
+				case "CreateContainerConfigError":
+					// For example "container has runAsNonRoot and image will
+					// run as root": a custom image without a non-root user.
+					return v1alpha1.ReasonEngineFailed, fmt.Sprintf("container %s cannot start: %s", cs.Name, strings.TrimSpace(w.Message))
 				}
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -71,6 +72,10 @@ func TestRevisionDeploysAndReportsWhy(t *testing.T) {
 	require.Eventually(t, func() bool { // made right after the Deployment
 		return c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00001"}, svc) == nil
 	}, wait, tick)
+	np := &networkingv1.NetworkPolicy{} // made before the Deployment: no pod runs unprotected
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00001"}, np))
+	require.Equal(t, "llama-00001", np.OwnerReferences[0].Name)
+	require.Equal(t, resources.MakeNetworkPolicy(rev, resources.Config{}).Spec.Ingress, np.Spec.Ingress)
 	require.Eventually(t, func() bool {
 		s, reason := readyOf(t, c, "llama-00001")
 		return s == "Unknown" && reason == v1alpha1.ReasonDeploying
@@ -118,6 +123,9 @@ func TestPodTrouble(t *testing.T) {
 	require.Contains(t, msg, "vllm/nope")
 	reason, _ = podTrouble([]corev1.Pod{waiting("CrashLoopBackOff", "back-off 40s restarting failed container")})
 	require.Equal(t, v1alpha1.ReasonEngineFailed, reason)
+	reason, msg = podTrouble([]corev1.Pod{waiting("CreateContainerConfigError", "container has runAsNonRoot and image will run as root")})
+	require.Equal(t, v1alpha1.ReasonEngineFailed, reason)
+	require.Contains(t, msg, "runAsNonRoot")
 	reason, _ = podTrouble([]corev1.Pod{waiting("ContainerCreating", "")})
 	require.Empty(t, reason)
 }
@@ -128,14 +136,66 @@ func TestPodTrouble(t *testing.T) {
 func TestDeploymentSurvivesDefaulting(t *testing.T) {
 	c := kubetest.Client(t, kubetest.Start(t))
 	ctx := context.Background()
-	rev := newRevision("llama-00001")
-	rev.UID = "uid"
-	for _, role := range []string{resources.RoleUnified, resources.RolePrefill} {
-		want, err := resources.MakeDeployment(rev, role, nil, 1, resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"})
-		require.NoError(t, err)
+	for _, typ := range engineTypes {
+		rev := newRevision("llama-00001")
+		rev.UID = "uid"
+		rev.Spec.Engine = v1alpha1.EngineSpec{Type: typ, Port: 8000, Image: engineImage(typ)}
+		for _, role := range []string{resources.RoleUnified, resources.RolePrefill} {
+			want, err := resources.MakeDeployment(rev, role, nil, 1, resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"})
+			require.NoError(t, err)
+			want.OwnerReferences = nil
+			got := want.DeepCopy()
+			require.NoError(t, c.Create(ctx, got, client.DryRunAll))
+			require.True(t, equality.Semantic.DeepDerivative(want.Spec, got.Spec), "%s role %s: %s", typ, role, cmp.Diff(want.Spec, got.Spec))
+		}
+		rev.Spec.Roles = &v1alpha1.RolesSpec{Prefill: &v1alpha1.RoleSpec{}, Decode: &v1alpha1.RoleSpec{}}
+		want := resources.MakeNetworkPolicy(rev, resources.Config{})
 		want.OwnerReferences = nil
 		got := want.DeepCopy()
 		require.NoError(t, c.Create(ctx, got, client.DryRunAll))
-		require.True(t, equality.Semantic.DeepDerivative(want.Spec, got.Spec), "role %s: %s", role, cmp.Diff(want.Spec, got.Spec))
+		require.True(t, equality.Semantic.DeepDerivative(want.Spec, got.Spec), "network policy: %s", cmp.Diff(want.Spec, got.Spec))
+	}
+}
+
+var engineTypes = []v1alpha1.EngineType{v1alpha1.EngineVLLM, v1alpha1.EngineSGLang, v1alpha1.EngineSim, v1alpha1.EngineCustom}
+
+func engineImage(typ v1alpha1.EngineType) string {
+	if typ == v1alpha1.EngineCustom {
+		return "registry.example.com/engine"
+	}
+	return ""
+}
+
+// The API server's PodSecurity admission, enforcing the restricted
+// profile in a namespace, admits the pods of every engine's revision; and
+// refuses a pod without their security contexts (so it is on).
+func TestRevisionPodsPassRestrictedAdmission(t *testing.T) {
+	c := kubetest.Client(t, kubetest.Start(t))
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "restricted", Labels: map[string]string{
+		"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}}
+	require.NoError(t, c.Create(ctx, ns))
+	pod := func(d *appsv1.Deployment) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: d.Name + "-", Namespace: ns.Name,
+			Labels: d.Spec.Template.Labels}, Spec: *d.Spec.Template.Spec.DeepCopy()}
+	}
+	for _, typ := range engineTypes {
+		rev := newRevision("llama-00001")
+		rev.Namespace = ns.Name
+		rev.Spec.Engine = v1alpha1.EngineSpec{Type: typ, Port: 8000, Image: engineImage(typ)}
+		d, err := resources.MakeDeployment(rev, resources.RoleUnified, nil, 1, resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"})
+		require.NoError(t, err)
+		require.NoError(t, c.Create(ctx, pod(d), client.DryRunAll), "engine %s", typ)
+
+		if typ == v1alpha1.EngineVLLM {
+			bare := pod(d)
+			bare.Spec.SecurityContext = nil
+			for i := range bare.Spec.Containers {
+				bare.Spec.Containers[i].SecurityContext = nil
+			}
+			err := c.Create(ctx, bare, client.DryRunAll)
+			require.Error(t, err, "PodSecurity admission is on")
+			require.Contains(t, err.Error(), "violates PodSecurity \"restricted:latest\"")
+		}
 	}
 }

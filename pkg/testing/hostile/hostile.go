@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,8 +37,10 @@ type Target struct {
 	Body func(maxTokens int, stream bool) string
 	// MaxHeaderBytes is the server's header limit.
 	MaxHeaderBytes int
-	// Idle reports whether the engine behind the server runs no request
-	// (for the stream nobody reads); nil skips that case.
+	// Idle reports whether the server under test holds no request in
+	// flight (for the stream nobody reads: an engine generates regardless
+	// of its client, as vLLM does, so the proof that the stream was cut is
+	// the server letting go of it); nil skips that case.
 	Idle func() bool
 }
 
@@ -234,7 +237,7 @@ func (tg Target) smugglingCLCL(t *testing.T) {
 }
 
 // A client that asks for a long stream and reads nothing is cut off once
-// the server's write timeout passes, and the engine's work is cancelled.
+// the server's write timeout passes: the server lets go of the request.
 func (tg Target) streamNeverRead(t *testing.T) {
 	c, err := net.Dial("tcp", tg.Addr)
 	require.NoError(t, err)
@@ -246,5 +249,30 @@ func (tg Target) streamNeverRead(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return !tg.Idle() }, ClientDeadline, 20*time.Millisecond, "the stream starts")
 	require.Eventually(t, tg.Idle, ClientDeadline, 50*time.Millisecond,
-		"the engine's work on a stream nobody reads is cancelled")
+		"the server lets go of a stream nobody reads")
+}
+
+// Gauge sums the samples of a metric family in the Prometheus text served
+// at url; ok is false when the metric is absent or the scrape fails.
+func Gauge(url, name string) (v float64, ok bool) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		rest, found := strings.CutPrefix(line, name)
+		if !found || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		x, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			return 0, false
+		}
+		v, ok = v+x, true
+	}
+	return v, ok
 }

@@ -41,11 +41,16 @@ type KubeletOptions struct {
 // the Images given, probes their readiness, reports pod status, and on
 // deletion runs the preStop hooks, stops the containers and removes the pod.
 //
-// A pod's network namespace is a loopback address of its own, 127.0.1.N,
-// and its status says 192.0.2.N (TEST-NET-1: the API server rejects
-// loopback addresses in EndpointSlices); MapAddress turns the one into the
-// other. In a container's arguments, 0.0.0.0, 127.0.0.1 and localhost are
-// the pod's own address. A container that exits is not restarted.
+// A pod's network namespace is two loopback addresses of its own: its
+// address, 127.0.1.N, which its status says is 192.0.2.N (TEST-NET-1: the
+// API server rejects loopback addresses in EndpointSlices; MapAddress
+// turns the one into the other), and its loopback, 127.0.2.N. In a
+// container's arguments and environment 0.0.0.0 stands for the pod's
+// address, and 127.0.0.1 and localhost for its loopback: what a container
+// binds to 127.0.0.1 is reached by the pod's other containers at
+// 127.0.0.1, and not at the pod's address, as in a real pod. Unlike a real
+// pod, what binds 0.0.0.0 is not on the pod's loopback. Probes and hooks
+// go to the pod's address. A container that exits is not restarted.
 type Kubelet struct {
 	c    client.Client
 	opts KubeletOptions
@@ -249,8 +254,9 @@ func (k *Kubelet) run(ctx context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-func (p *hollowPod) ip() string    { return "127.0.1." + strconv.Itoa(p.n) }
-func (p *hollowPod) podIP() string { return "192.0.2." + strconv.Itoa(p.n) }
+func (p *hollowPod) ip() string       { return "127.0.1." + strconv.Itoa(p.n) }
+func (p *hollowPod) podIP() string    { return "192.0.2." + strconv.Itoa(p.n) }
+func (p *hollowPod) loopback() string { return "127.0.2." + strconv.Itoa(p.n) }
 
 // start runs a pod's containers.
 func (k *Kubelet) start(pod *corev1.Pod, p *hollowPod) {
@@ -277,8 +283,10 @@ func (k *Kubelet) start(pod *corev1.Pod, p *hollowPod) {
 
 // containerArgs are a container's arguments with $(VAR) references to its
 // environment expanded and the pod's own addresses in place of the
-// wildcard and loopback ones.
+// wildcard and loopback ones, in the arguments and the variables alike.
 func containerArgs(pod *corev1.Pod, p *hollowPod, spec corev1.Container) []string {
+	addrs := []string{"0.0.0.0", p.ip(), "127.0.0.1", p.loopback(), "localhost", p.loopback()}
+	own := strings.NewReplacer(addrs...)
 	var pairs []string
 	for _, e := range spec.Env {
 		v := e.Value
@@ -292,9 +300,9 @@ func containerArgs(pod *corev1.Pod, p *hollowPod, spec corev1.Container) []strin
 				v = p.podIP()
 			}
 		}
-		pairs = append(pairs, "$("+e.Name+")", v)
+		pairs = append(pairs, "$("+e.Name+")", own.Replace(v))
 	}
-	pairs = append(pairs, "0.0.0.0", p.ip(), "127.0.0.1", p.ip(), "localhost", p.ip())
+	pairs = append(pairs, addrs...)
 	r := strings.NewReplacer(pairs...)
 	args := make([]string, len(spec.Args))
 	for i, a := range spec.Args {

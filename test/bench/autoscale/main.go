@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/local"
 )
 
@@ -101,7 +102,8 @@ func (c *common) fleet() ([]*v1alpha1.ModelService, error) {
 
 // platform is a running `kvasir local` subprocess.
 type platform struct {
-	base    string // http://127.0.0.1:PORT
+	base    string // http://127.0.0.1:PORT, the OpenAI API
+	admin   string // the admin listener: /kvasir/replicas, /metrics
 	dir     string // temp dir: binary, logs
 	logDir  string // replicas' logs
 	logFile string // kvasir local's own log
@@ -145,9 +147,11 @@ func startPlatform(ctx context.Context, c *common, svcs []*v1alpha1.ModelService
 	if err != nil {
 		return p, err
 	}
-	port := freePort()
+	port, adminPort := freePort(), freePort()
 	p.base = "http://127.0.0.1:" + strconv.Itoa(port)
-	argv := []string{"local", "-f", c.file, "--addr", "127.0.0.1:" + strconv.Itoa(port), "--log-dir", p.logDir,
+	p.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
+	argv := []string{"local", "-f", c.file, "--addr", "127.0.0.1:" + strconv.Itoa(port),
+		"--admin-addr", "127.0.0.1:" + strconv.Itoa(adminPort), "--log-dir", p.logDir,
 		"--scale-interval", c.scaleInterval.String()}
 	if c.accelerators != "" {
 		argv = append(argv, "--accelerators", c.accelerators)
@@ -155,7 +159,7 @@ func startPlatform(ctx context.Context, c *common, svcs []*v1alpha1.ModelService
 	p.cmd = exec.Command(bin, argv...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	// Pdeathsig ends kvasir local if we die; its replicas have their own.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = process.DieWithParent(nil)
 	fmt.Fprintf(os.Stderr, "starting %s %s\n", bin, strings.Join(argv, " "))
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
@@ -219,7 +223,7 @@ func (p *platform) alive() error {
 }
 
 func (p *platform) replicas() ([]local.RevisionStatus, error) {
-	resp, err := http.Get(p.base + "/kvasir/replicas")
+	resp, err := http.Get(p.admin + "/kvasir/replicas")
 	if err != nil {
 		return nil, err
 	}

@@ -97,7 +97,7 @@ func (s *sampler) run() {
 			s.lastErr = err
 			s.mu.Unlock()
 		} else {
-			load := scrapeLoad(s.p.base + "/metrics")
+			load := scrapeLoad(s.p.admin + "/metrics")
 			smp := sample{At: now, Revs: map[string]revSample{}}
 			held := map[string]int{}
 			for _, r := range st {
@@ -119,7 +119,7 @@ func (s *sampler) run() {
 				if r.Role != "unified" && r.Role != "decode" {
 					continue
 				}
-				l := load[r.Service]
+				l := load[r.Namespace+"/"+r.Service]
 				rs := revSample{Desired: r.Desired, Ready: r.Ready, Unplaceable: r.Unplaceable,
 					Replicas: len(r.Replicas), Concurrency: l.inFlight + l.buffered, Buffered: l.buffered}
 				for _, rep := range r.Replicas {
@@ -171,7 +171,7 @@ func (s *sampler) stop() ([]sample, []cpuSample) {
 type svcLoad struct{ inFlight, buffered float64 }
 
 // scrapeLoad returns the activator's in-flight and buffered requests per
-// service (summed over roles and revisions).
+// namespace/service (summed over roles and revisions).
 func scrapeLoad(url string) map[string]svcLoad {
 	out := map[string]svcLoad{}
 	resp, err := http.Get(url)
@@ -189,12 +189,16 @@ func scrapeLoad(url string) map[string]svcLoad {
 			continue
 		}
 		for _, m := range f.GetMetric() {
-			svc := ""
+			var ns, svc string
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "service" {
+				switch l.GetName() {
+				case "namespace":
+					ns = l.GetValue()
+				case "service":
 					svc = l.GetValue()
 				}
 			}
+			svc = ns + "/" + svc
 			v := out[svc]
 			if name == "kvasir_activator_in_flight_requests" {
 				v.inFlight += m.GetGauge().GetValue()

@@ -43,9 +43,11 @@ spec:
 	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
 		return err
 	}
-	port := freePort()
+	port, adminPort := freePort(), freePort()
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	admin := "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	if _, err := p.start("kvasir-local", filepath.Join(*bin, "kvasir"), "local", "-f", file, "--addr", "127.0.0.1:"+strconv.Itoa(port),
+		"--admin-addr", "127.0.0.1:"+strconv.Itoa(adminPort),
 		"--scale-interval", "100ms", "--log-dir", filepath.Join(p.dir, "logs")); err != nil {
 		return err
 	}
@@ -55,7 +57,7 @@ spec:
 	body := `{"model":"cold","stream":true,"max_tokens":1,"messages":[{"role":"user","content":"hello"}]}`
 	var cold, warm, engine []float64
 	for i := 0; i < *n; i++ {
-		if err := waitZero(ctx, base); err != nil {
+		if err := waitZero(ctx, admin); err != nil {
 			return err
 		}
 		c, err := firstToken(ctx, base, body)
@@ -66,7 +68,7 @@ spec:
 		if err != nil {
 			return err
 		}
-		st, err := replicas(base)
+		st, err := replicas(admin)
 		if err != nil || len(st) != 1 || len(st[0].Replicas) != 1 {
 			return fmt.Errorf("replicas: %v %+v", err, st)
 		}

@@ -4,6 +4,7 @@
 //	go run ./test/bench/dataplane hops      # added latency per hop vs nginx proxy_pass
 //	go run ./test/bench/dataplane coldstart # Kvasir's share of a cold start
 //	go run ./test/bench/dataplane streams   # activator RSS with 2,000 concurrent SSE streams
+//	go run ./test/bench/dataplane hostile   # activator RSS and honest latency under 1,000 slow-body connections
 //
 // It expects `make build` to have put the binaries in bin/ (flag --bin), and
 // nginx on PATH for `hops` (Debian: apt-get install nginx-light).
@@ -28,13 +29,14 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/bench"
+	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: dataplane hops|coldstart|streams [flags]")
+		fmt.Fprintln(os.Stderr, "usage: dataplane hops|coldstart|streams|hostile [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -45,6 +47,8 @@ func main() {
 		err = coldstart(ctx, os.Args[2:])
 	case "streams":
 		err = streams(ctx, os.Args[2:])
+	case "hostile":
+		err = hostile(ctx, os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown benchmark %q", os.Args[1])
 	}
@@ -80,7 +84,7 @@ func (p *procs) startEnv(name string, env []string, argv ...string) (*exec.Cmd, 
 		cmd.Env = append(os.Environ(), env...)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = process.DieWithParent(nil)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -133,16 +137,17 @@ func waitOK(ctx context.Context, url string, timeout time.Duration) error {
 
 // dataPath starts sim, queue-proxy and activator: the three hops of a replica.
 type dataPath struct {
-	sim, qp, act          string // base URLs
-	simCmd, qpCmd, actCmd *exec.Cmd
+	sim, qp, act, actAdmin string // base URLs (actAdmin: the activator's admin listener)
+	simCmd, qpCmd, actCmd  *exec.Cmd
 }
 
 func startPath(ctx context.Context, p *procs, bin string, actEnv []string, simArgs ...string) (*dataPath, error) {
-	simPort, qpPort, actPort := freePort(), freePort(), freePort()
+	simPort, qpPort, actPort, adminPort := freePort(), freePort(), freePort(), freePort()
 	d := &dataPath{
-		sim: fmt.Sprintf("http://127.0.0.1:%d", simPort),
-		qp:  fmt.Sprintf("http://127.0.0.1:%d", qpPort),
-		act: fmt.Sprintf("http://127.0.0.1:%d", actPort),
+		sim:      fmt.Sprintf("http://127.0.0.1:%d", simPort),
+		qp:       fmt.Sprintf("http://127.0.0.1:%d", qpPort),
+		act:      fmt.Sprintf("http://127.0.0.1:%d", actPort),
+		actAdmin: fmt.Sprintf("http://127.0.0.1:%d", adminPort),
 	}
 	var err error
 	if d.simCmd, err = p.start("engine-sim", append([]string{filepath.Join(bin, "engine-sim"), "--port", strconv.Itoa(simPort), "--model", "m"}, simArgs...)...); err != nil {
@@ -153,7 +158,7 @@ func startPath(ctx context.Context, p *procs, bin string, actEnv []string, simAr
 		return nil, err
 	}
 	if d.actCmd, err = p.startEnv("activator", actEnv, filepath.Join(bin, "activator"), "--addr", "127.0.0.1:"+strconv.Itoa(actPort),
-		"--model", "m", "--backend", "127.0.0.1:"+strconv.Itoa(qpPort), "--log-level", "warn"); err != nil {
+		"--admin-addr", "127.0.0.1:"+strconv.Itoa(adminPort), "--model", "m", "--backend", "127.0.0.1:"+strconv.Itoa(qpPort), "--log-level", "warn"); err != nil {
 		return nil, err
 	}
 	for _, u := range []string{d.sim + "/health", d.qp + "/kvasir/ready", d.act + "/healthz"} {

@@ -43,7 +43,7 @@ func streams(ctx context.Context, args []string) error {
 				return
 			case <-time.After(200 * time.Millisecond):
 			}
-			if v, ok := scrapeGauge(d.act+"/metrics", "kvasir_activator_in_flight_requests"); ok && int64(v) > peakInFlight.Load() {
+			if v, ok := scrapeGauge(d.actAdmin+"/metrics", "kvasir_activator_in_flight_requests"); ok && int64(v) > peakInFlight.Load() {
 				peakInFlight.Store(int64(v))
 			}
 		}

@@ -7,8 +7,10 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	"knative.dev/pkg/kmeta"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
@@ -23,7 +25,24 @@ type Config struct {
 	// ProgressDeadline bounds a Deployment's rollout (then the revision is
 	// not ready, with the reason). Default 600s.
 	ProgressDeadlineSeconds int32
+	// SystemNamespace is where Kvasir's activators and controller run: the
+	// only pods a revision's NetworkPolicy lets reach its queue-proxies.
+	// Default DefaultSystemNamespace.
+	SystemNamespace string
 }
+
+// DefaultSystemNamespace is the namespace config/ installs Kvasir in.
+const DefaultSystemNamespace = "kvasir-serving"
+
+// Labels of Kvasir's own pods (config/500-*.yaml), which revision pods'
+// NetworkPolicies name.
+const (
+	LabelAppName        = "app.kubernetes.io/name"
+	AppName             = "kvasir"
+	LabelComponent      = "app.kubernetes.io/component"
+	ComponentActivator  = "activator"
+	ComponentController = "controller"
+)
 
 // Ports of a revision pod.
 const (
@@ -34,6 +53,23 @@ const (
 	QueueProxyPortName = "http"
 	// drainGrace is added to the request timeout for termination.
 	drainGrace = 30
+	// EngineLoopback is the only address engines listen on: the
+	// queue-proxy in the same pod is their one client.
+	EngineLoopback = "127.0.0.1"
+)
+
+// Who the engine runs as, and where it may write.
+const (
+	// EngineUID runs the vLLM and SGLang images, which declare root, as a
+	// user the restricted Pod Security Standard allows (group too).
+	EngineUID = 1000
+	// EngineHome is the engine's $HOME for vLLM and SGLang: an emptyDir, as
+	// /root is not writable for EngineUID. Model downloads
+	// (~/.cache/huggingface) and compilation caches go there.
+	EngineHome = "/home/kvasir"
+	// engineHomeVolume and engineTmpVolume are the engine's emptyDirs.
+	engineHomeVolume = "engine-home"
+	engineTmpVolume  = "engine-tmp"
 )
 
 // Images of the real engines, when the template gives none.
@@ -47,10 +83,11 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 	e := rev.Spec.Engine
 	port := strconv.Itoa(int(e.Port))
 	c := corev1.Container{
-		Name:  "engine",
-		Image: e.Image,
-		Env:   append([]corev1.EnvVar(nil), e.Env...),
-		Ports: []corev1.ContainerPort{{Name: "engine", ContainerPort: e.Port, Protocol: corev1.ProtocolTCP}},
+		Name:            "engine",
+		Image:           e.Image,
+		Env:             append([]corev1.EnvVar(nil), e.Env...),
+		Ports:           []corev1.ContainerPort{{Name: "engine", ContainerPort: e.Port, Protocol: corev1.ProtocolTCP}},
+		SecurityContext: restrictedContainer(),
 	}
 	var roleArgs []string
 	if rev.Spec.Roles != nil {
@@ -68,19 +105,21 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 			c.Image = DefaultVLLMImage
 		}
 		c.Args = append([]string{"--model", rev.Spec.Model}, args...)
-		c.Args = append(c.Args, "--port", port, "--served-model-name", rev.Spec.Model)
+		c.Args = append(c.Args, "--host", EngineLoopback, "--port", port, "--served-model-name", rev.Spec.Model)
+		runAsEngineUser(&c)
 	case v1alpha1.EngineSGLang:
 		if c.Image == "" {
 			c.Image = DefaultSGLangImage
 		}
 		c.Command = []string{"python3", "-m", "sglang.launch_server"}
 		c.Args = append([]string{"--model-path", rev.Spec.Model}, args...)
-		c.Args = append(c.Args, "--host", "0.0.0.0", "--port", port, "--served-model-name", rev.Spec.Model)
+		c.Args = append(c.Args, "--host", EngineLoopback, "--port", port, "--served-model-name", rev.Spec.Model)
+		runAsEngineUser(&c)
 	case v1alpha1.EngineSim:
 		if c.Image == "" {
 			c.Image = cfg.SimulatorImage
 		}
-		c.Args = []string{"--host", "0.0.0.0", "--port", port, "--model", rev.Spec.Model}
+		c.Args = []string{"--host", EngineLoopback, "--port", port, "--model", rev.Spec.Model}
 		if role != RoleUnified {
 			c.Args = append(c.Args, "--role="+role)
 		}
@@ -88,12 +127,19 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 			c.Args = append(c.Args, "--lora-modules", ad+"="+ad)
 		}
 		c.Args = append(c.Args, args...)
+		// A static binary on a nonroot base image: it writes nothing.
+		c.SecurityContext.ReadOnlyRootFilesystem = ptr.To(true)
 	case v1alpha1.EngineCustom:
 		if c.Image == "" {
 			return c, fmt.Errorf("spec.engine.image: required on Kubernetes")
 		}
 		c.Command = e.Command
 		c.Args = args
+		// The platform cannot tell a custom engine where to listen: it
+		// gets the address and port as $(HOST) and $(PORT) for its
+		// arguments (and its environment), and must bind $(HOST).
+		c.Env = setEnvDefault(c.Env, "HOST", EngineLoopback)
+		c.Env = setEnvDefault(c.Env, "PORT", port)
 	default:
 		return c, fmt.Errorf("spec.engine.type: unknown %q", e.Type)
 	}
@@ -102,6 +148,73 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 	c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{HTTPGet: &corev1.HTTPGetAction{
 		Path: "/kvasir/wait-for-drain", Port: intstr.FromInt32(QueueProxyPort)}}}
 	return c, nil
+}
+
+// restrictedContainer is what the restricted Pod Security Standard asks of
+// every container beyond the pod's own context (podSecurityContext): no
+// privilege escalation, no capabilities.
+func restrictedContainer() *corev1.SecurityContext {
+	return &corev1.SecurityContext{
+		AllowPrivilegeEscalation: ptr.To(false),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+	}
+}
+
+// podSecurityContext is the pod-level part of the restricted Pod Security
+// Standard: no container runs as root (the kubelet refuses an image that
+// would), and all run under the runtime's default seccomp profile.
+func podSecurityContext() *corev1.PodSecurityContext {
+	return &corev1.PodSecurityContext{
+		RunAsNonRoot:   ptr.To(true),
+		SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
+// runAsEngineUser runs an engine whose image declares root (vLLM, SGLang)
+// as EngineUID, with its $HOME and /tmp on emptyDirs (engineVolumes): the
+// image's /root is not writable for that user.
+func runAsEngineUser(c *corev1.Container) {
+	c.SecurityContext.RunAsUser = ptr.To[int64](EngineUID)
+	c.SecurityContext.RunAsGroup = ptr.To[int64](EngineUID)
+	c.Env = setEnvDefault(c.Env, "HOME", EngineHome)
+	c.VolumeMounts = []corev1.VolumeMount{
+		{Name: engineHomeVolume, MountPath: EngineHome},
+		{Name: engineTmpVolume, MountPath: "/tmp"},
+	}
+}
+
+// engineVolumes are the volumes the engine container mounts.
+func engineVolumes(c corev1.Container) []corev1.Volume {
+	var vs []corev1.Volume
+	for _, m := range c.VolumeMounts {
+		vs = append(vs, corev1.Volume{Name: m.Name, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	}
+	return vs
+}
+
+// setEnvDefault adds name=value to env unless the template sets name.
+func setEnvDefault(env []corev1.EnvVar, name, value string) []corev1.EnvVar {
+	for _, e := range env {
+		if e.Name == name {
+			return env
+		}
+	}
+	return append(env, corev1.EnvVar{Name: name, Value: value})
+}
+
+// QueueProxyResources are the queue-proxy container's requests and limits.
+// No CPU limit: CFS throttling would stall the streams it relays (the
+// activator and controller in config/ have none either). The memory limit
+// leaves room over the 195 MiB it peaked at with 2,000 streams
+// (docs/benchmarks.md).
+func QueueProxyResources() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{
+			corev1.ResourceCPU:    resource.MustParse("100m"),
+			corev1.ResourceMemory: resource.MustParse("64Mi"),
+		},
+		Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+	}
 }
 
 // MakeDeployment builds the Deployment of one role of a revision on an
@@ -144,7 +257,11 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 			SuccessThreshold: 1,
 			FailureThreshold: 3,
 		},
+		Resources:       QueueProxyResources(),
+		SecurityContext: restrictedContainer(),
 	}
+	// The queue-proxy writes nothing.
+	qp.SecurityContext.ReadOnlyRootFilesystem = ptr.To(true)
 	qp.Args = append(qp.Args, "--pod-name", "$(POD_NAME)")
 	labels := DeploymentLabels(rev, role, variant)
 	grace := timeout + drainGrace
@@ -167,9 +284,13 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
 					Containers:                    []corev1.Container{engine, qp},
+					Volumes:                       engineVolumes(engine),
 					NodeSelector:                  nodeSelector,
 					TerminationGracePeriodSeconds: &grace,
 					EnableServiceLinks:            new(bool),
+					// Neither container calls the Kubernetes API.
+					AutomountServiceAccountToken: ptr.To(false),
+					SecurityContext:              podSecurityContext(),
 				},
 			},
 		},

@@ -55,7 +55,7 @@ func TestMakeDeploymentVLLM(t *testing.T) {
 	spec := d.Spec.Template.Spec
 	engine := container(d, spec.Containers, "engine")
 	require.Equal(t, DefaultVLLMImage, engine.Image)
-	require.Equal(t, []string{"--model", "llama-3-8b", "--max-model-len=8192", "--port", "8000", "--served-model-name", "llama-3-8b"}, engine.Args)
+	require.Equal(t, []string{"--model", "llama-3-8b", "--max-model-len=8192", "--host", "127.0.0.1", "--port", "8000", "--served-model-name", "llama-3-8b"}, engine.Args)
 	require.Equal(t, "1", engine.Resources.Limits.Name("nvidia.com/gpu", resource.DecimalSI).String())
 	require.Equal(t, "/kvasir/wait-for-drain", engine.Lifecycle.PreStop.HTTPGet.Path, "the engine stops after the queue-proxy drained")
 
@@ -86,7 +86,7 @@ func TestMakeDeploymentRolesAndVariants(t *testing.T) {
 	require.Equal(t, "llama-00002-prefill-ascend", d.Name)
 	engine := container(d, d.Spec.Template.Spec.Containers, "engine")
 	require.Equal(t, "ko://sim", engine.Image)
-	require.Equal(t, []string{"--host", "0.0.0.0", "--port", "8000", "--model", "llama-3-8b", "--role=prefill", "--x=1"}, engine.Args)
+	require.Equal(t, []string{"--host", "127.0.0.1", "--port", "8000", "--model", "llama-3-8b", "--role=prefill", "--x=1"}, engine.Args)
 	require.Equal(t, map[string]string{"npu": "910b"}, d.Spec.Template.Spec.NodeSelector)
 	require.Contains(t, engine.Resources.Limits, corev1.ResourceName("huawei.com/ascend-910b"))
 	require.Equal(t, "ascend", d.Spec.Template.Labels[v1alpha1.LabelVariant])
@@ -115,4 +115,149 @@ func TestMakeDeploymentErrorsNameTheField(t *testing.T) {
 		r.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Port: 8000, Command: []string{"serve"}}
 	}), RoleUnified, nil, 1, cfg)
 	require.ErrorContains(t, err, "spec.engine.image")
+}
+
+// lastFlag is the value a flag parser keeps for name in args: the last.
+func lastFlag(args []string, name string) (string, bool) {
+	v, ok := "", false
+	for i, a := range args {
+		switch {
+		case a == name && i+1 < len(args):
+			v, ok = args[i+1], true
+		case len(a) > len(name) && a[:len(name)+1] == name+"=":
+			v, ok = a[len(name)+1:], true
+		}
+	}
+	return v, ok
+}
+
+func env(c corev1.Container, name string) (string, bool) {
+	v, ok := "", false
+	for _, e := range c.Env {
+		if e.Name == name {
+			v, ok = e.Value, true
+		}
+	}
+	return v, ok
+}
+
+// Every engine the platform starts listens on loopback only, where the
+// queue-proxy (the engine URL it is given) is its one client, even when
+// the template's arguments ask for the wildcard; a custom engine is told
+// where through $(HOST) and $(PORT).
+func TestEnginesListenOnLoopback(t *testing.T) {
+	for _, typ := range []v1alpha1.EngineType{v1alpha1.EngineVLLM, v1alpha1.EngineSGLang, v1alpha1.EngineSim} {
+		t.Run(string(typ), func(t *testing.T) {
+			r := revision(func(r *v1alpha1.ModelRevision) {
+				r.Spec.Engine = v1alpha1.EngineSpec{Type: typ, Port: 9000}
+				if typ != v1alpha1.EngineSim { // the simulator's flags are its own; the real engines' last one wins
+					r.Spec.Engine.Args = []string{"--host", "0.0.0.0"}
+				}
+			})
+			d, err := MakeDeployment(r, RoleUnified, nil, 1, cfg)
+			require.NoError(t, err)
+			engine := container(d, d.Spec.Template.Spec.Containers, "engine")
+			host, ok := lastFlag(engine.Args, "--host")
+			require.True(t, ok, "%q", engine.Args)
+			require.Equal(t, "127.0.0.1", host, "%q", engine.Args)
+			qp := container(d, d.Spec.Template.Spec.Containers, "queue-proxy")
+			url, _ := lastFlag(qp.Args, "--engine-url")
+			require.Equal(t, "http://127.0.0.1:9000", url)
+		})
+	}
+	t.Run("custom", func(t *testing.T) {
+		r := revision(func(r *v1alpha1.ModelRevision) {
+			r.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Image: "me/engine", Port: 9000,
+				Command: []string{"serve"}, Args: []string{"--bind=$(HOST):$(PORT)"}}
+		})
+		d, err := MakeDeployment(r, RoleUnified, nil, 1, cfg)
+		require.NoError(t, err)
+		engine := container(d, d.Spec.Template.Spec.Containers, "engine")
+		require.Equal(t, []string{"--bind=$(HOST):$(PORT)"}, engine.Args, "Kubernetes expands them from the environment")
+		host, _ := env(engine, "HOST")
+		port, _ := env(engine, "PORT")
+		require.Equal(t, "127.0.0.1", host)
+		require.Equal(t, "9000", port)
+
+		// The template's own values are the template's.
+		r.Spec.Engine.Env = []corev1.EnvVar{{Name: "PORT", Value: "9000"}}
+		d, err = MakeDeployment(r, RoleUnified, nil, 1, cfg)
+		require.NoError(t, err)
+		engine = container(d, d.Spec.Template.Spec.Containers, "engine")
+		require.Len(t, engine.Env, 2, "PORT once, and HOST: %v", engine.Env)
+	})
+}
+
+// Revision pods meet the restricted Pod Security Standard
+// (https://kubernetes.io/docs/concepts/security/pod-security-standards/):
+// non-root, no privilege escalation, no capabilities, the runtime's
+// seccomp profile, only emptyDir volumes; with no service-account token
+// mounted. The API server's PodSecurity admission checks the same in
+// TestRevisionPodsPassRestrictedAdmission (pkg/reconciler/revision).
+func TestRevisionPodsAreRestricted(t *testing.T) {
+	for _, typ := range []v1alpha1.EngineType{v1alpha1.EngineVLLM, v1alpha1.EngineSGLang, v1alpha1.EngineSim, v1alpha1.EngineCustom} {
+		t.Run(string(typ), func(t *testing.T) {
+			r := revision(func(r *v1alpha1.ModelRevision) {
+				r.Spec.Engine = v1alpha1.EngineSpec{Type: typ, Port: 8000, Image: "img"}
+			})
+			d, err := MakeDeployment(r, RoleUnified, nil, 1, cfg)
+			require.NoError(t, err)
+			spec := d.Spec.Template.Spec
+			require.NotNil(t, spec.AutomountServiceAccountToken)
+			require.False(t, *spec.AutomountServiceAccountToken, "no API credentials in revision pods")
+			require.True(t, *spec.SecurityContext.RunAsNonRoot)
+			require.Equal(t, corev1.SeccompProfileTypeRuntimeDefault, spec.SecurityContext.SeccompProfile.Type)
+			require.False(t, spec.HostNetwork || spec.HostPID || spec.HostIPC)
+			for _, v := range spec.Volumes {
+				require.NotNil(t, v.EmptyDir, "volume %s", v.Name)
+			}
+			for _, c := range spec.Containers {
+				sc := c.SecurityContext
+				require.NotNil(t, sc, c.Name)
+				require.False(t, *sc.AllowPrivilegeEscalation, c.Name)
+				require.Equal(t, []corev1.Capability{"ALL"}, sc.Capabilities.Drop, c.Name)
+				require.Empty(t, sc.Capabilities.Add, c.Name)
+				require.Nil(t, sc.Privileged, c.Name)
+				if sc.RunAsUser != nil {
+					require.NotZero(t, *sc.RunAsUser, c.Name)
+				}
+			}
+			qp := container(d, spec.Containers, "queue-proxy")
+			require.True(t, *qp.SecurityContext.ReadOnlyRootFilesystem, "the queue-proxy writes nothing")
+			require.False(t, qp.Resources.Requests.Cpu().IsZero(), "the queue-proxy's CPU is requested")
+			require.False(t, qp.Resources.Requests.Memory().IsZero(), "and its memory")
+			require.False(t, qp.Resources.Limits.Memory().IsZero(), "and bounded")
+			require.True(t, qp.Resources.Requests.Memory().Cmp(*qp.Resources.Limits.Memory()) < 0)
+
+			engine := container(d, spec.Containers, "engine")
+			switch typ {
+			case v1alpha1.EngineVLLM, v1alpha1.EngineSGLang:
+				// Their images declare root: they run as EngineUID, with a
+				// writable $HOME (model downloads, caches) and /tmp.
+				require.Equal(t, int64(EngineUID), *engine.SecurityContext.RunAsUser)
+				require.Equal(t, int64(EngineUID), *engine.SecurityContext.RunAsGroup)
+				home, _ := env(engine, "HOME")
+				require.Equal(t, EngineHome, home)
+				mounts := map[string]string{}
+				for _, m := range engine.VolumeMounts {
+					mounts[m.MountPath] = m.Name
+				}
+				require.Contains(t, mounts, EngineHome)
+				require.Contains(t, mounts, "/tmp")
+				require.Len(t, spec.Volumes, 2)
+			case v1alpha1.EngineSim:
+				require.True(t, *engine.SecurityContext.ReadOnlyRootFilesystem)
+				require.Empty(t, spec.Volumes)
+			case v1alpha1.EngineCustom:
+				require.Nil(t, engine.SecurityContext.RunAsUser, "a custom image's own (non-root) user")
+			}
+		})
+	}
+	// A template's HOME is kept.
+	d, err := MakeDeployment(revision(func(r *v1alpha1.ModelRevision) {
+		r.Spec.Engine.Env = []corev1.EnvVar{{Name: "HOME", Value: "/models"}}
+	}), RoleUnified, nil, 1, cfg)
+	require.NoError(t, err)
+	home, _ := env(container(d, d.Spec.Template.Spec.Containers, "engine"), "HOME")
+	require.Equal(t, "/models", home)
 }

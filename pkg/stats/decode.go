@@ -1,0 +1,26 @@
+package stats
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Decode reads one message of the stats stream. A message of a kind this
+// version does not know, or without the body its type names, has ok false
+// and no error: readers skip it. A known message carries only the body its
+// type names (Stat for TypeStat, KV for TypeKV). An error means the peer
+// sent something that is not a message at all.
+func Decode(data []byte) (m Message, ok bool, err error) {
+	if err := json.Unmarshal(data, &m); err != nil {
+		return Message{}, false, fmt.Errorf("decode stats message: %w", err)
+	}
+	switch {
+	case m.Type == TypeStat && m.Stat != nil:
+		m.KV = nil
+	case m.Type == TypeKV && m.KV != nil:
+		m.Stat = nil
+	default:
+		return Message{}, false, nil
+	}
+	return m, true, nil
+}

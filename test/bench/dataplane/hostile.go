@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/bench"
+)
+
+// hostile measures the activator under 1,000 hostile slow-body connections
+// (issue 11): its peak RSS, and honest requests' latency next to an idle
+// activator's. Half the attackers announce a 30 MB body and send all of it
+// but the last bytes, then stall; half trickle a small body a byte at a
+// time. Each reconnects when the activator hangs up (after 408, or 503 when
+// the body budget is full, after its Retry-After).
+func hostile(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("hostile", flag.ExitOnError)
+	bin := fs.String("bin", "bin", "directory with the built binaries")
+	conns := fs.Int("conns", 1000, "hostile connections kept open")
+	announce := fs.Int("announce", 30_000_000, "Content-Length the stalling attackers announce")
+	rate := fs.Float64("rate", 200, "honest requests per second")
+	n := fs.Int("num-prompts", 4000, "honest requests per phase")
+	_ = fs.Parse(args)
+	p, err := newProcs()
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	d, err := startPath(ctx, p, *bin, nil, "--zero-latency", "--max-num-seqs", "1024")
+	if err != nil {
+		return err
+	}
+	honest := func(label string) (*bench.Result, error) {
+		cfg := bench.DefaultConfig()
+		cfg.Target, cfg.Model, cfg.Rate, cfg.NumPrompts = d.act, "m", *rate, *n
+		cfg.Stream, cfg.Workload, cfg.InputLen, cfg.OutputLen, cfg.Warmup = false, bench.WorkloadRandom, 16, 1, 200
+		r, err := bench.Run(ctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", label, err)
+		}
+		fmt.Fprintf(os.Stderr, "%-8s %7.1f req/s  p50 %.3f ms  p99 %.3f ms  errors %d\n", label, r.ThroughputRPS, r.E2EP50S*1e3, r.E2EP99S*1e3, r.Errors)
+		return r, nil
+	}
+	idle, err := honest("idle")
+	if err != nil {
+		return err
+	}
+	idleRSS := rssKiB(d.actCmd.Process.Pid)
+
+	actx, stopAttack := context.WithCancel(ctx)
+	var outcomes sync.Map // status -> *atomic.Int64
+	count := func(k string) {
+		v, _ := outcomes.LoadOrStore(k, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+	}
+	var open atomic.Int64
+	var wg sync.WaitGroup
+	addr := strings.TrimPrefix(d.act, "http://")
+	for i := range *conns {
+		wg.Go(func() { attacker(actx, addr, i%2 == 0, *announce, &open, count) })
+	}
+	var peak atomic.Int64
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-actx.Done():
+				return
+			case <-t.C:
+				if v := rssKiB(d.actCmd.Process.Pid); v > peak.Load() {
+					peak.Store(v)
+				}
+			}
+		}
+	}()
+	// Let the attack build up (every attacker connected, the stallers' bodies
+	// sent) before the honest phase.
+	for deadline := time.Now().Add(30 * time.Second); open.Load() < int64(*conns) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(5 * time.Second)
+	attacked, err := honest("attacked")
+	openDuring := open.Load()
+	stopAttack()
+	wg.Wait()
+	<-sampled
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nActivator under %d hostile slow-body connections (%d open during the honest phase); honest load %.0f req/s, %d requests, non-streaming:\n\n",
+		*conns, openDuring, *rate, *n)
+	fmt.Println("| phase | activator RSS (MiB) | honest p50 (ms) | honest p99 (ms) | honest errors |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: |")
+	fmt.Printf("| idle | %.1f | %.3f | %.3f | %d |\n", float64(idleRSS)/1024, idle.E2EP50S*1e3, idle.E2EP99S*1e3, idle.Errors)
+	fmt.Printf("| attacked | %.1f (peak) | %.3f | %.3f | %d |\n", float64(peak.Load())/1024, attacked.E2EP50S*1e3, attacked.E2EP99S*1e3, attacked.Errors)
+	fmt.Printf("\np99 attacked / idle: %.2fx\n\nWhat the attackers were answered:", attacked.E2EP99S/idle.E2EP99S)
+	outcomes.Range(func(k, v any) bool { fmt.Printf(" %s %d;", k, v.(*atomic.Int64).Load()); return true })
+	fmt.Println()
+	return nil
+}
+
+// attacker keeps one hostile connection open until ctx ends: a staller
+// sends all but the last bytes of a large body, a trickler a small body one
+// byte a second.
+func attacker(ctx context.Context, addr string, staller bool, announce int, open *atomic.Int64, count func(string)) {
+	chunk := make([]byte, 64<<10)
+	for i := range chunk {
+		chunk[i] = 'x'
+	}
+	for ctx.Err() == nil {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			count("dial error")
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		open.Add(1)
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		size := announce
+		if !staller {
+			size = 10_000
+		}
+		answered := make(chan string, 1)
+		go func() {
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				answered <- "closed without an answer"
+				return
+			}
+			answered <- strconv.Itoa(resp.StatusCode)
+		}()
+		var outcome string
+		_, err = fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", size)
+		for sent := 0; err == nil && outcome == "" && sent < size-1; {
+			select {
+			case outcome = <-answered: // answered before the body was in (503): stop sending
+				continue
+			default:
+			}
+			if staller {
+				k := min(len(chunk), size-1-sent)
+				_, err = c.Write(chunk[:k])
+				sent += k
+			} else {
+				_, err = c.Write(chunk[:1])
+				sent++
+				sleepCtx(ctx, time.Second)
+			}
+		}
+		if outcome == "" {
+			select {
+			case outcome = <-answered:
+			case <-ctx.Done():
+				outcome = "still open at the end"
+			}
+		}
+		count(outcome)
+		stop()
+		c.Close()
+		open.Add(-1)
+		if outcome == "503" {
+			sleepCtx(ctx, time.Second) // Retry-After
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// rssKiB reads a process's resident set size.
+func rssKiB(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			v, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return v
+		}
+	}
+	return 0
+}
