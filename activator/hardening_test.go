@@ -3,6 +3,7 @@ package activator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/testing/promtest"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
@@ -596,4 +598,86 @@ func TestMetricsWithOneServiceNameInTwoNamespaces(t *testing.T) {
 		require.True(t, ok, ns)
 		require.Equal(t, 1.0, v, ns)
 	}
+}
+
+// WebSocket messages are held within the same limits as HTTP bodies: the
+// body memory budget, the size limit and the body read timeout. A message
+// past one is refused with an error and the connection closed, since a
+// message read in part leaves it unusable.
+func TestWebSocketMessagesAreBoundedLikeBodies(t *testing.T) {
+	type closed struct {
+		code   int
+		reason string
+	}
+	dial := func(t *testing.T, h *harness, bufSize int) *websocket.Conn {
+		d := websocket.Dialer{WriteBufferSize: bufSize}
+		conn, _, err := d.Dial(wsURL(h.srv.URL), nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	// readUntilClose returns the error codes sent and how the server closed.
+	readUntilClose := func(t *testing.T, conn *websocket.Conn) ([]string, closed) {
+		var codes []string
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(time.Minute)))
+		for {
+			_, raw, err := conn.ReadMessage()
+			if ce, ok := errors.AsType[*websocket.CloseError](err); ok {
+				return codes, closed{ce.Code, ce.Text}
+			}
+			require.NoError(t, err, "the server closes the connection before the client's deadline")
+			var m struct {
+				Error *openai.Error `json:"error"`
+			}
+			require.NoError(t, json.Unmarshal(raw, &m))
+			require.NotNil(t, m.Error, string(raw))
+			codes = append(codes, m.Error.Code)
+		}
+	}
+	big := `{"model":"m","prompt":"` + strings.Repeat("x", 2<<20) + `"}`
+
+	t.Run("over the budget", func(t *testing.T) {
+		h := newHarness(t, nil)
+		h.act.bodies.Budget = httpserver.NewBudget(1 << 20)
+		conn := dial(t, h, 0)
+		require.NoError(t, conn.WriteMessage(websocket.TextMessage, []byte(big)))
+		codes, c := readUntilClose(t, conn)
+		require.Equal(t, []string{"server_overloaded"}, codes)
+		require.Equal(t, closed{websocket.CloseTryAgainLater, "server_overloaded"}, c)
+		require.Zero(t, h.act.bodies.Budget.Used(), "the refused message holds nothing")
+	})
+	t.Run("over the size limit", func(t *testing.T) {
+		h := newHarness(t, func(c *Config) { c.MaxBodyBytes = 1 << 20 })
+		conn := dial(t, h, 0)
+		require.NoError(t, conn.WriteMessage(websocket.TextMessage, []byte(big)))
+		codes, c := readUntilClose(t, conn)
+		require.Equal(t, []string{"request_too_large"}, codes)
+		require.Equal(t, closed{websocket.CloseMessageTooBig, "request_too_large"}, c)
+		require.Zero(t, h.act.bodies.Budget.Used())
+	})
+	t.Run("too slow", func(t *testing.T) {
+		h := newHarness(t, nil)
+		h.act.bodies.Timeout = 200 * time.Millisecond
+		conn := dial(t, h, 1024) // a small buffer: the first frames go out at once
+		w, err := conn.NextWriter(websocket.TextMessage)
+		require.NoError(t, err)
+		_, err = w.Write([]byte(big[:4096])) // and the message never ends
+		require.NoError(t, err)
+		codes, c := readUntilClose(t, conn)
+		require.Equal(t, []string{"request_body_timeout"}, codes)
+		require.Equal(t, closed{websocket.ClosePolicyViolation, "request_body_timeout"}, c)
+		require.Zero(t, h.act.bodies.Budget.Used())
+	})
+	t.Run("an idle connection between messages is fine", func(t *testing.T) {
+		h := newHarness(t, nil)
+		h.act.bodies.Timeout = 50 * time.Millisecond
+		h.act.SetEndpoints(key("m-1"), []fleet.Endpoint{okBackend(t, "r")})
+		conn := dial(t, h, 0)
+		time.Sleep(200 * time.Millisecond) // idle for longer than the body timeout: not a slow message
+		require.NoError(t, conn.WriteMessage(websocket.TextMessage, []byte(`{"model":"m","request_id":"a"}`)))
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(time.Minute)))
+		_, raw, err := conn.ReadMessage()
+		require.NoError(t, err)
+		require.NotContains(t, string(raw), `"error"`)
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 )
 
@@ -60,7 +62,8 @@ func (a *Activator) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader has answered with an HTTP error
 	}
-	conn.SetReadLimit(a.cfg.MaxBodyBytes)
+	// No read limit of gorilla's own: readMessage enforces MaxBodyBytes and
+	// the budget on what actually arrives, and answers why it refused.
 	c := &wsConn{a: a, conn: conn, path: r.URL.Path, hdr: forwardableHeaders(r.Header), tag: r.Header.Get(TagHeader),
 		active: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -72,19 +75,18 @@ func (a *Activator) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}()
 	sem := make(chan struct{}, a.cfg.MaxWebSocketInFlight)
 	for {
-		mt, msg, err := conn.ReadMessage()
-		if err != nil {
-			if websocket.IsUnexpectedCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) {
-				a.log.Debug("websocket closed", slog.Any("error", err))
-			}
+		mt, held, ok := c.readMessage()
+		if !ok {
 			return
 		}
 		if mt != websocket.TextMessage {
+			held.Release()
 			c.sendError(nil, openai.Err(openai.TypeInvalidRequest, "invalid_message", "send each request as one text message"))
 			continue
 		}
-		obj, err := openai.Parse(msg)
+		obj, err := openai.Parse(held.Bytes)
 		if err != nil {
+			held.Release()
 			c.sendError(nil, openai.ParseError(err))
 			continue
 		}
@@ -96,6 +98,7 @@ func (a *Activator) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		if hasID {
 			var ok bool
 			if free, ok = c.claim(idKey(id)); !ok {
+				held.Release()
 				c.sendError(id, openai.Err(openai.TypeInvalidRequest, "duplicate_request_id",
 					"request_id "+string(id)+" is already in flight on this connection; reuse it after its \"done\" or error"))
 				continue
@@ -105,6 +108,7 @@ func (a *Activator) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		case sem <- struct{}{}:
 		default:
 			free()
+			held.Release()
 			c.sendError(id, openai.Err(openai.TypeRateLimit, "too_many_in_flight",
 				"too many requests in flight on this connection: "+strconv.Itoa(a.cfg.MaxWebSocketInFlight)))
 			continue
@@ -117,9 +121,60 @@ func (a *Activator) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			defer free() // in case no last message could be sent
+			defer held.Release()
 			c.serve(ctx, obj, id, free)
 		}()
 	}
+}
+
+// readMessage reads the next whole message within the body limits of the
+// HTTP API: once its first frame is in, the rest must arrive within the
+// body read timeout, and it is held in memory within the shared budget. ok
+// is false when the connection cannot go on (closed, too slow, too large,
+// or the budget is full: the client is told why, then the connection is
+// closed, since a message read in part leaves it unusable).
+func (c *wsConn) readMessage() (mt int, held *httpserver.Body, ok bool) {
+	mt, rd, err := c.conn.NextReader()
+	if err != nil {
+		if websocket.IsUnexpectedCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) {
+			c.a.log.Debug("websocket closed", slog.Any("error", err))
+		}
+		return 0, nil, false
+	}
+	if t := c.a.bodies.Timeout; t > 0 {
+		_ = c.conn.SetReadDeadline(time.Now().Add(t))
+	}
+	held, f := c.a.bodies.ReadMessage(rd)
+	_ = c.conn.SetReadDeadline(time.Time{}) // idle between messages is fine
+	if f != nil {
+		c.sendError(nil, f.Err)
+		code := websocket.CloseMessageTooBig
+		switch f.Status {
+		case http.StatusServiceUnavailable:
+			code = websocket.CloseTryAgainLater
+		case http.StatusRequestTimeout, http.StatusBadRequest:
+			code = websocket.ClosePolicyViolation
+		}
+		c.mu.Lock()
+		_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, f.Err.Code), time.Now().Add(time.Second))
+		c.mu.Unlock()
+		lingerClose(c.conn.UnderlyingConn())
+		return 0, nil, false
+	}
+	return mt, held, true
+}
+
+// lingerClose closes a connection whose client may still be sending (the
+// rest of a message refused): it half-closes, discards what arrives for up
+// to a second, then closes, so that the client reads the close frame
+// rather than a reset that would discard it.
+func lingerClose(conn net.Conn) {
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, conn)
+	}
+	_ = conn.Close()
 }
 
 // idKey is the identity of a raw request_id: ids equal as JSON values are

@@ -75,12 +75,7 @@ func (br *BodyReader) Read(w http.ResponseWriter, r *http.Request) (*Body, *Fail
 	if r.ContentLength > br.MaxBytes {
 		return nil, &Failure{Status: http.StatusRequestEntityTooLarge, Err: openai.ErrBodyTooLarge}
 	}
-	b := &Body{budget: br.Budget}
-	limit := br.MaxBytes + 1 // one more byte tells a chunked body over the limit
-	if r.ContentLength >= 0 {
-		limit = r.ContentLength
-	}
-	if r.ContentLength > 0 && !b.reserve(r.ContentLength) {
+	if r.ContentLength > 0 && br.Budget != nil && !br.Budget.TryAcquire(r.ContentLength) {
 		return nil, &Failure{Status: http.StatusServiceUnavailable, Err: ErrBodyBudget, RetryAfter: time.Second}
 	}
 	if br.Timeout > 0 {
@@ -92,27 +87,41 @@ func (br *BodyReader) Read(w http.ResponseWriter, r *http.Request) (*Body, *Fail
 			defer rc.SetReadDeadline(time.Time{})
 		}
 	}
+	return br.read(r.Body, r.ContentLength)
+}
+
+// ReadMessage reads a whole message of unknown length from rd (a WebSocket
+// message, say) within MaxBytes and the budget. The caller bounds the time
+// it may take (a read deadline on its connection).
+func (br *BodyReader) ReadMessage(rd io.Reader) (*Body, *Failure) { return br.read(rd, -1) }
+
+// read reads a body of the given length (-1: unknown). A known length was
+// taken from the budget by the caller.
+func (br *BodyReader) read(rd io.Reader, length int64) (*Body, *Failure) {
+	b := &Body{budget: br.Budget, reserved: max(length, 0)}
+	limit := br.MaxBytes + 1 // one more byte tells a body of unknown length over the limit
 	// A body of known length, its memory already taken from the budget,
 	// is allocated once: a fresh allocation's pages become resident only
 	// as bytes arrive, and no doubling leaves garbage behind. One of
 	// unknown length grows as it arrives.
 	buf := make([]byte, 0, min(limit, firstChunk))
-	if r.ContentLength > 0 {
-		buf = make([]byte, 0, r.ContentLength)
+	if length >= 0 {
+		limit = length
+		buf = make([]byte, 0, length)
 	}
 	for {
 		if len(buf) == cap(buf) {
 			if int64(len(buf)) >= limit {
-				break // a body with a length is read to it; a chunked one is too large
+				break // a body with a length is read to it; one without is too large
 			}
 			next := min(max(2*int64(cap(buf)), firstChunk), limit)
-			if r.ContentLength < 0 && !b.reserve(next-b.reserved) {
+			if length < 0 && !b.reserve(next-b.reserved) {
 				b.Release()
 				return nil, &Failure{Status: http.StatusServiceUnavailable, Err: ErrBodyBudget, RetryAfter: time.Second}
 			}
 			buf = append(buf, make([]byte, next-int64(len(buf)))...)[:len(buf)]
 		}
-		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		n, err := rd.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
 			break
@@ -122,7 +131,7 @@ func (br *BodyReader) Read(w http.ResponseWriter, r *http.Request) (*Body, *Fail
 			return nil, readFailure(err)
 		}
 	}
-	if r.ContentLength < 0 && int64(len(buf)) > br.MaxBytes {
+	if length < 0 && int64(len(buf)) > br.MaxBytes {
 		b.Release()
 		return nil, &Failure{Status: http.StatusRequestEntityTooLarge, Err: openai.ErrBodyTooLarge}
 	}
