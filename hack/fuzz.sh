@@ -17,7 +17,8 @@ FUZZTIME=${FUZZTIME:-30s}
 FUZZMINIMIZETIME=${FUZZMINIMIZETIME:-1s}
 pick=${1:-.}
 
-# The targets: package, then target. Each lives in its package's fuzz_test.go.
+# The targets: package, then target. Each lives in its package's
+# fuzz_test.go, but for the older FuzzAppendChatJSON.
 targets=(
 	"./pkg/openai FuzzParse"
 	"./pkg/openai FuzzSetDelete"
@@ -29,11 +30,12 @@ targets=(
 	"./pkg/kvindex FuzzApply"
 	"./queueproxy FuzzEngineMetrics"
 	"./pkg/local FuzzLoad"
+	"./pkg/prompt FuzzAppendChatJSON"
 )
 
 # Every fuzz target of the tree is listed above.
 listed=$(printf '%s\n' "${targets[@]}" | awk '{print $2}' | sort)
-found=$(git ls-files --cached --others --exclude-standard '*fuzz_test.go' | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | sed 's/^func //' | sort)
+found=$(git ls-files --cached --others --exclude-standard '*_test.go' | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | sed 's/^func //' | sort)
 if [[ "$listed" != "$found" ]]; then
 	echo "hack/fuzz.sh: the target list differs from the Fuzz functions in the tree:" >&2
 	diff <(echo "$listed") <(echo "$found") >&2 || true

@@ -48,11 +48,14 @@ type member struct {
 	// decoded is the key as a JSON decoder reads it, set only when that
 	// differs from the raw bytes (escapes, or invalid UTF-8, which decoders
 	// replace with U+FFFD); empty otherwise, and the raw bytes are the key.
-	decoded      string
-	kStart, kEnd int // raw key bytes, between the quotes
-	start, end   int // span of the whole "key": value
-	vStart       int // start of the value
+	decoded    string
+	start, end int // span of the whole "key": value
+	kEnd       int // end of the raw key: its bytes are raw[start+1:kEnd]
+	vStart     int // start of the value
 }
+
+// rawKey returns the bytes of m's key between its quotes.
+func (o *Object) rawKey(m *member) []byte { return o.raw[m.start+1 : m.kEnd] }
 
 // dupIndexAt is the member count from which Parse finds duplicate keys with
 // a map instead of comparing each key with every earlier one.
@@ -96,12 +99,12 @@ func Parse(body []byte) (Object, error) {
 			if end < 0 {
 				return Object{}, ErrMalformedJSONValue
 			}
-			m := member{kStart: start + 1, kEnd: kEnd - 1, start: start, end: end, vStart: vStart}
+			m := member{start: start, end: end, kEnd: kEnd - 1, vStart: vStart}
 			if dup == nil {
-				m.decoded = decodeKey(body[m.kStart:m.kEnd])
+				m.decoded = decodeKey(body[start+1 : kEnd-1])
 				// A repeated key is reported once the rest is known to be
 				// valid JSON: malformed JSON is the first thing to fix.
-				seen, dup = o.add(m, seen)
+				seen, dup = o.add(&m, seen)
 			}
 			i = s.ws(end)
 			if i >= len(body) {
@@ -129,56 +132,54 @@ func Parse(body []byte) (Object, error) {
 // add appends m, or returns a *DuplicateKeyError when its key is taken.
 // Keys are compared pairwise, without allocating, up to dupIndexAt members;
 // from there on through seen, which add creates then and returns.
-func (o *Object) add(m member, seen map[string]struct{}) (map[string]struct{}, error) {
-	if seen != nil {
+func (o *Object) add(m *member, seen map[string]struct{}) (map[string]struct{}, error) {
+	key := o.rawKey(m)
+	switch {
+	case seen != nil:
 		var dup bool
 		if m.decoded != "" {
 			_, dup = seen[m.decoded]
 		} else {
-			_, dup = seen[string(o.raw[m.kStart:m.kEnd])]
+			_, dup = seen[string(key)]
 		}
 		if dup {
 			return nil, &DuplicateKeyError{Key: o.name(m)}
 		}
 		seen[o.name(m)] = struct{}{}
-	} else {
-		for _, prev := range o.members {
-			if o.sameKey(prev, m) {
-				return nil, &DuplicateKeyError{Key: o.name(m)}
-			}
+	case m.decoded != "":
+		if o.index(m.decoded) >= 0 {
+			return nil, &DuplicateKeyError{Key: m.decoded}
 		}
-		if len(o.members)+1 == dupIndexAt {
-			seen = make(map[string]struct{}, 2*dupIndexAt)
-			for _, prev := range o.members {
-				seen[o.name(prev)] = struct{}{}
+	default:
+		for i := range o.members {
+			p := &o.members[i]
+			if p.decoded == "" {
+				if p.kEnd-p.start == m.kEnd-m.start && string(o.rawKey(p)) == string(key) {
+					return nil, &DuplicateKeyError{Key: string(key)}
+				}
+			} else if p.decoded == string(key) {
+				return nil, &DuplicateKeyError{Key: string(key)}
 			}
-			seen[o.name(m)] = struct{}{}
 		}
 	}
-	o.members = append(o.members, m)
+	if seen == nil && len(o.members)+1 == dupIndexAt {
+		seen = make(map[string]struct{}, 2*dupIndexAt)
+		for i := range o.members {
+			seen[o.name(&o.members[i])] = struct{}{}
+		}
+		seen[o.name(m)] = struct{}{}
+	}
+	o.members = append(o.members, *m)
 	return seen, nil
-}
-
-// sameKey reports whether members a and b have the same decoded key.
-func (o *Object) sameKey(a, b member) bool {
-	switch {
-	case a.decoded == "" && b.decoded == "":
-		return bytes.Equal(o.raw[a.kStart:a.kEnd], o.raw[b.kStart:b.kEnd])
-	case a.decoded != "" && b.decoded != "":
-		return a.decoded == b.decoded
-	case a.decoded != "":
-		return a.decoded == string(o.raw[b.kStart:b.kEnd])
-	}
-	return b.decoded == string(o.raw[a.kStart:a.kEnd])
 }
 
 // name returns the decoded key of m (a copy of the raw bytes when they are
 // the key).
-func (o *Object) name(m member) string {
+func (o *Object) name(m *member) string {
 	if m.decoded != "" {
 		return m.decoded
 	}
-	return string(o.raw[m.kStart:m.kEnd])
+	return string(o.rawKey(m))
 }
 
 // index returns the position of the member whose decoded key is key, or -1.
@@ -188,13 +189,14 @@ func (o *Object) index(key string) int {
 	if !utf8.ValidString(key) {
 		key = string([]rune(key))
 	}
-	for idx, m := range o.members {
+	for i := range o.members {
+		m := &o.members[i]
 		if m.decoded != "" {
 			if m.decoded == key {
-				return idx
+				return i
 			}
-		} else if string(o.raw[m.kStart:m.kEnd]) == key {
-			return idx
+		} else if m.kEnd-m.start-1 == len(key) && string(o.rawKey(m)) == key {
+			return i
 		}
 	}
 	return -1

@@ -51,8 +51,8 @@ func FuzzSetDelete(f *testing.F) {
 		name := string([]rune(key))
 		others := func(t *testing.T, got Object) {
 			t.Helper()
-			for _, m := range o.members {
-				k := o.name(m)
+			for i := range o.members {
+				k := o.name(&o.members[i])
 				if k == name {
 					continue
 				}

@@ -5,16 +5,21 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/bench"
+	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 )
 
 // hostile measures the activator under 1,000 hostile slow-body connections
@@ -30,6 +35,9 @@ func hostile(ctx context.Context, args []string) error {
 	announce := fs.Int("announce", 30_000_000, "Content-Length the stalling attackers announce")
 	rate := fs.Float64("rate", 200, "honest requests per second")
 	n := fs.Int("num-prompts", 4000, "honest requests per phase")
+	profile := fs.String("cpuprofile", "", "write the activator's CPU profile of the attacked phase to this file")
+	elsewhere := fs.Bool("attack-elsewhere", false, "control run: aim the attack at a second activator process "+
+		"(same queue-proxy) while the honest load goes to the first, to measure what the attack costs the machine alone")
 	_ = fs.Parse(args)
 	p, err := newProcs()
 	if err != nil {
@@ -57,18 +65,36 @@ func hostile(ctx context.Context, args []string) error {
 	}
 	idleRSS := rssKiB(d.actCmd.Process.Pid)
 
+	// The attackers run in a process of their own, at the lowest priority:
+	// in this process they would share the honest client's Go scheduler,
+	// and on a 2-core machine their own CPU would be what slows the honest
+	// path, which no attacker elsewhere on a network takes from a server.
+	// The activator's work on their connections keeps its normal priority.
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	target := strings.TrimPrefix(d.act, "http://")
+	if *elsewhere {
+		port := freePort()
+		if _, err := p.start("activator-attacked", filepath.Join(*bin, "activator"), "--addr", "127.0.0.1:"+strconv.Itoa(port),
+			"--admin-addr", "127.0.0.1:0", "--model", "m", "--backend", strings.TrimPrefix(d.qp, "http://"), "--log-level", "warn"); err != nil {
+			return err
+		}
+		target = "127.0.0.1:" + strconv.Itoa(port)
+		if err := waitOK(ctx, "http://"+target+"/healthz", 30*time.Second); err != nil {
+			return err
+		}
+	}
+	attackCmd := exec.Command("nice", "-n", "19", self, "hostile-attack", "--addr", target,
+		"--conns", strconv.Itoa(*conns), "--announce", strconv.Itoa(*announce))
+	var outcomes strings.Builder
+	attackCmd.Stdout, attackCmd.Stderr = &outcomes, os.Stderr
+	attackCmd.SysProcAttr = process.DieWithParent(nil)
+	if err := attackCmd.Start(); err != nil {
+		return fmt.Errorf("start the attackers: %w", err)
+	}
 	actx, stopAttack := context.WithCancel(ctx)
-	var outcomes sync.Map // status -> *atomic.Int64
-	count := func(k string) {
-		v, _ := outcomes.LoadOrStore(k, new(atomic.Int64))
-		v.(*atomic.Int64).Add(1)
-	}
-	var open atomic.Int64
-	var wg sync.WaitGroup
-	addr := strings.TrimPrefix(d.act, "http://")
-	for i := range *conns {
-		wg.Go(func() { attacker(actx, addr, i%2 == 0, *announce, &open, count) })
-	}
 	var peak atomic.Int64
 	sampled := make(chan struct{})
 	go func() {
@@ -86,28 +112,62 @@ func hostile(ctx context.Context, args []string) error {
 			}
 		}
 	}()
-	// Let the attack build up (every attacker connected, the stallers' bodies
-	// sent) before the honest phase.
-	for deadline := time.Now().Add(30 * time.Second); open.Load() < int64(*conns) && time.Now().Before(deadline); {
-		time.Sleep(100 * time.Millisecond)
+	// Let the attack build up: every attacker connected, the stallers'
+	// bodies sent.
+	time.Sleep(15 * time.Second)
+	profiled := make(chan error, 1)
+	if *profile != "" {
+		go func() { profiled <- saveProfile(d.actAdmin+"/debug/pprof/profile?seconds=10", *profile) }()
 	}
-	time.Sleep(5 * time.Second)
 	attacked, err := honest("attacked")
-	openDuring := open.Load()
+	if *profile != "" {
+		if perr := <-profiled; perr != nil {
+			fmt.Fprintln(os.Stderr, "cpu profile:", perr)
+		}
+	}
 	stopAttack()
-	wg.Wait()
 	<-sampled
+	_ = attackCmd.Process.Signal(syscall.SIGTERM)
+	_ = attackCmd.Wait()
 	if err != nil {
 		return err
 	}
-	fmt.Printf("\nActivator under %d hostile slow-body connections (%d open during the honest phase); honest load %.0f req/s, %d requests, non-streaming:\n\n",
-		*conns, openDuring, *rate, *n)
+	where := "the activator the honest load goes to"
+	if *elsewhere {
+		where = "a second activator process (control: the honest load's activator is not attacked)"
+	}
+	fmt.Printf("\n%d hostile slow-body connections (their own process, nice 19) against %s; honest load %.0f req/s, %d requests, non-streaming:\n\n",
+		*conns, where, *rate, *n)
 	fmt.Println("| phase | activator RSS (MiB) | honest p50 (ms) | honest p99 (ms) | honest errors |")
 	fmt.Println("| --- | ---: | ---: | ---: | ---: |")
 	fmt.Printf("| idle | %.1f | %.3f | %.3f | %d |\n", float64(idleRSS)/1024, idle.E2EP50S*1e3, idle.E2EP99S*1e3, idle.Errors)
 	fmt.Printf("| attacked | %.1f (peak) | %.3f | %.3f | %d |\n", float64(peak.Load())/1024, attacked.E2EP50S*1e3, attacked.E2EP99S*1e3, attacked.Errors)
-	fmt.Printf("\np99 attacked / idle: %.2fx\n\nWhat the attackers were answered:", attacked.E2EP99S/idle.E2EP99S)
-	outcomes.Range(func(k, v any) bool { fmt.Printf(" %s %d;", k, v.(*atomic.Int64).Load()); return true })
+	fmt.Printf("\np99 attacked / idle: %.2fx\n\nWhat the attackers were answered: %s\n", attacked.E2EP99S/idle.E2EP99S,
+		strings.TrimSpace(outcomes.String()))
+	return nil
+}
+
+// hostileAttack is the attackers' process: it keeps conns hostile
+// connections open against addr until SIGTERM, then prints what they were
+// answered.
+func hostileAttack(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("hostile-attack", flag.ExitOnError)
+	addr := fs.String("addr", "", "activator host:port")
+	conns := fs.Int("conns", 1000, "hostile connections kept open")
+	announce := fs.Int("announce", 30_000_000, "Content-Length the stalling attackers announce")
+	_ = fs.Parse(args)
+	var outcomes sync.Map // outcome -> *atomic.Int64
+	count := func(k string) {
+		v, _ := outcomes.LoadOrStore(k, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+	}
+	var open atomic.Int64
+	var wg sync.WaitGroup
+	for i := range *conns {
+		wg.Go(func() { attacker(ctx, *addr, i%2 == 0, *announce, &open, count) })
+	}
+	wg.Wait()
+	outcomes.Range(func(k, v any) bool { fmt.Printf("%s %d; ", k, v.(*atomic.Int64).Load()); return true })
 	fmt.Println()
 	return nil
 }
@@ -197,4 +257,20 @@ func rssKiB(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// saveProfile fetches a pprof profile into a file.
+func saveProfile(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
 }

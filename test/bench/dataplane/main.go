@@ -49,6 +49,8 @@ func main() {
 		err = streams(ctx, os.Args[2:])
 	case "hostile":
 		err = hostile(ctx, os.Args[2:])
+	case "hostile-attack": // the attackers' process of `hostile`
+		err = hostileAttack(ctx, os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown benchmark %q", os.Args[1])
 	}
