@@ -4,6 +4,7 @@ package manifests
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -133,4 +134,65 @@ func TestNetworkPoliciesLetOnlyActivatorsIn(t *testing.T) {
 		require.False(t, netpol.Allows(revPolicies, pod, from, resources.QueueProxyPort), "%s reaches a queue-proxy", name)
 	}
 	require.False(t, netpol.Allows(revPolicies, pod, activator, 8000), "the engine is behind its queue-proxy")
+}
+
+// ko resolves only YAML strings that are wholly a ko:// reference: one
+// inside a larger string (a flag=value argument, a command line in one
+// string) reaches the cluster unresolved and every pod using it fails with
+// InvalidImageName. Every ko:// in config/ and examples/ stands alone and
+// names a main package of this repository.
+func TestKoReferencesStandAlone(t *testing.T) {
+	root := kubetest.RepoRoot()
+	const module = "github.com/kvasir-serving/kvasir/"
+	var files []string
+	for _, dir := range []string{"config", "examples"} {
+		matches, err := filepath.Glob(filepath.Join(root, dir, "*.yaml"))
+		require.NoError(t, err)
+		files = append(files, matches...)
+	}
+	refs := 0
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for i, doc := range separator.Split(string(data), -1) {
+			var obj any
+			require.NoError(t, yaml.Unmarshal([]byte(doc), &obj), "%s document %d", f, i+1)
+			for _, s := range yamlStrings(obj) {
+				if !strings.Contains(s, "ko://") {
+					continue
+				}
+				where := fmt.Sprintf("%s document %d: %q", filepath.Base(f), i+1, s)
+				require.True(t, strings.HasPrefix(s, "ko://"+module), "%s: ko resolves only a string that is wholly ko://%s...", where, module)
+				pkg := strings.TrimPrefix(s, "ko://"+module)
+				require.Regexp(t, `^[a-z0-9/_-]+$`, pkg, where)
+				main, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(pkg), "main.go"))
+				require.NoError(t, err, "%s: no main package there", where)
+				require.Contains(t, string(main), "package main", where)
+				refs++
+			}
+		}
+	}
+	require.GreaterOrEqual(t, refs, 4, "config/ builds the controller, activator, queue-proxy and simulator images")
+}
+
+// yamlStrings returns every string, key or value, in a decoded document.
+func yamlStrings(v any) []string {
+	switch v := v.(type) {
+	case string:
+		return []string{v}
+	case []any:
+		var out []string
+		for _, e := range v {
+			out = append(out, yamlStrings(e)...)
+		}
+		return out
+	case map[string]any:
+		var out []string
+		for k, e := range v {
+			out = append(out, k)
+			out = append(out, yamlStrings(e)...)
+		}
+		return out
+	}
+	return nil
 }
