@@ -2,7 +2,7 @@ GO ?= go
 BIN := bin
 BINARIES := kvasir activator queue-proxy engine-sim controller
 
-.PHONY: all build test run vet fmt clean envtest-assets deploy
+.PHONY: all build test run vet fmt clean envtest-assets cluster-assets cluster cluster-down deploy
 
 all: build
 
@@ -16,13 +16,31 @@ build:
 envtest-assets:
 	@hack/envtest-assets.sh >/dev/null
 
-# test also runs every fuzz target's seed corpus (testdata/fuzz/, f.Add)
-# and cross-compiles for macOS, where kvasir local and kvasir bench run too.
-test: envtest-assets
-	$(GO) vet ./...
+# The real single-node cluster's tools (ko, crane, CoreDNS, pause,
+# mkimage), built from the module proxy into a cache directory; only where
+# the cluster can run (Linux, root), as test/cluster is skipped elsewhere.
+cluster-assets:
+	@if [ "$$(uname -s)" = Linux ] && [ "$$(id -u)" = 0 ]; then hack/cluster-assets.sh >/dev/null; fi
+
+# A real single-node Kubernetes cluster on this machine (root; see
+# docs/kubernetes.md): prints its kubeconfig. Then
+#   . /var/lib/kvasir-cluster/env && ko apply -f config/
+cluster:
+	@hack/cluster-up.sh
+
+# Tears the cluster down and removes everything it made.
+cluster-down:
+	@hack/cluster-down.sh
+
+# test also runs every fuzz target's seed corpus (testdata/fuzz/, f.Add),
+# cross-compiles for macOS, where kvasir local and kvasir bench run too,
+# and installs Kvasir with ko on a real cluster (test/cluster). vet builds
+# with ko's flags (CGO_ENABLED=0, -trimpath) so that ko then only links.
+test: envtest-assets cluster-assets
+	CGO_ENABLED=0 GOFLAGS="$$GOFLAGS -trimpath" $(GO) vet ./...
 	GOOS=darwin GOARCH=arm64 $(GO) build ./...
 	GOOS=darwin GOARCH=arm64 $(GO) vet ./...
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" $(GO) test -race -count=1 ./...
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" $(GO) test -race -count=1 -timeout=45m ./...
 
 # Runs every fuzz target (listed in hack/fuzz.sh) for FUZZTIME each, one
 # after another; a failing input lands in its package's testdata/fuzz/.

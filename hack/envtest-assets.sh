@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test control plane (kube-apiserver and etcd for envtest, plus
-# kube-controller-manager and kubectl) from the Go module proxy into a
+# kube-controller-manager and kubectl) and the node binaries of the real test
+# cluster (kubelet, kube-scheduler, kube-proxy) from the Go module proxy into a
 # cache directory outside the repository, and prints that directory (use it
 # as KUBEBUILDER_ASSETS). Nothing prebuilt is downloaded. A second run with
 # the binaries in place does nothing.
@@ -11,7 +12,7 @@ ETCD_VERSION=${ETCD_VERSION:-3.6.5}
 DEST=${KVASIR_ENVTEST_ASSETS:-${XDG_CACHE_HOME:-$HOME/.cache}/kvasir/envtest/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}}
 
 kube_cmds=()
-for b in kube-apiserver kube-controller-manager kubectl; do
+for b in kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy; do
   [[ -x "$DEST/$b" ]] || kube_cmds+=("k8s.io/kubernetes/cmd/$b")
 done
 if [[ ${#kube_cmds[@]} -eq 0 && -x "$DEST/etcd" ]]; then
