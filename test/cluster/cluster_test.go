@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -224,6 +225,27 @@ func TestKoApplyOnARealCluster(t *testing.T) {
 	requireDropped(t, &net.UDPAddr{IP: net.ParseIP(nodeIP)}, &net.UDPAddr{IP: net.ParseIP("198.51.100.1"), Port: 9})
 	requireDropped(t, nil, &net.UDPAddr{IP: net.ParseIP("10.96.255.254"), Port: 9})
 
+	// The cluster's own surfaces: the API server and the kubelet refuse
+	// anyone without a client certificate of the cluster's CA, and none of
+	// its ports listens on an address other machines could reach.
+	insecure := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // an anonymous stranger
+	for _, url := range []string{"https://" + nodeIP + ":6443/api/v1/secrets", "https://" + nodeIP + ":10250/pods"} {
+		resp, err := insecure.Get(url)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "anonymous %s", url)
+	}
+	for _, addr := range outsideAddrs(t) {
+		for _, port := range []string{"6443", "10250", "5000", "32379", "10257", "10259", "10249", "10256"} {
+			conn, err := net.DialTimeout("tcp", net.JoinHostPort(addr, port), time.Second)
+			if err == nil {
+				conn.Close()
+			}
+			require.Error(t, err, "%s:%s is reachable from outside", addr, port)
+		}
+	}
+
 	// Install.
 	start := time.Now()
 	t.Logf("ko apply -f config/:\n%s", k.mustRun(t, "ko", "apply", "-f", "config/"))
@@ -316,6 +338,28 @@ func TestKoApplyOnARealCluster(t *testing.T) {
 			k.c.List(ctx, &deps, client.InNamespace("default")) == nil && len(deps.Items) == 0 &&
 			k.c.List(ctx, &pods, client.InNamespace("default")) == nil && len(pods.Items) == 0
 	}, wait, tick, "revisions, Deployments and pods are gone")
+}
+
+// outsideAddrs lists this machine's addresses on interfaces other than
+// loopback and the cluster's bridge.
+func outsideAddrs(t *testing.T) []string {
+	t.Helper()
+	ifaces, err := net.Interfaces()
+	require.NoError(t, err)
+	var out []string
+	for _, i := range ifaces {
+		if i.Flags&net.FlagLoopback != 0 || i.Name == bridge || i.Flags&net.FlagUp == 0 {
+			continue
+		}
+		addrs, err := i.Addrs()
+		require.NoError(t, err)
+		for _, a := range addrs {
+			if ip, ok := a.(*net.IPNet); ok && ip.IP.To4() != nil {
+				out = append(out, ip.IP.String())
+			}
+		}
+	}
+	return out
 }
 
 func (k *cluster) mustRun(t *testing.T, name string, args ...string) string {
