@@ -196,3 +196,33 @@ func yamlStrings(v any) []string {
 	}
 	return nil
 }
+
+// ko reads its configuration only from a file named .ko.yaml (viper, config
+// name ".ko"): a ko.yaml beside it is silently ignored, with its base image,
+// platforms and link flags. Every build it names is a main package here.
+func TestKoConfigIsRead(t *testing.T) {
+	root := kubetest.RepoRoot()
+	_, err := os.Stat(filepath.Join(root, "ko.yaml"))
+	require.ErrorIs(t, err, os.ErrNotExist, "ko ignores ko.yaml: name it .ko.yaml")
+	data, err := os.ReadFile(filepath.Join(root, ".ko.yaml"))
+	require.NoError(t, err)
+	var cfg struct {
+		DefaultBaseImage string   `json:"defaultBaseImage"`
+		DefaultPlatforms []string `json:"defaultPlatforms"`
+		Builds           []struct {
+			ID      string   `json:"id"`
+			Main    string   `json:"main"`
+			Env     []string `json:"env"`
+			Ldflags []string `json:"ldflags"`
+		} `json:"builds"`
+	}
+	require.NoError(t, yaml.UnmarshalStrict(data, &cfg))
+	require.NotEmpty(t, cfg.DefaultBaseImage)
+	require.Contains(t, cfg.DefaultPlatforms, "linux/amd64")
+	require.NotEmpty(t, cfg.Builds)
+	for _, b := range cfg.Builds {
+		main, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(b.Main), "main.go"))
+		require.NoError(t, err, "build %s", b.ID)
+		require.Contains(t, string(main), "package main", "build %s", b.ID)
+	}
+}
