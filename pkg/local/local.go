@@ -11,16 +11,20 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
+	"github.com/kvasir-serving/kvasir/pkg/engine"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
@@ -244,11 +248,10 @@ func Run(ctx context.Context, opts Options) error {
 // roleArgs after the engine's own arguments.
 func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alpha1.ScalingSpec, roleArgs []string,
 	minInitial int, onReady func()) (*revisionState, error) {
-	engine, env, err := engineCommand(ms, p.opts.Self)
+	engine, env, err := engineCommand(ms, p.opts.Self, key.Role, roleArgs, os.LookupEnv)
 	if err != nil {
 		return nil, err
 	}
-	engine = append(engine, roleArgs...)
 	tmpl := ms.Spec.Template
 	qpArgs := []string{"--container-concurrency", strconv.Itoa(tmpl.ContainerConcurrency),
 		"--request-timeout", (time.Duration(tmpl.TimeoutSeconds) * time.Second).String()}
@@ -311,43 +314,89 @@ func (p *Platform) stopRole(rs *revisionState) {
 	p.mu.Unlock()
 }
 
-// engineCommand returns the argv and extra environment of a revision's engine.
-func engineCommand(ms *v1alpha1.ModelService, self []string) ([]string, []string, error) {
+// engineCommand returns the argv and extra environment of a revision's
+// engine (pkg/engine builds the command line, as for Kubernetes). The
+// template's valueFrom variables are read from kvasir local's own
+// environment, through lookup (see LocalEnvName).
+func engineCommand(ms *v1alpha1.ModelService, self []string, role string, roleArgs []string,
+	lookup func(string) (string, bool)) ([]string, []string, error) {
 	e := ms.Spec.Template.Engine
-	model := ms.Spec.Model
-	var argv []string
-	switch {
-	case len(e.Command) > 0:
-		argv = append(append(argv, e.Command...), e.Args...)
-	case e.Type == v1alpha1.EngineSim:
-		argv = append(append([]string(nil), self...), "sim", "--port", "$(PORT)", "--model", model)
-		for _, ad := range ms.Spec.LoRAAdapters { // the simulator serves the declared adapters
-			argv = append(argv, "--lora-modules", ad+"="+ad)
-		}
-		argv = append(argv, e.Args...)
-	case e.Type == v1alpha1.EngineVLLM:
-		argv = []string{"vllm", "serve"}
-		if len(e.Args) == 0 {
-			argv = append(argv, model)
-		}
-		argv = append(append(argv, e.Args...), "--port", "$(PORT)", "--served-model-name", model)
-	case e.Type == v1alpha1.EngineSGLang:
-		argv = []string{"python3", "-m", "sglang.launch_server"}
-		if len(e.Args) == 0 {
-			argv = append(argv, "--model-path", model)
-		}
-		argv = append(append(argv, e.Args...), "--port", "$(PORT)", "--served-model-name", model)
-	default:
+	if e.Type == v1alpha1.EngineCustom && len(e.Command) == 0 {
 		return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.command: required for engine type %q in local mode", ms.Name, e.Type)
 	}
-	var env []string
-	for i, v := range e.Env {
-		if v.ValueFrom != nil {
-			return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.env[%d].valueFrom: not supported in local mode", ms.Name, i)
-		}
-		env = append(env, v.Name+"="+v.Value)
+	launch, err := engine.Build(engine.Spec{Engine: e, Model: ms.Spec.Model, LoRAAdapters: ms.Spec.LoRAAdapters,
+		Role: role, RoleArgs: roleArgs, Port: engine.PortVar, SimCommand: append(append([]string(nil), self...), "sim")})
+	if err != nil {
+		return nil, nil, fmt.Errorf("ModelService %q: %w", ms.Name, err)
 	}
-	return argv, env, nil
+	if len(e.Command) > 0 && e.Type != v1alpha1.EngineCustom {
+		// A command in local mode replaces the engine's own (a vLLM in
+		// a virtualenv, say); the platform's arguments still follow.
+		launch.Command = e.Command
+	}
+	var env []string
+	set := map[string]bool{}
+	for i, v := range e.Env {
+		value := v.Value
+		if v.ValueFrom != nil {
+			name, optional, err := LocalEnvName(v.ValueFrom)
+			if err != nil {
+				return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.env[%d].valueFrom: %w", ms.Name, i, err)
+			}
+			var ok bool
+			if value, ok = lookup(name); !ok {
+				if optional {
+					continue
+				}
+				return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.env[%d].valueFrom: set %s in kvasir local's environment", ms.Name, i, name)
+			}
+		}
+		env = append(env, v.Name+"="+value)
+		set[v.Name] = true
+	}
+	for _, v := range launch.Env {
+		if !set[v.Name] {
+			env = append(env, v.Name+"="+v.Value)
+		}
+	}
+	return launch.Argv(), env, nil
+}
+
+// LocalEnvName is the variable of kvasir local's environment that stands
+// for a secret or config map key in local mode:
+// KVASIR_SECRET_<NAME>_<KEY> and KVASIR_CONFIGMAP_<NAME>_<KEY>, upper
+// case, every character but letters and digits as "_" (secret hf-token,
+// key token: KVASIR_SECRET_HF_TOKEN_TOKEN). It also says whether the
+// reference is optional. Field and resource references have no local
+// meaning and are refused.
+func LocalEnvName(src *corev1.EnvVarSource) (name string, optional bool, err error) {
+	switch {
+	case src.SecretKeyRef != nil:
+		return envName("KVASIR_SECRET", src.SecretKeyRef.Name, src.SecretKeyRef.Key), ptr.Deref(src.SecretKeyRef.Optional, false), nil
+	case src.ConfigMapKeyRef != nil:
+		return envName("KVASIR_CONFIGMAP", src.ConfigMapKeyRef.Name, src.ConfigMapKeyRef.Key), ptr.Deref(src.ConfigMapKeyRef.Optional, false), nil
+	default:
+		return "", false, errors.New("only secretKeyRef and configMapKeyRef have a meaning in local mode")
+	}
+}
+
+func envName(prefix string, parts ...string) string {
+	var b strings.Builder
+	b.WriteString(prefix)
+	for _, p := range parts {
+		b.WriteByte('_')
+		for _, r := range p {
+			switch {
+			case r >= 'a' && r <= 'z':
+				b.WriteRune(r - 'a' + 'A')
+			case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+				b.WriteRune(r)
+			default:
+				b.WriteByte('_')
+			}
+		}
+	}
+	return b.String()
 }
 
 // Handler serves the public listener: the OpenAI API and /healthz.

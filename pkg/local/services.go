@@ -258,9 +258,6 @@ func (p *Platform) startRevision(r *localRevision, first bool) error {
 	}{{activator.RolePrefill, tmpl.Roles.Prefill}, {activator.RoleDecode, tmpl.Roles.Decode}} {
 		scaling := tmpl.RoleScaling(role.name)
 		args := role.spec.Args
-		if tmpl.Engine.Type == v1alpha1.EngineSim {
-			args = append([]string{"--role=" + role.name}, args...)
-		}
 		key := fleet.Key{Namespace: ms.Namespace, Service: ms.Name, Revision: r.name, Role: role.name}
 		var ready func()
 		if role.name == activator.RoleDecode { // a disaggregated revision serves once its decode role does

@@ -14,6 +14,7 @@ import (
 	"knative.dev/pkg/kmeta"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/engine"
 )
 
 // Config is what the controller adds to every revision's pods.
@@ -55,7 +56,7 @@ const (
 	drainGrace = 30
 	// EngineLoopback is the only address engines listen on: the
 	// queue-proxy in the same pod is their one client.
-	EngineLoopback = "127.0.0.1"
+	EngineLoopback = engine.Loopback
 )
 
 // Who the engine runs as, and where it may write.
@@ -98,50 +99,39 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 			roleArgs = rev.Spec.Roles.Decode.Args
 		}
 	}
-	args := append(append([]string(nil), e.Args...), roleArgs...)
+	spec := engine.Spec{Engine: e, Model: rev.Spec.Model, LoRAAdapters: rev.Spec.LoRAAdapters, RoleArgs: roleArgs, Port: port}
+	if role != RoleUnified {
+		spec.Role = role
+	}
 	switch e.Type {
 	case v1alpha1.EngineVLLM:
 		if c.Image == "" {
 			c.Image = DefaultVLLMImage
 		}
-		c.Args = append([]string{"--model", rev.Spec.Model}, args...)
-		c.Args = append(c.Args, "--host", EngineLoopback, "--port", port, "--served-model-name", rev.Spec.Model)
 		runAsEngineUser(&c)
 	case v1alpha1.EngineSGLang:
 		if c.Image == "" {
 			c.Image = DefaultSGLangImage
 		}
-		c.Command = []string{"python3", "-m", "sglang.launch_server"}
-		c.Args = append([]string{"--model-path", rev.Spec.Model}, args...)
-		c.Args = append(c.Args, "--host", EngineLoopback, "--port", port, "--served-model-name", rev.Spec.Model)
 		runAsEngineUser(&c)
 	case v1alpha1.EngineSim:
 		if c.Image == "" {
 			c.Image = cfg.SimulatorImage
 		}
-		c.Args = []string{"--host", EngineLoopback, "--port", port, "--model", rev.Spec.Model}
-		if role != RoleUnified {
-			c.Args = append(c.Args, "--role="+role)
-		}
-		for _, ad := range rev.Spec.LoRAAdapters {
-			c.Args = append(c.Args, "--lora-modules", ad+"="+ad)
-		}
-		c.Args = append(c.Args, args...)
 		// A static binary on a nonroot base image: it writes nothing.
 		c.SecurityContext.ReadOnlyRootFilesystem = ptr.To(true)
 	case v1alpha1.EngineCustom:
 		if c.Image == "" {
 			return c, fmt.Errorf("spec.engine.image: required on Kubernetes")
 		}
-		c.Command = e.Command
-		c.Args = args
-		// The platform cannot tell a custom engine where to listen: it
-		// gets the address and port as $(HOST) and $(PORT) for its
-		// arguments (and its environment), and must bind $(HOST).
-		c.Env = setEnvDefault(c.Env, "HOST", EngineLoopback)
-		c.Env = setEnvDefault(c.Env, "PORT", port)
-	default:
-		return c, fmt.Errorf("spec.engine.type: unknown %q", e.Type)
+	}
+	launch, err := engine.Build(spec)
+	if err != nil {
+		return c, err
+	}
+	c.Command, c.Args = launch.Command, launch.Args
+	for _, v := range launch.Env {
+		c.Env = setEnvDefault(c.Env, v.Name, v.Value)
 	}
 	// The engine is stopped only once the queue-proxy has drained: the
 	// kubelet runs this hook before sending the engine its SIGTERM.

@@ -55,7 +55,10 @@ func TestMakeDeploymentVLLM(t *testing.T) {
 	spec := d.Spec.Template.Spec
 	engine := container(d, spec.Containers, "engine")
 	require.Equal(t, DefaultVLLMImage, engine.Image)
-	require.Equal(t, []string{"--model", "llama-3-8b", "--max-model-len=8192", "--host", "127.0.0.1", "--port", "8000", "--served-model-name", "llama-3-8b"}, engine.Args)
+	// pkg/engine's golden files hold every engine's command line; here,
+	// that the Deployment carries it.
+	require.Equal(t, []string{"vllm", "serve"}, engine.Command)
+	require.Equal(t, []string{"llama-3-8b", "--max-model-len=8192", "--host", "127.0.0.1", "--port", "8000", "--served-model-name", "llama-3-8b", "--enable-prefix-caching"}, engine.Args)
 	require.Equal(t, "1", engine.Resources.Limits.Name("nvidia.com/gpu", resource.DecimalSI).String())
 	require.Equal(t, "/kvasir/wait-for-drain", engine.Lifecycle.PreStop.HTTPGet.Path, "the engine stops after the queue-proxy drained")
 

@@ -1,0 +1,109 @@
+package engine
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// Every engine's command line, as data: testdata/<name>.golden holds the
+// command, the arguments one per line and the environment. go test
+// ./pkg/engine -update rewrites them; the diff is the review.
+func TestCommandLines(t *testing.T) {
+	vllm := v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM, Port: 8000}
+	sglang := v1alpha1.EngineSpec{Type: v1alpha1.EngineSGLang, Port: 8000}
+	sim := v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Port: 8000}
+	for name, s := range map[string]Spec{
+		"vllm": {Engine: vllm, Model: "meta-llama/Llama-3.1-8B-Instruct"},
+		"vllm-args-local": {Engine: withArgs(vllm, "--max-model-len=8192", "--gpu-memory-utilization", "0.9"),
+			Model: "meta-llama/Llama-3.1-8B-Instruct", Port: PortVar},
+		"vllm-lora": {Engine: vllm, Model: "meta-llama/Llama-3.1-8B-Instruct",
+			LoRAAdapters: []string{"org/sql-lora", "org/chat-lora"}},
+		"vllm-prefill": {Engine: withArgs(vllm, "--max-model-len=8192"), Model: "m", Role: "prefill",
+			RoleArgs: []string{`--kv-transfer-config={"kv_connector":"NixlConnector","kv_role":"kv_both"}`}},
+		"sglang": {Engine: sglang, Model: "Qwen/Qwen2.5-7B-Instruct"},
+		"sglang-lora-local": {Engine: withArgs(sglang, "--mem-fraction-static", "0.8"), Model: "Qwen/Qwen2.5-7B-Instruct",
+			LoRAAdapters: []string{"org/a"}, Port: PortVar},
+		"sim-kubernetes": {Engine: withArgs(sim, "--startup-delay=2s"), Model: "demo", Role: "decode",
+			LoRAAdapters: []string{"fr"}},
+		"sim-local": {Engine: sim, Model: "demo", Port: PortVar, SimCommand: []string{"/usr/local/bin/kvasir", "sim"}},
+		"custom": {Engine: v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Port: 9000,
+			Command: []string{"llama-server"}, Args: []string{"--host", "$(HOST)", "--port", "$(PORT)"}}, Model: "m"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			l, err := Build(s)
+			require.NoError(t, err)
+			got := render(l)
+			file := filepath.Join("testdata", name+".golden")
+			if *update {
+				require.NoError(t, os.WriteFile(file, []byte(got), 0o644))
+			}
+			want, err := os.ReadFile(file)
+			require.NoError(t, err, "go test ./pkg/engine -update writes it")
+			require.Equal(t, string(want), got)
+		})
+	}
+}
+
+func withArgs(e v1alpha1.EngineSpec, args ...string) v1alpha1.EngineSpec {
+	e.Args = args
+	return e
+}
+
+func render(l Launch) string {
+	var b strings.Builder
+	b.WriteString("command: " + strings.Join(l.Command, " ") + "\nargs:\n")
+	for _, a := range l.Args {
+		b.WriteString("  " + a + "\n")
+	}
+	for _, e := range l.Env {
+		b.WriteString("env: " + e.Name + "=" + e.Value + "\n")
+	}
+	return b.String()
+}
+
+// The platform's own flags come after the template's and the role's, so
+// that they win in both engines' parsers (argparse keeps the last
+// occurrence): a template cannot move the engine off loopback or rename
+// the model.
+func TestPlatformFlagsComeLast(t *testing.T) {
+	for _, typ := range []v1alpha1.EngineType{v1alpha1.EngineVLLM, v1alpha1.EngineSGLang} {
+		l, err := Build(Spec{Engine: v1alpha1.EngineSpec{Type: typ, Port: 8000,
+			Args: []string{"--host", "0.0.0.0", "--served-model-name", "other"}}, Model: "m"})
+		require.NoError(t, err)
+		require.Equal(t, Loopback, last(l.Args, "--host"), "%s", typ)
+		require.Equal(t, "m", last(l.Args, "--served-model-name"), "%s", typ)
+		require.Equal(t, "8000", last(l.Args, "--port"), "%s", typ)
+	}
+	l, err := Build(Spec{Engine: v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM, Args: []string{"--max-model-len=4096"}}, Model: "m", Port: "8000"})
+	require.NoError(t, err)
+	require.Equal(t, "m", l.Args[0], "vLLM takes the model first, positional, even with template arguments")
+}
+
+func TestCustomEngineEnvironment(t *testing.T) {
+	l, err := Build(Spec{Engine: v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Command: []string{"srv"}}, Port: PortVar})
+	require.NoError(t, err)
+	require.Equal(t, []corev1.EnvVar{{Name: "HOST", Value: Loopback}}, l.Env, "the local runtime sets PORT itself")
+	_, err = Build(Spec{Engine: v1alpha1.EngineSpec{Type: "tgi"}})
+	require.ErrorContains(t, err, "spec.template.engine.type")
+}
+
+// last returns the value after the last occurrence of flag.
+func last(args []string, flag string) string {
+	v := ""
+	for i, a := range args {
+		if a == flag && i+1 < len(args) {
+			v = args[i+1]
+		}
+	}
+	return v
+}
