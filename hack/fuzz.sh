@@ -20,6 +20,7 @@ pick=${1:-.}
 # The targets: package, then target. Each lives in its package's
 # fuzz_test.go, but for the older FuzzAppendChatJSON.
 targets=(
+	"./pkg/kvevents FuzzDecode"
 	"./pkg/openai FuzzParse"
 	"./pkg/openai FuzzSetDelete"
 	"./pkg/openai FuzzUnquote"

@@ -122,6 +122,16 @@ func up(t *testing.T) *cluster {
 	kubeconfig := strings.TrimSpace(string(out))
 	require.Equal(t, filepath.Join(clusterDir, "kubeconfig"), kubeconfig)
 
+	// A second bring-up finds the cluster up and changes nothing.
+	apiserver, err := os.ReadFile(filepath.Join(clusterDir, "pids", "kube-apiserver.pid"))
+	require.NoError(t, err)
+	again, err := exec.Command(filepath.Join(root, "hack", "cluster-up.sh")).Output()
+	require.NoError(t, err, "hack/cluster-up.sh again")
+	require.Equal(t, string(out), string(again))
+	same, err := os.ReadFile(filepath.Join(clusterDir, "pids", "kube-apiserver.pid"))
+	require.NoError(t, err)
+	require.Equal(t, string(apiserver), string(same), "the second bring-up restarted the API server")
+
 	k := &cluster{root: root, env: append(os.Environ(), readEnv(t, filepath.Join(clusterDir, "env"))...)}
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	require.NoError(t, err)
@@ -145,6 +155,9 @@ func down(t *testing.T) {
 	t.Logf("hack/cluster-down.sh (%s):\n%s", time.Since(start).Round(time.Second), out)
 	if err != nil {
 		t.Errorf("hack/cluster-down.sh: %v", err)
+	}
+	if out, err := exec.Command(filepath.Join(kubetest.RepoRoot(), "hack", "cluster-down.sh")).CombinedOutput(); err != nil {
+		t.Errorf("hack/cluster-down.sh with nothing to tear down: %v\n%s", err, out)
 	}
 	for _, dir := range []string{clusterDir, runDir} {
 		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
