@@ -98,22 +98,21 @@ done >"$CLUSTER_DIR/sysctl.orig"
 # into filter and nat: POSTROUTING sees every packet about to leave, after
 # routing and Service DNAT and before masquerading; PREROUTING sees every
 # packet arriving, before Service DNAT.
-iptables -t mangle -N "$GUARD"
-iptables -t mangle -A "$GUARD" -o lo -j RETURN
-iptables -t mangle -A "$GUARD" -o "$BRIDGE" -j RETURN
-for cidr in "$CLUSTER_CIDR" "$SERVICE_CIDR"; do
-  iptables -t mangle -A "$GUARD" -s "$cidr" -j DROP
-  iptables -t mangle -A "$GUARD" -d "$cidr" -j DROP
-done
-iptables -t mangle -I POSTROUTING 1 -j "$GUARD"
-iptables -t mangle -N "$GUARD_IN"
-iptables -t mangle -A "$GUARD_IN" -i lo -j RETURN
-iptables -t mangle -A "$GUARD_IN" -i "$BRIDGE" -j RETURN
-for cidr in "$CLUSTER_CIDR" "$SERVICE_CIDR"; do
-  iptables -t mangle -A "$GUARD_IN" -s "$cidr" -j DROP
-  iptables -t mangle -A "$GUARD_IN" -d "$cidr" -j DROP
-done
-iptables -t mangle -I PREROUTING 1 -j "$GUARD_IN"
+#
+# guard CHAIN HOOK -o|-i: a chain, first in HOOK, that lets loopback and the
+# bridge through and drops every other packet from or to the cluster's CIDRs.
+guard() {
+  iptables -t mangle -N "$1"
+  iptables -t mangle -A "$1" "$3" lo -j RETURN
+  iptables -t mangle -A "$1" "$3" "$BRIDGE" -j RETURN
+  for cidr in "$CLUSTER_CIDR" "$SERVICE_CIDR"; do
+    iptables -t mangle -A "$1" -s "$cidr" -j DROP
+    iptables -t mangle -A "$1" -d "$cidr" -j DROP
+  done
+  iptables -t mangle -I "$2" 1 -j "$1"
+}
+guard "$GUARD" POSTROUTING -o
+guard "$GUARD_IN" PREROUTING -i
 log "guard installed: mangle $GUARD first in POSTROUTING, $GUARD_IN first in PREROUTING"
 
 # The bridge exists before any pod so that the node's address does; the CNI
