@@ -66,16 +66,16 @@ stop kube-apiserver
 stop etcd
 stop registry
 
-# 3. Netfilter: kube-proxy's chains (only if this cluster ran one), then
-# the guard, last, once nothing of the cluster runs.
+# 3. Netfilter: kube-proxy's and the kubelet's chains (the guard goes at
+# the end, in step 6).
 # The KUBE-* chains (kubelet, kube-proxy) are removed only when this
-# cluster made them: on a machine that is also a real node they are that
-# node's.
+# cluster made them: hack/cluster-up.sh refuses to start on a machine that
+# has some already.
 if [[ -f $CLUSTER_DIR/kube-proxy.yaml ]]; then
   [[ -x $K8S/kube-proxy ]] && "$K8S/kube-proxy" --cleanup >/dev/null 2>&1
   for ipt in iptables ip6tables; do
     for table in filter nat mangle; do
-      chains=$($ipt -t "$table" -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^(KUBE-|CNI-)/ {print $2}')
+      chains=$($ipt -t "$table" -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^KUBE-/ {print $2}')
       for chain in $chains; do
         $ipt -t "$table" -S 2>/dev/null | grep -E -- "-j $chain( |\$)" | grep -v "^-A $chain " |
           while read -r rule; do eval "$ipt -t $table ${rule/-A /-D }" 2>/dev/null; done
@@ -85,12 +85,20 @@ if [[ -f $CLUSTER_DIR/kube-proxy.yaml ]]; then
     done
   done
 fi
-while iptables -t mangle -D POSTROUTING -j "$GUARD" 2>/dev/null; do :; done
-while iptables -t mangle -D PREROUTING -j "$GUARD_IN" 2>/dev/null; do :; done
-iptables -t mangle -F "$GUARD" 2>/dev/null && iptables -t mangle -X "$GUARD"
-iptables -t mangle -F "$GUARD_IN" 2>/dev/null && iptables -t mangle -X "$GUARD_IN"
 conntrack -D -s "$CLUSTER_CIDR" >/dev/null 2>&1
 conntrack -D -d "$SERVICE_CIDR" >/dev/null 2>&1
+
+# Whatever still runs in the kubelet's cgroups (a container whose shim was
+# killed) is killed: nothing of the cluster may outlive the guard.
+for ((i = 0; i < 50; i++)); do
+  [[ -f $CLUSTER_DIR/kubelet.yaml ]] || break # only where this cluster ran a kubelet
+  procs=$(cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
+    /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs 2>/dev/null | sort -u)
+  [[ -z $procs ]] && break
+  # shellcheck disable=SC2086
+  kill -9 $procs 2>/dev/null
+  sleep 0.1
+done
 
 # 4. Mounts (deepest first), network namespaces, links.
 for dir in "$RUN_DIR" "$CLUSTER_DIR"; do
@@ -111,9 +119,18 @@ fi
 
 # 6. cgroups the kubelet made (cgroupfs driver: kubepods under each
 # hierarchy), deepest first; a cgroup empties once its processes are gone.
-for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
-  [[ -d $h/kubepods ]] && find "$h/kubepods" -depth -type d -exec rmdir {} + 2>/dev/null
-done
+if [[ -f $CLUSTER_DIR/kubelet.yaml ]]; then
+  for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+    [[ -d $h/kubepods ]] && find "$h/kubepods" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+fi
+
+# The guard goes last of the network state, once nothing of the cluster
+# runs and forwarding is back off.
+while iptables -t mangle -D POSTROUTING -j "$GUARD" 2>/dev/null; do :; done
+while iptables -t mangle -D PREROUTING -j "$GUARD_IN" 2>/dev/null; do :; done
+iptables -t mangle -F "$GUARD" 2>/dev/null && iptables -t mangle -X "$GUARD"
+iptables -t mangle -F "$GUARD_IN" 2>/dev/null && iptables -t mangle -X "$GUARD_IN"
 
 # 7. Files.
 if [[ -d /var/log/containers ]]; then
@@ -121,7 +138,13 @@ if [[ -d /var/log/containers ]]; then
   [[ -f $CLUSTER_DIR/created-var-log-containers ]] && rmdir /var/log/containers 2>/dev/null
 fi
 [[ -f $CLUSTER_DIR/created-run-containerd ]] && rm -rf /run/containerd
-rm -rf "$RUN_DIR" "$CLUSTER_DIR"
+# Never through a mount that is still there (a bind mount of a host
+# directory under the kubelet's root): then the state stays, and step 8 says so.
+if grep -qE " ($CLUSTER_DIR|$RUN_DIR)[/ ]" /proc/self/mountinfo; then
+  log "mounts are left under $CLUSTER_DIR or $RUN_DIR: not removing them"
+else
+  rm -rf --one-file-system "$RUN_DIR" "$CLUSTER_DIR"
+fi
 
 # 8. What is left, if anything.
 left=()

@@ -13,8 +13,8 @@
 # Needs root and Linux. Idempotent: a second run with the cluster up prints
 # the kubeconfig and does nothing else; a run that finds a broken or
 # half-torn cluster tears it down first. Daemons run in their own sessions
-# (there is no systemd); their PIDs are in /var/lib/kvasir-cluster/pids and
-# their logs in /var/lib/kvasir-cluster/logs.
+# (there is no systemd); their PIDs (with start times) are in
+# /run/kvasir-cluster/pids and their logs in /var/lib/kvasir-cluster/logs.
 #
 # No packet of the cluster leaves the machine: before any pod starts, the
 # mangle chains KVASIR-CLUSTER-GUARD (first in POSTROUTING) and
@@ -50,6 +50,10 @@ if [[ -f $CLUSTER_DIR/up ]]; then
   for d in registry containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
     pid_of "$d" >/dev/null || { healthy=0; break; }
   done
+  # The guard must still be first in its hooks (a firewall reload may flush
+  # mangle); otherwise the cluster is torn down and made again.
+  [[ $(iptables -t mangle -S POSTROUTING 2>/dev/null | sed -n 2p) == "-A POSTROUTING -j $GUARD" &&
+    $(iptables -t mangle -S PREROUTING 2>/dev/null | sed -n 2p) == "-A PREROUTING -j $GUARD_IN" ]] || healthy=0
   if ((healthy)) && kubectl get --raw /readyz >/dev/null 2>&1; then
     echo "$KUBECONFIG_FILE"
     exit 0
@@ -63,6 +67,12 @@ fi
 # ---- Tools: ko, crane, CoreDNS, pause, mkimage (cached) -------------------
 BIN=$("$repo/hack/cluster-assets.sh")
 
+# Teardown removes every KUBE-* chain: on a machine that already has some
+# (a real node's kube-proxy or kubelet), they would be that node's.
+if iptables-save 2>/dev/null | grep -q -- '-N KUBE-'; then
+  die "this machine already has KUBE-* iptables chains (a kubelet or kube-proxy of another cluster?): not starting"
+fi
+
 mkdir -p "$CLUSTER_DIR" "$RUN_DIR" "$LOG_DIR" "$PID_DIR" "$PKI"
 chmod 700 "$CLUSTER_DIR" "$RUN_DIR"
 
@@ -70,10 +80,14 @@ chmod 700 "$CLUSTER_DIR" "$RUN_DIR"
 # and records the daemon's own PID (not a wrapper's) in PID_DIR/NAME.pid.
 start() {
   local name=$1; shift
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_DIR/$name.pid" "$@" \
+  setsid bash -c 'echo $$ >"$0.tmp"; exec "$@"' "$PID_DIR/$name.pid" "$@" \
     >"$LOG_DIR/$name.log" 2>&1 </dev/null &
-  for _ in $(seq 50); do [[ -s $PID_DIR/$name.pid ]] && break; sleep 0.1; done
-  log "$name started (pid $(cat "$PID_DIR/$name.pid"))"
+  local pid
+  for _ in $(seq 50); do [[ -s $PID_DIR/$name.pid.tmp ]] && break; sleep 0.1; done
+  pid=$(<"$PID_DIR/$name.pid.tmp")
+  echo "$pid $(start_time "$pid")" >"$PID_DIR/$name.pid"
+  rm -f "$PID_DIR/$name.pid.tmp"
+  log "$name started (pid $pid)"
 }
 
 # wait_for WHAT SECONDS CMD...: polls CMD once a second until it succeeds.
@@ -179,12 +193,20 @@ cd /
 mkdir -p "$CACHE_DIR/registry"
 start registry "$BIN/crane" registry serve --address "$REGISTRY" --disk "$CACHE_DIR/registry"
 wait_for "registry ready" 30 curl -sf "http://$REGISTRY/v2/"
+pid_of registry >/dev/null || die "the registry exited (is $REGISTRY taken?): $(tail -n 3 "$LOG_DIR/registry.log")"
 BASE_IMAGE=$("$BIN/mkimage" base "$REGISTRY/kvasir-cluster/base:static")
 PAUSE_IMAGE=$("$BIN/mkimage" binary "$REGISTRY/kvasir-cluster/pause:1" "$BIN/pause")
 COREDNS_IMAGE=$("$BIN/mkimage" binary "$REGISTRY/kvasir-cluster/coredns:1" "$BIN/coredns")
 
 # ---- containerd ------------------------------------------------------------
 mkdir -p "$CLUSTER_DIR/certs.d/$REGISTRY"
+# Any other registry resolves to a closed port on loopback: the runtime
+# never pulls from outside the machine.
+mkdir -p "$CLUSTER_DIR/certs.d/_default"
+cat >"$CLUSTER_DIR/certs.d/_default/hosts.toml" <<EOF
+[host."http://127.0.0.1:9"]
+  capabilities = ["pull", "resolve"]
+EOF
 cat >"$CLUSTER_DIR/certs.d/$REGISTRY/hosts.toml" <<EOF
 server = "http://$REGISTRY"
 [host."http://$REGISTRY"]
@@ -232,6 +254,19 @@ start etcd "$K8S/etcd" --data-dir "$CLUSTER_DIR/etcd" --name kvasir \
   --listen-client-urls "http://$ETCD_CLIENT" --advertise-client-urls "http://$ETCD_CLIENT" \
   --listen-peer-urls "http://$ETCD_PEER" --initial-advertise-peer-urls "http://$ETCD_PEER" \
   --initial-cluster "kvasir=http://$ETCD_PEER" --listen-metrics-urls ""
+# Pod Security "baseline" everywhere: no hostNetwork, hostPID or hostPath
+# pod can step around the guard.
+cat >"$CLUSTER_DIR/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+  - name: PodSecurity
+    configuration:
+      apiVersion: pod-security.admission.config.k8s.io/v1
+      kind: PodSecurityConfiguration
+      defaults: {enforce: baseline, enforce-version: latest}
+      exemptions: {}
+EOF
 start kube-apiserver "$K8S/kube-apiserver" --etcd-servers="http://$ETCD_CLIENT" \
   --bind-address="$NODE_IP" --advertise-address="$NODE_IP" --secure-port="$API_PORT" \
   --service-cluster-ip-range="$SERVICE_CIDR" \
@@ -241,7 +276,8 @@ start kube-apiserver "$K8S/kube-apiserver" --etcd-servers="http://$ETCD_CLIENT" 
   --kubelet-preferred-address-types=InternalIP \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
-  --enable-admission-plugins=NodeRestriction --allow-privileged=false
+  --enable-admission-plugins=NodeRestriction --allow-privileged=false \
+  --admission-control-config-file="$CLUSTER_DIR/admission.yaml"
 wait_for "API server ready" 120 kubectl get --raw /readyz
 start kube-controller-manager "$K8S/kube-controller-manager" --kubeconfig="$PKI/controller-manager.kubeconfig" \
   --authentication-kubeconfig="$PKI/controller-manager.kubeconfig" --authorization-kubeconfig="$PKI/controller-manager.kubeconfig" \

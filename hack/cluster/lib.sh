@@ -10,7 +10,9 @@ CACHE_DIR=${KVASIR_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvasir/cluster
 CLUSTER_DIR=${KVASIR_CLUSTER_DIR:-/var/lib/kvasir-cluster}
 RUN_DIR=${KVASIR_CLUSTER_RUN:-/run/kvasir-cluster}
 LOG_DIR=$CLUSTER_DIR/logs
-PID_DIR=$CLUSTER_DIR/pids
+# PIDs under /run: cleared at boot, so a PID file never outlives its process
+# by a reboot.
+PID_DIR=$RUN_DIR/pids
 PKI=$CLUSTER_DIR/pki
 KUBECONFIG_FILE=$CLUSTER_DIR/kubeconfig
 SOCK=$RUN_DIR/containerd.sock
@@ -44,15 +46,28 @@ SYSCTLS=(
   net/ipv4/ip_forward net/bridge/bridge-nf-call-iptables net/ipv4/conf/all/route_localnet
   vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
   kernel/keys/root_maxkeys kernel/keys/root_maxbytes
+  net/netfilter/nf_conntrack_tcp_timeout_established net/netfilter/nf_conntrack_tcp_timeout_close_wait
 )
 
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-# pid_of NAME prints the recorded PID of a daemon if it still runs.
+# start_time PID prints the process's start time (clock ticks since boot,
+# field 22 of /proc/PID/stat): a PID and its start time name one process.
+start_time() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) } # after the command name, which may hold spaces
+  # shellcheck disable=SC2086
+  set -- $stat
+  echo "${20}"
+}
+
+# pid_of NAME prints the recorded PID of a daemon if that very process still
+# runs (same PID and start time), never a process that reused the PID.
 pid_of() {
-  local f=$PID_DIR/$1.pid pid
+  local f=$PID_DIR/$1.pid pid started
   [[ -f $f ]] || return 1
-  pid=$(<"$f")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  read -r pid started <"$f" || return 1
+  [[ -n $pid && -n $started && $(start_time "$pid") == "$started" ]] && echo "$pid"
 }

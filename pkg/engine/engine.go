@@ -91,15 +91,16 @@ func Build(s Spec) (Launch, error) {
 			}
 		}
 	case v1alpha1.EngineSim:
+		// Go's flag package keeps the last value too: the platform's
+		// flags come after the template's.
 		l.Command = append([]string(nil), s.SimCommand...)
-		l.Args = []string{"--host", Loopback, "--port", s.Port, "--model", s.Model}
+		l.Args = append(user, "--host", Loopback, "--port", s.Port, "--model", s.Model)
 		if s.Role != "" {
 			l.Args = append(l.Args, "--role="+s.Role)
 		}
 		for _, ad := range s.LoRAAdapters { // the simulator serves the declared adapters
 			l.Args = append(l.Args, "--lora-modules", ad+"="+ad)
 		}
-		l.Args = append(l.Args, user...)
 	case v1alpha1.EngineCustom:
 		// The platform cannot tell a custom engine where to listen: it
 		// gets the address and port as $(HOST) and $(PORT) for its

@@ -76,12 +76,16 @@ func render(l Launch) string {
 // occurrence): a template cannot move the engine off loopback or rename
 // the model.
 func TestPlatformFlagsComeLast(t *testing.T) {
-	for _, typ := range []v1alpha1.EngineType{v1alpha1.EngineVLLM, v1alpha1.EngineSGLang} {
+	for _, typ := range []v1alpha1.EngineType{v1alpha1.EngineVLLM, v1alpha1.EngineSGLang, v1alpha1.EngineSim} {
+		name := "--served-model-name"
+		if typ == v1alpha1.EngineSim {
+			name = "--model"
+		}
 		l, err := Build(Spec{Engine: v1alpha1.EngineSpec{Type: typ, Port: 8000,
-			Args: []string{"--host", "0.0.0.0", "--served-model-name", "other"}}, Model: "m"})
+			Args: []string{"--host", "0.0.0.0", name, "other", "--port", "1"}}, Model: "m"})
 		require.NoError(t, err)
 		require.Equal(t, Loopback, last(l.Args, "--host"), "%s", typ)
-		require.Equal(t, "m", last(l.Args, "--served-model-name"), "%s", typ)
+		require.Equal(t, "m", last(l.Args, name), "%s", typ)
 		require.Equal(t, "8000", last(l.Args, "--port"), "%s", typ)
 	}
 	l, err := Build(Spec{Engine: v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM, Args: []string{"--max-model-len=4096"}}, Model: "m", Port: "8000"})

@@ -71,12 +71,17 @@ func (k *cluster) kubectl(t *testing.T, args ...string) string {
 }
 
 func (k *cluster) run(ctx context.Context, name string, args ...string) (string, error) {
+	return k.runStdin(ctx, "", name, args...)
+}
+
+func (k *cluster) runStdin(ctx context.Context, stdin, name string, args ...string) (string, error) {
 	if p := lookPath(k.env, name); p != "" {
 		name = p
 	}
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = k.root
 	cmd.Env = k.env
+	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -123,12 +128,12 @@ func up(t *testing.T) *cluster {
 	require.Equal(t, filepath.Join(clusterDir, "kubeconfig"), kubeconfig)
 
 	// A second bring-up finds the cluster up and changes nothing.
-	apiserver, err := os.ReadFile(filepath.Join(clusterDir, "pids", "kube-apiserver.pid"))
+	apiserver, err := os.ReadFile(filepath.Join(runDir, "pids", "kube-apiserver.pid"))
 	require.NoError(t, err)
 	again, err := exec.Command(filepath.Join(root, "hack", "cluster-up.sh")).Output()
 	require.NoError(t, err, "hack/cluster-up.sh again")
 	require.Equal(t, string(out), string(again))
-	same, err := os.ReadFile(filepath.Join(clusterDir, "pids", "kube-apiserver.pid"))
+	same, err := os.ReadFile(filepath.Join(runDir, "pids", "kube-apiserver.pid"))
 	require.NoError(t, err)
 	require.Equal(t, string(apiserver), string(same), "the second bring-up restarted the API server")
 
@@ -258,6 +263,27 @@ func TestKoApplyOnARealCluster(t *testing.T) {
 			require.Error(t, err, "%s:%s is reachable from outside", addr, port)
 		}
 	}
+
+	// Pod Security "baseline" is enforced everywhere: a pod on the host's
+	// network, which the guard would not see, is refused.
+	hostNet := `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"hostnet","namespace":"default"},` +
+		`"spec":{"hostNetwork":true,"containers":[{"name":"c","image":"127.0.0.1:5000/none:1"}]}}`
+	refused, err := k.runStdin(t.Context(), hostNet, "kubectl", "apply", "-f", "-")
+	require.Error(t, err)
+	require.Contains(t, refused, `violates PodSecurity "baseline:latest": host namespaces`)
+	// The runtime pulls from no registry but the cluster's own: any other
+	// name resolves to a closed port on loopback.
+	k.kubectl(t, "run", "outside", "--image=docker.io/library/busybox:1.36", "--restart=Never")
+	require.Eventually(t, func() bool {
+		pod := &corev1.Pod{}
+		if k.c.Get(t.Context(), client.ObjectKey{Namespace: "default", Name: "outside"}, pod) != nil ||
+			len(pod.Status.ContainerStatuses) == 0 || pod.Status.ContainerStatuses[0].State.Waiting == nil {
+			return false
+		}
+		w := pod.Status.ContainerStatuses[0].State.Waiting
+		return (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") && strings.Contains(w.Message, "127.0.0.1:9")
+	}, wait, tick, "a pull from an outside registry goes to 127.0.0.1:9")
+	k.kubectl(t, "delete", "pod", "outside", "--grace-period=0", "--force")
 
 	// Install.
 	start := time.Now()

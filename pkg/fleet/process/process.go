@@ -412,7 +412,7 @@ func (r *Runtime) startLocked(s *set, variant string) error {
 	}()
 	engineArgv := expand(s.spec.Engine, ep)
 	engine := exec.Command(engineArgv[0], engineArgv[1:]...)
-	engine.Env = append(append(append(os.Environ(), "PORT="+strconv.Itoa(ep)), s.spec.Env...), devEnv...)
+	engine.Env = append(append(append(inheritedEnv(), "PORT="+strconv.Itoa(ep)), s.spec.Env...), devEnv...)
 	qpArgv := append(append([]string(nil), r.cfg.QueueProxy...),
 		"--port", strconv.Itoa(qpPort),
 		"--engine-url", "http://127.0.0.1:"+strconv.Itoa(ep),
@@ -645,4 +645,17 @@ func (r *Runtime) Close() {
 	r.mu.Unlock()
 	r.stop()
 	r.wg.Wait()
+}
+
+// inheritedEnv is kvasir local's environment without the variables that
+// stand for secrets and config maps (local.LocalEnvName): each engine gets
+// only those its own template names.
+func inheritedEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "KVASIR_SECRET_") && !strings.HasPrefix(kv, "KVASIR_CONFIGMAP_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }

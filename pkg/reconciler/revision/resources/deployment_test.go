@@ -89,7 +89,7 @@ func TestMakeDeploymentRolesAndVariants(t *testing.T) {
 	require.Equal(t, "llama-00002-prefill-ascend", d.Name)
 	engine := container(d, d.Spec.Template.Spec.Containers, "engine")
 	require.Equal(t, "ko://sim", engine.Image)
-	require.Equal(t, []string{"--host", "127.0.0.1", "--port", "8000", "--model", "llama-3-8b", "--role=prefill", "--x=1"}, engine.Args)
+	require.Equal(t, []string{"--x=1", "--host", "127.0.0.1", "--port", "8000", "--model", "llama-3-8b", "--role=prefill"}, engine.Args)
 	require.Equal(t, map[string]string{"npu": "910b"}, d.Spec.Template.Spec.NodeSelector)
 	require.Contains(t, engine.Resources.Limits, corev1.ResourceName("huawei.com/ascend-910b"))
 	require.Equal(t, "ascend", d.Spec.Template.Labels[v1alpha1.LabelVariant])
