@@ -79,3 +79,25 @@ func TestEngineCommandRolesAndCustom(t *testing.T) {
 	_, _, err = engineCommand(ms, nil, "", nil, env(nil))
 	require.ErrorContains(t, err, "spec.template.engine.command: required")
 }
+
+// Two references that would read the same variable are refused: each
+// engine must get the value its template names.
+func TestLocalEnvNameCollision(t *testing.T) {
+	ref := func(name, key string) *corev1.EnvVarSource {
+		return &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: key}}
+	}
+	ms := &v1alpha1.ModelService{}
+	ms.Name, ms.Spec.Model = "m", "m"
+	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Env: []corev1.EnvVar{
+		{Name: "A", ValueFrom: ref("hf-token", "token")},
+		{Name: "B", ValueFrom: ref("hf", "token-token")}}}
+	_, _, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(map[string]string{"KVASIR_SECRET_HF_TOKEN_TOKEN": "x"}))
+	require.ErrorContains(t, err, "secret hf-token key token and secret hf key token-token both read KVASIR_SECRET_HF_TOKEN_TOKEN")
+
+	// The same reference twice is fine.
+	ms.Spec.Template.Engine.Env[1].ValueFrom = ref("hf-token", "token")
+	_, vars, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(map[string]string{"KVASIR_SECRET_HF_TOKEN_TOKEN": "x"}))
+	require.NoError(t, err)
+	require.Equal(t, []string{"A=x", "B=x"}, vars)
+}

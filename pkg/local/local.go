@@ -336,6 +336,7 @@ func engineCommand(ms *v1alpha1.ModelService, self []string, role string, roleAr
 	}
 	var env []string
 	set := map[string]bool{}
+	refs := map[string]string{} // variable -> the reference it stands for
 	for i, v := range e.Env {
 		value := v.Value
 		if v.ValueFrom != nil {
@@ -343,6 +344,12 @@ func engineCommand(ms *v1alpha1.ModelService, self []string, role string, roleAr
 			if err != nil {
 				return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.env[%d].valueFrom: %w", ms.Name, i, err)
 			}
+			ref := refString(v.ValueFrom)
+			if other, ok := refs[name]; ok && other != ref {
+				return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.env[%d].valueFrom: %s and %s both read %s in local mode; rename one",
+					ms.Name, i, other, ref, name)
+			}
+			refs[name] = ref
 			var ok bool
 			if value, ok = lookup(name); !ok {
 				if optional {
@@ -378,6 +385,14 @@ func LocalEnvName(src *corev1.EnvVarSource) (name string, optional bool, err err
 	default:
 		return "", false, errors.New("only secretKeyRef and configMapKeyRef have a meaning in local mode")
 	}
+}
+
+// refString names a secret or config map key for messages.
+func refString(src *corev1.EnvVarSource) string {
+	if src.SecretKeyRef != nil {
+		return "secret " + src.SecretKeyRef.Name + " key " + src.SecretKeyRef.Key
+	}
+	return "configmap " + src.ConfigMapKeyRef.Name + " key " + src.ConfigMapKeyRef.Key
 }
 
 func envName(prefix string, parts ...string) string {
