@@ -72,24 +72,14 @@ func Build(s Spec) (Launch, error) {
 		l.Args = append(l.Args, "--host", Loopback, "--port", s.Port, "--served-model-name", s.Model,
 			// Prefix caching is on by default only for some model types.
 			"--enable-prefix-caching")
-		if n := len(s.LoRAAdapters); n > 0 {
-			l.Args = append(l.Args, "--enable-lora", "--max-loras", strconv.Itoa(n), "--lora-modules")
-			for _, ad := range s.LoRAAdapters {
-				l.Args = append(l.Args, ad+"="+ad)
-			}
-		}
+		l.Args = appendLoRA(l.Args, s.LoRAAdapters, "--max-loras", "--lora-modules")
 	case v1alpha1.EngineSGLang:
 		l.Command = []string{"python3", "-m", "sglang.launch_server"}
 		l.Args = append([]string{"--model-path", s.Model}, user...)
 		l.Args = append(l.Args, "--host", Loopback, "--port", s.Port, "--served-model-name", s.Model,
 			// SGLang serves /metrics only when asked; the queue-proxy reads it.
 			"--enable-metrics")
-		if n := len(s.LoRAAdapters); n > 0 {
-			l.Args = append(l.Args, "--enable-lora", "--max-loras-per-batch", strconv.Itoa(n), "--lora-paths")
-			for _, ad := range s.LoRAAdapters {
-				l.Args = append(l.Args, ad+"="+ad)
-			}
-		}
+		l.Args = appendLoRA(l.Args, s.LoRAAdapters, "--max-loras-per-batch", "--lora-paths")
 	case v1alpha1.EngineSim:
 		// Go's flag package keeps the last value too: the platform's
 		// flags come after the template's.
@@ -115,4 +105,19 @@ func Build(s Spec) (Launch, error) {
 		return Launch{}, fmt.Errorf("spec.template.engine.type: unknown %q", e.Type)
 	}
 	return l, nil
+}
+
+// appendLoRA adds the LoRA flags vLLM and SGLang share in shape: enable,
+// as many adapters at once as are declared, and name=path for each (an
+// adapter's name is also its path, a Hugging Face repository or a
+// directory).
+func appendLoRA(args, adapters []string, maxFlag, listFlag string) []string {
+	if len(adapters) == 0 {
+		return args
+	}
+	args = append(args, "--enable-lora", maxFlag, strconv.Itoa(len(adapters)), listFlag)
+	for _, ad := range adapters {
+		args = append(args, ad+"="+ad)
+	}
+	return args
 }

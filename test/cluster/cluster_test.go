@@ -65,9 +65,7 @@ type cluster struct {
 // output; a failure fails the test.
 func (k *cluster) kubectl(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := k.run(t.Context(), "kubectl", args...)
-	require.NoError(t, err, "kubectl %s: %s", strings.Join(args, " "), out)
-	return out
+	return k.mustRun(t, "kubectl", args...)
 }
 
 func (k *cluster) run(ctx context.Context, name string, args ...string) (string, error) {
