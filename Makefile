@@ -22,6 +22,14 @@ envtest-assets:
 cluster-assets:
 	@if [ "$$(uname -s)" = Linux ] && [ "$$(id -u)" = 0 ]; then hack/cluster-assets.sh >/dev/null; fi
 
+# The peer engine of test/peer: llm-d-inference-sim, a vLLM-compatible
+# simulator written outside this project, pinned in hack/peer/go.mod and built
+# from the module proxy into a cache directory (minutes the first time,
+# nothing after).
+.PHONY: peer-assets
+peer-assets:
+	@hack/peer-assets.sh >/dev/null
+
 # A real single-node Kubernetes cluster on this machine (root; see
 # docs/kubernetes.md): prints its kubeconfig. Then
 #   . /var/lib/kvasir-cluster/env && ko apply -f config/
@@ -36,7 +44,7 @@ cluster-down:
 # cross-compiles for macOS, where kvasir local and kvasir bench run too,
 # and installs Kvasir with ko on a real cluster (test/cluster). vet builds
 # with ko's flags (CGO_ENABLED=0, -trimpath) so that ko then only links.
-test: envtest-assets cluster-assets
+test: envtest-assets cluster-assets peer-assets
 	CGO_ENABLED=0 GOFLAGS="$$GOFLAGS -trimpath" $(GO) vet ./...
 	GOOS=darwin GOARCH=arm64 $(GO) build ./...
 	GOOS=darwin GOARCH=arm64 $(GO) vet ./...

@@ -165,6 +165,7 @@ type Activator struct {
 	onDemand    func(fleet.Key)
 	metrics     *metrics
 	upstream    *upstream.Client
+	tokenizers  tokenizers // tokenizer files of revisions, by path
 	bodies      httpserver.BodyReader
 	// writeTimeout bounds each write to a client (httpserver.ClientWriter).
 	writeTimeout time.Duration
@@ -244,7 +245,15 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 			if err != nil {
 				return fmt.Errorf("service %q: spec.routing.%w", sc.Name, err)
 			}
-			s.revisions[rc.Name] = &revisionRoute{cfg: rc, rev: rev, prefill: prefill,
+			var tok textTokenizer
+			if rc.Tokenizer.Type == v1alpha1.TokenizerFile {
+				if tok, err = a.tokenizers.load(rc.Tokenizer.Path); err != nil {
+					// Routing still works, without prefix knowledge of the engine's cache.
+					a.log.Error("tokenizer not loaded; routing without the engine's tokens", slog.String("service", sc.Name),
+						slog.String("revision", rc.Name), slog.String("path", rc.Tokenizer.Path), slog.Any("error", err))
+				}
+			}
+			s.revisions[rc.Name] = &revisionRoute{cfg: rc, rev: rev, prefill: prefill, tok: tok,
 				ok:       a.metrics.requests.WithLabelValues(sc.Namespace, sc.Name, rc.Name, "200"),
 				duration: a.metrics.duration.WithLabelValues(sc.Namespace, sc.Name, rc.Name)}
 		}

@@ -108,6 +108,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 	if timeout <= 0 {
 		timeout = a.cfg.RequestTimeout
 	}
+	a.tokenize(ctx, rt, rt.svc.cfg.Model)
 	var tried map[string]bool
 	var last *failure // the last replica's failure
 	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {

@@ -3,7 +3,6 @@ package activator
 import (
 	"math/rand/v2"
 	"net/http"
-	"sort"
 	"strconv"
 	"time"
 
@@ -157,40 +156,19 @@ func (a *Activator) writeFailure(w http.ResponseWriter, rt *routed, f *failure) 
 	}
 }
 
-type modelEntry struct {
-	ID      string `json:"id"`
-	Object  string `json:"object"`
-	Created int64  `json:"created"`
-	OwnedBy string `json:"owned_by"`
-	Parent  string `json:"parent,omitempty"` // the base model of a LoRA adapter
-}
-
+// serveModels lists Kvasir's models, with what their engines report of
+// them (models.go). No I/O: the pods' reports are in memory.
 func (a *Activator) serveModels(w http.ResponseWriter, _ *http.Request) {
-	t := a.routes.Load()
-	data := make([]modelEntry, 0, len(t.byModel)+len(t.byAdapter))
-	for m := range t.byModel {
-		data = append(data, modelEntry{ID: m, Object: "model", OwnedBy: "kvasir"})
-	}
-	for ad, s := range t.byAdapter {
-		data = append(data, modelEntry{ID: ad, Object: "model", OwnedBy: "kvasir", Parent: s.cfg.Model})
-	}
-	sort.Slice(data, func(i, j int) bool { return data[i].ID < data[j].ID })
-	writeJSON(w, http.StatusOK, struct {
-		Object string       `json:"object"`
-		Data   []modelEntry `json:"data"`
-	}{"list", data})
+	writeJSON(w, http.StatusOK, a.routes.Load().models())
 }
 
+// serveModel describes one model: a name of /v1/models, or name@tag.
 func (a *Activator) serveModel(w http.ResponseWriter, r *http.Request) {
 	model := r.PathValue("model")
-	s, adapter, ok := a.routes.Load().lookup(model)
+	e, ok := a.routes.Load().model(model)
 	if !ok {
 		openai.WriteError(w, http.StatusNotFound, openai.ModelNotFound(model), 0)
 		return
-	}
-	e := modelEntry{ID: model, Object: "model", OwnedBy: "kvasir"}
-	if adapter != "" {
-		e.Parent = s.cfg.Model
 	}
 	writeJSON(w, http.StatusOK, e)
 }

@@ -11,6 +11,9 @@ type metrics struct {
 	attempts *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	pd       *prometheus.CounterVec
+	// tokenizeErrors counts failed asks of an engine's tokenization
+	// endpoint (the request was routed on its text).
+	tokenizeErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
@@ -32,9 +35,13 @@ func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
 			Name: "kvasir_activator_pd_requests_total",
 			Help: "Requests to disaggregated revisions by where their prompt was prefilled: remote (a prefill pod), local (the decode pod held most of it) or fallback (no prefill pod could).",
 		}, []string{"namespace", "service", "revision", "prefill"}),
+		tokenizeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kvasir_activator_tokenize_errors_total",
+			Help: "Prompts an engine's tokenization endpoint did not tokenize; they were routed on their text, without the engine's prefix keys.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.attempts, m.duration, m.pd, &loadCollector{a: a})
+		reg.MustRegister(m.requests, m.attempts, m.duration, m.pd, m.tokenizeErrors, &loadCollector{a: a})
 	}
 	return m
 }

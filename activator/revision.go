@@ -57,6 +57,11 @@ type revision struct {
 	lastActive time.Time
 	health     map[*scheduler.Pod]*podHealth // outlier state of pods that failed
 	ejections  uint64                        // ejections so far
+	rr         uint64                        // round robin of anyReadyAddress
+
+	// cardMemo remembers its engines' model cards (models.go), so that a
+	// revision at zero still shows them.
+	cardMemo cardMemo
 }
 
 func newRevision(ctx context.Context, key fleet.Key, log *slog.Logger, onDemand func(fleet.Key),
@@ -281,6 +286,18 @@ func (r *revision) matchFraction(req *scheduler.Request, p *scheduler.Pod) float
 	var m [kvindex.MaxPods]int
 	r.index.MatchConfirmed(hashes, &m)
 	return float64(m[p.Slot]) / float64(len(hashes))
+}
+
+// anyReadyAddress returns the address of one of the revision's pods, for a
+// request that any of them answers alike (the engine's tokenization).
+func (r *revision) anyReadyAddress() (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pods) == 0 {
+		return "", false
+	}
+	r.rr++
+	return r.pods[r.rr%uint64(len(r.pods))].Address, true
 }
 
 // acquire returns a pod for one request, buffering up to timeout when none

@@ -37,6 +37,10 @@ type RevisionConfig struct {
 	// Disaggregated revisions run a prefill and a decode replica set
 	// (fleet.Key roles RolePrefill and RoleDecode) instead of one unified set.
 	Disaggregated bool
+	// Tokenizer is how the revision's engine tokenizes (resolved per engine
+	// type by pkg/engine.Resolve): with one, prefix routing keys on the
+	// engine's tokens, as its KV events do (tokenize.go).
+	Tokenizer v1alpha1.TokenizerSpec
 }
 
 // table is an immutable routing snapshot, swapped atomically.
@@ -68,6 +72,8 @@ type revisionRoute struct {
 	rev *revision // the unified pool, or the decode pool when disaggregated
 	// prefill is the prefill pool of a disaggregated revision, else nil.
 	prefill *revision
+	// tok is the tokenizer of a file Tokenizer, nil when it could not be loaded.
+	tok textTokenizer
 	// Metric children of the common case, resolved once.
 	ok       prometheus.Counter
 	duration prometheus.Observer

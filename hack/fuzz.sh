@@ -32,6 +32,8 @@ targets=(
 	"./queueproxy FuzzEngineMetrics"
 	"./pkg/local FuzzLoad"
 	"./pkg/prompt FuzzAppendChatJSON"
+	"./pkg/tokenizer FuzzLoadBytes"
+	"./pkg/tokenizer FuzzEncode"
 )
 
 # Every fuzz target of the tree is listed above.

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -72,6 +73,22 @@ type Config struct {
 	// 0 takes the engine's (or, when it reports none, caps the model at
 	// DefaultKVModelBlocks and reports the capacity as unknown).
 	KVCapacityBlocks int
+	// KVEventsEndpoint, when set, is the ZMQ endpoint of the engine's own
+	// KV-cache events; the queue-proxy follows them instead of modelling
+	// the cache (KVModel is then unused). Its keys are the token-chained
+	// keys of pkg/prompt, for routers that tokenize as the engine does.
+	KVEventsEndpoint string
+	// KVEventsTopic is the topic prefix subscribed to ("" for all).
+	KVEventsTopic string
+	// KVEventsBind binds KVEventsEndpoint (the engine connects) instead of
+	// connecting to it; a wildcard host is always bound.
+	KVEventsBind bool
+	// LoRAAdaptersFile, when set, is a file of the adapters the engine must
+	// serve (LoRAFile, JSON), kept current by the runtime; the queue-proxy
+	// loads and unloads adapters on its engine to match it.
+	LoRAAdaptersFile string
+	// LoRALoadPath and LoRAUnloadPath are the engine's endpoints for that.
+	LoRALoadPath, LoRAUnloadPath string
 	// KVFlushInterval is the most often KV deltas are sent: changes are
 	// batched for this long.
 	KVFlushInterval time.Duration
@@ -125,6 +142,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.KVModel, "kv-model", true, "model the engine's prefix cache and stream block changes to stats subscribers")
 	fs.IntVar(&c.KVBlockSize, "kv-block-size", 0, "KV block size in tokens for the KV model (0: the engine's vllm:cache_config_info block_size)")
 	fs.IntVar(&c.KVCapacityBlocks, "kv-capacity-blocks", 0, "prompt blocks the engine's cache holds (0: the engine's num_gpu_blocks)")
+	fs.StringVar(&c.KVEventsEndpoint, "kv-events-endpoint", "", "ZMQ endpoint of the engine's KV-cache events, followed instead of modelling the cache (tcp://host:port; empty: model)")
+	fs.StringVar(&c.KVEventsTopic, "kv-events-topic", "", "topic prefix of the engine's KV events")
+	fs.BoolVar(&c.KVEventsBind, "kv-events-bind", false, "bind --kv-events-endpoint for the engine to connect to (wildcard hosts always bind)")
+	fs.StringVar(&c.LoRAAdaptersFile, "lora-adapters-file", "", `file of the LoRA adapters the engine must serve ({"loraAdapters": [...]}), loaded and unloaded at run time to match (empty: none)`)
+	fs.StringVar(&c.LoRALoadPath, "lora-load-path", "/v1/load_lora_adapter", "engine endpoint that loads a LoRA adapter")
+	fs.StringVar(&c.LoRAUnloadPath, "lora-unload-path", "/v1/unload_lora_adapter", "engine endpoint that unloads a LoRA adapter")
 	fs.DurationVar(&c.KVFlushInterval, "kv-flush-interval", DefaultKVFlushInterval, "KV model changes are batched and sent at most this often")
 	c.Limits = httpserver.DefaultLimits()
 	httpserver.RegisterFlags(fs, &c.Limits)
@@ -171,6 +194,21 @@ func (c Config) Validate() error {
 	}
 	if c.KVCapacityBlocks < 0 || c.KVCapacityBlocks > MaxKVCapacityBlocks {
 		bad("kv-capacity-blocks", "%d is not in 0..%d", c.KVCapacityBlocks, MaxKVCapacityBlocks)
+	}
+	if e := c.KVEventsEndpoint; e != "" {
+		if host, port, err := net.SplitHostPort(strings.TrimPrefix(e, "tcp://")); !strings.HasPrefix(e, "tcp://") ||
+			err != nil || host == "" || port == "" || strings.ContainsAny(e, " \t\r\n") {
+			bad("kv-events-endpoint", "%q is not tcp://host:port", e)
+		}
+	}
+	if !strings.HasPrefix(c.LoRALoadPath, "/") {
+		bad("lora-load-path", "%q must start with /", c.LoRALoadPath)
+	}
+	if !strings.HasPrefix(c.LoRAUnloadPath, "/") {
+		bad("lora-unload-path", "%q must start with /", c.LoRAUnloadPath)
+	}
+	if len(c.KVEventsTopic) > 256 {
+		bad("kv-events-topic", "is %d bytes long; at most 256", len(c.KVEventsTopic))
 	}
 	for _, d := range []struct {
 		flag string

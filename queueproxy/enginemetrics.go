@@ -65,11 +65,7 @@ func parseEngineMetrics(r io.Reader) (stats.EngineStat, error) {
 	es.KVCacheUsage = mean("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
 	es.PrefixCacheHits = sum("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits")
 	es.PrefixCacheQuery = sum("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries")
-	if m := firstMetric(fams["vllm:cache_config_info"]); m != nil {
-		found = true
-		es.BlockSize = count(label(m, "block_size"))
-		es.NumGPUBlocks = count(label(m, "num_gpu_blocks"))
-	}
+	es.BlockSize, es.NumGPUBlocks = cacheShape(fams, &found)
 	if mf, ok := fams["vllm:lora_requests_info"]; ok {
 		found = true
 		es.LoRAAdapters = splitAdapters(label(latestMetric(mf), "running_lora_adapters"))
@@ -82,6 +78,55 @@ func parseEngineMetrics(r io.Reader) (stats.EngineStat, error) {
 	}
 	es.Scraped = true
 	return es, nil
+}
+
+// cacheShape reads the engine's KV cache shape: tokens a block (a page,
+// for SGLang) and blocks in all, 0 for unknown. The first form that gives a
+// valid block size wins, its count with it:
+//
+//   - vLLM: labels block_size and num_gpu_blocks of vllm:cache_config_info;
+//   - SGLang before v0.5.11: labels page_size and num_pages of
+//     sglang:cache_config_info;
+//   - SGLang since: the gauges sglang:page_size and sglang:num_pages (one
+//     sample per scheduler: the first valid one counts).
+//
+// found is set when any of these names appears.
+func cacheShape(fams map[string]*dto.MetricFamily, found *bool) (blockSize, blocks int) {
+	info := func(name, sizeLabel, countLabel string) (int, int) {
+		m := firstMetric(fams[name])
+		if m == nil {
+			return 0, 0
+		}
+		*found = true
+		return count(label(m, sizeLabel)), count(label(m, countLabel))
+	}
+	vBS, vN := info("vllm:cache_config_info", "block_size", "num_gpu_blocks")
+	if vBS > 0 {
+		return vBS, vN
+	}
+	if bs, n := info("sglang:cache_config_info", "page_size", "num_pages"); bs > 0 {
+		return bs, n
+	}
+	if bs, n := gaugeCount(fams["sglang:page_size"], found), gaugeCount(fams["sglang:num_pages"], found); bs > 0 {
+		return bs, n
+	}
+	return 0, vN // no valid block size anywhere: vLLM's count alone, as before
+}
+
+// gaugeCount reads a metric whose value is a count (a block size, a number
+// of blocks): the first sample that is a whole number in 1..maxCount-1; 0
+// when none is (absent, negative, NaN, fractional, huge).
+func gaugeCount(mf *dto.MetricFamily, found *bool) int {
+	if mf == nil {
+		return 0
+	}
+	*found = true
+	for _, m := range mf.GetMetric() {
+		if v := value(m); v >= 1 && v < maxCount && v == math.Trunc(v) {
+			return int(v)
+		}
+	}
+	return 0
 }
 
 // value is the sample of a gauge, counter or untyped metric.
@@ -160,8 +205,19 @@ func splitAdapters(s string) []string {
 	return out
 }
 
-// scrapeEngine fetches and parses the engine's metrics once.
+// scrapeEngine reads the engine once: its metrics (the error is theirs)
+// and its model list (scrapeModels), whatever became of the metrics: a
+// custom engine may serve either without the other.
 func (p *Proxy) scrapeEngine(ctx context.Context) (stats.EngineStat, error) {
+	es, err := p.scrapeMetrics(ctx)
+	if ctx.Err() == nil {
+		p.scrapeModels(ctx, &es)
+	}
+	return es, err
+}
+
+// scrapeMetrics fetches and parses the engine's metrics once.
+func (p *Proxy) scrapeMetrics(ctx context.Context) (stats.EngineStat, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ScrapeInterval)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.engineURL(p.cfg.EngineMetricsPath), nil)

@@ -1,6 +1,8 @@
 package queueproxy
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -117,4 +119,72 @@ func TestEngineMetricsNotFiniteOrHuge(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, stats.EngineStat{Scraped: true, BlockSize: 16}, es)
 	require.NotPanics(t, func() { statMessage(stats.Stat{Engine: es}) })
+}
+
+// SGLang's KV cache shape, in each form it has had, and vLLM's beside it,
+// from expositions in testdata/metrics.
+func TestParseEngineMetricsCacheShapeFixtures(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		want stats.EngineStat
+	}{{
+		file: "sglang-cache-config-info.txt", // before v0.5.11
+		want: stats.EngineStat{Scraped: true, Running: 3, Waiting: 1, KVCacheUsage: 0.25, PrefixCacheHitPct: 0.5,
+			BlockSize: 64, NumGPUBlocks: 8192},
+	}, {
+		file: "sglang-page-gauges.txt", // v0.5.11 on, two DP ranks
+		want: stats.EngineStat{Scraped: true, Running: 3, Waiting: 4, KVCacheUsage: 0.375, BlockSize: 32, NumGPUBlocks: 8192},
+	}, {
+		file: "vllm-and-sglang.txt",
+		want: stats.EngineStat{Scraped: true, Running: 1, BlockSize: 16, NumGPUBlocks: 2000},
+	}} {
+		t.Run(tc.file, func(t *testing.T) {
+			f, err := os.Open(filepath.Join("testdata", "metrics", tc.file))
+			require.NoError(t, err)
+			defer f.Close()
+			got, err := parseEngineMetrics(f)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
+// Values that are not a count (negative, zero, NaN, infinite, fractional,
+// too large for the KV model's arithmetic, not a number) are ignored: the
+// shape is unknown (0), or the next form that has a valid one gives it.
+func TestParseEngineMetricsCacheShapeGarbage(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		text      string
+		bs, count int
+	}{
+		{"info: negative", `sglang:cache_config_info{page_size="-64",num_pages="-1"} 1` + "\n", 0, 0},
+		{"info: not numbers", `sglang:cache_config_info{page_size="NaN",num_pages="lots"} 1` + "\n", 0, 0},
+		{"info: huge", `sglang:cache_config_info{page_size="99999999999999999999",num_pages="9223372036854775807"} 1` + "\n", 0, 0},
+		{"info: count huge", `sglang:cache_config_info{page_size="64",num_pages="4294967296"} 1` + "\n", 64, 0},
+		{"info: no labels", "sglang:cache_config_info 1\n", 0, 0},
+		{"gauges: NaN", "sglang:page_size NaN\nsglang:num_pages NaN\n", 0, 0},
+		{"gauges: infinite", "sglang:page_size +Inf\nsglang:num_pages -Inf\n", 0, 0},
+		{"gauges: negative", "sglang:page_size -16\nsglang:num_pages -100\n", 0, 0},
+		{"gauges: zero", "sglang:page_size 0\nsglang:num_pages 0\n", 0, 0},
+		{"gauges: fractional", "sglang:page_size 16.5\nsglang:num_pages 100.25\n", 0, 0},
+		{"gauges: huge", "sglang:page_size 1e300\nsglang:num_pages 1e300\n", 0, 0},
+		{"gauges: count garbage", "sglang:page_size 16\nsglang:num_pages NaN\n", 16, 0},
+		{"gauges: count alone", "sglang:num_pages 100\n", 0, 0},
+		{"gauges: first valid sample", "sglang:page_size{dp_rank=\"0\"} -1\nsglang:page_size{dp_rank=\"1\"} 16\nsglang:num_pages{dp_rank=\"0\"} NaN\nsglang:num_pages{dp_rank=\"1\"} 10\n", 16, 10},
+		{"garbage info, valid gauges", "sglang:cache_config_info{page_size=\"x\",num_pages=\"1\"} 1\nsglang:page_size 8\nsglang:num_pages 10\n", 8, 10},
+		{"info before gauges", "sglang:cache_config_info{page_size=\"64\",num_pages=\"100\"} 1\nsglang:page_size 8\nsglang:num_pages 10\n", 64, 100},
+		{"vLLM garbage, SGLang valid", "vllm:cache_config_info{block_size=\"-16\",num_gpu_blocks=\"5\"} 1\nsglang:page_size 8\nsglang:num_pages 10\n", 8, 10},
+		{"vLLM valid, SGLang garbage", "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"5\"} 1\nsglang:page_size NaN\n", 16, 5},
+		{"vLLM count alone, as before", "vllm:cache_config_info{num_gpu_blocks=\"5\"} 1\n", 0, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			es, err := parseEngineMetrics(strings.NewReader(tc.text))
+			require.NoError(t, err, "the names are known: the scrape succeeds")
+			assert.True(t, es.Scraped)
+			assert.Equal(t, tc.bs, es.BlockSize, "block size")
+			assert.Equal(t, tc.count, es.NumGPUBlocks, "blocks")
+			require.NotPanics(t, func() { statMessage(stats.Stat{Engine: es}) })
+		})
+	}
 }

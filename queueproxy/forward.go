@@ -24,6 +24,7 @@ import (
 const (
 	pathChatCompletions = "/v1/chat/completions"
 	pathCompletions     = "/v1/completions"
+	pathEmbeddings      = "/v1/embeddings"
 )
 
 const (
@@ -60,12 +61,31 @@ type usage struct {
 	} `json:"prompt_tokens_details"`
 }
 
+// isInference reports whether r is one of the OpenAI inference requests
+// the queue-proxy counts and limits.
+func isInference(r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		return false
+	}
+	switch r.URL.Path {
+	case pathChatCompletions, pathCompletions, pathEmbeddings:
+		return true
+	}
+	return false
+}
+
 // serveProxy relays one request to the engine.
 func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
 	p.active.enter()
 	defer p.active.leave()
 	ex := &exchange{start: time.Now()}
-	defer p.record(r, ex)
+	// Only inference is counted and limited: the activator's tokenization
+	// of a prompt (the engine's /tokenize, before routing) and other engine
+	// endpoints neither wait for a slot nor count as requests.
+	accounted := isInference(r)
+	if accounted {
+		defer p.record(r, ex)
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), p.cfg.RequestTimeout)
 	defer cancel()
 
@@ -90,13 +110,15 @@ func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	if !p.admit(ctx, w, r, ex) {
-		if kt != nil {
-			p.kv.release(kt)
+	if accounted {
+		if !p.admit(ctx, w, r, ex) {
+			if kt != nil {
+				p.kv.release(kt)
+			}
+			return
 		}
-		return
+		defer p.leave()
 	}
-	defer p.leave()
 	engineStatus := 0 // the engine's response status; 0 while none
 	if kt != nil {
 		p.kv.sent(kt)

@@ -1,14 +1,11 @@
 package queueproxy
 
 import (
-	"encoding/json"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
 
 // kvModel is the queue-proxy's model of the prompt blocks its engine holds
@@ -41,7 +38,7 @@ type kvModel struct {
 	flagCap     int // --kv-capacity-blocks; 0 = the engine's
 	hub         *hub
 	corrections prometheus.Counter
-	size        atomic.Int64 // blocks in the model
+	blocks      atomic.Int64 // blocks in the model
 
 	// shape is the block size and the epoch it belongs to; nil while the
 	// block size is unknown.
@@ -67,11 +64,7 @@ type kvModel struct {
 	free         []int32 // unused nodes
 	index        map[uint64]int32
 	head, tail   int32 // least and most recently used; -1 when empty
-	seq          uint64
-	batch        map[uint64]bool // hashes changed since the last message: were they present then?
-	order        []uint64        // batch keys in the order of their first change
-	reset        bool            // the next message is a snapshot
-	meta         bool            // block size or capacity changed since the last message
+	deltas       kvDeltas
 }
 
 // kvShape is what the request path needs to hash a prompt.
@@ -97,7 +90,7 @@ func newKVModel(cfg Config, h *hub, corrections prometheus.Counter, log *slog.Lo
 		hub:         h,
 		corrections: corrections,
 		index:       make(map[uint64]int32),
-		batch:       make(map[uint64]bool),
+		deltas:      newKVDeltas(cfg.PodName),
 		head:        -1,
 		tail:        -1,
 	}
@@ -143,7 +136,7 @@ func (m *kvModel) configure(engineBS, engineBlocks int, restarted bool) {
 		m.clearLocked(bs)
 	}
 	if capacity != m.capacity || limit != m.limit {
-		m.capacity, m.limit, m.meta = capacity, limit, true
+		m.capacity, m.limit, m.deltas.meta = capacity, limit, true
 		m.evictLocked()
 	}
 }
@@ -154,11 +147,10 @@ func (m *kvModel) clearLocked(bs int) {
 	m.blockSize = bs
 	m.epoch++
 	clear(m.index)
-	clear(m.batch)
-	m.nodes, m.free, m.order = m.nodes[:0], m.free[:0], m.order[:0]
+	m.deltas.clear()
+	m.nodes, m.free = m.nodes[:0], m.free[:0]
 	m.head, m.tail = -1, -1
-	m.reset, m.meta = true, true
-	m.size.Store(0)
+	m.blocks.Store(0)
 	if bs > 0 {
 		m.shape.Store(&kvShape{blockSize: bs, epoch: m.epoch})
 	} else {
@@ -167,7 +159,7 @@ func (m *kvModel) clearLocked(bs int) {
 }
 
 // len is the number of blocks in the model.
-func (m *kvModel) len() int { return int(m.size.Load()) }
+func (m *kvModel) len() int { return int(m.blocks.Load()) }
 
 // hashes returns the blocks of the model, least recently used first.
 func (m *kvModel) hashes() []uint64 {
@@ -197,7 +189,7 @@ func (m *kvModel) touchLocked(hash uint64, settled bool) (prior uint64) {
 		}
 		m.unlinkLocked(i)
 	} else {
-		m.noteLocked(hash, false)
+		m.deltas.note(hash, false)
 		if k := len(m.free); k > 0 {
 			i = m.free[k-1]
 			m.free = m.free[:k-1]
@@ -220,7 +212,7 @@ func (m *kvModel) touchLocked(hash uint64, settled bool) (prior uint64) {
 // removeLocked drops node i.
 func (m *kvModel) removeLocked(i int32) {
 	h := m.nodes[i].hash
-	m.noteLocked(h, true)
+	m.deltas.note(h, true)
 	m.unlinkLocked(i)
 	delete(m.index, h)
 	m.free = append(m.free, i)
@@ -246,24 +238,7 @@ func (m *kvModel) evictLocked() {
 	for len(m.index) > m.limit && m.head >= 0 {
 		m.removeLocked(m.head)
 	}
-	m.size.Store(int64(len(m.index)))
-}
-
-// noteLocked records that hash changes, remembering its presence at the
-// last message on its first change in a batch. The delta sent is the
-// difference between then and the flush, so any sequence of additions and
-// removals of a block within a batch comes out right: added then removed
-// (absent before) is no change, removed then added (present before) is no
-// change, and a block removed and added back whose node moved is no change
-// either.
-func (m *kvModel) noteLocked(hash uint64, present bool) {
-	if m.reset {
-		return // the next message is a snapshot anyway
-	}
-	if _, ok := m.batch[hash]; !ok {
-		m.batch[hash] = present
-		m.order = append(m.order, hash)
-	}
+	m.blocks.Store(int64(len(m.index)))
 }
 
 // flush sends the changes batched since the last message, if any.
@@ -274,44 +249,15 @@ func (m *kvModel) flush() {
 }
 
 func (m *kvModel) flushLocked() {
-	if !m.reset && !m.meta && len(m.order) == 0 {
-		return
+	if msg := m.deltas.next(m, m.blockSize, m.capacity); msg != nil {
+		m.hub.broadcast(msg)
 	}
-	ev := stats.KVEvent{Pod: m.pod, BlockSize: m.blockSize, Capacity: m.capacity}
-	if !m.reset {
-		for _, h := range m.order {
-			_, now := m.index[h]
-			switch was := m.batch[h]; {
-			case now && !was:
-				ev.Added = append(ev.Added, h)
-			case !now && was:
-				ev.Removed = append(ev.Removed, h)
-			}
-		}
-		// A delta larger than the whole model is better sent as a snapshot.
-		m.reset = len(ev.Added)+len(ev.Removed) > len(m.index)+1
-	}
-	clear(m.batch)
-	m.order = m.order[:0]
-	if m.reset {
-		ev.Reset, ev.Removed = true, nil
-		ev.Added = m.appendHashesLocked(make([]uint64, 0, len(m.index)))
-	} else if len(ev.Added) == 0 && len(ev.Removed) == 0 && !m.meta {
-		return // every change cancelled out
-	}
-	m.reset, m.meta = false, false
-	m.seq++
-	ev.Seq = m.seq
-	m.hub.broadcast(kvMessage(&ev))
 }
 
-// snapshotLocked is the whole model as a KV event at the current seq.
-func (m *kvModel) snapshotLocked() []byte {
-	return kvMessage(&stats.KVEvent{
-		Pod: m.pod, BlockSize: m.blockSize, Capacity: m.capacity, Seq: m.seq, Reset: true,
-		Added: m.appendHashesLocked(make([]uint64, 0, len(m.index))),
-	})
-}
+// has, appendAll and size make the model a kvSet.
+func (m *kvModel) has(hash uint64) bool            { _, ok := m.index[hash]; return ok }
+func (m *kvModel) appendAll(dst []uint64) []uint64 { return m.appendHashesLocked(dst) }
+func (m *kvModel) size() int                       { return len(m.index) }
 
 // subscribe registers a stats subscriber on h whose first messages are
 // stat and a snapshot of the model. Pending changes are flushed to the
@@ -322,14 +268,5 @@ func (m *kvModel) subscribe(h *hub, kill func(), stat []byte) *subscriber {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.flushLocked()
-	return h.subscribe(kill, stat, m.snapshotLocked())
-}
-
-// kvMessage renders a KV event message.
-func kvMessage(ev *stats.KVEvent) []byte {
-	b, err := json.Marshal(stats.Message{Type: stats.TypeKV, KV: ev})
-	if err != nil { // only plain fields: cannot happen
-		panic("queueproxy: marshal kv event: " + err.Error())
-	}
-	return b
+	return h.subscribe(kill, stat, m.deltas.snapshot(m, m.blockSize, m.capacity))
 }

@@ -77,7 +77,7 @@ func counterValue(c prometheus.Counter) float64 {
 func (m *kvModel) state() (uint64, []uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.seq, m.appendHashesLocked(nil)
+	return m.deltas.seq, m.appendHashesLocked(nil)
 }
 
 func set(hashes ...uint64) map[uint64]struct{} {
@@ -381,9 +381,9 @@ func TestKVBlockSizeChangeResets(t *testing.T) {
 	assert.Zero(t, m.len())
 }
 
-// kvFollower follows a stats stream's KV events and keeps the set they
+// streamFollower follows a stats stream's KV events and keeps the set they
 // describe, checking the protocol as it goes.
-type kvFollower struct {
+type streamFollower struct {
 	mu      sync.Mutex
 	blocks  map[uint64]struct{}
 	seq     uint64
@@ -393,10 +393,10 @@ type kvFollower struct {
 	err     error
 }
 
-func followKV(t *testing.T, base string) *kvFollower {
+func followKV(t *testing.T, base string) *streamFollower {
 	t.Helper()
 	conn := subscribe(t, base)
-	f := &kvFollower{adds: map[uint64]int{}}
+	f := &streamFollower{adds: map[uint64]int{}}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -425,7 +425,7 @@ func followKV(t *testing.T, base string) *kvFollower {
 	return f
 }
 
-func (f *kvFollower) fail(err error) {
+func (f *streamFollower) fail(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err == nil {
@@ -433,7 +433,7 @@ func (f *kvFollower) fail(err error) {
 	}
 }
 
-func (f *kvFollower) apply(ev *stats.KVEvent) {
+func (f *streamFollower) apply(ev *stats.KVEvent) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	switch {
@@ -467,7 +467,7 @@ func (f *kvFollower) apply(ev *stats.KVEvent) {
 
 // matches reports whether the follower is at the model's seq with exactly
 // its blocks.
-func (f *kvFollower) matches(m *kvModel) bool {
+func (f *streamFollower) matches(m *kvModel) bool {
 	seq, blocks := m.state()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -534,7 +534,7 @@ func TestKVStream(t *testing.T) {
 	p.awaitRequests(t, 80)
 	late := followKV(t, p.srv.URL)
 
-	for _, f := range []*kvFollower{early, mid, late} {
+	for _, f := range []*streamFollower{early, mid, late} {
 		require.Eventually(t, func() bool { return f.matches(p.kv) }, waitFor, tick)
 	}
 	assert.Positive(t, p.KVBlocks())
@@ -674,7 +674,7 @@ func BenchmarkKVSnapshot(b *testing.B) {
 	var size int
 	for b.Loop() {
 		m.mu.Lock()
-		size = len(m.snapshotLocked())
+		size = len(m.deltas.snapshot(m, m.blockSize, m.capacity))
 		m.mu.Unlock()
 	}
 	b.ReportMetric(float64(size), "bytes/snapshot")

@@ -19,6 +19,10 @@ type metrics struct {
 	cachedTokens     prometheus.Counter
 	completionTokens prometheus.Counter
 	kvCorrections    prometheus.Counter
+	kvEvents         *prometheus.CounterVec
+	kvEventsSkipped  *prometheus.CounterVec
+	kvEventGaps      prometheus.Counter
+	loraOps          *prometheus.CounterVec
 }
 
 const metricsNamespace, metricsSubsystem = "kvasir", "queueproxy"
@@ -52,6 +56,14 @@ func newMetrics(p *Proxy) *metrics {
 			"Completion tokens reported by the engine."))),
 		kvCorrections: prometheus.NewCounter(prometheus.CounterOpts(opts("kv_corrections_total",
 			"Times the engine's cached_tokens showed the KV model held evicted blocks, which were then removed."))),
+		kvEvents: prometheus.NewCounterVec(prometheus.CounterOpts(opts("kv_events_total",
+			"KV-cache events received from the engine, by type (stored, removed, cleared).")), []string{"type"}),
+		kvEventsSkipped: prometheus.NewCounterVec(prometheus.CounterOpts(opts("kv_events_skipped_blocks_total",
+			"Blocks of the engine's BlockStored events not followed, by reason (unknown_parent, malformed, full).")), []string{"reason"}),
+		loraOps: prometheus.NewCounterVec(prometheus.CounterOpts(opts("lora_operations_total",
+			"LoRA adapters loaded or unloaded on the engine at run time, by op (load, unload) and result (ok, error).")), []string{"op", "result"}),
+		kvEventGaps: prometheus.NewCounter(prometheus.CounterOpts(opts("kv_event_gaps_total",
+			"Gaps in the sequence numbers of the engine's KV events (or restarts of its count); each empties the followed set, which is then learnt again."))),
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(name, help)), f)
@@ -65,7 +77,8 @@ func newMetrics(p *Proxy) *metrics {
 	m.registry.MustRegister(
 		m.requests, m.errors, m.duration, m.ttft, m.itl,
 		m.promptTokens, m.cachedTokens, m.completionTokens, m.kvCorrections,
-		gauge("kv_model_blocks", "Prompt blocks the KV model believes the engine holds in its prefix cache.",
+		m.kvEvents, m.kvEventsSkipped, m.kvEventGaps, m.loraOps,
+		gauge("kv_model_blocks", "Prompt blocks the KV model believes (or the engine's KV events say) the engine holds in its prefix cache.",
 			func() float64 { return float64(p.KVBlocks()) }),
 		gauge("in_flight", "Requests being proxied to the engine now.", func() float64 { return float64(p.inFlight.Load()) }),
 		gauge("queued", "Requests waiting for the concurrency limit.", func() float64 { return float64(p.queued()) }),

@@ -40,14 +40,20 @@ type Proxy struct {
 	// sync carries measured requests (chat and completions, body in memory)
 	// to a plain-http engine without net/http's per-request goroutine
 	// hand-offs; nil for https engines.
-	sync     *upstream.Client
-	limiter  *limiter // nil when unlimited
-	metrics  *metrics
-	hub      *hub
-	kv       *kvModel // nil with --kv-model=false
-	upgrader websocket.Upgrader
-	bodies   httpserver.BodyReader // measured requests' bodies
-	handler  http.Handler
+	sync    *upstream.Client
+	limiter *limiter // nil when unlimited
+	metrics *metrics
+	hub     *hub
+	kv      *kvModel    // the KV model; nil with --kv-model=false or KV events
+	kvf     *kvFollower // the engine's KV events; nil without --kv-events-endpoint
+	kvs     kvSource    // kv or kvf, whichever streams KV events; nil for none
+
+	// engineAdapters are the LoRA adapters the engine's model list showed
+	// last (read-only once stored); nil before the first list.
+	engineAdapters atomic.Pointer[map[string]struct{}]
+	upgrader       websocket.Upgrader
+	bodies         httpserver.BodyReader // measured requests' bodies
+	handler        http.Handler
 
 	ready    atomic.Bool // the engine answered its health check
 	draining atomic.Bool
@@ -98,8 +104,13 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 		p.limiter = newLimiter(cfg.ContainerConcurrency, cfg.queueDepth())
 	}
 	p.metrics = newMetrics(p)
-	if cfg.KVModel {
+	switch {
+	case cfg.KVEventsEndpoint != "":
+		p.kvf = newKVFollower(cfg, p.hub, p.metrics, logger)
+		p.kvs = p.kvf
+	case cfg.KVModel:
 		p.kv = newKVModel(cfg, p.hub, p.metrics.kvCorrections, logger)
+		p.kvs = p.kv
 	}
 
 	own := http.NewServeMux()
@@ -159,12 +170,19 @@ func (p *Proxy) Run(ctx context.Context) error {
 	wg.Go(func() {
 		every(ctx, p.cfg.StatsInterval, false, func(context.Context) { p.hub.broadcast(statMessage(p.Stat())) })
 	})
-	if p.kv != nil {
-		wg.Go(func() { every(ctx, p.cfg.KVFlushInterval, false, func(context.Context) { p.kv.flush() }) })
+	if p.kvf != nil {
+		wg.Go(func() { p.kvf.run(ctx, p.cfg) })
+	}
+	if p.cfg.LoRAAdaptersFile != "" {
+		l := &loraReconciler{p: p, path: p.cfg.LoRAAdaptersFile, ops: map[string]*loraOp{}, now: time.Now}
+		wg.Go(func() { every(ctx, p.cfg.ScrapeInterval, false, l.tick) })
+	}
+	if p.kvs != nil {
+		wg.Go(func() { every(ctx, p.cfg.KVFlushInterval, false, func(context.Context) { p.kvs.flush() }) })
 	}
 	wg.Wait()
-	if p.kv != nil {
-		p.kv.flush()
+	if p.kvs != nil {
+		p.kvs.flush()
 	}
 	p.hub.close(statMessage(p.Stat()))
 	p.hub.wait()
@@ -211,13 +229,14 @@ func (p *Proxy) Stat() stats.Stat {
 	return s
 }
 
-// KVBlocks is the number of prompt blocks the KV model believes the engine
-// holds in its prefix cache (0 with --kv-model=false).
+// KVBlocks is the number of prompt blocks the KV model believes, or the
+// engine's KV events say, the engine holds in its prefix cache (0 with
+// neither).
 func (p *Proxy) KVBlocks() int {
-	if p.kv == nil {
+	if p.kvs == nil {
 		return 0
 	}
-	return p.kv.len()
+	return p.kvs.len()
 }
 
 func (p *Proxy) queued() int {
@@ -388,6 +407,9 @@ func (p *Proxy) scrapeOnce(ctx context.Context) {
 	p.engineStat = es
 	p.mu.Unlock()
 	p.kvScraped(ctx, es, prev)
+	if p.kvf != nil && es.Scraped {
+		p.kvf.capacityScraped(es.NumGPUBlocks)
+	}
 	switch was := prev.Scraped; {
 	case err != nil && was:
 		p.log.Warn("engine metrics scrape failing", slog.Any("error", err))

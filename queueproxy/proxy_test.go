@@ -207,7 +207,37 @@ func TestProxyOtherPathsPassThrough(t *testing.T) {
 	require.NoError(t, resp.Body.Close())
 	assert.Equal(t, vllmMetrics, string(got))
 
-	require.Eventually(t, func() bool { return p.Stat().Requests == 2 }, waitFor, tick)
+	// Only inference is counted: the activator's tokenization and other
+	// engine endpoints are not requests of the model.
+	assert.Zero(t, p.Stat().Requests)
+}
+
+// A tokenization passes while the only slot is taken by a request in
+// flight: it never waits behind inference.
+func TestNonInferenceBypassesTheLimit(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	eng := newEngine(t, map[string]http.HandlerFunc{
+		"POST /v1/chat/completions": func(w http.ResponseWriter, r *http.Request) {
+			entered <- struct{}{}
+			<-release
+			_, _ = io.WriteString(w, completionBody)
+		},
+		"POST /tokenize": func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, `{"count":1,"tokens":[7]}`)
+		},
+	})
+	p := newProxy(t, eng.URL, false, "--container-concurrency=1", "--queue-depth=0")
+	done := p.postAsync(testCtx(t), "/v1/chat/completions", chatBody(t, "m", "hi", ""))
+	recv(t, entered, "the chat request reached the engine")
+	resp := p.post(t, testCtx(t), "/tokenize", `{"model":"m","prompt":"hi"}`)
+	got, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.JSONEq(t, `{"count":1,"tokens":[7]}`, string(got))
+	close(release)
+	require.Equal(t, http.StatusOK, recv(t, done, "the chat answer").code)
 }
 
 func TestProxyEngineUnreachable(t *testing.T) {

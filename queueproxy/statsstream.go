@@ -147,10 +147,10 @@ func (p *Proxy) serveStats(w http.ResponseWriter, r *http.Request) {
 	log.Debug("stats subscriber connected")
 	kill := func() { _ = conn.Close() }
 	var s *subscriber
-	if p.kv != nil {
+	if p.kvs != nil {
 		// The KV snapshot and the registration are atomic with respect to
-		// KV deltas (see kvModel.subscribe).
-		s = p.kv.subscribe(p.hub, kill, statMessage(p.Stat()))
+		// KV deltas (see kvSource.subscribe).
+		s = p.kvs.subscribe(p.hub, kill, statMessage(p.Stat()))
 	} else {
 		s = p.hub.subscribe(kill, statMessage(p.Stat()))
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/engine"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
@@ -172,7 +173,8 @@ func (s *Sync) resync(ctx context.Context) error {
 			sc.Revisions = append(sc.Revisions, activator.RevisionConfig{Name: rev.Name,
 				ContainerConcurrency: rev.Spec.ContainerConcurrency,
 				Timeout:              time.Duration(rev.Spec.TimeoutSeconds) * time.Second,
-				Disaggregated:        rev.Spec.Roles != nil})
+				Disaggregated:        rev.Spec.Roles != nil,
+				Tokenizer:            engine.Resolve(rev.Spec.Engine).RoutingTokenizer()})
 			for _, role := range resources.Roles(rev) {
 				key := sc.Key(rev.Name)
 				if role != resources.RoleUnified {

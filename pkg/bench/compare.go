@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"regexp"
@@ -34,9 +35,13 @@ const DefaultWarmupTimeout = 2 * time.Minute
 
 // Strategy is one routing plugin set, applied as spec.routing of every
 // ModelService of the fleet. No plugins means the platform's default routing.
+// Engine, when set, replaces those fields of spec.template.engine in every
+// ModelService (for example kvEvents or tokenizer: approximate against
+// precise prefix routing).
 type Strategy struct {
 	Name    string                   `json:"name"`
 	Plugins []v1alpha1.RoutingPlugin `json:"plugins,omitempty"`
+	Engine  map[string]any           `json:"engine,omitempty"`
 }
 
 // Comparison is a parsed `kvasir bench compare` file: a fleet of
@@ -179,6 +184,7 @@ func benchmarkFields() fieldSet {
 			"strategies": fieldSet{"[]": fieldSet{
 				"name":    nil,
 				"plugins": fieldSet{"[]": fieldSet{"name": nil, "weight": nil, "config": nil}},
+				"engine":  nil, // checked by loading the strategy's fleet
 			}},
 		},
 	}
@@ -418,6 +424,17 @@ func (c *Comparison) FleetYAML(s Strategy) ([]byte, error) {
 			delete(spec, "routing")
 		} else {
 			spec["routing"] = map[string]any{"plugins": plugins}
+		}
+		if len(s.Engine) > 0 {
+			tmpl, _ := spec["template"].(map[string]any)
+			eng, _ := tmpl["engine"].(map[string]any)
+			if tmpl == nil || eng == nil {
+				return nil, fmt.Errorf("%s: document %d: spec.template.engine: must be a mapping", c.Source, i+1)
+			}
+			t, e := maps.Clone(tmpl), maps.Clone(eng)
+			maps.Copy(e, s.Engine)
+			t["engine"] = e
+			spec["template"] = t
 		}
 		b, err := yaml.Marshal(doc)
 		if err != nil {

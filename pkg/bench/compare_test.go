@@ -122,6 +122,34 @@ func TestParseComparisonDefaultsAndOverrides(t *testing.T) {
 	assert.Contains(t, docSeparator.Split(string(b), -1)[2], "kind: ModelService")
 }
 
+func TestStrategyEngineOverride(t *testing.T) {
+	// A strategy may change fields of the engine: the same fleet with the
+	// engine's KV events off (approximate prefix routing) or on (precise).
+	bdoc := strings.Replace(benchmarkDocYAML, "    - name: random\n      plugins: [{name: random}]\n",
+		"    - name: approximate\n      plugins: [{name: kv-cache-aware}]\n      engine: {kvEvents: {enabled: false}}\n", 1)
+	c, err := ParseComparison("f.yaml", []byte(fleetDoc+"---\n"+bdoc))
+	require.NoError(t, err)
+	b, err := c.FleetYAML(c.Strategies[0])
+	require.NoError(t, err)
+	fleet, err := local.Load("fleet.yaml", b)
+	require.NoError(t, err)
+	e := fleet[0].Spec.Template.Engine
+	require.NotNil(t, e.KVEvents)
+	require.NotNil(t, e.KVEvents.Enabled)
+	assert.False(t, *e.KVEvents.Enabled)
+	assert.Equal(t, v1alpha1.EngineSim, e.Type, "the other engine fields stay")
+	assert.Equal(t, []string{"--time-scale=2", "--kv-blocks=9216"}, e.Args)
+	b, err = c.FleetYAML(c.Strategies[1])
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), "kvEvents")
+	assert.Nil(t, c.Fleet[0].Spec.Template.Engine.KVEvents, "the parsed file is not changed")
+
+	// A bad override fails when the file is read, naming the strategy.
+	bad := strings.Replace(bdoc, "engine: {kvEvents: {enabled: false}}", "engine: {kvEvents: {endpoint: http://x}}", 1)
+	_, err = ParseComparison("f.yaml", []byte(fleetDoc+"---\n"+bad))
+	require.ErrorContains(t, err, "approximate")
+}
+
 func TestParseComparisonErrors(t *testing.T) {
 	bench := func(old, new string) string {
 		require.Contains(t, benchmarkDocYAML, old)

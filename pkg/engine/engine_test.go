@@ -25,17 +25,26 @@ func TestCommandLines(t *testing.T) {
 	for name, s := range map[string]Spec{
 		"vllm": {Engine: vllm, Model: "meta-llama/Llama-3.1-8B-Instruct"},
 		"vllm-args-local": {Engine: withArgs(vllm, "--max-model-len=8192", "--gpu-memory-utilization", "0.9"),
-			Model: "meta-llama/Llama-3.1-8B-Instruct", Port: PortVar},
+			Model: "meta-llama/Llama-3.1-8B-Instruct", Port: PortVar, KVEventsPort: KVEventsPortVar},
 		"vllm-lora": {Engine: vllm, Model: "meta-llama/Llama-3.1-8B-Instruct",
 			LoRAAdapters: []string{"org/sql-lora", "org/chat-lora"}},
 		"vllm-prefill": {Engine: withArgs(vllm, "--max-model-len=8192"), Model: "m", Role: "prefill",
 			RoleArgs: []string{`--kv-transfer-config={"kv_connector":"NixlConnector","kv_role":"kv_both"}`}},
 		"sglang": {Engine: sglang, Model: "Qwen/Qwen2.5-7B-Instruct"},
+		"sglang-tokenizer-file": {Engine: withTokenizer(sglang, v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerFile,
+			Path: "/models/qwen/tokenizer.json"}), Model: "Qwen/Qwen2.5-7B-Instruct"},
 		"sglang-lora-local": {Engine: withArgs(sglang, "--mem-fraction-static", "0.8"), Model: "Qwen/Qwen2.5-7B-Instruct",
-			LoRAAdapters: []string{"org/a"}, Port: PortVar},
+			LoRAAdapters: []string{"org/a"}, Port: PortVar, KVEventsPort: KVEventsPortVar},
 		"sim-kubernetes": {Engine: withArgs(sim, "--startup-delay=2s"), Model: "demo", Role: "decode",
 			LoRAAdapters: []string{"fr"}},
-		"sim-local": {Engine: sim, Model: "demo", Port: PortVar, SimCommand: []string{"/usr/local/bin/kvasir", "sim"}},
+		"sim-local":           {Engine: sim, Model: "demo", Port: PortVar, KVEventsPort: KVEventsPortVar, SimCommand: []string{"/usr/local/bin/kvasir", "sim"}},
+		"vllm-no-kv-events":   {Engine: withKV(vllm, &v1alpha1.KVEventsSpec{Enabled: ptr(false)}), Model: "m"},
+		"vllm-kv-events-bind": {Engine: withKV(vllm, &v1alpha1.KVEventsSpec{Endpoint: "tcp://*:6000", Topic: "kv"}), Model: "m"},
+		"custom-kv-events-local": {Engine: withKV(v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Port: 9000,
+			Command: []string{"peer"}, Args: []string{"--port", "$(PORT)", "--zmq-endpoint", "tcp://127.0.0.1:$(KV_EVENTS_PORT)"}},
+			&v1alpha1.KVEventsSpec{Endpoint: "tcp://127.0.0.1:$(KV_EVENTS_PORT)"}), Model: "m", Port: PortVar, KVEventsPort: KVEventsPortVar},
+		"custom-kv-events": {Engine: withKV(v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Port: 9000,
+			Command: []string{"peer"}}, &v1alpha1.KVEventsSpec{Endpoint: "tcp://127.0.0.1:$(KV_EVENTS_PORT)"}), Model: "m"},
 		"custom": {Engine: v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Port: 9000,
 			Command: []string{"llama-server"}, Args: []string{"--host", "$(HOST)", "--port", "$(PORT)"}}, Model: "m"},
 	} {
@@ -110,4 +119,86 @@ func last(args []string, flag string) string {
 		}
 	}
 	return v
+}
+
+func withKV(e v1alpha1.EngineSpec, kv *v1alpha1.KVEventsSpec) v1alpha1.EngineSpec {
+	e.KVEvents = kv
+	if e.Type == v1alpha1.EngineCustom {
+		e.Tokenizer = &v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerEngine}
+	}
+	return e
+}
+
+func withTokenizer(e v1alpha1.EngineSpec, tk v1alpha1.TokenizerSpec) v1alpha1.EngineSpec {
+	e.Tokenizer = &tk
+	return e
+}
+
+func TestQueueProxyLoRAArgs(t *testing.T) {
+	require.Equal(t, []string{"--engine-health-path", "/health", "--engine-metrics-path", "/metrics",
+		"--lora-adapters-file", "/etc/kvasir/lora/lora-adapters.json",
+		"--lora-load-path", "/load_lora_adapter", "--lora-unload-path", "/unload_lora_adapter"},
+		QueueProxyArgs(v1alpha1.EngineSpec{Type: v1alpha1.EngineSGLang}, "", "/etc/kvasir/lora/lora-adapters.json"))
+	args := QueueProxyArgs(v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM}, "", "/f")
+	require.Subset(t, args, []string{"--lora-load-path", "/v1/load_lora_adapter", "--lora-unload-path", "/v1/unload_lora_adapter"})
+}
+
+func TestRoutingTokenizer(t *testing.T) {
+	file := v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerFile, Path: "/t.json"}
+	on := withTokenizer(v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}, file)
+	require.Equal(t, file, Resolve(on).RoutingTokenizer())
+	// Without events the index holds the queue-proxy's text keys: routers
+	// must not key on tokens.
+	off := withKV(on, &v1alpha1.KVEventsSpec{Enabled: ptr(false)})
+	require.Equal(t, v1alpha1.TokenizerNone, Resolve(off).RoutingTokenizer().Type)
+	require.Equal(t, v1alpha1.TokenizerEngine, Resolve(v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM}).RoutingTokenizer().Type)
+}
+
+func TestQueueProxyArgs(t *testing.T) {
+	paths := []string{"--engine-health-path", "/health", "--engine-metrics-path", "/metrics"}
+	for _, tc := range []struct {
+		e    v1alpha1.EngineSpec
+		port string
+		want []string
+	}{
+		{v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM}, "",
+			append(paths, "--kv-events-endpoint", "tcp://127.0.0.1:5557", "--kv-events-bind")},
+		{v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}, KVEventsPortVar,
+			append(paths, "--kv-events-endpoint", "tcp://127.0.0.1:$(KV_EVENTS_PORT)", "--kv-events-bind")},
+		// The engine binds a wildcard: the queue-proxy connects over loopback.
+		{withKV(v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM}, &v1alpha1.KVEventsSpec{Endpoint: "tcp://*:$(KV_EVENTS_PORT)", Topic: "kv"}), "6000",
+			append(paths, "--kv-events-endpoint", "tcp://127.0.0.1:6000", "--kv-events-topic", "kv")},
+		// No tokenizer (SGLang's default), or events off: the cache is modelled.
+		{v1alpha1.EngineSpec{Type: v1alpha1.EngineSGLang}, "", paths},
+		{withKV(v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM}, &v1alpha1.KVEventsSpec{Enabled: ptr(false)}), "", paths},
+		{v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, HealthPath: "/health/ready", MetricsPath: "/m"}, "",
+			[]string{"--engine-health-path", "/health/ready", "--engine-metrics-path", "/m"}},
+	} {
+		require.Equal(t, tc.want, QueueProxyArgs(tc.e, tc.port, ""), "%+v", tc.e)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestResolveDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		e    v1alpha1.EngineSpec
+		want Resolved
+	}{
+		{v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM}, Resolved{"/health", "/metrics",
+			KVEvents{true, DefaultKVEventsEndpoint, ""}, v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerEngine, Path: "/tokenize"}}},
+		{v1alpha1.EngineSpec{Type: v1alpha1.EngineSGLang}, Resolved{"/health", "/metrics",
+			KVEvents{true, DefaultKVEventsEndpoint, ""}, v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerNone}}},
+		{v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}, Resolved{"/health", "/metrics",
+			KVEvents{true, DefaultKVEventsEndpoint, ""}, v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerBuiltin}}},
+		{v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom}, Resolved{"/health", "/metrics",
+			KVEvents{false, DefaultKVEventsEndpoint, ""}, v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerNone}}},
+		{v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, HealthPath: "/health/ready", MetricsPath: "/m",
+			KVEvents:  &v1alpha1.KVEventsSpec{Endpoint: "tcp://*:7000", Topic: "t"},
+			Tokenizer: &v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerEngine}},
+			Resolved{"/health/ready", "/m", KVEvents{true, "tcp://*:7000", "t"},
+				v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerEngine, Path: "/tokenize"}}},
+	} {
+		require.Equal(t, tc.want, Resolve(tc.e), "%+v", tc.e)
+	}
 }

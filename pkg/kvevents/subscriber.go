@@ -48,6 +48,13 @@ func WithGapHandler(f func(topic string, from, to uint64)) Option {
 	return func(s *Subscriber) { s.onGap = f }
 }
 
+// WithBind makes the Subscriber bind its endpoint whatever its host, so
+// that an engine connects to it: the queue-proxy binds tcp://127.0.0.1:P,
+// reachable from its own pod only, and the engine beside it publishes there.
+func WithBind() Option {
+	return func(s *Subscriber) { s.listen = true }
+}
+
 // WithBackoff sets the delays between attempts to connect: the first is
 // minimum (at least 1 ms), each next one doubles up to maximum. The default
 // is 100 ms to 5 s.
@@ -64,7 +71,8 @@ func WithBackoff(minimum, maximum time.Duration) Option {
 // tcp://[::]:5557) is bound, and engines connect to it: vLLM does so when
 // its own endpoint has no wildcard. Any other endpoint (tcp://10.0.0.5:5557,
 // ipc:///tmp/kv) is connected to, as to an engine that binds, which vLLM
-// does with its default tcp://*:5557. handle must not be nil.
+// does with its default tcp://*:5557. WithBind binds any endpoint. handle
+// must not be nil.
 func NewSubscriber(endpoint, topic string, handle func(Batch), opts ...Option) *Subscriber {
 	host, _, _ := net.SplitHostPort(strings.TrimPrefix(endpoint, "tcp://"))
 	s := &Subscriber{

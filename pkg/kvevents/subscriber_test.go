@@ -248,22 +248,28 @@ func TestSubscriberStartsFirstAndReconnects(t *testing.T) {
 	s, seen := subscribe(t, endpoint, "kv", WithLogger(slog.New(log)))
 	log.wait(t, "kv events: connect failed; retrying")
 
-	p, err := NewPublisher(t.Context(), endpoint, "kv")
+	// The engine binds (vLLM does for a wildcard endpoint; here on
+	// loopback only).
+	bound := func() zmq4.Socket {
+		pub := zmq4.NewPub(t.Context())
+		require.NoError(t, pub.Listen(endpoint))
+		subscribed(t, pub, "kv")
+		return pub
+	}
+	payload, err := Encode(Batch{})
 	require.NoError(t, err)
-	subscribed(t, p.sock, "kv")
-	require.NoError(t, p.Publish())
-	require.NoError(t, p.Publish())
+	pub := bound()
+	require.NoError(t, pub.Send(frames("kv", 0, payload)))
+	require.NoError(t, pub.Send(frames("kv", 1, payload)))
 	require.Equal(t, uint64(0), nextBatch(t, seen).Seq)
 	require.Equal(t, uint64(1), nextBatch(t, seen).Seq)
 
 	// The engine restarts: its sequence restarts too, after a new connection.
-	require.NoError(t, p.Close())
+	require.NoError(t, pub.Close())
 	log.wait(t, "kv events: connection lost; reconnecting")
-	p, err = NewPublisher(t.Context(), endpoint, "kv")
-	require.NoError(t, err)
-	t.Cleanup(func() { p.Close() })
-	subscribed(t, p.sock, "kv")
-	require.NoError(t, p.Publish())
+	pub = bound()
+	t.Cleanup(func() { pub.Close() })
+	require.NoError(t, pub.Send(frames("kv", 0, payload)))
 	b := nextBatch(t, seen)
 	require.Equal(t, uint64(0), b.Seq)
 	require.True(t, b.First)
@@ -271,9 +277,14 @@ func TestSubscriberStartsFirstAndReconnects(t *testing.T) {
 }
 
 func TestSubscriberBinds(t *testing.T) {
+	t.Run("wildcard", func(t *testing.T) { testSubscriberBinds(t, "*") })
+	t.Run("loopback with WithBind", func(t *testing.T) { testSubscriberBinds(t, "127.0.0.1", WithBind()) })
+}
+
+func testSubscriberBinds(t *testing.T, host string, opts ...Option) {
 	port := freePort(t)
 	log := make(logs, 1024)
-	_, seen := subscribe(t, "tcp://*:"+port, "kv", WithLogger(slog.New(log)))
+	_, seen := subscribe(t, "tcp://"+host+":"+port, "kv", append(opts, WithLogger(slog.New(log)))...)
 	log.wait(t, "kv events: listening")
 
 	// vLLM connects when its endpoint has no wildcard.

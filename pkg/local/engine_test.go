@@ -73,7 +73,8 @@ func TestEngineCommandRolesAndCustom(t *testing.T) {
 	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
 	argv, _, err := engineCommand(ms, []string{"/bin/kvasir"}, "prefill", []string{"--x=1"}, env(nil))
 	require.NoError(t, err)
-	require.Equal(t, []string{"/bin/kvasir", "sim", "--x=1", "--host", "127.0.0.1", "--port", "$(PORT)", "--model", "m", "--role=prefill"}, argv)
+	require.Equal(t, []string{"/bin/kvasir", "sim", "--x=1", "--host", "127.0.0.1", "--port", "$(PORT)", "--model", "m", "--role=prefill",
+		"--kv-events-endpoint", "tcp://127.0.0.1:$(KV_EVENTS_PORT)"}, argv)
 
 	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom}
 	_, _, err = engineCommand(ms, nil, "", nil, env(nil))

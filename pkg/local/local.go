@@ -248,14 +248,19 @@ func Run(ctx context.Context, opts Options) error {
 // roleArgs after the engine's own arguments.
 func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alpha1.ScalingSpec, roleArgs []string,
 	minInitial int, onReady func()) (*revisionState, error) {
-	engine, env, err := engineCommand(ms, p.opts.Self, key.Role, roleArgs, os.LookupEnv)
+	argv, env, err := engineCommand(ms, p.opts.Self, key.Role, roleArgs, os.LookupEnv)
 	if err != nil {
 		return nil, err
 	}
 	tmpl := ms.Spec.Template
 	qpArgs := []string{"--container-concurrency", strconv.Itoa(tmpl.ContainerConcurrency),
 		"--request-timeout", (time.Duration(tmpl.TimeoutSeconds) * time.Second).String()}
-	p.runtime.Add(process.Spec{Key: key, Engine: engine, Env: env, QueueProxyArgs: qpArgs})
+	loraFile := ""
+	if len(ms.Spec.LoRAAdapters) > 0 { // the engines run with LoRA enabled
+		loraFile = p.loraFile(ms)
+	}
+	qpArgs = append(qpArgs, engine.QueueProxyArgs(tmpl.Engine, engine.KVEventsPortVar, loraFile)...)
+	p.runtime.Add(process.Spec{Key: key, Engine: argv, Env: env, QueueProxyArgs: qpArgs})
 	rs := &revisionState{svc: ms, key: key}
 	rs.unwatch = p.runtime.Watch(key, func(eps []fleet.Endpoint) {
 		ready := map[string]int{}
@@ -325,7 +330,7 @@ func engineCommand(ms *v1alpha1.ModelService, self []string, role string, roleAr
 		return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.command: required for engine type %q in local mode", ms.Name, e.Type)
 	}
 	launch, err := engine.Build(engine.Spec{Engine: e, Model: ms.Spec.Model, LoRAAdapters: ms.Spec.LoRAAdapters,
-		Role: role, RoleArgs: roleArgs, Port: engine.PortVar, SimCommand: append(append([]string(nil), self...), "sim")})
+		Role: role, RoleArgs: roleArgs, Port: engine.PortVar, KVEventsPort: engine.KVEventsPortVar, SimCommand: append(append([]string(nil), self...), "sim")})
 	if err != nil {
 		return nil, nil, fmt.Errorf("ModelService %q: %w", ms.Name, err)
 	}

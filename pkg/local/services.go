@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/engine"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
@@ -54,8 +56,14 @@ func (s *serviceState) known(name string) bool {
 	return false
 }
 
+// templateKey is what makes a revision: the template, and whether the
+// engines serve LoRA adapters at all. Which adapters they serve is not:
+// adapters added or removed later are loaded and unloaded at run time.
 func templateKey(ms *v1alpha1.ModelService) []byte {
-	b, err := json.Marshal(ms.Spec.Template)
+	b, err := json.Marshal(struct {
+		Template v1alpha1.RevisionTemplate `json:"template"`
+		LoRA     bool                      `json:"lora,omitempty"`
+	}{ms.Spec.Template, len(ms.Spec.LoRAAdapters) > 0})
 	if err != nil { // plain data: cannot happen
 		panic("local: marshal template: " + err.Error())
 	}
@@ -175,7 +183,7 @@ func (p *Platform) reconcileLocked(svcs []*v1alpha1.ModelService) error {
 			tmpl := r.ms.Spec.Template
 			sc.Revisions = append(sc.Revisions, activator.RevisionConfig{Name: r.name,
 				ContainerConcurrency: tmpl.ContainerConcurrency, Timeout: time.Duration(tmpl.TimeoutSeconds) * time.Second,
-				Disaggregated: tmpl.Roles != nil})
+				Disaggregated: tmpl.Roles != nil, Tokenizer: engine.Resolve(tmpl.Engine).RoutingTokenizer()})
 		}
 		cfgs = append(cfgs, sc)
 	}
@@ -183,6 +191,13 @@ func (p *Platform) reconcileLocked(svcs []*v1alpha1.ModelService) error {
 		return err
 	}
 
+	// The queue-proxies of every revision load the service's adapters as
+	// they are now.
+	for _, pl := range plans {
+		if err := p.writeLoRAFile(pl.ms); err != nil {
+			return err
+		}
+	}
 	// The activator knows the new revisions: start them; stop the retired.
 	for _, pl := range plans {
 		id := pl.ms.Namespace + "/" + pl.ms.Name
@@ -332,4 +347,39 @@ func fileSum(path string) [32]byte {
 		return [32]byte{}
 	}
 	return sha256.Sum256(b)
+}
+
+// loraFile is where the platform keeps a service's LoRA adapters for the
+// queue-proxies of its revisions (engine.LoRAFile).
+func (p *Platform) loraFile(ms *v1alpha1.ModelService) string {
+	return filepath.Join(p.opts.LogDir, "lora", ms.Namespace+"_"+ms.Name+".json")
+}
+
+// writeLoRAFile writes a service's adapters, atomically, for its
+// queue-proxies to follow.
+func (p *Platform) writeLoRAFile(ms *v1alpha1.ModelService) error {
+	path := p.loraFile(ms)
+	b, err := json.Marshal(engine.LoRAFile{LoRAAdapters: append([]string{}, ms.Spec.LoRAAdapters...)})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("LoRA adapters of %s: %w", ms.Name, err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".lora-*")
+	if err != nil {
+		return fmt.Errorf("LoRA adapters of %s: %w", ms.Name, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("LoRA adapters of %s: %w", ms.Name, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("LoRA adapters of %s: %w", ms.Name, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("LoRA adapters of %s: %w", ms.Name, err)
+	}
+	return nil
 }

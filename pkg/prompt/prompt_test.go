@@ -2,10 +2,13 @@ package prompt
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kvasir-serving/kvasir/pkg/openai"
 )
 
 func TestRenderChat(t *testing.T) {
@@ -98,4 +101,51 @@ func BenchmarkBlockHashes(b *testing.B) {
 	for b.Loop() {
 		dst = AppendBlockHashes(dst[:0], text, 16)
 	}
+}
+
+func TestTokenHashesAgreeWithTextHashes(t *testing.T) {
+	for _, n := range []int{0, 3, 4, 63, 64, 65, 127, 128, 200, 1000} {
+		text := make([]byte, n)
+		for i := range text {
+			text[i] = byte(i*7 + n)
+		}
+		for _, bs := range []int{1, 2, 3, 16} {
+			want := BlockHashes(text, bs)
+			got := AppendTokenBlockHashes(nil, AppendTokens(nil, text[:len(text)/BytesPerToken*BytesPerToken]), bs)
+			if len(want) == 0 {
+				want = nil
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("len %d block %d: token hashes %x, text hashes %x", n, bs, got, want)
+			}
+		}
+	}
+}
+
+func TestChainTokensIsChained(t *testing.T) {
+	a := AppendTokenBlockHashes(nil, []uint32{1, 2, 3, 4}, 2)
+	b := AppendTokenBlockHashes(nil, []uint32{9, 9, 3, 4}, 2)
+	if a[1] == b[1] {
+		t.Fatal("a block's hash must cover the blocks before it")
+	}
+	if ChainTokens(a[0], []uint32{3, 4}) != a[1] {
+		t.Fatal("ChainTokens from the parent must give the next hash")
+	}
+}
+
+func TestAppendRequestWithoutGenerationPrompt(t *testing.T) {
+	parse := func(s string) openai.Object {
+		o, err := openai.Parse([]byte(s))
+		require.NoError(t, err)
+		return o
+	}
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	with, err := AppendRequest(nil, parse(`{`+msgs+`}`), true)
+	require.NoError(t, err)
+	without, err := AppendRequest(nil, parse(`{`+msgs+`,"add_generation_prompt":false}`), true)
+	require.NoError(t, err)
+	require.Equal(t, string(with), string(without)+GenerationPrompt)
+	explicit, err := AppendRequest(nil, parse(`{`+msgs+`,"add_generation_prompt":true}`), true)
+	require.NoError(t, err)
+	require.Equal(t, with, explicit)
 }

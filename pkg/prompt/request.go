@@ -83,7 +83,9 @@ var (
 )
 
 // AppendRequest appends the canonical prompt text of a parsed OpenAI request
-// body to dst: the rendered "messages" of a chat request (chat true) or the
+// body to dst: the rendered "messages" of a chat request (chat true), ended
+// by the generation prompt unless "add_generation_prompt" is false (vLLM's
+// chat template parameter, which the simulator honours too), or the
 // "prompt" of a completions request. On error dst is returned unchanged.
 func AppendRequest(dst []byte, body openai.Object, chat bool) ([]byte, error) {
 	key, missing := "prompt", ErrNoPrompt
@@ -95,7 +97,14 @@ func AppendRequest(dst []byte, body openai.Object, chat bool) ([]byte, error) {
 		return dst, missing
 	}
 	if chat {
-		return AppendChatJSON(dst, raw)
+		out, err := AppendChatJSON(dst, raw)
+		if err != nil {
+			return out, err
+		}
+		if v, _ := body.Get("add_generation_prompt"); string(v) == "false" {
+			out = out[:len(out)-len(GenerationPrompt)]
+		}
+		return out, nil
 	}
 	out, err := AppendCompletion(dst, raw)
 	if err != nil {

@@ -72,3 +72,57 @@ func mix(h uint64) uint64 {
 	h ^= h >> 31
 	return h
 }
+
+// AppendTokens appends the token ids of the deterministic tokenizer to dst:
+// token i is the little-endian uint32 of text's bytes [4i, 4i+4), the last
+// one zero-padded. A prompt given as token ids (AppendCompletion) round-trips.
+func AppendTokens(dst []uint32, text []byte) []uint32 {
+	for len(text) >= BytesPerToken {
+		dst = append(dst, binary.LittleEndian.Uint32(text))
+		text = text[BytesPerToken:]
+	}
+	if len(text) > 0 {
+		var last [BytesPerToken]byte
+		copy(last[:], text)
+		dst = append(dst, binary.LittleEndian.Uint32(last[:]))
+	}
+	return dst
+}
+
+// ChainTokens returns the hash of one block of token ids seeded with the
+// previous block's hash (0 before the first block). It hashes the tokens'
+// little-endian bytes exactly as chain hashes text, so that for the
+// deterministic tokenizer the hashes of a text's full blocks and of its
+// tokens' full blocks are the same: an engine that reports token ids and a
+// router that renders text agree.
+func ChainTokens(prev uint64, block []uint32) uint64 {
+	h := uint64(fnvOffset)
+	h = (h ^ prev) * fnvPrime
+	for len(block) >= 2 {
+		h = (h ^ (uint64(block[0]) | uint64(block[1])<<32)) * fnvPrime
+		block = block[2:]
+	}
+	if len(block) == 1 {
+		for i := 0; i < BytesPerToken; i++ {
+			h = (h ^ uint64(byte(block[0]>>(8*i)))) * fnvPrime
+		}
+	}
+	return mix(h)
+}
+
+// AppendTokenBlockHashes appends the chained hashes of the full blocks of
+// tokens (blockSize tokens a block) to dst and returns the extended slice.
+// These are the prefix index's keys for engines with a real tokenizer: the
+// router tokenizes as the engine does, and the engine's KV events carry the
+// token ids of every block they report.
+func AppendTokenBlockHashes(dst []uint64, tokens []uint32, blockSize int) []uint64 {
+	if blockSize <= 0 {
+		return dst
+	}
+	var prev uint64
+	for off := 0; off+blockSize <= len(tokens); off += blockSize {
+		prev = ChainTokens(prev, tokens[off:off+blockSize])
+		dst = append(dst, prev)
+	}
+	return dst
+}

@@ -19,16 +19,20 @@ import (
 //     labelled with v1alpha1.LabelRevision. The controller neither lists
 //     nor watches the cluster's others (RBAC cannot select by label: its
 //     rights still cover them).
+//   - ConfigMaps: only the services' LoRA adapters, labelled with
+//     v1alpha1.LabelService.
 //   - Pods: all of them, since the autoscaler counts the accelerators
 //     every pod on a node takes, but without their containers' command,
 //     arguments and environment (which may hold credentials) and without
 //     managed fields.
 func CacheOptions(namespace string) cache.Options {
-	kvasir := labels.NewSelector().Add(revisionLabelExists())
+	kvasir := labels.NewSelector().Add(labelExists(v1alpha1.LabelRevision))
+	services := labels.NewSelector().Add(labelExists(v1alpha1.LabelService))
 	opts := cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&appsv1.Deployment{}:          {Label: kvasir},
 		&corev1.Service{}:             {Label: kvasir},
 		&networkingv1.NetworkPolicy{}: {Label: kvasir},
+		&corev1.ConfigMap{}:           {Label: services},
 		&corev1.Pod{}:                 {Transform: StripPod},
 	}}
 	if namespace != "" {
@@ -37,8 +41,8 @@ func CacheOptions(namespace string) cache.Options {
 	return opts
 }
 
-func revisionLabelExists() labels.Requirement {
-	r, err := labels.NewRequirement(v1alpha1.LabelRevision, selection.Exists, nil)
+func labelExists(key string) labels.Requirement {
+	r, err := labels.NewRequirement(key, selection.Exists, nil)
 	if err != nil {
 		panic(err) // a constant, valid key
 	}

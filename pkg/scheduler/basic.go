@@ -3,6 +3,8 @@ package scheduler
 import (
 	"math/rand/v2"
 	"slices"
+
+	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
 
 // random scores pods uniformly at random: a random pick.
@@ -97,7 +99,9 @@ func (kvCacheUsage) Score(_ *Cycle, pods []*Pod, out []float64) {
 	}
 }
 
-// loraAffinity prefers pods that have the requested adapter loaded.
+// loraAffinity prefers pods that have the requested adapter loaded: running
+// (vllm:lora_requests_info) or listed in the engine's model list, where
+// adapters loaded at run time appear.
 type loraAffinity struct{}
 
 func newLoRAAffinity(raw []byte, _ *Env) (Plugin, error) {
@@ -112,7 +116,8 @@ func (loraAffinity) Score(c *Cycle, pods []*Pod, out []float64) {
 			out[i] = 1
 			continue
 		}
-		if s := p.Stat(); s != nil && slices.Contains(s.Engine.LoRAAdapters, c.Req.Adapter) {
+		if s := p.Stat(); s != nil && (slices.Contains(s.Engine.LoRAAdapters, c.Req.Adapter) ||
+			slices.ContainsFunc(s.Engine.Models, func(m stats.ModelCard) bool { return m.ID == c.Req.Adapter })) {
 			out[i] = 1
 		}
 	}

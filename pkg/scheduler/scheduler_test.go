@@ -172,6 +172,13 @@ func TestLoRAAffinity(t *testing.T) {
 	for range 5 {
 		require.Equal(t, "pod-02", prof.Pick(req, p.pods).Name)
 	}
+	// An adapter loaded at run time shows in the engine's model list.
+	p.pods[2].SetStat(&stats.Stat{Engine: stats.EngineStat{Scraped: true}})
+	p.pods[1].SetStat(&stats.Stat{Engine: stats.EngineStat{Scraped: true,
+		Models: []stats.ModelCard{{ID: "m"}, {ID: "sql", Parent: "m"}}}})
+	for range 5 {
+		require.Equal(t, "pod-01", prof.Pick(req, p.pods).Name)
+	}
 }
 
 // BenchmarkDecision8kTokens64Pods measures one decision of the default

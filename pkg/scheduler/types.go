@@ -62,6 +62,11 @@ type Request struct {
 	API string
 	// Adapter is the LoRA adapter the request names, "" for the base model.
 	Adapter string
+	// Tokens are the prompt's token ids as the engine tokenizes it, when the
+	// activator knows them (a tokenizer file, or the engine's tokenization
+	// endpoint, asked before routing); nil otherwise. With them, prefix
+	// keys are those of the engine's KV events (prompt.AppendTokenBlockHashes).
+	Tokens []uint32
 
 	buf      *[]byte // pooled backing of text
 	text     []byte
@@ -125,7 +130,11 @@ func (r *Request) Hashes(blockSize int) []uint64 {
 		r.hashBuf = hashesPool.Get().(*[]uint64)
 		r.hashes = (*r.hashBuf)[:0]
 	}
-	r.hashes = prompt.AppendBlockHashes(r.hashes[:0], text, blockSize)
+	if r.Tokens != nil {
+		r.hashes = prompt.AppendTokenBlockHashes(r.hashes[:0], r.Tokens, blockSize)
+	} else {
+		r.hashes = prompt.AppendBlockHashes(r.hashes[:0], text, blockSize)
+	}
 	prompt.SaltHashes(r.hashes, r.Adapter)
 	r.hashBS = blockSize
 	return r.hashes
@@ -133,6 +142,9 @@ func (r *Request) Hashes(blockSize int) []uint64 {
 
 // PromptTokens is the prompt's length in tokens (0 without a prompt).
 func (r *Request) PromptTokens() int {
+	if r.Tokens != nil {
+		return len(r.Tokens)
+	}
 	text, err := r.Text()
 	if err != nil {
 		return 0

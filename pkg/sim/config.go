@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/kvevents"
 )
 
 // Physics are the costs of the simulated engine's scheduler steps and the
@@ -119,6 +121,22 @@ type Config struct {
 	EnableLoRA  bool         // --enable-lora (implied by LoRAModules)
 	MaxLoRAs    int          // --max-loras: distinct adapters in one batch
 	LoRAModules []LoRAModule // --lora-modules
+
+	// KVEventsEndpoint is where the engine publishes its KV-cache events in
+	// vLLM's format over ZeroMQ (--kv-events-endpoint), "" for nowhere. As
+	// in vLLM, a wildcard host (tcp://*:5557), ipc:// and inproc:// are bound
+	// and subscribers connect; any other tcp:// endpoint is connected to, and
+	// the subscriber binds it (see kvevents.PublisherBinds).
+	KVEventsEndpoint string
+	// KVEventsTopic is the topic of the events (--kv-events-topic).
+	KVEventsTopic string
+
+	// Tokenizer is a Hugging Face tokenizer.json, or a directory holding
+	// one (--tokenizer). The engine then counts, hashes and reports the
+	// real token ids of the canonical prompt text instead of the
+	// deterministic tokenizer's four bytes a token. New loads it once; ""
+	// keeps the deterministic tokenizer.
+	Tokenizer string
 
 	// ShutdownTimeout bounds the graceful shutdown of Main (--shutdown-timeout).
 	ShutdownTimeout time.Duration
@@ -254,6 +272,16 @@ func (c Config) Validate() error {
 	if c.MaxLoRAs < 1 {
 		bad("max-loras", c.MaxLoRAs, "must be at least 1")
 	}
+	if c.KVEventsEndpoint != "" {
+		if _, err := kvevents.PublisherBinds(c.KVEventsEndpoint); err != nil {
+			bad("kv-events-endpoint", strconv.Quote(c.KVEventsEndpoint), "want tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+		}
+		if c.BlockSize > kvevents.MaxTokens {
+			bad("block-size", c.BlockSize, fmt.Sprintf("must be at most %d with --kv-events-endpoint (the token ids of one block in one event)", kvevents.MaxTokens))
+		}
+	} else if c.KVEventsTopic != "" {
+		bad("kv-events-topic", strconv.Quote(c.KVEventsTopic), "has no effect without --kv-events-endpoint")
+	}
 	seen := map[string]bool{}
 	for _, m := range c.LoRAModules {
 		switch {
@@ -307,6 +335,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.EnableLoRA, "enable-lora", c.EnableLoRA, "serve LoRA adapters (implied by --lora-modules)")
 	fs.IntVar(&c.MaxLoRAs, "max-loras", c.MaxLoRAs, "maximum distinct LoRA adapters in one batch")
 	fs.Var(loraFlag{c}, "lora-modules", "LoRA adapters as name=path (repeatable, comma-separated, or JSON {\"name\":..,\"path\":..})")
+
+	fs.StringVar(&c.KVEventsEndpoint, "kv-events-endpoint", c.KVEventsEndpoint,
+		"publish KV-cache events in vLLM's format (ZeroMQ PUB, msgpack) on this endpoint: a wildcard host (tcp://*:5557), ipc:// and inproc:// are bound, "+
+			"any other tcp:// endpoint (tcp://127.0.0.1:5557) is connected to, the subscriber binding it; empty: off")
+	fs.StringVar(&c.KVEventsTopic, "kv-events-topic", c.KVEventsTopic, "topic of the KV-cache events (needs --kv-events-endpoint)")
+	fs.StringVar(&c.Tokenizer, "tokenizer", c.Tokenizer,
+		"a Hugging Face tokenizer.json (or a directory holding one), read once at start and never downloaded: prompt token counts, "+
+			"prefix-cache keys, KV events and /tokenize use its token ids of the canonical prompt text; empty: the deterministic tokenizer (4 bytes a token)")
 
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long graceful shutdown waits for in-flight requests")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout,

@@ -149,7 +149,13 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	if !ok {
 		return
 	}
-	promptLen := prompt.TokenCount(text)
+	toks := s.tok.tokenize(text)
+	defer s.tok.release(toks)
+	promptLen := toks.n
+	if promptLen == 0 { // a tokenizer that drops everything the text holds
+		badRequest(w, "invalid_prompt", "the prompt must not be empty")
+		return
+	}
 	if promptLen >= s.cfg.MaxModelLen {
 		badRequest(w, codeContextLength, fmt.Sprintf(
 			"This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input.",
@@ -200,8 +206,12 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	q.stopReason = stopReason
 	q.xfer = xfer
 	q.lora = lora
-	q.hashes = prompt.BlockHashes(text, s.cfg.BlockSize)
+	q.hashes = s.tok.blockHashes(toks, s.cfg.BlockSize)
 	prompt.SaltHashes(q.hashes, lora)
+	if s.kvPub != nil {
+		n := len(q.hashes) * s.cfg.BlockSize
+		q.tokenIDs = s.tok.appendIDs(make([]uint32, 0, n), toks, n)
+	}
 	enc := newEncoder(chat, s.nextID(r), time.Now().Unix(), model, promptLen, sp.stream && sp.includeUsage)
 	if err := s.sched.submit(q); err != nil {
 		openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", err.Error()), time.Second)
@@ -218,40 +228,56 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 // prompt) into *buf and returns it; it answers 400 when it is missing,
 // malformed or empty.
 func renderPrompt(w http.ResponseWriter, obj openai.Object, chat bool, buf *[]byte) ([]byte, bool) {
-	if chat {
-		raw, present := obj.Get("messages")
-		if !present || string(raw) == "null" {
-			badRequest(w, "missing_messages", `"messages" is required`)
-			return nil, false
-		}
-		text, err := prompt.AppendChatJSON((*buf)[:0], raw)
-		if err != nil {
-			badRequest(w, "invalid_messages", err.Error())
-			return nil, false
-		}
-		*buf = text
-		if len(text) == len(prompt.GenerationPrompt) { // no message rendered
-			badRequest(w, "invalid_messages", `"messages" must not be empty`)
-			return nil, false
-		}
-	} else {
-		raw, present := obj.Get("prompt")
-		if !present || string(raw) == "null" {
-			badRequest(w, "missing_prompt", `"prompt" is required`)
-			return nil, false
-		}
-		text, err := prompt.AppendCompletion(*buf, raw)
-		*buf = text
-		if err != nil {
-			badRequest(w, "invalid_prompt", err.Error())
-			return nil, false
-		}
-	}
-	if prompt.TokenCount(*buf) == 0 {
+	text, noMessages, perr := appendPrompt((*buf)[:0], obj, chat)
+	*buf = text
+	switch {
+	case perr != nil:
+		badRequest(w, perr.code, perr.msg)
+		return nil, false
+	case noMessages:
+		badRequest(w, "invalid_messages", `"messages" must not be empty`)
+		return nil, false
+	case len(text) == 0:
 		badRequest(w, "invalid_prompt", "the prompt must not be empty")
 		return nil, false
 	}
-	return *buf, true
+	return text, true
+}
+
+// promptError is a missing or malformed prompt: a 400 with code.
+type promptError struct{ code, msg string }
+
+// appendPrompt appends the prompt text the engine sees for a chat request
+// (chat) or a completions request to dst: pkg/prompt's canonical rendering
+// of "messages", ended by the generation prompt unless
+// "add_generation_prompt" is false (vLLM's chat template parameter), or the
+// "prompt". noMessages reports a chat request with no message.
+func appendPrompt(dst []byte, obj openai.Object, chat bool) (text []byte, noMessages bool, perr *promptError) {
+	if chat {
+		raw, present := obj.Get("messages")
+		if !present || string(raw) == "null" {
+			return dst, false, &promptError{"missing_messages", `"messages" is required`}
+		}
+		start := len(dst)
+		text, err := prompt.AppendChatJSON(dst, raw)
+		if err != nil {
+			return text, false, &promptError{"invalid_messages", err.Error()}
+		}
+		noMessages = len(text)-start == len(prompt.GenerationPrompt)
+		if v, _ := obj.Get("add_generation_prompt"); string(v) == "false" {
+			text = text[:len(text)-len(prompt.GenerationPrompt)]
+		}
+		return text, noMessages, nil
+	}
+	raw, present := obj.Get("prompt")
+	if !present || string(raw) == "null" {
+		return dst, false, &promptError{"missing_prompt", `"prompt" is required`}
+	}
+	text, err := prompt.AppendCompletion(dst, raw)
+	if err != nil {
+		return text, false, &promptError{"invalid_prompt", err.Error()}
+	}
+	return text, false, nil
 }
 
 // streamBufferBytes bounds what a stream buffers: once its pending chunks
@@ -439,7 +465,9 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 	seqs := make([]*seq, len(inputs))
 	total := 0
 	for i, in := range inputs {
-		n := prompt.TokenCount(in)
+		toks := s.tok.tokenize(in)
+		n := toks.n
+		s.tok.release(toks)
 		if n == 0 || n > s.cfg.MaxModelLen {
 			badRequest(w, "invalid_input", fmt.Sprintf("input %d has %d tokens; want 1..%d", i, n, s.cfg.MaxModelLen))
 			return

@@ -20,6 +20,10 @@ type kvCache struct {
 	tail   int32
 	nfree  int
 	index  map[uint64]int32
+
+	// onEvict, when set, is called with every hash that leaves the index
+	// because its block is reused.
+	onEvict func(h uint64)
 }
 
 func newKVCache(blocks int) *kvCache {
@@ -85,6 +89,9 @@ func (kv *kvCache) alloc() int32 {
 	if kv.hashed[id] {
 		if kv.index[kv.hash[id]] == id {
 			delete(kv.index, kv.hash[id])
+			if kv.onEvict != nil {
+				kv.onEvict(kv.hash[id])
+			}
 		}
 		kv.hashed[id] = false
 	}
@@ -102,6 +109,17 @@ func (kv *kvCache) register(id int32, h uint64) bool {
 	kv.index[h] = id
 	kv.hash[id] = h
 	kv.hashed[id] = true
+	return true
+}
+
+// reset forgets every cached hash, as vLLM's reset_prefix_cache does, when
+// no block is referenced; otherwise it changes nothing and reports false.
+func (kv *kvCache) reset() bool {
+	if kv.used() > 0 {
+		return false
+	}
+	clear(kv.hashed)
+	clear(kv.index)
 	return true
 }
 

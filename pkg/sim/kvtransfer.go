@@ -222,7 +222,10 @@ func (s *Server) handlePrefixMatch(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	hashes := prompt.BlockHashes(text, s.cfg.BlockSize)
+	toks := s.tok.tokenize(text)
+	hashes := s.tok.blockHashes(toks, s.cfg.BlockSize)
+	promptLen := toks.n
+	s.tok.release(toks)
 	prompt.SaltHashes(hashes, lora)
 	hits, err := s.sched.prefixMatch(r.Context(), hashes)
 	if err != nil {
@@ -232,7 +235,7 @@ func (s *Server) handlePrefixMatch(w http.ResponseWriter, r *http.Request) {
 		return // otherwise the client has gone
 	}
 	b := append((*body)[:0], `{"prompt_tokens":`...)
-	b = strconv.AppendInt(b, int64(prompt.TokenCount(text)), 10)
+	b = strconv.AppendInt(b, int64(promptLen), 10)
 	b = append(b, `,"cached_tokens":`...)
 	b = strconv.AppendInt(b, int64(hits*s.cfg.BlockSize), 10)
 	b = append(b, `,"block_size":`...)

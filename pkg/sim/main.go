@@ -55,6 +55,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
 	if err != nil {
+		if srv.kvPub != nil { // Run, which would close it, never runs
+			_ = srv.kvPub.Close()
+		}
 		return fmt.Errorf("engine-sim listen: %w", err)
 	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}

@@ -29,6 +29,7 @@ type metrics struct {
 	ttft, itl, e2e, queueTime                                 prometheus.Observer
 	lora                                                      *prometheus.GaugeVec // nil without LoRA
 	maxLoRA                                                   string
+	kvEventsDropped                                           prometheus.Counter // nil without KV events
 }
 
 func newMetrics(cfg Config) *metrics {
@@ -78,6 +79,11 @@ func newMetrics(cfg Config) *metrics {
 	}, []string{"block_size", "num_gpu_blocks"})
 	reg.MustRegister(info)
 	info.WithLabelValues(strconv.Itoa(cfg.BlockSize), strconv.Itoa(cfg.NumKVBlocks())).Set(1)
+
+	if cfg.KVEventsEndpoint != "" {
+		m.kvEventsDropped = counter("kvasir_sim_kv_events_dropped_total",
+			"KV-cache events dropped because their publisher did not keep up (not a vLLM metric).")
+	}
 
 	if cfg.LoRAEnabled() {
 		m.maxLoRA = strconv.Itoa(cfg.MaxLoRAs)

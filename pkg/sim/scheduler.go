@@ -48,6 +48,7 @@ type seq struct {
 	promptLen  int
 	maxOut     int // tokens to generate; 0 for a prefill-only (embedding) request
 	hashes     []uint64
+	tokenIDs   []uint32 // of the prompt's full blocks, for KV events (nil when off)
 	lora       string
 	stream     bool
 	stopReason string // reason when maxOut tokens were generated
@@ -97,6 +98,12 @@ func (q *seq) isDone() bool {
 	}
 }
 
+// engineQuery is a question to the scheduler goroutine, which answers it
+// between steps or while it sleeps, never in the middle of a step.
+type engineQuery interface {
+	answer(s *scheduler)
+}
+
 // prefixQuery asks the scheduler goroutine how many leading hashes are
 // cached; the answer goes to reply (capacity 1).
 type prefixQuery struct {
@@ -123,7 +130,7 @@ type scheduler struct {
 	maxLoRAs  int
 	cancelled atomic.Uint64 // bumped by handlers that cancel a sequence
 	wake      chan struct{}
-	queries   chan prefixQuery // prefix-cache lookups, answered by run
+	queries   chan engineQuery // prefix-cache lookups and resets, answered by run
 	quit      chan struct{}    // closed when the engine has stopped
 
 	mu       sync.Mutex
@@ -148,6 +155,7 @@ type scheduler struct {
 	waitLoRA    map[string]int
 	loraDirty   bool
 	timer       *time.Timer
+	ev          kvEvents
 }
 
 func newScheduler(cfg Config, m *metrics, log *slog.Logger) *scheduler {
@@ -164,13 +172,17 @@ func newScheduler(cfg Config, m *metrics, log *slog.Logger) *scheduler {
 		loraOn:   cfg.LoRAEnabled(),
 		maxLoRAs: cfg.MaxLoRAs,
 		wake:     make(chan struct{}, 1),
-		queries:  make(chan prefixQuery),
+		queries:  make(chan engineQuery),
 		quit:     make(chan struct{}),
 		runLoRA:  map[string]int{},
 		waitLoRA: map[string]int{},
 	}
 	if s.zero {
 		s.phys = Physics{}
+	}
+	if cfg.KVEventsEndpoint != "" {
+		s.ev.init(s.bs, m.kvEventsDropped, log)
+		s.kv.onEvict = s.ev.removed
 	}
 	return s
 }
@@ -203,7 +215,7 @@ func (s *scheduler) prefixMatch(ctx context.Context, hashes []uint64) (int, erro
 	return <-q.reply, nil // answered at once by the receiver
 }
 
-func (s *scheduler) answer(q prefixQuery) {
+func (q prefixQuery) answer(s *scheduler) {
 	hits, _ := s.kv.match(q.hashes, len(q.hashes))
 	q.reply <- hits
 }
@@ -254,12 +266,14 @@ func (s *scheduler) run(ctx context.Context, start time.Time) {
 		s.land()
 		if s.hasWork() {
 			if dur, ok := s.plan(); ok {
+				s.ev.flush() // the evictions of the step's allocations
 				end := s.vnow + dur
 				if !s.sleepUntil(ctx, end) {
 					return
 				}
 				s.vnow = end
 				s.complete()
+				s.ev.flush()
 				s.publishGauges()
 				continue
 			}
@@ -270,6 +284,7 @@ func (s *scheduler) run(ctx context.Context, start time.Time) {
 			}
 		}
 		// Nothing to compute: wait for new work or the next KV transfer.
+		s.ev.flush()
 		s.publishGauges()
 		if !s.await(ctx) {
 			return
@@ -314,7 +329,7 @@ func (s *scheduler) await(ctx context.Context) bool {
 			s.vnow = max(s.vnow, next)
 			return true
 		case q := <-s.queries:
-			s.answer(q)
+			q.answer(s)
 		}
 	}
 }
@@ -336,7 +351,7 @@ func (s *scheduler) sleepUntil(ctx context.Context, end time.Duration) bool {
 			s.timer.Stop()
 			return false
 		case q := <-s.queries:
-			s.answer(q)
+			q.answer(s)
 		}
 	}
 }
@@ -347,7 +362,7 @@ func (s *scheduler) collect() {
 	for answered := false; !answered; {
 		select {
 		case q := <-s.queries:
-			s.answer(q)
+			q.answer(s)
 		default:
 			answered = true
 		}
@@ -638,7 +653,9 @@ func (s *scheduler) complete() {
 func (s *scheduler) register(q *seq) {
 	full := min(q.prefilled/s.bs, len(q.hashes))
 	for ; q.registered < full; q.registered++ {
-		s.kv.register(q.blocks[q.registered], q.hashes[q.registered])
+		if s.kv.register(q.blocks[q.registered], q.hashes[q.registered]) {
+			s.ev.stored(q, q.registered)
+		}
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kvasir-serving/kvasir/pkg/kvevents"
 )
 
 // Option configures a Server.
@@ -48,6 +50,8 @@ type Server struct {
 	sched   *scheduler
 	handler http.Handler
 	loras   *loraSet
+	kvPub   *kvevents.Publisher // nil without --kv-events-endpoint
+	tok     tokens              // the prompt tokenizer (--tokenizer)
 
 	started atomic.Bool
 	running atomic.Bool
@@ -72,10 +76,17 @@ type Server struct {
 	writeTimeouts atomic.Uint64
 }
 
-// New validates cfg and builds a Server. Call Run to start its engine.
+// New validates cfg and builds a Server. Call Run to start its engine. With
+// --tokenizer, New loads the tokenizer file. With --kv-events-endpoint, New
+// binds the endpoint (or starts connecting to it) and Run closes it when it
+// returns.
 func New(cfg Config, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("engine simulator config: %w", err)
+	}
+	tok, tk, err := loadTokens(cfg.Tokenizer)
+	if err != nil {
+		return nil, fmt.Errorf("engine simulator: %w", err)
 	}
 	var nonce [8]byte
 	_, _ = crand.Read(nonce[:]) // crypto/rand.Read never fails
@@ -95,13 +106,24 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		rng:       rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
 		loras:     newLoRASet(cfg.LoRAModules),
 		bufs:      sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }},
+		tok:       tok,
 	}
 	for _, o := range opts {
 		o(s)
 	}
+	if tk != nil {
+		s.log.Info("loaded tokenizer", "tokenizer", cfg.Tokenizer, "vocab_size", tk.VocabSize())
+	}
 	s.m = newMetrics(cfg)
 	s.sched = newScheduler(cfg, s.m, s.log)
 	s.handler = s.routes()
+	if cfg.KVEventsEndpoint != "" {
+		pub, err := kvevents.NewPublisher(context.Background(), cfg.KVEventsEndpoint, cfg.KVEventsTopic)
+		if err != nil {
+			return nil, fmt.Errorf("engine simulator: --kv-events-endpoint: %w", err)
+		}
+		s.kvPub = pub
+	}
 	return s, nil
 }
 
@@ -113,7 +135,8 @@ func (s *Server) Config() Config { return s.cfg }
 func (s *Server) EngineID() string { return s.engineID }
 
 // Handler returns the HTTP API: the OpenAI endpoints, /health, /metrics,
-// the LoRA adapter endpoints and POST /sim/prefix-match.
+// the LoRA adapter endpoints, vLLM's /tokenize and /reset_prefix_cache, and
+// POST /sim/prefix-match.
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Ready reports whether the engine is running and done "loading".
@@ -139,6 +162,19 @@ func (s *Server) Run(ctx context.Context) error {
 		t := time.AfterFunc(delay, func() { s.log.Info("engine ready", "model", s.cfg.Model) })
 		defer t.Stop()
 	}
+	if s.kvPub != nil {
+		s.log.Info("publishing KV events", "endpoint", s.cfg.KVEventsEndpoint, "topic", s.cfg.KVEventsTopic, "bound", s.kvPub.Addr() != nil)
+		published := make(chan struct{})
+		go func() {
+			defer close(published)
+			publishKVEvents(s.kvPub, s.sched.ev.out, s.log)
+		}()
+		defer func() {
+			s.sched.ev.close() // the scheduler has stopped: nothing more comes
+			<-published
+			_ = s.kvPub.Close()
+		}()
+	}
 	s.sched.run(ctx, start)
 	s.log.Info("engine stopped", "model", s.cfg.Model)
 	return nil
@@ -153,6 +189,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/load_lora_adapter", s.handleLoadLoRA)
 	mux.HandleFunc("POST /v1/unload_lora_adapter", s.handleUnloadLoRA)
 	mux.HandleFunc("GET /health", s.handleHealth)
+	mux.HandleFunc("POST /tokenize", s.handleTokenize)
+	mux.HandleFunc("POST /reset_prefix_cache", s.handleResetPrefixCache)
 	mux.HandleFunc("POST /sim/prefix-match", s.handlePrefixMatch)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
 	return mux

@@ -163,6 +163,11 @@ var sampleRules = []paramRule{
 	{name: "echo", apis: apiChat, kind: kindBool},
 	{name: "echo", apis: apiCompletions, kind: kindBool, nullable: true},
 	{name: "user", apis: apiBoth, kind: kindString, nullable: true},
+	// vLLM's chat template and tokenizer parameters: the first changes the
+	// rendering (see appendPrompt), the deterministic tokenizer has no
+	// special tokens to add.
+	{name: "add_generation_prompt", apis: apiChat, kind: kindBool},
+	{name: "add_special_tokens", apis: apiBoth, kind: kindBool},
 }
 
 func within(lo, hi float64) func(float64) string {

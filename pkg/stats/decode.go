@@ -8,7 +8,8 @@ import (
 // Decode reads one message of the stats stream. A message of a kind this
 // version does not know, or without the body its type names, has ok false
 // and no error: readers skip it. A known message carries only the body its
-// type names (Stat for TypeStat, KV for TypeKV). An error means the peer
+// type names (Stat for TypeStat, KV for TypeKV), a Stat's model cards
+// within the bounds of BoundModelCards. An error means the peer
 // sent something that is not a message at all.
 func Decode(data []byte) (m Message, ok bool, err error) {
 	if err := json.Unmarshal(data, &m); err != nil {
@@ -17,6 +18,9 @@ func Decode(data []byte) (m Message, ok bool, err error) {
 	switch {
 	case m.Type == TypeStat && m.Stat != nil:
 		m.KV = nil
+		// A queue-proxy bounds its engine's model cards; a reader does not
+		// rely on it.
+		m.Stat.Engine.Models = BoundModelCards(m.Stat.Engine.Models)
 	case m.Type == TypeKV && m.KV != nil:
 		m.Stat = nil
 	default:

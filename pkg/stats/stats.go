@@ -76,4 +76,69 @@ type EngineStat struct {
 	PrefixCacheQuery  float64  `json:"prefixCacheQueries"`
 	PrefixCacheHitPct float64  `json:"prefixCacheHitRate,omitempty"` // SGLang reports a rate directly
 	LoRAAdapters      []string `json:"loraAdapters,omitempty"`
+	// Models are the engine's model cards, from its GET /v1/models: the
+	// base model and its LoRA adapters. Within the bounds of BoundModelCards;
+	// the last list read stays while the engine does not answer one (none
+	// when it never did: a custom engine without the path). Never modified
+	// once reported: a new list is a new slice.
+	Models []ModelCard `json:"models,omitempty"`
+}
+
+// ModelCard is what an engine says of one name it serves in its OpenAI
+// model list (vLLM's ModelCard, SGLang's and the simulator's alike), trimmed
+// to what an activator adds to its own /v1/models.
+type ModelCard struct {
+	ID          string `json:"id"`                    // the name the engine serves
+	Root        string `json:"root,omitempty"`        // the model's path, or the adapter's
+	Parent      string `json:"parent,omitempty"`      // a LoRA adapter's base model, as the engine names it
+	OwnedBy     string `json:"ownedBy,omitempty"`     // "vllm", "sglang", ...
+	MaxModelLen int    `json:"maxModelLen,omitempty"` // context length in tokens (base models); 0 = unknown
+}
+
+// Bounds of the model cards of one Stat (BoundModelCards).
+const (
+	// MaxModelCards is the most cards a Stat carries.
+	MaxModelCards = 512
+	// MaxModelCardString is the longest string of a card, in bytes.
+	MaxModelCardString = 1 << 10
+	// MaxModelCardBytes bounds the strings of all the cards of a Stat
+	// together, so that a stat stays small (it is sent every second).
+	MaxModelCardBytes = 64 << 10
+	// MaxModelLen is the largest context length a card may carry.
+	MaxModelLen = 1<<31 - 1
+)
+
+// BoundModelCards returns the cards within the bounds, in their order: a
+// card without an ID, with a string longer than MaxModelCardString, or
+// naming an ID already seen is dropped; a MaxModelLen outside
+// 0..MaxModelLen reads as 0 (unknown); the list ends before the card that
+// would make it longer than MaxModelCards cards or MaxModelCardBytes bytes
+// of strings. The result is a new slice (nil for none); cards is not
+// modified. Bounding a bounded list changes nothing.
+func BoundModelCards(cards []ModelCard) []ModelCard {
+	if len(cards) == 0 {
+		return nil
+	}
+	var (
+		out   []ModelCard
+		bytes int
+		seen  = make(map[string]struct{}, min(len(cards), MaxModelCards))
+	)
+	for _, c := range cards {
+		if _, dup := seen[c.ID]; dup || c.ID == "" || len(c.ID) > MaxModelCardString || len(c.Root) > MaxModelCardString ||
+			len(c.Parent) > MaxModelCardString || len(c.OwnedBy) > MaxModelCardString {
+			continue
+		}
+		size := len(c.ID) + len(c.Root) + len(c.Parent) + len(c.OwnedBy)
+		if len(out) == MaxModelCards || bytes+size > MaxModelCardBytes {
+			break
+		}
+		if c.MaxModelLen < 0 || c.MaxModelLen > MaxModelLen {
+			c.MaxModelLen = 0
+		}
+		seen[c.ID] = struct{}{}
+		bytes += size
+		out = append(out, c)
+	}
+	return out
 }

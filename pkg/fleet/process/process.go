@@ -27,11 +27,14 @@ import (
 type Spec struct {
 	Key fleet.Key
 	// Engine is the engine's argv; "$(PORT)" in any element expands to the
-	// engine's port. PORT is also set in its environment.
+	// engine's port and "$(KV_EVENTS_PORT)" to a second free port, reserved
+	// for its KV-cache events. PORT and KV_EVENTS_PORT are also set in its
+	// environment.
 	Engine []string
 	// Env is added to the engine's environment (KEY=VALUE).
 	Env []string
-	// QueueProxyArgs are extra flags for the queue-proxy.
+	// QueueProxyArgs are extra flags for the queue-proxy; "$(KV_EVENTS_PORT)"
+	// expands as in Engine.
 	QueueProxyArgs []string
 }
 
@@ -376,10 +379,12 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func expand(args []string, port int) []string {
+// expand replaces "$(PORT)" and "$(KV_EVENTS_PORT)" in args.
+func expand(args []string, port, kvPort int) []string {
+	r := strings.NewReplacer("$(PORT)", strconv.Itoa(port), "$(KV_EVENTS_PORT)", strconv.Itoa(kvPort))
 	out := make([]string, len(args))
 	for i, a := range args {
-		out[i] = strings.ReplaceAll(a, "$(PORT)", strconv.Itoa(port))
+		out[i] = r.Replace(a)
 	}
 	return out
 }
@@ -392,6 +397,10 @@ func (r *Runtime) startLocked(s *set, variant string) error {
 	qpPort, err := freePort()
 	if err != nil {
 		return fmt.Errorf("queue-proxy port: %w", err)
+	}
+	kvPort, err := freePort()
+	if err != nil {
+		return fmt.Errorf("KV events port: %w", err)
 	}
 	r.seq++
 	name := fmt.Sprintf("%s-%s", s.spec.Key.Revision, strconv.Itoa(r.seq))
@@ -410,14 +419,15 @@ func (r *Runtime) startLocked(s *set, variant string) error {
 			r.cfg.Devices.Release(name)
 		}
 	}()
-	engineArgv := expand(s.spec.Engine, ep)
+	engineArgv := expand(s.spec.Engine, ep, kvPort)
 	engine := exec.Command(engineArgv[0], engineArgv[1:]...)
-	engine.Env = append(append(append(inheritedEnv(), "PORT="+strconv.Itoa(ep)), s.spec.Env...), devEnv...)
+	engine.Env = append(append(append(inheritedEnv(), "PORT="+strconv.Itoa(ep), "KV_EVENTS_PORT="+strconv.Itoa(kvPort)),
+		s.spec.Env...), devEnv...)
 	qpArgv := append(append([]string(nil), r.cfg.QueueProxy...),
 		"--port", strconv.Itoa(qpPort),
 		"--engine-url", "http://127.0.0.1:"+strconv.Itoa(ep),
 		"--pod-name", name)
-	qpArgv = append(qpArgv, s.spec.QueueProxyArgs...)
+	qpArgv = append(qpArgv, expand(s.spec.QueueProxyArgs, ep, kvPort)...)
 	qp := exec.Command(qpArgv[0], qpArgv[1:]...)
 	for _, c := range []*exec.Cmd{engine, qp} {
 		// Children die with us even when we are killed hard (on Linux), and

@@ -3,11 +3,13 @@ package modelservice
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -26,6 +29,7 @@ import (
 // made, labelled and collected, events on the ModelService.
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelservices,verbs=get;list;watch
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelservices/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelservices/finalizers,verbs=update
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;update;patch
@@ -50,6 +54,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.ModelService{}).
 		Owns(&v1alpha1.ModelRevision{}).
+		Owns(&corev1.ConfigMap{}).
 		Named("modelservice").
 		Complete(r)
 }
@@ -61,9 +66,14 @@ func snapshot(ms *v1alpha1.ModelService) v1alpha1.ModelRevisionSpec {
 }
 
 // sameSnapshot compares two revision specs, ignoring the externally set
-// replica count.
+// replica count, and which LoRA adapters they list: only whether the
+// engines run with LoRA at all makes a revision; the adapters themselves
+// are loaded and unloaded at run time (the service's ConfigMap).
 func sameSnapshot(a, b v1alpha1.ModelRevisionSpec) bool {
 	a.Replicas, b.Replicas = nil, nil
+	if (len(a.LoRAAdapters) > 0) == (len(b.LoRAAdapters) > 0) {
+		a.LoRAAdapters, b.LoRAAdapters = nil, nil
+	}
 	return equality.Semantic.DeepEqual(a, b)
 }
 
@@ -98,6 +108,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 	}
 	slices.SortFunc(revs, func(a, b *v1alpha1.ModelRevision) int { return generation(a) - generation(b) })
+
+	if err := r.reconcileLoRA(ctx, ms); err != nil {
+		return reconcile.Result{}, err
+	}
 
 	want := snapshot(ms)
 	if len(revs) == 0 || !sameSnapshot(revs[len(revs)-1].Spec, want) {
@@ -290,4 +304,34 @@ func (r *Reconciler) event(ms *v1alpha1.ModelService, related runtime.Object, ki
 	if r.Events != nil {
 		r.Events.Eventf(ms, related, kind, reason, "Reconcile", format, args...)
 	}
+}
+
+// reconcileLoRA keeps the ConfigMap of the service's LoRA adapters as the
+// spec says; the queue-proxies of its revisions load and unload adapters
+// to match it.
+func (r *Reconciler) reconcileLoRA(ctx context.Context, ms *v1alpha1.ModelService) error {
+	want, err := resources.MakeLoRAConfigMap(ms)
+	if err != nil {
+		return fmt.Errorf("LoRA adapters ConfigMap: %w", err)
+	}
+	have := &corev1.ConfigMap{}
+	err = r.Client.Get(ctx, client.ObjectKeyFromObject(want), have)
+	switch {
+	case apierrors.IsNotFound(err):
+		if err := r.Client.Create(ctx, want); err != nil {
+			return fmt.Errorf("creating ConfigMap %s: %w", want.Name, err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("getting ConfigMap %s: %w", want.Name, err)
+	case !metav1.IsControlledBy(have, ms):
+		return fmt.Errorf("ConfigMap %s exists and is not this ModelService's", want.Name)
+	case maps.Equal(have.Data, want.Data):
+		return nil
+	}
+	have.Data = want.Data
+	if err := r.Client.Update(ctx, have); err != nil {
+		return fmt.Errorf("updating ConfigMap %s: %w", want.Name, err)
+	}
+	return nil
 }

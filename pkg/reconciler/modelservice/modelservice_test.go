@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -270,4 +271,59 @@ func TestLatestReadyOnlyMovesForward(t *testing.T) {
 		got := get(t, c, "llama")
 		return !got.IsReady() && got.Status.LatestReadyRevisionName == "llama-00002" && summary(got) == "llama-00002=100%"
 	}, wait, tick, "the service is not ready, and its traffic stays on llama-00002: %+v", func() any { return get(t, c, "llama").Status })
+}
+
+// Adapters added to or removed from spec.loraAdapters make no revision:
+// they go to the service's ConfigMap, which the queue-proxies follow. Only
+// turning LoRA on (from no adapters) makes one, as the engines must start
+// with LoRA enabled.
+func TestLoRAAdaptersChangeNoRevision(t *testing.T) {
+	c := start(t)
+	ctx := context.Background()
+	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "lora", Namespace: "default"}}
+	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
+	require.NoError(t, c.Create(ctx, ms))
+	adapters := func() string {
+		cm := &corev1.ConfigMap{}
+		if c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "lora-lora-adapters"}, cm) != nil {
+			return "<none>"
+		}
+		return cm.Data["lora-adapters.json"]
+	}
+	revisions := func() []string {
+		list := &v1alpha1.ModelRevisionList{}
+		require.NoError(t, c.List(ctx, list, client.InNamespace("default"), client.MatchingLabels{v1alpha1.LabelService: "lora"}))
+		var names []string
+		for _, r := range list.Items {
+			names = append(names, r.Name)
+		}
+		slices.Sort(names)
+		return names
+	}
+	setAdapters := func(names ...string) {
+		require.Eventually(t, func() bool {
+			ms := get(t, c, "lora")
+			ms.Spec.LoRAAdapters = names
+			return c.Update(ctx, ms) == nil
+		}, wait, tick)
+	}
+	require.Eventually(t, func() bool { return adapters() == `{"loraAdapters":[]}` }, wait, tick)
+	require.Eventually(t, func() bool { return slices.Equal(revisions(), []string{"lora-00001"}) }, wait, tick)
+
+	setAdapters("sql")
+	require.Eventually(t, func() bool { return adapters() == `{"loraAdapters":["sql"]}` }, wait, tick)
+	require.Eventually(t, func() bool { return len(revisions()) == 2 }, wait, tick, "turning LoRA on makes a revision")
+
+	setAdapters("sql", "chat")
+	require.Eventually(t, func() bool { return adapters() == `{"loraAdapters":["sql","chat"]}` }, wait, tick)
+	setAdapters("chat")
+	require.Eventually(t, func() bool { return adapters() == `{"loraAdapters":["chat"]}` }, wait, tick)
+	require.Equal(t, []string{"lora-00001", "lora-00002"}, revisions(), "changing which adapters makes no revision")
+	rev := &v1alpha1.ModelRevision{}
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "lora-00002"}, rev))
+	require.Equal(t, []string{"sql"}, rev.Spec.LoRAAdapters, "a revision keeps the adapters its engines start with")
+
+	// A ConfigMap deleted by hand comes back.
+	require.NoError(t, c.Delete(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "lora-lora-adapters"}}))
+	require.Eventually(t, func() bool { return adapters() == `{"loraAdapters":["chat"]}` }, wait, tick)
 }

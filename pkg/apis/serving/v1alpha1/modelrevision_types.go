@@ -64,7 +64,9 @@ type ModelRevisionSpec struct {
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[^@]*$`
 	Model string `json:"model"`
-	// LoRAAdapters the engines load next to the model.
+	// LoRAAdapters the engines start with, next to the model: the
+	// service's when the revision was made. The service's current
+	// adapters are loaded and unloaded at run time.
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=256

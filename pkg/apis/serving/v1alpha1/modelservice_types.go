@@ -26,9 +26,11 @@ const (
 )
 
 // ModelService serves one model name through revisions of an engine
-// template. Every change to what runs in the pods (spec.template, spec.model,
-// spec.loraAdapters) creates the next ModelRevision; spec.traffic splits
-// requests across revisions.
+// template. Every change to what runs in the pods (spec.template,
+// spec.model, and spec.loraAdapters going from none to some or back)
+// creates the next ModelRevision; adapters added to or removed from a
+// non-empty spec.loraAdapters are loaded into and unloaded from the running
+// replicas instead. spec.traffic splits requests across revisions.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
@@ -60,9 +62,11 @@ type ModelServiceSpec struct {
 	// +kubebuilder:validation:Pattern=`^[^@]*$`
 	Model string `json:"model,omitempty"`
 	// LoRAAdapters are adapter names the engines serve next to the model
-	// (vLLM --lora-modules); a request naming one is routed to this service,
-	// preferring replicas that have it loaded (scheduler plugin
-	// lora-affinity).
+	// (vLLM --lora-modules at start; an adapter's name is also its path);
+	// a request naming one is routed to this service, preferring replicas
+	// that have it loaded (scheduler plugin lora-affinity). Adapters added
+	// or removed later are loaded and unloaded at run time
+	// (/v1/load_lora_adapter), with no new revision.
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=256
@@ -142,8 +146,10 @@ type EngineSpec struct {
 	// Image of the engine container (Kubernetes only).
 	// +optional
 	Image string `json:"image,omitempty"`
-	// Command run in local mode for custom and real engines; $(PORT) expands
-	// to the port the engine must listen on.
+	// Command of a custom engine (the process in local mode, the
+	// container's entrypoint on Kubernetes). $(PORT), $(HOST) and
+	// $(KV_EVENTS_PORT) expand in command and args; vllm, sglang and sim
+	// have their own command (docs/engines.md).
 	// +optional
 	Command []string `json:"command,omitempty"`
 	// Args are appended to the engine's command.
@@ -157,6 +163,80 @@ type EngineSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
 	Port int32 `json:"port,omitempty"`
+	// HealthPath is where the queue-proxy probes the engine's readiness;
+	// defaults per engine type (see docs/engines.md): /health.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^/[!-~]*$`
+	HealthPath string `json:"healthPath,omitempty"`
+	// MetricsPath is where the queue-proxy scrapes the engine's Prometheus
+	// metrics; defaults per engine type: /metrics.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^/[!-~]*$`
+	MetricsPath string `json:"metricsPath,omitempty"`
+	// KVEvents is where the engine publishes its KV-cache events (ZMQ,
+	// msgpack, vLLM's schema); the queue-proxy follows them and feeds the
+	// routers' prefix index with them. Defaulted per engine type.
+	// +optional
+	KVEvents *KVEventsSpec `json:"kvEvents,omitempty"`
+	// Tokenizer is how the routers tokenize a prompt as the engine does, so
+	// that their prefix keys and the engine's KV events name the same
+	// blocks. Defaulted per engine type; without one, routers model each
+	// engine's cache from the prompts they send (approximate).
+	// +optional
+	Tokenizer *TokenizerSpec `json:"tokenizer,omitempty"`
+}
+
+// KVEventsSpec is an engine's KV-cache event publisher.
+type KVEventsSpec struct {
+	// Enabled turns the engine's events on or off. Default: on for vllm,
+	// sglang and sim; on for custom when endpoint is set.
+	// +optional
+	Enabled *bool `json:"enabled,omitempty"`
+	// Endpoint is the ZMQ endpoint the engine publishes to; $(KV_EVENTS_PORT)
+	// expands to a port Kvasir reserves for it. Default
+	// tcp://127.0.0.1:$(KV_EVENTS_PORT): the queue-proxy binds it on loopback
+	// and the engine connects. A wildcard host (tcp://*:P) means the engine
+	// binds and the queue-proxy connects to 127.0.0.1:P.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^tcp://`
+	Endpoint string `json:"endpoint,omitempty"`
+	// Topic the queue-proxy subscribes to ("" for every topic).
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	Topic string `json:"topic,omitempty"`
+}
+
+// TokenizerType names how routers tokenize.
+// +kubebuilder:validation:Enum=none;builtin;file;engine
+type TokenizerType string
+
+// Tokenizer types.
+const (
+	// TokenizerNone: no tokenizer; prefix routing is approximate.
+	TokenizerNone TokenizerType = "none"
+	// TokenizerBuiltin: the deterministic four-bytes-a-token tokenizer of
+	// pkg/prompt, which the simulator uses by default.
+	TokenizerBuiltin TokenizerType = "builtin"
+	// TokenizerFile: a Hugging Face tokenizer.json at path, read by every
+	// activator (local mode), never downloaded.
+	TokenizerFile TokenizerType = "file"
+	// TokenizerEngine: the engine's own tokenization endpoint at path
+	// (vLLM's POST /tokenize), asked through a ready replica's queue-proxy.
+	TokenizerEngine TokenizerType = "engine"
+)
+
+// TokenizerSpec is how routers tokenize prompts as the engine does.
+type TokenizerSpec struct {
+	// Type of tokenizer.
+	Type TokenizerType `json:"type"`
+	// Path of the tokenizer.json (file) or the engine's endpoint (engine,
+	// default /tokenize).
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	Path string `json:"path,omitempty"`
 }
 
 // AcceleratorVariant is one way to place a replica, with its relative cost.

@@ -107,6 +107,7 @@ func (t *RevisionTemplate) validate() *apis.FieldError {
 	if t.Engine.Port < 1 || t.Engine.Port > 65535 {
 		errs = errs.Also(apis.ErrOutOfBoundsValue(t.Engine.Port, 1, 65535, "engine.port"))
 	}
+	errs = errs.Also(t.Engine.validateEndpoints().ViaField("engine"))
 	if t.ContainerConcurrency < 0 {
 		errs = errs.Also(apis.ErrInvalidValue(t.ContainerConcurrency, "containerConcurrency", "must be >= 0"))
 	}
@@ -223,4 +224,61 @@ func validateTraffic(targets []TrafficTarget) *apis.FieldError {
 		errs = errs.Also(apis.ErrInvalidValue(sum, "percent", "traffic percents must sum to 100"))
 	}
 	return errs
+}
+
+// maxEnginePath bounds healthPath and metricsPath.
+const maxEnginePath = 256
+
+// validateEndpoints checks the paths, KV events and tokenizer of an engine.
+func (e *EngineSpec) validateEndpoints() *apis.FieldError {
+	var errs *apis.FieldError
+	for name, p := range map[string]string{"healthPath": e.HealthPath, "metricsPath": e.MetricsPath} {
+		if p != "" && !validPath(p, maxEnginePath) {
+			errs = errs.Also(apis.ErrInvalidValue(p, name, "must start with / and hold printable ASCII without spaces, at most 256 bytes"))
+		}
+	}
+	if k := e.KVEvents; k != nil {
+		if k.Endpoint != "" && (!strings.HasPrefix(k.Endpoint, "tcp://") || len(k.Endpoint) > maxEnginePath || strings.ContainsAny(k.Endpoint, " \t\n")) {
+			errs = errs.Also(apis.ErrInvalidValue(k.Endpoint, "kvEvents.endpoint", "must be a tcp:// endpoint of at most 256 bytes"))
+		}
+		if len(k.Topic) > maxEnginePath {
+			errs = errs.Also(apis.ErrInvalidValue(len(k.Topic), "kvEvents.topic", "must be at most 256 bytes"))
+		}
+	}
+	if tk := e.Tokenizer; tk != nil {
+		switch tk.Type {
+		case TokenizerNone, TokenizerBuiltin:
+			if tk.Path != "" {
+				errs = errs.Also(apis.ErrDisallowedFields("tokenizer.path"))
+			}
+		case TokenizerFile:
+			if tk.Path == "" {
+				errs = errs.Also(apis.ErrMissingField("tokenizer.path"))
+			}
+		case TokenizerEngine:
+			if tk.Path != "" && !validPath(tk.Path, maxEnginePath) {
+				errs = errs.Also(apis.ErrInvalidValue(tk.Path, "tokenizer.path", "must start with / and hold printable ASCII without spaces"))
+			}
+		default:
+			errs = errs.Also(apis.ErrInvalidValue(tk.Type, "tokenizer.type", "must be one of none, builtin, file, engine"))
+		}
+		if len(tk.Path) > 4096 {
+			errs = errs.Also(apis.ErrInvalidValue(len(tk.Path), "tokenizer.path", "must be at most 4096 bytes"))
+		}
+	}
+	return errs
+}
+
+// validPath reports whether p is an absolute URL path of printable ASCII
+// without spaces, at most max bytes.
+func validPath(p string, max int) bool {
+	if len(p) == 0 || len(p) > max || p[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] <= ' ' || p[i] > '~' {
+			return false
+		}
+	}
+	return true
 }

@@ -1,6 +1,7 @@
 package resources
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"strconv"
@@ -192,6 +193,64 @@ func setEnvDefault(env []corev1.EnvVar, name, value string) []corev1.EnvVar {
 	return append(env, corev1.EnvVar{Name: name, Value: value})
 }
 
+// queueProxyEngineArgs are the queue-proxy flags that follow from the
+// engine (its paths, KV events and LoRA endpoints; pkg/engine decides them
+// for both runtimes). Pods have their own network, so the KV events port is
+// fixed.
+func queueProxyEngineArgs(rev *v1alpha1.ModelRevision) []string {
+	loraFile := ""
+	if loraEnabled(rev) {
+		loraFile = LoRAMountPath + "/" + LoRAConfigMapKey
+	}
+	return engine.QueueProxyArgs(rev.Spec.Engine, "", loraFile)
+}
+
+// The service's LoRA adapters reach the queue-proxies of a revision whose
+// engines run with LoRA as a ConfigMap volume, which the kubelet updates in
+// place: adapters added or removed later are loaded and unloaded at run
+// time, with no new revision and no restart.
+const (
+	// LoRAConfigMapKey is the key of the adapters document
+	// (engine.LoRAFile) in the service's ConfigMap.
+	LoRAConfigMapKey = "lora-adapters.json"
+	// LoRAMountPath is where the queue-proxy reads it.
+	LoRAMountPath = "/etc/kvasir/lora"
+	loraVolume    = "lora-adapters"
+)
+
+// loraEnabled reports whether a revision's engines run with LoRA: they did
+// when the service had adapters as the revision was made.
+func loraEnabled(rev *v1alpha1.ModelRevision) bool { return len(rev.Spec.LoRAAdapters) > 0 }
+
+// loraVolumeOf is the ConfigMap volume of the service's adapters.
+func loraVolumeOf(rev *v1alpha1.ModelRevision) corev1.Volume {
+	return corev1.Volume{Name: loraVolume, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+		LocalObjectReference: corev1.LocalObjectReference{Name: LoRAConfigMapName(rev.Labels[v1alpha1.LabelService])},
+		// Spelled out: the API server fills the default in, and the
+		// reconciler compares what it builds with what was stored.
+		DefaultMode: ptr.To[int32](0o644),
+		Optional:    ptr.To(true),
+	}}}
+}
+
+// MakeLoRAConfigMap builds the ConfigMap of a service's LoRA adapters,
+// owned by the service.
+func MakeLoRAConfigMap(ms *v1alpha1.ModelService) (*corev1.ConfigMap, error) {
+	b, err := json.Marshal(engine.LoRAFile{LoRAAdapters: append([]string{}, ms.Spec.LoRAAdapters...)})
+	if err != nil {
+		return nil, err
+	}
+	return &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            LoRAConfigMapName(ms.Name),
+			Namespace:       ms.Namespace,
+			Labels:          map[string]string{v1alpha1.LabelService: ms.Name},
+			OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(ms)},
+		},
+		Data: map[string]string{LoRAConfigMapKey: string(b)},
+	}, nil
+}
+
 // QueueProxyResources are the queue-proxy container's requests and limits.
 // No CPU limit: CFS throttling would stall the streams it relays (the
 // activator and controller in config/ have none either). The memory limit
@@ -253,6 +312,12 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 	// The queue-proxy writes nothing.
 	qp.SecurityContext.ReadOnlyRootFilesystem = ptr.To(true)
 	qp.Args = append(qp.Args, "--pod-name", "$(POD_NAME)")
+	qp.Args = append(qp.Args, queueProxyEngineArgs(rev)...)
+	volumes := engineVolumes(engine)
+	if loraEnabled(rev) {
+		volumes = append(volumes, loraVolumeOf(rev))
+		qp.VolumeMounts = []corev1.VolumeMount{{Name: loraVolume, MountPath: LoRAMountPath, ReadOnly: true}}
+	}
 	labels := DeploymentLabels(rev, role, variant)
 	grace := timeout + drainGrace
 	deadline := cfg.ProgressDeadlineSeconds
@@ -274,7 +339,7 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
 					Containers:                    []corev1.Container{engine, qp},
-					Volumes:                       engineVolumes(engine),
+					Volumes:                       volumes,
 					NodeSelector:                  nodeSelector,
 					TerminationGracePeriodSeconds: &grace,
 					EnableServiceLinks:            new(bool),

@@ -58,7 +58,8 @@ func TestMakeDeploymentVLLM(t *testing.T) {
 	// pkg/engine's golden files hold every engine's command line; here,
 	// that the Deployment carries it.
 	require.Equal(t, []string{"vllm", "serve"}, engine.Command)
-	require.Equal(t, []string{"llama-3-8b", "--max-model-len=8192", "--host", "127.0.0.1", "--port", "8000", "--served-model-name", "llama-3-8b", "--enable-prefix-caching"}, engine.Args)
+	require.Equal(t, []string{"llama-3-8b", "--max-model-len=8192", "--host", "127.0.0.1", "--port", "8000", "--served-model-name", "llama-3-8b", "--enable-prefix-caching",
+		"--kv-events-config", `{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://127.0.0.1:5557","topic":""}`}, engine.Args)
 	require.Equal(t, "1", engine.Resources.Limits.Name("nvidia.com/gpu", resource.DecimalSI).String())
 	require.Equal(t, "/kvasir/wait-for-drain", engine.Lifecycle.PreStop.HTTPGet.Path, "the engine stops after the queue-proxy drained")
 
@@ -67,6 +68,8 @@ func TestMakeDeploymentVLLM(t *testing.T) {
 	require.Contains(t, qp.Args, "--container-concurrency")
 	require.Contains(t, qp.Args, "http://127.0.0.1:8000")
 	require.Equal(t, "/kvasir/ready", qp.ReadinessProbe.HTTPGet.Path, "readiness goes through the queue-proxy")
+	// The queue-proxy binds the engine's KV events on the pod's loopback.
+	require.Subset(t, qp.Args, []string{"--engine-health-path", "/health", "--kv-events-endpoint", "tcp://127.0.0.1:5557", "--kv-events-bind"})
 }
 
 func TestMakeDeploymentRolesAndVariants(t *testing.T) {
@@ -89,7 +92,8 @@ func TestMakeDeploymentRolesAndVariants(t *testing.T) {
 	require.Equal(t, "llama-00002-prefill-ascend", d.Name)
 	engine := container(d, d.Spec.Template.Spec.Containers, "engine")
 	require.Equal(t, "ko://sim", engine.Image)
-	require.Equal(t, []string{"--x=1", "--host", "127.0.0.1", "--port", "8000", "--model", "llama-3-8b", "--role=prefill"}, engine.Args)
+	require.Equal(t, []string{"--x=1", "--host", "127.0.0.1", "--port", "8000", "--model", "llama-3-8b", "--role=prefill",
+		"--kv-events-endpoint", "tcp://127.0.0.1:5557"}, engine.Args)
 	require.Equal(t, map[string]string{"npu": "910b"}, d.Spec.Template.Spec.NodeSelector)
 	require.Contains(t, engine.Resources.Limits, corev1.ResourceName("huawei.com/ascend-910b"))
 	require.Equal(t, "ascend", d.Spec.Template.Labels[v1alpha1.LabelVariant])
@@ -263,4 +267,38 @@ func TestRevisionPodsAreRestricted(t *testing.T) {
 	require.NoError(t, err)
 	home, _ := env(container(d, d.Spec.Template.Spec.Containers, "engine"), "HOME")
 	require.Equal(t, "/models", home)
+}
+
+// A revision whose engines run with LoRA mounts the service's adapters
+// ConfigMap into the queue-proxy, which loads and unloads adapters to match.
+func TestMakeDeploymentLoRA(t *testing.T) {
+	d, err := MakeDeployment(revision(func(r *v1alpha1.ModelRevision) { r.Spec.LoRAAdapters = []string{"sql"} }), RoleUnified, nil, 1, cfg)
+	require.NoError(t, err)
+	spec := d.Spec.Template.Spec
+	qp := container(d, spec.Containers, "queue-proxy")
+	require.Subset(t, qp.Args, []string{"--lora-adapters-file", "/etc/kvasir/lora/lora-adapters.json",
+		"--lora-load-path", "/v1/load_lora_adapter"})
+	require.Equal(t, []corev1.VolumeMount{{Name: "lora-adapters", MountPath: LoRAMountPath, ReadOnly: true}}, qp.VolumeMounts)
+	var vol *corev1.Volume
+	for i := range spec.Volumes {
+		if spec.Volumes[i].Name == "lora-adapters" {
+			vol = &spec.Volumes[i]
+		}
+	}
+	require.NotNil(t, vol)
+	require.Equal(t, "llama-lora-adapters", vol.ConfigMap.Name)
+	engine := container(d, spec.Containers, "engine")
+	require.Contains(t, engine.Env, corev1.EnvVar{Name: "VLLM_ALLOW_RUNTIME_LORA_UPDATING", Value: "True"})
+
+	// Without adapters: no volume, no flag.
+	d, err = MakeDeployment(revision(nil), RoleUnified, nil, 1, cfg)
+	require.NoError(t, err)
+	require.NotContains(t, container(d, d.Spec.Template.Spec.Containers, "queue-proxy").Args, "--lora-adapters-file")
+
+	ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: "ns", UID: "u"}}
+	ms.Spec.LoRAAdapters = []string{"a", "b"}
+	cm, err := MakeLoRAConfigMap(ms)
+	require.NoError(t, err)
+	require.Equal(t, "llama-lora-adapters", cm.Name)
+	require.JSONEq(t, `{"loraAdapters":["a","b"]}`, cm.Data[LoRAConfigMapKey])
 }

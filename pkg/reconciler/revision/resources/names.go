@@ -48,6 +48,10 @@ func DeploymentName(rev *v1alpha1.ModelRevision, role, variant string) string {
 	return name
 }
 
+// LoRAConfigMapName is the name of the ConfigMap that holds a service's
+// LoRA adapters for the queue-proxies of its revisions.
+func LoRAConfigMapName(service string) string { return service + "-lora-adapters" }
+
 // ServiceName is the name of a revision role's Service.
 func ServiceName(rev *v1alpha1.ModelRevision, role string) string {
 	if role == RoleUnified {
