@@ -165,7 +165,8 @@ type Activator struct {
 	onDemand    func(fleet.Key)
 	metrics     *metrics
 	upstream    *upstream.Client
-	tokenizers  tokenizers // tokenizer files of revisions, by path
+	tokenizers  tokenizers    // tokenizer files of revisions, by path
+	tokenizing  chan struct{} // engine tokenizations in flight, at most maxTokenizing
 	bodies      httpserver.BodyReader
 	// writeTimeout bounds each write to a client (httpserver.ClientWriter).
 	writeTimeout time.Duration
@@ -190,7 +191,7 @@ func New(cfg Config, opts ...Option) (*Activator, error) {
 	a := &Activator{cfg: cfg, log: slog.Default(), registry: scheduler.DefaultRegistry(), followStats: true,
 		revs:         map[fleet.Key]*revision{},
 		bodies:       httpserver.BodyReader{Timeout: limits.BodyReadTimeout, Budget: httpserver.NewBudget(limits.BodyBudget)},
-		writeTimeout: limits.WriteTimeout}
+		writeTimeout: limits.WriteTimeout, tokenizing: make(chan struct{}, maxTokenizing)}
 	a.origins, a.now = newOriginPolicy(cfg.AllowedOrigins), time.Now
 	for _, o := range opts {
 		o(a)

@@ -108,7 +108,11 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 	if timeout <= 0 {
 		timeout = a.cfg.RequestTimeout
 	}
-	a.tokenize(ctx, rt, rt.svc.cfg.Model)
+	model := rt.svc.cfg.Model
+	if rt.req.Adapter != "" {
+		model = rt.req.Adapter // the adapter's tokenizer and template, where it has its own
+	}
+	a.tokenize(ctx, rt, model)
 	var tried map[string]bool
 	var last *failure // the last replica's failure
 	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {

@@ -14,6 +14,9 @@ type metrics struct {
 	// tokenizeErrors counts failed asks of an engine's tokenization
 	// endpoint (the request was routed on its text).
 	tokenizeErrors prometheus.Counter
+	// tokenizeSkipped counts prompts not tokenized because maxTokenizing
+	// calls were in flight.
+	tokenizeSkipped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
@@ -35,13 +38,17 @@ func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
 			Name: "kvasir_activator_pd_requests_total",
 			Help: "Requests to disaggregated revisions by where their prompt was prefilled: remote (a prefill pod), local (the decode pod held most of it) or fallback (no prefill pod could).",
 		}, []string{"namespace", "service", "revision", "prefill"}),
+		tokenizeSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kvasir_activator_tokenize_skipped_total",
+			Help: "Prompts routed on their text without asking the engine to tokenize them, because the activator had its most tokenizations in flight.",
+		}),
 		tokenizeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kvasir_activator_tokenize_errors_total",
 			Help: "Prompts an engine's tokenization endpoint did not tokenize; they were routed on their text, without the engine's prefix keys.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.attempts, m.duration, m.pd, m.tokenizeErrors, &loadCollector{a: a})
+		reg.MustRegister(m.requests, m.attempts, m.duration, m.pd, m.tokenizeErrors, m.tokenizeSkipped, &loadCollector{a: a})
 	}
 	return m
 }

@@ -288,16 +288,24 @@ func (r *revision) matchFraction(req *scheduler.Request, p *scheduler.Pod) float
 	return float64(m[p.Slot]) / float64(len(hashes))
 }
 
-// anyReadyAddress returns the address of one of the revision's pods, for a
-// request that any of them answers alike (the engine's tokenization).
-func (r *revision) anyReadyAddress() (string, bool) {
+// tokenizeAddress returns the address of one of the revision's pods that
+// is not ejected, round robin, to ask for a tokenization that any of them
+// answers alike; none when the revision has fewer than two pods (routing
+// has no choice to make).
+func (r *revision) tokenizeAddress() (string, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.pods) == 0 {
+	if len(r.pods) < 2 {
 		return "", false
 	}
-	r.rr++
-	return r.pods[r.rr%uint64(len(r.pods))].Address, true
+	for range len(r.pods) {
+		r.rr++
+		p := r.pods[r.rr%uint64(len(r.pods))]
+		if !r.health[p].ejected(time.Now()) {
+			return p.Address, true
+		}
+	}
+	return "", false
 }
 
 // acquire returns a pod for one request, buffering up to timeout when none

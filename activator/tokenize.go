@@ -95,26 +95,45 @@ func (a *Activator) tokenize(ctx context.Context, rt routed, model string) {
 		}
 		rt.req.Tokens = rt.rev.tok.AppendEncode(make([]uint32, 0, len(text)/3+1), text)
 	case v1alpha1.TokenizerEngine:
-		toks, err := a.engineTokens(ctx, rt, model, tk.Path)
+		if rt.req.API != scheduler.APIChat && rt.req.API != scheduler.APICompletions {
+			return // nothing to tokenize
+		}
+		addr, ok := rt.rev.rev.tokenizeAddress()
+		if !ok {
+			return // at most one replica, or scaling from zero: no choice to make
+		}
+		select {
+		case a.tokenizing <- struct{}{}: // bounds the calls in flight
+		default:
+			a.metrics.tokenizeSkipped.Inc()
+			return
+		}
+		defer func() { <-a.tokenizing }()
+		toks, err := a.engineTokens(ctx, addr, rt, model, tk.Path)
 		if err != nil {
-			a.metrics.tokenizeErrors.Inc()
-			a.log.Debug("engine tokenization failed; routing on the prompt text", slog.Any("error", err))
+			if ctx.Err() == nil {
+				a.metrics.tokenizeErrors.Inc()
+				a.log.Debug("engine tokenization failed; routing on the prompt text", slog.Any("error", err))
+			}
 			return
 		}
 		rt.req.Tokens = toks
 	}
 }
 
-// engineTokens asks a ready replica's engine to tokenize the request.
-func (a *Activator) engineTokens(ctx context.Context, rt routed, model, path string) ([]uint32, error) {
-	addr, ok := rt.rev.rev.anyReadyAddress()
-	if !ok {
-		return nil, errNoReplica // scaling from zero: the index is empty anyway
-	}
+// maxTokenizing bounds the engine tokenizations in flight from one
+// activator; beyond it, requests are routed on their text at once.
+const maxTokenizing = 64
+
+// engineTokens asks the engine behind the queue-proxy at addr to tokenize
+// the request, within tokenizeTimeout all told.
+func (a *Activator) engineTokens(ctx context.Context, addr string, rt routed, model, path string) ([]uint32, error) {
 	body, err := tokenizeBody(rt.req, model)
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, tokenizeTimeout)
+	defer cancel()
 	hdr := http.Header{"Content-Type": {"application/json"}}
 	resp, err := a.upstream.PostJSON(ctx, addr, path, hdr, body, tokenizeTimeout)
 	if err != nil {
@@ -131,14 +150,12 @@ func (a *Activator) engineTokens(ctx context.Context, rt routed, model, path str
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxTokenizeReply)).Decode(&out); err != nil {
 		return nil, fmt.Errorf("POST %s: decode: %w", path, err)
 	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10)) // to EOF, so the connection is reused
 	if out.Tokens == nil {
 		out.Tokens = []uint32{}
 	}
 	return out.Tokens, nil
 }
-
-// errNoReplica: no ready replica to ask.
-var errNoReplica = fmt.Errorf("no ready replica")
 
 // tokenizeBody is the engine's tokenization request for a chat or
 // completion request: the fields that decide its tokens, as sent.

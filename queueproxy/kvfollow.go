@@ -58,6 +58,9 @@ const (
 	skipUnknownParent = "unknown_parent"
 	skipMalformed     = "malformed"
 	skipFull          = "full"
+	// An adapter's blocks named by vLLM's deprecated lora_id alone: the
+	// routers key adapters by name.
+	skipLoRAIDOnly = "lora_id_only"
 )
 
 func newKVFollower(cfg Config, h *hub, m *metrics, log *slog.Logger) *kvFollower {
@@ -97,6 +100,15 @@ func (f *kvFollower) capacityScraped(blocks int) {
 	if blocks != f.capacity {
 		f.capacity, f.deltas.meta = blocks, true
 	}
+}
+
+// restarted empties the set: the engine restarted with an empty cache.
+func (f *kvFollower) restarted() {
+	f.log.Info("kv events: the engine restarted; starting over")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.clearLocked()
+	f.count.Store(0)
 }
 
 // gap is called by the subscriber before the batch that shows batches were
@@ -139,6 +151,10 @@ func (f *kvFollower) storedLocked(ev kvevents.BlockStored) {
 	n := len(ev.Hashes)
 	if bs <= 0 || len(ev.TokenIDs) < n*bs {
 		f.skipped.WithLabelValues(skipMalformed).Add(float64(n))
+		return
+	}
+	if ev.LoRAID != nil && ev.LoRAName == "" {
+		f.skipped.WithLabelValues(skipLoRAIDOnly).Add(float64(n))
 		return
 	}
 	if bs != f.blockSize {

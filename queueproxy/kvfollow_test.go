@@ -2,6 +2,7 @@ package queueproxy
 
 import (
 	"encoding/binary"
+	"log/slog"
 	"maps"
 	"net"
 	"slices"
@@ -148,4 +149,23 @@ func TestKVEventKeysMatchTextKeys(t *testing.T) {
 	want := prompt.BlockHashes(text, bs)
 	prompt.SaltHashes(want, "x")
 	require.Equal(t, set(want...), set(f.appendAll(nil)...))
+}
+
+// Blocks an engine names only by vLLM's deprecated lora_id cannot be keyed
+// as the routers key adapters (by name): they are skipped, not taken for
+// the base model's. An engine restart empties the set.
+func TestKVEventsLoRAIDOnlyAndRestart(t *testing.T) {
+	m := newMetrics(&Proxy{})
+	f := &kvFollower{log: slog.New(slog.DiscardHandler), blocks: map[kvevents.BlockHash]followed{}, held: map[uint64]int32{},
+		deltas: newKVDeltas("p"), limit: 100, events: m.kvEvents, skipped: m.kvEventsSkipped}
+	id := 3
+	f.handle(kvevents.Batch{Events: []kvevents.Event{
+		kvevents.BlockStored{Hashes: hashes(1), TokenIDs: tokens(1, 4), BlockSize: 4, LoRAID: &id},
+		kvevents.BlockStored{Hashes: hashes(2), TokenIDs: tokens(9, 4), BlockSize: 4},
+	}})
+	require.Equal(t, 1.0, testutil.ToFloat64(m.kvEventsSkipped.WithLabelValues(skipLoRAIDOnly)))
+	require.Equal(t, 1, f.len())
+	f.restarted()
+	require.Zero(t, f.len())
+	require.Zero(t, f.size())
 }

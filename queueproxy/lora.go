@@ -80,7 +80,7 @@ func readLoRAFile(path string) ([]string, error) {
 		return nil, fmt.Errorf("%s: %d adapters; at most %d", path, len(doc.LoRAAdapters), v1alpha1.MaxLoRAAdapters)
 	}
 	for _, a := range doc.LoRAAdapters {
-		if a == "" || len(a) > v1alpha1.MaxModelNameLength || strings.ContainsAny(a, "@\x00\r\n") {
+		if a == "" || len(a) > v1alpha1.MaxModelNameLength || strings.HasPrefix(a, "-") || strings.ContainsAny(a, "@=, \t\x00\r\n") {
 			return nil, fmt.Errorf("%s: adapter name %q is not valid", path, a)
 		}
 	}
@@ -131,8 +131,10 @@ func (l *loraReconciler) tick(ctx context.Context) {
 		}
 		l.p.log.Info("LoRA adapter "+opName(load)+"ed", slog.String("adapter", name))
 		// The engine's model list shows it at the next scrape; until then
-		// the same call is not repeated.
-		op.next, op.backoff = now.Add(max(2*l.p.cfg.ScrapeInterval, loraRetryMin)), loraRetryMin
+		// the same call is not repeated, and an engine that never lists it
+		// is asked less and less often.
+		op.next = now.Add(max(2*l.p.cfg.ScrapeInterval, op.backoff))
+		op.backoff = min(2*op.backoff, loraRetryMax)
 	}
 	for _, a := range slices.Sorted(maps.Keys(desired)) {
 		if _, ok := (*loaded)[a]; !ok {

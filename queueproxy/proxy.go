@@ -409,6 +409,11 @@ func (p *Proxy) scrapeOnce(ctx context.Context) {
 	p.kvScraped(ctx, es, prev)
 	if p.kvf != nil && es.Scraped {
 		p.kvf.capacityScraped(es.NumGPUBlocks)
+		if prev.Scraped && es.PrefixCacheQuery < prev.PrefixCacheQuery {
+			// The engine restarted (its counters went back) and may not
+			// have published since: what was followed is gone.
+			p.kvf.restarted()
+		}
 	}
 	switch was := prev.Scraped; {
 	case err != nil && was:

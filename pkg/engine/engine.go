@@ -316,9 +316,11 @@ func appendTopic(args []string, topic string) []string {
 	return args
 }
 
-// isWildcard reports whether host is a wildcard address (vLLM binds those).
+// isWildcard reports whether vLLM's publisher binds an endpoint with this
+// host: vLLM binds when the endpoint contains "*" or "::" (and connects
+// otherwise, 0.0.0.0 included).
 func isWildcard(host string) bool {
-	return host == "*" || host == "0.0.0.0" || host == "::" || host == ""
+	return host == "*" || strings.Contains(host, "::")
 }
 
 // ExpandKVEventsPort replaces KVEventsPortVar in s with port.

@@ -76,8 +76,9 @@ func PublisherBinds(endpoint string) (bool, error) {
 		if host == "" {
 			return false, fmt.Errorf("kvevents: endpoint %q has no host (use * to bind every interface)", endpoint)
 		}
-		switch host {
-		case "*", "0.0.0.0", "::":
+		// vLLM's rule: bind when the endpoint has "*" or "::" (0.0.0.0
+		// connects, as vLLM's does).
+		if host == "*" || strings.Contains(host, "::") {
 			return true, nil
 		}
 		if port == "0" || port == "*" {
@@ -119,6 +120,9 @@ func NewPublisher(ctx context.Context, endpoint, topic string) (*Publisher, erro
 		}
 		p.sock = sock
 		return p, nil
+	}
+	if err := registerWatch(); err != nil {
+		return nil, fmt.Errorf("kvevents: connect to %s: %w", endpoint, err)
 	}
 	ctx, p.cancel = context.WithCancel(ctx)
 	p.done = make(chan struct{})
@@ -252,12 +256,11 @@ func (p *Publisher) Close() error {
 // socket's context.
 const watchScheme = "kvevents-tcp://"
 
-func init() {
-	err := zmq4.RegisterTransport(strings.TrimSuffix(watchScheme, "://"), watchTransport{transport.New("tcp")})
-	if err != nil {
-		panic(err) // only if another package registered the same name
-	}
-}
+// registerWatch registers the transport in zmq4's registry, once, on the
+// first connecting Publisher (zmq4 has no per-socket transports).
+var registerWatch = sync.OnceValue(func() error {
+	return zmq4.RegisterTransport(strings.TrimSuffix(watchScheme, "://"), watchTransport{transport.New("tcp")})
+})
 
 type watchKey struct{}
 

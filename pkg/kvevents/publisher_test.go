@@ -20,7 +20,7 @@ const pubTimeout = 10 * time.Second
 func TestPublisherBinds(t *testing.T) {
 	for endpoint, bind := range map[string]bool{
 		"tcp://*:5557":          true,
-		"tcp://0.0.0.0:5557":    true,
+		"tcp://0.0.0.0:5557":    false,
 		"tcp://[::]:5557":       true,
 		"tcp://127.0.0.1:0":     true, // a free port: nothing to connect to
 		"tcp://127.0.0.1:*":     true,
@@ -28,7 +28,7 @@ func TestPublisherBinds(t *testing.T) {
 		"inproc://kv":           true,
 		"tcp://127.0.0.1:5557":  false,
 		"tcp://10.0.0.5:5557":   false,
-		"tcp://[::1]:5557":      false,
+		"tcp://[::1]:5557":      true, // vLLM: any "::" binds
 		"tcp://engine-0:5557":   false,
 		"tcp://localhost:65535": false,
 	} {

@@ -352,7 +352,7 @@ func fileSum(path string) [32]byte {
 // loraFile is where the platform keeps a service's LoRA adapters for the
 // queue-proxies of its revisions (engine.LoRAFile).
 func (p *Platform) loraFile(ms *v1alpha1.ModelService) string {
-	return filepath.Join(p.opts.LogDir, "lora", ms.Namespace+"_"+ms.Name+".json")
+	return filepath.Join(p.opts.LogDir, "lora", fileSafe(ms.Namespace)+"_"+fileSafe(ms.Name)+".json")
 }
 
 // writeLoRAFile writes a service's adapters, atomically, for its
@@ -382,4 +382,17 @@ func (p *Platform) writeLoRAFile(ms *v1alpha1.ModelService) error {
 		return fmt.Errorf("LoRA adapters of %s: %w", ms.Name, err)
 	}
 	return nil
+}
+
+// fileSafe keeps a name within one path element: every character but
+// letters, digits, '-' and '.' becomes '_', and a leading '.' too.
+func fileSafe(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || (c == '.' && i > 0)
+		if !ok {
+			b[i] = '_'
+		}
+	}
+	return string(b)
 }

@@ -109,10 +109,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	slices.SortFunc(revs, func(a, b *v1alpha1.ModelRevision) int { return generation(a) - generation(b) })
 
-	if err := r.reconcileLoRA(ctx, ms); err != nil {
-		return reconcile.Result{}, err
-	}
-
 	want := snapshot(ms)
 	if len(revs) == 0 || !sameSnapshot(revs[len(revs)-1].Spec, want) {
 		gen := 1
@@ -164,6 +160,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		if err := r.Client.Patch(ctx, rev, patch); err != nil {
 			return reconcile.Result{}, fmt.Errorf("revision %s: autoscaler class: %w", rev.Name, err)
 		}
+	}
+
+	// After the revisions: a ConfigMap of that name that is not ours must
+	// not keep the service from its revisions.
+	if err := r.reconcileLoRA(ctx, ms); err != nil {
+		return reconcile.Result{}, err
 	}
 
 	latest := revs[len(revs)-1]
@@ -307,8 +309,8 @@ func (r *Reconciler) event(ms *v1alpha1.ModelService, related runtime.Object, ki
 }
 
 // reconcileLoRA keeps the ConfigMap of the service's LoRA adapters as the
-// spec says; the queue-proxies of its revisions load and unload adapters
-// to match it.
+// spec says, once the service has had adapters; the queue-proxies of its
+// revisions load and unload adapters to match it.
 func (r *Reconciler) reconcileLoRA(ctx context.Context, ms *v1alpha1.ModelService) error {
 	want, err := resources.MakeLoRAConfigMap(ms)
 	if err != nil {
@@ -317,6 +319,8 @@ func (r *Reconciler) reconcileLoRA(ctx context.Context, ms *v1alpha1.ModelServic
 	have := &corev1.ConfigMap{}
 	err = r.Client.Get(ctx, client.ObjectKeyFromObject(want), have)
 	switch {
+	case apierrors.IsNotFound(err) && len(ms.Spec.LoRAAdapters) == 0:
+		return nil // no adapters, ever or any more: no ConfigMap until there are
 	case apierrors.IsNotFound(err):
 		if err := r.Client.Create(ctx, want); err != nil {
 			return fmt.Errorf("creating ConfigMap %s: %w", want.Name, err)

@@ -164,6 +164,31 @@ func TestInvalidObjectsRejected(t *testing.T) {
 	}
 }
 
+// Engine fields the API server refuses: a tokenizer file (kvasir local
+// only) and adapter names that would read as engine flags.
+func TestEngineFieldsRejected(t *testing.T) {
+	c := start(t)
+	ctx := context.Background()
+	for name, mutate := range map[string]func(*v1alpha1.ModelService){
+		"tokenizer-file": func(ms *v1alpha1.ModelService) {
+			ms.Spec.Template.Engine.Tokenizer = &v1alpha1.TokenizerSpec{Type: v1alpha1.TokenizerFile, Path: "/etc/passwd"}
+		},
+		"adapter-flag":   func(ms *v1alpha1.ModelService) { ms.Spec.LoRAAdapters = []string{"--api-key"} },
+		"adapter-equals": func(ms *v1alpha1.ModelService) { ms.Spec.LoRAAdapters = []string{"a=b"} },
+		"health-path":    func(ms *v1alpha1.ModelService) { ms.Spec.Template.Engine.HealthPath = "health" },
+		"kv-endpoint": func(ms *v1alpha1.ModelService) {
+			ms.Spec.Template.Engine.KVEvents = &v1alpha1.KVEventsSpec{Endpoint: "ipc:///x"}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ms := &v1alpha1.ModelService{ObjectMeta: metav1.ObjectMeta{Name: "bad-" + name, Namespace: "default"}}
+			ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
+			mutate(ms)
+			require.Error(t, c.Create(ctx, ms))
+		})
+	}
+}
+
 // The controller stops in the middle of a rollout (the template and the
 // traffic changed while it was down); a new one converges.
 func TestControllerRestartMidRolloutConverges(t *testing.T) {
@@ -307,8 +332,8 @@ func TestLoRAAdaptersChangeNoRevision(t *testing.T) {
 			return c.Update(ctx, ms) == nil
 		}, wait, tick)
 	}
-	require.Eventually(t, func() bool { return adapters() == `{"loraAdapters":[]}` }, wait, tick)
 	require.Eventually(t, func() bool { return slices.Equal(revisions(), []string{"lora-00001"}) }, wait, tick)
+	require.Equal(t, "<none>", adapters(), "no ConfigMap for a service that never had adapters")
 
 	setAdapters("sql")
 	require.Eventually(t, func() bool { return adapters() == `{"loraAdapters":["sql"]}` }, wait, tick)

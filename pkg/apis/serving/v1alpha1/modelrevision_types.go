@@ -72,7 +72,7 @@ type ModelRevisionSpec struct {
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=253
-	// +kubebuilder:validation:items:Pattern=`^[^@]+$`
+	// +kubebuilder:validation:items:Pattern=`^[^@=,\s-][^@=,\s]*$`
 	LoRAAdapters []string `json:"loraAdapters,omitempty"`
 	// Replicas is the desired replica count of the serving role, written
 	// through the scale subresource by an external scaler (with

@@ -72,7 +72,7 @@ type ModelServiceSpec struct {
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=253
-	// +kubebuilder:validation:items:Pattern=`^[^@]+$`
+	// +kubebuilder:validation:items:Pattern=`^[^@=,\s-][^@=,\s]*$`
 	LoRAAdapters []string `json:"loraAdapters,omitempty"`
 	// Template is the revision template: every change creates a new revision.
 	Template RevisionTemplate `json:"template"`
@@ -139,6 +139,7 @@ type RevisionTemplate struct {
 // EngineSpec describes the engine container (Kubernetes) or process (local).
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.type) || self.type != 'custom' || (has(self.command) && size(self.command) > 0) || (has(self.image) && size(self.image) > 0)",message="a custom engine needs command or image"
+// +kubebuilder:validation:XValidation:rule="!has(self.tokenizer) || self.tokenizer.type != 'file'",message="tokenizer.type file is read from kvasir local's filesystem; on Kubernetes use type engine"
 type EngineSpec struct {
 	// Type of the engine; defaults to vllm.
 	// +optional

@@ -49,6 +49,10 @@ func validateModel(model string, adapters []string) *apis.FieldError {
 			errs = errs.Also(apis.ErrInvalidValue(a, field, "must not be empty"))
 		case strings.Contains(a, "@"):
 			errs = errs.Also(apis.ErrInvalidValue(a, field, `"@" separates a model from a traffic tag`))
+		case strings.HasPrefix(a, "-") || strings.ContainsAny(a, "=, \t\r\n"):
+			// An adapter's name is also its path on the engine's command
+			// line (name=path): it must not read as a flag or split.
+			errs = errs.Also(apis.ErrInvalidValue(a, field, `must not start with "-" or hold "=", "," or whitespace`))
 		case len(a) > MaxModelNameLength:
 			errs = errs.Also(apis.ErrInvalidValue(a, field, fmt.Sprintf("must be at most %d characters", MaxModelNameLength)))
 		case seen[a]:

@@ -190,3 +190,17 @@ func TestDeepCopyIsDeep(t *testing.T) {
 	assert.Equal(t, "1", ms.Spec.Template.Accelerators[0].Resources.Limits.Name("nvidia.com/gpu", "").String())
 	assert.Equal(t, int64(100), *ms.Status.Traffic[0].Percent)
 }
+
+func TestAdapterNamesThatReadAsFlagsAreRefused(t *testing.T) {
+	for _, bad := range []string{"--api-key", "-x", "a=b", "a,b", "a b"} {
+		ms := &ModelService{}
+		ms.Name = "m"
+		ms.Spec.Template.Engine = EngineSpec{Type: EngineSim}
+		ms.Spec.LoRAAdapters = []string{bad}
+		ms.SetDefaults()
+		err := ms.Validate()
+		if err == nil || !strings.Contains(err.Error(), "loraAdapters[0]") {
+			t.Errorf("adapter %q: %v", bad, err)
+		}
+	}
+}
