@@ -233,8 +233,8 @@ func (a *Activator) SetServices(svcs []ServiceConfig) error {
 			key := sc.Key(rc.Name)
 			var prefill *revision
 			if rc.Disaggregated {
-				key = sc.RoleKey(rc.Name, RoleDecode)
-				pk := sc.RoleKey(rc.Name, RolePrefill)
+				key = sc.RoleKey(rc.Name, fleet.RoleDecode)
+				pk := sc.RoleKey(rc.Name, fleet.RolePrefill)
 				keep[pk] = true
 				var err error
 				if prefill, err = a.revisionFor(pk, rc.ContainerConcurrency, sc.Routing); err != nil {

@@ -52,7 +52,7 @@ func (u *inflight) close() {
 func (a *Activator) release(rev *revision, ep *scheduler.Pod, o outcome) {
 	if ej := rev.release(ep, o); ej != nil {
 		a.log.Warn("replica ejected after consecutive failures", slog.String("namespace", rev.key.Namespace),
-			slog.String("revision", rev.key.Revision), slog.String("role", RoleLabel(rev.key.Role)),
+			slog.String("revision", rev.key.Revision), slog.String("role", rev.key.RoleLabel()),
 			slog.String("replica", ej.pod), slog.Duration("for", ej.dur))
 	}
 }

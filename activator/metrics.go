@@ -89,18 +89,10 @@ func (c *loadCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range revs {
 		l := r.load()
 		ejected, ejections := r.outlierStats()
-		lv := []string{r.key.Namespace, r.key.Service, r.key.Revision, RoleLabel(r.key.Role)}
+		lv := []string{r.key.Namespace, r.key.Service, r.key.Revision, r.key.RoleLabel()}
 		ch <- prometheus.MustNewConstMetric(bufferedDesc, prometheus.GaugeValue, float64(l.Buffered), lv...)
 		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(l.InFlight), lv...)
 		ch <- prometheus.MustNewConstMetric(ejectionsDesc, prometheus.CounterValue, float64(ejections), lv...)
 		ch <- prometheus.MustNewConstMetric(ejectedDesc, prometheus.GaugeValue, float64(ejected), lv...)
 	}
-}
-
-// RoleLabel is the value of the role label for a fleet role.
-func RoleLabel(role string) string {
-	if role == "" {
-		return "unified"
-	}
-	return role
 }

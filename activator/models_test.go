@@ -289,8 +289,8 @@ func TestModelsDisaggregatedRevision(t *testing.T) {
 		act.SetEndpoints(k, []fleet.Endpoint{{Name: pod, Address: "127.0.0.1:1"}})
 		act.lookupRevision(k).pod(pod).SetStat(&stats.Stat{Pod: pod, Time: time.Now(), Engine: stats.EngineStat{Models: cards}})
 	}
-	set(RolePrefill, "p", stats.ModelCard{ID: "m", MaxModelLen: 1000}, stats.ModelCard{ID: "sql", Root: "/adapters/sql"})
-	set(RoleDecode, "d", stats.ModelCard{ID: "m", MaxModelLen: 2000})
+	set(fleet.RolePrefill, "p", stats.ModelCard{ID: "m", MaxModelLen: 1000}, stats.ModelCard{ID: "sql", Root: "/adapters/sql"})
+	set(fleet.RoleDecode, "d", stats.ModelCard{ID: "m", MaxModelLen: 2000})
 	list := act.routes.Load().models()
 	require.Len(t, list.Data, 2)
 	assert.Equal(t, 2000, list.Data[0].MaxModelLen)

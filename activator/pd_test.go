@@ -90,11 +90,11 @@ func newPDFleet(t *testing.T, prefill, decode []*engine) *pdFleet {
 		}
 		return out
 	}
-	act.SetEndpoints(sc.RoleKey("m-1", activator.RolePrefill), eps(prefill))
-	act.SetEndpoints(sc.RoleKey("m-1", activator.RoleDecode), eps(decode))
+	act.SetEndpoints(sc.RoleKey("m-1", fleet.RolePrefill), eps(prefill))
+	act.SetEndpoints(sc.RoleKey("m-1", fleet.RoleDecode), eps(decode))
 	srv := httptest.NewServer(act.Handler())
 	t.Cleanup(srv.Close)
-	return &pdFleet{act: act, url: srv.URL, prefill: prefill, decode: decode, decodeKey: sc.RoleKey("m-1", activator.RoleDecode)}
+	return &pdFleet{act: act, url: srv.URL, prefill: prefill, decode: decode, decodeKey: sc.RoleKey("m-1", fleet.RoleDecode)}
 }
 
 var longSystem = strings.Repeat("You are a careful assistant who answers in full sentences. ", 80)

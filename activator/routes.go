@@ -35,7 +35,7 @@ type RevisionConfig struct {
 	// Timeout bounds one forwarded request; 0 = the activator's default.
 	Timeout time.Duration
 	// Disaggregated revisions run a prefill and a decode replica set
-	// (fleet.Key roles RolePrefill and RoleDecode) instead of one unified set.
+	// (fleet.Key roles fleet.RolePrefill and fleet.RoleDecode) instead of one unified set.
 	Disaggregated bool
 	// Tokenizer is how the revision's engine tokenizes (resolved per engine
 	// type by pkg/engine.Resolve): with one, prefix routing keys on the
@@ -83,12 +83,6 @@ type revisionRoute struct {
 func (s ServiceConfig) Key(revision string) fleet.Key {
 	return fleet.Key{Namespace: s.Namespace, Service: s.Name, Revision: revision}
 }
-
-// Roles of a disaggregated revision's replica sets (fleet.Key.Role).
-const (
-	RolePrefill = "prefill"
-	RoleDecode  = "decode"
-)
 
 // RoleKey returns the fleet key of one role of a revision.
 func (s ServiceConfig) RoleKey(revision, role string) fleet.Key {

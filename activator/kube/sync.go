@@ -19,7 +19,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/engine"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
-	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -175,12 +175,8 @@ func (s *Sync) resync(ctx context.Context) error {
 				Timeout:              time.Duration(rev.Spec.TimeoutSeconds) * time.Second,
 				Disaggregated:        rev.Spec.Roles != nil,
 				Tokenizer:            engine.Resolve(rev.Spec.Engine).RoutingTokenizer()})
-			for _, role := range resources.Roles(rev) {
-				key := sc.Key(rev.Name)
-				if role != resources.RoleUnified {
-					key = sc.RoleKey(rev.Name, role)
-				}
-				keyOfService[rev.Namespace+"/"+resources.ServiceName(rev, role)] = key
+			for _, role := range names.Roles(rev) {
+				keyOfService[rev.Namespace+"/"+names.Service(rev, role)] = sc.RoleKey(rev.Name, role)
 			}
 		}
 		if len(sc.Revisions) != len(seen) {
@@ -201,9 +197,9 @@ func (s *Sync) resync(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		port := int32(resources.QueueProxyPort)
+		port := int32(names.QueueProxyPort)
 		for _, p := range sl.Ports {
-			if p.Name != nil && *p.Name == resources.QueueProxyPortName && p.Port != nil {
+			if p.Name != nil && *p.Name == names.QueueProxyPortName && p.Port != nil {
 				port = *p.Port
 			}
 		}

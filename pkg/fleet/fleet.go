@@ -5,12 +5,42 @@ import (
 	"fmt"
 )
 
-// Roles of a revision's replica sets.
+// Roles of a revision's replica sets: the one vocabulary of the project.
+// A revision without spec.roles runs one unified replica set; a
+// disaggregated one runs a prefill and a decode set.
 const (
 	RoleUnified = ""
 	RolePrefill = "prefill"
 	RoleDecode  = "decode"
 )
+
+// RoleLabelUnified is the unified role's value in the kvasir.dev/role
+// label and in metrics' role label.
+const RoleLabelUnified = "unified"
+
+// RoleLabel is a role's value in the kvasir.dev/role label and in metrics.
+func RoleLabel(role string) string {
+	if role == RoleUnified {
+		return RoleLabelUnified
+	}
+	return role
+}
+
+// RoleOfLabel is RoleLabel's inverse.
+func RoleOfLabel(label string) string {
+	if label == RoleLabelUnified {
+		return RoleUnified
+	}
+	return label
+}
+
+// Roles are the roles of a revision, disaggregated or not.
+func Roles(disaggregated bool) []string {
+	if disaggregated {
+		return []string{RolePrefill, RoleDecode}
+	}
+	return []string{RoleUnified}
+}
 
 // Key names one replica set: a revision's role.
 type Key struct {
@@ -19,6 +49,9 @@ type Key struct {
 	Revision  string
 	Role      string
 }
+
+// RoleLabel is the key's role as labels and metrics name it.
+func (k Key) RoleLabel() string { return RoleLabel(k.Role) }
 
 func (k Key) String() string {
 	s := k.Namespace + "/" + k.Revision

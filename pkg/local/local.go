@@ -283,7 +283,7 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 	}
 	decider.Decide(time.Now(), 0, 0, 0) // the initial-scale decision, taken here
 	t := &scaleTarget{key: key, decider: decider, variants: autoscaler.VariantsOf(&ms.Spec.Template)}
-	if key.Role == activator.RolePrefill {
+	if key.Role == fleet.RolePrefill {
 		t.ratio = autoscaler.RatioOf(ms.Spec.Template.Roles)
 	}
 	if p.devices != nil {
@@ -481,7 +481,7 @@ func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
 		}
 		ready, readyBy := rs.readyReplicas()
 		st := RevisionStatus{Namespace: rs.key.Namespace, Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
-			Role: activator.RoleLabel(rs.key.Role), Desired: p.runtime.Desired(rs.key), Ready: ready,
+			Role: rs.key.RoleLabel(), Desired: p.runtime.Desired(rs.key), Ready: ready,
 			Unplaceable: p.scaler.unplaceable(rs.key), Replicas: replicas}
 		desiredBy := p.runtime.DesiredVariants(rs.key)
 		for _, v := range rs.svc.Spec.Template.AcceleratorsByCost() {
@@ -520,7 +520,7 @@ func (c *replicaCollector) Collect(ch chan<- prometheus.Metric) {
 	revs := append([]*revisionState(nil), c.p.revs...)
 	c.p.mu.Unlock()
 	for _, rs := range revs {
-		role := activator.RoleLabel(rs.key.Role)
+		role := rs.key.RoleLabel()
 		desired := c.p.runtime.DesiredVariants(rs.key)
 		_, ready := rs.readyReplicas()
 		variants := []string{""}

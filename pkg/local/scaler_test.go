@@ -6,7 +6,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 )
@@ -14,8 +13,8 @@ import (
 // The scaler couples each disaggregated revision's prefill role to its
 // decode role (the rules themselves are table-tested in pkg/autoscaler).
 func TestScalerCouplesPrefillToDecode(t *testing.T) {
-	pre := fleet.Key{Service: "s", Revision: "s-00001", Role: activator.RolePrefill}
-	dec := fleet.Key{Service: "s", Revision: "s-00001", Role: activator.RoleDecode}
+	pre := fleet.Key{Service: "s", Revision: "s-00001", Role: fleet.RolePrefill}
+	dec := fleet.Key{Service: "s", Revision: "s-00001", Role: fleet.RoleDecode}
 	d, err := autoscaler.NewDecider(autoscaler.Config{MaxScale: 3}, time.Now())
 	require.NoError(t, err)
 	s := &scaler{targets: map[fleet.Key]*scaleTarget{

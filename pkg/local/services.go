@@ -270,12 +270,12 @@ func (p *Platform) startRevision(r *localRevision, first bool) error {
 	for _, role := range []struct {
 		name string
 		spec *v1alpha1.RoleSpec
-	}{{activator.RolePrefill, tmpl.Roles.Prefill}, {activator.RoleDecode, tmpl.Roles.Decode}} {
+	}{{fleet.RolePrefill, tmpl.Roles.Prefill}, {fleet.RoleDecode, tmpl.Roles.Decode}} {
 		scaling := tmpl.RoleScaling(role.name)
 		args := role.spec.Args
 		key := fleet.Key{Namespace: ms.Namespace, Service: ms.Name, Revision: r.name, Role: role.name}
 		var ready func()
-		if role.name == activator.RoleDecode { // a disaggregated revision serves once its decode role does
+		if role.name == fleet.RoleDecode { // a disaggregated revision serves once its decode role does
 			ready = onReady
 		}
 		rs, err := p.startRole(ms, key, scaling, args, minInitial, ready)

@@ -33,6 +33,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/modelservice"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 	"github.com/kvasir-serving/kvasir/pkg/sim"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
@@ -167,7 +168,7 @@ func (k *kvasir) checkRevisionPods(t *testing.T, revision string, enginePort int
 	for _, p := range pods.Items {
 		require.NotEmpty(t, p.Status.PodIP, p.Name)
 		addr := k.kl.MapAddress(p.Status.PodIP)
-		conn, err := net.DialTimeout("tcp", net.JoinHostPort(addr, strconv.Itoa(resources.QueueProxyPort)), time.Second)
+		conn, err := net.DialTimeout("tcp", net.JoinHostPort(addr, strconv.Itoa(names.QueueProxyPort)), time.Second)
 		require.NoError(t, err, "the queue-proxy of %s", p.Name)
 		conn.Close()
 		_, err = net.DialTimeout("tcp", net.JoinHostPort(addr, strconv.Itoa(int(enginePort))), time.Second)

@@ -21,7 +21,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
 	"github.com/kvasir-serving/kvasir/pkg/testing/netpol"
 )
@@ -138,11 +140,11 @@ func TestNetworkPoliciesLetOnlyActivatorsIn(t *testing.T) {
 		Labels: map[string]string{v1alpha1.LabelService: "demo"}}}
 	rev.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Port: 8000}
 	revPolicies := append(policies, *resources.MakeNetworkPolicy(rev, resources.Config{}))
-	pod := netpol.Pod{Namespace: "default", Labels: resources.Labels(rev, resources.RoleUnified)}
-	require.True(t, netpol.Allows(revPolicies, pod, activator, resources.QueueProxyPort), "requests and stats streams")
-	require.True(t, netpol.Allows(revPolicies, pod, controller, resources.QueueProxyPort), "the autoscaler's stats streams")
+	pod := netpol.Pod{Namespace: "default", Labels: resources.Labels(rev, fleet.RoleUnified)}
+	require.True(t, netpol.Allows(revPolicies, pod, activator, names.QueueProxyPort), "requests and stats streams")
+	require.True(t, netpol.Allows(revPolicies, pod, controller, names.QueueProxyPort), "the autoscaler's stats streams")
 	for name, from := range map[string]netpol.Pod{"stranger": stranger, "look-alike": lookalike, "neighbour": neighbour} {
-		require.False(t, netpol.Allows(revPolicies, pod, from, resources.QueueProxyPort), "%s reaches a queue-proxy", name)
+		require.False(t, netpol.Allows(revPolicies, pod, from, names.QueueProxyPort), "%s reaches a queue-proxy", name)
 	}
 	require.False(t, netpol.Allows(revPolicies, pod, activator, 8000), "the engine is behind its queue-proxy")
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
 
@@ -70,7 +71,7 @@ type Autoscaler struct {
 	// triggers a decision at once.
 	Tick time.Duration
 	// QueueProxyPort is where the pods' queue-proxies serve their stats
-	// stream (default resources.QueueProxyPort).
+	// stream (default names.QueueProxyPort).
 	QueueProxyPort int
 	// Endpoint, when set, makes this replica the endpoint of the Service
 	// activators report to while it leads.
@@ -124,7 +125,7 @@ func (a *Autoscaler) Start(ctx context.Context) error {
 		a.Tick = time.Second
 	}
 	if a.QueueProxyPort == 0 {
-		a.QueueProxyPort = resources.QueueProxyPort
+		a.QueueProxyPort = names.QueueProxyPort
 	}
 	if a.Now == nil {
 		a.Now = time.Now
@@ -192,7 +193,7 @@ func (a *Autoscaler) wake() {
 type role struct {
 	key      fleet.Key
 	rev      *v1alpha1.ModelRevision
-	name     string // resources.Role*
+	name     string // fleet.Role*
 	state    *roleState
 	deps     []*appsv1.Deployment // per variant, cheapest first
 	variants []autoscaler.Variant
@@ -228,11 +229,11 @@ func (a *Autoscaler) tick(ctx context.Context) error {
 		if rev.DeletionTimestamp != nil {
 			continue
 		}
-		for _, name := range resources.Roles(rev) {
+		for _, name := range names.Roles(rev) {
 			r, err := a.observe(ctx, rev, name, now, demand, podStats)
 			if err != nil {
 				a.Log.Warn("autoscaler skips a revision role", slog.String("revision", rev.Namespace+"/"+rev.Name),
-					slog.String("role", name), slog.Any("error", err))
+					slog.String("role", fleet.RoleLabel(name)), slog.Any("error", err))
 				continue
 			}
 			if r != nil {
@@ -284,7 +285,7 @@ func (a *Autoscaler) tick(ctx context.Context) error {
 // memory: only then is the resource metrics API read.
 func usesResourceMetrics(revs []v1alpha1.ModelRevision) bool {
 	for i := range revs {
-		for _, role := range resources.Roles(&revs[i]) {
+		for _, role := range names.Roles(&revs[i]) {
 			if t := revs[i].Spec.RoleScaling(role).Target; t != nil && (t.CPU != nil || t.MemoryGiB != nil) {
 				return true
 			}
@@ -307,7 +308,7 @@ func reserve(free map[string]int, roles map[fleet.Key]*role, pods []corev1.Pod) 
 	}
 	for _, r := range roles {
 		for _, v := range r.variants {
-			missing := v.Current - have[r.rev.Namespace+"/"+r.rev.Name+"/"+r.name+"/"+v.Name]
+			missing := v.Current - have[r.rev.Namespace+"/"+r.rev.Name+"/"+fleet.RoleLabel(r.name)+"/"+v.Name]
 			for res, n := range v.Need {
 				if missing > 0 {
 					free[res] = max(free[res]-missing*n, 0)
@@ -330,7 +331,7 @@ func (a *Autoscaler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, n
 			variant = v.Name
 		}
 		d := &appsv1.Deployment{}
-		err := a.Client.Get(ctx, client.ObjectKey{Namespace: rev.Namespace, Name: resources.DeploymentName(rev, name, variant)}, d)
+		err := a.Client.Get(ctx, client.ObjectKey{Namespace: rev.Namespace, Name: names.Deployment(rev, name, variant)}, d)
 		if apierrs.IsNotFound(err) {
 			return nil, nil // the revision reconciler has not made it yet
 		}
@@ -358,7 +359,7 @@ func (a *Autoscaler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, n
 		// this is a restart): carry on from what runs.
 		dec.Resume(current)
 		st = &roleState{uid: rev.UID, decider: dec, placed: current}
-		if name == resources.RolePrefill {
+		if name == fleet.RolePrefill {
 			st.ratio = autoscaler.RatioOf(rev.Spec.Roles)
 		}
 		a.roles[key] = st
@@ -371,7 +372,7 @@ func (a *Autoscaler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, n
 	st.decider.Record(now, sig)
 	r.dec = st.decider.Decide(now, r.ready, float64(d.Buffered), float64(d.InFlight))
 	if rev.Annotations[v1alpha1.AnnotationAutoscalerClass] == v1alpha1.AutoscalerClassExternal &&
-		rev.Spec.Replicas != nil && name != resources.RolePrefill {
+		rev.Spec.Replicas != nil && name != fleet.RolePrefill {
 		// An external scaler (HorizontalPodAutoscaler, KEDA, kubectl
 		// scale) writes the revision's scale subresource: its count,
 		// placed like ours.
@@ -408,14 +409,14 @@ func (a *Autoscaler) apply(ctx context.Context, r *role, free map[string]int) er
 	a.metrics.unplaceable.With(labelsOf(r.key)).Set(float64(p.Unplaceable))
 	total := p.Total()
 	if total != r.state.placed && len(errs) == 0 {
-		a.Log.Info("autoscaler", slog.String("revision", r.rev.Namespace+"/"+r.rev.Name), slog.String("role", r.name),
+		a.Log.Info("autoscaler", slog.String("revision", r.rev.Namespace+"/"+r.rev.Name), slog.String("role", fleet.RoleLabel(r.name)),
 			slog.Int("from", r.state.placed), slog.Int("to", total), slog.Bool("panic", r.dec.Panic), slog.String("reason", r.dec.Reason))
-		a.event(r.rev, corev1.EventTypeNormal, "Scaled", "Scaled %s from %d to %d replicas: %s", r.name, r.state.placed, total, r.dec.Reason)
+		a.event(r.rev, corev1.EventTypeNormal, "Scaled", "Scaled %s from %d to %d replicas: %s", fleet.RoleLabel(r.name), r.state.placed, total, r.dec.Reason)
 		r.state.placed = total
 	}
 	msg := p.Message()
 	if msg != "" && msg != r.state.message {
-		a.event(r.rev, corev1.EventTypeWarning, v1alpha1.ReasonInsufficientAccelerators, "%s: %s", r.name, msg)
+		a.event(r.rev, corev1.EventTypeWarning, v1alpha1.ReasonInsufficientAccelerators, "%s: %s", fleet.RoleLabel(r.name), msg)
 	}
 	r.state.message = msg
 	return errors.Join(errs...)
@@ -444,7 +445,7 @@ func (a *Autoscaler) report(ctx context.Context, rs []*role) error {
 	var missing []string
 	for _, r := range rs {
 		if r.state.message != "" {
-			missing = append(missing, r.name+": "+r.state.message)
+			missing = append(missing, fleet.RoleLabel(r.name)+": "+r.state.message)
 		}
 	}
 	slices.Sort(missing)
@@ -489,7 +490,7 @@ func (a *Autoscaler) followPods(ctx context.Context, revs []v1alpha1.ModelRevisi
 		if a.MapAddress != nil {
 			ip = a.MapAddress(ip)
 		}
-		targets[p.Namespace+"/"+p.Name] = podTarget{key: keyOf(rev, p.Labels[v1alpha1.LabelRole]),
+		targets[p.Namespace+"/"+p.Name] = podTarget{key: keyOf(rev, fleet.RoleOfLabel(p.Labels[v1alpha1.LabelRole])),
 			addr: net.JoinHostPort(ip, strconv.Itoa(a.QueueProxyPort))}
 	}
 	a.pods.sync(ctx, targets)
@@ -501,16 +502,7 @@ func (a *Autoscaler) event(rev *v1alpha1.ModelRevision, kind, reason, format str
 	}
 }
 
-// keyOf names a revision role as the data plane does.
+// keyOf names a revision role (fleet.Role*) as the data plane does.
 func keyOf(rev *v1alpha1.ModelRevision, role string) fleet.Key {
-	return roleKey(rev.Namespace, rev.Labels[v1alpha1.LabelService], rev.Name, role)
-}
-
-// roleKey is the fleet key of a revision role; the unified role has none.
-func roleKey(namespace, service, revision, role string) fleet.Key {
-	k := fleet.Key{Namespace: namespace, Service: service, Revision: revision}
-	if role != resources.RoleUnified {
-		k.Role = role
-	}
-	return k
+	return fleet.Key{Namespace: rev.Namespace, Service: rev.Labels[v1alpha1.LabelService], Revision: rev.Name, Role: role}
 }

@@ -50,11 +50,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 }
 
 func labelsOf(k fleet.Key) prometheus.Labels {
-	role := k.Role
-	if role == "" {
-		role = "unified"
-	}
-	return prometheus.Labels{"namespace": k.Namespace, "service": k.Service, "revision": k.Revision, "role": role}
+	return prometheus.Labels{"namespace": k.Namespace, "service": k.Service, "revision": k.Revision, "role": k.RoleLabel()}
 }
 
 func (m *metrics) observe(k fleet.Key, sig autoscaler.Signals, dec autoscaler.Decision) {

@@ -55,7 +55,8 @@ func (u *usage) refresh(ctx context.Context, now time.Time) {
 	byKey := map[fleet.Key]resourceUse{}
 	for _, pm := range list.Items {
 		l := pm.Labels
-		k := roleKey(pm.Namespace, l[v1alpha1.LabelService], l[v1alpha1.LabelRevision], l[v1alpha1.LabelRole])
+		k := fleet.Key{Namespace: pm.Namespace, Service: l[v1alpha1.LabelService], Revision: l[v1alpha1.LabelRevision],
+			Role: fleet.RoleOfLabel(l[v1alpha1.LabelRole])}
 		use := byKey[k]
 		for _, c := range pm.Containers {
 			use.CPU += c.Usage.Cpu().AsApproximateFloat64()

@@ -18,8 +18,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 )
 
 // RBAC (make generate): a revision's Deployments, Services and
@@ -78,7 +80,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, err
 	}
 	var serving []*appsv1.Deployment
-	for _, role := range resources.Roles(rev) {
+	for _, role := range names.Roles(rev) {
 		ds, err := r.reconcileRole(ctx, rev, role)
 		if apierrs.IsConflict(err) {
 			return reconcile.Result{}, err // another writer came first (the autoscaler): retried, nothing to report
@@ -88,7 +90,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 			_ = r.updateStatus(ctx, rev, before)
 			return reconcile.Result{}, err
 		}
-		if role == resources.RoleUnified || role == resources.RoleDecode {
+		if role == fleet.RoleUnified || role == fleet.RoleDecode {
 			serving = ds
 		}
 	}
@@ -103,13 +105,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 // initial scale (at least its minScale). From then on the autoscaler owns
 // the count (pkg/reconciler/autoscaling), placing it on the variants.
 func initialReplicas(rev *v1alpha1.ModelRevision, role string) int32 {
-	if rev.Spec.Replicas != nil && role != resources.RolePrefill {
+	if rev.Spec.Replicas != nil && role != fleet.RolePrefill {
 		return *rev.Spec.Replicas
 	}
 	sc := rev.Spec.Scaling
 	if rev.Spec.Roles != nil {
 		rs := rev.Spec.Roles.Decode
-		if role == resources.RolePrefill {
+		if role == fleet.RolePrefill {
 			rs = rev.Spec.Roles.Prefill
 		}
 		if rs != nil && rs.Scaling != nil {
@@ -206,9 +208,9 @@ func (r *Reconciler) reconcileDeployment(ctx context.Context, rev *v1alpha1.Mode
 
 // observe sets the status from the serving role's Deployment and pods.
 func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, ds []*appsv1.Deployment) error {
-	role := resources.RoleUnified
+	role := fleet.RoleUnified
 	if rev.Spec.Roles != nil {
-		role = resources.RoleDecode
+		role = fleet.RoleDecode
 	}
 	rev.Status.Selector = labels.SelectorFromSet(resources.Selector(rev, role)).String()
 	desired, ready := int32(0), int32(0)

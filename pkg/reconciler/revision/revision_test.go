@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
 )
@@ -140,7 +141,7 @@ func TestDeploymentSurvivesDefaulting(t *testing.T) {
 		rev := newRevision("llama-00001")
 		rev.UID = "uid"
 		rev.Spec.Engine = v1alpha1.EngineSpec{Type: typ, Port: 8000, Image: engineImage(typ)}
-		for _, role := range []string{resources.RoleUnified, resources.RolePrefill} {
+		for _, role := range []string{fleet.RoleUnified, fleet.RolePrefill} {
 			want, err := resources.MakeDeployment(rev, role, nil, 1, resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"})
 			require.NoError(t, err)
 			want.OwnerReferences = nil
@@ -183,7 +184,7 @@ func TestRevisionPodsPassRestrictedAdmission(t *testing.T) {
 		rev := newRevision("llama-00001")
 		rev.Namespace = ns.Name
 		rev.Spec.Engine = v1alpha1.EngineSpec{Type: typ, Port: 8000, Image: engineImage(typ)}
-		d, err := resources.MakeDeployment(rev, resources.RoleUnified, nil, 1, resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"})
+		d, err := resources.MakeDeployment(rev, fleet.RoleUnified, nil, 1, resources.Config{QueueProxyImage: "qp", SimulatorImage: "sim"})
 		require.NoError(t, err)
 		require.NoError(t, c.Create(ctx, pod(d), client.DryRunAll), "engine %s", typ)
 

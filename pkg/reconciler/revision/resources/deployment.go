@@ -16,6 +16,8 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/engine"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 )
 
 // Config is what the controller adds to every revision's pods.
@@ -48,11 +50,6 @@ const (
 
 // Ports of a revision pod.
 const (
-	// QueueProxyPort is where the queue-proxy serves traffic, readiness and
-	// stats; the Service and its EndpointSlices point here.
-	QueueProxyPort = 8012
-	// QueueProxyPortName names it in the Service.
-	QueueProxyPortName = "http"
 	// drainGrace is added to the request timeout for termination.
 	drainGrace = 30
 	// EngineLoopback is the only address engines listen on: the
@@ -94,14 +91,14 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 	var roleArgs []string
 	if rev.Spec.Roles != nil {
 		switch role {
-		case RolePrefill:
+		case fleet.RolePrefill:
 			roleArgs = rev.Spec.Roles.Prefill.Args
-		case RoleDecode:
+		case fleet.RoleDecode:
 			roleArgs = rev.Spec.Roles.Decode.Args
 		}
 	}
 	spec := engine.Spec{Engine: e, Model: rev.Spec.Model, LoRAAdapters: rev.Spec.LoRAAdapters, RoleArgs: roleArgs, Port: port}
-	if role != RoleUnified {
+	if role != fleet.RoleUnified {
 		spec.Role = role
 	}
 	switch e.Type {
@@ -137,7 +134,7 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 	// The engine is stopped only once the queue-proxy has drained: the
 	// kubelet runs this hook before sending the engine its SIGTERM.
 	c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{HTTPGet: &corev1.HTTPGetAction{
-		Path: "/kvasir/wait-for-drain", Port: intstr.FromInt32(QueueProxyPort)}}}
+		Path: "/kvasir/wait-for-drain", Port: intstr.FromInt32(names.QueueProxyPort)}}}
 	return c, nil
 }
 
@@ -225,7 +222,7 @@ func loraEnabled(rev *v1alpha1.ModelRevision) bool { return len(rev.Spec.LoRAAda
 // loraVolumeOf is the ConfigMap volume of the service's adapters.
 func loraVolumeOf(rev *v1alpha1.ModelRevision) corev1.Volume {
 	return corev1.Volume{Name: loraVolume, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-		LocalObjectReference: corev1.LocalObjectReference{Name: LoRAConfigMapName(rev.Labels[v1alpha1.LabelService])},
+		LocalObjectReference: corev1.LocalObjectReference{Name: names.LoRAConfigMap(rev.Labels[v1alpha1.LabelService])},
 		// Spelled out: the API server fills the default in, and the
 		// reconciler compares what it builds with what was stored.
 		DefaultMode: ptr.To[int32](0o644),
@@ -242,7 +239,7 @@ func MakeLoRAConfigMap(ms *v1alpha1.ModelService) (*corev1.ConfigMap, error) {
 	}
 	return &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            LoRAConfigMapName(ms.Name),
+			Name:            names.LoRAConfigMap(ms.Name),
 			Namespace:       ms.Namespace,
 			Labels:          map[string]string{v1alpha1.LabelService: ms.Name},
 			OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(ms)},
@@ -287,16 +284,16 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 		Image: cfg.QueueProxyImage,
 		Args: []string{
 			"--host", "0.0.0.0",
-			"--port", strconv.Itoa(QueueProxyPort),
+			"--port", strconv.Itoa(names.QueueProxyPort),
 			"--engine-url", "http://127.0.0.1:" + strconv.Itoa(int(rev.Spec.Engine.Port)),
 			"--container-concurrency", strconv.Itoa(rev.Spec.ContainerConcurrency),
 			"--request-timeout", strconv.FormatInt(timeout, 10) + "s",
 		},
 		Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
 			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
-		Ports: []corev1.ContainerPort{{Name: QueueProxyPortName, ContainerPort: QueueProxyPort, Protocol: corev1.ProtocolTCP}},
+		Ports: []corev1.ContainerPort{{Name: names.QueueProxyPortName, ContainerPort: names.QueueProxyPort, Protocol: corev1.ProtocolTCP}},
 		ReadinessProbe: &corev1.Probe{
-			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/kvasir/ready", Port: intstr.FromInt32(QueueProxyPort)}},
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/kvasir/ready", Port: intstr.FromInt32(names.QueueProxyPort)}},
 			// Every integer is spelled out, defaults included: the
 			// reconciler compares what it builds with what the API server
 			// stored, and a zero it left out would differ from the
@@ -326,7 +323,7 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 	}
 	d := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            DeploymentName(rev, role, variant),
+			Name:            names.Deployment(rev, role, variant),
 			Namespace:       rev.Namespace,
 			Labels:          labels,
 			OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(rev)},
@@ -358,15 +355,15 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 func MakeService(rev *v1alpha1.ModelRevision, role string) *corev1.Service {
 	return &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            ServiceName(rev, role),
+			Name:            names.Service(rev, role),
 			Namespace:       rev.Namespace,
 			Labels:          Labels(rev, role),
 			OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(rev)},
 		},
 		Spec: corev1.ServiceSpec{
 			Selector: Selector(rev, role),
-			Ports: []corev1.ServicePort{{Name: QueueProxyPortName, Port: 80, Protocol: corev1.ProtocolTCP,
-				TargetPort: intstr.FromInt32(QueueProxyPort)}},
+			Ports: []corev1.ServicePort{{Name: names.QueueProxyPortName, Port: 80, Protocol: corev1.ProtocolTCP,
+				TargetPort: intstr.FromInt32(names.QueueProxyPort)}},
 		},
 	}
 }

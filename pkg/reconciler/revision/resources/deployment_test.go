@@ -10,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 )
 
 func revision(mutate func(*v1alpha1.ModelRevision)) *v1alpha1.ModelRevision {
@@ -42,7 +44,7 @@ func TestMakeDeploymentVLLM(t *testing.T) {
 	r := revision(func(r *v1alpha1.ModelRevision) {
 		r.Spec.Resources = corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("1")}}
 	})
-	d, err := MakeDeployment(r, RoleUnified, nil, 2, cfg)
+	d, err := MakeDeployment(r, fleet.RoleUnified, nil, 2, cfg)
 	require.NoError(t, err)
 	require.Equal(t, "llama-00002-deployment", d.Name)
 	require.Equal(t, int32(2), *d.Spec.Replicas)
@@ -83,11 +85,11 @@ func TestMakeDeploymentRolesAndVariants(t *testing.T) {
 				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{"huawei.com/ascend-910b": resource.MustParse("1")}}},
 		}
 	})
-	require.Equal(t, []string{RolePrefill, RoleDecode}, Roles(r))
+	require.Equal(t, []string{fleet.RolePrefill, fleet.RoleDecode}, names.Roles(r))
 	vs := Variants(r)
 	require.Len(t, vs, 2)
 	require.Equal(t, "ascend", vs[0].Name, "cheapest first")
-	d, err := MakeDeployment(r, RolePrefill, vs[0], 1, cfg)
+	d, err := MakeDeployment(r, fleet.RolePrefill, vs[0], 1, cfg)
 	require.NoError(t, err)
 	require.Equal(t, "llama-00002-prefill-ascend", d.Name)
 	engine := container(d, d.Spec.Template.Spec.Containers, "engine")
@@ -98,29 +100,29 @@ func TestMakeDeploymentRolesAndVariants(t *testing.T) {
 	require.Contains(t, engine.Resources.Limits, corev1.ResourceName("huawei.com/ascend-910b"))
 	require.Equal(t, "ascend", d.Spec.Template.Labels[v1alpha1.LabelVariant])
 
-	h100, err := MakeDeployment(r, RolePrefill, vs[1], 0, cfg)
+	h100, err := MakeDeployment(r, fleet.RolePrefill, vs[1], 0, cfg)
 	require.NoError(t, err)
 	require.Equal(t, "llama-00002-prefill-h100", h100.Name)
 	require.Equal(t, map[string]string{"gpu": "h100"}, h100.Spec.Template.Spec.NodeSelector)
 	require.NotEqual(t, d.Spec.Selector.MatchLabels, h100.Spec.Selector.MatchLabels, "variants' Deployments must not share pods")
 	for _, dep := range []*appsv1.Deployment{d, h100} {
-		for k, v := range Selector(r, RolePrefill) {
+		for k, v := range Selector(r, fleet.RolePrefill) {
 			require.Equal(t, v, dep.Spec.Template.Labels[k], "the role's Service selects every variant's pods")
 		}
 	}
-	require.Equal(t, "llama-00002-h100", DeploymentName(r, RoleUnified, "h100"))
-	require.Equal(t, "llama-00002-deployment", DeploymentName(r, RoleUnified, ""))
+	require.Equal(t, "llama-00002-h100", names.Deployment(r, fleet.RoleUnified, "h100"))
+	require.Equal(t, "llama-00002-deployment", names.Deployment(r, fleet.RoleUnified, ""))
 
-	svc := MakeService(r, RoleDecode)
+	svc := MakeService(r, fleet.RoleDecode)
 	require.Equal(t, "llama-00002-decode", svc.Name)
-	require.Equal(t, Selector(r, RoleDecode), svc.Spec.Selector)
-	require.Equal(t, int32(QueueProxyPort), svc.Spec.Ports[0].TargetPort.IntVal)
+	require.Equal(t, Selector(r, fleet.RoleDecode), svc.Spec.Selector)
+	require.Equal(t, int32(names.QueueProxyPort), svc.Spec.Ports[0].TargetPort.IntVal)
 }
 
 func TestMakeDeploymentErrorsNameTheField(t *testing.T) {
 	_, err := MakeDeployment(revision(func(r *v1alpha1.ModelRevision) {
 		r.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Port: 8000, Command: []string{"serve"}}
-	}), RoleUnified, nil, 1, cfg)
+	}), fleet.RoleUnified, nil, 1, cfg)
 	require.ErrorContains(t, err, "spec.engine.image")
 }
 
@@ -161,7 +163,7 @@ func TestEnginesListenOnLoopback(t *testing.T) {
 					r.Spec.Engine.Args = []string{"--host", "0.0.0.0"}
 				}
 			})
-			d, err := MakeDeployment(r, RoleUnified, nil, 1, cfg)
+			d, err := MakeDeployment(r, fleet.RoleUnified, nil, 1, cfg)
 			require.NoError(t, err)
 			engine := container(d, d.Spec.Template.Spec.Containers, "engine")
 			host, ok := lastFlag(engine.Args, "--host")
@@ -177,7 +179,7 @@ func TestEnginesListenOnLoopback(t *testing.T) {
 			r.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Image: "me/engine", Port: 9000,
 				Command: []string{"serve"}, Args: []string{"--bind=$(HOST):$(PORT)"}}
 		})
-		d, err := MakeDeployment(r, RoleUnified, nil, 1, cfg)
+		d, err := MakeDeployment(r, fleet.RoleUnified, nil, 1, cfg)
 		require.NoError(t, err)
 		engine := container(d, d.Spec.Template.Spec.Containers, "engine")
 		require.Equal(t, []string{"--bind=$(HOST):$(PORT)"}, engine.Args, "Kubernetes expands them from the environment")
@@ -188,7 +190,7 @@ func TestEnginesListenOnLoopback(t *testing.T) {
 
 		// The template's own values are the template's.
 		r.Spec.Engine.Env = []corev1.EnvVar{{Name: "PORT", Value: "9000"}}
-		d, err = MakeDeployment(r, RoleUnified, nil, 1, cfg)
+		d, err = MakeDeployment(r, fleet.RoleUnified, nil, 1, cfg)
 		require.NoError(t, err)
 		engine = container(d, d.Spec.Template.Spec.Containers, "engine")
 		require.Len(t, engine.Env, 2, "PORT once, and HOST: %v", engine.Env)
@@ -207,7 +209,7 @@ func TestRevisionPodsAreRestricted(t *testing.T) {
 			r := revision(func(r *v1alpha1.ModelRevision) {
 				r.Spec.Engine = v1alpha1.EngineSpec{Type: typ, Port: 8000, Image: "img"}
 			})
-			d, err := MakeDeployment(r, RoleUnified, nil, 1, cfg)
+			d, err := MakeDeployment(r, fleet.RoleUnified, nil, 1, cfg)
 			require.NoError(t, err)
 			spec := d.Spec.Template.Spec
 			require.NotNil(t, spec.AutomountServiceAccountToken)
@@ -263,7 +265,7 @@ func TestRevisionPodsAreRestricted(t *testing.T) {
 	// A template's HOME is kept.
 	d, err := MakeDeployment(revision(func(r *v1alpha1.ModelRevision) {
 		r.Spec.Engine.Env = []corev1.EnvVar{{Name: "HOME", Value: "/models"}}
-	}), RoleUnified, nil, 1, cfg)
+	}), fleet.RoleUnified, nil, 1, cfg)
 	require.NoError(t, err)
 	home, _ := env(container(d, d.Spec.Template.Spec.Containers, "engine"), "HOME")
 	require.Equal(t, "/models", home)
@@ -272,7 +274,7 @@ func TestRevisionPodsAreRestricted(t *testing.T) {
 // A revision whose engines run with LoRA mounts the service's adapters
 // ConfigMap into the queue-proxy, which loads and unloads adapters to match.
 func TestMakeDeploymentLoRA(t *testing.T) {
-	d, err := MakeDeployment(revision(func(r *v1alpha1.ModelRevision) { r.Spec.LoRAAdapters = []string{"sql"} }), RoleUnified, nil, 1, cfg)
+	d, err := MakeDeployment(revision(func(r *v1alpha1.ModelRevision) { r.Spec.LoRAAdapters = []string{"sql"} }), fleet.RoleUnified, nil, 1, cfg)
 	require.NoError(t, err)
 	spec := d.Spec.Template.Spec
 	qp := container(d, spec.Containers, "queue-proxy")
@@ -291,7 +293,7 @@ func TestMakeDeploymentLoRA(t *testing.T) {
 	require.Contains(t, engine.Env, corev1.EnvVar{Name: "VLLM_ALLOW_RUNTIME_LORA_UPDATING", Value: "True"})
 
 	// Without adapters: no volume, no flag.
-	d, err = MakeDeployment(revision(nil), RoleUnified, nil, 1, cfg)
+	d, err = MakeDeployment(revision(nil), fleet.RoleUnified, nil, 1, cfg)
 	require.NoError(t, err)
 	require.NotContains(t, container(d, d.Spec.Template.Spec.Containers, "queue-proxy").Args, "--lora-adapters-file")
 

@@ -1,21 +1,9 @@
 package resources
 
-import "github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
-
-// Roles of a revision's replica sets.
-const (
-	RoleUnified = "unified"
-	RolePrefill = "prefill"
-	RoleDecode  = "decode"
+import (
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
 )
-
-// Roles returns the roles a revision runs.
-func Roles(rev *v1alpha1.ModelRevision) []string {
-	if rev.Spec.Roles != nil {
-		return []string{RolePrefill, RoleDecode}
-	}
-	return []string{RoleUnified}
-}
 
 // Variants returns the accelerator variants a revision's roles run on,
 // cheapest first; one nil entry without variants.
@@ -31,42 +19,13 @@ func Variants(rev *v1alpha1.ModelRevision) []*v1alpha1.AcceleratorVariant {
 	return out
 }
 
-// DeploymentName is the name of a revision role's Deployment on an
-// accelerator variant ("" without variants): <revision>-deployment,
-// <revision>-<role>, with -<variant> after the revision or role.
-func DeploymentName(rev *v1alpha1.ModelRevision, role, variant string) string {
-	name := rev.Name
-	if role != RoleUnified {
-		name += "-" + role
-	}
-	switch {
-	case variant != "":
-		return name + "-" + variant
-	case role == RoleUnified:
-		return name + "-deployment"
-	}
-	return name
-}
-
-// LoRAConfigMapName is the name of the ConfigMap that holds a service's
-// LoRA adapters for the queue-proxies of its revisions.
-func LoRAConfigMapName(service string) string { return service + "-lora-adapters" }
-
-// ServiceName is the name of a revision role's Service.
-func ServiceName(rev *v1alpha1.ModelRevision, role string) string {
-	if role == RoleUnified {
-		return rev.Name
-	}
-	return rev.Name + "-" + role
-}
-
 // Labels are the labels of everything a revision role owns; Selector picks
 // its pods.
 func Labels(rev *v1alpha1.ModelRevision, role string) map[string]string {
 	return map[string]string{
 		v1alpha1.LabelService:  rev.Labels[v1alpha1.LabelService],
 		v1alpha1.LabelRevision: rev.Name,
-		v1alpha1.LabelRole:     role,
+		v1alpha1.LabelRole:     fleet.RoleLabel(role),
 	}
 }
 
@@ -92,5 +51,5 @@ func DeploymentSelector(rev *v1alpha1.ModelRevision, role, variant string) map[s
 
 // Selector is the pod selector of a revision role (all its variants).
 func Selector(rev *v1alpha1.ModelRevision, role string) map[string]string {
-	return map[string]string{v1alpha1.LabelRevision: rev.Name, v1alpha1.LabelRole: role}
+	return map[string]string{v1alpha1.LabelRevision: rev.Name, v1alpha1.LabelRole: fleet.RoleLabel(role)}
 }

@@ -8,6 +8,7 @@ import (
 	"knative.dev/pkg/kmeta"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 )
 
 // labelNamespaceName is the label the API server puts on every namespace,
@@ -37,7 +38,7 @@ func MakeNetworkPolicy(rev *v1alpha1.ModelRevision, cfg Config) *networkingv1.Ne
 	if ns == "" {
 		ns = DefaultSystemNamespace
 	}
-	tcp, qp := corev1.ProtocolTCP, intstr.FromInt32(QueueProxyPort)
+	tcp, qp := corev1.ProtocolTCP, intstr.FromInt32(names.QueueProxyPort)
 	revisionPods := metav1.LabelSelector{MatchLabels: map[string]string{v1alpha1.LabelRevision: rev.Name}}
 	rules := []networkingv1.NetworkPolicyIngressRule{{
 		Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &qp}},
