@@ -15,6 +15,8 @@ import (
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/local"
 )
 
@@ -310,9 +312,9 @@ func getReplicas(ctx context.Context, hc *http.Client, base string) ([]local.Rev
 // fleetReady reports whether every service of the fleet is listed and each
 // of its revision roles has its expected replicas ready, and if not, what
 // is missing.
-func fleetReady(fleet []*v1alpha1.ModelService, revs []local.RevisionStatus) (bool, string) {
+func fleetReady(svcs []*v1alpha1.ModelService, revs []local.RevisionStatus) (bool, string) {
 	var missing []string
-	for _, ms := range fleet {
+	for _, ms := range svcs {
 		listed := false
 		for _, rev := range revs {
 			if rev.Service != ms.Name {
@@ -330,45 +332,18 @@ func fleetReady(fleet []*v1alpha1.ModelService, revs []local.RevisionStatus) (bo
 	return len(missing) == 0, strings.Join(missing, "; ")
 }
 
-// expectedReplicas is what a revision role starts with: initialScale raised
-// to minScale and capped at maxScale (when set), as `kvasir local` does.
+// expectedReplicas is what a revision role (its label in the replica
+// report) starts with, as the platform computes it: initialScale raised to
+// minScale and capped at maxScale (when set).
 func expectedReplicas(ms *v1alpha1.ModelService, role string) int {
-	sc := roleScaling(ms, role)
-	want := 0
-	if sc.InitialScale != nil {
-		want = int(*sc.InitialScale)
-	}
-	if sc.MinScale != nil {
-		want = max(want, int(*sc.MinScale))
-	}
-	if sc.MaxScale != nil && *sc.MaxScale > 0 {
-		want = min(want, int(*sc.MaxScale))
-	}
-	return want
-}
-
-func roleScaling(ms *v1alpha1.ModelService, role string) *v1alpha1.ScalingSpec {
-	t := &ms.Spec.Template
-	if roles := t.Roles; roles != nil {
-		var r *v1alpha1.RoleSpec
-		switch role {
-		case "prefill":
-			r = roles.Prefill
-		case "decode":
-			r = roles.Decode
-		}
-		if r != nil && r.Scaling != nil {
-			return r.Scaling
-		}
-	}
-	return &t.Scaling
+	return autoscaler.InitialScale(ms.Spec.Template.RoleScaling(fleet.RoleOfLabel(role)), 0)
 }
 
 // describeFleet summarises a fleet for progress lines.
-func describeFleet(fleet []*v1alpha1.ModelService) string {
-	parts := make([]string, 0, len(fleet))
-	for _, ms := range fleet {
-		n := expectedReplicas(ms, "unified")
+func describeFleet(svcs []*v1alpha1.ModelService) string {
+	parts := make([]string, 0, len(svcs))
+	for _, ms := range svcs {
+		n := expectedReplicas(ms, fleet.RoleLabelUnified)
 		unit := "replicas"
 		if n == 1 {
 			unit = "replica"
