@@ -60,7 +60,13 @@ func balanceOf(slack, relSlack *float64) (balance, error) {
 // KVCacheAwareConfig configures the kv-cache-aware scorer.
 type KVCacheAwareConfig struct {
 	// SpeculativeTTL is how long a decision's speculative index entry lives
-	// when the pod's queue-proxy does not confirm it first. Default 2s.
+	// when the pod's queue-proxy does not confirm it first. Default 30s: a
+	// queue-proxy that follows its engine's KV events confirms a prompt's
+	// blocks only once the engine has computed them, after the prompt's
+	// wait in the engine's queue, which under load is seconds; an entry
+	// that lapses before sends the prompt's next same-prefix requests
+	// elsewhere, to compute the prefix a second time. (A queue-proxy that
+	// models its cache confirms at once.)
 	SpeculativeTTL *metav1.Duration `json:"speculativeTTL,omitempty"`
 	// BalanceSlack and BalanceRelativeSlack set the load above the
 	// least-loaded pod up to which a prefix match counts in full:
@@ -94,7 +100,7 @@ func newKVCacheAware(raw []byte, _ *Env) (Plugin, error) {
 	if err := decodeConfig(raw, &cfg); err != nil {
 		return nil, err
 	}
-	k := &kvCacheAware{ttl: 2 * time.Second, evicted: 0.9}
+	k := &kvCacheAware{ttl: 30 * time.Second, evicted: 0.9}
 	if cfg.EvictedAffinity != nil {
 		if a := *cfg.EvictedAffinity; a < 0 || a > 1 {
 			return nil, fmt.Errorf("evictedAffinity: must be within [0, 1], got %g", a)
