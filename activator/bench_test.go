@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -50,6 +51,23 @@ func BenchmarkHop(b *testing.B) {
 		r.Body.Close()
 		if r.StatusCode != 200 {
 			b.Fatal(r.Status)
+		}
+	}
+}
+
+// BenchmarkPrefillRequest measures building the prefill half of a
+// disaggregated request from the client's body (parsed once).
+func BenchmarkPrefillRequest(b *testing.B) {
+	body := []byte(`{"model":"m","messages":[{"role":"system","content":"` + strings.Repeat("You are helpful. ", 400) +
+		`"},{"role":"user","content":"hello"}],"max_completion_tokens":64,"stream":true,"stream_options":{"include_usage":true}}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		obj, err := openai.Parse(body)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(prefillRequest(obj)) == 0 {
+			b.Fatal("empty")
 		}
 	}
 }

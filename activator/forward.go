@@ -1,7 +1,6 @@
 package activator
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -260,7 +259,7 @@ func (a *Activator) copyStream(w *httpserver.ClientWriter, r *http.Request, up *
 	for {
 		n, err := body.Read(buf[pending:])
 		pending += n
-		if cut := completeEvents(buf[:pending]); cut > 0 {
+		if cut := openai.CompleteEvents(buf[:pending]); cut > 0 {
 			if _, werr := w.Write(buf[:cut]); werr != nil {
 				up.abandoned = true
 				return // client gone; deferred close cancels upstream
@@ -294,18 +293,6 @@ func (a *Activator) copyStream(w *httpserver.ClientWriter, r *http.Request, up *
 			pending = 0
 		}
 	}
-}
-
-// completeEvents returns the length of the prefix of b made of whole SSE events.
-func completeEvents(b []byte) int {
-	i := bytes.LastIndex(b, []byte("\n\n"))
-	if j := bytes.LastIndex(b, []byte("\n\r\n")); j > i {
-		return j + 3
-	}
-	if i < 0 {
-		return 0
-	}
-	return i + 2
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -15,8 +15,9 @@ import (
 // clients. `go test` runs their seeds (f.Add and testdata/fuzz/<target>/);
 // `make fuzz` explores.
 
-// FuzzCompleteEvents checks copyStream's cut of an SSE stream, read in the
-// chunks that cuts picks (each byte a read's length), against
+// FuzzCompleteEvents checks copyStream's cut of an SSE stream
+// (openai.CompleteEvents), read in the chunks that cuts picks (each byte a
+// read's length), against
 // openai.EventSplitter: each cut ends a whole event (at most a few blank
 // lines after one: empty events), and no whole event is held back.
 func FuzzCompleteEvents(f *testing.F) {
@@ -34,7 +35,7 @@ func FuzzCompleteEvents(f *testing.F) {
 			}
 			pending = append(pending, stream[i:i+n]...)
 			i += n
-			cut := completeEvents(pending)
+			cut := openai.CompleteEvents(pending)
 			require.GreaterOrEqual(t, cut, 0)
 			require.LessOrEqual(t, cut, len(pending))
 			sent = append(sent, pending[:cut]...)

@@ -41,14 +41,15 @@ func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod
 		return rt.body
 	}
 	pre := rt.rev.prefill
-	prefillBody, err := prefillRequest(rt.body)
+	obj, err := openai.Parse(rt.body)
 	if err != nil { // the body parsed before: cannot happen
 		a.log.Error("building the prefill request", slog.Any("error", err))
 		return rt.body
 	}
+	prefillBody := prefillRequest(obj)
 	var tried map[string]bool
 	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {
-		pp := pre.tryAcquire(rt.req, tried)
+		pp := pre.tryAcquire(ctx, rt.req, tried)
 		if pp == nil {
 			if attempt == 0 && a.onDemand != nil {
 				a.onDemand(pre.key) // none ready: the decode pod prefills; ask for prefill capacity
@@ -61,11 +62,8 @@ func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod
 		}
 		a.release(pre, pp, o)
 		if err == nil {
-			body, err := withParam(rt.body, "kv_transfer_params", params)
-			if err == nil {
-				a.metrics.pd.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, pdRemote).Inc()
-				return body
-			}
+			a.metrics.pd.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, pdRemote).Inc()
+			return obj.Set("kv_transfer_params", params)
 		}
 		if ctx.Err() != nil {
 			return rt.body // the client left; the decode attempt fails on ctx
@@ -119,35 +117,14 @@ func truncate(b []byte, n int) string {
 	return string(b[:n]) + "..."
 }
 
-// prefillRequest turns a client body into the prefill half: one token, no
-// streaming, and the KV kept for a remote decode.
-func prefillRequest(body []byte) ([]byte, error) {
-	var err error
-	obj, err := openai.Parse(body)
-	if err != nil {
-		return nil, err
-	}
+// prefillRequest turns a client body, parsed, into the prefill half: one
+// token, no streaming, and the KV kept for a remote decode.
+func prefillRequest(obj openai.Object) []byte {
 	if _, ok := obj.Get("max_completion_tokens"); ok {
-		if body, err = withParam(body, "max_completion_tokens", []byte("1")); err != nil {
-			return nil, err
-		}
+		obj = obj.With("max_completion_tokens", []byte("1"))
 	}
 	for _, kv := range [][2]string{{"max_tokens", "1"}, {"stream", "false"}, {"kv_transfer_params", `{"do_remote_decode":true}`}} {
-		if body, err = withParam(body, kv[0], []byte(kv[1])); err != nil {
-			return nil, err
-		}
+		obj = obj.With(kv[0], []byte(kv[1]))
 	}
-	if obj, err = openai.Parse(body); err != nil {
-		return nil, err
-	}
-	return obj.Delete("stream_options"), nil
-}
-
-// withParam returns body with key set to the raw JSON value.
-func withParam(body []byte, key string, value []byte) ([]byte, error) {
-	obj, err := openai.Parse(body)
-	if err != nil {
-		return nil, err
-	}
-	return obj.Set(key, value), nil
+	return obj.Delete("stream_options")
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/prompt"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
+	"github.com/kvasir-serving/kvasir/pkg/testing/openaitest"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -99,8 +100,10 @@ func newPDFleet(t *testing.T, prefill, decode []*engine) *pdFleet {
 
 var longSystem = strings.Repeat("You are a careful assistant who answers in full sentences. ", 80)
 
+// chatBody is the chat request of the PD tests: a long system prompt (to
+// prefill remotely) and a short question.
 func chatBody(stream bool) string {
-	return fmt.Sprintf(`{"model":"m","max_tokens":4,"stream":%v,"messages":[{"role":"system","content":%q},{"role":"user","content":"hello"}]}`, stream, longSystem)
+	return openaitest.ChatBody("m", fmt.Sprintf(`"max_tokens":4,"stream":%v`, stream), openaitest.System(longSystem), openaitest.User("hello"))
 }
 
 func (f *pdFleet) chat(t *testing.T, stream bool) (int, string) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
@@ -24,8 +25,9 @@ var (
 
 // waiter is a buffered request.
 type waiter struct {
-	req     *scheduler.Request
-	exclude map[string]bool
+	req      *scheduler.Request
+	prepared *scheduler.Cycle // what the profile's PreScore prepared, or nil
+	exclude  map[string]bool
 	// ch receives the assigned pod, or nil when every ready pod has been
 	// tried (buffered, cap 1).
 	ch chan *scheduler.Pod
@@ -45,6 +47,9 @@ type revision struct {
 	ctx    context.Context // parent of the pods' subscriptions
 	// outlier configures ejection of failing pods (outlier.go).
 	outlier outlierConfig
+	// prepares is whether the profile has a PreScore phase (set with it),
+	// read without the lock on every request.
+	prepares atomic.Bool
 
 	mu         sync.Mutex
 	capacity   int // per-pod in-flight limit; 0 = unlimited
@@ -94,6 +99,7 @@ func (r *revision) configure(capacity int, routingKey string, build func() *sche
 	if r.profile == nil || r.routingKey != routingKey {
 		if p := build(); p != nil {
 			r.profile, r.routingKey = p, routingKey
+			r.prepares.Store(p.Prepares())
 		}
 	}
 	r.handOffLocked()
@@ -220,13 +226,39 @@ func (r *revision) failExhaustedLocked() {
 	r.waiters = kept
 }
 
-func (r *revision) takeLocked(req *scheduler.Request, exclude map[string]bool) *scheduler.Pod {
+// preScore runs, before a request's decision and without the lock, the
+// I/O its profile's plugins need (scheduler.Profile.PreScore) over the pods
+// the request may be given: those eligible now, or, when there are none
+// and it will wait, every ready pod it has not tried. It returns nil at the
+// cost of one atomic load when no plugin prepares.
+func (r *revision) preScore(ctx context.Context, req *scheduler.Request, exclude map[string]bool) *scheduler.Cycle {
+	if !r.prepares.Load() {
+		return nil
+	}
+	r.mu.Lock()
+	prof := r.profile
+	pods := r.eligibleLocked(exclude, nil)
+	if len(pods) == 0 {
+		for _, p := range r.pods {
+			if !exclude[p.Name] {
+				pods = append(pods, p)
+			}
+		}
+	}
+	r.mu.Unlock()
+	return prof.PreScore(ctx, req, pods)
+}
+
+// takeLocked picks a pod for a request among the eligible ones and counts
+// it in flight; nil when none is eligible. prepared is what preScore
+// returned for the request.
+func (r *revision) takeLocked(req *scheduler.Request, prepared *scheduler.Cycle, exclude map[string]bool) *scheduler.Pod {
 	var buf [16]*scheduler.Pod
 	cands := r.eligibleLocked(exclude, buf[:0])
 	if len(cands) == 0 {
 		return nil
 	}
-	p := r.profile.Pick(req, cands)
+	p := r.profile.PickPrepared(req, prepared, cands)
 	p.InFlight++
 	r.inFlight++
 	return p
@@ -235,7 +267,7 @@ func (r *revision) takeLocked(req *scheduler.Request, exclude map[string]bool) *
 func (r *revision) handOffLocked() {
 	for len(r.waiters) > 0 {
 		w := r.waiters[0]
-		p := r.takeLocked(w.req, w.exclude)
+		p := r.takeLocked(w.req, w.prepared, w.exclude)
 		if p == nil {
 			// The head may be waiting for a pod it has not tried; let a
 			// later waiter with no exclusions go ahead rather than stall.
@@ -254,7 +286,7 @@ func (r *revision) handOffLocked() {
 func (r *revision) handOffOthersLocked() bool {
 	for i := 1; i < len(r.waiters); i++ {
 		w := r.waiters[i]
-		if p := r.takeLocked(w.req, w.exclude); p != nil {
+		if p := r.takeLocked(w.req, w.prepared, w.exclude); p != nil {
 			w.ch <- p
 			r.waiters = append(r.waiters[:i], r.waiters[i+1:]...)
 			return true
@@ -265,14 +297,17 @@ func (r *revision) handOffOthersLocked() bool {
 
 // tryAcquire returns a pod for one request if one is eligible now, else nil
 // (it never buffers).
-func (r *revision) tryAcquire(req *scheduler.Request, exclude map[string]bool) *scheduler.Pod {
+func (r *revision) tryAcquire(ctx context.Context, req *scheduler.Request, exclude map[string]bool) *scheduler.Pod {
+	// The prefill pick (pd.go) has no request context to give; a plugin's
+	// PreScore bounds its own I/O (the oracle's timeout).
+	prepared := r.preScore(ctx, req, exclude)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lastActive = time.Now()
 	if len(r.waiters) > 0 {
 		return nil
 	}
-	return r.takeLocked(req, exclude)
+	return r.takeLocked(req, prepared, exclude)
 }
 
 // matchFraction is the share of the request's prompt blocks that pod holds
@@ -311,6 +346,7 @@ func (r *revision) tokenizeAddress() (string, bool) {
 // acquire returns a pod for one request, buffering up to timeout when none
 // is eligible. release must be called with the pod when the request ends.
 func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude map[string]bool, maxBuffered int, timeout time.Duration) (*scheduler.Pod, error) {
+	prepared := r.preScore(ctx, req, exclude)
 	r.mu.Lock()
 	r.lastActive = time.Now()
 	if r.exhaustedLocked(exclude) {
@@ -318,7 +354,7 @@ func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude 
 		return nil, errAllTried
 	}
 	if len(r.waiters) == 0 {
-		if p := r.takeLocked(req, exclude); p != nil {
+		if p := r.takeLocked(req, prepared, exclude); p != nil {
 			r.mu.Unlock()
 			return p, nil
 		}
@@ -327,7 +363,7 @@ func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude 
 		r.mu.Unlock()
 		return nil, ErrBufferFull
 	}
-	w := &waiter{req: req, exclude: exclude, ch: make(chan *scheduler.Pod, 1)}
+	w := &waiter{req: req, prepared: prepared, exclude: exclude, ch: make(chan *scheduler.Pod, 1)}
 	r.waiters = append(r.waiters, w)
 	r.handOffLocked()
 	r.mu.Unlock()

@@ -248,13 +248,10 @@ func forwardableHeaders(h http.Header) http.Header {
 // client may reuse the id the moment it reads that message.
 func (c *wsConn) serve(ctx context.Context, obj openai.Object, id []byte, free func()) {
 	start := time.Now()
-	fail := func(e openai.Error) {
-		free()
-		c.sendError(id, e)
-	}
+	w := wsReply{c: c, id: id, free: free}
 	rt, f := c.a.route(obj, c.path, c.tag)
 	if f != nil {
-		fail(f.err)
+		w.fail(f.err)
 		return
 	}
 	defer rt.done()
@@ -266,70 +263,79 @@ func (c *wsConn) serve(ctx context.Context, obj openai.Object, id []byte, free f
 	up, f := c.a.dispatch(ctx, rt, c.path, c.hdr)
 	if f != nil {
 		if f.status != 499 {
-			fail(f.err)
+			w.fail(f.err)
 		}
 		c.a.observe(rt, f.status, start)
 		return
 	}
 	defer up.close()
 	c.a.observe(rt, up.resp.StatusCode, start)
-	if up.resp.StatusCode >= 400 {
+	switch {
+	case up.resp.StatusCode >= 400:
 		body, err := io.ReadAll(io.LimitReader(up.resp.Body, 1<<20))
 		up.broken = err != nil && ctx.Err() == nil
-		fail(upstreamError(up.resp.StatusCode, body))
-		return
+		w.fail(upstreamError(up.resp.StatusCode, body))
+	case !isEventStream(up.resp.Header):
+		w.relayBody(ctx, up)
+	default:
+		w.relayStream(ctx, up)
 	}
-	if !isEventStream(up.resp.Header) {
-		body, err := io.ReadAll(io.LimitReader(up.resp.Body, c.a.cfg.MaxBodyBytes*4))
-		if err != nil {
-			if ctx.Err() != nil {
-				up.abandoned = true
-				return
-			}
-			up.broken = true
-			fail(openai.Err(openai.TypeServer, "upstream_failed", "the model replica failed mid-response: "+err.Error()))
-			return
-		}
-		if c.send(withRequestID(id, bytes.TrimSpace(body))) != nil {
+}
+
+// wsReply answers one request of a connection: id tags its messages, and
+// free ends the flight of the id just before the last one is sent.
+type wsReply struct {
+	c    *wsConn
+	id   []byte
+	free func()
+}
+
+// fail ends the request with an error message.
+func (w wsReply) fail(e openai.Error) {
+	w.free()
+	w.c.sendError(w.id, e)
+}
+
+// done ends the request with its "done" message.
+func (w wsReply) done() {
+	w.free()
+	w.c.sendDone(w.id)
+}
+
+// relayBody sends a whole (not streamed) answer as one message, then
+// "done".
+func (w wsReply) relayBody(ctx context.Context, up *inflight) {
+	body, err := io.ReadAll(io.LimitReader(up.resp.Body, w.c.a.cfg.MaxBodyBytes*4))
+	if err != nil {
+		if ctx.Err() != nil {
 			up.abandoned = true
 			return
 		}
-		free()
-		c.sendDone(id)
+		up.broken = true
+		w.fail(openai.Err(openai.TypeServer, "upstream_failed", "the model replica failed mid-response: "+err.Error()))
 		return
 	}
+	if w.c.send(withRequestID(w.id, bytes.TrimSpace(body))) != nil {
+		up.abandoned = true
+		return
+	}
+	w.done()
+}
+
+// relayStream sends each event of a streamed answer as one message, then
+// "done"; an error event ends the request.
+func (w wsReply) relayStream(ctx context.Context, up *inflight) {
 	var split openai.EventSplitter
-	var stop error
+	onEvent := func(ev []byte) error { return w.relayEvent(up, ev) }
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	for {
 		n, err := up.resp.Body.Read(*bp)
-		if ferr := split.Feed((*bp)[:n], func(ev []byte) error {
-			data, ok := openai.EventData(ev)
-			if !ok || bytes.Equal(data, openai.DoneData) {
-				return nil
-			}
-			if o, perr := openai.Parse(data); perr == nil {
-				if e, has := o.Get("error"); has {
-					free()
-					c.sendRaw(id, "error", e)
-					return io.EOF
-				}
-			}
-			if err := c.send(withRequestID(id, data)); err != nil {
-				up.abandoned = true
-				return err
-			}
-			return nil
-		}); ferr != nil {
-			stop = ferr
-		}
-		if stop != nil {
+		if split.Feed((*bp)[:n], onEvent) != nil {
 			return // error already sent, or the connection is gone
 		}
 		if err == io.EOF {
-			free()
-			c.sendDone(id)
+			w.done()
 			return
 		}
 		if err != nil {
@@ -338,10 +344,32 @@ func (c *wsConn) serve(ctx context.Context, obj openai.Object, id []byte, free f
 				return
 			}
 			up.broken = true
-			fail(openai.Err(openai.TypeServer, "upstream_failed", "the model replica failed while streaming: "+err.Error()))
+			w.fail(openai.Err(openai.TypeServer, "upstream_failed", "the model replica failed while streaming: "+err.Error()))
 			return
 		}
 	}
+}
+
+// relayEvent sends one event of a streamed answer. It returns an error to
+// stop the stream: io.EOF after an error event, which it sends as the
+// request's last message, or the connection's error.
+func (w wsReply) relayEvent(up *inflight, ev []byte) error {
+	data, ok := openai.EventData(ev)
+	if !ok || bytes.Equal(data, openai.DoneData) {
+		return nil
+	}
+	if o, perr := openai.Parse(data); perr == nil {
+		if e, has := o.Get("error"); has {
+			w.free()
+			w.c.sendRaw(w.id, "error", e)
+			return io.EOF
+		}
+	}
+	if err := w.c.send(withRequestID(w.id, data)); err != nil {
+		up.abandoned = true
+		return err
+	}
+	return nil
 }
 
 // upstreamError extracts an OpenAI error from an engine's error body.

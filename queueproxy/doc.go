@@ -6,7 +6,9 @@
 // WebSocket stream of stats.Stat reports and KV events (/kvasir/stats) and
 // its own Prometheus metrics (/kvasir/metrics). Everything else is
 // reverse-proxied to the engine, with an optional concurrency limit and FIFO
-// queue in front.
+// queue in front. Readiness and draining (/kvasir/ready, the engine's preStop
+// hook /kvasir/wait-for-drain) are a health.State the Proxy composes
+// (subpackage health, as Knative's pkg/queue/health).
 //
 // On the OpenAI completion paths it measures each request as it passes:
 // prompt, cached and completion tokens from the usage the engine reports

@@ -76,8 +76,8 @@ func isInference(r *http.Request) bool {
 
 // serveProxy relays one request to the engine.
 func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
-	p.active.enter()
-	defer p.active.leave()
+	p.health.Enter()
+	defer p.health.Leave()
 	ex := &exchange{start: time.Now()}
 	// Only inference is counted and limited: the activator's tokenization
 	// of a prompt (the engine's /tokenize, before routing) and other engine
@@ -290,7 +290,7 @@ func (p *Proxy) roundTripFailed(ctx context.Context, w http.ResponseWriter, r *h
 			"the engine did not answer within the request timeout"), 0)
 	default:
 		if isDialError(err) {
-			p.setReady(ctx, false, "request")
+			p.health.MarkUnready(ctx, "request")
 		}
 		p.log.Warn("engine unavailable", slog.String("path", r.URL.Path), slog.Any("error", err))
 		p.writeError(w, ex, http.StatusBadGateway, openai.Err(openai.TypeServer, "engine_unavailable",

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kvasir-serving/kvasir/pkg/lru"
 )
 
 // kvModel is the queue-proxy's model of the prompt blocks its engine holds
@@ -60,10 +62,7 @@ type kvModel struct {
 	limit        int // blocks the model holds at most
 	epoch        uint64
 	clock        uint64 // stamp of the latest touch; stamps start at 1
-	nodes        []kvNode
-	free         []int32 // unused nodes
-	index        map[uint64]int32
-	head, tail   int32 // least and most recently used; -1 when empty
+	lru          *lru.List[uint64, kvBlock]
 	deltas       kvDeltas
 }
 
@@ -73,12 +72,10 @@ type kvShape struct {
 	epoch     uint64
 }
 
-// kvNode is one block of the LRU list.
-type kvNode struct {
-	hash       uint64
-	stamp      uint64
-	prev, next int32
-	settled    bool
+// kvBlock is what the model knows of one block of its LRU list.
+type kvBlock struct {
+	stamp   uint64
+	settled bool
 }
 
 func newKVModel(cfg Config, h *hub, corrections prometheus.Counter, log *slog.Logger) *kvModel {
@@ -89,10 +86,8 @@ func newKVModel(cfg Config, h *hub, corrections prometheus.Counter, log *slog.Lo
 		flagCap:     cfg.KVCapacityBlocks,
 		hub:         h,
 		corrections: corrections,
-		index:       make(map[uint64]int32),
+		lru:         lru.New[uint64, kvBlock](),
 		deltas:      newKVDeltas(cfg.PodName),
-		head:        -1,
-		tail:        -1,
 	}
 	m.tickets.New = func() any { return new(kvTicket) }
 	m.texts.New = func() any { return new([]byte) }
@@ -146,10 +141,8 @@ func (m *kvModel) configure(engineBS, engineBlocks int, restarted bool) {
 func (m *kvModel) clearLocked(bs int) {
 	m.blockSize = bs
 	m.epoch++
-	clear(m.index)
+	m.lru.Clear()
 	m.deltas.clear()
-	m.nodes, m.free = m.nodes[:0], m.free[:0]
-	m.head, m.tail = -1, -1
 	m.blocks.Store(0)
 	if bs > 0 {
 		m.shape.Store(&kvShape{blockSize: bs, epoch: m.epoch})
@@ -165,12 +158,12 @@ func (m *kvModel) len() int { return int(m.blocks.Load()) }
 func (m *kvModel) hashes() []uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.appendHashesLocked(make([]uint64, 0, len(m.index)))
+	return m.appendHashesLocked(make([]uint64, 0, m.lru.Len()))
 }
 
 func (m *kvModel) appendHashesLocked(dst []uint64) []uint64 {
-	for i := m.head; i >= 0; i = m.nodes[i].next {
-		dst = append(dst, m.nodes[i].hash)
+	for h := range m.lru.All() {
+		dst = append(dst, h)
 	}
 	return dst
 }
@@ -180,65 +173,32 @@ func (m *kvModel) appendHashesLocked(dst []uint64) []uint64 {
 // its stamp<<1 | settled, or 0 when it was absent.
 func (m *kvModel) touchLocked(hash uint64, settled bool) (prior uint64) {
 	m.clock++
-	i, ok := m.index[hash]
-	if ok {
-		n := &m.nodes[i]
-		prior = n.stamp << 1
-		if n.settled {
+	b, added := m.lru.Touch(hash)
+	if added {
+		m.deltas.note(hash, false)
+	} else {
+		prior = b.stamp << 1
+		if b.settled {
 			prior |= 1
 		}
-		m.unlinkLocked(i)
-	} else {
-		m.deltas.note(hash, false)
-		if k := len(m.free); k > 0 {
-			i = m.free[k-1]
-			m.free = m.free[:k-1]
-		} else {
-			i = int32(len(m.nodes))
-			m.nodes = append(m.nodes, kvNode{})
-		}
-		m.index[hash] = i
 	}
-	m.nodes[i] = kvNode{hash: hash, stamp: m.clock, prev: m.tail, next: -1, settled: settled}
-	if m.tail >= 0 {
-		m.nodes[m.tail].next = i
-	} else {
-		m.head = i
-	}
-	m.tail = i
+	*b = kvBlock{stamp: m.clock, settled: settled}
 	return prior
 }
 
-// removeLocked drops node i.
-func (m *kvModel) removeLocked(i int32) {
-	h := m.nodes[i].hash
-	m.deltas.note(h, true)
-	m.unlinkLocked(i)
-	delete(m.index, h)
-	m.free = append(m.free, i)
-}
-
-func (m *kvModel) unlinkLocked(i int32) {
-	n := &m.nodes[i]
-	if n.prev >= 0 {
-		m.nodes[n.prev].next = n.next
-	} else {
-		m.head = n.next
-	}
-	if n.next >= 0 {
-		m.nodes[n.next].prev = n.prev
-	} else {
-		m.tail = n.prev
-	}
-	n.prev, n.next = -1, -1
+// removeLocked drops block hash.
+func (m *kvModel) removeLocked(hash uint64) {
+	m.deltas.note(hash, true)
+	m.lru.Remove(hash)
 }
 
 // evictLocked drops least recently used blocks beyond the limit.
 func (m *kvModel) evictLocked() {
-	for len(m.index) > m.limit && m.head >= 0 {
-		m.removeLocked(m.head)
+	for m.lru.Len() > m.limit {
+		h, _ := m.lru.Oldest()
+		m.removeLocked(h)
 	}
-	m.blocks.Store(int64(len(m.index)))
+	m.blocks.Store(int64(m.lru.Len()))
 }
 
 // flush sends the changes batched since the last message, if any.
@@ -255,9 +215,9 @@ func (m *kvModel) flushLocked() {
 }
 
 // has, appendAll and size make the model a kvSet.
-func (m *kvModel) has(hash uint64) bool            { _, ok := m.index[hash]; return ok }
+func (m *kvModel) has(hash uint64) bool            { return m.lru.Contains(hash) }
 func (m *kvModel) appendAll(dst []uint64) []uint64 { return m.appendHashesLocked(dst) }
-func (m *kvModel) size() int                       { return len(m.index) }
+func (m *kvModel) size() int                       { return m.lru.Len() }
 
 // subscribe registers a stats subscriber on h whose first messages are
 // stat and a snapshot of the model. Pending changes are flushed to the

@@ -16,13 +16,14 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/prompt"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
+	"github.com/kvasir-serving/kvasir/pkg/testing/openaitest"
 )
 
 // testBS is the block size of the unit tests.
@@ -64,15 +65,6 @@ func serve(m *kvModel, cached int, hashes ...uint64) {
 	m.finish(t, kvServed, served(len(hashes), cached))
 }
 
-// counterValue reads a counter.
-func counterValue(c prometheus.Counter) float64 {
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		panic(err)
-	}
-	return m.GetCounter().GetValue()
-}
-
 // state is the model's last sent seq and its blocks, least recent first.
 func (m *kvModel) state() (uint64, []uint64) {
 	m.mu.Lock()
@@ -110,7 +102,7 @@ func TestKVModelLRU(t *testing.T) {
 	// A prompt longer than the capacity keeps its first blocks.
 	serve(m, 0, 7, 8, 9, 10, 11)
 	assert.Equal(t, []uint64{10, 9, 8, 7}, m.hashes())
-	assert.Zero(t, counterValue(m.corrections))
+	assert.Zero(t, testutil.ToFloat64(m.corrections))
 }
 
 func TestKVPrediction(t *testing.T) {
@@ -120,7 +112,7 @@ func TestKVPrediction(t *testing.T) {
 	m.sent(tk)
 	assert.Equal(t, 2, tk.p)
 	m.finish(tk, kvServed, served(4, 2))
-	assert.Zero(t, counterValue(m.corrections))
+	assert.Zero(t, testutil.ToFloat64(m.corrections))
 }
 
 func TestKVCorrectionRemovesOlderBlocks(t *testing.T) {
@@ -136,16 +128,16 @@ func TestKVCorrectionRemovesOlderBlocks(t *testing.T) {
 	// than it: Z, and A's block 3, which this request computes again.
 	serve(m, 1, 1, 2, 3)
 	assert.Equal(t, []uint64{0xb1, 0xb0, 0xc2, 0xc1, 0xc0, 3, 2, 1}, m.hashes())
-	assert.Equal(t, 1.0, counterValue(m.corrections))
+	assert.Equal(t, 1.0, testutil.ToFloat64(m.corrections))
 
 	// A request that found what the model predicted corrects nothing.
 	serve(m, 2, 0xb0, 0xb1)
-	assert.Equal(t, 1.0, counterValue(m.corrections))
+	assert.Equal(t, 1.0, testutil.ToFloat64(m.corrections))
 	assert.Equal(t, 8, m.len())
 
 	// More cached than predicted: nothing to remove either.
 	serve(m, 2, 0xd0, 0xd1)
-	assert.Equal(t, 1.0, counterValue(m.corrections))
+	assert.Equal(t, 1.0, testutil.ToFloat64(m.corrections))
 	assert.Equal(t, 10, m.len())
 }
 
@@ -161,7 +153,7 @@ func TestKVCorrectionFullyCachedPrompt(t *testing.T) {
 	u := served(3, 2)
 	u.PromptTokens = 3 * testBS
 	m.finish(tk, kvServed, u)
-	assert.Zero(t, counterValue(m.corrections))
+	assert.Zero(t, testutil.ToFloat64(m.corrections))
 	assert.Equal(t, 4, m.len())
 }
 
@@ -177,7 +169,7 @@ func TestKVCorrectionOtherTokenizer(t *testing.T) {
 	tk := ticketFor(m, blocks...)
 	m.sent(tk)
 	m.finish(tk, kvServed, u)
-	assert.Zero(t, counterValue(m.corrections))
+	assert.Zero(t, testutil.ToFloat64(m.corrections))
 	assert.Equal(t, 11, m.len())
 
 	// 32 cached is about 2 blocks of 10: a correction, at block 2.
@@ -185,7 +177,7 @@ func TestKVCorrectionOtherTokenizer(t *testing.T) {
 	tk = ticketFor(m, blocks...)
 	m.sent(tk)
 	m.finish(tk, kvServed, u)
-	assert.Equal(t, 1.0, counterValue(m.corrections))
+	assert.Equal(t, 1.0, testutil.ToFloat64(m.corrections))
 	assert.Equal(t, set(blocks...), set(m.hashes()...))
 }
 
@@ -202,7 +194,7 @@ func TestKVCorrectionNeedsSettledBlock(t *testing.T) {
 	assert.Equal(t, 2, b.p)
 	m.finish(b, kvServed, served(3, 0))
 	m.finish(a, kvServed, served(2, 0))
-	assert.Zero(t, counterValue(m.corrections))
+	assert.Zero(t, testutil.ToFloat64(m.corrections))
 	assert.Equal(t, set(0xa0, 0xa1, 1, 2, 3), set(m.hashes()...))
 }
 
@@ -214,7 +206,7 @@ func TestKVCorrectionSparesBlocksInFlight(t *testing.T) {
 	serve(m, 0, 1, 2)
 	serve(m, 1, 1, 2) // block 2 missed: 0xa0 goes, the running request's blocks stay
 	assert.Equal(t, set(0xe0, 0xe1, 1, 2), set(m.hashes()...))
-	assert.Equal(t, 1.0, counterValue(m.corrections))
+	assert.Equal(t, 1.0, testutil.ToFloat64(m.corrections))
 	m.finish(long, kvUnknown, nil)
 	assert.Equal(t, 4, m.len())
 }
@@ -474,18 +466,6 @@ func (f *streamFollower) matches(m *kvModel) bool {
 	return f.started && f.seq == seq && maps.Equal(f.blocks, set(blocks...))
 }
 
-// chatBody is a chat request whose single user message is content.
-func chatBody(t testing.TB, model, content string, extra string) string {
-	t.Helper()
-	c, err := json.Marshal(content)
-	require.NoError(t, err)
-	m := ""
-	if model != "" {
-		m = `"model":"` + model + `",`
-	}
-	return `{` + m + extra + `"messages":[{"role":"user","content":` + string(c) + `}]}`
-}
-
 // awaitRequests waits until the proxy has accounted for n requests (its KV
 // model is settled by then).
 func (p *proxy) awaitRequests(t *testing.T, n uint64) {
@@ -517,8 +497,8 @@ func TestKVStream(t *testing.T) {
 		for w := range 4 {
 			wg.Go(func() {
 				for i := from + w; i < to; i += 4 {
-					body := chatBody(t, "", fmt.Sprintf("shared prefix %d, the same for a third of the requests. ", i%3)+
-						strings.Repeat(fmt.Sprintf("request %d. ", i), 1+i%7), "")
+					body := openaitest.ChatBody("", "", openaitest.User(fmt.Sprintf("shared prefix %d, the same for a third of the requests. ", i%3)+
+						strings.Repeat(fmt.Sprintf("request %d. ", i), 1+i%7)))
 					resp := p.post(t, ctx, "/v1/chat/completions", body)
 					_, _ = io.Copy(io.Discard, resp.Body)
 					_ = resp.Body.Close()
@@ -542,7 +522,7 @@ func TestKVStream(t *testing.T) {
 	early.mu.Lock()
 	assert.Positive(t, early.removes)
 	early.mu.Unlock()
-	assert.Positive(t, counterValue(p.metrics.kvCorrections))
+	assert.Positive(t, testutil.ToFloat64(p.metrics.kvCorrections))
 }
 
 func TestKVLargeSnapshotReachesSubscriber(t *testing.T) {
@@ -683,7 +663,7 @@ func BenchmarkKVSnapshot(b *testing.B) {
 // BenchmarkProxyChat8kTokens is the whole proxy hop of an 8,000-token chat
 // request to a trivial engine, with and without the KV model.
 func BenchmarkProxyChat8kTokens(b *testing.B) {
-	body := chatBody(b, "", strings.Repeat("You are a helpful assistant. ", 1143), "")
+	body := openaitest.ChatBody("", "", openaitest.User(strings.Repeat("You are a helpful assistant. ", 1143)))
 	for _, kv := range []bool{false, true} {
 		b.Run(fmt.Sprintf("kv=%v", kv), func(b *testing.B) {
 			mux := http.NewServeMux()

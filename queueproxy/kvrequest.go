@@ -195,8 +195,8 @@ func (m *kvModel) finish(t *kvTicket, outcome kvOutcome, u *usage) {
 	switch outcome {
 	case kvRejected:
 		for i, h := range t.hashes {
-			if j, ok := m.index[h]; ok && t.prior[i] == 0 && m.nodes[j].stamp == t.first+uint64(n-1-i) {
-				m.removeLocked(j)
+			if b, ok := m.lru.Get(h); ok && t.prior[i] == 0 && b.stamp == t.first+uint64(n-1-i) {
+				m.removeLocked(h)
 			}
 		}
 	case kvServed:
@@ -236,13 +236,14 @@ func (m *kvModel) correctLocked(t *kvTicket, u *usage) {
 	}
 	before := prior >> 1
 	removed := 0
-	for i := m.head; i >= 0 && m.nodes[i].stamp < before; {
-		next := m.nodes[i].next
-		if m.nodes[i].settled {
-			m.removeLocked(i)
+	for h, b := range m.lru.All() {
+		if b.stamp >= before {
+			break
+		}
+		if b.settled {
+			m.removeLocked(h)
 			removed++
 		}
-		i = next
 	}
 	m.corrections.Inc()
 	m.log.Debug("KV model corrected by cached_tokens", slog.Int("cachedBlocks", a),

@@ -8,12 +8,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvasir-serving/kvasir/pkg/prompt"
 	"github.com/kvasir-serving/kvasir/pkg/sim"
 	"github.com/kvasir-serving/kvasir/pkg/sim/simtest"
+	"github.com/kvasir-serving/kvasir/pkg/testing/openaitest"
 )
 
 // startSim runs the engine simulator in-process (no latency) and returns
@@ -83,7 +85,7 @@ func TestKVSimulatorRepeatedPrompt(t *testing.T) {
 	content := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 40) // 1,800 bytes
 	want := blocksOf(content, 16, "")
 	require.Len(t, want, 28)
-	body := chatBody(t, "sim-model", content, `"max_tokens":4,`)
+	body := openaitest.ChatBody("sim-model", `"max_tokens":4`, openaitest.User(content))
 
 	u := p.chat(t, body)
 	assert.Zero(t, u.PromptTokensDetails.CachedTokens)
@@ -91,11 +93,11 @@ func TestKVSimulatorRepeatedPrompt(t *testing.T) {
 	u = p.chat(t, body)
 	assert.Equal(t, len(want)*16, u.PromptTokensDetails.CachedTokens, "the whole prompt but its partial block")
 	p.awaitRequests(t, 2)
-	p.chatStream(t, chatBody(t, "", content, `"max_tokens":4,"stream":true,`)) // usage of a stream, the model left out
+	p.chatStream(t, openaitest.ChatBody("", `"max_tokens":4,"stream":true`, openaitest.User(content))) // usage of a stream, the model left out
 	p.awaitRequests(t, 3)
 
 	assert.Equal(t, set(want...), set(p.kv.hashes()...))
-	assert.Zero(t, counterValue(p.metrics.kvCorrections))
+	assert.Zero(t, testutil.ToFloat64(p.metrics.kvCorrections))
 	require.Eventually(t, func() bool { return f.matches(p.kv) }, waitFor, tick)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -129,7 +131,7 @@ func TestKVSimulatorCorrection(t *testing.T) {
 	n := uint64(0)
 	send := func(name string) simUsage {
 		t.Helper()
-		u := p.chat(t, chatBody(t, "", prompts[name], `"max_tokens":1,`))
+		u := p.chat(t, openaitest.ChatBody("", `"max_tokens":1`, openaitest.User(prompts[name])))
 		n++
 		p.awaitRequests(t, n)
 		return u
@@ -138,14 +140,14 @@ func TestKVSimulatorCorrection(t *testing.T) {
 		send(name)
 	}
 	assert.Equal(t, 50, p.KVBlocks(), "the model does not know of the evictions yet")
-	assert.Zero(t, counterValue(p.metrics.kvCorrections))
+	assert.Zero(t, testutil.ToFloat64(p.metrics.kvCorrections))
 
 	// A again: the engine lost A's last full block, so the model, which
 	// held all of A, learns that everything older than that block is gone
 	// from the engine: all of Z.
 	u := send("A")
 	assert.Equal(t, 9*16, u.PromptTokensDetails.CachedTokens)
-	assert.Equal(t, 1.0, counterValue(p.metrics.kvCorrections))
+	assert.Equal(t, 1.0, testutil.ToFloat64(p.metrics.kvCorrections))
 	held := set(p.kv.hashes()...)
 	for _, h := range blocksOf(prompts["Z"], 16, "") {
 		assert.NotContains(t, held, h)
@@ -161,7 +163,7 @@ func TestKVSimulatorCorrection(t *testing.T) {
 	// finds nothing, so no correction.
 	u = send("Z")
 	assert.Zero(t, u.PromptTokensDetails.CachedTokens)
-	assert.Equal(t, 1.0, counterValue(p.metrics.kvCorrections))
+	assert.Equal(t, 1.0, testutil.ToFloat64(p.metrics.kvCorrections))
 }
 
 func TestKVSimulatorLoRASalted(t *testing.T) {
@@ -180,19 +182,19 @@ func TestKVSimulatorLoRASalted(t *testing.T) {
 	require.NotEmpty(t, base)
 	assert.NotEqual(t, base[0], salted[0])
 
-	p.chat(t, chatBody(t, "sql", content, `"max_tokens":2,`))
+	p.chat(t, openaitest.ChatBody("sql", `"max_tokens":2`, openaitest.User(content)))
 	p.awaitRequests(t, 1)
 	assert.Equal(t, set(salted...), set(p.kv.hashes()...))
 
 	// The same prompt on the base model is other blocks, and the engine
 	// agrees: nothing cached.
-	u := p.chat(t, chatBody(t, "sim-model", content, `"max_tokens":2,`))
+	u := p.chat(t, openaitest.ChatBody("sim-model", `"max_tokens":2`, openaitest.User(content)))
 	assert.Zero(t, u.PromptTokensDetails.CachedTokens)
 	p.awaitRequests(t, 2)
 	assert.Equal(t, set(append(salted, base...)...), set(p.kv.hashes()...))
 
 	// A model the engine does not list is not modelled (the engine says 404).
-	resp := p.post(t, testCtx(t), "/v1/chat/completions", chatBody(t, "nope", "other "+content, ""))
+	resp := p.post(t, testCtx(t), "/v1/chat/completions", openaitest.ChatBody("nope", "", openaitest.User("other "+content)))
 	_ = resp.Body.Close()
 	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
 	p.awaitRequests(t, 3)

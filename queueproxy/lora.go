@@ -90,7 +90,7 @@ func readLoRAFile(path string) ([]string, error) {
 // tick compares the file with what the engine has loaded and loads or
 // unloads what differs, each adapter at most once per retry period.
 func (l *loraReconciler) tick(ctx context.Context) {
-	if !l.p.isReady() {
+	if !l.p.health.Ready() {
 		return
 	}
 	loaded := l.p.engineAdapters.Load()

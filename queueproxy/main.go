@@ -93,7 +93,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		_ = srv.Close() // cancels the requests, and so their upstream requests
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeGrace)
 		defer cancel()
-		if err := p.active.wait(closeCtx); err != nil {
+		if err := p.health.WaitIdle(closeCtx); err != nil {
 			log.Warn("requests still running after close", slog.Any("error", err))
 		}
 	}

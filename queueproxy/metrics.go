@@ -82,8 +82,8 @@ func newMetrics(p *Proxy) *metrics {
 			func() float64 { return float64(p.KVBlocks()) }),
 		gauge("in_flight", "Requests being proxied to the engine now.", func() float64 { return float64(p.inFlight.Load()) }),
 		gauge("queued", "Requests waiting for the concurrency limit.", func() float64 { return float64(p.queued()) }),
-		gauge("ready", "1 when the engine is ready and the queue-proxy is not draining.", func() float64 { return boolGauge(p.isReady()) }),
-		gauge("draining", "1 once draining started.", func() float64 { return boolGauge(p.draining.Load()) }),
+		gauge("ready", "1 when the engine is ready and the queue-proxy is not draining.", func() float64 { return boolGauge(p.health.Ready()) }),
+		gauge("draining", "1 once draining started.", func() float64 { return boolGauge(p.health.Draining()) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -3,7 +3,6 @@ package queueproxy
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,6 +20,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
+	"github.com/kvasir-serving/kvasir/queueproxy/health"
 )
 
 // Reserved paths served by the queue-proxy itself.
@@ -55,13 +55,8 @@ type Proxy struct {
 	bodies         httpserver.BodyReader // measured requests' bodies
 	handler        http.Handler
 
-	ready    atomic.Bool // the engine answered its health check
-	draining atomic.Bool
+	health   *health.State // readiness, drain, proxy handlers running
 	inFlight atomic.Int64
-	active   activity // proxy handlers running, queued ones included
-
-	quietOver     chan struct{} // closed when a drain's quiet period is over
-	quietOverOnce sync.Once
 
 	mu         sync.Mutex // guards totals and engine
 	totals     totals
@@ -89,7 +84,6 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 		return nil, fmt.Errorf("--engine-url: %w", err)
 	}
 	p := &Proxy{
-		quietOver: make(chan struct{}),
 		cfg:       cfg,
 		log:       logger,
 		engine:    engine,
@@ -100,6 +94,9 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 		bodies: httpserver.BodyReader{MaxBytes: cfg.MaxBodyBytes, Timeout: cfg.Limits.BodyReadTimeout,
 			Budget: httpserver.NewBudget(cfg.Limits.BodyBudget)},
 	}
+	p.health = health.New(&health.HTTPProber{
+		Transport: p.transport, URL: p.engineURL(cfg.EngineHealthPath), Timeout: cfg.ProbeTimeout, Log: logger,
+	}, scrapeWarmer{p}, logger)
 	if cfg.ContainerConcurrency > 0 {
 		p.limiter = newLimiter(cfg.ContainerConcurrency, cfg.queueDepth())
 	}
@@ -114,8 +111,8 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 	}
 
 	own := http.NewServeMux()
-	own.HandleFunc("GET "+ReadyPath, p.serveReady)
-	own.HandleFunc("GET "+WaitForDrainPath, p.serveWaitForDrain)
+	own.HandleFunc("GET "+ReadyPath, p.health.ServeReady)
+	own.HandleFunc("GET "+WaitForDrainPath, p.health.ServeWaitForDrain)
 	own.HandleFunc("GET "+stats.Path, p.serveStats)
 	own.Handle("GET "+MetricsPath, promhttp.HandlerFor(p.metrics.registry, promhttp.HandlerOpts{}))
 	own.HandleFunc(ReservedPrefix, func(w http.ResponseWriter, r *http.Request) {
@@ -165,7 +162,7 @@ func (p *Proxy) Handler() http.Handler { return p.handler }
 // streams and returns nil once they are written. Call it once.
 func (p *Proxy) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Go(func() { every(ctx, p.cfg.ProbeInterval, true, p.probeOnce) })
+	wg.Go(func() { every(ctx, p.cfg.ProbeInterval, true, p.health.ProbeOnce) })
 	wg.Go(func() { every(ctx, p.cfg.ScrapeInterval, true, p.scrapeOnce) })
 	wg.Go(func() {
 		every(ctx, p.cfg.StatsInterval, false, func(context.Context) { p.hub.broadcast(statMessage(p.Stat())) })
@@ -212,8 +209,8 @@ func (p *Proxy) Stat() stats.Stat {
 	s := stats.Stat{
 		Pod:      p.cfg.PodName,
 		Time:     time.Now().UTC(),
-		Ready:    p.isReady(),
-		Draining: p.draining.Load(),
+		Ready:    p.health.Ready(),
+		Draining: p.health.Draining(),
 		InFlight: int(p.inFlight.Load()),
 		Queued:   p.queued(),
 	}
@@ -252,18 +249,12 @@ func (p *Proxy) queued() int {
 // sending; the caller then stops accepting, e.g. with http.Server.Shutdown,
 // which waits for in-flight requests and streams. Main does exactly that.
 func (p *Proxy) Drain(ctx context.Context) {
-	if !p.draining.Swap(true) {
+	if p.health.StartDrain() {
 		p.log.Info("draining", slog.Duration("quietPeriod", p.cfg.DrainQuietPeriod),
 			slog.Int64("inFlight", p.inFlight.Load()), slog.Int("queued", p.queued()))
 		p.hub.broadcast(statMessage(p.Stat()))
 	}
-	t := time.NewTimer(p.cfg.DrainQuietPeriod)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	p.quietOverOnce.Do(func() { close(p.quietOver) })
+	p.health.WaitQuiet(ctx, p.cfg.DrainQuietPeriod)
 }
 
 // WaitForDrainPath answers once the proxy has drained: a drain started, its
@@ -272,129 +263,15 @@ func (p *Proxy) Drain(ctx context.Context) {
 // only after the queue-proxy has finished every request.
 const WaitForDrainPath = ReservedPrefix + "wait-for-drain"
 
-func (p *Proxy) serveWaitForDrain(w http.ResponseWriter, r *http.Request) {
-	select {
-	case <-p.quietOver:
-	case <-r.Context().Done():
-		return
-	}
-	if err := p.active.wait(r.Context()); err != nil {
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, _ = io.WriteString(w, "drained\n")
-}
+// scrapeWarmer scrapes the engine's metrics before the engine is reported
+// ready, so that the KV model knows the engine's block size and capacity
+// when the first requests of a cold start arrive.
+type scrapeWarmer struct{ p *Proxy }
 
-// activity counts running handlers and tells when none are left.
-type activity struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed when n drops to 0; nil before the first enter
-}
+var _ health.Warmer = scrapeWarmer{}
 
-func (a *activity) enter() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.n == 0 {
-		a.idle = make(chan struct{})
-	}
-	a.n++
-}
-
-func (a *activity) leave() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.n--; a.n == 0 {
-		close(a.idle)
-	}
-}
-
-// wait returns when no handler runs, or ctx's error when it ends first.
-func (a *activity) wait(ctx context.Context) error {
-	a.mu.Lock()
-	n, idle := a.n, a.idle
-	a.mu.Unlock()
-	if n == 0 {
-		return nil
-	}
-	select {
-	case <-idle:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// isReady is the readiness reported to the outside.
-func (p *Proxy) isReady() bool { return p.ready.Load() && !p.draining.Load() }
-
-// requestProbeTimeout bounds the engine probe made while answering a
-// readiness request: a poller retries soon anyway, and a slow engine is
-// still found ready by the background prober's longer --probe-timeout.
-const requestProbeTimeout = 100 * time.Millisecond
-
-// serveReady answers 200 when the engine is ready and the proxy is not
-// draining. When the engine is not known to be ready it is probed right now,
-// so that a poller sees readiness the moment the engine is up.
-func (p *Proxy) serveReady(w http.ResponseWriter, r *http.Request) {
-	if !p.draining.Load() && !p.ready.Load() {
-		ctx, cancel := context.WithTimeout(r.Context(), requestProbeTimeout)
-		p.setReady(ctx, p.probe(ctx), "request")
-		cancel()
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	switch {
-	case p.draining.Load():
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = io.WriteString(w, "draining\n")
-	case p.ready.Load():
-		_, _ = io.WriteString(w, "ready\n")
-	default:
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = io.WriteString(w, "engine not ready\n")
-	}
-}
-
-// probeOnce is the background health probe.
-func (p *Proxy) probeOnce(ctx context.Context) {
-	ok := p.probe(ctx)
-	if ctx.Err() != nil {
-		return // stopping: not the engine's fault
-	}
-	p.setReady(ctx, ok, "background")
-}
-
-// probe asks the engine's health endpoint once.
-func (p *Proxy) probe(ctx context.Context) bool {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.ProbeTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.engineURL(p.cfg.EngineHealthPath), nil)
-	if err != nil {
-		return false
-	}
-	resp, err := p.transport.RoundTrip(req)
-	if err != nil {
-		p.log.Debug("engine health probe failed", slog.Any("error", err))
-		return false
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // keep the connection reusable
-	_ = resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
-
-// setReady records the engine's readiness. On becoming ready the engine's
-// metrics are scraped first, so that the proxy reports ready only once it
-// knows the engine's KV block size and capacity: the KV model then sees the
-// very first requests, which a cold start sends all at once.
-func (p *Proxy) setReady(ctx context.Context, ok bool, source string) {
-	if ok && !p.ready.Load() {
-		p.scrapeOnce(ctx)
-	}
-	if p.ready.Swap(ok) != ok {
-		p.log.Info("engine readiness changed", slog.Bool("ready", ok), slog.String("source", source))
-	}
-}
+// Warm scrapes the engine's metrics once.
+func (w scrapeWarmer) Warm(ctx context.Context) { w.p.scrapeOnce(ctx) }
 
 // scrapeOnce refreshes the engine stat.
 func (p *Proxy) scrapeOnce(ctx context.Context) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
+	"github.com/kvasir-serving/kvasir/pkg/testing/openaitest"
 )
 
 func TestProxyNonStreaming(t *testing.T) {
@@ -228,7 +229,7 @@ func TestNonInferenceBypassesTheLimit(t *testing.T) {
 		},
 	})
 	p := newProxy(t, eng.URL, false, "--container-concurrency=1", "--queue-depth=0")
-	done := p.postAsync(testCtx(t), "/v1/chat/completions", chatBody(t, "m", "hi", ""))
+	done := p.postAsync(testCtx(t), "/v1/chat/completions", openaitest.ChatBody("m", "", openaitest.User("hi")))
 	recv(t, entered, "the chat request reached the engine")
 	resp := p.post(t, testCtx(t), "/tokenize", `{"model":"m","prompt":"hi"}`)
 	got, err := io.ReadAll(resp.Body)

@@ -2,11 +2,9 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"strconv"
-	"time"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -17,9 +15,8 @@ import (
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
-	"github.com/kvasir-serving/kvasir/pkg/engine"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
-	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
+	fleetkube "github.com/kvasir-serving/kvasir/pkg/fleet/kube"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -48,14 +45,20 @@ type Options struct {
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelservices;modelrevisions,verbs=get;list;watch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 
-// Sync keeps a Target in step with the cluster.
+// Sync keeps a Target in step with the cluster: the routing table follows
+// the ModelServices' resolved traffic and their ModelRevisions; the
+// endpoints of every revision role it routes to come from a
+// fleet.Watcher over EndpointSlices (pkg/fleet/kube).
 type Sync struct {
-	target Target
-	cache  cache.Cache
-	log    *slog.Logger
-	poke   chan struct{}
+	target  Target
+	cache   cache.Cache
+	watcher *fleetkube.Watcher
+	log     *slog.Logger
+	poke    chan struct{}
 
-	mapAddr func(string) string
+	// watches are the roles whose endpoints reach the target, with the
+	// function that stops each; only Run's goroutine uses them.
+	watches map[fleet.Key]func()
 }
 
 // New prepares a Sync; Run starts it.
@@ -79,18 +82,52 @@ func New(cfg *rest.Config, target Target, opts Options) (*Sync, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Sync{target: target, cache: c, log: log, poke: make(chan struct{}, 1), mapAddr: opts.MapAddress}, nil
+	return &Sync{target: target, cache: c, log: log, poke: make(chan struct{}, 1),
+		watcher: fleetkube.NewWatcher(c, fleetkube.WatcherOptions{MapAddress: opts.MapAddress}),
+		watches: map[fleet.Key]func(){}}, nil
 }
 
 // Run watches until ctx ends. It returns once the informers stop; an error
 // when they could not start or sync.
 func (s *Sync) Run(ctx context.Context) error {
+	if err := s.addHandlers(ctx); err != nil {
+		return err
+	}
+	wctx, stopWatcher := context.WithCancel(ctx)
+	defer stopWatcher()
+	errCh, watchErr := make(chan error, 1), make(chan error, 1)
+	go func() { errCh <- s.cache.Start(ctx) }()
+	go func() { watchErr <- s.watcher.Run(wctx) }()
+	if !s.cache.WaitForCacheSync(ctx) {
+		return fmt.Errorf("informers did not sync: %w", context.Cause(ctx))
+	}
+	defer s.unwatchAll()
+	s.trigger()
+	for {
+		select {
+		case <-ctx.Done():
+			return errors.Join(<-errCh, <-watchErr)
+		case err := <-watchErr:
+			if err == nil { // ctx ended
+				return <-errCh
+			}
+			return fmt.Errorf("following EndpointSlices: %w", err)
+		case <-s.poke:
+			if err := s.resync(ctx); err != nil {
+				s.log.Error("routing table not updated", slog.Any("error", err))
+			}
+		}
+	}
+}
+
+// addHandlers resyncs on every change of a ModelService or ModelRevision.
+func (s *Sync) addHandlers(ctx context.Context) error {
 	handler := toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { s.trigger() },
 		UpdateFunc: func(any, any) { s.trigger() },
 		DeleteFunc: func(any) { s.trigger() },
 	}
-	for _, obj := range []client.Object{&v1alpha1.ModelService{}, &v1alpha1.ModelRevision{}, &discoveryv1.EndpointSlice{}} {
+	for _, obj := range []client.Object{&v1alpha1.ModelService{}, &v1alpha1.ModelRevision{}} {
 		inf, err := s.cache.GetInformer(ctx, obj)
 		if err != nil {
 			return fmt.Errorf("informer for %T: %w", obj, err)
@@ -99,22 +136,7 @@ func (s *Sync) Run(ctx context.Context) error {
 			return fmt.Errorf("handler for %T: %w", obj, err)
 		}
 	}
-	errCh := make(chan error, 1)
-	go func() { errCh <- s.cache.Start(ctx) }()
-	if !s.cache.WaitForCacheSync(ctx) {
-		return fmt.Errorf("informers did not sync: %w", context.Cause(ctx))
-	}
-	s.trigger()
-	for {
-		select {
-		case <-ctx.Done():
-			return <-errCh
-		case <-s.poke:
-			if err := s.resync(ctx); err != nil {
-				s.log.Error("routing table not updated", slog.Any("error", err))
-			}
-		}
-	}
+	return nil
 }
 
 func (s *Sync) trigger() {
@@ -124,12 +146,12 @@ func (s *Sync) trigger() {
 	}
 }
 
-// resync rebuilds the whole routing table from the cache.
+// resync rebuilds the whole routing table from the cache, then follows the
+// endpoints of the roles it routes to.
 func (s *Sync) resync(ctx context.Context) error {
 	var svcs v1alpha1.ModelServiceList
 	var revs v1alpha1.ModelRevisionList
-	var slices discoveryv1.EndpointSliceList
-	for _, l := range []client.ObjectList{&svcs, &revs, &slices} {
+	for _, l := range []client.ObjectList{&svcs, &revs} {
 		if err := s.cache.List(ctx, l); err != nil {
 			return fmt.Errorf("listing: %w", err)
 		}
@@ -139,95 +161,78 @@ func (s *Sync) resync(ctx context.Context) error {
 		r := &revs.Items[i]
 		revByName[r.Namespace+"/"+r.Name] = r
 	}
-	// The Services of every revision role, by namespace/name.
-	keyOfService := map[string]fleet.Key{}
 	var cfgs []activator.ServiceConfig
+	keys := map[fleet.Key]bool{}
 	for i := range svcs.Items {
-		ms := &svcs.Items[i]
-		if len(ms.Status.Traffic) == 0 {
-			continue // not routable yet (no ready revision)
-		}
-		sc := activator.ServiceConfig{Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model, LoRAAdapters: ms.Spec.LoRAAdapters}
-		if sc.Model == "" {
-			sc.Model = ms.Name
-		}
-		if ms.Spec.Routing != nil {
-			sc.Routing = ms.Spec.Routing.Plugins
-		}
-		seen := map[string]bool{}
-		for _, t := range ms.Status.Traffic {
-			pct := 0
-			if t.Percent != nil {
-				pct = int(*t.Percent)
-			}
-			sc.Traffic = append(sc.Traffic, traffic.Target{Revision: t.RevisionName, Percent: pct, Tag: t.Tag})
-			if seen[t.RevisionName] {
-				continue
-			}
-			seen[t.RevisionName] = true
-			rev, ok := revByName[ms.Namespace+"/"+t.RevisionName]
-			if !ok {
-				s.log.Warn("traffic names a revision that does not exist", slog.String("service", ms.Name), slog.String("revision", t.RevisionName))
-				continue
-			}
-			sc.Revisions = append(sc.Revisions, activator.RevisionConfig{Name: rev.Name,
-				ContainerConcurrency: rev.Spec.ContainerConcurrency,
-				Timeout:              time.Duration(rev.Spec.TimeoutSeconds) * time.Second,
-				Disaggregated:        rev.Spec.Roles != nil,
-				Tokenizer:            engine.Resolve(rev.Spec.Engine).RoutingTokenizer()})
-			for _, role := range names.Roles(rev) {
-				keyOfService[rev.Namespace+"/"+names.Service(rev, role)] = sc.RoleKey(rev.Name, role)
+		if sc, ok := s.serviceConfig(&svcs.Items[i], revByName); ok {
+			cfgs = append(cfgs, sc)
+			for _, rc := range sc.Revisions {
+				for _, role := range fleet.Roles(rc.Disaggregated) {
+					keys[sc.RoleKey(rc.Name, role)] = true
+				}
 			}
 		}
-		if len(sc.Revisions) != len(seen) {
-			continue // wait for the missing revision rather than route to nothing
-		}
-		cfgs = append(cfgs, sc)
 	}
 	if err := s.target.SetServices(cfgs); err != nil {
 		return err
 	}
-	eps := map[fleet.Key][]fleet.Endpoint{}
-	for key := range mapValues(keyOfService) {
-		eps[key] = nil
-	}
-	for i := range slices.Items {
-		sl := &slices.Items[i]
-		key, ok := keyOfService[sl.Namespace+"/"+sl.Labels[discoveryv1.LabelServiceName]]
-		if !ok {
-			continue
-		}
-		port := int32(names.QueueProxyPort)
-		for _, p := range sl.Ports {
-			if p.Name != nil && *p.Name == names.QueueProxyPortName && p.Port != nil {
-				port = *p.Port
-			}
-		}
-		for _, ep := range sl.Endpoints {
-			if len(ep.Addresses) == 0 || (ep.Conditions.Ready != nil && !*ep.Conditions.Ready) {
-				continue
-			}
-			name := ep.Addresses[0]
-			if ep.TargetRef != nil {
-				name = ep.TargetRef.Name
-			}
-			addr := ep.Addresses[0]
-			if s.mapAddr != nil {
-				addr = s.mapAddr(addr)
-			}
-			eps[key] = append(eps[key], fleet.Endpoint{Name: name, Address: net.JoinHostPort(addr, strconv.Itoa(int(port)))})
-		}
-	}
-	for key, list := range eps {
-		s.target.SetEndpoints(key, list)
-	}
+	s.follow(keys)
 	return nil
 }
 
-func mapValues(m map[string]fleet.Key) map[fleet.Key]bool {
-	out := make(map[fleet.Key]bool, len(m))
-	for _, k := range m {
-		out[k] = true
+// serviceConfig is the routing of a ModelService by its resolved traffic
+// (status.traffic); ok is false while it is not routable: no revision is
+// ready yet, or its traffic names a revision not in the cache (rather than
+// route to nothing, wait for it).
+func (s *Sync) serviceConfig(ms *v1alpha1.ModelService, revByName map[string]*v1alpha1.ModelRevision) (sc activator.ServiceConfig, ok bool) {
+	if len(ms.Status.Traffic) == 0 {
+		return sc, false
+	}
+	sc = activator.ServiceConfigOf(ms, targetsOf(ms.Status.Traffic))
+	seen := map[string]bool{}
+	for _, t := range ms.Status.Traffic {
+		if seen[t.RevisionName] {
+			continue
+		}
+		seen[t.RevisionName] = true
+		rev, ok := revByName[ms.Namespace+"/"+t.RevisionName]
+		if !ok {
+			s.log.Warn("traffic names a revision that does not exist", slog.String("service", ms.Name), slog.String("revision", t.RevisionName))
+			continue
+		}
+		sc.Revisions = append(sc.Revisions, activator.RevisionConfigOf(rev.Name, &rev.Spec.RevisionTemplate))
+	}
+	return sc, len(sc.Revisions) == len(seen)
+}
+
+// targetsOf is the activator's view of a ModelService's resolved traffic.
+func targetsOf(status []v1alpha1.TrafficTarget) []traffic.Target {
+	out := make([]traffic.Target, 0, len(status))
+	for _, t := range status {
+		pct := 0
+		if t.Percent != nil {
+			pct = int(*t.Percent)
+		}
+		out = append(out, traffic.Target{Revision: t.RevisionName, Percent: pct, Tag: t.Tag})
 	}
 	return out
 }
+
+// follow makes the target hear the endpoints of exactly the roles in keys:
+// a new role is watched, a role no longer routed to is not.
+func (s *Sync) follow(keys map[fleet.Key]bool) {
+	for key, stop := range s.watches {
+		if !keys[key] {
+			stop()
+			delete(s.watches, key)
+		}
+	}
+	for key := range keys {
+		if _, ok := s.watches[key]; !ok {
+			s.watches[key] = s.watcher.Watch(key, func(eps []fleet.Endpoint) { s.target.SetEndpoints(key, eps) })
+		}
+	}
+}
+
+// unwatchAll stops every watch.
+func (s *Sync) unwatchAll() { s.follow(nil) }

@@ -239,86 +239,123 @@ func (d *Decider) recommend(now time.Time, w time.Duration, ready int) (float64,
 // inFlight are the demand at this instant (a scale to zero never happens
 // while either is non-zero).
 func (d *Decider) Decide(now time.Time, ready int, buffered, inFlight float64) Decision {
-	c := d.cfg
-	panicWindow := time.Duration(float64(c.StableWindow) * c.PanicWindowPercent / 100)
-	defer d.concurrency.trim(now, c.StableWindow)
-	defer d.waiting.trim(now, c.StableWindow)
-	defer d.kv.trim(now, c.StableWindow)
-	defer d.tps.trim(now, c.StableWindow)
-	defer d.cpu.trim(now, c.StableWindow)
-	defer d.mem.trim(now, c.StableWindow)
-
+	defer d.trim(now)
+	demand := buffered > 0 || inFlight > 0
 	if !d.started {
 		d.started = true
-		if ready == 0 && buffered == 0 && inFlight == 0 {
-			return d.decided(Decision{Desired: d.clamp(max(c.InitialScale, c.MinScale)), Reason: "initial scale"})
+		if ready == 0 && !demand {
+			return d.decided(Decision{Desired: d.clamp(max(d.cfg.InitialScale, d.cfg.MinScale)), Reason: "initial scale"})
 		}
 	}
-	rawStable, reason := d.recommend(now, c.StableWindow, ready)
-	rawQuick, quickReason := d.recommend(now, panicWindow, ready)
-	stable, quick := replicas(rawStable), replicas(rawQuick)
-	if stable < ready && rawStable > 0 {
-		stable = min(replicas(rawStable/(1-scaleDownHeadroom)), ready)
-	}
-	if buffered > 0 || inFlight > 0 {
+	r := d.recommendations(now, ready)
+	if demand {
 		d.lastDemand = now
 	}
 
 	// Scale from zero: the first buffered request asks for capacity at once.
-	if ready == 0 && (buffered > 0 || inFlight > 0) {
-		want := max(stable, quick, c.ActivationScale)
+	if ready == 0 && demand {
+		want := max(r.stable, r.quick, d.cfg.ActivationScale)
 		return d.decided(Decision{Desired: d.clamp(want), Reason: "activation: demand at zero"})
 	}
 
-	// Panic: the short window asks for twice (by default) what is ready.
-	if ready > 0 && float64(quick) >= float64(ready)*c.PanicThresholdPercent/100 {
-		if d.panicUntil.Before(now) {
-			reason = "panic: " + quickReason
-		}
-		d.panicUntil = now.Add(c.StableWindow)
-	}
-	want := stable
-	panicking := now.Before(d.panicUntil)
-	if panicking {
-		want = max(quick, stable, ready) // never down in panic
-		reason = "panic: " + quickReason
-	}
-
-	// Rates.
-	if ready > 0 {
-		up := int(math.Ceil(float64(ready) * c.MaxScaleUpRate))
-		down := int(math.Floor(float64(ready) / c.MaxScaleDownRate))
-		want = min(max(want, down), up)
-	}
-
-	// Scale-down delay: the highest recommendation within it.
-	if c.ScaleDownDelay > 0 {
-		d.recent = append(d.recent, held{now, want})
-		i := 0
-		for i < len(d.recent) && now.Sub(d.recent[i].at) > c.ScaleDownDelay {
-			i++
-		}
-		d.recent = d.recent[i:]
-		for _, h := range d.recent {
-			want = max(want, h.n)
-		}
-	}
-
-	// To zero only after the grace period without any demand (replicas
-	// still starting included), and never with requests buffered or in
-	// flight.
-	if want == 0 && (ready > 0 || d.last > 0) {
-		if buffered > 0 || inFlight > 0 || now.Sub(d.lastDemand) < c.ScaleToZeroGracePeriod {
-			want = 1
-			reason = "waiting for the scale-to-zero grace period"
-		} else {
-			reason = "idle for the scale-to-zero grace period"
-		}
-	}
-	if c.MinScale > 0 && want <= c.MinScale {
+	want, reason, panicking := d.panicking(now, ready, r)
+	want = d.rateBound(want, ready)
+	want = d.holdForDelay(now, want)
+	want, reason = d.graceToZero(now, want, ready, demand, reason)
+	if c := d.cfg; c.MinScale > 0 && want <= c.MinScale {
 		reason = fmt.Sprintf("minScale %d", c.MinScale) // what holds the count
 	}
 	return d.decided(Decision{Desired: d.clamp(want), Panic: panicking, Reason: reason})
+}
+
+// trim drops the samples older than the stable window, the longest
+// window a decision reads.
+func (d *Decider) trim(now time.Time) {
+	for _, w := range []*window{&d.concurrency, &d.waiting, &d.kv, &d.tps, &d.cpu, &d.mem} {
+		w.trim(now, d.cfg.StableWindow)
+	}
+}
+
+// recommendation is the stable and panic windows' recommendations, in
+// whole replicas, with the signal that decided each.
+type recommendation struct {
+	stable, quick             int
+	stableReason, quickReason string
+}
+
+// recommendations reads both windows. A scale-down keeps headroom (see
+// scaleDownHeadroom).
+func (d *Decider) recommendations(now time.Time, ready int) recommendation {
+	panicWindow := time.Duration(float64(d.cfg.StableWindow) * d.cfg.PanicWindowPercent / 100)
+	rawStable, stableReason := d.recommend(now, d.cfg.StableWindow, ready)
+	rawQuick, quickReason := d.recommend(now, panicWindow, ready)
+	r := recommendation{stable: replicas(rawStable), quick: replicas(rawQuick), stableReason: stableReason, quickReason: quickReason}
+	if r.stable < ready && rawStable > 0 {
+		r.stable = min(replicas(rawStable/(1-scaleDownHeadroom)), ready)
+	}
+	return r
+}
+
+// panicking enters panic mode when the short window asks for twice (by
+// default) what is ready, and holds it for a stable window; in panic the
+// count never goes down. It returns the count wanted, the reason and
+// whether the decider panics.
+func (d *Decider) panicking(now time.Time, ready int, r recommendation) (int, string, bool) {
+	c := d.cfg
+	reason := r.stableReason
+	if ready > 0 && float64(r.quick) >= float64(ready)*c.PanicThresholdPercent/100 {
+		if d.panicUntil.Before(now) {
+			reason = "panic: " + r.quickReason
+		}
+		d.panicUntil = now.Add(c.StableWindow)
+	}
+	if !now.Before(d.panicUntil) {
+		return r.stable, reason, false
+	}
+	return max(r.quick, r.stable, ready), "panic: " + r.quickReason, true
+}
+
+// rateBound bounds one decision to ready×MaxScaleUpRate and
+// ready÷MaxScaleDownRate.
+func (d *Decider) rateBound(want, ready int) int {
+	if ready == 0 {
+		return want
+	}
+	up := int(math.Ceil(float64(ready) * d.cfg.MaxScaleUpRate))
+	down := int(math.Floor(float64(ready) / d.cfg.MaxScaleDownRate))
+	return min(max(want, down), up)
+}
+
+// holdForDelay returns the highest recommendation within the scale-down
+// delay.
+func (d *Decider) holdForDelay(now time.Time, want int) int {
+	delay := d.cfg.ScaleDownDelay
+	if delay <= 0 {
+		return want
+	}
+	d.recent = append(d.recent, held{now, want})
+	i := 0
+	for i < len(d.recent) && now.Sub(d.recent[i].at) > delay {
+		i++
+	}
+	d.recent = d.recent[i:]
+	for _, h := range d.recent {
+		want = max(want, h.n)
+	}
+	return want
+}
+
+// graceToZero lets a role go to zero only after the grace period without
+// any demand (replicas still starting included), and never with requests
+// buffered or in flight.
+func (d *Decider) graceToZero(now time.Time, want, ready int, demand bool, reason string) (int, string) {
+	if want != 0 || (ready == 0 && d.last == 0) {
+		return want, reason
+	}
+	if demand || now.Sub(d.lastDemand) < d.cfg.ScaleToZeroGracePeriod {
+		return 1, "waiting for the scale-to-zero grace period"
+	}
+	return 0, "idle for the scale-to-zero grace period"
 }
 
 // replicas rounds a recommendation up (a hair below a whole number counts

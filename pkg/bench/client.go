@@ -130,73 +130,89 @@ func (c *client) do(ctx context.Context, req *Request) (s sample, answer string)
 	if !c.stream || isJSON(resp.Header.Get("Content-Type")) {
 		return c.readWhole(resp, req, start, &s, fail)
 	}
+	return c.readStream(resp, req, start, &s, fail)
+}
 
-	s.streamed = true
-	s.itl = make([]time.Duration, 0, max(req.OutputLen-1, 0))
-	var (
-		sp      openai.EventSplitter
-		text    []byte
-		last    time.Time
-		now     time.Time
-		done    bool
-		errText string
-	)
-	onEvent := func(ev []byte) error {
-		data, ok := openai.EventData(ev)
-		if !ok || done {
-			return nil
-		}
-		if bytes.Equal(data, openai.DoneData) {
-			done = true
-			s.e2e = now.Sub(start)
-			return nil
-		}
-		ch := scanChunk(data, c.chat, req.WantAnswer)
-		if ch.isErr {
-			errText = ch.errMsg
-			return errStop
-		}
-		if ch.content {
-			if s.chunks == 0 {
-				s.ttft = now.Sub(start)
-			} else {
-				s.itl = append(s.itl, now.Sub(last))
-			}
-			last = now
-			s.chunks++
-			text = append(text, ch.text...)
-		}
-		if ch.usage != nil {
-			s.usage = true
-			s.prompt, s.cached, s.output = ch.usage.prompt(), ch.usage.cached(), ch.usage.CompletionTokens
-		}
+// streamMeter measures a streamed response event by event: time to the
+// first content chunk, the gaps between chunks, usage, and the text.
+type streamMeter struct {
+	s          *sample
+	chat       bool
+	wantAnswer bool
+	start      time.Time
+	last, now  time.Time // the previous content chunk; the read in hand
+	text       []byte
+	done       bool   // data: [DONE] arrived
+	errText    string // the error event's message
+}
+
+// event takes one SSE event; errStop on an error event.
+func (m *streamMeter) event(ev []byte) error {
+	data, ok := openai.EventData(ev)
+	if !ok || m.done {
 		return nil
 	}
+	s := m.s
+	if bytes.Equal(data, openai.DoneData) {
+		m.done = true
+		s.e2e = m.now.Sub(m.start)
+		return nil
+	}
+	ch := scanChunk(data, m.chat, m.wantAnswer)
+	if ch.isErr {
+		m.errText = ch.errMsg
+		return errStop
+	}
+	if ch.content {
+		if s.chunks == 0 {
+			s.ttft = m.now.Sub(m.start)
+		} else {
+			s.itl = append(s.itl, m.now.Sub(m.last))
+		}
+		m.last = m.now
+		s.chunks++
+		m.text = append(m.text, ch.text...)
+	}
+	if ch.usage != nil {
+		s.usage = true
+		s.prompt, s.cached, s.output = ch.usage.prompt(), ch.usage.cached(), ch.usage.CompletionTokens
+	}
+	return nil
+}
+
+// readStream handles a streamed (SSE) response up to data: [DONE].
+func (c *client) readStream(resp *http.Response, req *Request, start time.Time, s *sample,
+	fail func(string) (sample, string)) (sample, string) {
+	s.streamed = true
+	s.itl = make([]time.Duration, 0, max(req.OutputLen-1, 0))
+	m := &streamMeter{s: s, chat: c.chat, wantAnswer: req.WantAnswer, start: start}
+	var sp openai.EventSplitter
+	onEvent := m.event
 	bp := c.bufs.Get().(*[]byte)
 	defer c.bufs.Put(bp)
 	buf := *bp
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
-			now = time.Now()
+			m.now = time.Now()
 			if err := sp.Feed(buf[:n], onEvent); err != nil {
-				return fail("stream error event: " + errText)
+				return fail("stream error event: " + m.errText)
 			}
 		}
-		if rerr == io.EOF || (rerr != nil && done) { // nothing after [DONE] matters
+		if rerr == io.EOF || (rerr != nil && m.done) { // nothing after [DONE] matters
 			break
 		}
 		if rerr != nil {
 			return fail(rerr.Error())
 		}
 	}
-	if !done {
+	if !m.done {
 		return fail("stream ended before data: [DONE]")
 	}
 	if !s.usage {
 		s.output = s.chunks
 	}
-	return s, string(text)
+	return *s, string(m.text)
 }
 
 var errStop = errors.New("stop")

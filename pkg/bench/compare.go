@@ -9,7 +9,6 @@ import (
 	"maps"
 	"math"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,10 +88,6 @@ type benchmarkDoc struct {
 	} `json:"spec"`
 }
 
-// docSeparator splits documents exactly as `kvasir local` does, so document
-// numbers agree between its errors and ours.
-var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
-
 // LoadComparison reads and parses a compare file.
 func LoadComparison(path string) (*Comparison, error) {
 	data, err := os.ReadFile(path)
@@ -108,7 +103,9 @@ func LoadComparison(path string) (*Comparison, error) {
 // field at fault.
 func ParseComparison(source string, data []byte) (*Comparison, error) {
 	c := &Comparison{Source: source, fleetDocs: map[int]map[string]any{}}
-	c.docs = docSeparator.Split(string(data), -1)
+	// Split exactly as `kvasir local` does, so document numbers agree
+	// between its errors and ours.
+	c.docs = local.SplitDocuments(data)
 	benchDoc := 0 // 1-based
 	for i, doc := range c.docs {
 		if strings.TrimSpace(doc) == "" {

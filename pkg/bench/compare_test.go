@@ -118,8 +118,8 @@ func TestParseComparisonDefaultsAndOverrides(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, c.Strategies[1].Plugins, fleet[0].Spec.Routing.Plugins)
 	// Document numbers are kept: the ModelService is still document 3.
-	assert.Len(t, docSeparator.Split(string(b), -1), 3)
-	assert.Contains(t, docSeparator.Split(string(b), -1)[2], "kind: ModelService")
+	assert.Len(t, local.SplitDocuments(b), 3)
+	assert.Contains(t, local.SplitDocuments(b)[2], "kind: ModelService")
 }
 
 func TestStrategyEngineOverride(t *testing.T) {

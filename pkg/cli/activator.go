@@ -36,138 +36,227 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 // informers on ModelServices, ModelRevisions and EndpointSlices; otherwise
 // in front of static queue-proxy backends (one model, one revision).
 func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("activator", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfg := activator.DefaultConfig()
-	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
-	model := fs.String("model", "", "model name clients send (required)")
-	cc := fs.Int("container-concurrency", 0, "in-flight limit per backend (0 = unlimited)")
-	level := fs.String("log-level", "info", "log level")
-	profAddr := fs.String("profiling-addr", "", "also serve the admin endpoints (pprof among them) on this address (off when empty; see --admin-addr)")
-	adminAddr := fs.String("admin-addr", "127.0.0.1:9090", "address of the operator endpoints: /metrics, /healthz, /debug/pprof/ (off when empty)")
-	followStats := fs.Bool("follow-stats", true, "follow each backend's queue-proxy stats stream (load and KV events for routing)")
-	routingFlag := fs.String("routing", "", "scheduler plugins as name[:weight],... (default kv-cache-aware:3,least-request:2)")
-	onKube := fs.Bool("kubernetes", false, "route what the cluster's ModelServices say (in-cluster or $KUBECONFIG credentials)")
-	namespace := fs.String("namespace", "", "with --kubernetes: watch only this namespace (default: all)")
-	autoscalerURL := fs.String("autoscaler-url", "ws://autoscaler.kvasir-serving.svc.cluster.local:8080",
-		"with --kubernetes: where to report demand to the autoscaler (empty: do not report)")
-	tokenFile := fs.String("autoscaler-token-file", stats.DefaultTokenFile,
-		"with --kubernetes: file holding the token the autoscaler asks of reports (the mounted Secret "+
-			"kvasir-autoscaler-token); read at each connection")
-	podName := fs.String("pod-name", os.Getenv("POD_NAME"), "this activator's name in its reports (default $POD_NAME, else the host name)")
-	drainTimeout := fs.Duration("drain-timeout", 0,
-		"on SIGTERM, how long in-flight requests and streams may take to finish after the quiet period (0: --request-timeout)")
-	quiet := fs.Duration("drain-quiet-period", time.Second,
-		"on SIGTERM, how long requests are still accepted while /healthz answers 503, so that load balancers stop sending before the listener closes")
-	var backends stringList
-	fs.Var(&backends, "backend", "queue-proxy address host:port (repeatable, at least one; without --kubernetes)")
-	RegisterActivatorFlags(fs, &cfg)
-	limits := httpserver.DefaultLimits()
-	httpserver.RegisterFlags(fs, &limits)
-	if err := fs.Parse(args); err != nil {
-		return UsageError{err.Error()}
-	}
-	if err := limits.Validate(); err != nil {
-		return UsageError{err.Error()}
-	}
-	switch {
-	case *onKube && (len(backends) > 0 || *model != "" || *routingFlag != ""):
-		return UsageError{"--kubernetes: --backend, --model and --routing come from the cluster"}
-	case !*onKube && *model == "":
-		return UsageError{"--model: required"}
-	case !*onKube && len(backends) == 0:
-		return UsageError{"--backend: at least one is required"}
-	}
-	log, err := NewLogger(stderr, *level)
+	f, err := parseActivatorFlags(args, stderr)
 	if err != nil {
 		return err
 	}
-	routing, err := ParseRouting(*routingFlag)
+	log, err := NewLogger(stderr, f.level)
+	if err != nil {
+		return err
+	}
+	routing, err := ParseRouting(f.routing)
 	if err != nil {
 		return UsageError{"--routing: " + err.Error()}
 	}
 	reg := prometheus.NewRegistry()
 	demand := make(chan struct{}, 1) // a request was buffered: report at once
-	act, err := activator.New(cfg, activator.WithLogger(log), activator.WithRegisterer(reg), activator.WithStatsStreams(*followStats),
-		activator.WithLimits(limits, httpserver.NewBudget(limits.BodyBudget)),
+	act, err := newActivator(f, reg, demand, log)
+	if err != nil {
+		return err
+	}
+	defer act.Close()
+	if f.onKube && f.autoscalerURL != "" {
+		startReporting(ctx, f, act, demand, log)
+	}
+	if f.onKube {
+		if err := followCluster(ctx, f.namespace, act, log); err != nil {
+			return err
+		}
+	} else if err := routeStatic(act, f.model, f.cc, routing, f.backends); err != nil {
+		return err
+	}
+	return serveActivator(ctx, f, act, reg, log)
+}
+
+// activatorFlags are the activator's command line.
+type activatorFlags struct {
+	cfg                                              activator.Config
+	limits                                           httpserver.Limits
+	addr, model, level, profAddr, adminAddr, routing string
+	namespace, autoscalerURL, tokenFile, podName     string
+	cc                                               int
+	followStats, onKube                              bool
+	drainTimeout, quiet                              time.Duration
+	backends                                         stringList
+}
+
+// parseActivatorFlags parses and checks the activator's command line.
+func parseActivatorFlags(args []string, stderr io.Writer) (*activatorFlags, error) {
+	fs := flag.NewFlagSet("activator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := &activatorFlags{cfg: activator.DefaultConfig(), limits: httpserver.DefaultLimits()}
+	fs.StringVar(&f.addr, "addr", "127.0.0.1:8080", "listen address")
+	fs.StringVar(&f.model, "model", "", "model name clients send (required)")
+	fs.IntVar(&f.cc, "container-concurrency", 0, "in-flight limit per backend (0 = unlimited)")
+	fs.StringVar(&f.level, "log-level", "info", "log level")
+	fs.StringVar(&f.profAddr, "profiling-addr", "", "also serve the admin endpoints (pprof among them) on this address (off when empty; see --admin-addr)")
+	fs.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:9090", "address of the operator endpoints: /metrics, /healthz, /debug/pprof/ (off when empty)")
+	fs.BoolVar(&f.followStats, "follow-stats", true, "follow each backend's queue-proxy stats stream (load and KV events for routing)")
+	fs.StringVar(&f.routing, "routing", "", "scheduler plugins as name[:weight],... (default kv-cache-aware:3,least-request:2)")
+	fs.BoolVar(&f.onKube, "kubernetes", false, "route what the cluster's ModelServices say (in-cluster or $KUBECONFIG credentials)")
+	fs.StringVar(&f.namespace, "namespace", "", "with --kubernetes: watch only this namespace (default: all)")
+	fs.StringVar(&f.autoscalerURL, "autoscaler-url", "ws://autoscaler.kvasir-serving.svc.cluster.local:8080",
+		"with --kubernetes: where to report demand to the autoscaler (empty: do not report)")
+	fs.StringVar(&f.tokenFile, "autoscaler-token-file", stats.DefaultTokenFile,
+		"with --kubernetes: file holding the token the autoscaler asks of reports (the mounted Secret "+
+			"kvasir-autoscaler-token); read at each connection")
+	fs.StringVar(&f.podName, "pod-name", os.Getenv("POD_NAME"), "this activator's name in its reports (default $POD_NAME, else the host name)")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", 0,
+		"on SIGTERM, how long in-flight requests and streams may take to finish after the quiet period (0: --request-timeout)")
+	fs.DurationVar(&f.quiet, "drain-quiet-period", time.Second,
+		"on SIGTERM, how long requests are still accepted while /healthz answers 503, so that load balancers stop sending before the listener closes")
+	fs.Var(&f.backends, "backend", "queue-proxy address host:port (repeatable, at least one; without --kubernetes)")
+	RegisterActivatorFlags(fs, &f.cfg)
+	httpserver.RegisterFlags(fs, &f.limits)
+	if err := fs.Parse(args); err != nil {
+		return nil, UsageError{err.Error()}
+	}
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// validate checks the limits and that the flags fit the mode: the cluster
+// names models and backends with --kubernetes, the command line otherwise.
+func (f *activatorFlags) validate() error {
+	if err := f.limits.Validate(); err != nil {
+		return UsageError{err.Error()}
+	}
+	switch {
+	case f.onKube && (len(f.backends) > 0 || f.model != "" || f.routing != ""):
+		return UsageError{"--kubernetes: --backend, --model and --routing come from the cluster"}
+	case !f.onKube && f.model == "":
+		return UsageError{"--model: required"}
+	case !f.onKube && len(f.backends) == 0:
+		return UsageError{"--backend: at least one is required"}
+	}
+	return nil
+}
+
+// newActivator builds the activator; a buffered request signals demand.
+func newActivator(f *activatorFlags, reg *prometheus.Registry, demand chan<- struct{}, log *slog.Logger) (*activator.Activator, error) {
+	return activator.New(f.cfg, activator.WithLogger(log), activator.WithRegisterer(reg), activator.WithStatsStreams(f.followStats),
+		activator.WithLimits(f.limits, httpserver.NewBudget(f.limits.BodyBudget)),
 		activator.WithOnDemand(func(fleet.Key) {
 			select {
 			case demand <- struct{}{}:
 			default:
 			}
 		}))
+}
+
+// startReporting reports the activator's demand to the autoscaler until ctx
+// ends.
+func startReporting(ctx context.Context, f *activatorFlags, act *activator.Activator, demand <-chan struct{}, log *slog.Logger) {
+	name := f.podName
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	go stats.Report(ctx, strings.TrimSuffix(f.autoscalerURL, "/"), stats.TokenFile(f.tokenFile), time.Second, demand,
+		func() stats.ActivatorReport { return act.Report(name) }, log)
+}
+
+// followCluster feeds the activator what the cluster's ModelServices,
+// ModelRevisions and EndpointSlices say, until ctx ends.
+func followCluster(ctx context.Context, namespace string, act *activator.Activator, log *slog.Logger) error {
+	restCfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("--kubernetes: %w", err)
+	}
+	sync, err := kube.New(restCfg, act, kube.Options{Namespace: namespace, Logger: log})
 	if err != nil {
 		return err
 	}
-	defer act.Close()
-	if *onKube && *autoscalerURL != "" {
-		name := *podName
-		if name == "" {
-			name, _ = os.Hostname()
+	go func() {
+		if err := sync.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error("following the cluster stopped", slog.Any("error", err))
 		}
-		go stats.Report(ctx, strings.TrimSuffix(*autoscalerURL, "/"), stats.TokenFile(*tokenFile), time.Second, demand,
-			func() stats.ActivatorReport { return act.Report(name) }, log)
+	}()
+	return nil
+}
+
+// routeStatic routes one model, as one revision, to static backends.
+func routeStatic(act *activator.Activator, model string, cc int, routing []v1alpha1.RoutingPlugin, backends []string) error {
+	svc := staticService(model, cc, routing)
+	if err := act.SetServices([]activator.ServiceConfig{svc}); err != nil {
+		return UsageError{"--routing: " + err.Error()}
 	}
-	if *onKube {
-		restCfg, err := ctrl.GetConfig()
-		if err != nil {
-			return fmt.Errorf("--kubernetes: %w", err)
-		}
-		sync, err := kube.New(restCfg, act, kube.Options{Namespace: *namespace, Logger: log})
-		if err != nil {
-			return err
-		}
-		go func() {
-			if err := sync.Run(ctx); err != nil && ctx.Err() == nil {
-				log.Error("following the cluster stopped", slog.Any("error", err))
-			}
-		}()
-	} else {
-		svc := activator.ServiceConfig{Namespace: "default", Name: *model, Model: *model, Routing: routing,
-			Traffic:   []traffic.Target{{Revision: *model + "-static", Percent: 100}},
-			Revisions: []activator.RevisionConfig{{Name: *model + "-static", ContainerConcurrency: *cc}}}
-		if err := act.SetServices([]activator.ServiceConfig{svc}); err != nil {
-			return UsageError{"--routing: " + err.Error()}
-		}
-		eps := make([]fleet.Endpoint, 0, len(backends))
-		for i, b := range backends {
-			if _, _, err := net.SplitHostPort(b); err != nil {
-				return UsageError{fmt.Sprintf("--backend %q: %v", b, err)}
-			}
-			eps = append(eps, fleet.Endpoint{Name: fmt.Sprintf("backend-%d", i), Address: b})
-		}
-		act.SetEndpoints(svc.Key(*model+"-static"), eps)
+	eps, err := staticEndpoints(backends)
+	if err != nil {
+		return err
 	}
+	act.SetEndpoints(svc.Key(staticRevision(model)), eps)
+	return nil
+}
+
+// staticRevision names the one revision of a model served without
+// Kubernetes.
+func staticRevision(model string) string { return model + "-static" }
+
+// staticService is the service of a model served without Kubernetes: one
+// revision takes all its traffic.
+func staticService(model string, cc int, routing []v1alpha1.RoutingPlugin) activator.ServiceConfig {
+	rev := staticRevision(model)
+	return activator.ServiceConfig{Namespace: "default", Name: model, Model: model, Routing: routing,
+		Traffic:   []traffic.Target{{Revision: rev, Percent: 100}},
+		Revisions: []activator.RevisionConfig{{Name: rev, ContainerConcurrency: cc}}}
+}
+
+// staticEndpoints names the --backend addresses backend-0, backend-1, ...
+func staticEndpoints(backends []string) ([]fleet.Endpoint, error) {
+	eps := make([]fleet.Endpoint, 0, len(backends))
+	for i, b := range backends {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			return nil, UsageError{fmt.Sprintf("--backend %q: %v", b, err)}
+		}
+		eps = append(eps, fleet.Endpoint{Name: fmt.Sprintf("backend-%d", i), Address: b})
+	}
+	return eps, nil
+}
+
+// serveActivator serves the API and the admin endpoints until ctx ends,
+// then drains.
+func serveActivator(ctx context.Context, f *activatorFlags, act *activator.Activator, reg *prometheus.Registry, log *slog.Logger) error {
 	public := http.NewServeMux()
 	public.Handle("/v1/", act.Handler())
 	var draining atomic.Bool
 	public.HandleFunc("GET /healthz", drainingHealthz(&draining))
 	admin := httpserver.AdminMux(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	if *profAddr != "" { // before --admin-addr existed; pprof is on the admin listener too
-		pl, err := net.Listen("tcp", *profAddr)
+	if f.profAddr != "" { // before --admin-addr existed; pprof is on the admin listener too
+		psrv, err := serveProfiling(f.profAddr, admin, f.limits, log)
 		if err != nil {
-			return fmt.Errorf("listen --profiling-addr %s: %w", *profAddr, err)
+			return err
 		}
-		psrv := httpserver.New(admin, limits, log)
-		go func() { _ = psrv.Serve(pl) }()
 		defer psrv.Close()
 	}
-	srv, errCh, addrs, err := serve(*addr, public, *adminAddr, admin, limits, log)
+	srv, errCh, addrs, err := serve(f.addr, public, f.adminAddr, admin, f.limits, log)
 	if err != nil {
 		return err
 	}
 	defer srv.admin.Close()
-	log.Info("activator serving", slog.String("addr", addrs.public), slog.String("admin", addrs.admin), slog.String("model", *model), slog.Any("backends", []string(backends)))
+	log.Info("activator serving", slog.String("addr", addrs.public), slog.String("admin", addrs.admin), slog.String("model", f.model), slog.Any("backends", []string(f.backends)))
 	select {
 	case err := <-errCh:
 		return err
 	case <-ctx.Done():
 	}
-	drainTO := *drainTimeout
+	drainTO := f.drainTimeout
 	if drainTO == 0 {
-		drainTO = cfg.RequestTimeout
+		drainTO = f.cfg.RequestTimeout
 	}
-	return drain(srv.public, errCh, &draining, *quiet, drainTO, log)
+	return drain(srv.public, errCh, &draining, f.quiet, drainTO, log)
+}
+
+// serveProfiling serves the admin endpoints on addr too (--profiling-addr).
+func serveProfiling(addr string, admin http.Handler, limits httpserver.Limits, log *slog.Logger) (*http.Server, error) {
+	pl, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen --profiling-addr %s: %w", addr, err)
+	}
+	psrv := httpserver.New(admin, limits, log)
+	go func() { _ = psrv.Serve(pl) }()
+	return psrv, nil
 }
 
 // ParseRouting parses "name[:weight],..." into routing plugins ("" = none,

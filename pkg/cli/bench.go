@@ -60,14 +60,7 @@ func runBenchRun(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return UsageError{err.Error()}
 	}
 	r := cfg.Resolved()
-	shape := "closed loop"
-	if r.Rate > 0 {
-		shape = fmt.Sprintf("%g req/s (%s)", r.Rate, r.Arrival)
-	}
-	limit := "unlimited"
-	if r.MaxConcurrency > 0 {
-		limit = fmt.Sprint(r.MaxConcurrency)
-	}
+	shape, limit := loadShape(r)
 	fmt.Fprintf(stderr, "kvasir bench: %d %s requests (+%d warm-up) to %s, model %s, %s, max concurrency %s\n",
 		r.NumPrompts, r.Workload, r.Warmup, r.Target, r.Model, shape, limit)
 
@@ -97,36 +90,30 @@ func (l *nameList) Set(s string) error {
 	return nil
 }
 
+// loadShape describes a resolved workload's arrivals ("closed loop" or the
+// open loop's rate and process) and its concurrency limit.
+func loadShape(r bench.Config) (shape, limit string) {
+	shape = "closed loop"
+	if r.Rate > 0 {
+		shape = fmt.Sprintf("%g req/s (%s)", r.Rate, r.Arrival)
+	}
+	limit = "unlimited"
+	if r.MaxConcurrency > 0 {
+		limit = fmt.Sprint(r.MaxConcurrency)
+	}
+	return shape, limit
+}
+
 func runBenchCompare(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("kvasir bench compare", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	file := fs.String("f", "", "file with the fleet (ModelService documents) and one Benchmark document (required)")
-	jsonPath := fs.String("json", "", "also write the results as one JSON object to this file")
-	var only nameList
-	fs.Var(&only, "only", "run only this strategy; repeatable, or a comma-separated list (default: all, in file order)")
-	logDir := fs.String("log-dir", "", "directory for each strategy's fleet file and replica logs (default: a temporary directory, removed unless a strategy failed)")
-	verbose := fs.Bool("v", false, "show the platform's logs (default: errors only)")
-	if err := fs.Parse(args); err != nil {
-		return UsageError{err.Error()}
-	}
-	if *file == "" {
-		fs.Usage()
-		return UsageError{"-f: a file with ModelService documents and a Benchmark document is required"}
-	}
-	if fs.NArg() > 0 {
-		return UsageError{"unexpected arguments: " + strings.Join(fs.Args(), " ")}
-	}
-	if *jsonPath != "" {
-		// Fail now rather than after every strategy has run.
-		if st, err := os.Stat(filepath.Dir(*jsonPath)); err != nil || !st.IsDir() {
-			return UsageError{fmt.Sprintf("--json: %s: no such directory", filepath.Dir(*jsonPath))}
-		}
-	}
-	cmp, err := bench.LoadComparison(*file)
+	f, err := parseCompareFlags(args, stderr)
 	if err != nil {
 		return err
 	}
-	strategies, err := cmp.Select(only)
+	cmp, err := bench.LoadComparison(f.file)
+	if err != nil {
+		return err
+	}
+	strategies, err := cmp.Select(f.only)
 	if err != nil {
 		return UsageError{err.Error()}
 	}
@@ -134,31 +121,17 @@ func runBenchCompare(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return fmt.Errorf("locating own binary: %w", err)
 	}
-	level := "error"
-	if *verbose {
-		level = "info"
-	}
-	logger, err := NewLogger(stderr, level)
+	logger, err := NewLogger(stderr, f.logLevel())
 	if err != nil {
 		return err
 	}
-	dir, tempDir := *logDir, false
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "kvasir-compare-"); err != nil {
-			return fmt.Errorf("log dir: %w", err)
-		}
-		tempDir = true
+	dir, tempDir, err := compareDir(f.logDir)
+	if err != nil {
+		return err
 	}
 
 	r := cmp.Config.Resolved()
-	shape := "closed loop"
-	if r.Rate > 0 {
-		shape = fmt.Sprintf("%g req/s (%s)", r.Rate, r.Arrival)
-	}
-	limit := "unlimited"
-	if r.MaxConcurrency > 0 {
-		limit = fmt.Sprint(r.MaxConcurrency)
-	}
+	shape, limit := loadShape(r)
 	fmt.Fprintf(stderr, "kvasir bench compare: %s, %d strateg%s; each: %d %s requests (+%d warm-up), model %s, %s, max concurrency %s; fleets and logs in %s\n",
 		cmp.Name, len(strategies), plural(len(strategies), "y", "ies"), r.NumPrompts, r.Workload, r.Warmup, r.Model, shape, limit, dir)
 
@@ -167,11 +140,75 @@ func runBenchCompare(ctx context.Context, args []string, stdout, stderr io.Write
 		Dir:      dir,
 		Progress: stderr,
 	})
+	return reportComparison(rep, runErr, f.jsonPath, dir, tempDir, stdout, stderr)
+}
+
+// compareFlags are the command line of `kvasir bench compare`.
+type compareFlags struct {
+	file, jsonPath, logDir string
+	only                   nameList
+	verbose                bool
+}
+
+// parseCompareFlags parses and checks the command line of `kvasir bench
+// compare`.
+func parseCompareFlags(args []string, stderr io.Writer) (*compareFlags, error) {
+	fs := flag.NewFlagSet("kvasir bench compare", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := &compareFlags{}
+	fs.StringVar(&f.file, "f", "", "file with the fleet (ModelService documents) and one Benchmark document (required)")
+	fs.StringVar(&f.jsonPath, "json", "", "also write the results as one JSON object to this file")
+	fs.Var(&f.only, "only", "run only this strategy; repeatable, or a comma-separated list (default: all, in file order)")
+	fs.StringVar(&f.logDir, "log-dir", "", "directory for each strategy's fleet file and replica logs (default: a temporary directory, removed unless a strategy failed)")
+	fs.BoolVar(&f.verbose, "v", false, "show the platform's logs (default: errors only)")
+	if err := fs.Parse(args); err != nil {
+		return nil, UsageError{err.Error()}
+	}
+	if f.file == "" {
+		fs.Usage()
+		return nil, UsageError{"-f: a file with ModelService documents and a Benchmark document is required"}
+	}
+	if fs.NArg() > 0 {
+		return nil, UsageError{"unexpected arguments: " + strings.Join(fs.Args(), " ")}
+	}
+	if f.jsonPath != "" {
+		// Fail now rather than after every strategy has run.
+		if st, err := os.Stat(filepath.Dir(f.jsonPath)); err != nil || !st.IsDir() {
+			return nil, UsageError{fmt.Sprintf("--json: %s: no such directory", filepath.Dir(f.jsonPath))}
+		}
+	}
+	return f, nil
+}
+
+// logLevel is the platform's log level: errors only unless -v.
+func (f *compareFlags) logLevel() string {
+	if f.verbose {
+		return "info"
+	}
+	return "error"
+}
+
+// compareDir is --log-dir, or a new temporary directory (temp) when it is
+// empty.
+func compareDir(logDir string) (dir string, temp bool, err error) {
+	if logDir != "" {
+		return logDir, false, nil
+	}
+	if dir, err = os.MkdirTemp("", "kvasir-compare-"); err != nil {
+		return "", false, fmt.Errorf("log dir: %w", err)
+	}
+	return dir, true, nil
+}
+
+// reportComparison prints the comparison's table, writes its JSON, and
+// fails when the run or a strategy did; a temporary directory is removed
+// only when all went well.
+func reportComparison(rep *bench.Report, runErr error, jsonPath, dir string, tempDir bool, stdout, stderr io.Writer) error {
 	if rep == nil {
 		return runErr
 	}
 	rep.WriteTable(stdout)
-	if err := writeJSONFile(*jsonPath, rep.WriteJSON); err != nil {
+	if err := writeJSONFile(jsonPath, rep.WriteJSON); err != nil {
 		return err
 	}
 	if runErr != nil {

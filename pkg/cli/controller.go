@@ -16,6 +16,8 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
 	metricsclient "k8s.io/metrics/pkg/client/clientset/versioned"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -34,66 +36,21 @@ import (
 // ModelRevision reconcilers and the autoscaler in a controller-runtime
 // manager with leader election.
 func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var res resources.Config
-	fs.StringVar(&res.QueueProxyImage, "queue-proxy-image", "", "image of the queue-proxy sidecar (required)")
-	fs.StringVar(&res.SimulatorImage, "simulator-image", "", "image of engine.type sim (required)")
-	baseURL := fs.String("base-url", "http://activator.kvasir-serving.svc.cluster.local/v1", "the activators' OpenAI API base, for status URLs")
-	namespace := fs.String("namespace", "", "watch only this namespace (default: all)")
-	leaderElect := fs.Bool("leader-elect", true, "elect one active controller among replicas")
-	leaderNS := fs.String("leader-election-namespace", "kvasir-serving", "namespace of the leader election lease")
-	metricsAddr := fs.String("metrics-addr", ":9090", "Prometheus metrics address (0 = off)")
-	probeAddr := fs.String("health-probe-addr", ":8081", "/healthz and /readyz address")
-	keep := fs.Int("keep-revisions", 2, "unreferenced revisions kept per service for rollback")
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	autoscalerAddr := fs.String("autoscaler-addr", ":8080", "where the leader's autoscaler receives the activators' reports")
-	autoscalerSvc := fs.String("autoscaler-service", "autoscaler",
-		"selector-less Service (in --leader-election-namespace) whose endpoint the leader sets to $POD_IP (empty: none)")
-	tick := fs.Duration("autoscaler-tick", time.Second, "the autoscaler's decision period")
-	resourceMetrics := fs.Duration("resource-metrics-interval", autoscaling.DefaultResourceMetricsInterval,
-		"how often the autoscaler reads pods' CPU and memory from metrics.k8s.io (0 = never)")
-	if err := fs.Parse(args); err != nil {
-		return UsageError{err.Error()}
+	f, err := parseControllerFlags(args, stderr)
+	if err != nil {
+		return err
 	}
-	var missing []string
-	if res.QueueProxyImage == "" {
-		missing = append(missing, "--queue-proxy-image")
-	}
-	if res.SimulatorImage == "" {
-		missing = append(missing, "--simulator-image")
-	}
-	if len(missing) > 0 {
-		return UsageError{strings.Join(missing, ", ") + ": required"}
-	}
-	if *keep < 0 {
-		return UsageError{"--keep-revisions: must be >= 0"}
-	}
-	log, err := NewLogger(stderr, *level)
+	log, err := NewLogger(stderr, f.level)
 	if err != nil {
 		return err
 	}
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
-
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+	scheme, err := newScheme()
+	if err != nil {
 		return err
 	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		return err
-	}
-	opts := ctrl.Options{
-		Scheme:                  scheme,
-		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
-		HealthProbeBindAddress:  *probeAddr,
-		LeaderElection:          *leaderElect,
-		LeaderElectionID:        "kvasir-controller",
-		LeaderElectionNamespace: *leaderNS,
-	}
-	opts.Cache = reconciler.CacheOptions(*namespace)
-	res.SystemNamespace = *leaderNS
 	restCfg := ctrl.GetConfigOrDie()
-	mgr, err := ctrl.NewManager(restCfg, opts)
+	mgr, err := ctrl.NewManager(restCfg, f.managerOptions(scheme))
 	if err != nil {
 		return err
 	}
@@ -103,49 +60,169 @@ func ControllerMain(ctx context.Context, args []string, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("API client: %w", err)
 	}
-	token, err := autoscaling.EnsureToken(ctx, direct, *leaderNS)
+	token, err := autoscaling.EnsureToken(ctx, direct, f.leaderNS)
 	if err != nil {
 		return err
 	}
 	recorder := mgr.GetEventRecorder("kvasir-controller")
-	if err := (&modelservice.Reconciler{Client: mgr.GetClient(), Events: recorder, BaseURL: *baseURL,
-		KeepRevisions: *keep}).SetupWithManager(mgr); err != nil {
+	if err := f.setupReconcilers(mgr, recorder); err != nil {
 		return err
 	}
-	if err := (&revision.Reconciler{Client: mgr.GetClient(), Events: recorder, Resources: res}).SetupWithManager(mgr); err != nil {
+	as, err := f.newAutoscaler(mgr, restCfg, recorder, token, log)
+	if err != nil {
 		return err
 	}
+	if err := addToManager(mgr, as); err != nil {
+		return err
+	}
+	log.Info("controller starting", slog.Bool("leaderElect", f.leaderElect), slog.String("namespace", f.namespace))
+	return mgr.Start(ctx)
+}
+
+// controllerFlags are the controller's command line.
+type controllerFlags struct {
+	res                                 resources.Config
+	baseURL, namespace, leaderNS, level string
+	metricsAddr, probeAddr              string
+	autoscalerAddr, autoscalerSvc       string
+	leaderElect                         bool
+	keep                                int
+	tick, resourceMetrics               time.Duration
+}
+
+// parseControllerFlags parses and checks the controller's command line.
+func parseControllerFlags(args []string, stderr io.Writer) (*controllerFlags, error) {
+	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := &controllerFlags{}
+	fs.StringVar(&f.res.QueueProxyImage, "queue-proxy-image", "", "image of the queue-proxy sidecar (required)")
+	fs.StringVar(&f.res.SimulatorImage, "simulator-image", "", "image of engine.type sim (required)")
+	fs.StringVar(&f.baseURL, "base-url", "http://activator.kvasir-serving.svc.cluster.local/v1", "the activators' OpenAI API base, for status URLs")
+	fs.StringVar(&f.namespace, "namespace", "", "watch only this namespace (default: all)")
+	fs.BoolVar(&f.leaderElect, "leader-elect", true, "elect one active controller among replicas")
+	fs.StringVar(&f.leaderNS, "leader-election-namespace", "kvasir-serving", "namespace of the leader election lease")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", ":9090", "Prometheus metrics address (0 = off)")
+	fs.StringVar(&f.probeAddr, "health-probe-addr", ":8081", "/healthz and /readyz address")
+	fs.IntVar(&f.keep, "keep-revisions", 2, "unreferenced revisions kept per service for rollback")
+	fs.StringVar(&f.level, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&f.autoscalerAddr, "autoscaler-addr", ":8080", "where the leader's autoscaler receives the activators' reports")
+	fs.StringVar(&f.autoscalerSvc, "autoscaler-service", "autoscaler",
+		"selector-less Service (in --leader-election-namespace) whose endpoint the leader sets to $POD_IP (empty: none)")
+	fs.DurationVar(&f.tick, "autoscaler-tick", time.Second, "the autoscaler's decision period")
+	fs.DurationVar(&f.resourceMetrics, "resource-metrics-interval", autoscaling.DefaultResourceMetricsInterval,
+		"how often the autoscaler reads pods' CPU and memory from metrics.k8s.io (0 = never)")
+	if err := fs.Parse(args); err != nil {
+		return nil, UsageError{err.Error()}
+	}
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	f.res.SystemNamespace = f.leaderNS
+	return f, nil
+}
+
+// validate checks that the images are given and --keep-revisions is not
+// negative.
+func (f *controllerFlags) validate() error {
+	var missing []string
+	if f.res.QueueProxyImage == "" {
+		missing = append(missing, "--queue-proxy-image")
+	}
+	if f.res.SimulatorImage == "" {
+		missing = append(missing, "--simulator-image")
+	}
+	if len(missing) > 0 {
+		return UsageError{strings.Join(missing, ", ") + ": required"}
+	}
+	if f.keep < 0 {
+		return UsageError{"--keep-revisions: must be >= 0"}
+	}
+	return nil
+}
+
+// newScheme is the scheme of the Kubernetes types and Kvasir's.
+func newScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	return scheme, nil
+}
+
+// managerOptions are the manager's metrics, probes, leader election and
+// cache.
+func (f *controllerFlags) managerOptions(scheme *runtime.Scheme) ctrl.Options {
+	opts := ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: f.metricsAddr},
+		HealthProbeBindAddress:  f.probeAddr,
+		LeaderElection:          f.leaderElect,
+		LeaderElectionID:        "kvasir-controller",
+		LeaderElectionNamespace: f.leaderNS,
+	}
+	opts.Cache = reconciler.CacheOptions(f.namespace)
+	return opts
+}
+
+// setupReconcilers registers the ModelService and ModelRevision
+// reconcilers.
+func (f *controllerFlags) setupReconcilers(mgr ctrl.Manager, recorder events.EventRecorder) error {
+	if err := (&modelservice.Reconciler{Client: mgr.GetClient(), Events: recorder, BaseURL: f.baseURL,
+		KeepRevisions: f.keep}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	return (&revision.Reconciler{Client: mgr.GetClient(), Events: recorder, Resources: f.res}).SetupWithManager(mgr)
+}
+
+// newAutoscaler builds the autoscaler: it reads resource metrics when
+// asked to, and points its Service at this pod when it leads.
+func (f *controllerFlags) newAutoscaler(mgr ctrl.Manager, restCfg *rest.Config, recorder events.EventRecorder, token []byte,
+	log *slog.Logger) (*autoscaling.Autoscaler, error) {
 	as := &autoscaling.Autoscaler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Events: recorder, Log: log.With(slog.String("component", "autoscaler")),
-		Registerer: ctrlmetrics.Registry, Addr: *autoscalerAddr, Tick: *tick, ReportToken: token}
-	if *resourceMetrics > 0 {
+		Registerer: ctrlmetrics.Registry, Addr: f.autoscalerAddr, Tick: f.tick, ReportToken: token}
+	if f.resourceMetrics > 0 {
 		mc, err := metricsclient.NewForConfig(restCfg)
 		if err != nil {
-			return fmt.Errorf("metrics.k8s.io client: %w", err)
+			return nil, fmt.Errorf("metrics.k8s.io client: %w", err)
 		}
-		as.ResourceMetrics, as.ResourceMetricsInterval = mc.MetricsV1beta1(), *resourceMetrics
+		as.ResourceMetrics, as.ResourceMetricsInterval = mc.MetricsV1beta1(), f.resourceMetrics
 	}
-	if ip := os.Getenv("POD_IP"); *autoscalerSvc != "" && ip != "" {
-		_, port, err := net.SplitHostPort(*autoscalerAddr)
+	if ip := os.Getenv("POD_IP"); f.autoscalerSvc != "" && ip != "" {
+		ep, err := leaderEndpoint(f.autoscalerAddr, f.leaderNS, f.autoscalerSvc, ip)
 		if err != nil {
-			return UsageError{fmt.Sprintf("--autoscaler-addr %q: %v", *autoscalerAddr, err)}
+			return nil, err
 		}
-		p, err := strconv.Atoi(port)
-		if err != nil {
-			return UsageError{fmt.Sprintf("--autoscaler-addr %q: port: %v", *autoscalerAddr, err)}
-		}
-		as.Endpoint = &autoscaling.LeaderEndpoint{Namespace: *leaderNS, Service: *autoscalerSvc, IP: ip, Port: int32(p), PortName: "http"}
-	} else if *autoscalerSvc != "" {
-		log.Warn("POD_IP is not set: the activators reach this autoscaler only if the Service selects it", slog.String("service", *autoscalerSvc))
+		as.Endpoint = ep
+	} else if f.autoscalerSvc != "" {
+		log.Warn("POD_IP is not set: the activators reach this autoscaler only if the Service selects it", slog.String("service", f.autoscalerSvc))
 	}
+	return as, nil
+}
+
+// leaderEndpoint is the endpoint the leader gives the autoscaler's Service:
+// this pod's IP and the port of --autoscaler-addr.
+func leaderEndpoint(addr, namespace, service, ip string) (*autoscaling.LeaderEndpoint, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, UsageError{fmt.Sprintf("--autoscaler-addr %q: %v", addr, err)}
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, UsageError{fmt.Sprintf("--autoscaler-addr %q: port: %v", addr, err)}
+	}
+	return &autoscaling.LeaderEndpoint{Namespace: namespace, Service: service, IP: ip, Port: int32(p), PortName: "http"}, nil
+}
+
+// addToManager adds the autoscaler and the health and readiness checks.
+func addToManager(mgr ctrl.Manager, as *autoscaling.Autoscaler) error {
 	if err := mgr.Add(as); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", func(*http.Request) error { return nil }); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("ping", func(*http.Request) error { return nil }); err != nil {
-		return err
-	}
-	log.Info("controller starting", slog.Bool("leaderElect", *leaderElect), slog.String("namespace", *namespace))
-	return mgr.Start(ctx)
+	return mgr.AddReadyzCheck("ping", func(*http.Request) error { return nil })
 }

@@ -86,6 +86,17 @@ type VariantScaler interface {
 // Watcher reports the ready endpoints of a replica set. fn is called with the
 // full current set at once and after every change, never concurrently for
 // one watch; stop ends the watch.
+//
+// What every implementation guarantees:
+//   - fn gets the whole set each time, first the set as it is when the watch
+//     starts (possibly after Watch has returned), then after changes;
+//   - never an older set after a newer one: sets that change faster than fn
+//     returns may be skipped, the latest is delivered while the watch lasts;
+//   - fn is not called under the implementation's locks, nor on the
+//     goroutine of a Scale: it may call the runtime and take locks that
+//     callers of the runtime hold;
+//   - stop waits for a call of fn under way, and no call starts after it
+//     returns; so stop must not be called from fn.
 type Watcher interface {
 	Watch(key Key, fn func(ready []Endpoint)) (stop func())
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kvasir-serving/kvasir/pkg/testing/runtest"
 )
 
 const timeout = 10 * time.Second
@@ -65,17 +67,7 @@ func subscribe(t *testing.T, endpoint, topic string, opts ...Option) (*Subscribe
 		WithGapHandler(func(topic string, from, to uint64) { send(fmt.Sprintf("gap %s %d-%d", topic, from, to)) }),
 	}, opts...)
 	s := NewSubscriber(endpoint, topic, func(b Batch) { send(b) }, opts...)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(timeout):
-			t.Error("Run did not return")
-		}
-	})
+	runtest.Go(t, ctx, cancel, timeout, "Run", s.Run)
 	return s, seen
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/api/equality"
 
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -58,7 +59,7 @@ func FuzzLoad(f *testing.F) {
 			again := ms.DeepCopy()
 			again.SetDefaults()
 			require.True(t, equality.Semantic.DeepEqual(ms, again), "defaults are not a fixed point")
-			targets, err := traffic.Resolve(ms.Spec.Traffic, revisionName(ms.Name, 1), func(string) bool { return true })
+			targets, err := traffic.Resolve(ms.Spec.Traffic, v1alpha1.RevisionName(ms.Name, 1), func(string) bool { return true })
 			require.NoError(t, err)
 			_, err = traffic.New(targets)
 			require.NoError(t, err, "%+v", ms.Spec.Traffic)

@@ -14,6 +14,14 @@ import (
 
 var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
 
+// SplitDocuments splits a YAML stream into its documents at the lines that
+// are "---" (trailing blanks allowed), as LoadFile reads a file. Empty
+// documents are kept so that the index of a document gives its number in
+// errors (index+1).
+func SplitDocuments(data []byte) []string {
+	return docSeparator.Split(string(data), -1)
+}
+
 // LoadFile reads ModelService documents (several per file, separated by
 // "---"), defaults and validates them. Documents of other API groups are
 // skipped; errors name the document and the field.
@@ -30,7 +38,7 @@ func Load(source string, data []byte) ([]*v1alpha1.ModelService, error) {
 	var out []*v1alpha1.ModelService
 	names := map[string]int{}
 	models := map[string]string{}
-	for i, doc := range docSeparator.Split(string(data), -1) {
+	for i, doc := range SplitDocuments(data) {
 		if len(bytes.TrimSpace([]byte(doc))) == 0 {
 			continue
 		}

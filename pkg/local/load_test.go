@@ -95,3 +95,9 @@ spec:
 	require.Contains(t, buf.String(), "field=spec.template.roles.prefill.scaling.target.memoryGiB")
 	require.Equal(t, 2, strings.Count(buf.String(), "level=WARN"))
 }
+
+func TestSplitDocuments(t *testing.T) {
+	docs := SplitDocuments([]byte("a: 1\n---\n--- \t\nb: 2\n----\nc: 3\n  ---\n---"))
+	require.Equal(t, []string{"a: 1\n", "\n", "\nb: 2\n----\nc: 3\n  ---\n", ""}, docs,
+		"only whole lines of --- (trailing blanks allowed) separate; empty documents count")
+}

@@ -116,29 +116,17 @@ type Platform struct {
 	svcMu    sync.Mutex
 	services map[string]*serviceState
 	applied  []*v1alpha1.ModelService // the documents last applied
+
+	// ready carries revisions that became ready from the runtime's
+	// callbacks to the goroutine of runReadyLoop.
+	ready *readyQueue
 }
 
 // Run starts the platform and serves until ctx is cancelled, then stops
 // accepting, lets in-flight requests finish, and stops every replica.
 func Run(ctx context.Context, opts Options) error {
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.ScaleInterval == 0 {
-		opts.ScaleInterval = time.Second
-	}
-	if opts.Limits == (httpserver.Limits{}) {
-		opts.Limits = httpserver.DefaultLimits()
-	}
-	if err := opts.Limits.Validate(); err != nil {
+	if err := opts.setDefaults(); err != nil {
 		return err
-	}
-	if len(opts.Self) == 0 {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("locating own binary: %w", err)
-		}
-		opts.Self = []string{exe}
 	}
 	svcs, err := LoadFile(opts.File)
 	if err != nil {
@@ -153,63 +141,105 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	pctx, stopAll := context.WithCancel(ctx)
 	defer stopAll()
-	p := &Platform{opts: opts, ctx: pctx, log: opts.Logger, reg: prometheus.NewRegistry(),
-		services: map[string]*serviceState{}}
+	p, err := newPlatform(pctx, opts)
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	stopReady := p.runReadyLoop()
+	defer stopReady()
+	if err := p.reconcile(svcs); err != nil {
+		return err
+	}
+	return p.serve(ctx, len(svcs))
+}
+
+// setDefaults fills the options' unset fields and checks them.
+func (o *Options) setDefaults() error {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.ScaleInterval == 0 {
+		o.ScaleInterval = time.Second
+	}
+	if o.Limits == (httpserver.Limits{}) {
+		o.Limits = httpserver.DefaultLimits()
+	}
+	if err := o.Limits.Validate(); err != nil {
+		return err
+	}
+	if len(o.Self) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("locating own binary: %w", err)
+		}
+		o.Self = []string{exe}
+	}
+	if o.Activators == 0 {
+		o.Activators = 1
+	}
+	if o.Activators < 0 {
+		return fmt.Errorf("activators: must be >= 1, got %d", o.Activators)
+	}
+	return nil
+}
+
+// newPlatform builds the platform's parts: the process runtime, the
+// activators and the scaler; close releases them.
+func newPlatform(ctx context.Context, opts Options) (*Platform, error) {
+	p := &Platform{opts: opts, ctx: ctx, log: opts.Logger, reg: prometheus.NewRegistry(),
+		services: map[string]*serviceState{}, ready: newReadyQueue()}
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var inv *autoscaler.Inventory
 	pcfg := process.Config{QueueProxy: append(append([]string(nil), opts.Self...), "queue-proxy"), LogDir: opts.LogDir}
 	if opts.Accelerators != "" {
+		var err error
 		if inv, err = autoscaler.ParseInventory(opts.Accelerators); err != nil {
-			return fmt.Errorf("accelerators: %w", err)
+			return nil, fmt.Errorf("accelerators: %w", err)
 		}
 		p.devices = &devices{inv: inv, variants: map[fleet.Key][]autoscaler.Variant{}}
 		pcfg.Devices = p.devices
 	}
 	rt, err := process.New(pcfg, opts.Logger)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p.runtime = rt
-	defer rt.Close()
-	if opts.Activators == 0 {
-		opts.Activators = 1
-	}
-	if opts.Activators < 0 {
-		return fmt.Errorf("activators: must be >= 1, got %d", opts.Activators)
-	}
 	budget := httpserver.NewBudget(opts.Limits.BodyBudget) // one process, one budget for its activators
 	act, err := newActivators(opts.Activators, opts.Activator, p.reg, activator.WithLogger(opts.Logger),
 		activator.WithLimits(opts.Limits, budget),
 		activator.WithOnDemand(func(k fleet.Key) { p.scaler.poke(k) }))
 	if err != nil {
-		return err
+		rt.Close()
+		return nil, err
 	}
 	p.act = act
-	defer act.Close()
 	p.scaler = newScaler(opts.Logger, act, rt, opts.ScaleInterval, inv)
 	p.reg.MustRegister(&replicaCollector{p: p})
+	return p, nil
+}
 
-	if err := p.reconcile(svcs); err != nil {
-		return err
-	}
+// close stops the activators, then every replica.
+func (p *Platform) close() {
+	p.act.Close()
+	p.runtime.Close()
+}
 
+// serve serves the public and admin listeners, scales and follows the file
+// until ctx ends, then drains.
+func (p *Platform) serve(ctx context.Context, services int) error {
+	opts := p.opts
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", opts.Addr, err)
 	}
 	srv := httpserver.New(p.Handler(), opts.Limits, p.log)
-	adminAddr := ""
-	if opts.AdminAddr != "" {
-		aln, err := net.Listen("tcp", opts.AdminAddr)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("listen admin-addr %s: %w", opts.AdminAddr, err)
-		}
-		adminAddr = aln.Addr().String()
-		asrv := httpserver.New(p.AdminHandler(), opts.Limits, p.log)
-		go func() { _ = asrv.Serve(aln) }()
-		defer asrv.Close()
+	adminAddr, closeAdmin, err := p.serveAdmin()
+	if err != nil {
+		ln.Close()
+		return err
 	}
+	defer closeAdmin()
 	sctx, stopScaler := context.WithCancel(ctx)
 	defer stopScaler()
 	go p.scaler.run(sctx)
@@ -217,7 +247,7 @@ func Run(ctx context.Context, opts Options) error {
 	errCh := make(chan error, 1)
 	go func() { errCh <- srv.Serve(httpserver.Listen(ln, opts.Limits.MaxConnections)) }()
 	p.log.Info("kvasir local is serving", slog.String("addr", ln.Addr().String()), slog.String("admin", adminAddr),
-		slog.String("file", opts.File), slog.Int("services", len(svcs)), slog.String("logs", opts.LogDir))
+		slog.String("file", opts.File), slog.Int("services", services), slog.String("logs", opts.LogDir))
 	if opts.OnListen != nil {
 		opts.OnListen(ln.Addr().String())
 	}
@@ -229,8 +259,32 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
+	p.shutdown(srv)
+	stopScaler()
+	p.log.Info("stopping replicas")
+	return nil
+}
+
+// serveAdmin serves the operator endpoints on opts.AdminAddr, if set; it
+// returns the bound address ("" when not served) and what stops them.
+func (p *Platform) serveAdmin() (addr string, stop func(), err error) {
+	if p.opts.AdminAddr == "" {
+		return "", func() {}, nil
+	}
+	aln, err := net.Listen("tcp", p.opts.AdminAddr)
+	if err != nil {
+		return "", nil, fmt.Errorf("listen admin-addr %s: %w", p.opts.AdminAddr, err)
+	}
+	asrv := httpserver.New(p.AdminHandler(), p.opts.Limits, p.log)
+	go func() { _ = asrv.Serve(aln) }()
+	return aln.Addr().String(), func() { asrv.Close() }, nil
+}
+
+// shutdown stops accepting and lets in-flight requests and streams finish,
+// for at most opts.DrainTimeout (default 30s).
+func (p *Platform) shutdown(srv *http.Server) {
 	p.log.Info("shutting down: finishing in-flight requests")
-	drainTimeout := opts.DrainTimeout
+	drainTimeout := p.opts.DrainTimeout
 	if drainTimeout <= 0 {
 		drainTimeout = 30 * time.Second
 	}
@@ -239,9 +293,6 @@ func Run(ctx context.Context, opts Options) error {
 	if err := srv.Shutdown(shutCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		p.log.Warn("shutdown", slog.Any("error", err))
 	}
-	stopScaler()
-	p.log.Info("stopping replicas")
-	return nil
 }
 
 // startRole runs one replica set of a revision: its role's scaling, and
@@ -282,9 +333,9 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 		return nil, fmt.Errorf("ModelService %q: spec.template.scaling: %w", ms.Name, err)
 	}
 	decider.Decide(time.Now(), 0, 0, 0) // the initial-scale decision, taken here
-	t := &scaleTarget{key: key, decider: decider, variants: autoscaler.VariantsOf(&ms.Spec.Template)}
+	t := newScaleTarget(key, decider, autoscaler.VariantsOf(&ms.Spec.Template))
 	if key.Role == fleet.RolePrefill {
-		t.ratio = autoscaler.RatioOf(ms.Spec.Template.Roles)
+		t.role.Ratio = autoscaler.RatioOf(ms.Spec.Template.Roles)
 	}
 	if p.devices != nil {
 		p.devices.setVariants(key, t.variants)
@@ -293,7 +344,7 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 	if err := p.runtime.ScaleVariants(context.Background(), key, counts); err != nil {
 		return nil, err
 	}
-	t.counts, t.desired = counts, placed.Total()
+	t.counts, t.role.Placed = counts, placed.Total()
 	p.scaler.add(t)
 	p.mu.Lock()
 	p.revs = append(p.revs, rs)

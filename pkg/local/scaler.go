@@ -1,12 +1,11 @@
 package local
 
 import (
-	"cmp"
 	"context"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/activator"
@@ -24,26 +23,27 @@ type loadSource interface {
 
 // scaleTarget is one replica set under the autoscaler.
 type scaleTarget struct {
-	key     fleet.Key
-	decider *autoscaler.Decider
-	desired int            // the sum of counts
-	counts  map[string]int // replicas per accelerator variant
-
-	rate autoscaler.TokenRate
+	role   *autoscaler.Role
+	counts map[string]int // replicas per accelerator variant, as last applied
 
 	// variants are where a replica can run, cheapest first (one unnamed
-	// variant without accelerator variants); unplaceable is how many
-	// replicas the decider wanted beyond what the inventory holds.
-	variants    []autoscaler.Variant
-	unplaceable int
-	message     string // the last unplaceable message, "" when all fit
+	// variant without accelerator variants).
+	variants []autoscaler.Variant
 
-	// ratio bounds a prefill role by its decode role (nil: unbounded).
-	ratio *autoscaler.Ratio
+	// unplaceable mirrors role.Unplaceable for readers outside the pass
+	// (/kvasir/replicas, metrics), who must not wait for one.
+	unplaceable atomic.Int64
 }
 
-// scaler runs the autoscaler's decider for every replica set of local
-// mode: on a tick, and at once when a request is buffered (the poke).
+// newScaleTarget makes a replica set's target.
+func newScaleTarget(key fleet.Key, d *autoscaler.Decider, variants []autoscaler.Variant) *scaleTarget {
+	return &scaleTarget{role: &autoscaler.Role{Key: key, Decider: d}, variants: variants}
+}
+
+// scaler runs the autoscaler's pass over every replica set of local mode:
+// on a tick, and at once when a request is buffered (the poke). It is the
+// pass's Observer (the activators' loads) and Reporter (logs); the
+// inventory is its Capacity and the process runtime applies placements.
 type scaler struct {
 	log    *slog.Logger
 	loads  loadSource
@@ -53,38 +53,55 @@ type scaler struct {
 
 	inv *autoscaler.Inventory // nil: accelerators are not counted
 
+	// passMu serialises passes and owns the targets' state (role, counts)
+	// while one runs; remove takes it too, so a replica set removed is
+	// never scaled again. mu guards the targets map alone and is never
+	// held across I/O: a pass starting or stopping processes blocks neither
+	// add, nor poke, nor the readers of unplaceable.
+	passMu  sync.Mutex
 	mu      sync.Mutex
 	targets map[fleet.Key]*scaleTarget
 }
+
+var (
+	_ autoscaler.Observer = (*scaler)(nil)
+	_ autoscaler.Reporter = (*scaler)(nil)
+)
 
 func newScaler(log *slog.Logger, loads loadSource, f fleet.VariantScaler, tick time.Duration, inv *autoscaler.Inventory) *scaler {
 	return &scaler{log: log, loads: loads, fleet: f, tick: tick, pokeCh: make(chan struct{}, 1),
 		targets: map[fleet.Key]*scaleTarget{}, inv: inv}
 }
 
-// place spreads n replicas of t over its variants by cost and the free
-// accelerators, recording what does not fit.
-func (s *scaler) place(t *scaleTarget, n int) (map[string]int, autoscaler.Placement) {
-	vs := slices.Clone(t.variants)
-	var free map[string]int
-	if s.inv != nil {
-		free = s.inv.Free()
+// capacity is what the pass places on: the inventory's free devices, or
+// nothing counted.
+func (s *scaler) capacity() autoscaler.Capacity {
+	if s.inv == nil {
+		return autoscaler.Pool{}
 	}
+	return s.inv
+}
+
+// variants are t's variants with the replicas on each now.
+func (s *scaler) variants(t *scaleTarget) []autoscaler.Variant {
+	vs := slices.Clone(t.variants)
 	for i := range vs {
 		vs[i].Current = t.counts[vs[i].Name]
 		if s.inv == nil {
 			vs[i].Need = nil // accelerators are not counted
 		}
 	}
-	p := autoscaler.Place(vs, free, n)
-	t.unplaceable = p.Unplaceable
-	counts := make(map[string]int, len(vs))
-	for i, v := range vs {
-		if p.Counts[i] > 0 {
-			counts[v.Name] = p.Counts[i]
-		}
-	}
-	return counts, p
+	return vs
+}
+
+// place spreads n replicas of t over its variants by cost and the free
+// accelerators, recording what does not fit.
+func (s *scaler) place(t *scaleTarget, n int) (map[string]int, autoscaler.Placement) {
+	vs := s.variants(t)
+	p := autoscaler.Place(vs, s.capacity().Free(), n)
+	t.role.Unplaceable = p.Unplaceable
+	t.unplaceable.Store(int64(p.Unplaceable))
+	return autoscaler.CountsOf(vs, p), p
 }
 
 // unplaceable reports the replicas of key that did not fit.
@@ -92,18 +109,20 @@ func (s *scaler) unplaceable(key fleet.Key) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t, ok := s.targets[key]; ok {
-		return t.unplaceable
+		return int(t.unplaceable.Load())
 	}
 	return 0
 }
 
 func (s *scaler) add(t *scaleTarget) {
 	s.mu.Lock()
-	s.targets[t.key] = t
+	s.targets[t.role.Key] = t
 	s.mu.Unlock()
 }
 
 func (s *scaler) remove(key fleet.Key) {
+	s.passMu.Lock() // a pass under way finishes first
+	defer s.passMu.Unlock()
 	s.mu.Lock()
 	delete(s.targets, key)
 	s.mu.Unlock()
@@ -131,57 +150,74 @@ func (s *scaler) run(ctx context.Context) {
 	}
 }
 
+// decideAll runs one pass.
 func (s *scaler) decideAll(ctx context.Context, now time.Time) {
+	s.passMu.Lock()
+	defer s.passMu.Unlock()
+	pass := autoscaler.Pass{Observer: s, Capacity: s.capacity(), Scaler: s.fleet, Reporter: s}
+	_, _ = pass.Run(ctx, now) // Observe does not fail; apply errors are logged by Placed
+}
+
+// Observe implements autoscaler.Observer: every replica set the
+// activators know. The caller holds s.passMu.
+func (s *scaler) Observe(_ context.Context, _ time.Time) ([]autoscaler.Observed, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	want := make(map[fleet.Key]autoscaler.Decision, len(s.targets))
+	targets := make([]*scaleTarget, 0, len(s.targets))
 	for _, t := range s.targets {
-		load, ok := s.loads.Load(t.key)
+		targets = append(targets, t)
+	}
+	s.mu.Unlock()
+	out := make([]autoscaler.Observed, 0, len(targets))
+	for _, t := range targets {
+		key := t.role.Key
+		load, ok := s.loads.Load(key)
 		if !ok {
 			continue
 		}
-		sig := t.rate.Observe(load.InFlight, load.Buffered, s.loads.PodStats(t.key), now)
-		t.decider.Record(now, sig)
-		want[t.key] = t.decider.Decide(now, load.Ready, float64(load.Buffered), float64(load.InFlight))
+		out = append(out, autoscaler.Observed{Role: t.role, Observation: autoscaler.Observation{
+			Ready: load.Ready, InFlight: load.InFlight, Buffered: load.Buffered,
+			Pods: s.loads.PodStats(key), Variants: s.variants(t)}})
 	}
-	s.couplePrefill(want)
-	order := slices.SortedFunc(maps.Keys(want), func(a, b fleet.Key) int {
-		pa := autoscaler.Priority(s.targets[a].desired, want[a].Desired)
-		pb := autoscaler.Priority(s.targets[b].desired, want[b].Desired)
-		return cmp.Or(cmp.Compare(pa, pb), cmp.Compare(a.String(), b.String()))
-	})
-	for _, key := range order {
-		s.apply(ctx, s.targets[key], want[key])
+	return out, nil
+}
+
+// Decided implements autoscaler.Reporter.
+func (s *scaler) Decided(*autoscaler.Role, autoscaler.Signals, autoscaler.Decision) {}
+
+// Placing implements autoscaler.Reporter: what does not fit is said once
+// per change, and a change is logged before it is applied.
+func (s *scaler) Placing(res *autoscaler.Result) {
+	if t := s.target(res.Role.Key); t != nil {
+		t.unplaceable.Store(int64(res.Placement.Unplaceable))
+	}
+	key := res.Role.Key.String()
+	if res.NewMessage {
+		s.log.Warn("not enough accelerators for the replicas the autoscaler wants", slog.String("replicaSet", key),
+			slog.Int("wanted", res.Decision.Desired), slog.Int("placeable", res.Placement.Total()), slog.Any("missing", res.Placement.Missing))
+	}
+	if res.Changed {
+		s.log.Info("autoscaler", slog.String("replicaSet", key), slog.Int("from", res.From),
+			slog.Int("to", res.Placement.Total()), slog.Any("variants", res.Counts), slog.Bool("panic", res.Decision.Panic),
+			slog.String("reason", res.Decision.Reason))
 	}
 }
 
-// apply places a decision on the variants and scales to it.
-func (s *scaler) apply(ctx context.Context, t *scaleTarget, dec autoscaler.Decision) {
-	counts, p := s.place(t, dec.Desired)
-	if msg := p.Message(); msg != t.message { // said once per change, not every decision
-		if msg != "" {
-			s.log.Warn("not enough accelerators for the replicas the autoscaler wants", slog.String("replicaSet", t.key.String()),
-				slog.Int("wanted", dec.Desired), slog.Int("placeable", p.Total()), slog.Any("missing", p.Missing))
+// Placed implements autoscaler.Reporter: an applied placement becomes the
+// replica set's counts; a failed one is logged and retried next pass.
+func (s *scaler) Placed(res *autoscaler.Result) {
+	switch {
+	case res.Err != nil:
+		s.log.Error("scale failed", slog.String("replicaSet", res.Role.Key.String()), slog.Any("error", res.Err))
+	case res.Changed:
+		if t := s.target(res.Role.Key); t != nil {
+			t.counts = res.Counts
 		}
-		t.message = msg
 	}
-	if maps.Equal(counts, t.counts) {
-		return
-	}
-	s.log.Info("autoscaler", slog.String("replicaSet", t.key.String()), slog.Int("from", t.desired),
-		slog.Int("to", p.Total()), slog.Any("variants", counts), slog.Bool("panic", dec.Panic), slog.String("reason", dec.Reason))
-	if err := s.fleet.ScaleVariants(ctx, t.key, counts); err != nil {
-		s.log.Error("scale failed", slog.String("replicaSet", t.key.String()), slog.Any("error", err))
-		return
-	}
-	t.counts, t.desired = counts, p.Total()
 }
 
-// couplePrefill couples every disaggregated revision's prefill decision
-// to its decode decision.
-func (s *scaler) couplePrefill(want map[fleet.Key]autoscaler.Decision) {
-	autoscaler.CoupleAll(want, func(k fleet.Key) (*autoscaler.Ratio, func(int) int) {
-		t := s.targets[k]
-		return t.ratio, t.decider.Clamp
-	})
+// target returns the replica set of key, nil once removed.
+func (s *scaler) target(key fleet.Key) *scaleTarget {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.targets[key]
 }

@@ -9,6 +9,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/activator"
@@ -70,9 +73,6 @@ func templateKey(ms *v1alpha1.ModelService) []byte {
 	return b
 }
 
-// revisionName is the name of a service's n-th revision.
-func revisionName(svc string, n int) string { return fmt.Sprintf("%s-%05d", svc, n) }
-
 // reconcile makes the running platform match svcs: a new service gets its
 // first revision; a changed template gets the next revision, while the
 // previous ones keep serving as spec.traffic says (100% to the latest ready
@@ -114,139 +114,168 @@ func warnKubernetesOnly(log *slog.Logger, ms *v1alpha1.ModelService) {
 	}
 }
 
-func (p *Platform) reconcileLocked(svcs []*v1alpha1.ModelService) error {
-	type plan struct {
-		st      *serviceState
-		ms      *v1alpha1.ModelService
-		newRev  *localRevision // to start, nil if none
-		targets []traffic.Target
-		keep    []*localRevision
-		retire  []*localRevision
-	}
-	var plans []plan
-	for _, ms := range svcs {
-		id := ms.Namespace + "/" + ms.Name
-		st := p.services[id]
-		pl := plan{ms: ms}
-		key := templateKey(ms)
-		switch {
-		case st == nil:
-			pl.newRev = &localRevision{name: revisionName(ms.Name, 1), gen: 1, ms: ms, template: key, ready: true}
-			st = &serviceState{}
-		case !bytes.Equal(st.latest().template, key):
-			gen := st.latest().gen + 1
-			pl.newRev = &localRevision{name: revisionName(ms.Name, gen), gen: gen, ms: ms, template: key}
-		}
-		pl.st = st
-		revs := st.revisions
-		if pl.newRev != nil {
-			revs = append(append([]*localRevision(nil), revs...), pl.newRev)
-		}
-		view := &serviceState{revisions: revs}
-		targets, err := traffic.Resolve(ms.Spec.Traffic, view.latestReady(), view.known)
-		if err != nil {
-			return fmt.Errorf("ModelService %q: %w", ms.Name, err)
-		}
-		if _, err := traffic.New(append([]traffic.Target(nil), targets...)); err != nil {
-			return fmt.Errorf("ModelService %q: spec.%w", ms.Name, err)
-		}
-		pl.targets = targets
-		// Keep what traffic names, the latest ready revision and anything
-		// newer (still proving itself); retire the rest.
-		ref := traffic.Referenced(targets)
-		latestReady := view.latestReady()
-		passed := false
-		for _, r := range revs {
-			if r.name == latestReady {
-				passed = true
-			}
-			if ref[r.name] || r.name == latestReady || (passed && !r.ready) {
-				pl.keep = append(pl.keep, r)
-			} else if r != pl.newRev {
-				pl.retire = append(pl.retire, r)
-			}
-		}
-		plans = append(plans, pl)
-	}
+// servicePlan is what reconciling does to one service.
+type servicePlan struct {
+	st     *serviceState // the service's state: new and empty for a new service
+	ms     *v1alpha1.ModelService
+	newRev *localRevision   // to start, nil if none
+	keep   []*localRevision // the revisions from now on, in generation order
+	retire []*localRevision // to stop
+}
+
+// plan is what reconciling the platform to a set of ModelServices does:
+// per service, a revision to start and revisions to retire; the
+// activators' routing table; the LoRA adapter files to write (every
+// service's); the services to stop.
+type plan struct {
+	services []servicePlan
+	configs  []activator.ServiceConfig
+	removed  []string // ids of services gone from the file
+}
+
+// planReconcile plans reconciling the services in current to svcs, without
+// changing anything: a new service gets its first revision; a changed
+// template the next one; what traffic names, the latest ready revision and
+// anything newer stay; the rest retire.
+func planReconcile(current map[string]*serviceState, svcs []*v1alpha1.ModelService) (plan, error) {
+	var pl plan
 	inFile := map[string]bool{}
-	var cfgs []activator.ServiceConfig
-	for _, pl := range plans {
-		ms := pl.ms
-		inFile[ms.Namespace+"/"+ms.Name] = true
-		var routing []v1alpha1.RoutingPlugin
-		if ms.Spec.Routing != nil {
-			routing = ms.Spec.Routing.Plugins
+	for _, ms := range svcs {
+		id := serviceID(ms)
+		inFile[id] = true
+		sp, cfg, err := planService(current[id], ms)
+		if err != nil {
+			return plan{}, err
 		}
-		sc := activator.ServiceConfig{Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model,
-			LoRAAdapters: ms.Spec.LoRAAdapters, Traffic: pl.targets, Routing: routing}
-		for _, r := range pl.keep {
-			tmpl := r.ms.Spec.Template
-			sc.Revisions = append(sc.Revisions, activator.RevisionConfig{Name: r.name,
-				ContainerConcurrency: tmpl.ContainerConcurrency, Timeout: time.Duration(tmpl.TimeoutSeconds) * time.Second,
-				Disaggregated: tmpl.Roles != nil, Tokenizer: engine.Resolve(tmpl.Engine).RoutingTokenizer()})
-		}
-		cfgs = append(cfgs, sc)
+		pl.services = append(pl.services, sp)
+		pl.configs = append(pl.configs, cfg)
 	}
-	if err := p.act.SetServices(cfgs); err != nil {
+	for id := range current {
+		if !inFile[id] {
+			pl.removed = append(pl.removed, id)
+		}
+	}
+	sort.Strings(pl.removed)
+	return pl, nil
+}
+
+func serviceID(ms *v1alpha1.ModelService) string { return ms.Namespace + "/" + ms.Name }
+
+// planService plans one service (st nil when new) and its routing.
+func planService(st *serviceState, ms *v1alpha1.ModelService) (servicePlan, activator.ServiceConfig, error) {
+	sp := servicePlan{st: st, ms: ms}
+	key := templateKey(ms)
+	switch {
+	case st == nil:
+		sp.newRev = &localRevision{name: v1alpha1.RevisionName(ms.Name, 1), gen: 1, ms: ms, template: key, ready: true}
+		sp.st = &serviceState{}
+	case !bytes.Equal(st.latest().template, key):
+		gen := st.latest().gen + 1
+		sp.newRev = &localRevision{name: v1alpha1.RevisionName(ms.Name, gen), gen: gen, ms: ms, template: key}
+	}
+	revs := sp.st.revisions
+	if sp.newRev != nil {
+		revs = append(append([]*localRevision(nil), revs...), sp.newRev)
+	}
+	view := &serviceState{revisions: revs}
+	latestReady := view.latestReady()
+	targets, err := traffic.Resolve(ms.Spec.Traffic, latestReady, view.known)
+	if err != nil {
+		return sp, activator.ServiceConfig{}, fmt.Errorf("ModelService %q: %w", ms.Name, err)
+	}
+	if _, err := traffic.New(append([]traffic.Target(nil), targets...)); err != nil {
+		return sp, activator.ServiceConfig{}, fmt.Errorf("ModelService %q: spec.%w", ms.Name, err)
+	}
+	// Keep what traffic names, the latest ready revision and anything
+	// newer (still proving itself); retire the rest.
+	ref := traffic.Referenced(targets)
+	passed := false
+	for _, r := range revs {
+		if r.name == latestReady {
+			passed = true
+		}
+		if ref[r.name] || r.name == latestReady || (passed && !r.ready) {
+			sp.keep = append(sp.keep, r)
+		} else if r != sp.newRev {
+			sp.retire = append(sp.retire, r)
+		}
+	}
+	cfg := activator.ServiceConfigOf(ms, targets)
+	for _, r := range sp.keep {
+		cfg.Revisions = append(cfg.Revisions, activator.RevisionConfigOf(r.name, &r.ms.Spec.Template))
+	}
+	if sp.newRev != nil && !slices.Contains(sp.keep, sp.newRev) {
+		sp.keep = append(sp.keep, sp.newRev) // starts, serves once ready
+	}
+	return sp, cfg, nil
+}
+
+func (p *Platform) reconcileLocked(svcs []*v1alpha1.ModelService) error {
+	pl, err := planReconcile(p.services, svcs)
+	if err != nil {
 		return err
 	}
-
-	// The queue-proxies of every revision load the service's adapters as
-	// they are now.
-	for _, pl := range plans {
-		if err := p.writeLoRAFile(pl.ms); err != nil {
-			return err
-		}
-	}
-	// The activator knows the new revisions: start them; stop the retired.
-	for _, pl := range plans {
-		id := pl.ms.Namespace + "/" + pl.ms.Name
-		if pl.newRev != nil {
-			first := pl.newRev.gen == 1
-			if err := p.startRevision(pl.newRev, first); err != nil {
-				return err
-			}
-			pl.st.revisions = append(pl.st.revisions, pl.newRev)
-			if !first {
-				p.log.Info("new revision", slog.String("service", pl.ms.Name), slog.String("revision", pl.newRev.name))
-			}
-		}
-		for _, r := range pl.retire {
-			p.log.Info("revision retired: no traffic names it", slog.String("service", pl.ms.Name), slog.String("revision", r.name))
-			for _, rs := range r.roles {
-				p.stopRole(rs)
-			}
-		}
-		pl.st.revisions = pl.keep
-		if pl.newRev != nil && !contains(pl.keep, pl.newRev) {
-			pl.st.revisions = append(pl.st.revisions, pl.newRev)
-		}
-		pl.st.ms = pl.ms
-		p.services[id] = pl.st
-	}
-	for id, st := range p.services {
-		if inFile[id] {
-			continue
-		}
-		p.log.Info("service removed from the file", slog.String("service", st.ms.Name))
-		for _, r := range st.revisions {
-			for _, rs := range r.roles {
-				p.stopRole(rs)
-			}
-		}
-		delete(p.services, id)
+	if err := p.applyPlan(pl); err != nil {
+		return err
 	}
 	p.applied = svcs
 	return nil
 }
 
-func contains(rs []*localRevision, r *localRevision) bool {
-	for _, x := range rs {
-		if x == r {
-			return true
+// applyPlan carries a plan out: the activators learn the routing, the
+// queue-proxies every service's LoRA adapters as they are now; then new
+// revisions start and retired ones and removed services stop.
+func (p *Platform) applyPlan(pl plan) error {
+	if err := p.act.SetServices(pl.configs); err != nil {
+		return err
+	}
+	for _, sp := range pl.services {
+		if err := p.writeLoRAFile(sp.ms); err != nil {
+			return err
 		}
 	}
-	return false
+	for _, sp := range pl.services {
+		if err := p.applyService(sp); err != nil {
+			return err
+		}
+	}
+	for _, id := range pl.removed {
+		st := p.services[id]
+		p.log.Info("service removed from the file", slog.String("service", st.ms.Name))
+		for _, r := range st.revisions {
+			p.stopRevision(r)
+		}
+		delete(p.services, id)
+	}
+	return nil
+}
+
+// applyService starts a service's new revision and stops its retired ones.
+func (p *Platform) applyService(sp servicePlan) error {
+	if sp.newRev != nil {
+		first := sp.newRev.gen == 1
+		if err := p.startRevision(sp.newRev, first); err != nil {
+			return err
+		}
+		if !first {
+			p.log.Info("new revision", slog.String("service", sp.ms.Name), slog.String("revision", sp.newRev.name))
+		}
+	}
+	for _, r := range sp.retire {
+		p.log.Info("revision retired: no traffic names it", slog.String("service", sp.ms.Name), slog.String("revision", r.name))
+		p.stopRevision(r)
+	}
+	sp.st.revisions = sp.keep
+	sp.st.ms = sp.ms
+	p.services[serviceID(sp.ms)] = sp.st
+	return nil
+}
+
+// stopRevision stops every replica set of a revision.
+func (p *Platform) stopRevision(r *localRevision) {
+	for _, rs := range r.roles {
+		p.stopRole(rs)
+	}
 }
 
 // startRevision runs a revision's replica sets. A revision after the first
@@ -287,22 +316,81 @@ func (p *Platform) startRevision(r *localRevision, first bool) error {
 	return nil
 }
 
-// revisionReady is called (under the runtime's lock: it must not block)
-// when a revision has a ready replica; the first time, traffic is
-// reconsidered.
-func (p *Platform) revisionReady(r *localRevision) {
-	go func() {
-		p.svcMu.Lock()
-		defer p.svcMu.Unlock()
-		if r.ready || p.ctx.Err() != nil {
-			return
+// revisionReady is called (possibly under the runtime's lock: it must not
+// block) when a revision has a ready replica; the platform's ready loop
+// (runReadyLoop) reconsiders traffic the first time.
+func (p *Platform) revisionReady(r *localRevision) { p.ready.add(r) }
+
+// readyQueue hands revisions that became ready from the runtime's
+// callbacks, which must not block, to one goroutine.
+type readyQueue struct {
+	wake chan struct{} // holds a signal while pending is not empty
+
+	mu      sync.Mutex
+	pending []*localRevision
+}
+
+func newReadyQueue() *readyQueue { return &readyQueue{wake: make(chan struct{}, 1)} }
+
+// add queues r once, without blocking.
+func (q *readyQueue) add(r *localRevision) {
+	q.mu.Lock()
+	queued := slices.Contains(q.pending, r)
+	if !queued {
+		q.pending = append(q.pending, r)
+	}
+	q.mu.Unlock()
+	if !queued {
+		select {
+		case q.wake <- struct{}{}:
+		default:
 		}
-		r.ready = true
-		p.log.Info("revision ready", slog.String("revision", r.name))
-		if err := p.reconcileLocked(p.applied); err != nil {
-			p.log.Error("moving traffic to a ready revision failed", slog.String("revision", r.name), slog.Any("error", err))
+	}
+}
+
+// take empties the queue.
+func (q *readyQueue) take() []*localRevision {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.pending
+	q.pending = nil
+	return out
+}
+
+// runReadyLoop starts the goroutine that marks revisions ready and moves
+// traffic to them; stop ends it and waits for it.
+func (p *Platform) runReadyLoop() (stop func()) {
+	ctx, cancel := context.WithCancel(p.ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.ready.wake:
+				for _, r := range p.ready.take() {
+					p.markReady(ctx, r)
+				}
+			}
 		}
 	}()
+	return func() { cancel(); <-done }
+}
+
+// markReady marks a revision ready, the first time, and reconsiders
+// traffic.
+func (p *Platform) markReady(ctx context.Context, r *localRevision) {
+	p.svcMu.Lock()
+	defer p.svcMu.Unlock()
+	if r.ready || ctx.Err() != nil {
+		return
+	}
+	r.ready = true
+	p.log.Info("revision ready", slog.String("revision", r.name))
+	if err := p.reconcileLocked(p.applied); err != nil {
+		p.log.Error("moving traffic to a ready revision failed", slog.String("revision", r.name), slog.Any("error", err))
+	}
 }
 
 // watch re-reads the file when it changes and applies it; a file that does

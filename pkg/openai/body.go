@@ -306,6 +306,55 @@ func (o Object) Delete(key string) []byte {
 	return append(out, o.raw[end:]...)
 }
 
+// With returns the object of the body Set(key, value) returns, without
+// parsing it again: an edit of a parsed body can follow another.
+func (o Object) With(key string, value []byte) Object {
+	raw := o.Set(key, value)
+	members := make([]member, len(o.members), len(o.members)+1)
+	copy(members, o.members)
+	if idx := o.index(key); idx >= 0 {
+		m := &members[idx]
+		delta := len(value) - (m.end - m.vStart)
+		m.end += delta
+		shift(members[idx+1:], delta)
+		return Object{raw: raw, members: members}
+	}
+	start := bytes.LastIndexByte(o.raw, '}')
+	if len(o.members) > 0 {
+		start++ // the comma
+	}
+	sc := scanner{b: raw}
+	kEnd := sc.str(start) - 1 // the closing quote
+	m := member{start: start, kEnd: kEnd, vStart: kEnd + 2, end: kEnd + 2 + len(value)}
+	m.decoded = decodeKey(raw[start+1 : kEnd])
+	return Object{raw: raw, members: append(members, m)}
+}
+
+// Without returns the object of the body Delete(key) returns, without
+// parsing it again.
+func (o Object) Without(key string) Object {
+	idx := o.index(key)
+	if idx < 0 {
+		return o
+	}
+	raw := o.Delete(key)
+	members := make([]member, 0, len(o.members)-1)
+	members = append(members, o.members[:idx]...)
+	members = append(members, o.members[idx+1:]...)
+	shift(members[idx:], len(raw)-len(o.raw))
+	return Object{raw: raw, members: members}
+}
+
+// shift moves the spans of ms by delta bytes.
+func shift(ms []member, delta int) {
+	for i := range ms {
+		ms[i].start += delta
+		ms[i].end += delta
+		ms[i].kEnd += delta
+		ms[i].vStart += delta
+	}
+}
+
 // appendQuoted appends s as a JSON string: as it is when it needs no
 // escaping (the keys the platform sets), else as encoding/json writes it.
 func appendQuoted(dst []byte, s string) []byte {

@@ -168,3 +168,31 @@ func FuzzUnquote(f *testing.F) {
 		require.Equal(t, json.Valid(quoted), Valid(quoted))
 	})
 }
+
+// FuzzWith checks With and Without against Parse: the object they return
+// is the one parsing their body gives, and their bodies are Set's and
+// Delete's.
+func FuzzWith(f *testing.F) {
+	f.Add([]byte(`{"a":1,"b":[2], "c" : {"d":3} }`), "b", []byte(`"x"`), "c")
+	f.Add([]byte(`{ }`), "new", []byte(`true`), "new")
+	f.Add([]byte(`{"m\u0065x":1}`), "mex", []byte(`{}`), "mex")
+	f.Add([]byte(`{"a":1}`), "q\"k\u00e9", []byte(`null`), "a")
+	f.Add([]byte(`{"a":1,"b":2}`), "a", []byte(`22`), "b")
+	f.Fuzz(func(t *testing.T, body []byte, key string, value []byte, del string) {
+		o, err := Parse(body)
+		if err != nil || !json.Valid(value) || !utf8.ValidString(key) {
+			return
+		}
+		value = bytes.TrimSpace(value)
+		w := o.With(key, value)
+		require.Equal(t, string(o.Set(key, value)), string(w.Raw()))
+		reparsed, err := Parse(w.Raw())
+		require.NoError(t, err, "%q", w.Raw())
+		require.Equal(t, reparsed.members, w.members, "%q", w.Raw())
+		d := w.Without(del)
+		require.Equal(t, string(w.Delete(del)), string(d.Raw()))
+		reparsed, err = Parse(d.Raw())
+		require.NoError(t, err, "%q", d.Raw())
+		require.Equal(t, reparsed.members, d.members, "%q", d.Raw())
+	})
+}

@@ -45,6 +45,25 @@ func EventData(event []byte) ([]byte, bool) {
 	return data, found
 }
 
+// The end of an SSE event is its first blank line: "\n\n" or "\n\r\n".
+// EventSplitter cuts a stream into events for readers of each one;
+// CompleteEvents finds where the whole events of a buffer end, for a relay
+// that passes them on in place (the activator's copyStream).
+
+// CompleteEvents returns the length of the prefix of b made of whole SSE
+// events: up to and including its last blank line, 0 when b has none. Any
+// blank lines after the last event are included (empty events).
+func CompleteEvents(b []byte) int {
+	i := bytes.LastIndex(b, []byte("\n\n"))
+	if j := bytes.LastIndex(b, []byte("\n\r\n")); j > i {
+		return j + 3
+	}
+	if i < 0 {
+		return 0
+	}
+	return i + 2
+}
+
 // EventSplitter splits an SSE byte stream into whole events (each including
 // its terminating blank line). Feed it bytes as they arrive.
 type EventSplitter struct {

@@ -251,7 +251,9 @@ type OracleConfig struct {
 // computed yet (its own speculative index, no queue-proxy reports), and it
 // balances load the same way, so the two differ only in what they know of
 // the caches. For benchmarks against the simulator only: it costs a round
-// trip per pod per decision.
+// trip per pod per decision, made in PreScore, before the decision and
+// outside the activator's lock; a pod that was not asked (it became a
+// candidate after PreScore) scores as one that did not answer.
 type oracle struct {
 	timeout time.Duration
 	ttl     time.Duration
@@ -289,20 +291,48 @@ func newOracle(raw []byte, env *Env) (Plugin, error) {
 	return o, err
 }
 
+var (
+	_ Scorer   = (*oracle)(nil)
+	_ Preparer = (*oracle)(nil)
+	_ Observer = (*oracle)(nil)
+)
+
 func (*oracle) Name() string { return Oracle }
 
 // OraclePath is where the simulator answers prefix-match questions.
 const OraclePath = "/sim/prefix-match"
 
+// oracleAnswers are the pods' answers of one decision: the share of the
+// prompt each pod's engine holds, by pod name.
+type oracleAnswers map[string]float64
+
+// PreScore asks every pod, in parallel, how much of the prompt its engine
+// holds, for Score.
+func (o *oracle) PreScore(ctx context.Context, c *Cycle, pods []*Pod) {
+	if c.Req.API != APIChat && c.Req.API != APICompletions {
+		return
+	}
+	held := make([]float64, len(pods))
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		wg.Go(func() { held[i] = o.ask(ctx, p, c.Req) })
+	}
+	wg.Wait()
+	answers := make(oracleAnswers, len(pods))
+	for i, p := range pods {
+		answers[p.Name] = held[i]
+	}
+	c.Write(Oracle, answers)
+}
+
 func (o *oracle) Score(c *Cycle, pods []*Pod, out []float64) {
 	if c.Req.API != APIChat && c.Req.API != APICompletions {
 		return
 	}
-	var wg sync.WaitGroup
+	answers, _ := c.Read(Oracle).(oracleAnswers)
 	for i, p := range pods {
-		wg.Go(func() { out[i] = o.ask(p, c.Req) })
+		out[i] = answers[p.Name]
 	}
-	wg.Wait()
 	hashes := c.Req.Hashes(oracleBlockSize)
 	var pend [kvindex.MaxPods]int
 	if len(hashes) > 0 {
@@ -337,8 +367,8 @@ func (o *oracle) Picked(c *Cycle, p *Pod) {
 	}
 }
 
-func (o *oracle) ask(p *Pod, r *Request) float64 {
-	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+func (o *oracle) ask(ctx context.Context, p *Pod, r *Request) float64 {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	resp, err := o.client.Do(ctx, upstream.Request{Addr: p.Address, URI: OraclePath + "?api=" + r.API,
 		ContentType: "application/json", Body: r.Body.Raw(), Timeout: o.timeout})

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +37,19 @@ type Scorer interface {
 	Score(c *Cycle, pods []*Pod, out []float64)
 }
 
+// Preparer is a plugin whose decision needs I/O (a scorer that asks the
+// pods, say). PreScore runs for one request before its decision, outside
+// the caller's lock, possibly concurrently with other requests' PreScore
+// and with Pick, over a snapshot of the pods the request may go to; it
+// leaves what the plugin needs in the cycle (Cycle.Write), where the
+// decision's Filter or Score reads it (Cycle.Read). It may read the pods'
+// Endpoint and Stat, not InFlight, and must not touch state that Filter,
+// Score or Picked change.
+type Preparer interface {
+	Plugin
+	PreScore(ctx context.Context, c *Cycle, pods []*Pod)
+}
+
 // Observer learns the outcome of a decision (round-robin's position,
 // speculative index entries, a router-local prefix table).
 type Observer interface {
@@ -60,7 +74,21 @@ type Cycle struct {
 	former      [kvindex.MaxPods]int
 	blocks      int
 	matchedDone bool
+	prepared    map[string]any // what preparers wrote, by key
 }
+
+// Write keeps what a Preparer learned for the decision under key (its
+// plugin name), for its Score to Read.
+func (c *Cycle) Write(key string, v any) {
+	if c.prepared == nil {
+		c.prepared = map[string]any{}
+	}
+	c.prepared[key] = v
+}
+
+// Read returns what was written under key, nil when nothing was (the
+// request was not prepared, or by a profile without that plugin).
+func (c *Cycle) Read(key string) any { return c.prepared[key] }
 
 // PrefixMatch returns, per index slot, the leading prompt blocks the pool's
 // pods hold (confirmed or speculated), and the prompt's length in blocks.
@@ -109,11 +137,13 @@ type weighted struct {
 }
 
 // Profile is a built plugin set. Pick must not be called concurrently for
-// one profile (the activator calls it under its revision lock).
+// one profile (the activator calls it under its revision lock); PreScore
+// may be.
 type Profile struct {
 	env       *Env
 	filters   []Filter
 	scorers   []weighted
+	preparers []Preparer
 	observers []Observer
 
 	cycle   Cycle // the decision in progress, reused (Pick is not concurrent)
@@ -166,6 +196,9 @@ func (r Registry) Build(plugins []v1alpha1.RoutingPlugin, env *Env) (*Profile, e
 			}
 			p.scorers, used = append(p.scorers, weighted{sc, w}), true
 		}
+		if pr, ok := pl.(Preparer); ok {
+			p.preparers = append(p.preparers, pr)
+		}
 		if ob, ok := pl.(Observer); ok {
 			p.observers = append(p.observers, ob)
 		}
@@ -189,15 +222,45 @@ func (r Registry) Names() []string {
 	return names
 }
 
-// Pick chooses a pod for req among pods (at least one). Ties go to a
-// random one of the best.
+// Prepares reports whether a plugin of the profile is a Preparer: whether
+// PreScore has anything to do.
+func (p *Profile) Prepares() bool { return len(p.preparers) > 0 }
+
+// PreScore runs the profile's preparers for req over pods (the candidates
+// as they are now), without the caller's lock, and returns what they
+// prepared, for PickPrepared; nil when no plugin prepares.
+func (p *Profile) PreScore(ctx context.Context, req *Request, pods []*Pod) *Cycle {
+	if len(p.preparers) == 0 {
+		return nil
+	}
+	c := &Cycle{Req: req, Env: p.env}
+	for _, pr := range p.preparers {
+		pr.PreScore(ctx, c, pods)
+	}
+	c.Req = nil // the decision's own cycle carries the request
+	return c
+}
+
+// Pick chooses a pod for req among pods (at least one), with nothing
+// prepared: a Preparer's Score finds nothing to Read. Ties go to a random
+// one of the best.
 func (p *Profile) Pick(req *Request, pods []*Pod) *Pod {
+	return p.PickPrepared(req, nil, pods)
+}
+
+// PickPrepared is Pick with what PreScore prepared for req (nil for
+// nothing). Pods that were not in PreScore's snapshot have nothing
+// prepared.
+func (p *Profile) PickPrepared(req *Request, prepared *Cycle, pods []*Pod) *Pod {
 	if len(pods) == 1 && len(p.observers) == 0 {
 		return pods[0]
 	}
 	c := &p.cycle
 	*c = Cycle{Req: req, Env: p.env}
-	defer func() { c.Req = nil }() // keep no request alive past its decision
+	if prepared != nil {
+		c.prepared = prepared.prepared
+	}
+	defer func() { c.Req, c.prepared = nil, nil }() // keep no request alive past its decision
 	cands := pods
 	for _, f := range p.filters {
 		if out := f.Filter(c, cands); len(out) > 0 {

@@ -1,11 +1,15 @@
 package scheduler
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -247,4 +251,47 @@ func TestKVCacheAwareReturnsAnEvictedPrefixToItsFormerPod(t *testing.T) {
 			Config: &runtime.RawExtension{Raw: []byte(`{"evictedAffinity":0}`)}}, plugin(LeastRequest, 2))
 		require.NotEqual(t, "pod-02", prof.Pick(chatRequest(t, sys, "q"), p.pods).Name, "least-request decides")
 	})
+}
+
+// The oracle asks the pods in PreScore, before the decision: Pick itself
+// asks none, a prepared Pick goes where an engine holds the prompt, and a
+// pod left out of PreScore's snapshot scores as one that did not answer.
+func TestOracleAsksThePodsBeforeTheDecision(t *testing.T) {
+	var asked atomic.Int32
+	p := newPool(t, 3)
+	for i, cached := range []int{0, 90, 10} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			asked.Add(1)
+			if r.URL.Path != OraclePath {
+				http.NotFound(w, r)
+				return
+			}
+			fmt.Fprintf(w, `{"prompt_tokens":100,"cached_tokens":%d}`, cached)
+		}))
+		t.Cleanup(srv.Close)
+		p.pods[i].Address = strings.TrimPrefix(srv.URL, "http://")
+	}
+	prof := p.profile(t, plugin(Oracle, 1))
+	require.True(t, prof.Prepares())
+
+	req := chatRequest(t, "s", "first question")
+	prepared := prof.PreScore(context.Background(), req, p.pods)
+	require.EqualValues(t, 3, asked.Load())
+	require.Equal(t, "pod-01", prof.PickPrepared(req, prepared, p.pods).Name)
+	require.EqualValues(t, 3, asked.Load(), "the decision asked a pod")
+
+	req = chatRequest(t, "s", "second question")
+	prepared = prof.PreScore(context.Background(), req, []*Pod{p.pods[0], p.pods[2]})
+	require.Equal(t, "pod-02", prof.PickPrepared(req, prepared, p.pods).Name, "pod-01 was not asked")
+	require.EqualValues(t, 5, asked.Load())
+}
+
+// A profile without preparers has nothing to do before the decision.
+func TestPreScoreWithoutPreparers(t *testing.T) {
+	p := newPool(t, 2)
+	prof := p.profile(t, DefaultPlugins()...)
+	require.False(t, prof.Prepares())
+	req := chatRequest(t, "s", "u")
+	require.Nil(t, prof.PreScore(context.Background(), req, p.pods))
+	require.NotNil(t, prof.PickPrepared(req, nil, p.pods))
 }

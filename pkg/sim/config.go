@@ -193,47 +193,71 @@ func (c Config) LoRAEnabled() bool { return c.EnableLoRA || len(c.LoRAModules) >
 
 // Validate checks every field and reports all problems, naming the flags.
 func (c Config) Validate() error {
-	var errs []error
-	bad := func(flagName string, value any, why string) {
-		errs = append(errs, fmt.Errorf("invalid --%s %v: %s", flagName, value, why))
-	}
+	var p flagProblems
+	c.validateServing(&p)
+	c.validateCapacity(&p)
+	c.validateTiming(&p)
+	c.validateBehaviour(&p)
+	c.validateKVEvents(&p)
+	c.validateLoRAModules(&p)
+	return errors.Join(p...)
+}
+
+// flagProblems collects Validate's findings, in order.
+type flagProblems []error
+
+// bad notes that a flag's value is invalid, and why.
+func (p *flagProblems) bad(flagName string, value any, why string) {
+	*p = append(*p, fmt.Errorf("invalid --%s %v: %s", flagName, value, why))
+}
+
+// validateServing checks where and what the simulator serves.
+func (c Config) validateServing(p *flagProblems) {
 	if c.Host == "" {
-		bad("host", `""`, "must not be empty")
+		p.bad("host", `""`, "must not be empty")
 	}
 	if c.Port < 0 || c.Port > 65535 {
-		bad("port", c.Port, "must be in 0..65535")
+		p.bad("port", c.Port, "must be in 0..65535")
 	}
 	if strings.TrimSpace(c.Model) == "" {
-		bad("model", strconv.Quote(c.Model), "must not be empty")
+		p.bad("model", strconv.Quote(c.Model), "must not be empty")
 	}
 	if !slices.Contains(RoleNames(), c.Role) {
-		bad("role", strconv.Quote(c.Role), "must be one of "+strings.Join(RoleNames(), ", "))
+		p.bad("role", strconv.Quote(c.Role), "must be one of "+strings.Join(RoleNames(), ", "))
 	}
+}
+
+// validateCapacity checks the batch and KV-cache sizes.
+func (c Config) validateCapacity(p *flagProblems) {
 	if c.MaxNumSeqs < 1 {
-		bad("max-num-seqs", c.MaxNumSeqs, "must be at least 1")
+		p.bad("max-num-seqs", c.MaxNumSeqs, "must be at least 1")
 	}
 	if c.MaxNumBatchedTokens < 1 {
-		bad("max-num-batched-tokens", c.MaxNumBatchedTokens, "must be at least 1")
+		p.bad("max-num-batched-tokens", c.MaxNumBatchedTokens, "must be at least 1")
 	} else if c.MaxNumBatchedTokens < c.MaxNumSeqs {
-		bad("max-num-batched-tokens", c.MaxNumBatchedTokens, fmt.Sprintf("must be at least --max-num-seqs (%d)", c.MaxNumSeqs))
+		p.bad("max-num-batched-tokens", c.MaxNumBatchedTokens, fmt.Sprintf("must be at least --max-num-seqs (%d)", c.MaxNumSeqs))
 	}
 	if c.MaxModelLen < 2 {
-		bad("max-model-len", c.MaxModelLen, "must be at least 2")
+		p.bad("max-model-len", c.MaxModelLen, "must be at least 2")
 	}
 	if c.BlockSize < 1 {
-		bad("block-size", c.BlockSize, "must be at least 1")
+		p.bad("block-size", c.BlockSize, "must be at least 1")
 	}
 	if c.KVBlocks < 0 {
-		bad("kv-blocks", c.KVBlocks, "must not be negative (0 derives it from the profile)")
+		p.bad("kv-blocks", c.KVBlocks, "must not be negative (0 derives it from the profile)")
 	}
 	if c.BlockSize >= 1 && c.KVBlocks >= 0 && c.MaxModelLen >= 2 {
 		if n := c.NumKVBlocks(); n*c.BlockSize < c.MaxModelLen {
-			bad("kv-blocks", n, fmt.Sprintf("%d blocks x --block-size %d = %d tokens cannot hold one --max-model-len %d sequence",
+			p.bad("kv-blocks", n, fmt.Sprintf("%d blocks x --block-size %d = %d tokens cannot hold one --max-model-len %d sequence",
 				n, c.BlockSize, n*c.BlockSize, c.MaxModelLen))
 		}
 	}
+}
+
+// validateTiming checks the physics and the other durations.
+func (c Config) validateTiming(p *flagProblems) {
 	if !c.ZeroLatency && !(c.Physics.PrefillTPS > 0) || math.IsInf(c.Physics.PrefillTPS, 0) {
-		bad("prefill-tps", c.Physics.PrefillTPS, "must be a positive number")
+		p.bad("prefill-tps", c.Physics.PrefillTPS, "must be a positive number")
 	}
 	for _, d := range []struct {
 		name string
@@ -248,53 +272,66 @@ func (c Config) Validate() error {
 		{"shutdown-timeout", c.ShutdownTimeout},
 	} {
 		if d.v < 0 {
-			bad(d.name, d.v, "must not be negative")
+			p.bad(d.name, d.v, "must not be negative")
 		}
 	}
 	if c.WriteTimeout <= 0 {
-		bad("write-timeout", c.WriteTimeout, "must be positive")
+		p.bad("write-timeout", c.WriteTimeout, "must be positive")
 	}
 	if !(c.TimeScale > 0) || math.IsInf(c.TimeScale, 0) {
-		bad("time-scale", c.TimeScale, "must be a positive number")
+		p.bad("time-scale", c.TimeScale, "must be a positive number")
 	}
+}
+
+// validateBehaviour checks the request defaults and injected failures.
+func (c Config) validateBehaviour(p *flagProblems) {
 	if c.DefaultMaxTokens < 1 {
-		bad("default-max-tokens", c.DefaultMaxTokens, "must be at least 1")
+		p.bad("default-max-tokens", c.DefaultMaxTokens, "must be at least 1")
 	}
 	if !(c.FailRate >= 0 && c.FailRate <= 1) {
-		bad("fail-rate", c.FailRate, "must be in 0..1")
+		p.bad("fail-rate", c.FailRate, "must be in 0..1")
 	}
 	if c.AbortAfterTokens < 0 {
-		bad("abort-after-tokens", c.AbortAfterTokens, "must not be negative")
+		p.bad("abort-after-tokens", c.AbortAfterTokens, "must not be negative")
 	}
 	if c.ExitAfterTokens < 0 {
-		bad("exit-after-tokens", c.ExitAfterTokens, "must not be negative")
+		p.bad("exit-after-tokens", c.ExitAfterTokens, "must not be negative")
 	}
 	if c.MaxLoRAs < 1 {
-		bad("max-loras", c.MaxLoRAs, "must be at least 1")
+		p.bad("max-loras", c.MaxLoRAs, "must be at least 1")
 	}
-	if c.KVEventsEndpoint != "" {
-		if _, err := kvevents.PublisherBinds(c.KVEventsEndpoint); err != nil {
-			bad("kv-events-endpoint", strconv.Quote(c.KVEventsEndpoint), "want tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+}
+
+// validateKVEvents checks the KV-cache events publisher.
+func (c Config) validateKVEvents(p *flagProblems) {
+	if c.KVEventsEndpoint == "" {
+		if c.KVEventsTopic != "" {
+			p.bad("kv-events-topic", strconv.Quote(c.KVEventsTopic), "has no effect without --kv-events-endpoint")
 		}
-		if c.BlockSize > kvevents.MaxTokens {
-			bad("block-size", c.BlockSize, fmt.Sprintf("must be at most %d with --kv-events-endpoint (the token ids of one block in one event)", kvevents.MaxTokens))
-		}
-	} else if c.KVEventsTopic != "" {
-		bad("kv-events-topic", strconv.Quote(c.KVEventsTopic), "has no effect without --kv-events-endpoint")
+		return
 	}
+	if _, err := kvevents.PublisherBinds(c.KVEventsEndpoint); err != nil {
+		p.bad("kv-events-endpoint", strconv.Quote(c.KVEventsEndpoint), "want tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+	}
+	if c.BlockSize > kvevents.MaxTokens {
+		p.bad("block-size", c.BlockSize, fmt.Sprintf("must be at most %d with --kv-events-endpoint (the token ids of one block in one event)", kvevents.MaxTokens))
+	}
+}
+
+// validateLoRAModules checks the adapters served from the start.
+func (c Config) validateLoRAModules(p *flagProblems) {
 	seen := map[string]bool{}
 	for _, m := range c.LoRAModules {
 		switch {
 		case m.Name == "" || m.Path == "":
-			bad("lora-modules", m.Name+"="+m.Path, "want name=path")
+			p.bad("lora-modules", m.Name+"="+m.Path, "want name=path")
 		case m.Name == c.Model:
-			bad("lora-modules", m.Name, "adapter name equals the served model name")
+			p.bad("lora-modules", m.Name, "adapter name equals the served model name")
 		case seen[m.Name]:
-			bad("lora-modules", m.Name, "adapter listed twice")
+			p.bad("lora-modules", m.Name, "adapter listed twice")
 		}
 		seen[m.Name] = true
 	}
-	return errors.Join(errs...)
 }
 
 // RegisterFlags registers every field as a flag on fs, defaulting to the

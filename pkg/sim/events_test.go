@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -386,7 +387,7 @@ func TestKVEventsFlushKeepsOrDrops(t *testing.T) {
 	e.flush() // three pending events: dropped, counted
 	require.Empty(t, e.pending)
 	require.Equal(t, uint64(1), e.lost)
-	require.InDelta(t, 3, testCounter(t, dropped), 0)
+	require.InDelta(t, 3, testutil.ToFloat64(dropped), 0)
 
 	first := <-e.out
 	require.Zero(t, first.lost)
@@ -421,15 +422,6 @@ func TestKVEventsMergeStoredBlocks(t *testing.T) {
 		stored([]uint64{13}, hashPtr(12), []uint32{7, 8}, "fr"),
 	}, e.pending)
 	require.Equal(t, []uint32{1, 2, 3, 4, 5, 6, 7, 8}, q.tokenIDs, "the sequence's token ids are never written")
-}
-
-func testCounter(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	require.NoError(t, reg.Register(c))
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	return mfs[0].GetMetric()[0].GetCounter().GetValue()
 }
 
 func TestResetPrefixCacheRefusedWhileBlocksAreHeld(t *testing.T) {

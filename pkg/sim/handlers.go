@@ -141,8 +141,6 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		perr.write(w)
 		return
 	}
-	stream := sp.stream
-
 	textBuf := s.getBuf()
 	defer s.putBuf(textBuf)
 	text, ok := renderPrompt(w, obj, chat, textBuf)
@@ -152,15 +150,53 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	toks := s.tok.tokenize(text)
 	defer s.tok.release(toks)
 	promptLen := toks.n
+	if !s.checkPromptLen(w, promptLen, sp) {
+		return
+	}
+	xfer, ok := s.transferOf(w, obj, sp.stream)
+	if !ok {
+		return
+	}
+	if s.injectFailure() {
+		openai.WriteError(w, http.StatusInternalServerError,
+			openai.Err(openai.TypeServer, "injected_failure", "simulated engine failure (--fail-rate)"), 0)
+		return
+	}
+	maxTokens, stopReason := s.outputBudget(sp, xfer, promptLen)
+	q := newSeq(promptLen, maxTokens, sp.stream)
+	q.stopReason = stopReason
+	q.xfer = xfer
+	q.lora = lora
+	q.hashes = s.tok.blockHashes(toks, s.cfg.BlockSize)
+	prompt.SaltHashes(q.hashes, lora)
+	if s.kvPub != nil {
+		n := len(q.hashes) * s.cfg.BlockSize
+		q.tokenIDs = s.tok.appendIDs(make([]uint32, 0, n), toks, n)
+	}
+	enc := newEncoder(chat, s.nextID(r), time.Now().Unix(), model, promptLen, sp.stream && sp.includeUsage)
+	if err := s.sched.submit(q); err != nil {
+		openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", err.Error()), time.Second)
+		return
+	}
+	if sp.stream {
+		s.streamResponse(w, r, q, enc)
+	} else {
+		s.fullResponse(w, r, q, enc)
+	}
+}
+
+// checkPromptLen answers 400 unless the prompt has tokens and leaves room
+// in the context for the requested output.
+func (s *Server) checkPromptLen(w http.ResponseWriter, promptLen int, sp sampling) bool {
 	if promptLen == 0 { // a tokenizer that drops everything the text holds
 		badRequest(w, "invalid_prompt", "the prompt must not be empty")
-		return
+		return false
 	}
 	if promptLen >= s.cfg.MaxModelLen {
 		badRequest(w, codeContextLength, fmt.Sprintf(
 			"This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input.",
 			s.cfg.MaxModelLen, promptLen))
-		return
+		return false
 	}
 	if sp.maxTokensParam != "" && sp.maxTokens > s.cfg.MaxModelLen-promptLen {
 		// The words of vLLM's 2025 releases; vLLM answers 400 rather than
@@ -168,25 +204,30 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		badParam(w, codeContextLength, sp.maxTokensParam, fmt.Sprintf(
 			"'max_tokens' or 'max_completion_tokens' is too large: %d. This model's maximum context length is %d tokens and your request has %d input tokens (%d > %d - %d).",
 			sp.maxTokens, s.cfg.MaxModelLen, promptLen, sp.maxTokens, s.cfg.MaxModelLen, promptLen))
-		return
+		return false
 	}
+	return true
+}
+
+// transferOf reads the request's KV transfer, answering 400 for a bad one
+// or for a streamed prefill.
+func (s *Server) transferOf(w http.ResponseWriter, obj openai.Object, stream bool) (kvXfer, bool) {
 	xfer, ok := s.kvTransfer(w, obj)
 	if !ok {
-		return
+		return xfer, false
 	}
 	if xfer == xferSend && stream {
 		badParam(w, codeBadKV, "stream",
 			`"stream" must be false with kv_transfer_params.do_remote_decode: the prefill answers one response`)
-		return
+		return xfer, false
 	}
+	return xfer, true
+}
 
-	if s.injectFailure() {
-		openai.WriteError(w, http.StatusInternalServerError,
-			openai.Err(openai.TypeServer, "injected_failure", "simulated engine failure (--fail-rate)"), 0)
-		return
-	}
-
-	maxTokens, stopReason := sp.maxTokens, reasonLength
+// outputBudget is how many tokens a sequence generates at most, and the
+// finish reason when it reaches that many.
+func (s *Server) outputBudget(sp sampling, xfer kvXfer, promptLen int) (maxTokens int, stopReason string) {
+	maxTokens, stopReason = sp.maxTokens, reasonLength
 	switch {
 	case xfer == xferSend:
 		// The prefill half of a disaggregated request: one token, as vLLM's
@@ -202,26 +243,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 			stopReason = reasonStop
 		}
 	}
-	q := newSeq(promptLen, maxTokens, stream)
-	q.stopReason = stopReason
-	q.xfer = xfer
-	q.lora = lora
-	q.hashes = s.tok.blockHashes(toks, s.cfg.BlockSize)
-	prompt.SaltHashes(q.hashes, lora)
-	if s.kvPub != nil {
-		n := len(q.hashes) * s.cfg.BlockSize
-		q.tokenIDs = s.tok.appendIDs(make([]uint32, 0, n), toks, n)
-	}
-	enc := newEncoder(chat, s.nextID(r), time.Now().Unix(), model, promptLen, sp.stream && sp.includeUsage)
-	if err := s.sched.submit(q); err != nil {
-		openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", err.Error()), time.Second)
-		return
-	}
-	if stream {
-		s.streamResponse(w, r, q, enc)
-	} else {
-		s.fullResponse(w, r, q, enc)
-	}
+	return maxTokens, stopReason
 }
 
 // renderPrompt renders the request's prompt (chat messages or completions
@@ -441,17 +463,34 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.putBuf(body)
+	inputs, base64Format, ok := readEmbeddingRequest(w, obj)
+	if !ok {
+		return
+	}
+	seqs, total, ok := s.embeddingSeqs(w, inputs)
+	if !ok || !s.runPrefills(w, r, seqs) {
+		return
+	}
+	// The request body is no longer referenced: reuse its buffer.
+	b := appendEmbeddingResponse((*body)[:0], s.nextID(r), model, inputs, base64Format, total)
+	*body = b
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+// readEmbeddingRequest reads an embeddings request's inputs and whether it
+// asks for base64 vectors; it answers 400 for a bad request.
+func readEmbeddingRequest(w http.ResponseWriter, obj openai.Object) (inputs [][]byte, base64Format, ok bool) {
 	raw, present := obj.Get("input")
 	if !present || string(raw) == "null" {
 		badRequest(w, "missing_input", `"input" is required`)
-		return
+		return nil, false, false
 	}
 	inputs, err := decodeEmbeddingInputs(raw)
 	if err != nil {
 		badRequest(w, "invalid_input", err.Error())
-		return
+		return nil, false, false
 	}
-	base64Format := false
 	if f, ok := obj.String("encoding_format"); ok {
 		switch f {
 		case "float":
@@ -459,9 +498,15 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 			base64Format = true
 		default:
 			badRequest(w, "invalid_encoding_format", `"encoding_format" must be "float" or "base64"`)
-			return
+			return nil, false, false
 		}
 	}
+	return inputs, base64Format, true
+}
+
+// embeddingSeqs makes one prefill-only sequence per input and counts their
+// tokens; it answers 400 for an input that is empty or too long.
+func (s *Server) embeddingSeqs(w http.ResponseWriter, inputs [][]byte) ([]*seq, int, bool) {
 	seqs := make([]*seq, len(inputs))
 	total := 0
 	for i, in := range inputs {
@@ -470,18 +515,25 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 		s.tok.release(toks)
 		if n == 0 || n > s.cfg.MaxModelLen {
 			badRequest(w, "invalid_input", fmt.Sprintf("input %d has %d tokens; want 1..%d", i, n, s.cfg.MaxModelLen))
-			return
+			return nil, 0, false
 		}
 		total += n
 		seqs[i] = newSeq(n, 0, false)
 	}
+	return seqs, total, true
+}
+
+// runPrefills submits every sequence and waits for them all. It answers 503
+// when the engine stops first, and cancels the rest (answering nothing)
+// when the client goes away.
+func (s *Server) runPrefills(w http.ResponseWriter, r *http.Request, seqs []*seq) bool {
 	for i, q := range seqs {
 		if err := s.sched.submit(q); err != nil {
 			for _, prev := range seqs[:i] {
 				s.sched.cancel(prev)
 			}
 			openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", err.Error()), time.Second)
-			return
+			return false
 		}
 	}
 	for i, q := range seqs {
@@ -491,17 +543,21 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 			for _, rest := range seqs[i:] {
 				s.sched.cancel(rest)
 			}
-			return
+			return false
 		}
 		if q.err != nil {
 			openai.WriteError(w, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "engine_stopped", q.err.Error()), time.Second)
-			return
+			return false
 		}
 	}
+	return true
+}
 
-	// The request body is no longer referenced: reuse its buffer.
-	b := append((*body)[:0], `{"id":"embd-`...)
-	b = append(b, s.nextID(r)...)
+// appendEmbeddingResponse appends the embeddings response for inputs, which
+// used total prompt tokens, to b.
+func appendEmbeddingResponse(b []byte, id string, model []byte, inputs [][]byte, base64Format bool, total int) []byte {
+	b = append(b, `{"id":"embd-`...)
+	b = append(b, id...)
 	b = append(b, `","object":"list","created":`...)
 	b = strconv.AppendInt(b, time.Now().Unix(), 10)
 	b = append(b, `,"model":`...)
@@ -514,25 +570,7 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 		b = append(b, `{"index":`...)
 		b = strconv.AppendInt(b, int64(i), 10)
 		b = append(b, `,"object":"embedding","embedding":`...)
-		vec := embed(in)
-		if base64Format {
-			var raw [4 * len(vec)]byte
-			for j, v := range vec {
-				binary.LittleEndian.PutUint32(raw[4*j:], math.Float32bits(v))
-			}
-			b = append(b, '"')
-			b = base64.StdEncoding.AppendEncode(b, raw[:])
-			b = append(b, '"')
-		} else {
-			b = append(b, '[')
-			for j, v := range vec {
-				if j > 0 {
-					b = append(b, ',')
-				}
-				b = strconv.AppendFloat(b, float64(v), 'g', -1, 32)
-			}
-			b = append(b, ']')
-		}
+		b = appendVector(b, embed(in), base64Format)
 		b = append(b, '}')
 	}
 	b = append(b, `],"usage":{"prompt_tokens":`...)
@@ -540,9 +578,29 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 	b = append(b, `,"total_tokens":`...)
 	b = strconv.AppendInt(b, int64(total), 10)
 	b = append(b, `,"completion_tokens":0,"prompt_tokens_details":null}}`...)
-	*body = b
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(b)
+	return b
+}
+
+// appendVector appends an embedding as a JSON array of floats, or as a
+// base64 string of little-endian float32s.
+func appendVector(b []byte, vec [8]float32, base64Format bool) []byte {
+	if base64Format {
+		var raw [4 * len(vec)]byte
+		for j, v := range vec {
+			binary.LittleEndian.PutUint32(raw[4*j:], math.Float32bits(v))
+		}
+		b = append(b, '"')
+		b = base64.StdEncoding.AppendEncode(b, raw[:])
+		return append(b, '"')
+	}
+	b = append(b, '[')
+	for j, v := range vec {
+		if j > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendFloat(b, float64(v), 'g', -1, 32)
+	}
+	return append(b, ']')
 }
 
 // decodeEmbeddingInputs accepts a string, an array of strings, an array of

@@ -18,6 +18,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kvasir-serving/kvasir/pkg/testing/openaitest"
 )
 
 // testServer is a Server with a running engine behind an httptest server.
@@ -218,11 +220,8 @@ func (ts *testServer) histogram(t *testing.T, name string) (float64, uint64) {
 	return 0, 0
 }
 
+// chatBody is a chat request to the simulator's model: a system and a user
+// message, then extra members (raw JSON, none when empty).
 func chatBody(system, user string, extra string) string {
-	msgs, _ := json.Marshal([]map[string]string{{"role": "system", "content": system}, {"role": "user", "content": user}})
-	b := `{"model":"sim-model","messages":` + string(msgs)
-	if extra != "" {
-		b += "," + extra
-	}
-	return b + "}"
+	return openaitest.ChatBody("sim-model", extra, openaitest.System(system), openaitest.User(user))
 }

@@ -301,44 +301,7 @@ func parseModel(raw json.RawMessage, m *model) (map[string]uint32, error) {
 	if err != nil {
 		return nil, err
 	}
-	var typ string
-	if ok, err := o.get("model", "type", &typ); err != nil {
-		return nil, err
-	} else if !ok {
-		if _, hasMerges := o["merges"]; !hasMerges {
-			return nil, errf("model.type", "missing")
-		}
-		typ = "BPE" // as Hugging Face infers it
-	}
-	if typ != "BPE" {
-		return nil, errf("model.type", "%q not supported (only BPE)", typ)
-	}
-	var dropout float64
-	if ok, err := o.get("model", "dropout", &dropout); err != nil {
-		return nil, err
-	} else if ok && dropout != 0 {
-		return nil, errf("model.dropout", "%v not supported (random merges)", dropout)
-	}
-	for _, f := range []string{"continuing_subword_prefix", "end_of_word_suffix"} {
-		var s string
-		if _, err := o.get("model", f, &s); err != nil {
-			return nil, err
-		}
-		if s != "" {
-			return nil, errf("model."+f, "%q not supported", s)
-		}
-	}
-	var byteFallback bool
-	if _, err := o.get("model", "byte_fallback", &byteFallback); err != nil {
-		return nil, err
-	}
-	if byteFallback {
-		return nil, errf("model.byte_fallback", "true not supported")
-	}
-	if _, err := o.get("model", "ignore_merges", &m.ignoreMerges); err != nil {
-		return nil, err
-	}
-	if _, err := o.get("model", "fuse_unk", &m.fuseUnk); err != nil {
+	if err := parseModelOptions(o, m); err != nil {
 		return nil, err
 	}
 	var vocab map[string]uint32
@@ -351,7 +314,65 @@ func parseModel(raw json.RawMessage, m *model) (map[string]uint32, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.indexVocab(vocab)
+	if err := m.setMerges(merges, vocab); err != nil {
+		return nil, err
+	}
+	if err := m.setUnk(o, vocab); err != nil {
+		return nil, err
+	}
+	return vocab, nil
+}
 
+// parseModelOptions checks the model is a BPE model this package runs as
+// Hugging Face does, and reads its options into m.
+func parseModelOptions(o object, m *model) error {
+	var typ string
+	if ok, err := o.get("model", "type", &typ); err != nil {
+		return err
+	} else if !ok {
+		if _, hasMerges := o["merges"]; !hasMerges {
+			return errf("model.type", "missing")
+		}
+		typ = "BPE" // as Hugging Face infers it
+	}
+	if typ != "BPE" {
+		return errf("model.type", "%q not supported (only BPE)", typ)
+	}
+	var dropout float64
+	if ok, err := o.get("model", "dropout", &dropout); err != nil {
+		return err
+	} else if ok && dropout != 0 {
+		return errf("model.dropout", "%v not supported (random merges)", dropout)
+	}
+	for _, f := range []string{"continuing_subword_prefix", "end_of_word_suffix"} {
+		var s string
+		if _, err := o.get("model", f, &s); err != nil {
+			return err
+		}
+		if s != "" {
+			return errf("model."+f, "%q not supported", s)
+		}
+	}
+	var byteFallback bool
+	if _, err := o.get("model", "byte_fallback", &byteFallback); err != nil {
+		return err
+	}
+	if byteFallback {
+		return errf("model.byte_fallback", "true not supported")
+	}
+	if _, err := o.get("model", "ignore_merges", &m.ignoreMerges); err != nil {
+		return err
+	}
+	if _, err := o.get("model", "fuse_unk", &m.fuseUnk); err != nil {
+		return err
+	}
+	return nil
+}
+
+// indexVocab fills the byte tokens of m and, with ignore_merges, its whole
+// words.
+func (m *model) indexVocab(vocab map[string]uint32) {
 	if m.ignoreMerges {
 		m.words = make(map[string]uint32, len(vocab))
 	}
@@ -370,42 +391,49 @@ func parseModel(raw json.RawMessage, m *model) (map[string]uint32, error) {
 			m.byteID[d[0]] = int64(id)
 		}
 	}
+}
+
+// setMerges fills m's merge table: each pair's rank and merged token.
+func (m *model) setMerges(merges [][2]string, vocab map[string]uint32) error {
 	m.merges = make(map[uint64]uint64, len(merges))
 	for rank, mg := range merges {
 		field := fmt.Sprintf("model.merges[%d]", rank)
 		a, ok := vocab[mg[0]]
 		if !ok {
-			return nil, errf(field, "token %q not in the vocabulary", mg[0])
+			return errf(field, "token %q not in the vocabulary", mg[0])
 		}
 		b, ok := vocab[mg[1]]
 		if !ok {
-			return nil, errf(field, "token %q not in the vocabulary", mg[1])
+			return errf(field, "token %q not in the vocabulary", mg[1])
 		}
 		ab, ok := vocab[mg[0]+mg[1]]
 		if !ok {
-			return nil, errf(field, "token %q not in the vocabulary", mg[0]+mg[1])
+			return errf(field, "token %q not in the vocabulary", mg[0]+mg[1])
 		}
 		// Of repeated pairs the last wins, as in Hugging Face's map.
 		m.merges[pairKey(a, b)] = uint64(rank)<<32 | uint64(ab)
 	}
+	return nil
+}
 
+// setUnk reads model.unk_token into m (-1: none); after indexVocab.
+func (m *model) setUnk(o object, vocab map[string]uint32) error {
 	m.unk = -1
 	var unk string
-	if ok, err := o.get("model", "unk_token", &unk); err != nil {
-		return nil, err
-	} else if ok {
-		if id, ok := vocab[unk]; ok {
-			m.unk = int64(id)
-		} else {
-			// Hugging Face fails on the first byte without a token.
-			for b := range m.byteID {
-				if m.byteID[b] < 0 {
-					return nil, errf("model.unk_token", "%q not in the vocabulary, and byte %#02x has no token", unk, b)
-				}
-			}
+	if ok, err := o.get("model", "unk_token", &unk); err != nil || !ok {
+		return err
+	}
+	if id, ok := vocab[unk]; ok {
+		m.unk = int64(id)
+		return nil
+	}
+	// Hugging Face fails on the first byte without a token.
+	for b := range m.byteID {
+		if m.byteID[b] < 0 {
+			return errf("model.unk_token", "%q not in the vocabulary, and byte %#02x has no token", unk, b)
 		}
 	}
-	return vocab, nil
+	return nil
 }
 
 // parseMerges reads model.merges: ["a b", ...] or [["a", "b"], ...].
@@ -479,40 +507,44 @@ func parseAddedTokens(raw json.RawMessage, vocab map[string]uint32) ([]addedToke
 	if isNull(raw) {
 		return nil, nil
 	}
+	entries, err := readAddedTokens(raw)
+	if err != nil {
+		return nil, err
+	}
+	r := newAddedReplay(vocab)
+	for _, en := range entries {
+		if err := r.add(en); err != nil {
+			return nil, err
+		}
+	}
+	return r.patterns(), nil
+}
+
+// addedEntry is one entry of added_tokens with its key, for equality of
+// whole entries.
+type addedEntry struct {
+	addedToken
+	key string
+}
+
+// entryKey identifies an added token by all its fields but the id.
+func entryKey(a addedToken) string {
+	return fmt.Sprint(a.content, a.singleWord, a.lstrip, a.rstrip, a.normalized, a.special)
+}
+
+// readAddedTokens reads the entries of added_tokens, leaving out those with
+// empty content as Hugging Face does, within the bounds on added tokens.
+func readAddedTokens(raw json.RawMessage) ([]addedEntry, error) {
 	var list []json.RawMessage
 	if err := json.Unmarshal(raw, &list); err != nil {
 		return nil, errf("added_tokens", "not a list")
 	}
-	type entry struct {
-		addedToken
-		raw string // for equality of whole entries
-	}
-	var all []entry
+	var all []addedEntry
 	total := 0
 	for i, item := range list {
 		field := fmt.Sprintf("added_tokens[%d]", i)
-		o, err := decodeObject(field, item)
+		a, err := readAddedToken(field, item)
 		if err != nil {
-			return nil, err
-		}
-		var a addedToken
-		var id uint32
-		if ok, err := o.get(field, "id", &id); err != nil || !ok {
-			return nil, errf(field+".id", "missing or not an id")
-		}
-		if ok, err := o.get(field, "content", &a.content); err != nil || !ok {
-			return nil, errf(field+".content", "missing or not a string")
-		}
-		for _, f := range []struct {
-			key string
-			v   *bool
-		}{{"single_word", &a.singleWord}, {"lstrip", &a.lstrip}, {"rstrip", &a.rstrip}, {"special", &a.special}} {
-			if _, err := o.get(field, f.key, f.v); err != nil {
-				return nil, err
-			}
-		}
-		a.normalized = !a.special
-		if _, err := o.get(field, "normalized", &a.normalized); err != nil {
 			return nil, err
 		}
 		if a.content == "" {
@@ -524,69 +556,132 @@ func parseAddedTokens(raw json.RawMessage, vocab map[string]uint32) ([]addedToke
 		if total += len(a.content); total > maxAddedTotal {
 			return nil, errf("added_tokens", "more than %d bytes of content not supported", maxAddedTotal)
 		}
-		all = append(all, entry{a, fmt.Sprint(a.content, a.singleWord, a.lstrip, a.rstrip, a.normalized, a.special)})
+		all = append(all, addedEntry{a, entryKey(a)})
 	}
+	return all, nil
+}
 
-	// Replay AddedVocabulary::add_tokens, one token at a time.
-	addedIDs := map[string]uint32{}
-	flags := map[uint32]addedToken{} // added_tokens_map_r
-	seen := map[string]bool{}        // whole entries in added_tokens_map_r
-	specialSet := map[string]bool{}
-	var specials, others []addedToken
-	hasMax, maxAdded := false, uint32(0)
-	vocabSize := uint32(len(vocab))
-	for _, en := range all {
-		a := en.addedToken
-		if a.special && !specialSet[a.content] {
-			specials = append(specials, a)
-			specialSet[a.content] = true
-		}
-		if seen[en.raw] {
-			continue
-		}
-		id, ok := addedIDs[a.content]
-		if !ok {
-			id, ok = vocab[a.content]
-		}
-		if !ok {
-			switch {
-			case !hasMax:
-				id = vocabSize
-			case maxAdded >= vocabSize || vocabSize == 0:
-				if maxAdded == ^uint32(0) {
-					return nil, errf("added_tokens", "ids overflow")
-				}
-				id = maxAdded + 1
-			default:
-				id = vocabSize
-			}
-		}
-		if old, ok := addedIDs[a.content]; ok && old != id {
-			delete(flags, old)
-		}
-		addedIDs[a.content] = id
-		if !hasMax || id > maxAdded {
-			hasMax, maxAdded = true, id
-		}
-		if old, ok := flags[id]; ok {
-			seen[fmt.Sprint(old.content, old.singleWord, old.lstrip, old.rstrip, old.normalized, old.special)] = false
-		}
-		flags[id] = a
-		seen[en.raw] = true
-		if !specialSet[a.content] {
-			others = append(others, a)
+// readAddedToken reads one entry of added_tokens (its id is checked, not
+// kept: Hugging Face gives ids anew).
+func readAddedToken(field string, item json.RawMessage) (addedToken, error) {
+	var a addedToken
+	o, err := decodeObject(field, item)
+	if err != nil {
+		return a, err
+	}
+	var id uint32
+	if ok, err := o.get(field, "id", &id); err != nil || !ok {
+		return a, errf(field+".id", "missing or not an id")
+	}
+	if ok, err := o.get(field, "content", &a.content); err != nil || !ok {
+		return a, errf(field+".content", "missing or not a string")
+	}
+	for _, f := range []struct {
+		key string
+		v   *bool
+	}{{"single_word", &a.singleWord}, {"lstrip", &a.lstrip}, {"rstrip", &a.rstrip}, {"special", &a.special}} {
+		if _, err := o.get(field, f.key, f.v); err != nil {
+			return a, err
 		}
 	}
-	// The matchers' patterns: each entry with its content's id and the
-	// options of the last entry given that id.
+	a.normalized = !a.special
+	if _, err := o.get(field, "normalized", &a.normalized); err != nil {
+		return a, err
+	}
+	return a, nil
+}
+
+// addedReplay replays Hugging Face's AddedVocabulary::add_tokens, one token
+// at a time.
+type addedReplay struct {
+	vocab      map[string]uint32
+	vocabSize  uint32
+	addedIDs   map[string]uint32
+	flags      map[uint32]addedToken // added_tokens_map_r
+	seen       map[string]bool       // whole entries in added_tokens_map_r
+	specialSet map[string]bool
+	specials   []addedToken
+	others     []addedToken
+	hasMax     bool
+	maxAdded   uint32
+}
+
+func newAddedReplay(vocab map[string]uint32) *addedReplay {
+	return &addedReplay{
+		vocab:      vocab,
+		vocabSize:  uint32(len(vocab)),
+		addedIDs:   map[string]uint32{},
+		flags:      map[uint32]addedToken{},
+		seen:       map[string]bool{},
+		specialSet: map[string]bool{},
+	}
+}
+
+// add adds one entry.
+func (r *addedReplay) add(en addedEntry) error {
+	a := en.addedToken
+	if a.special && !r.specialSet[a.content] {
+		r.specials = append(r.specials, a)
+		r.specialSet[a.content] = true
+	}
+	if r.seen[en.key] {
+		return nil
+	}
+	id, err := r.idOf(a.content)
+	if err != nil {
+		return err
+	}
+	if old, ok := r.addedIDs[a.content]; ok && old != id {
+		delete(r.flags, old)
+	}
+	r.addedIDs[a.content] = id
+	if !r.hasMax || id > r.maxAdded {
+		r.hasMax, r.maxAdded = true, id
+	}
+	if old, ok := r.flags[id]; ok {
+		r.seen[entryKey(old)] = false
+	}
+	r.flags[id] = a
+	r.seen[en.key] = true
+	if !r.specialSet[a.content] {
+		r.others = append(r.others, a)
+	}
+	return nil
+}
+
+// idOf is the id content gets: the one it was added with, its vocabulary
+// id, or the next id after the vocabulary and the added tokens so far.
+func (r *addedReplay) idOf(content string) (uint32, error) {
+	if id, ok := r.addedIDs[content]; ok {
+		return id, nil
+	}
+	if id, ok := r.vocab[content]; ok {
+		return id, nil
+	}
+	switch {
+	case !r.hasMax:
+		return r.vocabSize, nil
+	case r.maxAdded >= r.vocabSize || r.vocabSize == 0:
+		if r.maxAdded == ^uint32(0) {
+			return 0, errf("added_tokens", "ids overflow")
+		}
+		return r.maxAdded + 1, nil
+	default:
+		return r.vocabSize, nil
+	}
+}
+
+// patterns are the matchers' patterns: each entry with its content's id and
+// the options of the last entry given that id.
+func (r *addedReplay) patterns() []addedToken {
 	var out []addedToken
-	for _, a := range append(specials, others...) {
-		id := addedIDs[a.content]
-		f := flags[id]
+	for _, a := range append(r.specials, r.others...) {
+		id := r.addedIDs[a.content]
+		f := r.flags[id]
 		f.id = id
 		f.content = a.content
 		f.normalized = a.normalized
 		out = append(out, f)
 	}
-	return out, nil
+	return out
 }

@@ -43,29 +43,41 @@ func (st *splitStep) run(e *encoder, level int, p []byte) {
 		e.states = append(e.states, matchState{})
 	}
 	if st.behavior == behaviorIsolated || st.behavior == behaviorRemoved {
-		keepText := st.behavior == behaviorIsolated || !st.invert
-		keepMatch := st.behavior == behaviorIsolated || st.invert
-		e.states[level] = matchState{}
-		pos := 0
-		for pos < len(p) {
-			ms, me := st.sp.next(p, pos, &e.states[level])
-			if ms < 0 {
-				break
-			}
-			if ms > pos && keepText {
-				e.piece(level+1, p[pos:ms])
-			}
-			if keepMatch {
-				e.piece(level+1, p[ms:me])
-			}
-			pos = me
-		}
-		if pos < len(p) && keepText {
-			e.piece(level+1, p[pos:])
-		}
+		st.runDirect(e, level, p)
 		return
 	}
-	// The merging behaviours, as Hugging Face's NormalizedString::split.
+	for _, s := range st.merge(st.segments(p)) {
+		e.piece(level+1, p[s.start:s.end])
+	}
+}
+
+// runDirect splits p with the Isolated or Removed behaviour, handing each
+// piece on as it is found.
+func (st *splitStep) runDirect(e *encoder, level int, p []byte) {
+	keepText := st.behavior == behaviorIsolated || !st.invert
+	keepMatch := st.behavior == behaviorIsolated || st.invert
+	e.states[level] = matchState{}
+	pos := 0
+	for pos < len(p) {
+		ms, me := st.sp.next(p, pos, &e.states[level])
+		if ms < 0 {
+			break
+		}
+		if ms > pos && keepText {
+			e.piece(level+1, p[pos:ms])
+		}
+		if keepMatch {
+			e.piece(level+1, p[ms:me])
+		}
+		pos = me
+	}
+	if pos < len(p) && keepText {
+		e.piece(level+1, p[pos:])
+	}
+}
+
+// segments cuts p into the pattern's matches and the text between them.
+func (st *splitStep) segments(p []byte) []seg {
 	var segs []seg
 	var state matchState
 	pos := 0
@@ -83,6 +95,12 @@ func (st *splitStep) run(e *encoder, level int, p []byte) {
 	if pos < len(p) {
 		segs = append(segs, seg{pos, len(p), st.invert})
 	}
+	return segs
+}
+
+// merge joins segments by one of the merging behaviours, as Hugging Face's
+// NormalizedString::split.
+func (st *splitStep) merge(segs []seg) []seg {
 	var out []seg
 	prev := false
 	switch st.behavior {
@@ -118,9 +136,7 @@ func (st *splitStep) run(e *encoder, level int, p []byte) {
 			out[i], out[j] = out[j], out[i]
 		}
 	}
-	for _, s := range out {
-		e.piece(level+1, p[s.start:s.end])
-	}
+	return out
 }
 
 // byteLevelStep is the ByteLevel pre-tokenizer, the last step: it may

@@ -191,116 +191,164 @@ func hasAssertion(re *syntax.Regexp) bool {
 // references) are refused. Lookaround fails to compile in Go and is refused
 // there.
 func translateRegex(p string) (string, error) {
-	bad := func(what string) (string, error) {
-		return "", fmt.Errorf("regex %q: %s not supported", p, what)
-	}
-	var b strings.Builder
-	inClass := false
+	t := &regexTranslator{p: p}
 	for i := 0; i < len(p); {
-		c := p[i]
-		switch {
-		case c == '\\':
-			if i+1 >= len(p) {
-				return bad("trailing backslash")
-			}
-			e := p[i+1]
-			switch e {
-			case 's':
-				if inClass {
-					b.WriteString(spaceBody)
-				} else {
-					b.WriteString("[" + spaceBody + "]")
-				}
-			case 'S':
-				if inClass {
-					return bad(`\S inside a class`)
-				}
-				b.WriteString("[^" + spaceBody + "]")
-			case 'w':
-				if inClass {
-					b.WriteString(wordBody)
-				} else {
-					b.WriteString("[" + wordBody + "]")
-				}
-			case 'W':
-				if inClass {
-					return bad(`\W inside a class`)
-				}
-				b.WriteString("[^" + wordBody + "]")
-			case 'd':
-				b.WriteString(`\p{Nd}`)
-			case 'D':
-				b.WriteString(`\P{Nd}`)
-			case 'p', 'P', 'x':
-				// \p{..}, \pL, \x{..}, \xHH: copied; Go rejects what it lacks.
-				j := i + 2
-				if j < len(p) && p[j] == '{' {
-					k := strings.IndexByte(p[j:], '}')
-					if k < 0 {
-						return bad("unterminated " + `\` + string(e))
-					}
-					j += k + 1
-				} else if e == 'x' {
-					j += 2
-				} else {
-					j++
-				}
-				if j > len(p) {
-					return bad("truncated escape")
-				}
-				b.WriteString(p[i:j])
-				i = j
-				continue
-			case 't', 'n', 'r', 'f', 'v', 'a':
-				b.WriteString(p[i : i+2])
-			default:
-				if e >= utf8.RuneSelf || (e >= '0' && e <= '9') ||
-					(e >= 'a' && e <= 'z') || (e >= 'A' && e <= 'Z') {
-					return bad(`escape \` + string(e))
-				}
-				b.WriteString(p[i : i+2]) // an escaped punctuation character
-			}
-			i += 2
-			continue
-		case inClass && c == '[':
-			return bad("a nested class or POSIX bracket")
-		case inClass && c == '&' && i+1 < len(p) && p[i+1] == '&':
-			return bad("class intersection")
-		case inClass && c == ']':
-			inClass = false
-		case !inClass && c == '[':
-			inClass = true
-			b.WriteByte(c)
-			i++
-			if i < len(p) && p[i] == '^' {
-				b.WriteByte('^')
-				i++
-			}
-			if i < len(p) && p[i] == ']' { // a leading ] is literal
-				b.WriteString(`\]`)
-				i++
-			}
-			continue
-		case !inClass && c == '(' && i+1 < len(p) && p[i+1] == '?':
-			// Groups with flags: only i (and its negation) mean the same.
-			j := i + 2
-			for j < len(p) && (p[j] == 'i' || p[j] == '-') {
-				j++
-			}
-			if j < len(p) && j > i+2 && p[j] != ':' && p[j] != ')' {
-				return bad("inline flag")
-			}
-			if j == i+2 && j < len(p) && strings.IndexByte("imsx", p[j]) >= 0 {
-				return bad("inline flag")
-			}
-		case !inClass && c == '{' && i+1 < len(p) && p[i+1] == ',':
-			return bad("{,n}")
+		var err error
+		if i, err = t.step(i); err != nil {
+			return "", err
 		}
-		b.WriteByte(c)
+	}
+	if t.inClass {
+		return "", t.bad("unterminated class")
+	}
+	return t.b.String(), nil
+}
+
+// regexTranslator is translateRegex's state: the output so far and whether
+// it is inside a bracketed class.
+type regexTranslator struct {
+	p       string
+	b       strings.Builder
+	inClass bool
+}
+
+// bad is the error refusing a construct of the pattern.
+func (t *regexTranslator) bad(what string) error {
+	return fmt.Errorf("regex %q: %s not supported", t.p, what)
+}
+
+// step translates the construct at p[i] and returns where the next begins.
+func (t *regexTranslator) step(i int) (int, error) {
+	p := t.p
+	c := p[i]
+	switch {
+	case c == '\\':
+		return t.escape(i)
+	case t.inClass && c == '[':
+		return 0, t.bad("a nested class or POSIX bracket")
+	case t.inClass && c == '&' && i+1 < len(p) && p[i+1] == '&':
+		return 0, t.bad("class intersection")
+	case t.inClass && c == ']':
+		t.inClass = false
+	case !t.inClass && c == '[':
+		return t.openClass(i), nil
+	case !t.inClass && c == '(' && i+1 < len(p) && p[i+1] == '?':
+		if err := t.checkGroupFlags(i); err != nil {
+			return 0, err
+		}
+	case !t.inClass && c == '{' && i+1 < len(p) && p[i+1] == ',':
+		return 0, t.bad("{,n}")
+	}
+	t.b.WriteByte(c)
+	return i + 1, nil
+}
+
+// openClass copies the opening of a class at p[i] ('[', a negation, and a
+// leading ']', which is literal) and returns where its body begins.
+func (t *regexTranslator) openClass(i int) int {
+	p := t.p
+	t.inClass = true
+	t.b.WriteByte('[')
+	i++
+	if i < len(p) && p[i] == '^' {
+		t.b.WriteByte('^')
 		i++
 	}
-	if inClass {
-		return bad("unterminated class")
+	if i < len(p) && p[i] == ']' { // a leading ] is literal
+		t.b.WriteString(`\]`)
+		i++
 	}
-	return b.String(), nil
+	return i
+}
+
+// checkGroupFlags refuses a group at p[i] ("(?") with flags other than i
+// (and its negation), which mean the same in both syntaxes.
+func (t *regexTranslator) checkGroupFlags(i int) error {
+	p := t.p
+	j := i + 2
+	for j < len(p) && (p[j] == 'i' || p[j] == '-') {
+		j++
+	}
+	if j < len(p) && j > i+2 && p[j] != ':' && p[j] != ')' {
+		return t.bad("inline flag")
+	}
+	if j == i+2 && j < len(p) && strings.IndexByte("imsx", p[j]) >= 0 {
+		return t.bad("inline flag")
+	}
+	return nil
+}
+
+// escape translates the escape at p[i] and returns where the next
+// construct begins.
+func (t *regexTranslator) escape(i int) (int, error) {
+	p := t.p
+	if i+1 >= len(p) {
+		return 0, t.bad("trailing backslash")
+	}
+	e := p[i+1]
+	switch e {
+	case 's', 'S', 'w', 'W':
+		if err := t.shorthand(e); err != nil {
+			return 0, err
+		}
+	case 'd':
+		t.b.WriteString(`\p{Nd}`)
+	case 'D':
+		t.b.WriteString(`\P{Nd}`)
+	case 'p', 'P', 'x':
+		return t.copyEscape(i)
+	case 't', 'n', 'r', 'f', 'v', 'a':
+		t.b.WriteString(p[i : i+2])
+	default:
+		if e >= utf8.RuneSelf || (e >= '0' && e <= '9') ||
+			(e >= 'a' && e <= 'z') || (e >= 'A' && e <= 'Z') {
+			return 0, t.bad(`escape \` + string(e))
+		}
+		t.b.WriteString(p[i : i+2]) // an escaped punctuation character
+	}
+	return i + 2, nil
+}
+
+// shorthand writes \s, \S, \w or \W as its Unicode class; the negated ones
+// are refused inside a class.
+func (t *regexTranslator) shorthand(e byte) error {
+	body := spaceBody
+	if e == 'w' || e == 'W' {
+		body = wordBody
+	}
+	switch {
+	case (e == 's' || e == 'w') && t.inClass:
+		t.b.WriteString(body)
+	case e == 's' || e == 'w':
+		t.b.WriteString("[" + body + "]")
+	case t.inClass:
+		return t.bad(`\` + string(e) + ` inside a class`)
+	default:
+		t.b.WriteString("[^" + body + "]")
+	}
+	return nil
+}
+
+// copyEscape copies \p{..}, \pL, \x{..} or \xHH at p[i] as it is (Go
+// rejects what it lacks) and returns where the next construct begins.
+func (t *regexTranslator) copyEscape(i int) (int, error) {
+	p := t.p
+	e := p[i+1]
+	j := i + 2
+	if j < len(p) && p[j] == '{' {
+		k := strings.IndexByte(p[j:], '}')
+		if k < 0 {
+			return 0, t.bad("unterminated " + `\` + string(e))
+		}
+		j += k + 1
+	} else if e == 'x' {
+		j += 2
+	} else {
+		j++
+	}
+	if j > len(p) {
+		return 0, t.bad("truncated escape")
+	}
+	t.b.WriteString(p[i:j])
+	return j, nil
 }

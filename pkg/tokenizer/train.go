@@ -48,6 +48,20 @@ func Train(corpus []string, vocabSize int) ([]byte, error) {
 	if vocabSize < 256 || vocabSize > 1<<20 {
 		return nil, fmt.Errorf("tokenizer: vocabulary size %d not in [256, %d]", vocabSize, 1<<20)
 	}
+	t := newTrainer(countWords(corpus), vocabSize)
+	for steps := 0; len(t.tokens) < vocabSize && steps < 4*vocabSize; steps++ {
+		best, n := t.bestPair()
+		if n < 2 {
+			break
+		}
+		t.merge(best)
+	}
+	return encodeJSON(t.tokens, t.merges)
+}
+
+// countWords splits each text as Llama 3's pre-tokenizer does and counts
+// the pieces.
+func countWords(corpus []string) map[string]int {
 	counts := map[string]int{}
 	for _, text := range corpus {
 		s := []byte(text)
@@ -57,88 +71,119 @@ func Train(corpus []string, vocabSize int) ([]byte, error) {
 			pos = end
 		}
 	}
+	return counts
+}
+
+// trainer is Train's state: the tokens so far and each word's spelling in
+// them, with the count of every adjacent pair.
+type trainer struct {
+	tokens []string // byte-level spellings, by id
+	ids    map[string]int32
+	merges [][2]string
+	syms   [][]int32 // each word's tokens
+	freq   []int     // each word's count
+	pairs  map[uint64]int
+	where  map[uint64][]int32 // pair -> words that had it (may be stale)
+}
+
+// pairOf is the key of the adjacent pair a, b.
+func pairOf(a, b int32) uint64 { return uint64(a)<<32 | uint64(uint32(b)) }
+
+// newTrainer starts from the 256 byte tokens (in GPT-2's order), the words
+// of counts spelt in them, in sorted order.
+func newTrainer(counts map[string]int, vocabSize int) *trainer {
 	words := make([]string, 0, len(counts))
 	for w := range counts {
 		words = append(words, w)
 	}
 	sort.Strings(words)
-
-	tokens := make([]string, 256, vocabSize) // byte-level spellings
-	ids := map[string]int32{}
+	t := &trainer{
+		tokens: make([]string, 256, vocabSize),
+		ids:    map[string]int32{},
+		syms:   make([][]int32, len(words)),
+		freq:   make([]int, len(words)),
+		pairs:  map[uint64]int{},
+		where:  map[uint64][]int32{},
+	}
 	var byteTok [256]int32
 	for i, b := range byteOrder {
-		tokens[i] = string(byteRune[b])
-		ids[tokens[i]] = int32(i)
+		t.tokens[i] = string(byteRune[b])
+		t.ids[t.tokens[i]] = int32(i)
 		byteTok[b] = int32(i)
 	}
-	syms := make([][]int32, len(words))
-	freq := make([]int, len(words))
-	pairs := map[uint64]int{}
-	where := map[uint64][]int32{} // pair -> words that had it (may be stale)
-	key := func(a, b int32) uint64 { return uint64(a)<<32 | uint64(uint32(b)) }
 	for i, w := range words {
-		freq[i] = counts[w]
+		t.freq[i] = counts[w]
 		for j := 0; j < len(w); j++ {
-			syms[i] = append(syms[i], byteTok[w[j]])
+			t.syms[i] = append(t.syms[i], byteTok[w[j]])
 		}
-		for j := 0; j+1 < len(syms[i]); j++ {
-			k := key(syms[i][j], syms[i][j+1])
-			pairs[k] += freq[i]
-			where[k] = append(where[k], int32(i))
+		t.addPairs(int32(i))
+	}
+	return t
+}
+
+// addPairs counts the pairs of word wi.
+func (t *trainer) addPairs(wi int32) {
+	s, f := t.syms[wi], t.freq[wi]
+	for j := 0; j+1 < len(s); j++ {
+		k := pairOf(s[j], s[j+1])
+		t.pairs[k] += f
+		t.where[k] = append(t.where[k], wi)
+	}
+}
+
+// bestPair is the most frequent pair (ties: the pair whose tokens come
+// first in byte order) and its count; the count is 1 or less when no pair
+// occurs twice.
+func (t *trainer) bestPair() (best uint64, bestN int) {
+	bestN = 1
+	for k, n := range t.pairs {
+		if n > bestN || (n == bestN && n > 1 && pairLess(t.tokens, k, best)) {
+			best, bestN = k, n
 		}
 	}
-	var merges [][2]string
-	for steps := 0; len(tokens) < vocabSize && steps < 4*vocabSize; steps++ {
-		var best uint64
-		bestN := 1
-		for k, n := range pairs {
-			if n > bestN || (n == bestN && n > 1 && pairLess(tokens, k, best)) {
-				best, bestN = k, n
-			}
-		}
-		if bestN < 2 {
-			break
-		}
-		a, b := int32(best>>32), int32(uint32(best))
-		merged := tokens[a] + tokens[b]
-		id, ok := ids[merged]
-		if !ok {
-			id = int32(len(tokens))
-			tokens = append(tokens, merged)
-			ids[merged] = id
-		}
-		merges = append(merges, [2]string{tokens[a], tokens[b]})
-		for _, wi := range where[best] {
-			s := syms[wi]
-			if !hasPair(s, a, b) {
-				continue
-			}
-			f := freq[wi]
-			for j := 0; j+1 < len(s); j++ {
-				k := key(s[j], s[j+1])
-				if pairs[k] -= f; pairs[k] <= 0 {
-					delete(pairs, k)
-				}
-			}
-			out := s[:0]
-			for j := 0; j < len(s); j++ {
-				if j+1 < len(s) && s[j] == a && s[j+1] == b {
-					out = append(out, id)
-					j++
-				} else {
-					out = append(out, s[j])
-				}
-			}
-			syms[wi] = out
-			for j := 0; j+1 < len(out); j++ {
-				k := key(out[j], out[j+1])
-				pairs[k] += f
-				where[k] = append(where[k], wi)
-			}
-		}
-		delete(where, best)
+	return best, bestN
+}
+
+// merge adds the token of pair best and respells the words that have it.
+func (t *trainer) merge(best uint64) {
+	a, b := int32(best>>32), int32(uint32(best))
+	merged := t.tokens[a] + t.tokens[b]
+	id, ok := t.ids[merged]
+	if !ok {
+		id = int32(len(t.tokens))
+		t.tokens = append(t.tokens, merged)
+		t.ids[merged] = id
 	}
-	return encodeJSON(tokens, merges)
+	t.merges = append(t.merges, [2]string{t.tokens[a], t.tokens[b]})
+	for _, wi := range t.where[best] {
+		if hasPair(t.syms[wi], a, b) {
+			t.respell(wi, a, b, id)
+		}
+	}
+	delete(t.where, best)
+}
+
+// respell replaces each pair a, b of word wi with id, keeping the pair
+// counts.
+func (t *trainer) respell(wi, a, b, id int32) {
+	s, f := t.syms[wi], t.freq[wi]
+	for j := 0; j+1 < len(s); j++ {
+		k := pairOf(s[j], s[j+1])
+		if t.pairs[k] -= f; t.pairs[k] <= 0 {
+			delete(t.pairs, k)
+		}
+	}
+	out := s[:0]
+	for j := 0; j < len(s); j++ {
+		if j+1 < len(s) && s[j] == a && s[j+1] == b {
+			out = append(out, id)
+			j++
+		} else {
+			out = append(out, s[j])
+		}
+	}
+	t.syms[wi] = out
+	t.addPairs(wi)
 }
 
 // pairLess orders pairs by their tokens' byte spellings.
@@ -172,25 +217,55 @@ func hasPair(s []int32, a, b int32) bool {
 // "a b" strings, which every version of tokenizers reads (byte-level tokens
 // have no spaces).
 func encodeJSON(tokens []string, merges [][2]string) ([]byte, error) {
-	q := func(s string) string {
-		var b bytes.Buffer
-		enc := json.NewEncoder(&b)
-		enc.SetEscapeHTML(false)
-		if err := enc.Encode(s); err != nil {
-			panic(err) // a string always encodes
-		}
-		return strings.TrimSuffix(b.String(), "\n")
-	}
 	var b strings.Builder
 	b.WriteString("{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n  \"added_tokens\": [\n")
+	added := make([]string, len(TrainedSpecialTokens))
 	for i, s := range TrainedSpecialTokens {
-		fmt.Fprintf(&b, "    {\n      \"id\": %d,\n      \"content\": %s,\n      \"single_word\": false,\n      \"lstrip\": false,\n      \"rstrip\": false,\n      \"normalized\": false,\n      \"special\": true\n    }", len(tokens)+i, q(s))
-		if i < len(TrainedSpecialTokens)-1 {
+		added[i] = fmt.Sprintf("    {\n      \"id\": %d,\n      \"content\": %s,\n      \"single_word\": false,\n      \"lstrip\": false,\n      \"rstrip\": false,\n      \"normalized\": false,\n      \"special\": true\n    }", len(tokens)+i, jsonString(s))
+	}
+	writeJSONLines(&b, added)
+	b.WriteString(trainedPipelineJSON())
+	vocab := make([]string, len(tokens))
+	for i, t := range tokens {
+		vocab[i] = fmt.Sprintf("      %s: %d", jsonString(t), i)
+	}
+	writeJSONLines(&b, vocab)
+	b.WriteString("    },\n    \"merges\": [\n")
+	lines := make([]string, len(merges))
+	for i, m := range merges {
+		lines[i] = "      " + jsonString(m[0]+" "+m[1])
+	}
+	writeJSONLines(&b, lines)
+	b.WriteString("    ]\n  }\n}\n")
+	return []byte(b.String()), nil
+}
+
+// jsonString is s as a JSON string, HTML characters unescaped.
+func jsonString(s string) string {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(s); err != nil {
+		panic(err) // a string always encodes
+	}
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// writeJSONLines writes items one a line, separated by commas.
+func writeJSONLines(b *strings.Builder, items []string) {
+	for i, item := range items {
+		b.WriteString(item)
+		if i < len(items)-1 {
 			b.WriteString(",")
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString(`  ],
+}
+
+// trainedPipelineJSON is the middle of Train's tokenizer.json, from the end
+// of added_tokens to the start of the vocabulary.
+func trainedPipelineJSON() string {
+	return `  ],
   "normalizer": null,
   "pre_tokenizer": {
     "type": "Sequence",
@@ -198,7 +273,7 @@ func encodeJSON(tokens []string, merges [][2]string) ([]byte, error) {
       {
         "type": "Split",
         "pattern": {
-          "Regex": ` + q(llama3Pattern) + `
+          "Regex": ` + jsonString(llama3Pattern) + `
         },
         "behavior": "Isolated",
         "invert": false
@@ -233,22 +308,5 @@ func encodeJSON(tokens []string, merges [][2]string) ([]byte, error) {
     "byte_fallback": false,
     "ignore_merges": true,
     "vocab": {
-`)
-	for i, t := range tokens {
-		fmt.Fprintf(&b, "      %s: %d", q(t), i)
-		if i < len(tokens)-1 {
-			b.WriteString(",")
-		}
-		b.WriteString("\n")
-	}
-	b.WriteString("    },\n    \"merges\": [\n")
-	for i, m := range merges {
-		fmt.Fprintf(&b, "      %s", q(m[0]+" "+m[1]))
-		if i < len(merges)-1 {
-			b.WriteString(",")
-		}
-		b.WriteString("\n")
-	}
-	b.WriteString("    ]\n  }\n}\n")
-	return []byte(b.String()), nil
+`
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	oai "github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/testing/openaitest"
 )
 
 // demo is a simulated model that starts at zero replicas. The simulator runs
@@ -102,14 +103,7 @@ func TestScaleFromZeroWithOpenAISDK(t *testing.T) {
 	require.NotEmpty(t, resp.Choices[0].Message.Content)
 	require.Positive(t, resp.Usage.PromptTokens)
 
-	stream := client.Chat.Completions.NewStreaming(ctx, chatParams("Stream something", 12))
-	var acc openai.ChatCompletionAccumulator
-	chunks := 0
-	for stream.Next() {
-		acc.AddChunk(stream.Current())
-		chunks++
-	}
-	require.NoError(t, stream.Err())
+	acc, chunks := openaitest.Accumulate(t, client.Chat.Completions.NewStreaming(ctx, chatParams("Stream something", 12)))
 	require.GreaterOrEqual(t, chunks, 12)
 	require.NotEmpty(t, acc.Choices[0].Message.Content)
 
@@ -133,12 +127,7 @@ func TestScaleFromZeroWithOpenAISDK(t *testing.T) {
 	requireAtZero(t, p)
 
 	// And it wakes again, streaming, from zero.
-	stream = client.Chat.Completions.NewStreaming(ctx, chatParams("Wake up again", 6))
-	acc = openai.ChatCompletionAccumulator{}
-	for stream.Next() {
-		acc.AddChunk(stream.Current())
-	}
-	require.NoError(t, stream.Err())
+	acc, _ = openaitest.Accumulate(t, client.Chat.Completions.NewStreaming(ctx, chatParams("Wake up again", 6)))
 	require.NotEmpty(t, acc.Choices[0].Message.Content)
 }
 

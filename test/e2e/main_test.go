@@ -18,8 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
@@ -178,17 +176,9 @@ func (p *platform) metric(name string, labels map[string]string) (float64, bool)
 
 func scrape(t *testing.T, url, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
-	resp, err := http.Get(url)
+	v, ok, err := promtest.ScrapeValue(url, name, labels)
 	require.NoError(t, err)
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
-	require.NoError(t, err)
-	fam, ok := fams[name]
-	if !ok {
-		return 0, false
-	}
-	return promtest.Lookup(fam, labels)
+	return v, ok
 }
 
 func postJSON(ctx context.Context, url, body string) (*http.Response, error) {

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/pkg/testing/openaitest"
 	"github.com/kvasir-serving/kvasir/pkg/testing/peerengine"
 )
 
@@ -72,14 +73,7 @@ func TestPeerEngineFromZeroWithOpenAISDK(t *testing.T) {
 	require.NotEmpty(t, resp.Choices[0].Message.Content)
 	require.Positive(t, resp.Usage.PromptTokens)
 
-	stream := client.Chat.Completions.NewStreaming(ctx, peerChat("Stream something", 12))
-	var acc openai.ChatCompletionAccumulator
-	chunks := 0
-	for stream.Next() {
-		acc.AddChunk(stream.Current())
-		chunks++
-	}
-	require.NoError(t, stream.Err())
+	acc, chunks := openaitest.Accumulate(t, client.Chat.Completions.NewStreaming(ctx, peerChat("Stream something", 12)))
 	require.Greater(t, chunks, 1)
 	require.NotEmpty(t, acc.Choices[0].Message.Content)
 

@@ -22,6 +22,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/kvevents"
 	"github.com/kvasir-serving/kvasir/pkg/testing/peerengine"
+	"github.com/kvasir-serving/kvasir/pkg/testing/runtest"
 )
 
 // timeout bounds every wait of these tests but the first build of the peer.
@@ -236,16 +237,6 @@ func subscribe(t *testing.T, topic string) (string, *events, *kvevents.Subscribe
 	sub := kvevents.NewSubscriber(endpoint, topic, ev.handle, kvevents.WithBind(),
 		kvevents.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sub.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(timeout):
-			t.Error("the subscriber's Run did not return")
-		}
-	})
+	runtest.Go(t, ctx, cancel, timeout, "the subscriber's Run", sub.Run)
 	return endpoint, ev, sub
 }

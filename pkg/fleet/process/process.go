@@ -91,11 +91,18 @@ type Runtime struct {
 	ctx  context.Context // lives until Close
 	stop context.CancelFunc
 	http *http.Client
-	wg   sync.WaitGroup
+	wg   sync.WaitGroup // the replicas' goroutines
 
-	mu   sync.Mutex
-	sets map[fleet.Key]*set
-	seq  int
+	// watches counts the watches' goroutines; they end when their watch
+	// stops, or after replicasDone is closed, once they have delivered the
+	// last change.
+	watches      sync.WaitGroup
+	replicasDone chan struct{} // closed by Close once every replica is gone
+
+	mu     sync.Mutex
+	sets   map[fleet.Key]*set
+	seq    int
+	closed bool // Close has stopped every replica: no watch goroutine starts
 }
 
 var (
@@ -117,7 +124,7 @@ func New(cfg Config, log *slog.Logger) (*Runtime, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Runtime{
-		cfg: cfg, log: log, ctx: ctx, stop: cancel, sets: map[fleet.Key]*set{},
+		cfg: cfg, log: log, ctx: ctx, stop: cancel, sets: map[fleet.Key]*set{}, replicasDone: make(chan struct{}),
 		http: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
 	}, nil
 }
@@ -127,8 +134,7 @@ type set struct {
 	spec     Spec
 	desired  map[string]int // per accelerator variant ("" without variants)
 	replicas []*replica
-	watchers map[int]func([]fleet.Endpoint)
-	nextW    int
+	watchers map[*watch]struct{}
 	crashes  int // consecutive crashes, for back-off
 	removed  bool
 }
@@ -177,7 +183,7 @@ func (r *Runtime) Add(spec Spec) {
 		s.spec = spec
 		return
 	}
-	r.sets[spec.Key] = &set{spec: spec, desired: map[string]int{}, watchers: map[int]func([]fleet.Endpoint){}}
+	r.sets[spec.Key] = &set{spec: spec, desired: map[string]int{}, watchers: map[*watch]struct{}{}}
 }
 
 // Remove scales a replica set to zero and forgets it.
@@ -255,24 +261,38 @@ func (r *Runtime) DesiredVariants(key fleet.Key) map[string]int {
 	return nil
 }
 
-// Watch implements fleet.Watcher.
+// Watch implements fleet.Watcher, with its guarantees: fn is called from a
+// goroutine the runtime owns, one per watch, outside every runtime lock,
+// with the newest set. For a key the runtime does not know, fn is called
+// once with no endpoints; after Close, once, before Watch returns.
 func (r *Runtime) Watch(key fleet.Key, fn func([]fleet.Endpoint)) func() {
+	w := newWatch(fn)
 	r.mu.Lock()
-	s, ok := r.sets[key]
-	if !ok {
+	s := r.sets[key]
+	var eps []fleet.Endpoint
+	if s != nil {
+		s.watchers[w] = struct{}{}
+		eps = readyEndpoints(s)
+	}
+	if r.closed {
 		r.mu.Unlock()
-		fn(nil)
+		fn(eps) // the runtime owns no goroutine any more
 		return func() {}
 	}
-	id := s.nextW
-	s.nextW++
-	s.watchers[id] = fn
-	fn(readyEndpoints(s)) // under the lock: watchers see changes in order
+	w.post(eps)
+	r.watches.Add(1) // under r.mu, before Close can wait
 	r.mu.Unlock()
+	go func() {
+		defer r.watches.Done()
+		w.run(r.replicasDone)
+	}()
 	return func() {
-		r.mu.Lock()
-		delete(s.watchers, id)
-		r.mu.Unlock()
+		if s != nil {
+			r.mu.Lock()
+			delete(s.watchers, w)
+			r.mu.Unlock()
+		}
+		w.stop()
 	}
 }
 
@@ -310,10 +330,12 @@ func readyEndpoints(s *set) []fleet.Endpoint {
 	return eps
 }
 
+// notifyLocked hands the set's ready endpoints to its watches' goroutines;
+// it calls no callback.
 func (r *Runtime) notifyLocked(s *set) {
 	eps := readyEndpoints(s)
-	for _, fn := range s.watchers {
-		fn(eps)
+	for w := range s.watchers {
+		w.post(eps)
 	}
 }
 
@@ -389,88 +411,123 @@ func expand(args []string, port, kvPort int) []string {
 	return out
 }
 
+// startLocked starts one replica of variant: it reserves ports and
+// devices, launches the engine and the queue-proxy, and hands the replica
+// to its supervisor.
 func (r *Runtime) startLocked(s *set, variant string) error {
-	ep, err := freePort()
+	ports, err := freePorts()
 	if err != nil {
-		return fmt.Errorf("engine port: %w", err)
+		return err
 	}
-	qpPort, err := freePort()
-	if err != nil {
-		return fmt.Errorf("queue-proxy port: %w", err)
-	}
-	kvPort, err := freePort()
-	if err != nil {
-		return fmt.Errorf("KV events port: %w", err)
-	}
-	r.seq++
-	name := fmt.Sprintf("%s-%s", s.spec.Key.Revision, strconv.Itoa(r.seq))
-	if s.spec.Key.Role != "" {
-		name = fmt.Sprintf("%s-%s-%d", s.spec.Key.Revision, s.spec.Key.Role, r.seq)
-	}
+	name := r.replicaNameLocked(s.spec.Key)
 	var devEnv []string
 	if r.cfg.Devices != nil {
 		if devEnv, err = r.cfg.Devices.Allocate(s.spec.Key, variant, name); err != nil {
 			return fmt.Errorf("accelerators for %s: %w", name, err)
 		}
 	}
-	started := false
-	defer func() {
-		if !started && r.cfg.Devices != nil {
+	engine, qp := r.commands(s.spec, name, ports, devEnv)
+	logs, err := r.launch(name, engine, qp)
+	if err != nil {
+		if r.cfg.Devices != nil {
 			r.cfg.Devices.Release(name)
 		}
-	}()
-	engineArgv := expand(s.spec.Engine, ep, kvPort)
-	engine := exec.Command(engineArgv[0], engineArgv[1:]...)
-	engine.Env = append(append(append(inheritedEnv(), "PORT="+strconv.Itoa(ep), "KV_EVENTS_PORT="+strconv.Itoa(kvPort)),
-		s.spec.Env...), devEnv...)
+		return err
+	}
+	rp := &replica{name: name, variant: variant, qpPort: ports.queueProxy, enginePort: ports.engine, engine: engine, qp: qp,
+		engineDone: make(chan struct{}), qpDone: make(chan struct{}),
+		state: stateStarting, started: time.Now(), done: make(chan struct{})}
+	s.replicas = append(s.replicas, rp)
+	r.log.Info("replica starting", slog.String("replica", name), slog.Int("queueProxyPort", ports.queueProxy),
+		slog.Int("enginePort", ports.engine), slog.String("logs", r.cfg.LogDir))
+
+	exited := make(chan string, 2)
+	r.wg.Add(3)
+	go func() { defer r.wg.Done(); waitLog(engine, logs[0], rp.engineDone); exited <- "engine" }()
+	go func() { defer r.wg.Done(); waitLog(qp, logs[1], rp.qpDone); exited <- "queue-proxy" }()
+	go func() { defer r.wg.Done(); r.supervise(s, rp, exited) }()
+	return nil
+}
+
+// replicaPorts are the loopback ports of one replica.
+type replicaPorts struct {
+	engine, queueProxy, kvEvents int
+}
+
+// freePorts reserves a replica's ports.
+func freePorts() (replicaPorts, error) {
+	var p replicaPorts
+	var err error
+	if p.engine, err = freePort(); err != nil {
+		return p, fmt.Errorf("engine port: %w", err)
+	}
+	if p.queueProxy, err = freePort(); err != nil {
+		return p, fmt.Errorf("queue-proxy port: %w", err)
+	}
+	if p.kvEvents, err = freePort(); err != nil {
+		return p, fmt.Errorf("KV events port: %w", err)
+	}
+	return p, nil
+}
+
+// replicaNameLocked names the next replica of a set: revision[-role]-seq.
+func (r *Runtime) replicaNameLocked(key fleet.Key) string {
+	r.seq++
+	if key.Role != "" {
+		return fmt.Sprintf("%s-%s-%d", key.Revision, key.Role, r.seq)
+	}
+	return key.Revision + "-" + strconv.Itoa(r.seq)
+}
+
+// commands builds a replica's engine and queue-proxy commands.
+func (r *Runtime) commands(spec Spec, name string, ports replicaPorts, devEnv []string) (engine, qp *exec.Cmd) {
+	engineArgv := expand(spec.Engine, ports.engine, ports.kvEvents)
+	engine = exec.Command(engineArgv[0], engineArgv[1:]...)
+	engine.Env = append(append(append(inheritedEnv(),
+		"PORT="+strconv.Itoa(ports.engine), "KV_EVENTS_PORT="+strconv.Itoa(ports.kvEvents)),
+		spec.Env...), devEnv...)
 	qpArgv := append(append([]string(nil), r.cfg.QueueProxy...),
-		"--port", strconv.Itoa(qpPort),
-		"--engine-url", "http://127.0.0.1:"+strconv.Itoa(ep),
+		"--port", strconv.Itoa(ports.queueProxy),
+		"--engine-url", "http://127.0.0.1:"+strconv.Itoa(ports.engine),
 		"--pod-name", name)
-	qpArgv = append(qpArgv, expand(s.spec.QueueProxyArgs, ep, kvPort)...)
-	qp := exec.Command(qpArgv[0], qpArgv[1:]...)
+	qpArgv = append(qpArgv, expand(spec.QueueProxyArgs, ports.engine, ports.kvEvents)...)
+	qp = exec.Command(qpArgv[0], qpArgv[1:]...)
 	for _, c := range []*exec.Cmd{engine, qp} {
 		// Children die with us even when we are killed hard (on Linux), and
 		// each leads its own process group, killed whole when it hangs.
 		c.SysProcAttr = DieWithParent(&syscall.SysProcAttr{Setpgid: true})
 	}
-	engineLog, err := r.logFile(name + "-engine.log")
-	if err != nil {
-		return err
+	return engine, qp
+}
+
+// launch starts a replica's engine, then its queue-proxy, each writing to
+// its own log file; it returns the engine's and the queue-proxy's log, for
+// the caller to close when each process has exited. On error nothing runs.
+func (r *Runtime) launch(name string, engine, qp *exec.Cmd) ([2]*os.File, error) {
+	var logs [2]*os.File
+	var err error
+	if logs[0], err = r.logFile(name + "-engine.log"); err != nil {
+		return logs, err
 	}
-	qpLog, err := r.logFile(name + "-queue-proxy.log")
-	if err != nil {
-		engineLog.Close()
-		return err
+	if logs[1], err = r.logFile(name + "-queue-proxy.log"); err != nil {
+		logs[0].Close()
+		return logs, err
 	}
-	engine.Stdout, engine.Stderr = engineLog, engineLog
-	qp.Stdout, qp.Stderr = qpLog, qpLog
+	engine.Stdout, engine.Stderr = logs[0], logs[0]
+	qp.Stdout, qp.Stderr = logs[1], logs[1]
 	if err := engine.Start(); err != nil {
-		engineLog.Close()
-		qpLog.Close()
-		return fmt.Errorf("start engine %q: %w", engineArgv[0], err)
+		logs[0].Close()
+		logs[1].Close()
+		return logs, fmt.Errorf("start engine %q: %w", engine.Args[0], err)
 	}
 	if err := qp.Start(); err != nil {
 		_ = engine.Process.Kill()
 		_ = engine.Wait()
-		engineLog.Close()
-		qpLog.Close()
-		return fmt.Errorf("start queue-proxy: %w", err)
+		logs[0].Close()
+		logs[1].Close()
+		return logs, fmt.Errorf("start queue-proxy: %w", err)
 	}
-	started = true
-	rp := &replica{name: name, variant: variant, qpPort: qpPort, enginePort: ep, engine: engine, qp: qp,
-		engineDone: make(chan struct{}), qpDone: make(chan struct{}),
-		state: stateStarting, started: time.Now(), done: make(chan struct{})}
-	s.replicas = append(s.replicas, rp)
-	r.log.Info("replica starting", slog.String("replica", name), slog.Int("queueProxyPort", qpPort),
-		slog.Int("enginePort", ep), slog.String("logs", r.cfg.LogDir))
-
-	exited := make(chan string, 2)
-	r.wg.Add(3)
-	go func() { defer r.wg.Done(); waitLog(engine, engineLog, rp.engineDone); exited <- "engine" }()
-	go func() { defer r.wg.Done(); waitLog(qp, qpLog, rp.qpDone); exited <- "queue-proxy" }()
-	go func() { defer r.wg.Done(); r.supervise(s, rp, exited) }()
-	return nil
+	return logs, nil
 }
 
 func (r *Runtime) logFile(name string) (*os.File, error) {
@@ -488,45 +545,37 @@ func waitLog(c *exec.Cmd, f io.Closer, done chan struct{}) {
 }
 
 // supervise probes a replica until ready, keeps checking its health, and
-// handles the exit of either process.
+// handles the exit of either process: it ends the other, forgets the
+// replica and, when the exit was a failure, replaces it.
 func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
-	probeURL := "http://127.0.0.1:" + strconv.Itoa(rp.qpPort) + "/kvasir/ready"
-	startDeadline := time.Now().Add(r.cfg.StartTimeout)
+	which := r.probeUntilExit(s, rp, exited)
+	expected := r.markExited(s, rp, which)
+	r.terminate(rp)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.forgetLocked(s, rp)
+	if !expected && !s.removed {
+		r.replaceLocked(s)
+	}
+}
+
+// probeUntilExit probes the replica until one of its processes exits or the
+// runtime shuts down, and says which ("engine", "queue-proxy", "shutdown").
+func (r *Runtime) probeUntilExit(s *set, rp *replica, exited <-chan string) string {
+	pr := prober{url: "http://127.0.0.1:" + strconv.Itoa(rp.qpPort) + "/kvasir/ready",
+		deadline: time.Now().Add(r.cfg.StartTimeout)}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	failures := 0
-	var which string
-	for which == "" {
+	for {
 		select {
-		case which = <-exited:
+		case which := <-exited:
+			return which
 		case <-r.ctx.Done():
-			which = "shutdown"
+			return "shutdown"
 		case <-timer.C:
-			ok := r.probe(probeURL)
+			ok := r.probe(pr.url)
 			r.mu.Lock()
-			switch {
-			case rp.stopping:
-			case ok && rp.state != stateReady:
-				if rp.state == stateStarting {
-					r.log.Info("replica ready", slog.String("replica", rp.name), slog.Duration("startup", time.Since(rp.started)))
-					s.crashes = 0
-				}
-				rp.state = stateReady
-				failures = 0
-				r.notifyLocked(s)
-			case !ok && rp.state == stateReady:
-				failures++
-				if failures >= 3 {
-					rp.state = stateUnready
-					r.log.Warn("replica failed readiness", slog.String("replica", rp.name))
-					r.notifyLocked(s)
-				}
-			case !ok && rp.state == stateStarting && time.Now().After(startDeadline):
-				r.log.Error("replica did not become ready in time; replacing it", slog.String("replica", rp.name),
-					slog.Duration("startTimeout", r.cfg.StartTimeout))
-				rp.timedOut = true // its exit is a failure: replace it
-				r.stopLocked(s, rp)
-			}
+			r.observeLocked(s, rp, &pr, ok)
 			interval := r.cfg.HealthInterval
 			if rp.state == stateStarting {
 				interval = r.cfg.ProbeInterval
@@ -535,9 +584,51 @@ func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
 			timer.Reset(interval)
 		}
 	}
-	// One process ended (or we are shutting down): end the other too.
+}
+
+// prober is the readiness probing of one replica.
+type prober struct {
+	url      string
+	deadline time.Time // to become ready by
+	failures int       // consecutive failed probes of a ready replica
+}
+
+// observeLocked moves a replica's state on one probe's result: ready on
+// success, not ready after three failures, replaced when it did not become
+// ready by the deadline.
+func (r *Runtime) observeLocked(s *set, rp *replica, pr *prober, ok bool) {
+	switch {
+	case rp.stopping:
+	case ok && rp.state != stateReady:
+		if rp.state == stateStarting {
+			r.log.Info("replica ready", slog.String("replica", rp.name), slog.Duration("startup", time.Since(rp.started)))
+			s.crashes = 0
+		}
+		rp.state = stateReady
+		pr.failures = 0
+		r.notifyLocked(s)
+	case !ok && rp.state == stateReady:
+		pr.failures++
+		if pr.failures >= 3 {
+			rp.state = stateUnready
+			r.log.Warn("replica failed readiness", slog.String("replica", rp.name))
+			r.notifyLocked(s)
+		}
+	case !ok && rp.state == stateStarting && time.Now().After(pr.deadline):
+		r.log.Error("replica did not become ready in time; replacing it", slog.String("replica", rp.name),
+			slog.Duration("startTimeout", r.cfg.StartTimeout))
+		rp.timedOut = true // its exit is a failure: replace it
+		r.stopLocked(s, rp)
+	}
+}
+
+// markExited takes a replica whose process which ended (or that shuts
+// down) out of the endpoints, and reports whether the end was expected (a
+// stop, not a crash or a timeout).
+func (r *Runtime) markExited(s *set, rp *replica, which string) (expected bool) {
 	r.mu.Lock()
-	expected := (rp.stopping && !rp.timedOut) || r.ctx.Err() != nil
+	defer r.mu.Unlock()
+	expected = (rp.stopping && !rp.timedOut) || r.ctx.Err() != nil
 	if !expected {
 		r.log.Error("replica process exited unexpectedly; replacing the replica", slog.String("replica", rp.name),
 			slog.String("process", which), slog.String("logs", r.cfg.LogDir))
@@ -545,11 +636,11 @@ func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
 	rp.stopping = true
 	rp.state = stateStopping
 	r.notifyLocked(s)
-	r.mu.Unlock()
-	r.terminate(rp)
+	return expected
+}
 
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// forgetLocked removes an ended replica from its set and frees its devices.
+func (r *Runtime) forgetLocked(s *set, rp *replica) {
 	for i, x := range s.replicas {
 		if x == rp {
 			s.replicas = append(s.replicas[:i], s.replicas[i+1:]...)
@@ -560,9 +651,11 @@ func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
 		r.cfg.Devices.Release(rp.name)
 	}
 	close(rp.done)
-	if expected || s.removed {
-		return
-	}
+}
+
+// replaceLocked starts a failed replica's replacement: at once after the
+// first crash in a row, after a growing back-off after the next ones.
+func (r *Runtime) replaceLocked(s *set) {
 	s.crashes++
 	backoff := crashBackoff(s.crashes)
 	if backoff == 0 {
@@ -573,8 +666,10 @@ func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
+		timer := time.NewTimer(backoff)
+		defer timer.Stop()
 		select {
-		case <-time.After(backoff):
+		case <-timer.C:
 			r.mu.Lock()
 			r.reconcileLocked(s)
 			r.mu.Unlock()
@@ -643,7 +738,8 @@ func (r *Runtime) terminate(rp *replica) {
 	}
 }
 
-// Close stops every replica and waits for them.
+// Close stops every replica and waits for them, then for the watches to
+// deliver the last change.
 func (r *Runtime) Close() {
 	r.mu.Lock()
 	for _, s := range r.sets {
@@ -655,6 +751,13 @@ func (r *Runtime) Close() {
 	r.mu.Unlock()
 	r.stop()
 	r.wg.Wait()
+	r.mu.Lock()
+	if !r.closed {
+		r.closed = true
+		close(r.replicasDone)
+	}
+	r.mu.Unlock()
+	r.watches.Wait()
 }
 
 // inheritedEnv is kvasir local's environment without the variables that

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -14,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrs "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -29,7 +26,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
-	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
+	"github.com/kvasir-serving/kvasir/pkg/fleet/kube"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
@@ -93,6 +90,7 @@ type Autoscaler struct {
 	collector *collector
 	pods      *podStats
 	usage     *usage
+	scaler    fleet.VariantScaler
 	poke      chan struct{}
 	roles     map[fleet.Key]*roleState
 }
@@ -102,14 +100,11 @@ var (
 	_ manager.LeaderElectionRunnable = (*Autoscaler)(nil)
 )
 
-// roleState is one revision role under the autoscaler.
+// roleState is one revision role under the autoscaler: the pass's Role,
+// for as long as the revision (by UID) lasts.
 type roleState struct {
-	uid     types.UID
-	decider *autoscaler.Decider
-	rate    autoscaler.TokenRate
-	ratio   *autoscaler.Ratio
-	placed  int    // replicas last applied
-	message string // the last unplaceable message, "" when all fit
+	uid  types.UID
+	role *autoscaler.Role
 }
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable: one
@@ -142,6 +137,7 @@ func (a *Autoscaler) Start(ctx context.Context) error {
 	a.pods = newPodStats(a.Log)
 	a.usage = &usage{client: a.ResourceMetrics, interval: cmp.Or(a.ResourceMetricsInterval, DefaultResourceMetricsInterval), log: a.Log}
 	a.roles = map[fleet.Key]*roleState{}
+	a.scaler = &kube.Scaler{Client: a.Client}
 	defer a.pods.stop()
 
 	ln := a.Listener
@@ -189,88 +185,28 @@ func (a *Autoscaler) wake() {
 	}
 }
 
-// role is one revision role in one pass.
-type role struct {
-	key      fleet.Key
-	rev      *v1alpha1.ModelRevision
-	name     string // fleet.Role*
-	state    *roleState
-	deps     []*appsv1.Deployment // per variant, cheapest first
-	variants []autoscaler.Variant
-	ready    int
-	dec      autoscaler.Decision
-}
-
+// tick runs one autoscaler.Pass over every revision role: observed from
+// the cluster, placed within the nodes' free accelerators, applied through
+// the Deployments' scale subresource; then each revision's
+// CapacityAvailable condition says what did not fit.
 func (a *Autoscaler) tick(ctx context.Context) error {
 	now := a.Now()
-	var revs v1alpha1.ModelRevisionList
-	if err := a.Client.List(ctx, &revs); err != nil {
-		return fmt.Errorf("listing revisions: %w", err)
+	p, err := a.list(ctx)
+	if err != nil {
+		return err
 	}
-	var nodes corev1.NodeList
-	if err := a.Client.List(ctx, &nodes); err != nil {
-		return fmt.Errorf("listing nodes: %w", err)
+	a.followPods(ctx, p.revs, p.pods)
+	results, err := autoscaler.Pass{Observer: p, Capacity: p.free, Scaler: a.scaler, Reporter: p}.Run(ctx, now)
+	if err != nil {
+		return err
 	}
-	var pods corev1.PodList
-	if err := a.Client.List(ctx, &pods); err != nil {
-		return fmt.Errorf("listing pods: %w", err)
-	}
-	free := FreeAccelerators(nodes.Items, pods.Items)
-	a.followPods(ctx, revs.Items, pods.Items)
-	demand := a.collector.demand()
-	podStats := a.pods.stats()
-	if usesResourceMetrics(revs.Items) {
-		a.usage.refresh(ctx, now)
-	}
-
-	roles := map[fleet.Key]*role{}
-	for i := range revs.Items {
-		rev := &revs.Items[i]
-		if rev.DeletionTimestamp != nil {
-			continue
-		}
-		for _, name := range names.Roles(rev) {
-			r, err := a.observe(ctx, rev, name, now, demand, podStats)
-			if err != nil {
-				a.Log.Warn("autoscaler skips a revision role", slog.String("revision", rev.Namespace+"/"+rev.Name),
-					slog.String("role", fleet.RoleLabel(name)), slog.Any("error", err))
-				continue
-			}
-			if r != nil {
-				roles[r.key] = r
-			}
-		}
-	}
-	for key := range a.roles {
-		if _, ok := roles[key]; !ok {
-			delete(a.roles, key)
-			a.metrics.forget(key)
-		}
-	}
-	reserve(free, roles, pods.Items)
-	// Prefill follows decode (to zero together, within the ratio).
-	want := make(map[fleet.Key]autoscaler.Decision, len(roles))
-	for k, r := range roles {
-		want[k] = r.dec
-	}
-	autoscaler.CoupleAll(want, func(k fleet.Key) (*autoscaler.Ratio, func(int) int) {
-		return roles[k].state.ratio, roles[k].state.decider.Clamp
-	})
-	for k, dec := range want {
-		roles[k].dec = dec
-	}
-	order := slices.SortedFunc(maps.Keys(roles), func(x, y fleet.Key) int {
-		px := autoscaler.Priority(roles[x].state.placed, roles[x].dec.Desired)
-		py := autoscaler.Priority(roles[y].state.placed, roles[y].dec.Desired)
-		return cmp.Or(cmp.Compare(px, py), cmp.Compare(x.String(), y.String()))
-	})
 	byRev := map[types.UID][]*role{}
 	var errs []error
-	for _, key := range order {
-		r := roles[key]
-		if err := a.apply(ctx, r, free); err != nil {
-			errs = append(errs, err)
+	for _, res := range results {
+		if res.Err != nil {
+			errs = append(errs, res.Err)
 		}
+		r := p.roles[res.Role.Key]
 		byRev[r.rev.UID] = append(byRev[r.rev.UID], r)
 	}
 	for _, rs := range byRev {
@@ -279,6 +215,25 @@ func (a *Autoscaler) tick(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// list reads what a pass starts from: revisions, nodes and pods, and from
+// the last two the free accelerators.
+func (a *Autoscaler) list(ctx context.Context) (*pass, error) {
+	var revs v1alpha1.ModelRevisionList
+	if err := a.Client.List(ctx, &revs); err != nil {
+		return nil, fmt.Errorf("listing revisions: %w", err)
+	}
+	var nodes corev1.NodeList
+	if err := a.Client.List(ctx, &nodes); err != nil {
+		return nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	var pods corev1.PodList
+	if err := a.Client.List(ctx, &pods); err != nil {
+		return nil, fmt.Errorf("listing pods: %w", err)
+	}
+	return &pass{a: a, revs: revs.Items, pods: pods.Items, free: FreeAccelerators(nodes.Items, pods.Items),
+		roles: map[fleet.Key]*role{}}, nil
 }
 
 // usesResourceMetrics tells whether a revision role scales on CPU or
@@ -294,158 +249,14 @@ func usesResourceMetrics(revs []v1alpha1.ModelRevision) bool {
 	return false
 }
 
-// reserve takes from free what the Deployments already asked for and have
-// no pod yet: their pods are on the way (the ReplicaSet controller makes
-// them a moment later), and nothing else may claim that capacity.
-func reserve(free map[string]int, roles map[fleet.Key]*role, pods []corev1.Pod) {
-	have := map[string]int{} // namespace/revision/role/variant → pods
-	for _, p := range pods {
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-			continue
-		}
-		l := p.Labels
-		have[p.Namespace+"/"+l[v1alpha1.LabelRevision]+"/"+l[v1alpha1.LabelRole]+"/"+l[v1alpha1.LabelVariant]]++
-	}
-	for _, r := range roles {
-		for _, v := range r.variants {
-			missing := v.Current - have[r.rev.Namespace+"/"+r.rev.Name+"/"+fleet.RoleLabel(r.name)+"/"+v.Name]
-			for res, n := range v.Need {
-				if missing > 0 {
-					free[res] = max(free[res]-missing*n, 0)
-				}
-			}
-		}
-	}
-}
-
-// observe gathers one revision role's state and takes its decision; nil
-// when its Deployments do not exist yet.
-func (a *Autoscaler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, name string, now time.Time,
-	demand map[fleet.Key]demand, podStats map[fleet.Key][]*stats.Stat) (*role, error) {
-	key := keyOf(rev, name)
-	r := &role{key: key, rev: rev, name: name, variants: autoscaler.VariantsOf(&rev.Spec.RevisionTemplate)}
-	current := 0
-	for i, v := range resources.Variants(rev) {
-		variant := ""
-		if v != nil {
-			variant = v.Name
-		}
-		d := &appsv1.Deployment{}
-		err := a.Client.Get(ctx, client.ObjectKey{Namespace: rev.Namespace, Name: names.Deployment(rev, name, variant)}, d)
-		if apierrs.IsNotFound(err) {
-			return nil, nil // the revision reconciler has not made it yet
-		}
-		if err != nil {
-			return nil, fmt.Errorf("getting deployment: %w", err)
-		}
-		r.deps = append(r.deps, d)
-		n := 0
-		if d.Spec.Replicas != nil {
-			n = int(*d.Spec.Replicas)
-		}
-		r.variants[i].Current = n
-		current += n
-		r.ready += int(d.Status.ReadyReplicas)
-	}
-
-	st := a.roles[key]
-	if st == nil || st.uid != rev.UID {
-		sc := rev.Spec.RoleScaling(name)
-		dec, err := autoscaler.NewDecider(autoscaler.ConfigOf(sc, autoscaler.InitialScale(sc, 0)), now)
-		if err != nil {
-			return nil, fmt.Errorf("spec.scaling: %w", err)
-		}
-		// The reconciler created the Deployments at the initial scale (or
-		// this is a restart): carry on from what runs.
-		dec.Resume(current)
-		st = &roleState{uid: rev.UID, decider: dec, placed: current}
-		if name == fleet.RolePrefill {
-			st.ratio = autoscaler.RatioOf(rev.Spec.Roles)
-		}
-		a.roles[key] = st
-	}
-	r.state = st
-	d := demand[key]
-	sig := st.rate.Observe(d.InFlight, d.Buffered, podStats[key], now)
-	use := a.usage.of(key, now)
-	sig.CPU, sig.MemoryGiB = use.CPU, use.MemoryGiB
-	st.decider.Record(now, sig)
-	r.dec = st.decider.Decide(now, r.ready, float64(d.Buffered), float64(d.InFlight))
-	if rev.Annotations[v1alpha1.AnnotationAutoscalerClass] == v1alpha1.AutoscalerClassExternal &&
-		rev.Spec.Replicas != nil && name != fleet.RolePrefill {
-		// An external scaler (HorizontalPodAutoscaler, KEDA, kubectl
-		// scale) writes the revision's scale subresource: its count,
-		// placed like ours.
-		r.dec = autoscaler.Decision{Desired: int(*rev.Spec.Replicas), Reason: "spec.replicas, set through the revision's scale subresource"}
-	}
-	if rev.Labels[v1alpha1.LabelRoutingState] == v1alpha1.RoutingStateReserve {
-		// No traffic can reach it: it waits for a rollback at zero.
-		r.dec = autoscaler.Decision{Desired: 0, Reason: "no traffic routes to the revision"}
-	}
-	a.metrics.observe(key, sig, r.dec)
-	return r, nil
-}
-
-// apply places a role's decision on its variants within free (which it
-// updates) and scales the Deployments that change.
-func (a *Autoscaler) apply(ctx context.Context, r *role, free map[string]int) error {
-	p := autoscaler.Place(r.variants, free, r.dec.Desired)
-	for i, v := range r.variants {
-		for res, n := range v.Need {
-			free[res] -= (p.Counts[i] - v.Current) * n // growth takes, shrinking gives back
-		}
-	}
-	var errs []error
-	for i, d := range r.deps {
-		variant := r.variants[i].Name
-		a.metrics.placed(r.key, variant, p.Counts[i], int(d.Status.ReadyReplicas))
-		if p.Counts[i] == r.variants[i].Current {
-			continue
-		}
-		if err := a.scale(ctx, d, p.Counts[i]); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	a.metrics.unplaceable.With(labelsOf(r.key)).Set(float64(p.Unplaceable))
-	total := p.Total()
-	if total != r.state.placed && len(errs) == 0 {
-		a.Log.Info("autoscaler", slog.String("revision", r.rev.Namespace+"/"+r.rev.Name), slog.String("role", fleet.RoleLabel(r.name)),
-			slog.Int("from", r.state.placed), slog.Int("to", total), slog.Bool("panic", r.dec.Panic), slog.String("reason", r.dec.Reason))
-		a.event(r.rev, corev1.EventTypeNormal, "Scaled", "Scaled %s from %d to %d replicas: %s", fleet.RoleLabel(r.name), r.state.placed, total, r.dec.Reason)
-		r.state.placed = total
-	}
-	msg := p.Message()
-	if msg != "" && msg != r.state.message {
-		a.event(r.rev, corev1.EventTypeWarning, v1alpha1.ReasonInsufficientAccelerators, "%s: %s", fleet.RoleLabel(r.name), msg)
-	}
-	r.state.message = msg
-	return errors.Join(errs...)
-}
-
-// scale sets a Deployment's replicas through its scale subresource.
-func (a *Autoscaler) scale(ctx context.Context, d *appsv1.Deployment, n int) error {
-	sc := &autoscalingv1.Scale{}
-	if err := a.Client.SubResource("scale").Get(ctx, d, sc); err != nil {
-		return fmt.Errorf("reading the scale of deployment %s/%s: %w", d.Namespace, d.Name, err)
-	}
-	if int(sc.Spec.Replicas) == n {
-		return nil
-	}
-	sc.Spec.Replicas = int32(n)
-	if err := a.Client.SubResource("scale").Update(ctx, d, client.WithSubResourceBody(sc)); err != nil {
-		return fmt.Errorf("scaling deployment %s/%s to %d: %w", d.Namespace, d.Name, n, err)
-	}
-	return nil
-}
-
 // report sets a revision's CapacityAvailable condition from its roles'
 // placement.
 func (a *Autoscaler) report(ctx context.Context, rs []*role) error {
 	rev := rs[0].rev
 	var missing []string
 	for _, r := range rs {
-		if r.state.message != "" {
-			missing = append(missing, fleet.RoleLabel(r.name)+": "+r.state.message)
+		if msg := r.state.role.Message; msg != "" {
+			missing = append(missing, fleet.RoleLabel(r.name)+": "+msg)
 		}
 	}
 	slices.Sort(missing)

@@ -82,24 +82,85 @@ func generation(rev *v1alpha1.ModelRevision) int {
 	return n
 }
 
-// Reconcile implements reconcile.Reconciler.
+// Reconcile implements reconcile.Reconciler: it fetches the service,
+// defaults and validates it, makes its revisions, keeps its LoRA ConfigMap,
+// resolves its traffic, collects old revisions and writes its status.
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	ms := &v1alpha1.ModelService{}
 	if err := r.Client.Get(ctx, req.NamespacedName, ms); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	before := ms.Status.DeepCopy()
+	if !prepare(ms) {
+		return reconcile.Result{}, r.updateStatus(ctx, ms, before)
+	}
+	revs, err := r.reconcileRevisions(ctx, ms)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	// After the revisions: a ConfigMap of that name that is not ours must
+	// not keep the service from its revisions.
+	if err := r.reconcileLoRA(ctx, ms); err != nil {
+		return reconcile.Result{}, err
+	}
+	latestReady := propagateLatest(ms, revs)
+	targets, routed, err := r.reconcileTraffic(ctx, ms, revs, latestReady)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if routed { // a mistake in spec.traffic collects no revision
+		if err := r.collect(ctx, ms, revs, targets, latestReady); err != nil {
+			return reconcile.Result{}, err
+		}
+	}
+	return reconcile.Result{}, r.updateStatus(ctx, ms, before)
+}
+
+// prepare defaults ms and initializes its status; it is false, with the
+// revisions marked failed, when the spec is invalid.
+func prepare(ms *v1alpha1.ModelService) bool {
 	ms.SetDefaults()
 	ms.Status.InitializeConditions()
 	ms.Status.ObservedGeneration = ms.Generation
 	if ferr := ms.Validate(); ferr != nil {
 		ms.Status.MarkRevisionsFailed("InvalidSpec", "%v", ferr)
-		return reconcile.Result{}, r.updateStatus(ctx, ms, before)
+		return false
 	}
+	return true
+}
 
+// reconcileRevisions returns the revisions of ms, oldest first, after
+// making a new one when the latest does not match the spec, and gives
+// every one the service's autoscaler class.
+func (r *Reconciler) reconcileRevisions(ctx context.Context, ms *v1alpha1.ModelService) ([]*v1alpha1.ModelRevision, error) {
+	revs, err := r.listRevisions(ctx, ms)
+	if err != nil {
+		return nil, err
+	}
+	want := snapshot(ms)
+	if len(revs) == 0 || !sameSnapshot(revs[len(revs)-1].Spec, want) {
+		gen := 1
+		if len(revs) > 0 {
+			gen = generation(revs[len(revs)-1]) + 1
+		}
+		rev := newRevision(ms, gen, want)
+		if err := r.Client.Create(ctx, rev); err != nil {
+			return nil, fmt.Errorf("creating revision %s: %w", rev.Name, err)
+		}
+		r.event(ms, rev, corev1.EventTypeNormal, "Created", "Created revision %s", rev.Name)
+		revs = append(revs, rev)
+	}
+	if err := r.syncAutoscalerClass(ctx, ms, revs); err != nil {
+		return nil, err
+	}
+	return revs, nil
+}
+
+// listRevisions returns the revisions ms controls, by generation.
+func (r *Reconciler) listRevisions(ctx context.Context, ms *v1alpha1.ModelService) ([]*v1alpha1.ModelRevision, error) {
 	list := &v1alpha1.ModelRevisionList{}
 	if err := r.Client.List(ctx, list, client.InNamespace(ms.Namespace), client.MatchingLabels{v1alpha1.LabelService: ms.Name}); err != nil {
-		return reconcile.Result{}, fmt.Errorf("listing revisions: %w", err)
+		return nil, fmt.Errorf("listing revisions: %w", err)
 	}
 	revs := make([]*v1alpha1.ModelRevision, 0, len(list.Items))
 	for i := range list.Items {
@@ -108,43 +169,39 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 	}
 	slices.SortFunc(revs, func(a, b *v1alpha1.ModelRevision) int { return generation(a) - generation(b) })
+	return revs, nil
+}
 
-	want := snapshot(ms)
-	if len(revs) == 0 || !sameSnapshot(revs[len(revs)-1].Spec, want) {
-		gen := 1
-		if len(revs) > 0 {
-			gen = generation(revs[len(revs)-1]) + 1
-		}
-		rev := &v1alpha1.ModelRevision{
-			ObjectMeta: metav1.ObjectMeta{
-				Name:      v1alpha1.RevisionName(ms.Name, gen),
-				Namespace: ms.Namespace,
-				Labels: map[string]string{v1alpha1.LabelService: ms.Name,
-					v1alpha1.LabelRevisionGeneration: strconv.Itoa(gen)},
-				OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(ms)},
-			},
-			Spec: want,
-		}
-		if class := ms.Annotations[v1alpha1.AnnotationAutoscalerClass]; class != "" {
-			rev.Annotations = map[string]string{v1alpha1.AnnotationAutoscalerClass: class}
-		}
-		// The serving role starts at its initial scale, at least its
-		// minScale; the autoscaler (or an external one) moves it from there.
-		rev.SetDefaults()
-		if sc := rev.Spec.ServingScaling(); sc.MinScale != nil && *sc.MinScale > *rev.Spec.Replicas {
-			n := *sc.MinScale
-			rev.Spec.Replicas = &n
-		}
-		if err := r.Client.Create(ctx, rev); err != nil {
-			return reconcile.Result{}, fmt.Errorf("creating revision %s: %w", rev.Name, err)
-		}
-		r.event(ms, rev, corev1.EventTypeNormal, "Created", "Created revision %s", rev.Name)
-		revs = append(revs, rev)
+// newRevision is generation gen of ms, freezing want, defaulted.
+func newRevision(ms *v1alpha1.ModelService, gen int, want v1alpha1.ModelRevisionSpec) *v1alpha1.ModelRevision {
+	rev := &v1alpha1.ModelRevision{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      v1alpha1.RevisionName(ms.Name, gen),
+			Namespace: ms.Namespace,
+			Labels: map[string]string{v1alpha1.LabelService: ms.Name,
+				v1alpha1.LabelRevisionGeneration: strconv.Itoa(gen)},
+			OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(ms)},
+		},
+		Spec: want,
 	}
+	if class := ms.Annotations[v1alpha1.AnnotationAutoscalerClass]; class != "" {
+		rev.Annotations = map[string]string{v1alpha1.AnnotationAutoscalerClass: class}
+	}
+	// The serving role starts at its initial scale, at least its
+	// minScale; the autoscaler (or an external one) moves it from there.
+	rev.SetDefaults()
+	if sc := rev.Spec.ServingScaling(); sc.MinScale != nil && *sc.MinScale > *rev.Spec.Replicas {
+		n := *sc.MinScale
+		rev.Spec.Replicas = &n
+	}
+	return rev
+}
 
-	// The autoscaler class follows the service on every revision.
+// syncAutoscalerClass makes the autoscaler class follow the service on
+// every revision.
+func (r *Reconciler) syncAutoscalerClass(ctx context.Context, ms *v1alpha1.ModelService, revs []*v1alpha1.ModelRevision) error {
+	class := ms.Annotations[v1alpha1.AnnotationAutoscalerClass]
 	for _, rev := range revs {
-		class := ms.Annotations[v1alpha1.AnnotationAutoscalerClass]
 		if rev.Annotations[v1alpha1.AnnotationAutoscalerClass] == class {
 			continue
 		}
@@ -158,58 +215,58 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 			rev.Annotations[v1alpha1.AnnotationAutoscalerClass] = class
 		}
 		if err := r.Client.Patch(ctx, rev, patch); err != nil {
-			return reconcile.Result{}, fmt.Errorf("revision %s: autoscaler class: %w", rev.Name, err)
+			return fmt.Errorf("revision %s: autoscaler class: %w", rev.Name, err)
 		}
 	}
+	return nil
+}
 
-	// After the revisions: a ConfigMap of that name that is not ours must
-	// not keep the service from its revisions.
-	if err := r.reconcileLoRA(ctx, ms); err != nil {
-		return reconcile.Result{}, err
-	}
-
+// propagateLatest sets the latest created and latest ready revisions in
+// the status, with the latest's readiness, and returns the latest ready.
+func propagateLatest(ms *v1alpha1.ModelService, revs []*v1alpha1.ModelRevision) string {
 	latest := revs[len(revs)-1]
 	ms.Status.LatestCreatedRevisionName = latest.Name
 	ms.Status.PropagateRevisionStatus(latest.Name, &latest.Status)
-	// The latest ready revision only moves forward, as in Knative: a newer
-	// revision that turns ready takes over, and one that is not ready for
-	// a while (waking from zero, a replica replaced) hands no traffic back
-	// to an older one.
-	latestReady := ""
+	ms.Status.LatestReadyRevisionName = latestReadyRevision(revs, ms.Status.LatestReadyRevisionName)
+	return ms.Status.LatestReadyRevisionName
+}
+
+// latestReadyRevision is the newest of revs that is ready or was the
+// latest ready (current): the latest ready revision only moves forward, as
+// in Knative. A newer revision that turns ready takes over, and one that
+// is not ready for a while (waking from zero, a replica replaced) hands no
+// traffic back to an older one.
+func latestReadyRevision(revs []*v1alpha1.ModelRevision, current string) string {
 	for i := len(revs) - 1; i >= 0; i-- {
-		if revs[i].IsReady() || revs[i].Name == ms.Status.LatestReadyRevisionName {
-			latestReady = revs[i].Name
-			break
+		if revs[i].IsReady() || revs[i].Name == current {
+			return revs[i].Name
 		}
 	}
-	ms.Status.LatestReadyRevisionName = latestReady
+	return ""
+}
 
+// reconcileTraffic resolves spec.traffic into the status and labels every
+// revision with its routing state. routed is false when spec.traffic is
+// wrong: the status says so, and routing states stay as they are, since a
+// mistake in spec.traffic must not scale down, nor collect, what serves.
+func (r *Reconciler) reconcileTraffic(ctx context.Context, ms *v1alpha1.ModelService, revs []*v1alpha1.ModelRevision,
+	latestReady string) (targets []traffic.Target, routed bool, err error) {
 	known := func(name string) bool {
 		return slices.ContainsFunc(revs, func(rev *v1alpha1.ModelRevision) bool { return rev.Name == name })
 	}
 	ms.Status.URL = r.BaseURL
-	targets, err := traffic.Resolve(ms.Spec.Traffic, latestReady, known)
+	targets, err = traffic.Resolve(ms.Spec.Traffic, latestReady, known)
 	switch {
 	case err != nil && latestReady == "" && len(ms.Spec.Traffic) == 0:
 		ms.Status.MarkTrafficNotReady(v1alpha1.ReasonDeploying, "no revision is ready yet")
-		err = r.markRouting(ctx, ms, revs, nil, latestReady)
+		return targets, true, r.markRouting(ctx, ms, revs, nil, latestReady)
 	case err != nil:
-		// Routing states stay as they are: a mistake in spec.traffic
-		// must not scale down, nor collect, what serves.
 		ms.Status.MarkTrafficFailed("TrafficInvalid", "%v", err)
-		return reconcile.Result{}, r.updateStatus(ctx, ms, before) // and no revision is collected
-	default:
-		ms.Status.SetTraffic(r.statusTraffic(ms, targets))
-		ms.Status.MarkTrafficReady()
-		err = r.markRouting(ctx, ms, revs, targets, latestReady)
+		return nil, false, nil
 	}
-	if err != nil {
-		return reconcile.Result{}, err
-	}
-	if err := r.collect(ctx, ms, revs, targets, latestReady); err != nil {
-		return reconcile.Result{}, err
-	}
-	return reconcile.Result{}, r.updateStatus(ctx, ms, before)
+	ms.Status.SetTraffic(r.statusTraffic(ms, targets))
+	ms.Status.MarkTrafficReady()
+	return targets, true, r.markRouting(ctx, ms, revs, targets, latestReady)
 }
 
 // statusTraffic renders resolved targets for the status, with a URL per

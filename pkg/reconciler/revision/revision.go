@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
@@ -102,30 +103,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 
 // initialReplicas is the replica count a role's Deployment is created
 // with: spec.replicas when an external scaler set it, else the revision's
-// initial scale (at least its minScale). From then on the autoscaler owns
+// initial scale (at least its minScale, at most its maxScale:
+// autoscaler.InitialScale, as in local mode). From then on the autoscaler owns
 // the count (pkg/reconciler/autoscaling), placing it on the variants.
 func initialReplicas(rev *v1alpha1.ModelRevision, role string) int32 {
 	if rev.Spec.Replicas != nil && role != fleet.RolePrefill {
 		return *rev.Spec.Replicas
 	}
-	sc := rev.Spec.Scaling
-	if rev.Spec.Roles != nil {
-		rs := rev.Spec.Roles.Decode
-		if role == fleet.RolePrefill {
-			rs = rev.Spec.Roles.Prefill
-		}
-		if rs != nil && rs.Scaling != nil {
-			sc = *rs.Scaling
-		}
+	sc := rev.Spec.RoleScaling(role)
+	least := 0 // an explicit initialScale, even 0, stands
+	if sc.InitialScale == nil {
+		least = v1alpha1.DefaultInitialScale
 	}
-	n := int32(1)
-	if sc.InitialScale != nil {
-		n = *sc.InitialScale
-	}
-	if sc.MinScale != nil && *sc.MinScale > n {
-		n = *sc.MinScale
-	}
-	return n
+	return int32(autoscaler.InitialScale(sc, least))
 }
 
 // reconcileRole makes a role's Deployments (one per accelerator variant)

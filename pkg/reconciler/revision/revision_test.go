@@ -200,3 +200,37 @@ func TestRevisionPodsPassRestrictedAdmission(t *testing.T) {
 		}
 	}
 }
+
+// A role's Deployment starts with spec.replicas when an external scaler
+// set it (not for prefill), else with the role's initial scale (1 when
+// unset), at least its minScale and at most its maxScale.
+func TestInitialReplicas(t *testing.T) {
+	n := func(v int32) *int32 { return &v }
+	for _, tc := range []struct {
+		name    string
+		replica *int32
+		scaling v1alpha1.ScalingSpec
+		roles   *v1alpha1.RolesSpec
+		role    string
+		want    int32
+	}{
+		{name: "default", want: 1},
+		{name: "initial scale", scaling: v1alpha1.ScalingSpec{InitialScale: n(3)}, want: 3},
+		{name: "initial scale zero", scaling: v1alpha1.ScalingSpec{InitialScale: n(0)}, want: 0},
+		{name: "at least minScale", scaling: v1alpha1.ScalingSpec{InitialScale: n(1), MinScale: n(2)}, want: 2},
+		{name: "at most maxScale", scaling: v1alpha1.ScalingSpec{InitialScale: n(5), MaxScale: n(3)}, want: 3},
+		{name: "maxScale 0 is unbounded", scaling: v1alpha1.ScalingSpec{InitialScale: n(5), MaxScale: n(0)}, want: 5},
+		{name: "external scaler", replica: n(4), scaling: v1alpha1.ScalingSpec{MaxScale: n(2)}, want: 4},
+		{name: "a role's own scaling", role: fleet.RolePrefill, replica: n(4),
+			roles: &v1alpha1.RolesSpec{Prefill: &v1alpha1.RoleSpec{Scaling: &v1alpha1.ScalingSpec{InitialScale: n(6), MaxScale: n(2)}}},
+			want:  2},
+		{name: "a role without its own scaling", role: fleet.RoleDecode,
+			scaling: v1alpha1.ScalingSpec{InitialScale: n(2)}, roles: &v1alpha1.RolesSpec{Decode: &v1alpha1.RoleSpec{}}, want: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rev := &v1alpha1.ModelRevision{}
+			rev.Spec.Replicas, rev.Spec.Scaling, rev.Spec.Roles = tc.replica, tc.scaling, tc.roles
+			require.Equal(t, tc.want, initialReplicas(rev, tc.role))
+		})
+	}
+}

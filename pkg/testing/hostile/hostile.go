@@ -14,12 +14,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/kvasir-serving/kvasir/pkg/testing/promtest"
 )
 
 // ClientDeadline bounds every exchange of the suite.
@@ -255,24 +256,9 @@ func (tg Target) streamNeverRead(t *testing.T) {
 // Gauge sums the samples of a metric family in the Prometheus text served
 // at url; ok is false when the metric is absent or the scrape fails.
 func Gauge(url, name string) (v float64, ok bool) {
-	resp, err := http.Get(url)
+	fams, err := promtest.Scrape(url)
 	if err != nil {
 		return 0, false
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		rest, found := strings.CutPrefix(line, name)
-		if !found || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		x, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			return 0, false
-		}
-		v, ok = v+x, true
-	}
-	return v, ok
+	return promtest.Sum(fams, name)
 }

@@ -7,7 +7,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
 )
 
 // idle: a burst, then silence. When does desired reach 0 after the last
@@ -19,32 +21,25 @@ func idle(ctx context.Context, args []string) error {
 	c.register(fs, "idle", "")
 	burstN := fs.Int("burst-requests", 64, "requests of the burst")
 	burstC := fs.Int("burst-concurrency", 16, "requests in flight during the burst (closed loop)")
-	inLen := fs.Int("input-len", 64, "prompt tokens per request")
-	outLen := fs.Int("output-len", 32, "output tokens per request")
 	slack := fs.Duration("zero-slack", 3*time.Second, "goal: desired reaches 0 at most this long after the longer of the grace period and the stable window")
 	hold := fs.Duration("hold", 3*time.Second, "goal: desired stays at 0 for this long without traffic before the wake-up request")
 	goalCold := fs.Duration("goal-cold-start", 10*time.Second, "goal: end-to-end latency of the request that wakes the model")
 	_ = fs.Parse(args)
 
-	svcs, err := c.fleet()
+	ms, sc, err := c.oneService()
 	if err != nil {
 		return err
 	}
-	if len(svcs) != 1 {
-		return fmt.Errorf("%s: want one ModelService, found %d", c.file, len(svcs))
-	}
-	ms := svcs[0]
-	sc := scalingOf(ms)
 	if *sc.MinScale != 0 {
 		return fmt.Errorf("%s: idle needs minScale 0, got %d", c.file, *sc.MinScale)
 	}
 	grace, window := sc.ScaleToZeroGracePeriod.Duration, sc.StableWindow.Duration
 	r := newReport(&c)
 	r.Settings = map[string]any{"service": ms.Name, "model": ms.Spec.Model, "burst_requests": *burstN, "burst_concurrency": *burstC,
-		"input_len": *inLen, "output_len": *outLen, "scale_to_zero_grace_period_s": grace.Seconds(),
+		"input_len": c.inputLen, "output_len": c.outputLen, "scale_to_zero_grace_period_s": grace.Seconds(),
 		"stable_window_s": window.Seconds(), "scale_interval_s": c.scaleInterval.Seconds(), "engine_args": ms.Spec.Template.Engine.Args}
 
-	p, err := startPlatform(ctx, &c, svcs)
+	p, err := startPlatform(ctx, &c, []*v1alpha1.ModelService{ms})
 	failed := true
 	defer func() { p.close(failed) }()
 	if err != nil {
@@ -58,10 +53,10 @@ func idle(ctx context.Context, args []string) error {
 		return err
 	}
 	s := startSampler(p, c.sample, "")
-	_ = sleepCtx(ctx, time.Second)
+	_ = benchkit.Sleep(ctx, time.Second)
 	fmt.Fprintf(os.Stderr, "idle: burst of %d requests, %d in flight\n", *burstN, *burstC)
 	burst, err := runLoad(ctx, p.base, loadSpec{model: ms.Spec.Model, concurrency: *burstC, numPrompts: *burstN,
-		inputLen: *inLen, outputLen: *outLen, seed: 1})
+		inputLen: c.inputLen, outputLen: c.outputLen, seed: 1})
 	if err != nil {
 		s.stop()
 		return err
@@ -91,7 +86,7 @@ func idle(ctx context.Context, args []string) error {
 				}
 			}
 		}
-		if sleepCtx(ctx, 20*time.Millisecond) != nil {
+		if benchkit.Sleep(ctx, 20*time.Millisecond) != nil {
 			s.stop()
 			return ctx.Err()
 		}
@@ -105,7 +100,7 @@ func idle(ctx context.Context, args []string) error {
 				bounced = true
 				break
 			}
-			_ = sleepCtx(ctx, 50*time.Millisecond)
+			_ = benchkit.Sleep(ctx, 50*time.Millisecond)
 		}
 	}
 	var wake *loadRun
@@ -114,8 +109,8 @@ func idle(ctx context.Context, args []string) error {
 	if !zeroAt.IsZero() {
 		fmt.Fprintln(os.Stderr, "idle: at zero; sending the wake-up request")
 		wake, wakeErr = runLoad(ctx, p.base, loadSpec{model: ms.Spec.Model, concurrency: 1, numPrompts: 1,
-			inputLen: *inLen, outputLen: *outLen, seed: 2})
-		_ = sleepCtx(ctx, 500*time.Millisecond)
+			inputLen: c.inputLen, outputLen: c.outputLen, seed: 2})
+		_ = benchkit.Sleep(ctx, 500*time.Millisecond)
 	}
 	samples, cpu := s.stop()
 	tl := newTimeline(lastResp, samples, cpu)

@@ -19,15 +19,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -38,32 +34,13 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: autoscale step|steady|idle|two-models [flags]")
-		os.Exit(2)
-	}
-	var err error
-	switch os.Args[1] {
-	case "step":
-		err = step(ctx, os.Args[2:])
-	case "steady":
-		err = steady(ctx, os.Args[2:])
-	case "idle":
-		err = idle(ctx, os.Args[2:])
-	case "two-models":
-		err = twoModels(ctx, os.Args[2:])
-	default:
-		err = fmt.Errorf("unknown benchmark %q (want step, steady, idle or two-models)", os.Args[1])
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "autoscale:", err)
-		os.Exit(1)
-	}
+	benchkit.Main("autoscale", "autoscale step|steady|idle|two-models [flags]", map[string]benchkit.Benchmark{
+		"step": step, "steady": steady, "idle": idle, "two-models": twoModels,
+	}, " (want step, steady, idle or two-models)")
 }
 
 // common are the flags every benchmark has.
@@ -77,6 +54,8 @@ type common struct {
 	sample        time.Duration
 	accelerators  string
 	startTimeout  time.Duration
+	inputLen      int // prompt tokens per request
+	outputLen     int // output tokens per request
 }
 
 func (c *common) register(fs *flag.FlagSet, name, accelerators string) {
@@ -89,6 +68,8 @@ func (c *common) register(fs *flag.FlagSet, name, accelerators string) {
 	fs.DurationVar(&c.sample, "sample-interval", 100*time.Millisecond, "how often /kvasir/replicas and /metrics are sampled")
 	fs.StringVar(&c.accelerators, "accelerators", accelerators, "kvasir local --accelerators (empty: not counted)")
 	fs.DurationVar(&c.startTimeout, "start-timeout", time.Minute, "how long the platform may take to answer /healthz and show its revisions")
+	fs.IntVar(&c.inputLen, "input-len", 64, "prompt tokens per request")
+	fs.IntVar(&c.outputLen, "output-len", 32, "output tokens per request")
 }
 
 // fleet reads the fleet file as the platform will.
@@ -98,6 +79,19 @@ func (c *common) fleet() ([]*v1alpha1.ModelService, error) {
 		return nil, fmt.Errorf("%w (run from the repository root, or pass -f)", err)
 	}
 	return svcs, err
+}
+
+// oneService reads a fleet file of exactly one ModelService and returns it
+// with its defaulted scaling spec.
+func (c *common) oneService() (*v1alpha1.ModelService, v1alpha1.ScalingSpec, error) {
+	svcs, err := c.fleet()
+	if err != nil {
+		return nil, v1alpha1.ScalingSpec{}, err
+	}
+	if len(svcs) != 1 {
+		return nil, v1alpha1.ScalingSpec{}, fmt.Errorf("%s: want one ModelService, found %d", c.file, len(svcs))
+	}
+	return svcs[0], scalingOf(svcs[0]), nil
 }
 
 // platform is a running `kvasir local` subprocess.
@@ -147,7 +141,7 @@ func startPlatform(ctx context.Context, c *common, svcs []*v1alpha1.ModelService
 	if err != nil {
 		return p, err
 	}
-	port, adminPort := freePort(), freePort()
+	port, adminPort := benchkit.FreePort(), benchkit.FreePort()
 	p.base = "http://127.0.0.1:" + strconv.Itoa(port)
 	p.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	argv := []string{"local", "-f", c.file, "--addr", "127.0.0.1:" + strconv.Itoa(port),
@@ -186,10 +180,8 @@ func startPlatform(ctx context.Context, c *common, svcs []*v1alpha1.ModelService
 		if time.Now().After(deadline) {
 			return p, fmt.Errorf("kvasir local did not serve every ModelService of %s within %s (last: %v)", c.file, c.startTimeout, err)
 		}
-		select {
-		case <-ctx.Done():
-			return p, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		if err := benchkit.Sleep(ctx, 50*time.Millisecond); err != nil {
+			return p, err
 		}
 	}
 }
@@ -222,18 +214,7 @@ func (p *platform) alive() error {
 	}
 }
 
-func (p *platform) replicas() ([]local.RevisionStatus, error) {
-	resp, err := http.Get(p.admin + "/kvasir/replicas")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/kvasir/replicas: %s", resp.Status)
-	}
-	var st []local.RevisionStatus
-	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
+func (p *platform) replicas() ([]local.RevisionStatus, error) { return benchkit.Replicas(p.admin) }
 
 // close stops kvasir local (SIGTERM: it drains and stops its replicas),
 // then removes the temporary directory unless keep (the run failed) or the
@@ -283,10 +264,8 @@ func (p *platform) waitFor(ctx context.Context, timeout time.Duration, what stri
 		if time.Now().After(deadline) {
 			return fmt.Errorf("timed out after %s waiting for %s (replicas: %s)", timeout, what, summary(st))
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		if err := benchkit.Sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
 		}
 	}
 }
@@ -307,15 +286,6 @@ func find(st []local.RevisionStatus, service string) (local.RevisionStatus, bool
 		}
 	}
 	return local.RevisionStatus{}, false
-}
-
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // tail returns the last n lines of a file.
@@ -368,13 +338,4 @@ func logProblems(path string, max int) ([]string, int) {
 // scalingOf returns a service's defaulted scaling spec.
 func scalingOf(ms *v1alpha1.ModelService) v1alpha1.ScalingSpec {
 	return ms.Spec.Template.Scaling
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
 }

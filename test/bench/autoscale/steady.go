@@ -9,7 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
 )
 
 // steady: constant open-loop load for --duration. After settling (the
@@ -22,22 +24,15 @@ func steady(ctx context.Context, args []string) error {
 	capConc := fs.Int("max-concurrency", 400, "cap on requests in flight (a safety net; the load should never reach it)")
 	dur := fs.Duration("duration", 5*time.Minute, "how long the load lasts")
 	settle := fs.Duration("settle", 0, "scale events before this long after the first request are not counted (0: twice the service's stable window: a panic holds for one stable window, and the stable average then needs one more to forget the start)")
-	inLen := fs.Int("input-len", 64, "prompt tokens per request")
-	outLen := fs.Int("output-len", 32, "output tokens per request")
 	nPrompts := fs.Int("num-prompts", 0, "requests rendered for the run (0: enough for --duration)")
 	seed := fs.Int64("seed", 1, "seed of the prompts and arrivals")
 	maxEvents := fs.Int("max-scale-events", 0, "goal: at most this many changes of desired after settling")
 	_ = fs.Parse(args)
 
-	svcs, err := c.fleet()
+	ms, sc, err := c.oneService()
 	if err != nil {
 		return err
 	}
-	if len(svcs) != 1 {
-		return fmt.Errorf("%s: want one ModelService, found %d", c.file, len(svcs))
-	}
-	ms := svcs[0]
-	sc := scalingOf(ms)
 	if *settle == 0 {
 		*settle = 2 * sc.StableWindow.Duration
 	}
@@ -50,12 +45,12 @@ func steady(ctx context.Context, args []string) error {
 	}
 	r := newReport(&c)
 	r.Settings = map[string]any{"service": ms.Name, "model": ms.Spec.Model, "rate": *rate, "max_concurrency": *capConc,
-		"duration_s": dur.Seconds(), "settle_s": settle.Seconds(), "input_len": *inLen, "output_len": *outLen,
+		"duration_s": dur.Seconds(), "settle_s": settle.Seconds(), "input_len": c.inputLen, "output_len": c.outputLen,
 		"target_concurrency": target, "min_scale": *sc.MinScale, "max_scale": *sc.MaxScale,
 		"stable_window_s": sc.StableWindow.Seconds(), "scale_interval_s": c.scaleInterval.Seconds(),
 		"engine_args": ms.Spec.Template.Engine.Args}
 
-	p, err := startPlatform(ctx, &c, svcs)
+	p, err := startPlatform(ctx, &c, []*v1alpha1.ModelService{ms})
 	failed := true
 	defer func() { p.close(failed) }()
 	if err != nil {
@@ -69,10 +64,10 @@ func steady(ctx context.Context, args []string) error {
 		return err
 	}
 	s := startSampler(p, c.sample, "")
-	_ = sleepCtx(ctx, time.Second)
+	_ = benchkit.Sleep(ctx, time.Second)
 	fmt.Fprintf(os.Stderr, "steady: %g req/s for %s against %s (settling: %s)\n", *rate, *dur, ms.Spec.Model, *settle)
 	ld, loadErr := runLoad(ctx, p.base, loadSpec{model: ms.Spec.Model, rate: *rate, concurrency: *capConc, duration: *dur,
-		numPrompts: *nPrompts, inputLen: *inLen, outputLen: *outLen, seed: *seed})
+		numPrompts: *nPrompts, inputLen: c.inputLen, outputLen: c.outputLen, seed: *seed})
 	samples, cpu := s.stop()
 	if loadErr != nil && ld == nil {
 		return loadErr

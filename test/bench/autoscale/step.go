@@ -9,7 +9,9 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
 )
 
 // step: from zero, load jumps at once to --concurrency requests in flight
@@ -23,8 +25,6 @@ func step(ctx context.Context, args []string) error {
 	conc := fs.Int("concurrency", 160, "requests in flight during the step (closed loop; with --rate, the cap of the open loop)")
 	rate := fs.Float64("rate", 0, "open-loop request rate (0: closed loop, --concurrency always in flight)")
 	dur := fs.Duration("duration", 60*time.Second, "how long the step's load lasts")
-	inLen := fs.Int("input-len", 64, "prompt tokens per request")
-	outLen := fs.Int("output-len", 32, "output tokens per request")
 	nPrompts := fs.Int("num-prompts", 0, "requests rendered for the run (0: enough for --duration)")
 	seed := fs.Int64("seed", 1, "seed of the prompts and arrivals")
 	goalDesired := fs.Duration("goal-desired", 6*time.Second, "goal: desired reaches the needed replicas within this long of the first request (the issue: within the panic window, 10% of the example's 60 s stable window)")
@@ -34,15 +34,10 @@ func step(ctx context.Context, args []string) error {
 	maxCPU := fs.Float64("max-cpu", 0.9, "goal: the benchmark's processes (engines, queue-proxies, kvasir local, load generator) use at most this share of the machine's cores on average during the step")
 	_ = fs.Parse(args)
 
-	svcs, err := c.fleet()
+	ms, sc, err := c.oneService()
 	if err != nil {
 		return err
 	}
-	if len(svcs) != 1 {
-		return fmt.Errorf("%s: want one ModelService, found %d", c.file, len(svcs))
-	}
-	ms := svcs[0]
-	sc := scalingOf(ms)
 	if sc.Target.Concurrency == nil {
 		return fmt.Errorf("%s: step needs spec.template.scaling.target.concurrency", c.file)
 	}
@@ -60,13 +55,13 @@ func step(ctx context.Context, args []string) error {
 	}
 	r := newReport(&c)
 	r.Settings = map[string]any{"service": ms.Name, "model": ms.Spec.Model, "concurrency": *conc, "rate": *rate,
-		"duration_s": dur.Seconds(), "input_len": *inLen, "output_len": *outLen, "target_concurrency": target,
+		"duration_s": dur.Seconds(), "input_len": c.inputLen, "output_len": c.outputLen, "target_concurrency": target,
 		"max_scale": maxScale, "stable_window_s": sc.StableWindow.Seconds(),
 		"panic_window_s":   sc.StableWindow.Seconds() * float64(*sc.PanicWindowPercent) / 100,
 		"scale_interval_s": c.scaleInterval.Seconds(), "idle_before_s": 0.0, "container_concurrency": ms.Spec.Template.ContainerConcurrency, "engine_args": ms.Spec.Template.Engine.Args, "needed": needed,
 		"needed_formula": fmt.Sprintf("ceil(concurrency %d / target.concurrency %g) = %d, capped by maxScale %d", *conc, target, formula, maxScale)}
 
-	p, err := startPlatform(ctx, &c, svcs)
+	p, err := startPlatform(ctx, &c, []*v1alpha1.ModelService{ms})
 	failed := true
 	defer func() { p.close(failed) }()
 	if err != nil {
@@ -85,14 +80,14 @@ func step(ctx context.Context, args []string) error {
 	}
 	r.Settings["idle_before_s"] = idleBefore.Seconds()
 	fmt.Fprintf(os.Stderr, "step: at zero; idling %s before the step\n", *idleBefore)
-	if err := sleepCtx(ctx, *idleBefore); err != nil {
+	if err := benchkit.Sleep(ctx, *idleBefore); err != nil {
 		s.stop()
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "step: %d in flight (rate %g) for %s against %s\n", *conc, *rate, *dur, ms.Spec.Model)
 	ld, loadErr := runLoad(ctx, p.base, loadSpec{model: ms.Spec.Model, rate: *rate, concurrency: *conc, duration: *dur,
-		numPrompts: *nPrompts, inputLen: *inLen, outputLen: *outLen, seed: *seed})
-	_ = sleepCtx(ctx, time.Second)
+		numPrompts: *nPrompts, inputLen: c.inputLen, outputLen: c.outputLen, seed: *seed})
+	_ = benchkit.Sleep(ctx, time.Second)
 	samples, cpu := s.stop()
 	if loadErr != nil && ld == nil {
 		return loadErr

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"math"
-	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -12,8 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/kvasir-serving/kvasir/pkg/testing/promtest"
 )
 
 // revSample is one service's state at one instant: /kvasir/replicas
@@ -174,13 +172,7 @@ type svcLoad struct{ inFlight, buffered float64 }
 // namespace/service (summed over roles and revisions).
 func scrapeLoad(url string) map[string]svcLoad {
 	out := map[string]svcLoad{}
-	resp, err := http.Get(url)
-	if err != nil {
-		return out
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
+	fams, err := promtest.Scrape(url)
 	if err != nil {
 		return out
 	}

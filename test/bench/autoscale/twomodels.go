@@ -14,6 +14,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
 	"github.com/kvasir-serving/kvasir/pkg/bench"
 	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
 )
 
 // phaseResult is one phase of two-models.
@@ -46,8 +47,6 @@ func twoModels(ctx context.Context, args []string) error {
 	phases := fs.Int("phases", 4, "phases of traffic, alternating: A, B, A, B, ...")
 	phaseDur := fs.Duration("phase-duration", 30*time.Second, "how long each phase's load lasts")
 	conc := fs.Int("concurrency", 16, "requests in flight during a phase (closed loop)")
-	inLen := fs.Int("input-len", 64, "prompt tokens per request")
-	outLen := fs.Int("output-len", 32, "output tokens per request")
 	goalWait := fs.Duration("goal-first-wait", 30*time.Second, "goal: end-to-end latency of each phase's first request")
 	_ = fs.Parse(args)
 
@@ -91,7 +90,7 @@ func twoModels(ctx context.Context, args []string) error {
 	models := map[string]string{names[0]: svcs[0].Spec.Model, names[1]: svcs[1].Spec.Model}
 	r := newReport(&c)
 	r.Settings = map[string]any{"services": names, "accelerators": c.accelerators, "phases": *phases,
-		"phase_duration_s": phaseDur.Seconds(), "concurrency": *conc, "input_len": *inLen, "output_len": *outLen,
+		"phase_duration_s": phaseDur.Seconds(), "concurrency": *conc, "input_len": c.inputLen, "output_len": c.outputLen,
 		"needed": needed, "scale_interval_s": c.scaleInterval.Seconds()}
 	for _, ms := range svcs {
 		sc := scalingOf(ms)
@@ -122,7 +121,7 @@ func twoModels(ctx context.Context, args []string) error {
 		return err
 	}
 	s := startSampler(p, c.sample, deviceEnv)
-	_ = sleepCtx(ctx, time.Second)
+	_ = benchkit.Sleep(ctx, time.Second)
 	start := time.Now()
 	type span struct{ from, to time.Time }
 	spans := make([]span, 0, *phases)
@@ -138,11 +137,11 @@ func twoModels(ctx context.Context, args []string) error {
 		var firstErr error
 		wg.Go(func() {
 			first, firstErr = runLoad(ctx, p.base, loadSpec{model: models[svc], concurrency: 1, numPrompts: 1,
-				inputLen: *inLen, outputLen: *outLen, seed: int64(1000 + i)})
+				inputLen: c.inputLen, outputLen: c.outputLen, seed: int64(1000 + i)})
 		})
-		_ = sleepCtx(ctx, 20*time.Millisecond) // the probe is the phase's first request
+		_ = benchkit.Sleep(ctx, 20*time.Millisecond) // the probe is the phase's first request
 		ld, err := runLoad(ctx, p.base, loadSpec{model: models[svc], concurrency: *conc, duration: *phaseDur,
-			inputLen: *inLen, outputLen: *outLen, seed: int64(i + 1)})
+			inputLen: c.inputLen, outputLen: c.outputLen, seed: int64(i + 1)})
 		wg.Wait()
 		spans = append(spans, span{from, time.Now()})
 		if err != nil && ld == nil {
@@ -167,7 +166,7 @@ func twoModels(ctx context.Context, args []string) error {
 		}
 		results = append(results, pr)
 	}
-	_ = sleepCtx(ctx, 500*time.Millisecond)
+	_ = benchkit.Sleep(ctx, 500*time.Millisecond)
 	samples, cpu := s.stop()
 	tl := newTimeline(start, samples, cpu)
 	r.attach(tl, p)

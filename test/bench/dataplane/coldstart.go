@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net/http"
@@ -15,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
 )
 
 // coldstart runs `kvasir local` on a simulator with a known startup delay,
@@ -43,7 +42,7 @@ spec:
 	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
 		return err
 	}
-	port, adminPort := freePort(), freePort()
+	port, adminPort := benchkit.FreePort(), benchkit.FreePort()
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	admin := "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	if _, err := p.start("kvasir-local", filepath.Join(*bin, "kvasir"), "local", "-f", file, "--addr", "127.0.0.1:"+strconv.Itoa(port),
@@ -51,7 +50,7 @@ spec:
 		"--scale-interval", "100ms", "--log-dir", filepath.Join(p.dir, "logs")); err != nil {
 		return err
 	}
-	if err := waitOK(ctx, base+"/healthz", 30*time.Second); err != nil {
+	if err := benchkit.WaitOK(ctx, base+"/healthz", 30*time.Second); err != nil {
 		return err
 	}
 	body := `{"model":"cold","stream":true,"max_tokens":1,"messages":[{"role":"user","content":"hello"}]}`
@@ -68,7 +67,7 @@ spec:
 		if err != nil {
 			return err
 		}
-		st, err := replicas(admin)
+		st, err := benchkit.Replicas(admin)
 		if err != nil || len(st) != 1 || len(st[0].Replicas) != 1 {
 			return fmt.Errorf("replicas: %v %+v", err, st)
 		}
@@ -99,27 +98,15 @@ spec:
 	return nil
 }
 
-func replicas(base string) ([]local.RevisionStatus, error) {
-	resp, err := http.Get(base + "/kvasir/replicas")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var st []local.RevisionStatus
-	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
-
 func waitZero(ctx context.Context, base string) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
-		st, err := replicas(base)
+		st, err := benchkit.Replicas(base)
 		if err == nil && len(st) == 1 && len(st[0].Replicas) == 0 && st[0].Desired == 0 {
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		if err := benchkit.Sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
 		}
 	}
 	return fmt.Errorf("revision did not reach zero")

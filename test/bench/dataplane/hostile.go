@@ -20,6 +20,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/bench"
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
 )
 
 // hostile measures the activator under 1,000 hostile slow-body connections
@@ -76,13 +77,13 @@ func hostile(ctx context.Context, args []string) error {
 	}
 	target := strings.TrimPrefix(d.act, "http://")
 	if *elsewhere {
-		port := freePort()
+		port := benchkit.FreePort()
 		if _, err := p.start("activator-attacked", filepath.Join(*bin, "activator"), "--addr", "127.0.0.1:"+strconv.Itoa(port),
 			"--admin-addr", "127.0.0.1:0", "--model", "m", "--backend", strings.TrimPrefix(d.qp, "http://"), "--log-level", "warn"); err != nil {
 			return err
 		}
 		target = "127.0.0.1:" + strconv.Itoa(port)
-		if err := waitOK(ctx, "http://"+target+"/healthz", 30*time.Second); err != nil {
+		if err := benchkit.WaitOK(ctx, "http://"+target+"/healthz", 30*time.Second); err != nil {
 			return err
 		}
 	}
@@ -184,7 +185,7 @@ func attacker(ctx context.Context, addr string, staller bool, announce int, open
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			count("dial error")
-			sleepCtx(ctx, time.Second)
+			_ = benchkit.Sleep(ctx, time.Second)
 			continue
 		}
 		open.Add(1)
@@ -217,7 +218,7 @@ func attacker(ctx context.Context, addr string, staller bool, announce int, open
 			} else {
 				_, err = c.Write(chunk[:1])
 				sent++
-				sleepCtx(ctx, time.Second)
+				_ = benchkit.Sleep(ctx, time.Second)
 			}
 		}
 		if outcome == "" {
@@ -232,31 +233,15 @@ func attacker(ctx context.Context, addr string, staller bool, announce int, open
 		c.Close()
 		open.Add(-1)
 		if outcome == "503" {
-			sleepCtx(ctx, time.Second) // Retry-After
+			_ = benchkit.Sleep(ctx, time.Second) // Retry-After
 		}
 	}
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
-}
-
-// rssKiB reads a process's resident set size.
+// rssKiB reads a process's resident set size (0 when unknown).
 func rssKiB(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			v, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return v
-		}
-	}
-	return 0
+	v, _ := benchkit.ProcStatusKiB(pid, "VmRSS")
+	return v
 }
 
 // saveProfile fetches a pprof profile into a file.

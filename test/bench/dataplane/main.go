@@ -15,12 +15,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -30,34 +26,14 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/bench"
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: dataplane hops|coldstart|streams|hostile [flags]")
-		os.Exit(2)
-	}
-	var err error
-	switch os.Args[1] {
-	case "hops":
-		err = hops(ctx, os.Args[2:])
-	case "coldstart":
-		err = coldstart(ctx, os.Args[2:])
-	case "streams":
-		err = streams(ctx, os.Args[2:])
-	case "hostile":
-		err = hostile(ctx, os.Args[2:])
-	case "hostile-attack": // the attackers' process of `hostile`
-		err = hostileAttack(ctx, os.Args[2:])
-	default:
-		err = fmt.Errorf("unknown benchmark %q", os.Args[1])
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "dataplane:", err)
-		os.Exit(1)
-	}
+	benchkit.Main("dataplane", "dataplane hops|coldstart|streams|hostile [flags]", map[string]benchkit.Benchmark{
+		"hops": hops, "coldstart": coldstart, "streams": streams, "hostile": hostile,
+		"hostile-attack": hostileAttack, // the attackers' process of `hostile`
+	}, "")
 }
 
 // procs are the processes a benchmark started; all are killed at the end.
@@ -108,35 +84,6 @@ func (p *procs) close() {
 	os.RemoveAll(p.dir)
 }
 
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// waitOK polls url until it answers 200.
-func waitOK(ctx context.Context, url string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("%s did not answer 200 within %s", url, timeout)
-}
-
 // dataPath starts sim, queue-proxy and activator: the three hops of a replica.
 type dataPath struct {
 	sim, qp, act, actAdmin string // base URLs (actAdmin: the activator's admin listener)
@@ -144,7 +91,7 @@ type dataPath struct {
 }
 
 func startPath(ctx context.Context, p *procs, bin string, actEnv []string, simArgs ...string) (*dataPath, error) {
-	simPort, qpPort, actPort, adminPort := freePort(), freePort(), freePort(), freePort()
+	simPort, qpPort, actPort, adminPort := benchkit.FreePort(), benchkit.FreePort(), benchkit.FreePort(), benchkit.FreePort()
 	d := &dataPath{
 		sim:      fmt.Sprintf("http://127.0.0.1:%d", simPort),
 		qp:       fmt.Sprintf("http://127.0.0.1:%d", qpPort),
@@ -164,7 +111,7 @@ func startPath(ctx context.Context, p *procs, bin string, actEnv []string, simAr
 		return nil, err
 	}
 	for _, u := range []string{d.sim + "/health", d.qp + "/kvasir/ready", d.act + "/healthz"} {
-		if err := waitOK(ctx, u, 30*time.Second); err != nil {
+		if err := benchkit.WaitOK(ctx, u, 30*time.Second); err != nil {
 			return nil, err
 		}
 	}
@@ -176,7 +123,7 @@ func startNginx(ctx context.Context, p *procs, name, backend, workers string) (s
 	if err != nil {
 		return "", errors.New("nginx not found on PATH (Debian: apt-get install nginx-light)")
 	}
-	port := freePort()
+	port := benchkit.FreePort()
 	conf := fmt.Sprintf(`worker_processes %[5]s;
 daemon off;
 pid %[1]s/%[4]s.pid;
@@ -210,7 +157,7 @@ http {
 	if strings.Contains(name, "qp") {
 		probe = u + "/kvasir/ready"
 	}
-	return u, waitOK(ctx, probe, 10*time.Second)
+	return u, benchkit.WaitOK(ctx, probe, 10*time.Second)
 }
 
 func hops(ctx context.Context, args []string) error {

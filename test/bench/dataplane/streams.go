@@ -1,17 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"os"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/bench"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
 )
 
 // streams holds N concurrent SSE streams through activator -> queue-proxy ->
@@ -79,17 +77,4 @@ func streams(ctx context.Context, args []string) error {
 }
 
 // vmHWM returns the peak resident set size of a process in KiB.
-func vmHWM(pid int) (int64, error) {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM for pid %d", pid)
-}
+func vmHWM(pid int) (int64, error) { return benchkit.ProcStatusKiB(pid, "VmHWM") }

@@ -279,41 +279,10 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 		variant = v.Name
 	}
 	timeout := int64(rev.Spec.TimeoutSeconds)
-	qp := corev1.Container{
-		Name:  "queue-proxy",
-		Image: cfg.QueueProxyImage,
-		Args: []string{
-			"--host", "0.0.0.0",
-			"--port", strconv.Itoa(names.QueueProxyPort),
-			"--engine-url", "http://127.0.0.1:" + strconv.Itoa(int(rev.Spec.Engine.Port)),
-			"--container-concurrency", strconv.Itoa(rev.Spec.ContainerConcurrency),
-			"--request-timeout", strconv.FormatInt(timeout, 10) + "s",
-		},
-		Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
-			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
-		Ports: []corev1.ContainerPort{{Name: names.QueueProxyPortName, ContainerPort: names.QueueProxyPort, Protocol: corev1.ProtocolTCP}},
-		ReadinessProbe: &corev1.Probe{
-			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/kvasir/ready", Port: intstr.FromInt32(names.QueueProxyPort)}},
-			// Every integer is spelled out, defaults included: the
-			// reconciler compares what it builds with what the API server
-			// stored, and a zero it left out would differ from the
-			// default filled in.
-			TimeoutSeconds:   1,
-			PeriodSeconds:    1,
-			SuccessThreshold: 1,
-			FailureThreshold: 3,
-		},
-		Resources:       QueueProxyResources(),
-		SecurityContext: restrictedContainer(),
-	}
-	// The queue-proxy writes nothing.
-	qp.SecurityContext.ReadOnlyRootFilesystem = ptr.To(true)
-	qp.Args = append(qp.Args, "--pod-name", "$(POD_NAME)")
-	qp.Args = append(qp.Args, queueProxyEngineArgs(rev)...)
+	qp := queueProxyContainer(rev, cfg.QueueProxyImage)
 	volumes := engineVolumes(engine)
 	if loraEnabled(rev) {
 		volumes = append(volumes, loraVolumeOf(rev))
-		qp.VolumeMounts = []corev1.VolumeMount{{Name: loraVolume, MountPath: LoRAMountPath, ReadOnly: true}}
 	}
 	labels := DeploymentLabels(rev, role, variant)
 	grace := timeout + drainGrace
@@ -348,6 +317,47 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 		},
 	}
 	return d, nil
+}
+
+// queueProxyContainer is the queue-proxy sidecar of a revision's pods, in
+// front of its engine on the same pod; it reads the service's LoRA
+// adapters from their ConfigMap when the engines run with LoRA.
+func queueProxyContainer(rev *v1alpha1.ModelRevision, image string) corev1.Container {
+	qp := corev1.Container{
+		Name:  "queue-proxy",
+		Image: image,
+		Args: []string{
+			"--host", "0.0.0.0",
+			"--port", strconv.Itoa(names.QueueProxyPort),
+			"--engine-url", "http://127.0.0.1:" + strconv.Itoa(int(rev.Spec.Engine.Port)),
+			"--container-concurrency", strconv.Itoa(rev.Spec.ContainerConcurrency),
+			"--request-timeout", strconv.Itoa(rev.Spec.TimeoutSeconds) + "s",
+		},
+		Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+		Ports: []corev1.ContainerPort{{Name: names.QueueProxyPortName, ContainerPort: names.QueueProxyPort, Protocol: corev1.ProtocolTCP}},
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/kvasir/ready", Port: intstr.FromInt32(names.QueueProxyPort)}},
+			// Every integer is spelled out, defaults included: the
+			// reconciler compares what it builds with what the API server
+			// stored, and a zero it left out would differ from the
+			// default filled in.
+			TimeoutSeconds:   1,
+			PeriodSeconds:    1,
+			SuccessThreshold: 1,
+			FailureThreshold: 3,
+		},
+		Resources:       QueueProxyResources(),
+		SecurityContext: restrictedContainer(),
+	}
+	// The queue-proxy writes nothing.
+	qp.SecurityContext.ReadOnlyRootFilesystem = ptr.To(true)
+	qp.Args = append(qp.Args, "--pod-name", "$(POD_NAME)")
+	qp.Args = append(qp.Args, queueProxyEngineArgs(rev)...)
+	if loraEnabled(rev) {
+		qp.VolumeMounts = []corev1.VolumeMount{{Name: loraVolume, MountPath: LoRAMountPath, ReadOnly: true}}
+	}
+	return qp
 }
 
 // MakeService builds the Service of one role of a revision: its

@@ -304,3 +304,17 @@ func TestMakeDeploymentLoRA(t *testing.T) {
 	require.Equal(t, "llama-lora-adapters", cm.Name)
 	require.JSONEq(t, `{"loraAdapters":["a","b"]}`, cm.Data[LoRAConfigMapKey])
 }
+
+// The queue-proxy's own command line: where it listens, its engine, the
+// revision's concurrency and timeout, the pod's name, then the engine's
+// arguments.
+func TestQueueProxyContainerArgs(t *testing.T) {
+	r := revision(func(r *v1alpha1.ModelRevision) { r.Spec.TimeoutSeconds = 90 })
+	qp := queueProxyContainer(r, "img")
+	require.Equal(t, "img", qp.Image)
+	own := []string{"--host", "0.0.0.0", "--port", "8012", "--engine-url", "http://127.0.0.1:8000",
+		"--container-concurrency", "4", "--request-timeout", "90s", "--pod-name", "$(POD_NAME)"}
+	require.Equal(t, own, qp.Args[:len(own)])
+	require.Equal(t, queueProxyEngineArgs(r), qp.Args[len(own):])
+	require.Empty(t, qp.VolumeMounts, "no LoRA, no mount")
+}

@@ -1,0 +1,36 @@
+package activator
+
+import (
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/engine"
+	"github.com/kvasir-serving/kvasir/pkg/traffic"
+)
+
+// ServiceConfigOf is the data-plane view of a ModelService whose traffic
+// resolved to targets: the model name (the service's name when spec.model
+// is empty), its LoRA adapters and its routing plugins. Revisions are left
+// to the caller (RevisionConfigOf), which knows which ones serve.
+func ServiceConfigOf(ms *v1alpha1.ModelService, targets []traffic.Target) ServiceConfig {
+	sc := ServiceConfig{Namespace: ms.Namespace, Name: ms.Name, Model: ms.Spec.Model,
+		LoRAAdapters: ms.Spec.LoRAAdapters, Traffic: targets}
+	if sc.Model == "" {
+		sc.Model = ms.Name
+	}
+	if ms.Spec.Routing != nil {
+		sc.Routing = ms.Spec.Routing.Plugins
+	}
+	return sc
+}
+
+// RevisionConfigOf is the data-plane view of the revision name made from
+// template t (a ModelRevision's spec, or in local mode the service's
+// template when the revision was made).
+func RevisionConfigOf(name string, t *v1alpha1.RevisionTemplate) RevisionConfig {
+	return RevisionConfig{Name: name,
+		ContainerConcurrency: t.ContainerConcurrency,
+		Timeout:              time.Duration(t.TimeoutSeconds) * time.Second,
+		Disaggregated:        t.Roles != nil,
+		Tokenizer:            engine.Resolve(t.Engine).RoutingTokenizer()}
+}

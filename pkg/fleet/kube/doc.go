@@ -1,0 +1,5 @@
+// Package kube is the Kubernetes implementation of the runtime seam
+// (pkg/fleet): a revision role's replicas are its Deployments, scaled per
+// accelerator variant through their scale subresource, and its ready
+// endpoints are those of its Service's EndpointSlices.
+package kube
