@@ -228,24 +228,25 @@ func (r *revision) failExhaustedLocked() {
 
 // preScore runs, before a request's decision and without the lock, the
 // I/O its profile's plugins need (scheduler.Profile.PreScore) over the pods
-// the request may be given: those eligible now, or, when there are none
-// and it will wait, every ready pod it has not tried. It returns nil at the
-// cost of one atomic load when no plugin prepares.
+// eligible for it now. It asks nothing when the request cannot be picked
+// at once (others wait before it, it tried every pod, none is eligible):
+// a request that waits is handed a pod later on what the plugins know
+// without asking (the oracle: its speculation alone). It returns nil at
+// the cost of one atomic load when no plugin prepares.
 func (r *revision) preScore(ctx context.Context, req *scheduler.Request, exclude map[string]bool) *scheduler.Cycle {
 	if !r.prepares.Load() {
 		return nil
 	}
 	r.mu.Lock()
 	prof := r.profile
-	pods := r.eligibleLocked(exclude, nil)
-	if len(pods) == 0 {
-		for _, p := range r.pods {
-			if !exclude[p.Name] {
-				pods = append(pods, p)
-			}
-		}
+	var pods []*scheduler.Pod
+	if len(r.waiters) == 0 && !r.exhaustedLocked(exclude) {
+		pods = r.eligibleLocked(exclude, nil)
 	}
 	r.mu.Unlock()
+	if len(pods) == 0 {
+		return nil
+	}
 	return prof.PreScore(ctx, req, pods)
 }
 
@@ -298,8 +299,6 @@ func (r *revision) handOffOthersLocked() bool {
 // tryAcquire returns a pod for one request if one is eligible now, else nil
 // (it never buffers).
 func (r *revision) tryAcquire(ctx context.Context, req *scheduler.Request, exclude map[string]bool) *scheduler.Pod {
-	// The prefill pick (pd.go) has no request context to give; a plugin's
-	// PreScore bounds its own I/O (the oracle's timeout).
 	prepared := r.preScore(ctx, req, exclude)
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -93,11 +93,16 @@ func (s *Sync) Run(ctx context.Context) error {
 	if err := s.addHandlers(ctx); err != nil {
 		return err
 	}
+	// The cache and the watcher stop with Run, whichever way it returns.
+	cctx, stopCache := context.WithCancel(ctx)
 	wctx, stopWatcher := context.WithCancel(ctx)
-	defer stopWatcher()
 	errCh, watchErr := make(chan error, 1), make(chan error, 1)
-	go func() { errCh <- s.cache.Start(ctx) }()
+	go func() { errCh <- s.cache.Start(cctx) }()
 	go func() { watchErr <- s.watcher.Run(wctx) }()
+	defer func() {
+		stopWatcher()
+		stopCache()
+	}()
 	if !s.cache.WaitForCacheSync(ctx) {
 		return fmt.Errorf("informers did not sync: %w", context.Cause(ctx))
 	}

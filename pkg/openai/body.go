@@ -375,54 +375,70 @@ func appendQuoted(dst []byte, s string) []byte {
 }
 
 // unquote decodes the bytes between the quotes of a validated JSON string
-// exactly as encoding/json does: escapes decoded, a UTF-16 surrogate pair
-// joined, a lone surrogate and each byte of invalid UTF-8 replaced by U+FFFD.
-func unquote(raw []byte) string {
-	out := make([]byte, 0, len(raw))
-	for i := 0; i < len(raw); {
-		c := raw[i]
-		switch {
-		case c == '\\':
-			switch e := raw[i+1]; e {
-			case 'b':
-				out = append(out, '\b')
-			case 'f':
-				out = append(out, '\f')
-			case 'n':
-				out = append(out, '\n')
-			case 'r':
-				out = append(out, '\r')
-			case 't':
-				out = append(out, '\t')
-			case 'u':
-				r := hex4(raw[i+2:])
-				i += 6
-				if utf16.IsSurrogate(r) {
-					if i+6 <= len(raw) && raw[i] == '\\' && raw[i+1] == 'u' {
-						if pair := utf16.DecodeRune(r, hex4(raw[i+2:])); pair != utf8.RuneError {
-							out = utf8.AppendRune(out, pair)
-							i += 6
-							continue
-						}
-					}
-					r = utf8.RuneError
-				}
-				out = utf8.AppendRune(out, r)
-				continue
-			default: // '"', '\\', '/'
-				out = append(out, e)
-			}
-			i += 2
-		case c < utf8.RuneSelf:
-			out = append(out, c)
-			i++
-		default:
-			r, size := utf8.DecodeRune(raw[i:])
-			out = utf8.AppendRune(out, r)
-			i += size
+// (AppendUnquoted).
+func unquote(raw []byte) string { return string(AppendUnquoted(make([]byte, 0, len(raw)), raw)) }
+
+// AppendUnquoted appends the value of a validated JSON string, given as the
+// bytes between its quotes, exactly as encoding/json decodes it: escapes
+// decoded, a UTF-16 surrogate pair joined, a lone surrogate and each byte
+// of invalid UTF-8 replaced by U+FFFD. Runs without escapes are copied
+// whole. raw must come from validated JSON (Parse, Valid).
+func AppendUnquoted(dst, raw []byte) []byte {
+	for len(raw) > 0 {
+		k := bytes.IndexByte(raw, '\\')
+		if k < 0 {
+			k = len(raw)
 		}
+		dst = appendValidUTF8(dst, raw[:k])
+		if raw = raw[k:]; len(raw) == 0 {
+			break
+		}
+		switch e := raw[1]; e {
+		case 'b':
+			dst = append(dst, '\b')
+		case 'f':
+			dst = append(dst, '\f')
+		case 'n':
+			dst = append(dst, '\n')
+		case 'r':
+			dst = append(dst, '\r')
+		case 't':
+			dst = append(dst, '\t')
+		case 'u':
+			r := hex4(raw[2:])
+			raw = raw[6:]
+			if utf16.IsSurrogate(r) {
+				if len(raw) >= 6 && raw[0] == '\\' && raw[1] == 'u' {
+					if pair := utf16.DecodeRune(r, hex4(raw[2:])); pair != utf8.RuneError {
+						dst = utf8.AppendRune(dst, pair)
+						raw = raw[6:]
+						continue
+					}
+				}
+				r = utf8.RuneError
+			}
+			dst = utf8.AppendRune(dst, r)
+			continue
+		default: // '"', '\\', '/'
+			dst = append(dst, e)
+		}
+		raw = raw[2:]
 	}
-	return string(out)
+	return dst
+}
+
+// appendValidUTF8 appends s with each byte of invalid UTF-8 replaced by
+// U+FFFD, as encoding/json decodes strings.
+func appendValidUTF8(dst, s []byte) []byte {
+	if utf8.Valid(s) {
+		return append(dst, s...)
+	}
+	for len(s) > 0 {
+		r, size := utf8.DecodeRune(s)
+		dst = utf8.AppendRune(dst, r)
+		s = s[size:]
+	}
+	return dst
 }
 
 // hex4 decodes the four validated hex digits at the start of b.

@@ -3,8 +3,8 @@ package prompt
 import (
 	"bytes"
 	"errors"
-	"unicode/utf16"
-	"unicode/utf8"
+
+	"github.com/kvasir-serving/kvasir/pkg/openai"
 )
 
 // AppendChatJSON appends the canonical rendering of a chat request's raw,
@@ -283,84 +283,8 @@ func (p *fastParser) content(dst, v []byte) ([]byte, error) {
 	}
 }
 
-// appendUnquoted appends the value of the JSON string literal q (with its
-// quotes) as encoding/json decodes it; invalid UTF-8 takes the slow path.
+// appendUnquoted appends the value of the validated JSON string literal q
+// (with its quotes) as encoding/json decodes it.
 func appendUnquoted(dst, q []byte) ([]byte, error) {
-	s := q[1 : len(q)-1]
-	for len(s) > 0 {
-		k := bytes.IndexByte(s, '\\')
-		if k < 0 {
-			k = len(s)
-		}
-		if !utf8.Valid(s[:k]) {
-			return dst, errSlow
-		}
-		dst = append(dst, s[:k]...)
-		s = s[k:]
-		if len(s) == 0 {
-			break
-		}
-		if len(s) < 2 {
-			return dst, errSlow
-		}
-		switch c := s[1]; c {
-		case '"', '\\', '/':
-			dst = append(dst, c)
-		case 'b':
-			dst = append(dst, '\b')
-		case 'f':
-			dst = append(dst, '\f')
-		case 'n':
-			dst = append(dst, '\n')
-		case 'r':
-			dst = append(dst, '\r')
-		case 't':
-			dst = append(dst, '\t')
-		case 'u':
-			r, ok := hex4(s[2:])
-			if !ok {
-				return dst, errSlow
-			}
-			s = s[6:]
-			if utf16.IsSurrogate(r) {
-				r2, ok2 := rune(-1), false
-				if len(s) >= 6 && s[0] == '\\' && s[1] == 'u' {
-					r2, ok2 = hex4(s[2:])
-				}
-				if dec := utf16.DecodeRune(r, r2); ok2 && dec != utf8.RuneError {
-					s = s[6:]
-					r = dec
-				} else {
-					r = utf8.RuneError
-				}
-			}
-			dst = utf8.AppendRune(dst, r)
-			continue
-		default:
-			return dst, errSlow
-		}
-		s = s[2:]
-	}
-	return dst, nil
-}
-
-func hex4(b []byte) (rune, bool) {
-	if len(b) < 4 {
-		return 0, false
-	}
-	var r rune
-	for _, c := range b[:4] {
-		switch {
-		case c >= '0' && c <= '9':
-			c -= '0'
-		case c >= 'a' && c <= 'f':
-			c = c - 'a' + 10
-		case c >= 'A' && c <= 'F':
-			c = c - 'A' + 10
-		default:
-			return 0, false
-		}
-		r = r<<4 | rune(c)
-	}
-	return r, true
+	return openai.AppendUnquoted(dst, q[1:len(q)-1]), nil
 }

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,8 +47,27 @@ var _ fleet.Watcher = (*Watcher)(nil)
 
 // watch is one Watch call.
 type watch struct {
-	fn      func([]fleet.Endpoint)
-	stopped atomic.Bool
+	fn func([]fleet.Endpoint)
+
+	callMu  sync.Mutex // held while fn runs, so that stop waits for a call
+	stopped bool       // guarded by callMu
+}
+
+// call hands eps to fn unless the watch stopped.
+func (wt *watch) call(eps []fleet.Endpoint) {
+	wt.callMu.Lock()
+	defer wt.callMu.Unlock()
+	if !wt.stopped {
+		wt.fn(eps)
+	}
+}
+
+// stop ends the watch: a call under way finishes first, and none starts
+// after.
+func (wt *watch) stop() {
+	wt.callMu.Lock()
+	wt.stopped = true
+	wt.callMu.Unlock()
 }
 
 // NewWatcher returns a Watcher over c, which must be able to list and watch
@@ -66,8 +84,8 @@ func serviceOf(key fleet.Key) client.ObjectKey {
 }
 
 // Watch implements fleet.Watcher. fn is first called, from Run's goroutine,
-// once the cache has synced; after stop returns it is not called again,
-// though a call in progress may finish.
+// once the cache has synced; stop waits for a call of fn under way, and fn
+// is not called after stop returns (so fn must not call stop).
 func (w *Watcher) Watch(key fleet.Key, fn func(ready []fleet.Endpoint)) (stop func()) {
 	svc, wt := serviceOf(key), &watch{fn: fn}
 	w.mu.Lock()
@@ -79,7 +97,7 @@ func (w *Watcher) Watch(key fleet.Key, fn func(ready []fleet.Endpoint)) (stop fu
 	w.mu.Unlock()
 	w.poke()
 	return func() {
-		wt.stopped.Store(true)
+		wt.stop()
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		delete(w.watches[svc], wt)
@@ -167,9 +185,7 @@ func (w *Watcher) deliver(ctx context.Context) {
 			continue
 		}
 		for _, wt := range watches {
-			if !wt.stopped.Load() {
-				wt.fn(slices.Clone(eps))
-			}
+			wt.call(slices.Clone(eps))
 		}
 	}
 }

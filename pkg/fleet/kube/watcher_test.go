@@ -2,7 +2,9 @@ package kube
 
 import (
 	"context"
+	goruntime "runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,9 +165,22 @@ func TestWatcherPortsMappingAndStop(t *testing.T) {
 	defer w.Watch(key, empty.fn)()
 	require.Empty(t, empty.next(t))
 
-	stopSelf, selfStopped := make(chan func(), 1), make(calls, 100)
-	stopSelf <- w.Watch(key, func(eps []fleet.Endpoint) { selfStopped.fn(eps); (<-stopSelf)() })
-	require.Empty(t, selfStopped.next(t))
+	// stop waits for a call under way: what the call does comes first.
+	entered, release := make(chan struct{}), make(chan struct{})
+	var order []string
+	var orderMu sync.Mutex
+	note := func(s string) { orderMu.Lock(); order = append(order, s); orderMu.Unlock() }
+	var once sync.Once
+	blocking := w.Watch(key, func([]fleet.Endpoint) {
+		once.Do(func() { close(entered); <-release; note("call ended") })
+	})
+	<-entered
+	stopped1 := make(chan struct{})
+	go func() { blocking(); note("stop returned"); close(stopped1) }()
+	goruntime.Gosched()
+	close(release)
+	<-stopped1
+	require.Equal(t, []string{"call ended", "stop returned"}, order)
 
 	stopped := make(calls, 100)
 	stop := w.Watch(key, stopped.fn)
@@ -178,5 +193,4 @@ func TestWatcherPortsMappingAndStop(t *testing.T) {
 	require.NoError(t, c.Delete(ctx, &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "m-00001-prefill-x"}}))
 	empty.until(t)
 	require.Empty(t, stopped, "a stopped watch is not called")
-	require.Empty(t, selfStopped, "a watch stopped from its own callback is not called again")
 }
