@@ -18,6 +18,7 @@ var generatedFiles = []string{
 	"pkg/apis/serving/v1alpha1/zz_generated.deepcopy.go",
 	"config/300-modelservice.yaml",
 	"config/300-modelrevision.yaml",
+	"config/300-tenant.yaml",
 	"config/201-controller-roles.yaml",
 	"config/201-activator-role.yaml",
 }

@@ -15,6 +15,7 @@ const (
 const (
 	KindModelService  = "ModelService"
 	KindModelRevision = "ModelRevision"
+	KindTenant        = "Tenant"
 )
 
 // Labels the controller puts on ModelRevisions and on everything it creates
