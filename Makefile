@@ -30,6 +30,13 @@ cluster-assets:
 peer-assets:
 	@hack/peer-assets.sh >/dev/null
 
+# Debian's redis-server for the rate limiter's tests (pkg/testing/redistest),
+# fetched with apt-get download and unpacked into a cache directory, not
+# installed on the system (seconds the first time, nothing after).
+.PHONY: redis-assets
+redis-assets:
+	@hack/redis-assets.sh >/dev/null
+
 # A real single-node Kubernetes cluster on this machine (root; see
 # docs/kubernetes.md): prints its kubeconfig. Then
 #   . /var/lib/kvasir-cluster/env && ko apply -f config/
@@ -44,11 +51,11 @@ cluster-down:
 # cross-compiles for macOS, where kvasir local and kvasir bench run too,
 # and installs Kvasir with ko on a real cluster (test/cluster). vet builds
 # with ko's flags (CGO_ENABLED=0, -trimpath) so that ko then only links.
-test: envtest-assets cluster-assets peer-assets
+test: envtest-assets cluster-assets peer-assets redis-assets
 	CGO_ENABLED=0 GOFLAGS="$$GOFLAGS -trimpath" $(GO) vet ./...
 	GOOS=darwin GOARCH=arm64 $(GO) build ./...
 	GOOS=darwin GOARCH=arm64 $(GO) vet ./...
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" $(GO) test -race -count=1 -timeout=45m ./...
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" KVASIR_REDIS_SERVER="$$(hack/redis-assets.sh)" $(GO) test -race -count=1 -timeout=45m ./...
 
 # Runs every fuzz target (listed in hack/fuzz.sh) for FUZZTIME each, one
 # after another; a failing input lands in its package's testdata/fuzz/.
