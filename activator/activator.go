@@ -173,7 +173,11 @@ type Activator struct {
 	origins      originPolicy     // who may open a WebSocket
 	now          func() time.Time // the clock of outlier ejections (tests set their own)
 
-	routes atomic.Pointer[table]
+	routes  atomic.Pointer[table]
+	tenants atomic.Pointer[tenantTable] // nil or empty: the API is open (auth.go)
+	// authTimeout bounds the wait for a WebSocket's auth message (tests
+	// set their own).
+	authTimeout time.Duration
 
 	ctx    context.Context // lives until Close: the pods' stats subscriptions
 	cancel context.CancelFunc
@@ -192,7 +196,7 @@ func New(cfg Config, opts ...Option) (*Activator, error) {
 		revs:         map[fleet.Key]*revision{},
 		bodies:       httpserver.BodyReader{Timeout: limits.BodyReadTimeout, Budget: httpserver.NewBudget(limits.BodyBudget)},
 		writeTimeout: limits.WriteTimeout, tokenizing: make(chan struct{}, maxTokenizing)}
-	a.origins, a.now = newOriginPolicy(cfg.AllowedOrigins), time.Now
+	a.origins, a.now, a.authTimeout = newOriginPolicy(cfg.AllowedOrigins), time.Now, wsAuthTimeout
 	for _, o := range opts {
 		o(a)
 	}

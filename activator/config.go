@@ -34,3 +34,21 @@ func RevisionConfigOf(name string, t *v1alpha1.RevisionTemplate) RevisionConfig 
 		Disaggregated:        t.Roles != nil,
 		Tokenizer:            engine.Resolve(t.Engine).RoutingTokenizer()}
 }
+
+// TenantConfigOf is the data-plane view of a Tenant whose keys resolved to
+// digests (pkg/tenant: the order of spec.apiKeys). Unset priority, weight
+// and models (absent, not empty) take the API's defaults.
+func TenantConfigOf(t *v1alpha1.Tenant, digests [][32]byte) TenantConfig {
+	tc := TenantConfig{Namespace: t.Namespace, Name: t.Name, Keys: digests, Priority: t.Spec.Priority,
+		Weight: v1alpha1.DefaultTenantWeight, Models: t.Spec.Models}
+	if tc.Priority == "" {
+		tc.Priority = v1alpha1.DefaultTenantPriority
+	}
+	if t.Spec.Weight != nil {
+		tc.Weight = *t.Spec.Weight
+	}
+	if tc.Models == nil {
+		tc.Models = []string{v1alpha1.AllModels}
+	}
+	return tc
+}

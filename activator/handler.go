@@ -36,7 +36,7 @@ func (a *Activator) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, http.StatusNotFound, openai.Err(openai.TypeNotFound, "unknown_path", "no such endpoint: "+r.URL.Path), 0)
 	})
-	return mux
+	return a.authenticate(mux)
 }
 
 // failure is an error answered before any byte of a response.
@@ -71,8 +71,10 @@ func apiOf(path string) string {
 	return scheduler.APIEmbeddings
 }
 
-// route resolves a parsed request body on path to a revision.
-func (a *Activator) route(obj openai.Object, path, tagHeader string) (routed, *failure) {
+// route resolves a parsed request body on path to a revision, for tenant
+// tn (nil: the API is open), which must be allowed the model (403 before
+// any 404, so that a tenant learns nothing of the models it may not call).
+func (a *Activator) route(obj openai.Object, path, tagHeader string, tn *tenant) (routed, *failure) {
 	if f := platformFieldFailure(obj); f != nil {
 		return routed{}, f
 	}
@@ -87,11 +89,18 @@ func (a *Activator) route(obj openai.Object, path, tagHeader string) (routed, *f
 	if !found {
 		var atTag string
 		name, atTag = traffic.SplitModelTag(model)
+		if atTag != "" {
+			tag = atTag
+		}
+		if !tn.permits(name, tag) {
+			return routed{}, notAllowed(model)
+		}
 		if s, adapter, found = t.lookup(name); !found || atTag == "" {
 			return routed{}, &failure{status: http.StatusNotFound, err: openai.ModelNotFound(model)}
 		}
-		tag = atTag
 		body = obj.Set("model", strconv.AppendQuote(nil, name))
+	} else if !tn.permits(name, tag) {
+		return routed{}, notAllowed(model)
 	}
 	var revName string
 	if tag != "" {
@@ -130,7 +139,7 @@ func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
 		a.writeFailure(w, nil, &failure{status: http.StatusBadRequest, err: openai.ParseError(err)})
 		return
 	}
-	rt, f := a.route(obj, r.URL.Path, r.Header.Get(TagHeader))
+	rt, f := a.route(obj, r.URL.Path, r.Header.Get(TagHeader), tenantOf(r.Context()))
 	if f != nil {
 		a.writeFailure(w, nil, f)
 		return
@@ -158,13 +167,19 @@ func (a *Activator) writeFailure(w http.ResponseWriter, rt *routed, f *failure) 
 
 // serveModels lists Kvasir's models, with what their engines report of
 // them (models.go). No I/O: the pods' reports are in memory.
-func (a *Activator) serveModels(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, a.routes.Load().models())
+// A tenant sees only the models it may call.
+func (a *Activator) serveModels(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.routes.Load().modelsFor(tenantOf(r.Context())))
 }
 
 // serveModel describes one model: a name of /v1/models, or name@tag.
 func (a *Activator) serveModel(w http.ResponseWriter, r *http.Request) {
 	model := r.PathValue("model")
+	if tn := tenantOf(r.Context()); !tn.permitsID(model) {
+		f := notAllowed(model)
+		openai.WriteError(w, f.status, f.err, 0)
+		return
+	}
 	e, ok := a.routes.Load().model(model)
 	if !ok {
 		openai.WriteError(w, http.StatusNotFound, openai.ModelNotFound(model), 0)

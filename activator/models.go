@@ -126,6 +126,30 @@ func (t *table) models() modelList {
 	return modelList{Object: "list", Data: data}
 }
 
+// modelsFor is the model list a tenant sees (nil: every model): the names
+// it may call, and the name@tag entries it is granted without their name.
+func (t *table) modelsFor(tn *tenant) modelList {
+	list := t.models()
+	if tn == nil || tn.all {
+		return list
+	}
+	data := list.Data[:0]
+	for _, e := range list.Data {
+		if tn.models[e.ID] {
+			data = append(data, e)
+		}
+	}
+	for id := range tn.tagged {
+		if name, _ := traffic.SplitModelTag(id); !tn.models[name] {
+			if e, ok := t.model(id); ok {
+				data = append(data, e)
+			}
+		}
+	}
+	sort.Slice(data, func(i, j int) bool { return data[i].ID < data[j].ID })
+	return modelList{Object: list.Object, Data: data}
+}
+
 // model builds the entry of one model name: a service's model or adapter,
 // or either with @tag for the tagged revision. ok is false when Kvasir
 // does not route the name (or the tag).

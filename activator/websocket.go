@@ -46,8 +46,10 @@ type wsConn struct {
 	path string
 	hdr  http.Header
 	tag  string
-	mu   sync.Mutex // one writer at a time
-	ids  atomic.Uint64
+	// tenant is who the connection authenticated as (nil: the API is open).
+	tenant *tenant
+	mu     sync.Mutex // one writer at a time
+	ids    atomic.Uint64
 
 	idMu   sync.Mutex
 	active map[string]bool // request ids in flight (idKey)
@@ -65,7 +67,7 @@ func (a *Activator) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	// No read limit of gorilla's own: readMessage enforces MaxBodyBytes and
 	// the budget on what actually arrives, and answers why it refused.
 	c := &wsConn{a: a, conn: conn, path: r.URL.Path, hdr: forwardableHeaders(r.Header), tag: r.Header.Get(TagHeader),
-		active: map[string]bool{}}
+		tenant: tenantOf(r.Context()), active: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() {
@@ -73,6 +75,9 @@ func (a *Activator) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		wg.Wait()
 		conn.Close()
 	}()
+	if t := a.tenants.Load(); c.tenant == nil && !t.open() && !c.awaitAuth(t) {
+		return
+	}
 	sem := make(chan struct{}, a.cfg.MaxWebSocketInFlight)
 	for {
 		mt, held, ok := c.readMessage()
@@ -155,13 +160,68 @@ func (c *wsConn) readMessage() (mt int, held *httpserver.Body, ok bool) {
 		case http.StatusRequestTimeout, http.StatusBadRequest:
 			code = websocket.ClosePolicyViolation
 		}
-		c.mu.Lock()
-		_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, f.Err.Code), time.Now().Add(time.Second))
-		c.mu.Unlock()
-		lingerClose(c.conn.UnderlyingConn())
+		c.closeWith(code, f.Err.Code)
 		return 0, nil, false
 	}
 	return mt, held, true
+}
+
+// closeWith sends a close frame with code and reason, then closes.
+func (c *wsConn) closeWith(code int, reason string) {
+	c.mu.Lock()
+	_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	c.mu.Unlock()
+	lingerClose(c.conn.UnderlyingConn())
+}
+
+// wsAuthTimeout bounds how long a WebSocket opened without a key may take
+// to authenticate with its first message.
+const wsAuthTimeout = 10 * time.Second
+
+// errAuthFirst refuses a request sent before a connection authenticated.
+var errAuthFirst = openai.Err(openai.TypeInvalidRequest, "invalid_api_key",
+	`authenticate first: send {"type":"auth","api_key":KEY}, or the key as Authorization: Bearer KEY on the upgrade`)
+
+// awaitAuth authenticates a connection opened without a key, as browsers
+// open them (they cannot set headers): its first message is then
+// {"type":"auth","api_key":KEY}, answered {"type":"auth","ok":true}. A
+// request before it is refused (401 invalid_api_key, its request_id kept)
+// and the wait goes on; an unknown key, or no auth within a.authTimeout,
+// is told and closes the connection (policy violation). ok is false when
+// the connection is closed.
+func (c *wsConn) awaitAuth(t *tenantTable) (ok bool) {
+	deadline := time.Now().Add(c.a.authTimeout)
+	for {
+		_ = c.conn.SetReadDeadline(deadline)
+		mt, held, ok := c.readMessage()
+		if !ok {
+			c.sendError(nil, openai.Err(openai.TypeInvalidRequest, "invalid_api_key",
+				"no auth message within "+c.a.authTimeout.String()))
+			c.closeWith(websocket.ClosePolicyViolation, "invalid_api_key")
+			return false
+		}
+		obj, err := openai.Parse(held.Bytes)
+		held.Release()
+		if err != nil || mt != websocket.TextMessage {
+			c.sendError(nil, errAuthFirst)
+			continue
+		}
+		if typ, _ := obj.String("type"); typ != "auth" {
+			id, _ := obj.Get("request_id")
+			c.sendError(id, errAuthFirst)
+			continue
+		}
+		key, _ := obj.String("api_key")
+		tn, found := t.lookup(key)
+		if !found {
+			c.sendError(nil, errInvalidKey)
+			c.closeWith(websocket.ClosePolicyViolation, "invalid_api_key")
+			return false
+		}
+		c.tenant = tn
+		c.hdr.Del("Authorization") // an upgrade's key of another time is no engine's business
+		return c.send([]byte(`{"type":"auth","ok":true}`)) == nil
+	}
 }
 
 // lingerClose closes a connection whose client may still be sending (the
@@ -249,7 +309,7 @@ func forwardableHeaders(h http.Header) http.Header {
 func (c *wsConn) serve(ctx context.Context, obj openai.Object, id []byte, free func()) {
 	start := time.Now()
 	w := wsReply{c: c, id: id, free: free}
-	rt, f := c.a.route(obj, c.path, c.tag)
+	rt, f := c.a.route(obj, c.path, c.tag, c.tenant)
 	if f != nil {
 		w.fail(f.err)
 		return

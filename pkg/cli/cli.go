@@ -84,6 +84,8 @@ func runLocal(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&opts.Accelerators, "accelerators", "", "this machine's accelerators, e.g. nvidia.com/gpu=4,huawei.com/ascend-910b=8 (empty: not counted)")
 	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "on Ctrl-C or SIGTERM, how long in-flight requests and streams may take to finish")
 	fs.IntVar(&opts.Activators, "activators", 1, "activator replicas, each with its own scheduling state; requests are spread over them")
+	fs.BoolVar(&opts.RequireAuth, "require-auth", false,
+		"refuse to start, or to apply a change of the file, without a Tenant document (an API open to anyone who can reach it)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	RegisterActivatorFlags(fs, &opts.Activator)
 	opts.Limits = httpserver.DefaultLimits()

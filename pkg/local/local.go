@@ -70,6 +70,12 @@ type Options struct {
 	// WatchInterval is how often the file is checked for changes (default
 	// 1s; negative: never).
 	WatchInterval time.Duration
+	// RequireAuth refuses to start, or to apply a file change, without a
+	// Tenant: an API open to anyone who can reach it.
+	RequireAuth bool
+	// LookupEnv reads kvasir local's environment, where Tenants' fromEnv
+	// keys are (default os.LookupEnv).
+	LookupEnv func(string) (string, bool)
 	// Accelerators is the machine's inventory, e.g.
 	// "nvidia.com/gpu=4,huawei.com/ascend-910b=8"; empty: accelerators in
 	// templates are not counted.
@@ -128,7 +134,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err := opts.setDefaults(); err != nil {
 		return err
 	}
-	svcs, err := LoadFile(opts.File)
+	cfg, err := loadConfig(opts)
 	if err != nil {
 		return err
 	}
@@ -148,10 +154,10 @@ func Run(ctx context.Context, opts Options) error {
 	defer p.close()
 	stopReady := p.runReadyLoop()
 	defer stopReady()
-	if err := p.reconcile(svcs); err != nil {
+	if err := p.apply(cfg); err != nil {
 		return err
 	}
-	return p.serve(ctx, len(svcs))
+	return p.serve(ctx, len(cfg.services))
 }
 
 // setDefaults fills the options' unset fields and checks them.
@@ -161,6 +167,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.ScaleInterval == 0 {
 		o.ScaleInterval = time.Second
+	}
+	if o.LookupEnv == nil {
+		o.LookupEnv = os.LookupEnv
 	}
 	if o.Limits == (httpserver.Limits{}) {
 		o.Limits = httpserver.DefaultLimits()

@@ -18,6 +18,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/engine"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/tenant"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -417,9 +418,9 @@ func (p *Platform) watch(ctx context.Context) {
 			continue
 		}
 		last = sum
-		svcs, err := LoadFile(p.opts.File)
+		cfg, err := loadConfig(p.opts)
 		if err == nil {
-			err = p.reconcile(svcs)
+			err = p.apply(cfg)
 		}
 		if err != nil {
 			p.log.Error("the changed file was not applied; the running configuration stays", slog.String("file", p.opts.File), slog.Any("error", err))
@@ -427,6 +428,67 @@ func (p *Platform) watch(ctx context.Context) {
 		}
 		p.log.Info("applied the changed file", slog.String("file", p.opts.File))
 	}
+}
+
+// config is what a file configures: its services and its tenants.
+type config struct {
+	services []*v1alpha1.ModelService
+	tenants  []activator.TenantConfig
+	keys     int // the tenants' keys, for the log
+}
+
+// loadConfig reads the file: its ModelServices, and its Tenants with their
+// keys resolved from kvasir local's environment. With --require-auth a file
+// without Tenants is an error. No error holds a key.
+func loadConfig(opts Options) (config, error) {
+	path := opts.File
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return config{}, fmt.Errorf("reading %s: %w", path, err)
+	}
+	svcs, err := Load(path, data)
+	if err != nil {
+		return config{}, err
+	}
+	ts, err := LoadTenants(path, data)
+	if err != nil {
+		return config{}, err
+	}
+	cfg := config{services: svcs}
+	for _, t := range ts {
+		digests, err := tenant.ResolveKeys(t, opts.LookupEnv)
+		if err != nil {
+			return config{}, fmt.Errorf("%s: Tenant %q: %w", path, t.Name, err)
+		}
+		cfg.tenants = append(cfg.tenants, activator.TenantConfigOf(t, digests))
+		cfg.keys += len(digests)
+	}
+	if err := activator.ValidateTenants(cfg.tenants); err != nil {
+		return config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	if opts.RequireAuth && len(cfg.tenants) == 0 {
+		return config{}, fmt.Errorf("%s: no Tenant defined, and --require-auth refuses to serve the API open", path)
+	}
+	return cfg, nil
+}
+
+// apply reconciles the services, then gives the tenants to every
+// activator; on error nothing changes.
+func (p *Platform) apply(cfg config) error {
+	if err := p.reconcile(cfg.services); err != nil {
+		return err
+	}
+	for _, a := range p.act.acts {
+		if err := a.SetTenants(cfg.tenants); err != nil { // validated by loadConfig: cannot happen
+			return err
+		}
+	}
+	if len(cfg.tenants) == 0 {
+		p.log.Warn("no Tenant defined: the API is open to anyone who can reach it", slog.String("file", p.opts.File))
+	} else {
+		p.log.Info("API keys required", slog.Int("tenants", len(cfg.tenants)), slog.Int("keys", cfg.keys))
+	}
+	return nil
 }
 
 func fileSum(path string) [32]byte {

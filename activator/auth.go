@@ -1,0 +1,252 @@
+package activator
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/traffic"
+)
+
+// Authentication. With no tenant configured the API is open, as it always
+// was. With tenants, every request presents a key (Authorization: Bearer
+// KEY, or api-key: KEY as Azure's clients send it); the key is hashed and
+// its SHA-256 looked up among the tenants' digests. Comparing digests, never
+// the keys themselves, makes the lookup's timing independent of the
+// secret's bytes: an attacker learns nothing from how long a guess takes
+// that would help forge a key (the digest of a guess is unrelated to the
+// digest of the key). Keys are never logged, never put in an error or a
+// metric label, and never forwarded to engines.
+
+// APIKeyHeader is the Azure OpenAI style key header, accepted beside
+// Authorization: Bearer.
+const APIKeyHeader = "Api-Key"
+
+// TenantConfig is what the activator needs to know of a Tenant: who it is,
+// the digests of its keys, its class and share, and the models it may
+// call.
+type TenantConfig struct {
+	Namespace string
+	Name      string
+	// Keys are the SHA-256 digests of the tenant's API keys.
+	Keys [][32]byte
+	// Priority and Weight are the tenant's class and share under contention.
+	Priority v1alpha1.TenantPriority
+	Weight   int32
+	// Models are the model names the tenant may call: "*" for all, a name
+	// for that model and its tags, name@tag for that tag only. Empty: none
+	// (TenantConfigOf gives an absent spec.models the API's default, "*").
+	Models []string
+}
+
+// tenant is a configured tenant and its model grants, resolved.
+type tenant struct {
+	cfg    TenantConfig
+	all    bool
+	models map[string]bool // names granted with every tag
+	tagged map[string]bool // name@tag granted
+}
+
+// tenantTable is an immutable snapshot of the tenants, swapped atomically:
+// the tenant of each key digest.
+type tenantTable struct {
+	byDigest map[[32]byte]*tenant
+}
+
+func (t *tenantTable) open() bool { return t == nil || len(t.byDigest) == 0 }
+
+// newTenantTable resolves and checks tenant configurations; errors name
+// the tenant and the key's index, never the key.
+func newTenantTable(cfgs []TenantConfig) (*tenantTable, error) {
+	t := &tenantTable{byDigest: map[[32]byte]*tenant{}}
+	names := map[string]bool{}
+	for _, c := range cfgs {
+		id := c.Namespace + "/" + c.Name
+		if c.Name == "" {
+			return nil, errors.New("tenant: a name is required")
+		}
+		if names[id] {
+			return nil, fmt.Errorf("tenant %q: defined twice", id)
+		}
+		names[id] = true
+		if len(c.Keys) == 0 {
+			return nil, fmt.Errorf("tenant %q: no API key", id)
+		}
+		tn := &tenant{cfg: c, models: map[string]bool{}, tagged: map[string]bool{}}
+		for _, m := range c.Models {
+			switch name, tag := traffic.SplitModelTag(m); {
+			case m == v1alpha1.AllModels:
+				tn.all = true
+			case tag != "":
+				tn.tagged[name+"@"+tag] = true
+			default:
+				tn.models[m] = true
+			}
+		}
+		for i, d := range c.Keys {
+			if other, dup := t.byDigest[d]; dup {
+				return nil, fmt.Errorf("tenant %q: API key %d is also a key of tenant %q", id,
+					i, other.cfg.Namespace+"/"+other.cfg.Name)
+			}
+			t.byDigest[d] = tn
+		}
+	}
+	return t, nil
+}
+
+// ValidateTenants checks tenant configurations as SetTenants does, without
+// changing anything.
+func ValidateTenants(cfgs []TenantConfig) error {
+	_, err := newTenantTable(cfgs)
+	return err
+}
+
+// SetTenants replaces the tenants. None: the API is open to anyone who can
+// reach it. On error nothing changes.
+func (a *Activator) SetTenants(cfgs []TenantConfig) error {
+	t, err := newTenantTable(cfgs)
+	if err != nil {
+		return err
+	}
+	a.tenants.Store(t)
+	return nil
+}
+
+// lookup returns the tenant of a key.
+func (t *tenantTable) lookup(key string) (*tenant, bool) {
+	tn, ok := t.byDigest[sha256.Sum256([]byte(key))]
+	return tn, ok
+}
+
+// permits reports whether the tenant may call model name (a service's
+// model or a LoRA adapter) with tag ("" for none); nil (no tenants) may
+// call everything.
+func (tn *tenant) permits(name, tag string) bool {
+	if tn == nil || tn.all || tn.models[name] {
+		return true
+	}
+	return tag != "" && tn.tagged[name+"@"+tag]
+}
+
+// permitsID is permits for a model id as /v1/models names it: a name, or
+// name@tag.
+func (tn *tenant) permitsID(id string) bool {
+	if tn.permits(id, "") {
+		return true
+	}
+	name, tag := traffic.SplitModelTag(id)
+	return tag != "" && tn.permits(name, tag)
+}
+
+// notAllowed is the 403 of a model the tenant may not call.
+func notAllowed(model string) *failure {
+	return &failure{status: http.StatusForbidden, err: openai.Err(openai.TypeInvalidRequest, "model_not_allowed",
+		"this API key may not call model `"+model+"`")}
+}
+
+// Errors of authentication. Their messages never hold a key.
+var (
+	errMissingKey = openai.Err(openai.TypeInvalidRequest, "invalid_api_key",
+		"no API key: send it as Authorization: Bearer KEY (or api-key: KEY)")
+	errInvalidKey = openai.Err(openai.TypeInvalidRequest, "invalid_api_key", "invalid API key")
+)
+
+type tenantKey struct{}
+
+// TenantFrom returns the tenant a request authenticated as; ok is false
+// when the API is open (no tenants configured).
+func TenantFrom(ctx context.Context) (cfg *TenantConfig, ok bool) {
+	tn, ok := ctx.Value(tenantKey{}).(*tenant)
+	if !ok {
+		return nil, false
+	}
+	return &tn.cfg, true
+}
+
+func tenantOf(ctx context.Context) *tenant {
+	tn, _ := ctx.Value(tenantKey{}).(*tenant)
+	return tn
+}
+
+// presentedKey returns the key a request presents. ok is false when the
+// headers are malformed: several values of one, a scheme other than
+// Bearer, an empty key, or both headers with different keys. An empty key
+// with ok true means none was presented.
+func presentedKey(h http.Header) (key string, ok bool) {
+	auth, api := h.Values("Authorization"), h.Values(APIKeyHeader)
+	if len(auth) > 1 || len(api) > 1 {
+		return "", false
+	}
+	var bearer string
+	if len(auth) == 1 {
+		scheme, cred, _ := strings.Cut(strings.TrimSpace(auth[0]), " ")
+		cred = strings.TrimSpace(cred)
+		if !strings.EqualFold(scheme, "Bearer") || cred == "" {
+			return "", false
+		}
+		bearer = cred
+	}
+	if len(api) == 1 {
+		k := strings.TrimSpace(api[0])
+		if k == "" {
+			return "", false
+		}
+		if bearer != "" {
+			a, b := sha256.Sum256([]byte(bearer)), sha256.Sum256([]byte(k))
+			if subtle.ConstantTimeCompare(a[:], b[:]) != 1 {
+				return "", false
+			}
+		}
+		return k, true
+	}
+	return bearer, true
+}
+
+// authenticate is the first step of every request: with tenants, it
+// refuses a request without a known key (401), and passes on the others
+// with their tenant in the context and without their key headers, which
+// engines must never see. A WebSocket upgrade without a key passes too: its
+// first message may authenticate it (websocket.go).
+func (a *Activator) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t := a.tenants.Load()
+		if t.open() {
+			next.ServeHTTP(w, r)
+			return
+		}
+		key, ok := presentedKey(r.Header)
+		if ok && key == "" && isWebSocket(r) && (r.URL.Path == PathChat || r.URL.Path == PathCompletions) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if !ok || key == "" {
+			unauthorized(w, errMissingKey, !ok)
+			return
+		}
+		tn, found := t.lookup(key)
+		if !found {
+			unauthorized(w, errInvalidKey, false)
+			return
+		}
+		r2 := r.WithContext(context.WithValue(r.Context(), tenantKey{}, tn))
+		r2.Header = r.Header.Clone()
+		r2.Header.Del("Authorization")
+		r2.Header.Del(APIKeyHeader)
+		next.ServeHTTP(w, r2)
+	})
+}
+
+// unauthorized answers 401 as OpenAI does, with the challenge of RFC 6750.
+func unauthorized(w http.ResponseWriter, e openai.Error, malformed bool) {
+	if malformed {
+		e = openai.Err(e.Type, e.Code, "malformed API key headers: send one Authorization: Bearer KEY or one api-key: KEY")
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="kvasir"`)
+	openai.WriteError(w, http.StatusUnauthorized, e, 0)
+}
