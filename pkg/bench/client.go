@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +40,36 @@ type sample struct {
 	cached   int             // usage.prompt_tokens_details.cached_tokens
 	output   int             // usage.completion_tokens, or the content chunks counted
 	streamed bool            // TTFT and ITL were measured
+
+	// Multi-tenant runs only (client.trackLimits).
+	status     int           // HTTP status of a non-2xx answer; 0 otherwise
+	retryAfter time.Duration // Retry-After of the answer, when hasRetry
+	hasRetry   bool
+	limitHdrs  uint8 // bit i: the answer carried rateLimitHeaders[i]
+}
+
+// rateLimitHeaders are OpenAI's rate-limit headers, counted per answer in
+// multi-tenant runs.
+var rateLimitHeaders = [...]string{
+	"x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
+	"x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens",
+	"x-ratelimit-reset-requests", "x-ratelimit-reset-tokens",
+}
+
+// noteLimits records the rate-limit headers of h and its Retry-After (in
+// seconds; an HTTP date is counted with 0).
+func (s *sample) noteLimits(h http.Header) {
+	for i, name := range rateLimitHeaders {
+		if h.Get(name) != "" {
+			s.limitHdrs |= 1 << i
+		}
+	}
+	if v := h.Get("Retry-After"); v != "" {
+		s.hasRetry = true
+		if secs, err := strconv.ParseFloat(v, 64); err == nil && secs >= 0 {
+			s.retryAfter = seconds(secs)
+		}
+	}
 }
 
 // client sends requests through one tuned transport and measures them.
@@ -51,6 +82,8 @@ type client struct {
 	stream  bool
 	timeout time.Duration
 	bufs    sync.Pool // *[]byte read buffers
+	// trackLimits records status codes and rate-limit headers (tenants).
+	trackLimits bool
 }
 
 const readBufSize = 32 << 10
@@ -123,7 +156,11 @@ func (c *client) do(ctx context.Context, req *Request) (s sample, answer string)
 		return fail(err.Error())
 	}
 	defer resp.Body.Close()
+	if c.trackLimits {
+		s.noteLimits(resp.Header)
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		s.status = resp.StatusCode
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		return fail(fmt.Sprintf("HTTP %d: %s", resp.StatusCode, errorText(body)))
 	}

@@ -69,6 +69,9 @@ type Comparison struct {
 	// changed.
 	docs      []string
 	fleetDocs map[int]map[string]any
+	// tenantDocs are the Tenant documents, copied to every strategy's
+	// fleet as they are.
+	tenantDocs map[int]string
 }
 
 // benchmarkDoc is the wire form of the Benchmark document.
@@ -102,7 +105,7 @@ func LoadComparison(path string) (*Comparison, error) {
 // exactly one Benchmark document. Every error names the document and the
 // field at fault.
 func ParseComparison(source string, data []byte) (*Comparison, error) {
-	c := &Comparison{Source: source, fleetDocs: map[int]map[string]any{}}
+	c := &Comparison{Source: source, fleetDocs: map[int]map[string]any{}, tenantDocs: map[int]string{}}
 	// Split exactly as `kvasir local` does, so document numbers agree
 	// between its errors and ours.
 	c.docs = local.SplitDocuments(data)
@@ -128,6 +131,8 @@ func ParseComparison(source string, data []byte) (*Comparison, error) {
 			if err := c.parseBenchmark(where, doc); err != nil {
 				return nil, err
 			}
+		case head.APIVersion == v1alpha1.GroupName+"/"+v1alpha1.Version && head.Kind == v1alpha1.KindTenant:
+			c.tenantDocs[i] = doc // checked by local.LoadTenants below
 		case head.APIVersion == v1alpha1.GroupName+"/"+v1alpha1.Version && head.Kind == v1alpha1.KindModelService:
 			var m map[string]any
 			if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
@@ -135,8 +140,8 @@ func ParseComparison(source string, data []byte) (*Comparison, error) {
 			}
 			c.fleetDocs[i] = m
 		default:
-			return nil, fmt.Errorf("%s: apiVersion %q, kind %q: want %s/%s %s or %s %s", where, head.APIVersion, head.Kind,
-				v1alpha1.GroupName, v1alpha1.Version, v1alpha1.KindModelService, BenchmarkAPIVersion, BenchmarkKind)
+			return nil, fmt.Errorf("%s: apiVersion %q, kind %q: want %s/%s %s or %s, or %s %s", where, head.APIVersion, head.Kind,
+				v1alpha1.GroupName, v1alpha1.Version, v1alpha1.KindModelService, v1alpha1.KindTenant, BenchmarkAPIVersion, BenchmarkKind)
 		}
 	}
 	if benchDoc == 0 {
@@ -149,6 +154,9 @@ func ParseComparison(source string, data []byte) (*Comparison, error) {
 		return nil, err
 	}
 	c.Fleet = fleet
+	if _, err := local.LoadTenants(source, data); err != nil {
+		return nil, err
+	}
 	if err := c.checkModel(benchDoc); err != nil {
 		return nil, err
 	}
@@ -304,6 +312,14 @@ func workloadConfig(workload map[string]any) (Config, error) {
 	slices.Sort(keys)
 	for _, k := range keys {
 		field := "spec.workload." + k
+		if k == "tenants" { // a list here, not a file
+			ts, err := ParseTenants(field, workload[k])
+			if err != nil {
+				return Config{}, err
+			}
+			cfg.Tenants = ts
+			continue
+		}
 		if k == "target" {
 			return Config{}, fmt.Errorf("%s: must not be set: compare sends the workload to each strategy's own fleet", field)
 		}
@@ -347,18 +363,36 @@ func flagValue(v any) (string, error) {
 	return "", fmt.Errorf("must be a string, a number or a bool, got %T", v)
 }
 
-// checkModel makes sure the workload's model is served by the fleet.
+// checkModel makes sure the workload's model (each tenant's, with tenants)
+// is served by the fleet.
 func (c *Comparison) checkModel(benchDoc int) error {
-	model, _, _ := strings.Cut(c.Config.Model, "@")
+	field, models := "spec.workload.model", []string{c.Config.Model}
+	if len(c.Config.Tenants) > 0 {
+		models = models[:0]
+		for i := range c.Config.Tenants {
+			tc, err := c.Config.TenantConfig(i)
+			if err != nil {
+				return err
+			}
+			models = append(models, tc.Model)
+		}
+	}
 	var served []string
 	for _, ms := range c.Fleet {
-		if ms.Spec.Model == model {
-			return nil
-		}
 		served = append(served, ms.Spec.Model)
 	}
-	return fmt.Errorf("%s: document %d (%s %q): spec.workload.model: %q is not served by the fleet (its models: %s)",
-		c.Source, benchDoc, BenchmarkKind, c.Name, c.Config.Model, strings.Join(served, ", "))
+	for i, m := range models {
+		model, _, _ := strings.Cut(m, "@")
+		if slices.Contains(served, model) {
+			continue
+		}
+		if len(c.Config.Tenants) > 0 && c.Config.Tenants[i].Settings["model"] != "" {
+			field = fmt.Sprintf("spec.workload.tenants[%d].model", i)
+		}
+		return fmt.Errorf("%s: document %d (%s %q): %s: %q is not served by the fleet (its models: %s)",
+			c.Source, benchDoc, BenchmarkKind, c.Name, field, m, strings.Join(served, ", "))
+	}
+	return nil
 }
 
 // Select returns the strategies named (in file order), or all of them when
@@ -407,6 +441,13 @@ func (c *Comparison) FleetYAML(s Strategy) ([]byte, error) {
 	for i := range c.docs {
 		if i > 0 {
 			sb.WriteString("---\n")
+		}
+		if t, ok := c.tenantDocs[i]; ok {
+			sb.WriteString(strings.TrimLeft(t, "\n"))
+			if !strings.HasSuffix(t, "\n") {
+				sb.WriteByte('\n')
+			}
+			continue
 		}
 		m, ok := c.fleetDocs[i]
 		if !ok {

@@ -101,9 +101,52 @@ func (r *Report) WriteTable(w io.Writer) {
 			ttftRatio,
 		})
 	}
-	widths := make([]int, len(header))
+	writeColumns(w, rows)
+	if base != nil {
+		fmt.Fprintf(w, "throughput_x and ttft_mean_x: ratio to %s's.\n", r.Results[0].Strategy.Name)
+	}
+	for _, s := range r.Results {
+		if s.Failed() {
+			fmt.Fprintf(w, "%s failed: %v\n", s.Strategy.Name, s.Err)
+		}
+	}
+	r.writeTenants(w)
+}
+
+// writeTenants writes, when the workload has tenants, one row per strategy
+// and tenant.
+func (r *Report) writeTenants(w io.Writer) {
+	header := []string{"strategy", "tenant", "completed", "errors", "401", "403", "429", "503", "throughput_rps",
+		"output_tokens_per_s", "tokens_served", "tokens_served_share", "ttft_p50_s", "ttft_p99_s", "e2e_p50_s"}
+	rows := [][]string{header}
+	for _, s := range r.Results {
+		if s.Result == nil {
+			continue
+		}
+		for i := range s.Result.Tenants {
+			t := &s.Result.Tenants[i]
+			rows = append(rows, []string{s.Strategy.Name, t.Name, fmt.Sprint(t.Completed), fmt.Sprint(t.Errors),
+				fmt.Sprint(t.ErrorCount(401)), fmt.Sprint(t.ErrorCount(403)), fmt.Sprint(t.ErrorCount(429)), fmt.Sprint(t.ErrorCount(503)),
+				fmt.Sprintf("%.2f", t.ThroughputRPS), fmt.Sprintf("%.1f", t.OutputTokensPerS), fmt.Sprint(t.TokensServed),
+				fmt.Sprintf("%.3f", t.TokensServedShare), fmt.Sprintf("%.4f", t.TTFTP50S), fmt.Sprintf("%.4f", t.TTFTP99S),
+				fmt.Sprintf("%.4f", t.E2EP50S)})
+		}
+	}
+	if len(rows) > 1 {
+		fmt.Fprintln(w)
+		writeColumns(w, rows)
+	}
+}
+
+// writeColumns writes rows as aligned columns: the first left-aligned, the
+// others right-aligned, two spaces apart.
+func writeColumns(w io.Writer, rows [][]string) {
+	var widths []int
 	for _, row := range rows {
 		for i, cell := range row {
+			if i >= len(widths) {
+				widths = append(widths, 0)
+			}
 			widths[i] = max(widths[i], len(cell))
 		}
 	}
@@ -117,13 +160,5 @@ func (r *Report) WriteTable(w io.Writer) {
 			fmt.Fprintf(&sb, "  %*s", widths[i], cell)
 		}
 		fmt.Fprintln(w, sb.String())
-	}
-	if base != nil {
-		fmt.Fprintf(w, "throughput_x and ttft_mean_x: ratio to %s's.\n", r.Results[0].Strategy.Name)
-	}
-	for _, s := range r.Results {
-		if s.Failed() {
-			fmt.Fprintf(w, "%s failed: %v\n", s.Strategy.Name, s.Err)
-		}
 	}
 }

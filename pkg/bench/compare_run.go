@@ -181,7 +181,11 @@ func runStrategy(ctx context.Context, c *Comparison, s Strategy, dir string, opt
 	cfg := c.Config
 	cfg.Target = base
 	r := cfg.Resolved()
-	p("running %d %s requests (+%d warm-up)", r.NumPrompts, r.Workload, r.Warmup)
+	if len(r.Tenants) > 0 {
+		p("running %d tenants' requests (+%d warm-up each)", len(r.Tenants), r.Warmup)
+	} else {
+		p("running %d %s requests (+%d warm-up)", r.NumPrompts, r.Workload, r.Warmup)
+	}
 	res, runErr := Run(ctx, cfg)
 	out.Result = res
 	switch {

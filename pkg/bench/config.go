@@ -67,6 +67,12 @@ type Config struct {
 	QuestionLen     int     // generated-shared-prefix and multi-turn
 	Conversations   int     // multi-turn
 	Turns           int     // multi-turn
+
+	// Tenants, when set, make a multi-tenant run: each tenant sends its
+	// own requests, with its own key and settings, concurrently (see
+	// TenantConfig). The run's own load shape and workload are then the
+	// defaults of the tenants' settings.
+	Tenants []Tenant
 }
 
 // DefaultConfig returns the defaults of every flag (Target and Model are
@@ -123,6 +129,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.QuestionLen, "question-len", d.QuestionLen, "generated-shared-prefix and multi-turn: question length in tokens")
 	fs.IntVar(&c.Conversations, "conversations", d.Conversations, "multi-turn: number of conversations")
 	fs.IntVar(&c.Turns, "turns", d.Turns, "multi-turn: turns per conversation")
+	fs.Var(tenantsFile{&c.Tenants}, "tenants", "YAML file with a list of tenants, each with its own key (keyFromEnv), load shape and workload, run concurrently (default: none, one client)")
 }
 
 // optionalInt is an int flag whose unset value means "workload default": its
@@ -174,11 +181,33 @@ func (c Config) Resolved() Config {
 }
 
 // Validate checks c once; every error names the flag at fault. Only the
-// settings of the selected workload are checked.
+// settings of the selected workload are checked. With tenants, the run's
+// own settings are checked once and each tenant's (the run's with its
+// overrides) under the tenant's name; the tenants' key variables must be
+// set.
 func (c Config) Validate() error {
+	if len(c.Tenants) > 0 {
+		return c.validateTenants()
+	}
 	var errs []error
+	for _, p := range c.problems() {
+		errs = append(errs, p.err)
+	}
+	return errors.Join(errs...)
+}
+
+// problem is one invalid setting: the flag at fault and the error, which
+// names it.
+type problem struct {
+	flag string
+	err  error
+}
+
+// problems returns what is wrong with c, in flag order.
+func (c Config) problems() []problem {
+	var ps []problem
 	bad := func(flag, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...)))
+		ps = append(ps, problem{flag, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...))})
 	}
 	if c.Target == "" {
 		bad("target", "required")
@@ -219,6 +248,12 @@ func (c Config) Validate() error {
 	if c.OutputLen < 1 {
 		bad("output-len", "must be >= 1, got %d", c.OutputLen)
 	}
+	c.checkWorkload(bad)
+	return ps
+}
+
+// checkWorkload reports the bad settings of the selected workload to bad.
+func (c Config) checkWorkload(bad func(flag, format string, args ...any)) {
 	positive := func(flag string, v int) {
 		if v < 1 {
 			bad(flag, "must be >= 1, got %d", v)
@@ -241,5 +276,4 @@ func (c Config) Validate() error {
 	default:
 		bad("workload", "%q: must be %s, %s or %s", c.Workload, WorkloadRandom, WorkloadSharedPrefix, WorkloadMultiTurn)
 	}
-	return errors.Join(errs...)
 }

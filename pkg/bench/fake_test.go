@@ -62,6 +62,10 @@ type fakeServer struct {
 	gate *gate
 	// seen, when set, receives each request's seq as it arrives.
 	seen chan int
+	// answer, when set, gives the headers of the answer to a request with
+	// this Authorization header, and a status that, when not 0, is
+	// answered at once as an OpenAI error.
+	answer func(auth string) (status int, h http.Header)
 
 	mu          sync.Mutex
 	reqs        []recorded
@@ -128,6 +132,17 @@ func (f *fakeServer) handle(w http.ResponseWriter, r *http.Request) {
 		defer f.gate.leave()
 	}
 
+	if f.answer != nil {
+		status, h := f.answer(r.Header.Get("Authorization"))
+		for k, v := range h {
+			w.Header()[k] = v
+		}
+		if status != 0 {
+			leave()
+			openai.WriteError(w, status, openai.Err(openai.TypeServer, "refused", http.StatusText(status)), 0)
+			return
+		}
+	}
 	fate := failNone
 	if f.fail != nil {
 		fate = f.fail(seq)

@@ -60,6 +60,11 @@ type Result struct {
 	NumPrompts     int     `json:"num_prompts"`
 	Stream         bool    `json:"stream"`
 	Seed           int64   `json:"seed"`
+
+	// Tenants, in a multi-tenant run, summarise each tenant alone; the
+	// fields above are then all tenants' requests together, with the sums
+	// of their rates, caps and requests as settings.
+	Tenants []TenantResult `json:"tenants,omitempty"`
 }
 
 // ErrorExample is one distinct error message and how many requests failed with it.
@@ -261,6 +266,10 @@ func (r *Result) WriteTable(w io.Writer) {
 			fmt.Fprintf(w, "%6d × %s\n", e.Count, e.Message)
 		}
 	}
+	if len(r.Tenants) > 0 {
+		section(" Tenants (latencies in ms) ")
+		writeTenantTable(w, r.Tenants)
+	}
 	fmt.Fprintf(w, "%s\n", center("", '='))
 }
 
@@ -277,4 +286,33 @@ func center(title string, fill byte) string {
 		b = append(b, fill)
 	}
 	return string(b)
+}
+
+// writeTenantTable writes one row per tenant (latencies in ms), then, for
+// the tenants that saw any, the rate-limit answers and headers.
+func writeTenantTable(w io.Writer, tenants []TenantResult) {
+	ms := func(s float64) string { return fmt.Sprintf("%.2f", s*1000) }
+	rows := [][]string{{"tenant", "done", "errors", "401", "403", "429", "503", "req/s", "out tok/s",
+		"tok served", "share", "TTFT p50", "p90", "p99", "E2E p50", "p90", "p99"}}
+	for i := range tenants {
+		t := &tenants[i]
+		rows = append(rows, []string{t.Name, fmt.Sprint(t.Completed), fmt.Sprint(t.Errors),
+			fmt.Sprint(t.ErrorCount(401)), fmt.Sprint(t.ErrorCount(403)), fmt.Sprint(t.ErrorCount(429)), fmt.Sprint(t.ErrorCount(503)),
+			fmt.Sprintf("%.2f", t.ThroughputRPS), fmt.Sprintf("%.1f", t.OutputTokensPerS), fmt.Sprint(t.TokensServed),
+			fmt.Sprintf("%.1f%%", t.TokensServedShare*100), ms(t.TTFTP50S), ms(t.TTFTP90S), ms(t.TTFTP99S),
+			ms(t.E2EP50S), ms(t.E2EP90S), ms(t.E2EP99S)})
+	}
+	writeColumns(w, rows)
+	for i := range tenants {
+		t := &tenants[i]
+		headers := 0
+		for _, n := range t.RateLimitHeaders {
+			headers = max(headers, n)
+		}
+		if t.ErrorCount(429) == 0 && t.RetryAfterCount == 0 && headers == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "%s: %d × 429, Retry-After on %d answers (max %.1f s), x-ratelimit-* headers on %d answers\n",
+			t.Name, t.ErrorCount(429), t.RetryAfterCount, t.RetryAfterMaxS, headers)
+	}
 }

@@ -14,10 +14,14 @@ import (
 // Run validates cfg, sends the warm-up requests (if any) and waits for them,
 // then runs the measured requests and summarises them. When ctx is cancelled
 // mid-run, Run returns the partial result together with an error wrapping
-// ctx's.
+// ctx's. With tenants, each tenant runs its own requests concurrently with
+// its own key, and the result has a row per tenant.
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if len(cfg.Tenants) > 0 {
+		return runTenants(ctx, cfg)
 	}
 	cfg = cfg.Resolved()
 	c := newClient(cfg)
@@ -35,8 +39,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 }
 
 // RunWorkload runs the requests of w (no warm-up) under cfg's load shape and
-// summarises them; cfg's workload settings are not used.
+// summarises them; cfg's workload settings and tenants are not used.
 func RunWorkload(ctx context.Context, cfg Config, w Workload) (*Result, error) {
+	cfg.Tenants = nil
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

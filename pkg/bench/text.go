@@ -14,6 +14,7 @@ const (
 	streamShuffle
 	streamArrivals
 	streamWarmup
+	streamTenants // tenant i's seed: stream streamTenants+i
 )
 
 func newRand(seed int64, stream uint64) *rand.Rand {

@@ -60,9 +60,14 @@ func runBenchRun(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return UsageError{err.Error()}
 	}
 	r := cfg.Resolved()
-	shape, limit := loadShape(r)
-	fmt.Fprintf(stderr, "kvasir bench: %d %s requests (+%d warm-up) to %s, model %s, %s, max concurrency %s\n",
-		r.NumPrompts, r.Workload, r.Warmup, r.Target, r.Model, shape, limit)
+	if len(r.Tenants) > 0 {
+		fmt.Fprintf(stderr, "kvasir bench: %d tenants (+%d warm-up each) to %s: %s\n",
+			len(r.Tenants), r.Warmup, r.Target, describeTenants(r))
+	} else {
+		shape, limit := loadShape(r)
+		fmt.Fprintf(stderr, "kvasir bench: %d %s requests (+%d warm-up) to %s, model %s, %s, max concurrency %s\n",
+			r.NumPrompts, r.Workload, r.Warmup, r.Target, r.Model, shape, limit)
+	}
 
 	res, runErr := bench.Run(ctx, cfg)
 	if res == nil {
@@ -88,6 +93,24 @@ func (l *nameList) Set(s string) error {
 		*l = append(*l, v)
 	}
 	return nil
+}
+
+// describeTenants summarises each tenant of a valid config: its requests,
+// model, load shape and concurrency limit.
+func describeTenants(cfg bench.Config) string {
+	parts := make([]string, 0, len(cfg.Tenants))
+	for i, t := range cfg.Tenants {
+		tc, err := cfg.TenantConfig(i)
+		if err != nil {
+			parts = append(parts, fmt.Sprintf("%s: %v", t.Name, err))
+			continue
+		}
+		tc = tc.Resolved()
+		shape, limit := loadShape(tc)
+		parts = append(parts, fmt.Sprintf("%s: %d %s requests, model %s, %s, max concurrency %s",
+			t.Name, tc.NumPrompts, tc.Workload, tc.Model, shape, limit))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // loadShape describes a resolved workload's arrivals ("closed loop" or the
@@ -132,8 +155,12 @@ func runBenchCompare(ctx context.Context, args []string, stdout, stderr io.Write
 
 	r := cmp.Config.Resolved()
 	shape, limit := loadShape(r)
-	fmt.Fprintf(stderr, "kvasir bench compare: %s, %d strateg%s; each: %d %s requests (+%d warm-up), model %s, %s, max concurrency %s; fleets and logs in %s\n",
-		cmp.Name, len(strategies), plural(len(strategies), "y", "ies"), r.NumPrompts, r.Workload, r.Warmup, r.Model, shape, limit, dir)
+	each := fmt.Sprintf("%d %s requests (+%d warm-up), model %s, %s, max concurrency %s", r.NumPrompts, r.Workload, r.Warmup, r.Model, shape, limit)
+	if len(r.Tenants) > 0 {
+		each = fmt.Sprintf("%d tenants (+%d warm-up each): %s", len(r.Tenants), r.Warmup, describeTenants(r))
+	}
+	fmt.Fprintf(stderr, "kvasir bench compare: %s, %d strateg%s; each: %s; fleets and logs in %s\n",
+		cmp.Name, len(strategies), plural(len(strategies), "y", "ies"), each, dir)
 
 	rep, runErr := bench.Compare(ctx, cmp, strategies, bench.CompareOptions{
 		Launch:   bench.LocalLauncher([]string{self}, cmp.Activators, logger),
