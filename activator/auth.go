@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -174,38 +175,39 @@ func tenantOf(ctx context.Context) *tenant {
 	return tn
 }
 
-// presentedKey returns the key a request presents. ok is false when the
-// headers are malformed: several values of one, a scheme other than
-// Bearer, an empty key, or both headers with different keys. An empty key
-// with ok true means none was presented.
-func presentedKey(h http.Header) (key string, ok bool) {
+// presentedKey returns the key a request presents. bad is the reason
+// (authMalformed, authConflicting) when the headers are malformed: several
+// values of one, a scheme other than Bearer, an empty key, or both headers
+// with different keys; "" otherwise. An empty key with bad "" means none
+// was presented.
+func presentedKey(h http.Header) (key, bad string) {
 	auth, api := h.Values("Authorization"), h.Values(APIKeyHeader)
 	if len(auth) > 1 || len(api) > 1 {
-		return "", false
+		return "", authMalformed
 	}
 	var bearer string
 	if len(auth) == 1 {
 		scheme, cred, _ := strings.Cut(strings.TrimSpace(auth[0]), " ")
 		cred = strings.TrimSpace(cred)
 		if !strings.EqualFold(scheme, "Bearer") || cred == "" {
-			return "", false
+			return "", authMalformed
 		}
 		bearer = cred
 	}
 	if len(api) == 1 {
 		k := strings.TrimSpace(api[0])
 		if k == "" {
-			return "", false
+			return "", authMalformed
 		}
 		if bearer != "" {
 			a, b := sha256.Sum256([]byte(bearer)), sha256.Sum256([]byte(k))
 			if subtle.ConstantTimeCompare(a[:], b[:]) != 1 {
-				return "", false
+				return "", authConflicting
 			}
 		}
-		return k, true
+		return k, ""
 	}
-	return bearer, true
+	return bearer, ""
 }
 
 // authenticate is the first step of every request: with tenants, it
@@ -220,17 +222,19 @@ func (a *Activator) authenticate(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		key, ok := presentedKey(r.Header)
-		if ok && key == "" && isWebSocket(r) && (r.URL.Path == PathChat || r.URL.Path == PathCompletions) {
+		key, bad := presentedKey(r.Header)
+		if bad == "" && key == "" && isWebSocket(r) && (r.URL.Path == PathChat || r.URL.Path == PathCompletions) {
 			next.ServeHTTP(w, r)
 			return
 		}
-		if !ok || key == "" {
-			unauthorized(w, errMissingKey, !ok)
+		if bad != "" || key == "" {
+			a.metrics.tenant.authFailure(cmp.Or(bad, authMissing))
+			unauthorized(w, errMissingKey, bad != "")
 			return
 		}
 		tn, found := t.lookup(key)
 		if !found {
+			a.metrics.tenant.authFailure(authUnknown)
 			unauthorized(w, errInvalidKey, false)
 			return
 		}

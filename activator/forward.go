@@ -32,10 +32,14 @@ type inflight struct {
 	// broken: the replica's answer failed before its end; abandoned: the
 	// client left before it. They decide what close tells outlier detection.
 	broken, abandoned bool
+	// meter reads the usage of a successful answer to a tenant's request,
+	// counted at close (tenant_metrics.go); nil otherwise.
+	meter *usageMeter
 }
 
 func (u *inflight) close() {
 	u.resp.Body.Close()
+	u.countUsage()
 	o := outcomeSuccess
 	switch {
 	case u.broken || isGatewayFailure(u.resp.StatusCode):
@@ -135,7 +139,9 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 				"the model replica did not answer within the request timeout ("+timeout.String()+")")}
 		}
 		if err == nil && !isRetryableStatus(resp.StatusCode) {
-			return &inflight{a: a, resp: resp, rev: rev, ep: ep}, nil
+			up := &inflight{a: a, resp: resp, rev: rev, ep: ep}
+			up.meterUsage(rt)
+			return up, nil
 		}
 		if ctx.Err() != nil {
 			if err == nil {

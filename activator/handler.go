@@ -34,6 +34,7 @@ func (a *Activator) Handler() http.Handler {
 	mux.HandleFunc("GET "+PathModels, a.serveModels)
 	mux.HandleFunc("GET "+PathModels+"/{model...}", a.serveModel)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		a.countTenant(r, http.StatusNotFound)
 		openai.WriteError(w, http.StatusNotFound, openai.Err(openai.TypeNotFound, "unknown_path", "no such endpoint: "+r.URL.Path), 0)
 	})
 	return a.authenticate(mux)
@@ -56,6 +57,8 @@ type routed struct {
 	rev  *revisionRoute
 	body []byte
 	req  *scheduler.Request
+	// tenant is who sent the request (nil: the API is open).
+	tenant *tenant
 }
 
 func (rt routed) done() { rt.req.Release() }
@@ -74,7 +77,18 @@ func apiOf(path string) string {
 // route resolves a parsed request body on path to a revision, for tenant
 // tn (nil: the API is open), which must be allowed the model (403 before
 // any 404, so that a tenant learns nothing of the models it may not call).
+// A tenant's request refused here is counted (its answer is final, over
+// HTTP or WebSocket), with no model.
 func (a *Activator) route(obj openai.Object, path, tagHeader string, tn *tenant) (routed, *failure) {
+	rt, f := a.resolve(obj, path, tagHeader, tn)
+	if f != nil {
+		a.metrics.tenant.request(tn, "", f.status)
+	}
+	return rt, f
+}
+
+// resolve is route without counting.
+func (a *Activator) resolve(obj openai.Object, path, tagHeader string, tn *tenant) (routed, *failure) {
 	if f := platformFieldFailure(obj); f != nil {
 		return routed{}, f
 	}
@@ -113,7 +127,8 @@ func (a *Activator) route(obj openai.Object, path, tagHeader string, tn *tenant)
 	} else {
 		revName = s.split.Pick(rand.IntN(100))
 	}
-	return routed{svc: s, rev: s.revisions[revName], body: body, req: &scheduler.Request{Body: obj, API: apiOf(path), Adapter: adapter}}, nil
+	return routed{svc: s, rev: s.revisions[revName], body: body, req: &scheduler.Request{Body: obj, API: apiOf(path), Adapter: adapter},
+		tenant: tn}, nil
 }
 
 func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
@@ -122,6 +137,7 @@ func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method != http.MethodPost {
+		a.countTenant(r, http.StatusMethodNotAllowed)
 		w.Header().Set("Allow", http.MethodPost)
 		openai.WriteError(w, http.StatusMethodNotAllowed, openai.Err(openai.TypeInvalidRequest, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path), 0)
 		return
@@ -129,6 +145,7 @@ func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	held, hf := a.bodies.Read(w, r)
 	if hf != nil {
+		a.countTenant(r, hf.Status)
 		hf.Write(w)
 		return
 	}
@@ -136,6 +153,7 @@ func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
 	body := held.Bytes
 	obj, err := openai.Parse(body)
 	if err != nil {
+		a.countTenant(r, http.StatusBadRequest)
 		a.writeFailure(w, nil, &failure{status: http.StatusBadRequest, err: openai.ParseError(err)})
 		return
 	}
@@ -156,6 +174,13 @@ func (a *Activator) observe(rt routed, code int, start time.Time) {
 		a.metrics.requests.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, strconv.Itoa(code)).Inc()
 	}
 	rt.rev.duration.Observe(time.Since(start).Seconds())
+	a.metrics.tenant.request(rt.tenant, rt.modelLabel(), code)
+}
+
+// countTenant counts an HTTP request of a tenant answered code before it
+// resolved to a model; nothing when the API is open.
+func (a *Activator) countTenant(r *http.Request, code int) {
+	a.metrics.tenant.request(tenantOf(r.Context()), "", code)
 }
 
 func (a *Activator) writeFailure(w http.ResponseWriter, rt *routed, f *failure) {
@@ -169,6 +194,7 @@ func (a *Activator) writeFailure(w http.ResponseWriter, rt *routed, f *failure) 
 // them (models.go). No I/O: the pods' reports are in memory.
 // A tenant sees only the models it may call.
 func (a *Activator) serveModels(w http.ResponseWriter, r *http.Request) {
+	a.countTenant(r, http.StatusOK)
 	writeJSON(w, http.StatusOK, a.routes.Load().modelsFor(tenantOf(r.Context())))
 }
 
@@ -177,13 +203,16 @@ func (a *Activator) serveModel(w http.ResponseWriter, r *http.Request) {
 	model := r.PathValue("model")
 	if tn := tenantOf(r.Context()); !tn.permitsID(model) {
 		f := notAllowed(model)
+		a.countTenant(r, f.status)
 		openai.WriteError(w, f.status, f.err, 0)
 		return
 	}
 	e, ok := a.routes.Load().model(model)
 	if !ok {
+		a.countTenant(r, http.StatusNotFound)
 		openai.WriteError(w, http.StatusNotFound, openai.ModelNotFound(model), 0)
 		return
 	}
+	a.countTenant(r, http.StatusOK)
 	writeJSON(w, http.StatusOK, e)
 }

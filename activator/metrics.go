@@ -17,6 +17,8 @@ type metrics struct {
 	// tokenizeSkipped counts prompts not tokenized because maxTokenizing
 	// calls were in flight.
 	tokenizeSkipped prometheus.Counter
+	// tenant are the per-tenant series (tenant_metrics.go).
+	tenant *tenantMetrics
 }
 
 func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
@@ -46,9 +48,11 @@ func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
 			Name: "kvasir_activator_tokenize_errors_total",
 			Help: "Prompts an engine's tokenization endpoint did not tokenize; they were routed on their text, without the engine's prefix keys.",
 		}),
+		tenant: newTenantMetrics(),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.attempts, m.duration, m.pd, m.tokenizeErrors, m.tokenizeSkipped, &loadCollector{a: a})
+		reg.MustRegister(m.tenant.collectors()...)
 	}
 	return m
 }
