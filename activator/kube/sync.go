@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
@@ -24,6 +25,7 @@ import (
 type Target interface {
 	SetServices([]activator.ServiceConfig) error
 	SetEndpoints(fleet.Key, []fleet.Endpoint)
+	SetTenants([]activator.TenantConfig) error
 }
 
 var _ Target = (*activator.Activator)(nil)
@@ -32,7 +34,7 @@ var _ Target = (*activator.Activator)(nil)
 type Options struct {
 	// Namespace limits the watch to one namespace; empty watches all.
 	Namespace string
-	// Logger for resync failures.
+	// Logger for resync failures and the tenants loaded or left out.
 	Logger *slog.Logger
 	// MapAddress, when set, rewrites each endpoint address before use. For
 	// tests that run pods on loopback: the API server rejects loopback
@@ -55,6 +57,16 @@ type Sync struct {
 	watcher *fleetkube.Watcher
 	log     *slog.Logger
 	poke    chan struct{}
+	// pokeTenants resyncs the tenants alone: Secrets change more often than
+	// the routing.
+	pokeTenants chan struct{}
+	// tenantStates is what was last logged of each tenant; only Run's
+	// goroutine uses it.
+	tenantStates map[string]string
+	// closed is the tenant that closes the API while no Tenant resolves;
+	// wasClosed whether it did at the last resync (Run's goroutine only).
+	closed    activator.TenantConfig
+	wasClosed bool
 
 	// watches are the roles whose endpoints reach the target, with the
 	// function that stops each; only Run's goroutine uses them.
@@ -70,7 +82,11 @@ func New(cfg *rest.Config, target Target, opts Options) (*Sync, error) {
 	if err := discoveryv1.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	copts := cache.Options{Scheme: scheme}
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	copts := cache.Options{Scheme: scheme,
+		ByObject: map[client.Object]cache.ByObject{&corev1.Secret{}: {Transform: keepSecretData}}}
 	if opts.Namespace != "" {
 		copts.DefaultNamespaces = map[string]cache.Config{opts.Namespace: {}}
 	}
@@ -82,7 +98,11 @@ func New(cfg *rest.Config, target Target, opts Options) (*Sync, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Sync{target: target, cache: c, log: log, poke: make(chan struct{}, 1),
+	closed, err := closedTenant()
+	if err != nil {
+		return nil, err
+	}
+	return &Sync{target: target, cache: c, log: log, poke: make(chan struct{}, 1), pokeTenants: make(chan struct{}, 1), closed: closed,
 		watcher: fleetkube.NewWatcher(c, fleetkube.WatcherOptions{MapAddress: opts.MapAddress}),
 		watches: map[fleet.Key]func(){}}, nil
 }
@@ -91,6 +111,9 @@ func New(cfg *rest.Config, target Target, opts Options) (*Sync, error) {
 // when they could not start or sync.
 func (s *Sync) Run(ctx context.Context) error {
 	if err := s.addHandlers(ctx); err != nil {
+		return err
+	}
+	if err := s.addTenantHandlers(ctx); err != nil {
 		return err
 	}
 	// The cache and the watcher stop with Run, whichever way it returns.
@@ -107,6 +130,7 @@ func (s *Sync) Run(ctx context.Context) error {
 		return fmt.Errorf("informers did not sync: %w", context.Cause(ctx))
 	}
 	defer s.unwatchAll()
+	s.syncTenants(ctx) // before the first routes: never serve open while tenants load
 	s.trigger()
 	for {
 		select {
@@ -121,7 +145,16 @@ func (s *Sync) Run(ctx context.Context) error {
 			if err := s.resync(ctx); err != nil {
 				s.log.Error("routing table not updated", slog.Any("error", err))
 			}
+		case <-s.pokeTenants:
+			s.syncTenants(ctx)
 		}
+	}
+}
+
+// syncTenants resyncs the tenants, logging a failure.
+func (s *Sync) syncTenants(ctx context.Context) {
+	if err := s.resyncTenants(ctx); err != nil {
+		s.log.Error("tenants not updated", slog.Any("error", err))
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
+	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
@@ -33,8 +34,9 @@ func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 // ActivatorMain runs an activator: on Kubernetes (--kubernetes) fed by
-// informers on ModelServices, ModelRevisions and EndpointSlices; otherwise
-// in front of static queue-proxy backends (one model, one revision).
+// informers on ModelServices, ModelRevisions, EndpointSlices, Tenants and
+// the Secrets holding their keys; otherwise in front of static queue-proxy
+// backends (one model, one revision).
 func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	f, err := parseActivatorFlags(args, stderr)
 	if err != nil {
@@ -58,14 +60,15 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	if f.onKube && f.autoscalerURL != "" {
 		startReporting(ctx, f, act, demand, log)
 	}
+	gate := newAuthGate(act, f.requireAuth, log)
 	if f.onKube {
-		if err := followCluster(ctx, f.namespace, act, log); err != nil {
+		if err := followCluster(ctx, f.namespace, gate, log); err != nil {
 			return err
 		}
 	} else if err := routeStatic(act, f.model, f.cc, routing, f.backends); err != nil {
 		return err
 	}
-	return serveActivator(ctx, f, act, reg, log)
+	return serveActivator(ctx, f, act, gate, reg, log)
 }
 
 // activatorFlags are the activator's command line.
@@ -75,7 +78,7 @@ type activatorFlags struct {
 	addr, model, level, profAddr, adminAddr, routing string
 	namespace, autoscalerURL, tokenFile, podName     string
 	cc                                               int
-	followStats, onKube                              bool
+	followStats, onKube, requireAuth                 bool
 	drainTimeout, quiet                              time.Duration
 	backends                                         stringList
 }
@@ -105,6 +108,9 @@ func parseActivatorFlags(args []string, stderr io.Writer) (*activatorFlags, erro
 		"on SIGTERM, how long in-flight requests and streams may take to finish after the quiet period (0: --request-timeout)")
 	fs.DurationVar(&f.quiet, "drain-quiet-period", time.Second,
 		"on SIGTERM, how long requests are still accepted while /healthz answers 503, so that load balancers stop sending before the listener closes")
+	fs.BoolVar(&f.requireAuth, "require-auth", false,
+		"with --kubernetes: refuse to serve the API without a Tenant (an API open to anyone who can reach it): "+
+			"/v1/* answers 503 until a Tenant with an API key is loaded")
 	fs.Var(&f.backends, "backend", "queue-proxy address host:port (repeatable, at least one; without --kubernetes)")
 	RegisterActivatorFlags(fs, &f.cfg)
 	httpserver.RegisterFlags(fs, &f.limits)
@@ -130,6 +136,8 @@ func (f *activatorFlags) validate() error {
 		return UsageError{"--model: required"}
 	case !f.onKube && len(f.backends) == 0:
 		return UsageError{"--backend: at least one is required"}
+	case !f.onKube && f.requireAuth:
+		return UsageError{"--require-auth: only with --kubernetes (Tenants come from the cluster)"}
 	}
 	return nil
 }
@@ -158,8 +166,9 @@ func startReporting(ctx context.Context, f *activatorFlags, act *activator.Activ
 }
 
 // followCluster feeds the activator what the cluster's ModelServices,
-// ModelRevisions and EndpointSlices say, until ctx ends.
-func followCluster(ctx context.Context, namespace string, act *activator.Activator, log *slog.Logger) error {
+// ModelRevisions, EndpointSlices, Tenants and their Secrets say, until ctx
+// ends.
+func followCluster(ctx context.Context, namespace string, act kube.Target, log *slog.Logger) error {
 	restCfg, err := ctrl.GetConfig()
 	if err != nil {
 		return fmt.Errorf("--kubernetes: %w", err)
@@ -217,9 +226,11 @@ func staticEndpoints(backends []string) ([]fleet.Endpoint, error) {
 
 // serveActivator serves the API and the admin endpoints until ctx ends,
 // then drains.
-func serveActivator(ctx context.Context, f *activatorFlags, act *activator.Activator, reg *prometheus.Registry, log *slog.Logger) error {
+func serveActivator(ctx context.Context, f *activatorFlags, act *activator.Activator, gate *authGate,
+	reg *prometheus.Registry, log *slog.Logger,
+) error {
 	public := http.NewServeMux()
-	public.Handle("/v1/", act.Handler())
+	public.Handle("/v1/", gate.Handler(act.Handler()))
 	var draining atomic.Bool
 	public.HandleFunc("GET /healthz", drainingHealthz(&draining))
 	admin := httpserver.AdminMux(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -279,4 +290,83 @@ func ParseRouting(s string) ([]v1alpha1.RoutingPlugin, error) {
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// errNoTenants is the 503 of --require-auth while no Tenant with an API key
+// is loaded.
+var errNoTenants = openai.Err(openai.TypeUnavailable, "api_keys_not_configured",
+	"this server requires API keys (--require-auth) and no Tenant with an API key is loaded yet")
+
+// authGate stands between the cluster and the activator's tenants: it
+// counts the API keys loaded and logs when the API opens or closes. With
+// --require-auth its Handler answers 503 while there is none, rather than
+// serve the API open; the pod stays ready (/healthz), so that a fleet whose
+// Tenants are deleted answers clearly rather than drop out of its Service.
+type authGate struct {
+	kube.Target
+	require bool
+	log     *slog.Logger
+	// keys are the API keys loaded; -1 before the first SetTenants.
+	keys atomic.Int64
+}
+
+var _ kube.Target = (*authGate)(nil)
+
+func newAuthGate(t kube.Target, require bool, log *slog.Logger) *authGate {
+	g := &authGate{Target: t, require: require, log: log}
+	g.keys.Store(-1)
+	return g
+}
+
+// SetTenants gives the tenants to the activator. The gate closes before
+// the activator opens (no key left) and opens after it enforces keys, so
+// no request is served open in between.
+func (g *authGate) SetTenants(cfgs []activator.TenantConfig) error {
+	n := 0
+	for _, c := range cfgs {
+		n += len(c.Keys)
+	}
+	var prev int64
+	if n == 0 {
+		prev = g.keys.Swap(0)
+	}
+	if err := g.Target.SetTenants(cfgs); err != nil {
+		if n == 0 {
+			g.keys.Store(prev)
+		}
+		return err
+	}
+	if n > 0 {
+		prev = g.keys.Swap(int64(n))
+	}
+	g.logChange(prev, n, len(cfgs))
+	return nil
+}
+
+// logChange logs once when the API becomes open (or, with --require-auth,
+// unavailable) and when it starts requiring keys.
+func (g *authGate) logChange(prev int64, keys, tenants int) {
+	switch {
+	case keys > 0 && prev <= 0:
+		g.log.Info("API keys required", slog.Int("tenants", tenants), slog.Int("keys", keys))
+	case keys == 0 && prev != 0 && g.require:
+		g.log.Warn("no Tenant with an API key is loaded, and --require-auth refuses to serve the API open: /v1/* answers 503 until one is")
+	case keys == 0 && prev != 0:
+		g.log.Warn("no Tenant defined: the API is open to anyone who can reach it (--require-auth refuses that)")
+	}
+}
+
+// Handler is next behind the gate: with --require-auth, 503 while no key
+// is loaded.
+func (g *authGate) Handler(next http.Handler) http.Handler {
+	if !g.require {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if g.keys.Load() <= 0 {
+			openai.WriteError(w, http.StatusServiceUnavailable, errNoTenants, 5*time.Second)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

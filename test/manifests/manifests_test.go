@@ -71,7 +71,7 @@ func TestManifestsApplyWithDryRun(t *testing.T) {
 			if len(u.Object) == 0 || notKubernetes[u.GetAPIVersion()] {
 				continue
 			}
-			if u.GetNamespace() == "" && u.GetKind() == "ModelService" {
+			if u.GetNamespace() == "" && (u.GetKind() == "ModelService" || u.GetKind() == "Tenant") {
 				u.SetNamespace("default")
 			}
 			err := c.Patch(ctx, u, client.Apply, client.DryRunAll, client.FieldOwner("manifests-test"), client.ForceOwnership)
