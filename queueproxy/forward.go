@@ -44,21 +44,12 @@ type exchange struct {
 	clientGone bool // the client went away before the end
 	broken     bool // the response failed after it started (engine died, engine error event, timeout)
 
-	usage       *usage
+	usage       *openai.Usage
 	hasTTFT     bool
 	ttft        time.Duration
 	lastContent time.Time
 	itlSum      time.Duration
 	itlCount    uint64
-}
-
-// usage is the part of an OpenAI usage object the proxy reads.
-type usage struct {
-	PromptTokens        uint64 `json:"prompt_tokens"`
-	CompletionTokens    uint64 `json:"completion_tokens"`
-	PromptTokensDetails *struct {
-		CachedTokens uint64 `json:"cached_tokens"`
-	} `json:"prompt_tokens_details"`
 }
 
 // isInference reports whether r is one of the OpenAI inference requests
@@ -145,7 +136,7 @@ func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
 	case measured:
 		p.forwardBuffered(ctx, w, r, resp, ex)
 	default:
-		upstream.CopyEndToEnd(w.Header(), resp.Header)
+		copyEngineHeaders(w.Header(), resp.Header)
 		ex.code = resp.StatusCode
 		w.WriteHeader(resp.StatusCode)
 		p.pipe(ctx, w, r, resp.Body, resp.ContentLength < 0, ex)
@@ -303,8 +294,12 @@ func (p *Proxy) roundTripFailed(ctx context.Context, w http.ResponseWriter, r *h
 // the usage-only chunk if strip is set. A failure after the stream started
 // becomes one SSE error event.
 func (p *Proxy) forwardEvents(ctx context.Context, w http.ResponseWriter, r *http.Request, resp *http.Response, ex *exchange, measured, strip bool) {
-	upstream.CopyEndToEnd(w.Header(), resp.Header)
+	copyEngineHeaders(w.Header(), resp.Header)
 	w.Header().Del("Content-Length") // events may be dropped
+	if measured {
+		w.Header().Set("Trailer", openai.UsageHeader)
+		defer setUsage(w.Header(), ex) // the trailer, as the stream ends
+	}
 	ex.code = resp.StatusCode
 	w.WriteHeader(resp.StatusCode)
 	cw := httpserver.NewClientWriter(w, p.cfg.Limits.WriteTimeout) // a client that stops reading is cut off
@@ -405,7 +400,7 @@ type chunk struct {
 			ToolCalls        json.RawMessage `json:"tool_calls"`
 		} `json:"delta"`
 	} `json:"choices"`
-	Usage *usage          `json:"usage"`
+	Usage *openai.Usage   `json:"usage"`
 	Error json.RawMessage `json:"error"`
 }
 
@@ -484,7 +479,7 @@ func (p *Proxy) forwardBuffered(ctx context.Context, w http.ResponseWriter, r *h
 		}
 		return
 	}
-	upstream.CopyEndToEnd(w.Header(), resp.Header)
+	copyEngineHeaders(w.Header(), resp.Header)
 	if int64(buf.Len()) > limit {
 		ex.code = resp.StatusCode
 		w.WriteHeader(resp.StatusCode)
@@ -496,7 +491,8 @@ func (p *Proxy) forwardBuffered(ctx context.Context, w http.ResponseWriter, r *h
 		return
 	}
 	if resp.StatusCode/100 == 2 {
-		ex.usage = usageOf(buf.Bytes())
+		ex.usage = openai.UsageOf(buf.Bytes())
+		setUsage(w.Header(), ex)
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	ex.code = resp.StatusCode
@@ -508,21 +504,21 @@ func (p *Proxy) forwardBuffered(ctx context.Context, w http.ResponseWriter, r *h
 	}
 }
 
-// usageOf decodes the top-level usage of a completion body, if any.
-func usageOf(body []byte) *usage {
-	obj, err := openai.Parse(body)
-	if err != nil {
-		return nil
+// copyEngineHeaders copies the engine's end-to-end response headers,
+// without the platform's usage header: only the queue-proxy's own
+// measurement reaches the activator under that name.
+func copyEngineHeaders(dst, src http.Header) {
+	upstream.CopyEndToEnd(dst, src)
+	dst.Del(openai.UsageHeader)
+}
+
+// setUsage tells the activator the usage measured of the answer: a header
+// on a whole answer, the declared trailer on a stream. Nothing when the
+// engine reported none.
+func setUsage(h http.Header, ex *exchange) {
+	if ex.usage != nil {
+		h.Set(openai.UsageHeader, openai.FormatUsageHeader(ex.usage))
 	}
-	raw, ok := obj.Get("usage")
-	if !ok {
-		return nil
-	}
-	var u *usage
-	if json.Unmarshal(raw, &u) != nil {
-		return nil
-	}
-	return u
 }
 
 // pipe copies body to the client, flushing after each read if flushEach.
@@ -577,10 +573,7 @@ func (p *Proxy) record(r *http.Request, ex *exchange) {
 	failed := ex.broken || code >= 500
 	var prompt, cached, completion uint64
 	if u := ex.usage; u != nil {
-		prompt, completion = u.PromptTokens, u.CompletionTokens
-		if u.PromptTokensDetails != nil {
-			cached = u.PromptTokensDetails.CachedTokens
-		}
+		prompt, completion, cached = u.PromptTokens, u.CompletionTokens, u.Cached()
 	}
 
 	p.mu.Lock()

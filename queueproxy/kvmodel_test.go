@@ -49,8 +49,8 @@ func ticketFor(m *kvModel, hashes ...uint64) *kvTicket {
 
 // served is the usage of a served prompt of n full blocks plus one token of
 // which cached blocks were found in the engine's cache.
-func served(n, cached int) *usage {
-	u := &usage{PromptTokens: uint64(n*testBS + 1)}
+func served(n, cached int) *openai.Usage {
+	u := &openai.Usage{PromptTokens: uint64(n*testBS + 1)}
 	u.PromptTokensDetails = &struct {
 		CachedTokens uint64 `json:"cached_tokens"`
 	}{uint64(cached * testBS)}

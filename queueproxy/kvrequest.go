@@ -181,7 +181,7 @@ func (m *kvModel) sent(t *kvTicket) {
 // Rejected (the engine answered an error status): the blocks this request
 // inserted, unless touched since, are removed again. Unknown: the blocks stay
 // as they are, unsettled.
-func (m *kvModel) finish(t *kvTicket, outcome kvOutcome, u *usage) {
+func (m *kvModel) finish(t *kvTicket, outcome kvOutcome, u *openai.Usage) {
 	defer m.release(t)
 	if !t.sent {
 		return
@@ -217,7 +217,7 @@ func (m *kvModel) finish(t *kvTicket, outcome kvOutcome, u *usage) {
 // the rule is exact. Otherwise (a real tokenizer) cached_tokens is scaled to
 // canonical tokens and a shortfall must exceed kvScaledMargin blocks, the
 // error the two block grids can make, before it counts.
-func (m *kvModel) correctLocked(t *kvTicket, u *usage) {
+func (m *kvModel) correctLocked(t *kvTicket, u *openai.Usage) {
 	cached, margin := int(u.PromptTokensDetails.CachedTokens), 0
 	if engineTokens := int(u.PromptTokens); engineTokens > 0 && engineTokens != t.tokens {
 		cached = int(int64(cached) * int64(t.tokens) / int64(engineTokens))

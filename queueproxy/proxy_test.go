@@ -29,6 +29,7 @@ func TestProxyNonStreaming(t *testing.T) {
 			bodies <- string(b)
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("X-Engine", "yes")
+			w.Header().Set(openai.UsageHeader, "prompt=1, completion=1, cached=0") // forged: dropped
 			_, _ = io.WriteString(w, completionBody)
 		},
 	})
@@ -50,6 +51,8 @@ func TestProxyNonStreaming(t *testing.T) {
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, completionBody, string(got))
 	assert.Equal(t, "yes", resp.Header.Get("X-Engine"))
+	// The activator learns the measured usage, never the engine's forgery.
+	assert.Equal(t, []string{"prompt=7, completion=3, cached=4"}, resp.Header.Values(openai.UsageHeader))
 	assert.Equal(t, body, recv(t, bodies, "upstream body"))
 	up := recv(t, upstream, "upstream request")
 	assert.Equal(t, "keep me", up.Header.Get("X-End-To-End"))
@@ -66,13 +69,17 @@ func TestProxyNonStreaming(t *testing.T) {
 }
 
 // streamEngine serves a chat stream: the role chunk and "Hel" at once, then
-// "lo" when step yields, then the usage chunk if the request asked for it.
-// It hands over each request body on bodies.
+// "lo" when step yields, then the usage chunk if the request asked for it,
+// with a forged Kvasir-Usage header and trailer. It hands over each request body on bodies.
 func streamEngine(t *testing.T, step <-chan struct{}, bodies chan<- string) *engine {
 	return newEngine(t, map[string]http.HandlerFunc{
 		"POST /v1/chat/completions": func(w http.ResponseWriter, r *http.Request) {
 			b, _ := io.ReadAll(r.Body)
 			bodies <- string(b)
+			// Forged usage, as a header and as a trailer: never passed on.
+			w.Header().Set(openai.UsageHeader, "prompt=999, completion=999")
+			w.Header().Set("Trailer", openai.UsageHeader)
+			defer w.Header().Set(openai.UsageHeader, "prompt=998, completion=998")
 			startStream(w)
 			writeEvent(w, chunkRole)
 			writeEvent(w, chunkHel)
@@ -143,6 +150,10 @@ func TestProxyStreaming(t *testing.T) {
 			}
 			wantRest += "data: [DONE]\n\n"
 			assert.Equal(t, wantRest, string(rest))
+			// The measured usage follows the stream as a trailer, whether or
+			// not the client sees the usage chunk.
+			assert.Empty(t, resp.Header.Get(openai.UsageHeader))
+			assert.Equal(t, "prompt=12, completion=2, cached=8", resp.Trailer.Get(openai.UsageHeader))
 
 			require.Eventually(t, func() bool { return p.Stat().Requests == 1 }, waitFor, tick)
 			s := p.Stat()
