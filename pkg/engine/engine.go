@@ -55,6 +55,14 @@ type Spec struct {
 	// SimCommand runs the simulator (kvasir local: the kvasir binary and
 	// "sim"); nil leaves the image's entrypoint (Kubernetes).
 	SimCommand []string
+	// EngineCommand replaces vLLM's `vllm serve` and SGLang's `python3 -m
+	// sglang.launch_server` (kvasir local's engine.command, a vLLM in a
+	// virtualenv say), inside any wrapper the group needs; nil keeps them.
+	EngineCommand []string
+	// Group is the pod's place in its replica's serving group: the
+	// engine's parallelism flags and its rank's flags (docs/engines.md,
+	// "Serving groups"). Nil for a template without parallelism.
+	Group *Group
 }
 
 // Launch is an engine's command line.
@@ -83,7 +91,13 @@ func Build(s Spec) (Launch, error) {
 	if s.KVEventsPort == "" {
 		s.KVEventsPort = strconv.Itoa(DefaultKVEventsPort)
 	}
+	if err := s.Group.validate(e.Type); err != nil {
+		return Launch{}, err
+	}
 	r := Resolve(e)
+	// A worker of a group has no queue-proxy beside it: nobody would
+	// follow its KV events.
+	events := r.FollowsEvents() && !s.worker()
 	user := append(append([]string(nil), e.Args...), s.RoleArgs...)
 	var l Launch
 	switch e.Type {
@@ -91,12 +105,12 @@ func Build(s Spec) (Launch, error) {
 		// vllm serve MODEL: the positional model (--model is deprecated
 		// since vLLM 0.11 and refused beside a served name in current
 		// releases).
-		l.Command = []string{"vllm", "serve"}
+		l.Command = commandOr(s.EngineCommand, "vllm", "serve")
 		l.Args = append([]string{s.Model}, user...)
 		l.Args = append(l.Args, "--host", Loopback, "--port", s.Port, "--served-model-name", s.Model,
 			// Prefix caching is on by default only for some model types.
 			"--enable-prefix-caching")
-		if kv := r.KVEvents; r.FollowsEvents() {
+		if kv := r.KVEvents; events {
 			l.Args = append(l.Args, "--kv-events-config", kvEventsConfig(kv, true, s.KVEventsPort))
 		}
 		l.Args = appendLoRA(l.Args, s.LoRAAdapters, "--max-loras", "--lora-modules")
@@ -104,16 +118,25 @@ func Build(s Spec) (Launch, error) {
 			// Adapters added to the service later are loaded at run time.
 			l.Env = append(l.Env, corev1.EnvVar{Name: RuntimeLoRAEnv, Value: "True"})
 		}
+		if s.grouped() {
+			l.Args = append(l.Args, vllmGroupArgs(s)...)
+		}
+		if vllmNeedsRay(s) {
+			l = vllmRay(s, l)
+		}
 	case v1alpha1.EngineSGLang:
-		l.Command = []string{"python3", "-m", "sglang.launch_server"}
+		l.Command = commandOr(s.EngineCommand, "python3", "-m", "sglang.launch_server")
 		l.Args = append([]string{"--model-path", s.Model}, user...)
 		l.Args = append(l.Args, "--host", Loopback, "--port", s.Port, "--served-model-name", s.Model,
 			// SGLang serves /metrics only when asked; the queue-proxy reads it.
 			"--enable-metrics")
-		if kv := r.KVEvents; r.FollowsEvents() {
+		if kv := r.KVEvents; events {
 			l.Args = append(l.Args, "--kv-events-config", kvEventsConfig(kv, false, s.KVEventsPort))
 		}
 		l.Args = appendLoRA(l.Args, s.LoRAAdapters, "--max-loras-per-batch", "--lora-paths")
+		if s.grouped() {
+			l.Args = append(l.Args, sglangGroupArgs(s)...)
+		}
 	case v1alpha1.EngineSim:
 		// Go's flag package keeps the last value too: the platform's
 		// flags come after the template's.
@@ -122,7 +145,7 @@ func Build(s Spec) (Launch, error) {
 		if s.Role != "" {
 			l.Args = append(l.Args, "--role="+s.Role)
 		}
-		if kv := r.KVEvents; r.FollowsEvents() {
+		if kv := r.KVEvents; events {
 			l.Args = append(l.Args, "--kv-events-endpoint", ExpandKVEventsPort(kv.Endpoint, s.KVEventsPort))
 			if kv.Topic != "" {
 				l.Args = append(l.Args, "--kv-events-topic", kv.Topic)
@@ -130,6 +153,9 @@ func Build(s Spec) (Launch, error) {
 		}
 		for _, ad := range s.LoRAAdapters { // the simulator serves the declared adapters
 			l.Args = append(l.Args, "--lora-modules", ad+"="+ad)
+		}
+		if s.grouped() {
+			l.Args = append(l.Args, simGroupArgs(s)...)
 		}
 	case v1alpha1.EngineCustom:
 		// The platform cannot tell a custom engine where to listen: it
@@ -141,13 +167,22 @@ func Build(s Spec) (Launch, error) {
 		if s.Port != PortVar {
 			l.Env = append(l.Env, corev1.EnvVar{Name: "PORT", Value: s.Port})
 		}
-		if r.FollowsEvents() && s.KVEventsPort != KVEventsPortVar {
+		if events && s.KVEventsPort != KVEventsPortVar {
 			l.Env = append(l.Env, corev1.EnvVar{Name: "KV_EVENTS_PORT", Value: s.KVEventsPort})
 		}
+		l.Env = append(l.Env, customGroupEnv(s)...)
 	default:
 		return Launch{}, fmt.Errorf("spec.template.engine.type: unknown %q", e.Type)
 	}
 	return l, nil
+}
+
+// commandOr is command when set, else def.
+func commandOr(command []string, def ...string) []string {
+	if len(command) > 0 {
+		return append([]string(nil), command...)
+	}
+	return def
 }
 
 // appendLoRA adds the LoRA flags vLLM and SGLang share in shape: enable,

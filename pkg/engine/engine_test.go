@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -70,7 +71,13 @@ func withArgs(e v1alpha1.EngineSpec, args ...string) v1alpha1.EngineSpec {
 
 func render(l Launch) string {
 	var b strings.Builder
-	b.WriteString("command: " + strings.Join(l.Command, " ") + "\nargs:\n")
+	command := make([]string, len(l.Command))
+	for i, c := range l.Command { // a shell script of a group's leader is one word
+		if command[i] = c; strings.ContainsAny(c, " \"") {
+			command[i] = strconv.Quote(c)
+		}
+	}
+	b.WriteString("command: " + strings.Join(command, " ") + "\nargs:\n")
 	for _, a := range l.Args {
 		b.WriteString("  " + a + "\n")
 	}

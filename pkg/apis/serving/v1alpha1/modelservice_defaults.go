@@ -29,7 +29,8 @@ func (ms *ModelService) SetDefaults() {
 }
 
 // SetDefaults fills the template's unset fields; a role's unset scaling
-// fields come from the template's. It is idempotent.
+// fields come from the template's, and the unset sizes of a parallelism
+// (the template's or a role's) are 1. It is idempotent.
 func (t *RevisionTemplate) SetDefaults() {
 	if t.Engine.Type == "" {
 		t.Engine.Type = EngineVLLM
@@ -41,10 +42,18 @@ func (t *RevisionTemplate) SetDefaults() {
 		t.TimeoutSeconds = DefaultTimeoutSeconds
 	}
 	t.Scaling.SetDefaults()
+	// Parallelism is defaulted where it is set, never added: a template
+	// written before it existed keeps comparing equal to its revisions.
+	if t.Parallelism != nil {
+		t.Parallelism.SetDefaults()
+	}
 	if t.Roles != nil {
 		for _, r := range []*RoleSpec{t.Roles.Prefill, t.Roles.Decode} {
 			if r != nil && r.Scaling != nil {
 				r.Scaling.inherit(&t.Scaling)
+			}
+			if r != nil && r.Parallelism != nil {
+				r.Parallelism.SetDefaults()
 			}
 		}
 	}

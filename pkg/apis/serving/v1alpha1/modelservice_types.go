@@ -103,7 +103,14 @@ const (
 	EngineCustom EngineType = "custom"
 )
 
-// RevisionTemplate is what a revision snapshots.
+// RevisionTemplate is what a revision snapshots. The CRD checks how a
+// replica's accelerators split over pods at the template's level; roles are
+// checked by Validate.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.groupSize) || (has(self.parallelism) ? (has(self.parallelism.tensor) ? self.parallelism.tensor : 1) * (has(self.parallelism.pipeline) ? self.parallelism.pipeline : 1) * (has(self.parallelism.data) ? self.parallelism.data : 1) : 1) % self.groupSize == 0",message="groupSize must divide tensor × pipeline × data: every pod of a group holds the same number of accelerators",fieldPath=".groupSize"
+// +kubebuilder:validation:XValidation:rule="!has(self.groupSize) || !has(self.acceleratorsPerNode) || (has(self.parallelism) ? (has(self.parallelism.tensor) ? self.parallelism.tensor : 1) * (has(self.parallelism.pipeline) ? self.parallelism.pipeline : 1) * (has(self.parallelism.data) ? self.parallelism.data : 1) : 1) <= self.groupSize * self.acceleratorsPerNode",message="the pods of a group would need more accelerators than acceleratorsPerNode",fieldPath=".groupSize"
+// +kubebuilder:validation:XValidation:rule="has(self.groupSize) || !has(self.acceleratorsPerNode) || (has(self.parallelism) ? (has(self.parallelism.tensor) ? self.parallelism.tensor : 1) * (has(self.parallelism.pipeline) ? self.parallelism.pipeline : 1) * (has(self.parallelism.data) ? self.parallelism.data : 1) : 1) % (((has(self.parallelism) ? (has(self.parallelism.tensor) ? self.parallelism.tensor : 1) * (has(self.parallelism.pipeline) ? self.parallelism.pipeline : 1) * (has(self.parallelism.data) ? self.parallelism.data : 1) : 1) + self.acceleratorsPerNode - 1) / self.acceleratorsPerNode) == 0",message="tensor × pipeline × data does not split evenly over the pods acceleratorsPerNode gives: set groupSize or change the parallelism",fieldPath=".acceleratorsPerNode"
+// +kubebuilder:validation:XValidation:rule="!has(self.accelerators) || self.accelerators.all(v, !has(v.acceleratorsPerNode) || (has(self.groupSize) ? (has(self.parallelism) ? (has(self.parallelism.tensor) ? self.parallelism.tensor : 1) * (has(self.parallelism.pipeline) ? self.parallelism.pipeline : 1) * (has(self.parallelism.data) ? self.parallelism.data : 1) : 1) <= self.groupSize * v.acceleratorsPerNode : (has(self.parallelism) ? (has(self.parallelism.tensor) ? self.parallelism.tensor : 1) * (has(self.parallelism.pipeline) ? self.parallelism.pipeline : 1) * (has(self.parallelism.data) ? self.parallelism.data : 1) : 1) % (((has(self.parallelism) ? (has(self.parallelism.tensor) ? self.parallelism.tensor : 1) * (has(self.parallelism.pipeline) ? self.parallelism.pipeline : 1) * (has(self.parallelism.data) ? self.parallelism.data : 1) : 1) + v.acceleratorsPerNode - 1) / v.acceleratorsPerNode) == 0))",message="tensor × pipeline × data does not fit, or does not split evenly over, the pods of a variant's acceleratorsPerNode",fieldPath=".accelerators"
 type RevisionTemplate struct {
 	// Engine is the inference engine every replica runs.
 	Engine EngineSpec `json:"engine"`
@@ -119,6 +126,34 @@ type RevisionTemplate struct {
 	// +listMapKey=name
 	// +kubebuilder:validation:MaxItems=16
 	Accelerators []AcceleratorVariant `json:"accelerators,omitempty"`
+	// Parallelism splits each replica over tensor × pipeline × data
+	// accelerators, and over several pods (a serving group) when they do
+	// not fit one node: Kvasir derives the pods per replica and the
+	// engine's parallelism flags from it (docs/engines.md). Absent: one
+	// pod per replica and no parallelism flags (the engine's own defaults,
+	// or the template's args). Resources stay per pod: give each pod its
+	// share of the accelerators.
+	// +optional
+	Parallelism *ParallelismSpec `json:"parallelism,omitempty"`
+	// AcceleratorsPerNode is how many accelerators one node gives one pod
+	// of a replica. A replica needing more is split into
+	// ceil(tensor × pipeline × data / acceleratorsPerNode) pods, for
+	// example tensor 8 × pipeline 2 on 8-accelerator nodes into 2 pods. An
+	// accelerator variant's own value replaces it. Absent: every replica
+	// is one pod, unless groupSize says otherwise.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	AcceleratorsPerNode *int32 `json:"acceleratorsPerNode,omitempty"`
+	// GroupSize is the number of pods of one replica, overriding the size
+	// derived from parallelism and acceleratorsPerNode. Pod 0 of a group,
+	// the leader, serves the API; the others are workers. It must divide
+	// tensor × pipeline × data: every pod holds the same number of
+	// accelerators.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	GroupSize *int32 `json:"groupSize,omitempty"`
 	// Roles splits a revision into prefill and decode replica sets; absent =
 	// one unified role.
 	// +optional
@@ -134,6 +169,41 @@ type RevisionTemplate struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
+}
+
+// ParallelismSpec is how one replica of the model is split over
+// accelerators: tensor × pipeline × data of them. Unset sizes are 1.
+// Data parallelism inside a replica is for mixture-of-experts models, whose
+// data-parallel ranks share the expert layers; a dense model scales with
+// more replicas instead.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.expert) || !self.expert || (has(self.tensor) ? self.tensor : 1) * (has(self.data) ? self.data : 1) > 1",message="expert parallelism needs tensor × data > 1",fieldPath=".expert"
+// +kubebuilder:validation:XValidation:rule="(has(self.tensor) ? self.tensor : 1) * (has(self.pipeline) ? self.pipeline : 1) * (has(self.data) ? self.data : 1) <= 1024",message="tensor × pipeline × data must be at most 1024 accelerators per replica"
+type ParallelismSpec struct {
+	// Tensor is the tensor-parallel size: every layer split over this many
+	// accelerators. Default 1.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	Tensor *int32 `json:"tensor,omitempty"`
+	// Pipeline is the pipeline-parallel size: the layers split into this
+	// many stages. Default 1.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	Pipeline *int32 `json:"pipeline,omitempty"`
+	// Data is the data-parallel size: this many attention ranks, each
+	// tensor × pipeline accelerators, behind the replica's one endpoint.
+	// Default 1.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	Data *int32 `json:"data,omitempty"`
+	// Expert runs a mixture-of-experts model's expert layers with expert
+	// parallelism over all tensor × data ranks instead of tensor
+	// parallelism. Needs tensor × data > 1.
+	// +optional
+	Expert bool `json:"expert,omitempty"`
 }
 
 // EngineSpec describes the engine container (Kubernetes) or process (local).
@@ -257,6 +327,13 @@ type AcceleratorVariant struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	Cost float64 `json:"cost,omitempty"`
+	// AcceleratorsPerNode replaces the template's acceleratorsPerNode on
+	// this variant's nodes: the same replica may need more pods on
+	// smaller nodes.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	AcceleratorsPerNode *int32 `json:"acceleratorsPerNode,omitempty"`
 }
 
 // RolesSpec splits a revision into prefill and decode replica sets.
@@ -292,11 +369,24 @@ type RoleRatio struct {
 	Max *float64 `json:"max,omitempty"`
 }
 
-// RoleSpec overrides scaling (and engine args) for one role.
+// RoleSpec overrides scaling, parallelism, group size and engine args for
+// one role.
 type RoleSpec struct {
 	// Scaling of this role; unset fields come from the template's.
 	// +optional
 	Scaling *ScalingSpec `json:"scaling,omitempty"`
+	// Parallelism of this role's replicas, for example tensor 8 for
+	// prefill and data 16 with expert parallelism for decode. It replaces
+	// the template's parallelism and groupSize together: unset, the role
+	// has the template's.
+	// +optional
+	Parallelism *ParallelismSpec `json:"parallelism,omitempty"`
+	// GroupSize of this role's replicas, overriding the derived size (see
+	// the template's groupSize).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	GroupSize *int32 `json:"groupSize,omitempty"`
 	// Args are appended to the engine's arguments for this role.
 	// +optional
 	Args []string `json:"args,omitempty"`

@@ -158,6 +158,7 @@ func (t *RevisionTemplate) validate() *apis.FieldError {
 			errs = errs.Also(apis.ErrInvalidValue(v.Cost, "cost", "must be >= 0").ViaFieldIndex("accelerators", i))
 		}
 	}
+	errs = errs.Also(t.validateGroups())
 	return errs
 }
 
