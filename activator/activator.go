@@ -17,6 +17,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/kvindex"
+	"github.com/kvasir-serving/kvasir/pkg/ratelimit"
 	"github.com/kvasir-serving/kvasir/pkg/scheduler"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
@@ -60,6 +61,21 @@ type Config struct {
 	// replicas ejected at once; one replica may always be ejected whatever
 	// the share. Default 10.
 	OutlierMaxEjectionPercent int
+	// SaturationWaiting, when > 0, also counts a replica as saturated
+	// (requests wait in the activator's fair queue rather than in its
+	// engine's) while its engine's waiting queue, as last reported plus
+	// the requests handed to it since less those that finished, is at or
+	// above it. 0: off (containerConcurrency alone saturates).
+	SaturationWaiting int
+	// SaturationKVUsage, when > 0, also counts a replica as saturated while
+	// its engine's KV-cache usage (0..1), as last reported plus the
+	// estimated tokens handed to it since, is at or above it. 0: off.
+	SaturationKVUsage float64
+	// FirstComeFirstServed turns fair queueing off: tenants' requests wait
+	// in one first-come, first-served line, whatever their priority and
+	// weight (the baseline fair queueing is measured against). Default
+	// false.
+	FirstComeFirstServed bool
 }
 
 // DefaultConfig returns the defaults.
@@ -116,6 +132,12 @@ func (c Config) Validate() error {
 	}
 	if c.OutlierMaxEjectionPercent < 0 || c.OutlierMaxEjectionPercent > 100 {
 		errs = append(errs, fmt.Errorf("outlier-max-ejection-percent: must be in [0, 100], got %d", c.OutlierMaxEjectionPercent))
+	}
+	if c.SaturationWaiting < 0 {
+		errs = append(errs, fmt.Errorf("saturation-waiting: must be >= 0 (0: off), got %d", c.SaturationWaiting))
+	}
+	if !(c.SaturationKVUsage >= 0 && c.SaturationKVUsage <= 1) { // NaN too
+		errs = append(errs, fmt.Errorf("saturation-kv-usage: must be in [0, 1] (0: off), got %g", c.SaturationKVUsage))
 	}
 	return errors.Join(errs...)
 }
@@ -175,6 +197,9 @@ type Activator struct {
 
 	routes  atomic.Pointer[table]
 	tenants atomic.Pointer[tenantTable] // nil or empty: the API is open (auth.go)
+	// limiter enforces the tenants' limit rules; nil: not enforced
+	// (ratelimit.go).
+	limiter *ratelimit.Limiter
 	// authTimeout bounds the wait for a WebSocket's auth message (tests
 	// set their own).
 	authTimeout time.Duration
@@ -287,11 +312,11 @@ func (a *Activator) revisionFor(key fleet.Key, capacity int, routing []v1alpha1.
 	a.revMu.Lock()
 	r, ok := a.revs[key]
 	if !ok {
-		var follow func(context.Context, *scheduler.Pod, *kvindex.Index)
+		var follow follower
 		if a.followStats {
 			follow = followStats(a.log)
 		}
-		r = newRevision(a.ctx, key, a.log, a.onDemand, follow, outlierConfigOf(a.cfg, a.now))
+		r = newRevision(a.ctx, key, a.log, a.onDemand, follow, outlierConfigOf(a.cfg, a.now)).withQueueing(queueingOf(a.cfg))
 	}
 	a.revMu.Unlock()
 	var buildErr error

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/ratelimit"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -44,6 +45,21 @@ type TenantConfig struct {
 	// for that model and its tags, name@tag for that tag only. Empty: none
 	// (TenantConfigOf gives an absent spec.models the API's default, "*").
 	Models []string
+	// Limits are the tenant's rate limit rules (spec.limits), at most one
+	// per model. None: the tenant is not limited.
+	Limits []LimitRule
+}
+
+// LimitRule is one rate limit rule of a tenant: the limits of its traffic
+// to one model, or to all its models together.
+type LimitRule struct {
+	// Model is "*" (the tenant's traffic to every model it calls, counted
+	// together), a model name as the tenant calls it (a service's model or
+	// a LoRA adapter: every traffic tag of it, counted together), or
+	// name@tag (that tag only).
+	Model string
+	// Limits are the rule's bounds; zero ones do not limit.
+	Limits ratelimit.Limits
 }
 
 // tenant is a configured tenant and its model grants, resolved.
@@ -52,6 +68,65 @@ type tenant struct {
 	all    bool
 	models map[string]bool // names granted with every tag
 	tagged map[string]bool // name@tag granted
+	// limits are the rules by their Model; nil when there are none.
+	limits map[string]ratelimit.Limits
+}
+
+// limitFor returns the limit rule of a request to model name (as called,
+// without a tag) with tag ("" for none): the rule of name@tag, else of
+// name, else "*". ok is false when none applies (or tn is nil: the API is
+// open).
+func (tn *tenant) limitFor(name, tag string) (model string, l ratelimit.Limits, ok bool) {
+	if tn == nil || tn.limits == nil {
+		return "", ratelimit.Limits{}, false
+	}
+	if tag != "" {
+		if l, ok := tn.limits[name+"@"+tag]; ok {
+			return name + "@" + tag, l, true
+		}
+	}
+	if l, ok := tn.limits[name]; ok {
+		return name, l, true
+	}
+	l, ok = tn.limits[v1alpha1.AllModels]
+	return v1alpha1.AllModels, l, ok
+}
+
+// resolveLimits checks a tenant's limit rules and indexes them by model;
+// errors name the field (spec.limits[i]...).
+func resolveLimits(rules []LimitRule) (map[string]ratelimit.Limits, error) {
+	if len(rules) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]ratelimit.Limits, len(rules))
+	first := map[string]int{}
+	for i, r := range rules {
+		field := fmt.Sprintf("spec.limits[%d]", i)
+		if name, tag := traffic.SplitModelTag(r.Model); name == "" || (tag == "" && strings.Contains(r.Model, "@")) {
+			return nil, fmt.Errorf("%s.model: %q is not \"*\", a model name or name@tag", field, r.Model)
+		}
+		if prev, dup := first[r.Model]; dup {
+			return nil, fmt.Errorf("%s.model: %q already has a limit (spec.limits[%d])", field, r.Model, prev)
+		}
+		for _, b := range []struct {
+			name string
+			v    int64
+		}{
+			{"requestsPerMinute", r.Limits.RequestsPerMinute}, {"tokensPerMinute", r.Limits.TokensPerMinute},
+			{"inputTokensPerMinute", r.Limits.InputTokensPerMinute}, {"outputTokensPerMinute", r.Limits.OutputTokensPerMinute},
+			{"maxConcurrentRequests", r.Limits.MaxConcurrentRequests},
+		} {
+			if b.v < 0 {
+				return nil, fmt.Errorf("%s.%s: must be >= 1, got %d", field, b.name, b.v)
+			}
+		}
+		if r.Limits.IsZero() {
+			return nil, fmt.Errorf("%s: sets no limit", field)
+		}
+		first[r.Model] = i
+		out[r.Model] = r.Limits
+	}
+	return out, nil
 }
 
 // tenantTable is an immutable snapshot of the tenants, swapped atomically:
@@ -79,7 +154,11 @@ func newTenantTable(cfgs []TenantConfig) (*tenantTable, error) {
 		if len(c.Keys) == 0 {
 			return nil, fmt.Errorf("tenant %q: no API key", id)
 		}
-		tn := &tenant{cfg: c, models: map[string]bool{}, tagged: map[string]bool{}}
+		limits, err := resolveLimits(c.Limits)
+		if err != nil {
+			return nil, fmt.Errorf("tenant %q: %w", id, err)
+		}
+		tn := &tenant{cfg: c, models: map[string]bool{}, tagged: map[string]bool{}, limits: limits}
 		for _, m := range c.Models {
 			switch name, tag := traffic.SplitModelTag(m); {
 			case m == v1alpha1.AllModels:

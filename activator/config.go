@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"cmp"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
@@ -37,7 +38,9 @@ func RevisionConfigOf(name string, t *v1alpha1.RevisionTemplate) RevisionConfig 
 
 // TenantConfigOf is the data-plane view of a Tenant whose keys resolved to
 // digests (pkg/tenant: the order of spec.apiKeys). Unset priority, weight
-// and models (absent, not empty) take the API's defaults.
+// and models (absent, not empty) take the API's defaults, as does an unset
+// spec.limits[].model ("*"); the limits are copied in their order, unset
+// bounds as zero (unlimited). SetTenants checks them.
 func TenantConfigOf(t *v1alpha1.Tenant, digests [][32]byte) TenantConfig {
 	tc := TenantConfig{Namespace: t.Namespace, Name: t.Name, Keys: digests, Priority: t.Spec.Priority,
 		Weight: v1alpha1.DefaultTenantWeight, Models: t.Spec.Models}
@@ -50,5 +53,25 @@ func TenantConfigOf(t *v1alpha1.Tenant, digests [][32]byte) TenantConfig {
 	if tc.Models == nil {
 		tc.Models = []string{v1alpha1.AllModels}
 	}
+	for _, l := range t.Spec.Limits {
+		tc.Limits = append(tc.Limits, limitRuleOf(l))
+	}
 	return tc
+}
+
+// limitRuleOf is the data-plane view of one of spec.limits.
+func limitRuleOf(l v1alpha1.TenantLimit) LimitRule {
+	deref := func(v *int64) int64 {
+		if v == nil {
+			return 0
+		}
+		return *v
+	}
+	r := LimitRule{Model: cmp.Or(l.Model, v1alpha1.AllModels)}
+	r.Limits.RequestsPerMinute = deref(l.RequestsPerMinute)
+	r.Limits.TokensPerMinute = deref(l.TokensPerMinute)
+	r.Limits.InputTokensPerMinute = deref(l.InputTokensPerMinute)
+	r.Limits.OutputTokensPerMinute = deref(l.OutputTokensPerMinute)
+	r.Limits.MaxConcurrentRequests = deref(l.MaxConcurrentRequests)
+	return r
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/ratelimit"
 	"github.com/kvasir-serving/kvasir/pkg/scheduler"
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
@@ -32,14 +33,94 @@ type inflight struct {
 	// broken: the replica's answer failed before its end; abandoned: the
 	// client left before it. They decide what close tells outlier detection.
 	broken, abandoned bool
-	// meter reads the usage of a successful answer to a tenant's request,
-	// counted at close (tenant_metrics.go); nil otherwise.
+	// tenant and model are whose answer it is (tenant nil: the API is
+	// open), for the tenant metrics (tenant_metrics.go).
+	tenant *tenant
+	model  string
+	// meter reads the usage of a successful answer to a tenant's request
+	// when the queue-proxy's header does not give it (tenant_metrics.go);
+	// nil otherwise.
 	meter *usageMeter
+	// eof: the replica's answer was read to its end, so a stream's trailer
+	// (the queue-proxy's Kvasir-Usage) is in resp.Trailer.
+	eof bool
+	// est is what a tenant's request was estimated to cost (its prompt's
+	// tokens and its output bound), the fallback of usage; zero for the
+	// requests of an open API.
+	est ratelimit.Cost
+	// adm is the request's rate limit reservation, settled at close; nil
+	// when the request is not limited (ratelimit.go).
+	adm *admission
+	// fair is what the request owes its revision's fair queue, settled at
+	// close (fairness.go).
+	fair fairCharge
+	// exact and fallback cache usage (computed once, at close).
+	usageDone bool
+	usageVal  *openai.Usage
+	exactVal  *openai.Usage
+}
+
+// usage is what the request used, for the rate limits and the fair queue:
+// the exact usage the queue-proxy measured (its Kvasir-Usage header on a
+// whole answer, its trailer on a stream read to its end), else the usage
+// the engine reported in the answer (a whole answer's, or a stream's usage
+// chunk), else, for a successful answer to a tenant, an estimate: the
+// prompt's estimated tokens and, for a stream, one token per content event
+// the replica sent (the streaming granularity of vLLM and the simulator),
+// for a whole answer its output bound. nil when unknown: an answer that is
+// not a success and reported nothing, or a request of an open API whose
+// answer carried no usage. Call it once the answer has been read (close).
+func (u *inflight) usage() *openai.Usage {
+	u.computeUsage()
+	return u.usageVal
+}
+
+// exactUsage is usage without the estimate: what the queue-proxy or the
+// engine reported, nil otherwise. The tenant metrics count it.
+func (u *inflight) exactUsage() *openai.Usage {
+	u.computeUsage()
+	return u.exactVal
+}
+
+func (u *inflight) computeUsage() {
+	if u.usageDone {
+		return
+	}
+	u.usageDone = true
+	u.exactVal = u.reported()
+	u.usageVal = u.exactVal
+	if u.usageVal != nil || u.resp.StatusCode/100 != 2 || u.est == (ratelimit.Cost{}) {
+		return
+	}
+	est := &openai.Usage{PromptTokens: uint64(u.est.InputTokens), CompletionTokens: uint64(u.est.OutputTokens)}
+	if m := u.meter; m != nil && m.stream {
+		est.CompletionTokens = uint64(m.events)
+	}
+	u.usageVal = est
+}
+
+// reported is the usage the queue-proxy measured (header or trailer), else
+// the one the engine put in the answer (metered), else nil.
+func (u *inflight) reported() *openai.Usage {
+	if v, ok := usageHeader(u.resp.Header); ok {
+		return v
+	}
+	if u.eof {
+		if v, ok := usageHeader(u.resp.Trailer); ok {
+			return v
+		}
+	}
+	if u.meter != nil {
+		return u.meter.usage()
+	}
+	return nil
 }
 
 func (u *inflight) close() {
 	u.resp.Body.Close()
 	u.countUsage()
+	u.adm.settleServed(u)
+	u.fair.settle(u)
 	o := outcomeSuccess
 	switch {
 	case u.broken || isGatewayFailure(u.resp.StatusCode):
@@ -84,7 +165,7 @@ func replyFailure(resp *http.Response) *failure {
 		return unreachable(fmt.Errorf("reading the replica's %s answer: %w", resp.Status, err))
 	}
 	rp := &reply{header: http.Header{}, body: body}
-	upstream.CopyEndToEnd(rp.header, resp.Header)
+	copyUpstreamHeaders(rp.header, resp.Header)
 	if len(body) > maxReply {
 		e := openai.Err(openai.TypeServer, "upstream_error", "the model replica answered "+resp.Status)
 		rp.header = http.Header{"Content-Type": {"application/json"}}
@@ -115,11 +196,14 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 	if rt.req.Adapter != "" {
 		model = rt.req.Adapter // the adapter's tokenizer and template, where it has its own
 	}
-	a.tokenize(ctx, rt, model)
+	if rt.req.Tokens == nil { // admit may have tokenized it (a tokenizer file)
+		a.tokenize(ctx, rt, model)
+	}
 	var tried map[string]bool
 	var last *failure // the last replica's failure
+	var fair fairCharge
 	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {
-		ep, err := rev.acquire(ctx, rt.req, tried, a.cfg.MaxBuffered, a.cfg.BufferTimeout)
+		ep, err := a.waitForPod(ctx, rt, tried, &fair)
 		if err != nil {
 			if errors.Is(err, errAllTried) && last != nil {
 				return nil, last
@@ -136,10 +220,10 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 			// work, so another replica must not do it again.
 			a.release(rev, ep, outcomeFailure)
 			return nil, &failure{status: http.StatusGatewayTimeout, err: openai.Err(openai.TypeTimeout, "upstream_timeout",
-				"the model replica did not answer within the request timeout ("+timeout.String()+")")}
+				"the model replica did not answer within the request timeout ("+timeout.String()+")"), spent: spentAll}
 		}
 		if err == nil && !isRetryableStatus(resp.StatusCode) {
-			up := &inflight{a: a, resp: resp, rev: rev, ep: ep}
+			up := &inflight{a: a, resp: resp, rev: rev, ep: ep, adm: rt.adm, fair: fair}
 			up.meterUsage(rt)
 			return up, nil
 		}
@@ -148,7 +232,8 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 				resp.Body.Close()
 			}
 			a.release(rev, ep, outcomeNone)
-			return nil, &failure{status: 499, err: openai.Err(openai.TypeInvalidRequest, "client_closed", "client closed the request")}
+			return nil, &failure{status: 499, err: openai.Err(openai.TypeInvalidRequest, "client_closed", "client closed the request"),
+				spent: spentInput}
 		}
 		if err == nil {
 			last = replyFailure(resp)
@@ -174,6 +259,8 @@ func (a *Activator) acquireFailure(ctx context.Context, err error) *failure {
 	switch {
 	case errors.Is(err, ErrBufferFull):
 		return &failure{status: http.StatusServiceUnavailable, err: openai.Err(openai.TypeUnavailable, "queue_full", err.Error()), retryAfter: time.Second}
+	case errors.Is(err, errQueueRefused), errors.Is(err, errShed): // a tenant's (fairness.go)
+		return &failure{status: http.StatusTooManyRequests, err: openai.Err(openai.TypeRateLimit, "queue_full", err.Error()), retryAfter: queueRetryAfter}
 	case errors.Is(err, ErrBufferTimeout):
 		return &failure{status: http.StatusServiceUnavailable, err: openai.Err(openai.TypeUnavailable, "buffer_timeout",
 			"the model is scaling up and no replica became ready in time"), retryAfter: 5 * time.Second}
@@ -191,17 +278,20 @@ func isEventStream(h http.Header) bool {
 func (a *Activator) forwardHTTP(w http.ResponseWriter, r *http.Request, rt routed) int {
 	up, f := a.dispatch(r.Context(), rt, r.URL.Path, r.Header)
 	if f != nil {
+		rt.adm.settleFailed(f)
 		switch {
 		case f.reply != nil:
 			writeReply(w, rt, f)
 		case f.status != 499:
+			rt.adm.writeHeaders(w.Header())
 			openai.WriteError(w, f.status, f.err, f.retryAfter)
 		}
 		return f.status
 	}
 	defer up.close()
 	resp := up.resp
-	upstream.CopyEndToEnd(w.Header(), resp.Header)
+	copyUpstreamHeaders(w.Header(), resp.Header)
+	rt.adm.writeHeaders(w.Header())
 	w.Header().Set(RevisionHeader, rt.rev.cfg.Name)
 	if resp.ContentLength >= 0 && !isEventStream(resp.Header) {
 		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
@@ -229,7 +319,21 @@ func (a *Activator) forwardHTTP(w http.ResponseWriter, r *http.Request, rt route
 		a.log.Warn("replica failed mid-response", slog.String("revision", rt.rev.cfg.Name), slog.Any("error", err))
 		panic(http.ErrAbortHandler)
 	}
+	up.eof = true
+	if up.adm != nil {
+		// The answer is whole: out with it before close settles the rate
+		// limit, which may ask Redis.
+		_ = cw.Flush()
+	}
 	return resp.StatusCode
+}
+
+// copyUpstreamHeaders copies a replica's end-to-end response headers to a
+// client's, less the queue-proxy's usage header, which is the activator's
+// alone.
+func copyUpstreamHeaders(dst, src http.Header) {
+	upstream.CopyEndToEnd(dst, src)
+	dst.Del(openai.UsageHeader)
 }
 
 // readErrs remembers the error of its reader other than io.EOF, to tell a
@@ -249,7 +353,8 @@ func (e *readErrs) Read(p []byte) (int, error) {
 
 // writeReply passes a failed replica's answer kept by replyFailure through.
 func writeReply(w http.ResponseWriter, rt routed, f *failure) {
-	upstream.CopyEndToEnd(w.Header(), f.reply.header)
+	copyUpstreamHeaders(w.Header(), f.reply.header)
+	rt.adm.writeHeaders(w.Header())
 	w.Header().Set(RevisionHeader, rt.rev.cfg.Name)
 	w.Header().Set("Content-Length", strconv.Itoa(len(f.reply.body)))
 	w.WriteHeader(f.status)
@@ -277,6 +382,7 @@ func (a *Activator) copyStream(w *httpserver.ClientWriter, r *http.Request, up *
 			pending = copy(buf, buf[cut:pending])
 		}
 		if err == io.EOF {
+			up.eof = true
 			return
 		}
 		if err != nil {

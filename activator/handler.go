@@ -48,6 +48,12 @@ type failure struct {
 	// reply, when set, is the replica's own answer (status above), passed
 	// through to HTTP clients as it came; err is its OpenAI error.
 	reply *reply
+	// header holds headers to answer with besides the error's own (the
+	// x-ratelimit-* and retry-after-ms of a rate limit denial).
+	header http.Header
+	// spent is what of the request's reserved cost an engine may have
+	// used before it failed (ratelimit.go settles it).
+	spent spentKind
 }
 
 // routed is a request resolved to a service and revision, with the body to
@@ -59,6 +65,13 @@ type routed struct {
 	req  *scheduler.Request
 	// tenant is who sent the request (nil: the API is open).
 	tenant *tenant
+	// name and tag are the model as the tenant called it: a service's model
+	// or a LoRA adapter, without a traffic tag; and the tag ("" for none),
+	// from the model name or X-Kvasir-Tag. Tenants' limit rules name them.
+	name, tag string
+	// adm is the request's rate limit reservation (ratelimit.go); nil when
+	// the request is not limited.
+	adm *admission
 }
 
 func (rt routed) done() { rt.req.Release() }
@@ -128,7 +141,7 @@ func (a *Activator) resolve(obj openai.Object, path, tagHeader string, tn *tenan
 		revName = s.split.Pick(rand.IntN(100))
 	}
 	return routed{svc: s, rev: s.revisions[revName], body: body, req: &scheduler.Request{Body: obj, API: apiOf(path), Adapter: adapter},
-		tenant: tn}, nil
+		tenant: tn, name: name, tag: tag}, nil
 }
 
 func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
@@ -163,6 +176,13 @@ func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer rt.done()
+	if f := a.admit(r.Context(), &rt); f != nil {
+		if f.status != 499 {
+			a.writeFailure(w, nil, f)
+		}
+		a.observe(rt, f.status, start)
+		return
+	}
 	code := a.forwardHTTP(w, r, rt)
 	a.observe(rt, code, start)
 }
@@ -184,6 +204,9 @@ func (a *Activator) countTenant(r *http.Request, code int) {
 }
 
 func (a *Activator) writeFailure(w http.ResponseWriter, rt *routed, f *failure) {
+	for k, v := range f.header {
+		w.Header()[k] = v
+	}
 	openai.WriteError(w, f.status, f.err, f.retryAfter)
 	if rt != nil {
 		a.metrics.requests.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, strconv.Itoa(f.status)).Inc()

@@ -19,6 +19,8 @@ type metrics struct {
 	tokenizeSkipped prometheus.Counter
 	// tenant are the per-tenant series (tenant_metrics.go).
 	tenant *tenantMetrics
+	// queue are the fair queue's per-tenant series (fairness.go).
+	queue *queueMetrics
 }
 
 func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
@@ -49,10 +51,12 @@ func newMetrics(reg prometheus.Registerer, a *Activator) *metrics {
 			Help: "Prompts an engine's tokenization endpoint did not tokenize; they were routed on their text, without the engine's prefix keys.",
 		}),
 		tenant: newTenantMetrics(),
+		queue:  newQueueMetrics(),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.attempts, m.duration, m.pd, m.tokenizeErrors, m.tokenizeSkipped, &loadCollector{a: a})
 		reg.MustRegister(m.tenant.collectors()...)
+		reg.MustRegister(m.queue.collectors()...)
 	}
 	return m
 }

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kvasir-serving/kvasir/pkg/fairqueue"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/kvindex"
 	"github.com/kvasir-serving/kvasir/pkg/scheduler"
@@ -28,28 +29,39 @@ type waiter struct {
 	req      *scheduler.Request
 	prepared *scheduler.Cycle // what the profile's PreScore prepared, or nil
 	exclude  map[string]bool
-	// ch receives the assigned pod, or nil when every ready pod has been
-	// tried (buffered, cap 1).
-	ch chan *scheduler.Pod
+	cost     int64 // estimated tokens, added to the pod's load since its last report
+	// ch receives the request's handoff once (buffered, cap 1, so a send
+	// under the lock never blocks).
+	ch chan handoff
+	// entry is the request's place in the fair queue; nil for a retry,
+	// which waits in the revision's retries instead.
+	entry *fairqueue.Entry[*waiter]
 }
 
 // revision holds the ready pods of one replica set, their prefix index, the
 // scheduling profile and the requests buffered for it. Pods are handed to
-// waiters FIFO the moment one is eligible: when pods appear and when a
-// request finishes.
+// waiters the moment one is eligible (when pods appear, when a request
+// finishes, when a pod's stats report un-saturates it): first to retries in
+// arrival order, then to the fair queue in its release order (fairness.go).
 type revision struct {
 	key      fleet.Key
 	onDemand func(fleet.Key)
 	index    *kvindex.Index
 	// follow subscribes to a pod's stats stream until ctx ends; nil when
 	// the activator does not follow queue-proxies.
-	follow func(ctx context.Context, p *scheduler.Pod, index *kvindex.Index)
+	follow follower
 	ctx    context.Context // parent of the pods' subscriptions
 	// outlier configures ejection of failing pods (outlier.go).
 	outlier outlierConfig
 	// prepares is whether the profile has a PreScore phase (set with it),
 	// read without the lock on every request.
 	prepares atomic.Bool
+	// queueing is how requests wait (fairness.go); set before the
+	// revision is shared, read without the lock.
+	queueing queueing
+	// queue holds the requests waiting for their first pod; its Push, Pop
+	// and Remove are called under mu, its Settle and Served without.
+	queue *fairqueue.Queue[*waiter]
 
 	mu         sync.Mutex
 	capacity   int // per-pod in-flight limit; 0 = unlimited
@@ -57,7 +69,9 @@ type revision struct {
 	routingKey string // the routing spec the profile was built from
 	pods       []*scheduler.Pod
 	subs       map[string]context.CancelFunc
-	waiters    []*waiter
+	retries    []*waiter                   // requests retried after a failure, waiting, oldest first
+	queued     int                         // requests waiting in queue
+	loads      map[*scheduler.Pod]*podLoad // since each pod's last report; with stats saturation only
 	inFlight   int
 	lastActive time.Time
 	health     map[*scheduler.Pod]*podHealth // outlier state of pods that failed
@@ -69,11 +83,27 @@ type revision struct {
 	cardMemo cardMemo
 }
 
+// follower follows a pod's stats stream until ctx ends: it feeds index
+// with the pod's KV events and hands each stats report to setStat.
+type follower func(ctx context.Context, p *scheduler.Pod, index *kvindex.Index, setStat func(*stats.Stat))
+
+// newRevision returns a revision with no pods whose requests wait as
+// queueingOf(DefaultConfig()) says; withQueueing changes that before the
+// revision is shared.
 func newRevision(ctx context.Context, key fleet.Key, log *slog.Logger, onDemand func(fleet.Key),
-	follow func(context.Context, *scheduler.Pod, *kvindex.Index), outlier outlierConfig) *revision {
-	return &revision{key: key, onDemand: onDemand, follow: follow, ctx: ctx, outlier: outlier,
+	follow follower, outlier outlierConfig) *revision {
+	r := &revision{key: key, onDemand: onDemand, follow: follow, ctx: ctx, outlier: outlier,
 		index: kvindex.New(log.With(slog.String("revision", key.Revision))), subs: map[string]context.CancelFunc{},
-		lastActive: time.Now(), health: map[*scheduler.Pod]*podHealth{}}
+		lastActive: time.Now(), health: map[*scheduler.Pod]*podHealth{}, loads: map[*scheduler.Pod]*podLoad{}}
+	return r.withQueueing(queueingOf(DefaultConfig()))
+}
+
+// withQueueing sets how the revision's requests wait; only before the
+// revision is shared.
+func (r *revision) withQueueing(q queueing) *revision {
+	r.queueing = q
+	r.queue = fairqueue.New[*waiter](q.fair)
+	return r
 }
 
 // Load is what the scaler reads of a revision.
@@ -87,7 +117,7 @@ type Load struct {
 func (r *revision) load() Load {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Load{InFlight: r.inFlight, Buffered: len(r.waiters), Ready: len(r.pods), LastActive: r.lastActive}
+	return Load{InFlight: r.inFlight, Buffered: r.waitingLocked(), Ready: len(r.pods), LastActive: r.lastActive}
 }
 
 // configure sets the per-pod limit and, when the routing changed, the
@@ -133,10 +163,13 @@ func (r *revision) setEndpoints(eps []fleet.Endpoint) (gone []string) {
 			delete(old, e.Name)
 		}
 		p.Slot = r.index.AddPod(p.Name)
+		if r.queueing.sat.on() {
+			r.loads[p] = &podLoad{}
+		}
 		if r.follow != nil {
 			ctx, cancel := context.WithCancel(r.ctx)
 			r.subs[p.Name] = cancel
-			go r.follow(ctx, p, r.index)
+			go r.follow(ctx, p, r.index, func(s *stats.Stat) { r.setStat(p, s) })
 		}
 		next = append(next, p)
 	}
@@ -156,6 +189,7 @@ func (r *revision) dropLocked(p *scheduler.Pod) {
 		delete(r.subs, p.Name)
 	}
 	delete(r.health, p)
+	delete(r.loads, p)
 	r.index.RemovePod(p.Name)
 }
 
@@ -183,11 +217,13 @@ func (r *revision) skipEjectedLocked() (bool, time.Time) {
 }
 
 // eligibleLocked returns the pods a request may be sent to now: not tried
-// by it, not ejected (unless every pod is), and under the capacity.
+// by it, not ejected (unless every pod is), and not saturated (under the
+// capacity, and under the stats thresholds when set: fairness.go).
 func (r *revision) eligibleLocked(exclude map[string]bool, buf []*scheduler.Pod) []*scheduler.Pod {
 	skipEjected, now := r.skipEjectedLocked()
 	for _, p := range r.pods {
-		if exclude[p.Name] || (r.capacity > 0 && p.InFlight >= r.capacity) || (skipEjected && r.ejectedLocked(p, now)) {
+		if exclude[p.Name] || (r.capacity > 0 && p.InFlight >= r.capacity) || (skipEjected && r.ejectedLocked(p, now)) ||
+			r.statSaturatedLocked(p) {
 			continue
 		}
 		buf = append(buf, p)
@@ -211,20 +247,24 @@ func (r *revision) exhaustedLocked(exclude map[string]bool) bool {
 	return true
 }
 
-// failExhaustedLocked answers the buffered requests that have no pod left
-// to try (pods left or were ejected while they waited).
+// failExhaustedLocked answers the buffered retries that have no pod left
+// to try (pods left or were ejected while they waited); requests of the
+// fair queue have tried none.
 func (r *revision) failExhaustedLocked() {
-	kept := r.waiters[:0]
-	for _, w := range r.waiters {
+	kept := r.retries[:0]
+	for _, w := range r.retries {
 		if r.exhaustedLocked(w.exclude) {
-			w.ch <- nil
+			w.ch <- handoff{err: errAllTried}
 			continue
 		}
 		kept = append(kept, w)
 	}
-	clear(r.waiters[len(kept):])
-	r.waiters = kept
+	clear(r.retries[len(kept):])
+	r.retries = kept
 }
+
+// waitingLocked is the number of buffered requests.
+func (r *revision) waitingLocked() int { return r.queued + len(r.retries) }
 
 // preScore runs, before a request's decision and without the lock, the
 // I/O its profile's plugins need (scheduler.Profile.PreScore) over the pods
@@ -240,7 +280,7 @@ func (r *revision) preScore(ctx context.Context, req *scheduler.Request, exclude
 	r.mu.Lock()
 	prof := r.profile
 	var pods []*scheduler.Pod
-	if len(r.waiters) == 0 && !r.exhaustedLocked(exclude) {
+	if r.waitingLocked() == 0 && !r.exhaustedLocked(exclude) {
 		pods = r.eligibleLocked(exclude, nil)
 	}
 	r.mu.Unlock()
@@ -252,48 +292,60 @@ func (r *revision) preScore(ctx context.Context, req *scheduler.Request, exclude
 
 // takeLocked picks a pod for a request among the eligible ones and counts
 // it in flight; nil when none is eligible. prepared is what preScore
-// returned for the request.
-func (r *revision) takeLocked(req *scheduler.Request, prepared *scheduler.Cycle, exclude map[string]bool) *scheduler.Pod {
+// returned for the request, cost its estimated tokens.
+func (r *revision) takeLocked(req *scheduler.Request, prepared *scheduler.Cycle, exclude map[string]bool, cost int64) *scheduler.Pod {
 	var buf [16]*scheduler.Pod
 	cands := r.eligibleLocked(exclude, buf[:0])
 	if len(cands) == 0 {
 		return nil
 	}
+	return r.pickLocked(req, prepared, cands, cost)
+}
+
+// pickLocked picks a pod among cands (not empty) and counts it in flight.
+func (r *revision) pickLocked(req *scheduler.Request, prepared *scheduler.Cycle, cands []*scheduler.Pod, cost int64) *scheduler.Pod {
 	p := r.profile.PickPrepared(req, prepared, cands)
 	p.InFlight++
 	r.inFlight++
+	if l := r.loads[p]; l != nil {
+		l.tokens += cost
+	}
 	return p
 }
 
+// handOffLocked hands eligible pods to waiters: first to the retries, in
+// arrival order, a retry that cannot use any free pod (it tried them)
+// letting a later one go; then to the fair queue, popped only while some
+// pod is eligible for a request that tried none, so that what Pop
+// releases is always served. Sends never block (cap 1) and call nothing.
 func (r *revision) handOffLocked() {
-	for len(r.waiters) > 0 {
-		w := r.waiters[0]
-		p := r.takeLocked(w.req, w.prepared, w.exclude)
-		if p == nil {
-			// The head may be waiting for a pod it has not tried; let a
-			// later waiter with no exclusions go ahead rather than stall.
-			if !r.handOffOthersLocked() {
-				return
+	if len(r.retries) > 0 {
+		kept := r.retries[:0]
+		for _, w := range r.retries {
+			if p := r.takeLocked(w.req, w.prepared, w.exclude, w.cost); p != nil {
+				w.ch <- handoff{pod: p}
+				continue
 			}
-			continue
+			kept = append(kept, w)
 		}
-		w.ch <- p
-		r.waiters = r.waiters[1:]
+		clear(r.retries[len(kept):])
+		r.retries = kept
 	}
-}
-
-// handOffOthersLocked serves the first waiter after the head that can be
-// served; it reports whether it served one.
-func (r *revision) handOffOthersLocked() bool {
-	for i := 1; i < len(r.waiters); i++ {
-		w := r.waiters[i]
-		if p := r.takeLocked(w.req, w.prepared, w.exclude); p != nil {
-			w.ch <- p
-			r.waiters = append(r.waiters[:i], r.waiters[i+1:]...)
-			return true
+	var buf [16]*scheduler.Pod
+	for r.queued > 0 {
+		cands := r.eligibleLocked(nil, buf[:0])
+		if len(cands) == 0 {
+			return
 		}
+		e, ok := r.queue.Pop(r.queueing.now())
+		if !ok { // cannot happen: queued counts the queue's items
+			r.queued = 0
+			return
+		}
+		r.queued--
+		w := e.Value()
+		w.ch <- handoff{pod: r.pickLocked(w.req, w.prepared, cands, w.cost)}
 	}
-	return false
 }
 
 // tryAcquire returns a pod for one request if one is eligible now, else nil
@@ -303,10 +355,10 @@ func (r *revision) tryAcquire(ctx context.Context, req *scheduler.Request, exclu
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lastActive = time.Now()
-	if len(r.waiters) > 0 {
+	if r.waitingLocked() > 0 {
 		return nil
 	}
-	return r.takeLocked(req, prepared, exclude)
+	return r.takeLocked(req, prepared, exclude, 0)
 }
 
 // matchFraction is the share of the request's prompt blocks that pod holds
@@ -342,28 +394,72 @@ func (r *revision) tokenizeAddress() (string, bool) {
 	return "", false
 }
 
-// acquire returns a pod for one request, buffering up to timeout when none
-// is eligible. release must be called with the pod when the request ends.
+// acquire returns a pod for one request of the open API, buffering up to
+// timeout when none is eligible, refusing it (ErrBufferFull) when
+// maxBuffered requests wait already. release must be called with the pod
+// when the request ends.
 func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude map[string]bool, maxBuffered int, timeout time.Duration) (*scheduler.Pod, error) {
-	prepared := r.preScore(ctx, req, exclude)
 	r.mu.Lock()
-	r.lastActive = time.Now()
-	if r.exhaustedLocked(exclude) {
-		r.mu.Unlock()
-		return nil, errAllTried
-	}
-	if len(r.waiters) == 0 {
-		if p := r.takeLocked(req, prepared, exclude); p != nil {
-			r.mu.Unlock()
-			return p, nil
-		}
-	}
-	if len(r.waiters) >= maxBuffered {
-		r.mu.Unlock()
+	full := r.waitingLocked() >= maxBuffered
+	r.mu.Unlock()
+	if full {
 		return nil, ErrBufferFull
 	}
-	w := &waiter{req: req, prepared: prepared, exclude: exclude, ch: make(chan *scheduler.Pod, 1)}
-	r.waiters = append(r.waiters, w)
+	adm, err := r.obtain(ctx, req, exclude, waitTicket{class: fairqueue.Standard, weight: 1}, timeout)
+	return adm.pod, err
+}
+
+// admitted is what obtain gives a request.
+type admitted struct {
+	// pod is the request's pod; nil with an error.
+	pod *scheduler.Pod
+	// entry is the request's entry when the fair queue released it (to
+	// settle when it ends); nil when it took a pod at once or was retried.
+	entry *fairqueue.Entry[*waiter]
+	// queued: the request waited in the fair queue, for waited.
+	queued bool
+	waited time.Duration
+}
+
+// obtain returns a pod for one request, buffering up to timeout when none
+// is eligible: a request that tried no pod waits in the fair queue as tk
+// says (refused with an error wrapping fairqueue.ErrFull when it is full,
+// or evicted later with errShed), a retried one (exclude not empty) among
+// the retries, which are served first. release must be called with the
+// pod when the request ends.
+func (r *revision) obtain(ctx context.Context, req *scheduler.Request, exclude map[string]bool, tk waitTicket, timeout time.Duration) (admitted, error) {
+	prepared := r.preScore(ctx, req, exclude)
+	r.mu.Lock()
+	now := r.queueing.now() // under the lock: arrivals never decrease
+	r.lastActive = now
+	if r.exhaustedLocked(exclude) {
+		r.mu.Unlock()
+		return admitted{}, errAllTried
+	}
+	retry := len(exclude) > 0
+	if len(r.retries) == 0 && (retry || r.queued == 0) {
+		if p := r.takeLocked(req, prepared, exclude, tk.cost()); p != nil {
+			r.mu.Unlock()
+			return admitted{pod: p}, nil
+		}
+	}
+	w := &waiter{req: req, prepared: prepared, exclude: exclude, cost: tk.cost(), ch: make(chan handoff, 1)}
+	if retry {
+		r.retries = append(r.retries, w)
+	} else {
+		e, evicted, err := r.queue.Push(fairqueue.Request[*waiter]{Tenant: tk.tenant, Class: tk.class, Weight: tk.weight,
+			InputTokens: tk.input, OutputTokens: tk.output, Arrival: now, Value: w})
+		if err != nil {
+			r.mu.Unlock()
+			return admitted{}, err
+		}
+		w.entry = e
+		r.queued++
+		if evicted != nil {
+			r.queued--
+			evicted.Value().ch <- handoff{err: errShed}
+		}
+	}
 	r.handOffLocked()
 	r.mu.Unlock()
 	if r.onDemand != nil && len(w.ch) == 0 {
@@ -374,30 +470,51 @@ func (r *revision) acquire(ctx context.Context, req *scheduler.Request, exclude 
 	defer timer.Stop()
 	var err error
 	select {
-	case p := <-w.ch:
-		if p == nil {
-			return nil, errAllTried
+	case g := <-w.ch:
+		adm := admitted{pod: g.pod, queued: !retry, waited: r.queueing.now().Sub(now)}
+		if g.pod != nil && !retry {
+			adm.entry = w.entry
 		}
-		return p, nil
+		return adm, g.err
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timer.C:
 		err = ErrBufferTimeout
 	}
+	adm := admitted{queued: !retry}
 	r.mu.Lock()
-	for i, x := range r.waiters {
-		if x == w {
-			r.waiters = append(r.waiters[:i], r.waiters[i+1:]...)
-			r.mu.Unlock()
-			return nil, err
-		}
+	adm.waited = r.queueing.now().Sub(now)
+	if r.withdrawLocked(w) {
+		r.mu.Unlock()
+		return adm, err
 	}
 	r.mu.Unlock()
-	// Assigned concurrently with the timeout: give the pod back.
-	if p := <-w.ch; p != nil {
-		r.release(p, outcomeNone)
+	// Handed a grant concurrently with the end of the wait: give the pod
+	// back, and what its release charged.
+	if g := <-w.ch; g.pod != nil {
+		r.release(g.pod, outcomeNone)
+		r.queue.Settle(w.entry, 0, 0)
 	}
-	return nil, err
+	return adm, err
+}
+
+// withdrawLocked takes a waiter that stops waiting out of the fair queue or
+// the retries; false when it was handed a handoff meanwhile.
+func (r *revision) withdrawLocked(w *waiter) bool {
+	if w.entry != nil {
+		if r.queue.Remove(w.entry) {
+			r.queued--
+			return true
+		}
+		return false
+	}
+	for i, x := range r.retries {
+		if x == w {
+			r.retries = append(r.retries[:i], r.retries[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 // release gives back a pod acquired for a request and records what the
@@ -428,12 +545,12 @@ func (r *revision) close() {
 }
 
 // followStats is the default follow: the pod's queue-proxy stats stream
-// feeds its Stat and the revision's prefix index.
-func followStats(log *slog.Logger) func(context.Context, *scheduler.Pod, *kvindex.Index) {
-	return func(ctx context.Context, p *scheduler.Pod, index *kvindex.Index) {
+// feeds its Stat (through setStat) and the revision's prefix index.
+func followStats(log *slog.Logger) follower {
+	return func(ctx context.Context, p *scheduler.Pod, index *kvindex.Index, setStat func(*stats.Stat)) {
 		stats.Subscribe(ctx, p.Address, func(m stats.Message) {
 			if m.Stat != nil {
-				p.SetStat(m.Stat)
+				setStat(m.Stat)
 			}
 			if m.KV != nil {
 				ev := *m.KV

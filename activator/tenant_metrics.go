@@ -2,8 +2,8 @@ package activator
 
 import (
 	"bytes"
-	"encoding/json"
 	"io"
+	"net/http"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +33,19 @@ const (
 	authUnknown = "unknown"
 )
 
+// Reasons of a refusal, the values of kvasir_tenant_rejected_total's
+// reason label: a fixed set, never anything a client sent.
+const (
+	// rejectRateLimit: a rate limit of the tenant's rule (requests or
+	// tokens per minute, a request larger than the limit included); 429.
+	rejectRateLimit = "rate_limit"
+	// rejectConcurrency: the rule's maxConcurrentRequests; 429.
+	rejectConcurrency = "concurrency"
+	// rejectLimiterUnavailable: the rate limiter's store failed or timed
+	// out under --ratelimit-fail closed; 503.
+	rejectLimiterUnavailable = "limiter_unavailable"
+)
+
 // Kinds of tokens, the values of kvasir_tenant_tokens_total's kind label.
 const (
 	tokensInput  = "input"  // usage.prompt_tokens, cached ones included
@@ -50,6 +63,7 @@ type tenantMetrics struct {
 	requests     *prometheus.CounterVec
 	tokens       *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
+	rejects      *prometheus.CounterVec
 }
 
 func newTenantMetrics() *tenantMetrics {
@@ -60,17 +74,21 @@ func newTenantMetrics() *tenantMetrics {
 		}, []string{"namespace", "tenant", "model", "code"}),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvasir_tenant_tokens_total",
-			Help: "Tokens of tenants' answers, from the usage the engines reported: input (prompt tokens, cached ones included), output (completion tokens) and cached (prompt tokens served from the prefix cache).",
+			Help: "Tokens of tenants' answers, from the usage the queue-proxies measured (else the one the engines reported in the answer): input (prompt tokens, cached ones included), output (completion tokens) and cached (prompt tokens served from the prefix cache).",
 		}, []string{"namespace", "tenant", "model", "kind"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvasir_tenant_auth_failures_total",
 			Help: "Requests refused 401 while tenants are configured, by reason: missing, malformed, conflicting (two different keys) or unknown key.",
 		}, []string{"reason"}),
+		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvasir_tenant_rejected_total",
+			Help: "Requests of tenants refused before they were forwarded, by reason: rate_limit, concurrency (429), limiter_unavailable (503, the rate limiter failing closed).",
+		}, []string{"namespace", "tenant", "model", "reason"}),
 	}
 }
 
 func (m *tenantMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.tokens, m.authFailures}
+	return []prometheus.Collector{m.requests, m.tokens, m.authFailures, m.rejects}
 }
 
 // request counts a request of tenant tn (nil: the API is open, nothing is
@@ -86,16 +104,26 @@ func (m *tenantMetrics) request(tn *tenant, model string, code int) {
 func (m *tenantMetrics) authFailure(reason string) { m.authFailures.WithLabelValues(reason).Inc() }
 
 // used counts the tokens of an answer to tenant tn.
-func (m *tenantMetrics) used(tn *tenant, model string, u *usage) {
+func (m *tenantMetrics) used(tn *tenant, model string, u *openai.Usage) {
 	if tn == nil || u == nil {
 		return
 	}
 	ns, name := tn.cfg.Namespace, tn.cfg.Name
 	m.tokens.WithLabelValues(ns, name, model, tokensInput).Add(float64(u.PromptTokens))
 	m.tokens.WithLabelValues(ns, name, model, tokensOutput).Add(float64(u.CompletionTokens))
-	if d := u.PromptTokensDetails; d != nil {
-		m.tokens.WithLabelValues(ns, name, model, tokensCached).Add(float64(d.CachedTokens))
+	if u.PromptTokensDetails != nil {
+		m.tokens.WithLabelValues(ns, name, model, tokensCached).Add(float64(u.Cached()))
 	}
+}
+
+// rejected counts a request of tenant tn (nil: nothing is counted) refused
+// before it was forwarded, for one of the reject* reasons; model is the
+// configured name it resolved to.
+func (m *tenantMetrics) rejected(tn *tenant, model, reason string) {
+	if tn == nil {
+		return
+	}
+	m.rejects.WithLabelValues(tn.cfg.Namespace, tn.cfg.Name, model, reason).Inc()
 }
 
 // modelLabel is the model a routed request resolved to, as configured: its
@@ -107,54 +135,31 @@ func (rt routed) modelLabel() string {
 	return rt.svc.cfg.Model
 }
 
-// usage is the part of an OpenAI usage object counted per tenant.
-type usage struct {
-	PromptTokens        uint64 `json:"prompt_tokens"`
-	CompletionTokens    uint64 `json:"completion_tokens"`
-	PromptTokensDetails *struct {
-		CachedTokens uint64 `json:"cached_tokens"`
-	} `json:"prompt_tokens_details"`
-}
-
-// usageOf decodes the top-level usage of a JSON object (a whole answer, or
-// one event of a stream); nil when there is none (absent, null or not an
-// object).
-func usageOf(obj []byte) *usage {
-	o, err := openai.Parse(obj)
-	if err != nil {
-		return nil
-	}
-	raw, ok := o.Get("usage")
-	if !ok {
-		return nil
-	}
-	var u *usage
-	if json.Unmarshal(raw, &u) != nil {
-		return nil
-	}
-	return u
-}
-
-var usageKey = []byte(`"usage"`)
+var (
+	usageKey = []byte(`"usage"`)
+	deltaKey = []byte(`"delta"`)
+	textKey  = []byte(`"text"`)
+)
 
 // usageMeter reads the usage of a tenant's answer as it is read from the
 // replica, whoever reads it (an HTTP or a WebSocket client), without
-// changing a byte of it. A stream's usage is that of its last event
-// carrying one: the usage chunk, present only when the client asked for it
-// (stream_options.include_usage: the queue-proxy hides it otherwise), or
-// each chunk's with vLLM's cumulative continuous usage. A whole answer is
-// kept up to maxMeteredBody and its top-level usage decoded at the end.
-// One goroutine reads and closes it.
+// changing a byte of it. It is the fallback of the queue-proxy's exact
+// usage (Kvasir-Usage): a stream's usage is that of its last event
+// carrying one (the usage chunk, present only when the client asked for
+// it, or each chunk's with vLLM's cumulative continuous usage); a whole
+// answer is kept up to maxMeteredBody and its top-level usage decoded at
+// the end. A stream's content events (those with a "delta" or a "text":
+// chat and completion chunks, not the usage chunk, errors or [DONE]) are
+// counted, one token each, for a stream cut before its usage came. One
+// goroutine reads and closes it.
 type usageMeter struct {
-	// tenant and model are whose answer it is.
-	tenant *tenant
-	model  string
 	body   io.ReadCloser
 	stream bool
 	split  openai.EventSplitter
-	buf    []byte // the whole answer so far (not streamed)
-	over   bool   // the answer is longer than maxMeteredBody
-	last   *usage // the usage of the last event carrying one (streamed)
+	buf    []byte        // the whole answer so far (not streamed)
+	over   bool          // the answer is longer than maxMeteredBody
+	last   *openai.Usage // the usage of the last event carrying one (streamed)
+	events int64         // content events (streamed)
 }
 
 var _ io.ReadCloser = (*usageMeter)(nil)
@@ -183,8 +188,15 @@ func (m *usageMeter) see(p []byte) {
 }
 
 func (m *usageMeter) event(ev []byte) error {
-	if data, ok := openai.EventData(ev); ok && bytes.Contains(data, usageKey) {
-		if u := usageOf(data); u != nil {
+	data, ok := openai.EventData(ev)
+	if !ok {
+		return nil
+	}
+	if bytes.Contains(data, deltaKey) || bytes.Contains(data, textKey) {
+		m.events++
+	}
+	if bytes.Contains(data, usageKey) {
+		if u := openai.UsageOf(data); u != nil {
 			m.last = u
 		}
 	}
@@ -192,30 +204,57 @@ func (m *usageMeter) event(ev []byte) error {
 }
 
 // usage is what the answer reported, or nil.
-func (m *usageMeter) usage() *usage {
+func (m *usageMeter) usage() *openai.Usage {
 	if m.stream {
 		return m.last
 	}
 	if m.over || !bytes.Contains(m.buf, usageKey) {
 		return nil
 	}
-	return usageOf(m.buf)
+	return openai.UsageOf(m.buf)
 }
 
-// meterUsage makes up read its answer's usage when it is a successful
-// answer to a tenant's request (rt.tenant nil: the API is open, nothing is
-// read).
+// usageHeader reads the queue-proxy's usage header (or trailer) of h: one
+// value, as openai.FormatUsageHeader writes it. Anything else (absent,
+// repeated, malformed: nothing a replica should send) is ignored.
+func usageHeader(h http.Header) (*openai.Usage, bool) {
+	vs := h.Values(openai.UsageHeader)
+	if len(vs) != 1 {
+		return nil, false
+	}
+	return openai.ParseUsageHeader(vs[0])
+}
+
+// meterUsage prepares up to tell its answer's usage when it answers a
+// tenant's request (rt.tenant nil: the API is open, nothing is read): the
+// estimate of its cost, and, for a successful answer without the
+// queue-proxy's usage header (a stream, whose usage comes as a trailer, or
+// an answer without one), a meter of its body.
 func (up *inflight) meterUsage(rt routed) {
-	if rt.tenant == nil || up.resp.StatusCode/100 != 2 {
+	if rt.tenant == nil {
 		return
 	}
-	up.meter = &usageMeter{tenant: rt.tenant, model: rt.modelLabel(), body: up.resp.Body, stream: isEventStream(up.resp.Header)}
+	up.tenant, up.model = rt.tenant, rt.modelLabel()
+	if up.adm != nil {
+		up.est = up.adm.res.Cost()
+	} else {
+		up.est, _ = estimateCost(rt.req)
+	}
+	if up.resp.StatusCode/100 != 2 {
+		return
+	}
+	stream := isEventStream(up.resp.Header)
+	if _, ok := usageHeader(up.resp.Header); ok && !stream {
+		return // the exact usage is here: no need to read the body
+	}
+	up.meter = &usageMeter{body: up.resp.Body, stream: stream}
 	up.resp.Body = up.meter
 }
 
-// countUsage counts the tokens the answer reported, if it was metered.
+// countUsage counts the tokens a successful answer to a tenant reported:
+// the queue-proxy's exact usage, else the engine's in the answer.
 func (up *inflight) countUsage() {
-	if m := up.meter; m != nil {
-		up.a.metrics.tenant.used(m.tenant, m.model, m.usage())
+	if up.tenant != nil && up.resp.StatusCode/100 == 2 {
+		up.a.metrics.tenant.used(up.tenant, up.model, up.exactUsage())
 	}
 }

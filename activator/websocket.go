@@ -315,6 +315,13 @@ func (c *wsConn) serve(ctx context.Context, obj openai.Object, id []byte, free f
 		return
 	}
 	defer rt.done()
+	if f := c.a.admit(ctx, &rt); f != nil {
+		if f.status != 499 {
+			w.fail(f.err) // a refusal of the limits: the error of the HTTP 429 (or 503)
+		}
+		c.a.observe(rt, f.status, start)
+		return
+	}
 	if _, ok := obj.Get("request_id"); ok { // request_id is ours, not the engine's
 		if o, err := openai.Parse(rt.body); err == nil {
 			rt.body = o.Delete("request_id")
@@ -322,6 +329,7 @@ func (c *wsConn) serve(ctx context.Context, obj openai.Object, id []byte, free f
 	}
 	up, f := c.a.dispatch(ctx, rt, c.path, c.hdr)
 	if f != nil {
+		rt.adm.settleFailed(f)
 		if f.status != 499 {
 			w.fail(f.err)
 		}
@@ -375,6 +383,7 @@ func (w wsReply) relayBody(ctx context.Context, up *inflight) {
 		w.fail(openai.Err(openai.TypeServer, "upstream_failed", "the model replica failed mid-response: "+err.Error()))
 		return
 	}
+	up.eof = true
 	if w.c.send(withRequestID(w.id, bytes.TrimSpace(body))) != nil {
 		up.abandoned = true
 		return
@@ -395,6 +404,7 @@ func (w wsReply) relayStream(ctx context.Context, up *inflight) {
 			return // error already sent, or the connection is gone
 		}
 		if err == io.EOF {
+			up.eof = true
 			w.done()
 			return
 		}

@@ -40,6 +40,9 @@ type sample struct {
 	cached   int             // usage.prompt_tokens_details.cached_tokens
 	output   int             // usage.completion_tokens, or the content chunks counted
 	streamed bool            // TTFT and ITL were measured
+	// sent is when the request was sent (zero when it never was); e2e is
+	// then set for failed and cancelled requests too (up to the failure).
+	sent time.Time
 
 	// Multi-tenant runs only (client.trackLimits).
 	status     int           // HTTP status of a non-2xx answer; 0 otherwise
@@ -137,6 +140,9 @@ func (c *client) do(ctx context.Context, req *Request) (s sample, answer string)
 	s.prompt = req.InputTokens
 	fail := func(msg string) (sample, string) {
 		s.outcome, s.errMsg = outcomeError, msg
+		if !s.sent.IsZero() {
+			s.e2e = time.Since(s.sent)
+		}
 		if ctx.Err() != nil {
 			s.outcome = outcomeCancelled
 		} else if errors.Is(rctx.Err(), context.DeadlineExceeded) {
@@ -151,6 +157,7 @@ func (c *client) do(ctx context.Context, req *Request) (s sample, answer string)
 	hreq.Header = c.header
 
 	start := time.Now()
+	s.sent = start
 	resp, err := c.hc.Do(hreq)
 	if err != nil {
 		return fail(err.Error())

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"sigs.k8s.io/yaml"
 
@@ -41,6 +42,80 @@ type Strategy struct {
 	Name    string                   `json:"name"`
 	Plugins []v1alpha1.RoutingPlugin `json:"plugins,omitempty"`
 	Engine  map[string]any           `json:"engine,omitempty"`
+	// Args are extra flags of `kvasir local` for this strategy's fleet
+	// (for example --fair-queueing=false), passed verbatim to it: each is
+	// one --name or --name=value (a value always after "="). The flags
+	// compare sets itself (CompareReservedFlags) are refused.
+	Args []string `json:"args,omitempty"`
+	// Tenants, when set, runs only these of spec.workload.tenants (by
+	// name), each with the arrivals and prompts it has in the full run: for
+	// example a light tenant alone at its own rate, beside the contended
+	// run.
+	Tenants []string `json:"tenants,omitempty"`
+}
+
+// CompareReservedFlags are the flags of `kvasir local` that compare sets for
+// every fleet (its file, addresses, log directory and spec.activators) and
+// that a strategy's args may therefore not set; "help" and "h" would only
+// print the usage.
+var CompareReservedFlags = []string{"f", "addr", "admin-addr", "log-dir", "activators", "help", "h"}
+
+// maxStrategyArgs and maxStrategyArgLen bound a strategy's args.
+const (
+	maxStrategyArgs   = 64
+	maxStrategyArgLen = 1024
+)
+
+// checkArgs checks the shape of a strategy's args (field names them in
+// errors): each one --name or --name=value, the name of a flag's letters,
+// digits and "-._", not one of CompareReservedFlags, and no name twice.
+func checkArgs(field string, args []string) error {
+	if len(args) > maxStrategyArgs {
+		return fmt.Errorf("%s: %d flags: at most %d", field, len(args), maxStrategyArgs)
+	}
+	seen := map[string]int{}
+	for i, a := range args {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		name, err := argName(a)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		if prev, dup := seen[name]; dup {
+			return fmt.Errorf("%s: --%s is already set by %s[%d]", f, name, field, prev)
+		}
+		seen[name] = i
+	}
+	return nil
+}
+
+// argName returns the flag name of one strategy arg, or why it is not one.
+func argName(a string) (string, error) {
+	if len(a) > maxStrategyArgLen {
+		return "", fmt.Errorf("%d bytes: at most %d", len(a), maxStrategyArgLen)
+	}
+	if i := strings.IndexFunc(a, unicode.IsControl); i >= 0 {
+		return "", fmt.Errorf("%q: control character at byte %d", a, i)
+	}
+	rest, ok := strings.CutPrefix(a, "--")
+	if !ok {
+		return "", fmt.Errorf("%q: must start with -- (a flag of kvasir local, such as --fair-queueing=false)", a)
+	}
+	name, _, _ := strings.Cut(rest, "=")
+	if name == "" || strings.HasPrefix(name, "-") {
+		return "", fmt.Errorf("%q: no flag name after --", a)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
+			return "", fmt.Errorf("%q: flag name %q: only letters, digits, '-', '.' and '_'", a, name)
+		}
+	}
+	switch {
+	case name == "activators":
+		return "", fmt.Errorf("%q: set spec.activators instead (it applies to every strategy)", a)
+	case slices.Contains(CompareReservedFlags, name):
+		return "", fmt.Errorf("%q: --%s is set by kvasir bench compare for every fleet", a, name)
+	}
+	return name, nil
 }
 
 // Comparison is a parsed `kvasir bench compare` file: a fleet of
@@ -190,6 +265,8 @@ func benchmarkFields() fieldSet {
 				"name":    nil,
 				"plugins": fieldSet{"[]": fieldSet{"name": nil, "weight": nil, "config": nil}},
 				"engine":  nil, // checked by loading the strategy's fleet
+				"args":    nil,
+				"tenants": nil,
 			}},
 		},
 	}
@@ -290,6 +367,12 @@ func (c *Comparison) parseBenchmark(where, doc string) error {
 			return fmt.Errorf("%s: %s.name: %q is already the name of spec.strategies[%d]", where, field, s.Name, prev)
 		}
 		seen[s.Name] = i
+		if err := checkArgs(field+".args", s.Args); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		if err := checkStrategyTenants(field+".tenants", s.Tenants, cfg.Tenants); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
 	}
 	c.Strategies = b.Spec.Strategies
 	return nil
@@ -395,6 +478,60 @@ func (c *Comparison) checkModel(benchDoc int) error {
 	return nil
 }
 
+// checkStrategyTenants checks a strategy's tenants (field names them in
+// errors) against the workload's: present only with tenants in the
+// workload, not empty, each a tenant's name, none twice.
+func checkStrategyTenants(field string, names []string, tenants []Tenant) error {
+	if names == nil {
+		return nil
+	}
+	if len(tenants) == 0 {
+		return fmt.Errorf("%s: spec.workload has no tenants to choose from", field)
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("%s: at least one tenant's name (or leave the field out: all tenants run)", field)
+	}
+	known := make([]string, len(tenants))
+	for i, t := range tenants {
+		known[i] = t.Name
+	}
+	for i, n := range names {
+		if !slices.Contains(known, n) {
+			return fmt.Errorf("%s[%d]: %q is not one of spec.workload.tenants (%s)", field, i, n, strings.Join(known, ", "))
+		}
+		if j := slices.Index(names, n); j < i {
+			return fmt.Errorf("%s[%d]: %q is already %s[%d]", field, i, n, field, j)
+		}
+	}
+	return nil
+}
+
+// StrategyConfig returns the workload strategy s runs: c.Config, with only
+// s's tenants (in spec.workload order) when it names some. A tenant kept
+// that sets no seed of its own keeps the one it has in the full run (which
+// TenantConfig derives from its place in the list), so it sends the same
+// arrivals and prompts alone as beside the others.
+func (c *Comparison) StrategyConfig(s Strategy) Config {
+	cfg := c.Config
+	if len(s.Tenants) == 0 {
+		return cfg
+	}
+	cfg.Tenants = nil
+	for i, t := range c.Config.Tenants {
+		if !slices.Contains(s.Tenants, t.Name) {
+			continue
+		}
+		if _, ok := t.Settings["seed"]; !ok {
+			settings := make(map[string]string, len(t.Settings)+1)
+			maps.Copy(settings, t.Settings)
+			settings["seed"] = strconv.FormatInt(c.Config.tenantSeed(i), 10)
+			t.Settings = settings
+		}
+		cfg.Tenants = append(cfg.Tenants, t)
+	}
+	return cfg
+}
+
 // Select returns the strategies named (in file order), or all of them when
 // names is empty. An unknown name is an error that lists the known ones.
 func (c *Comparison) Select(names []string) ([]Strategy, error) {
@@ -438,6 +575,9 @@ func (c *Comparison) FleetYAML(s Strategy) ([]byte, error) {
 	}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "# Generated by kvasir bench compare from %s, strategy %q.\n", c.Source, s.Name)
+	if len(s.Args) > 0 { // checked: no control characters
+		fmt.Fprintf(&sb, "# Run with these flags of kvasir local: %s\n", strings.Join(s.Args, " "))
+	}
 	for i := range c.docs {
 		if i > 0 {
 			sb.WriteString("---\n")

@@ -10,18 +10,24 @@ import (
 )
 
 // strategyJSON is one entry of the report's "results": the strategy's name
-// and plugins, the Result's fields flattened next to them (absent when the
-// workload never ran), and the error of a failed strategy.
+// and plugins (its args and tenants when set), the Result's fields flattened
+// next to them (absent when the workload never ran), and the error of a
+// failed strategy.
 type strategyJSON struct {
 	Strategy string                   `json:"strategy"`
 	Plugins  []v1alpha1.RoutingPlugin `json:"plugins"`
+	// Args and StrategyTenants are the strategy's args and tenants, when
+	// it has them.
+	Args            []string `json:"args,omitempty"`
+	StrategyTenants []string `json:"strategy_tenants,omitempty"`
 	*Result
 	Error string `json:"error,omitempty"`
 }
 
 // MarshalJSON writes the strategy's entry of the report.
 func (r StrategyResult) MarshalJSON() ([]byte, error) {
-	e := strategyJSON{Strategy: r.Strategy.Name, Plugins: r.Strategy.Plugins, Result: r.Result}
+	e := strategyJSON{Strategy: r.Strategy.Name, Plugins: r.Strategy.Plugins, Args: r.Strategy.Args,
+		StrategyTenants: r.Strategy.Tenants, Result: r.Result}
 	if e.Plugins == nil {
 		e.Plugins = []v1alpha1.RoutingPlugin{}
 	}
@@ -117,7 +123,8 @@ func (r *Report) WriteTable(w io.Writer) {
 // and tenant.
 func (r *Report) writeTenants(w io.Writer) {
 	header := []string{"strategy", "tenant", "completed", "errors", "401", "403", "429", "503", "throughput_rps",
-		"output_tokens_per_s", "tokens_served", "tokens_served_share", "ttft_p50_s", "ttft_p99_s", "e2e_p50_s"}
+		"output_tokens_per_s", "tokens_served", "tokens_served_share", "backlogged_share", "all_backlogged_s",
+		"ttft_p50_s", "ttft_p99_s", "e2e_p50_s"}
 	rows := [][]string{header}
 	for _, s := range r.Results {
 		if s.Result == nil {
@@ -128,14 +135,23 @@ func (r *Report) writeTenants(w io.Writer) {
 			rows = append(rows, []string{s.Strategy.Name, t.Name, fmt.Sprint(t.Completed), fmt.Sprint(t.Errors),
 				fmt.Sprint(t.ErrorCount(401)), fmt.Sprint(t.ErrorCount(403)), fmt.Sprint(t.ErrorCount(429)), fmt.Sprint(t.ErrorCount(503)),
 				fmt.Sprintf("%.2f", t.ThroughputRPS), fmt.Sprintf("%.1f", t.OutputTokensPerS), fmt.Sprint(t.TokensServed),
-				fmt.Sprintf("%.3f", t.TokensServedShare), fmt.Sprintf("%.4f", t.TTFTP50S), fmt.Sprintf("%.4f", t.TTFTP99S),
-				fmt.Sprintf("%.4f", t.E2EP50S)})
+				fmt.Sprintf("%.3f", t.TokensServedShare), optional("%.3f", t.BackloggedShare), optional("%.1f", s.Result.AllBackloggedS),
+				fmt.Sprintf("%.4f", t.TTFTP50S), fmt.Sprintf("%.4f", t.TTFTP99S), fmt.Sprintf("%.4f", t.E2EP50S)})
 		}
 	}
 	if len(rows) > 1 {
 		fmt.Fprintln(w)
 		writeColumns(w, rows)
+		fmt.Fprintln(w, "backlogged_share: share of the tokens served while every tenant was backlogged (all_backlogged_s seconds in all).")
 	}
+}
+
+// optional formats *v, or "-" when v is nil.
+func optional(format string, v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf(format, *v)
 }
 
 // writeColumns writes rows as aligned columns: the first left-aligned, the

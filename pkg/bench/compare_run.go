@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,30 +25,127 @@ import (
 // its OpenAI API and that of its admin endpoints (/kvasir/replicas).
 type Listening struct{ API, Admin string }
 
-// Launcher runs the fleet of a file on this machine until ctx ends, calling
-// onListen with its addresses once it serves, and returns only after every
-// replica has stopped. logDir receives the replicas' logs.
-type Launcher func(ctx context.Context, file, logDir string, onListen func(Listening)) error
+// LaunchSpec is one strategy's fleet, as a Launcher runs it.
+type LaunchSpec struct {
+	// File is the fleet file: the ModelService and Tenant documents.
+	File string
+	// LogDir receives the replicas' logs.
+	LogDir string
+	// Args are the strategy's extra flags of `kvasir local`
+	// (Strategy.Args), verbatim.
+	Args []string
+}
 
-// LocalLauncher runs each fleet in-process with `kvasir local` (local.Run)
-// on a free loopback port. self is the argv prefix that runs the kvasir
-// binary (nil: this executable); logger receives the platform's logs.
-func LocalLauncher(self []string, activators int, logger *slog.Logger) Launcher {
-	return func(ctx context.Context, file, logDir string, onListen func(Listening)) error {
-		var api string
-		return local.Run(ctx, local.Options{
-			Activators:    activators,
-			File:          file,
-			Addr:          "127.0.0.1:0",
-			AdminAddr:     "127.0.0.1:0",
-			Self:          self,
-			LogDir:        logDir,
-			Activator:     activator.DefaultConfig(),
-			Logger:        logger,
-			OnListen:      func(addr string) { api = addr },
-			OnAdminListen: func(addr string) { onListen(Listening{API: api, Admin: addr}) },
-		})
+// Launcher runs strategies' fleets on this machine.
+type Launcher interface {
+	// Launch runs the fleet of spec until ctx ends, calling onListen with
+	// its addresses once it serves, and returns only after every replica
+	// has stopped.
+	Launch(ctx context.Context, spec LaunchSpec, onListen func(Listening)) error
+}
+
+// ArgsChecker is a Launcher that can tell, before any fleet runs, whether it
+// can apply a strategy's args; Compare then checks every strategy's first.
+type ArgsChecker interface {
+	CheckArgs(args []string) error
+}
+
+// LocalFlags binds the flags of `kvasir local` to o on fs, as its command
+// line does (pkg/cli provides it, so that a strategy's args mean exactly
+// what they mean there), and returns what to run once they are parsed: the
+// checks of the values and their copies into o (nil: nothing).
+type LocalFlags func(fs *flag.FlagSet, o *local.Options) (parsed func() error)
+
+// LocalFleets is the Launcher of `kvasir bench compare`: it runs each fleet
+// in-process with `kvasir local` (local.Run) on free loopback ports.
+type LocalFleets struct {
+	// Self is the argv prefix that runs the kvasir binary (nil: this
+	// executable).
+	Self []string
+	// Activators is how many activator replicas each fleet runs.
+	Activators int
+	// Logger receives the platform's logs.
+	Logger *slog.Logger
+	// Flags binds the flags a strategy's args may set; nil: a strategy
+	// with args fails (this launcher cannot apply them).
+	Flags LocalFlags
+}
+
+// LocalLauncher returns the LocalFleets of self, activators and logger,
+// without Flags (see WithFlags).
+func LocalLauncher(self []string, activators int, logger *slog.Logger) *LocalFleets {
+	return &LocalFleets{Self: self, Activators: activators, Logger: logger}
+}
+
+// WithFlags sets the binder of the flags strategies' args may set and
+// returns l.
+func (l *LocalFleets) WithFlags(flags LocalFlags) *LocalFleets {
+	l.Flags = flags
+	return l
+}
+
+// CheckArgs parses args as Launch will, into options that are thrown away.
+func (l *LocalFleets) CheckArgs(args []string) error {
+	var opts local.Options
+	opts.Activator = activator.DefaultConfig()
+	return l.parseArgs(args, &opts)
+}
+
+// parseArgs applies args to opts with l.Flags; with Flags set it binds and
+// parses even no args, so that every strategy's options are built the same
+// way, as `kvasir local` builds them. Each arg is one --name or
+// --name=value (checkArgs); a flag that takes a value must have it after
+// "=", so that no arg is taken as the value of the one before.
+func (l *LocalFleets) parseArgs(args []string, opts *local.Options) error {
+	if err := checkArgs("args", args); err != nil {
+		return err
 	}
+	if l.Flags == nil {
+		if len(args) == 0 {
+			return nil
+		}
+		return fmt.Errorf("args %s: this launcher cannot apply flags of kvasir local", strings.Join(args, " "))
+	}
+	fs := flag.NewFlagSet("kvasir local", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	parsed := l.Flags(fs, opts)
+	for i, a := range args {
+		name, _ := argName(a)
+		f := fs.Lookup(name)
+		if f == nil {
+			return fmt.Errorf("args[%d]: %q: kvasir local has no flag --%s", i, a, name)
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); (!ok || !b.IsBoolFlag()) && !strings.Contains(a, "=") {
+			return fmt.Errorf("args[%d]: %q: --%s takes a value: write --%s=VALUE", i, a, name, name)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("args %s: %w", strings.Join(args, " "), err)
+	}
+	if parsed != nil {
+		if err := parsed(); err != nil {
+			return fmt.Errorf("args %s: %w", strings.Join(args, " "), err)
+		}
+	}
+	return nil
+}
+
+// Launch runs the fleet of spec with local.Run on 127.0.0.1 at free ports,
+// with spec.Args applied over the defaults.
+func (l *LocalFleets) Launch(ctx context.Context, spec LaunchSpec, onListen func(Listening)) error {
+	opts := local.Options{Activator: activator.DefaultConfig()}
+	if err := l.parseArgs(spec.Args, &opts); err != nil {
+		return err
+	}
+	var api string
+	// What compare decides, whatever the args bound.
+	opts.Activators = l.Activators
+	opts.File, opts.LogDir = spec.File, spec.LogDir
+	opts.Addr, opts.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	opts.Self, opts.Logger = l.Self, l.Logger
+	opts.OnListen = func(addr string) { api = addr }
+	opts.OnAdminListen = func(addr string) { onListen(Listening{API: api, Admin: addr}) }
+	return local.Run(ctx, opts)
 }
 
 // CompareOptions configure Compare.
@@ -113,6 +211,16 @@ func Compare(ctx context.Context, c *Comparison, strategies []Strategy, opts Com
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
 	}
+	if ac, ok := opts.Launch.(ArgsChecker); ok {
+		for _, s := range strategies {
+			if len(s.Args) == 0 {
+				continue
+			}
+			if err := ac.CheckArgs(s.Args); err != nil {
+				return nil, fmt.Errorf("bench compare: strategy %q: %w", s.Name, err)
+			}
+		}
+	}
 	rep := &Report{Benchmark: c.Name}
 	for i, s := range strategies {
 		if err := ctx.Err(); err != nil {
@@ -152,9 +260,14 @@ func runStrategy(ctx context.Context, c *Comparison, s Strategy, dir string, opt
 		return fail(fmt.Errorf("fleet file: %w", err))
 	}
 
-	p("starting the fleet (%s; %s)", describeFleet(c.Fleet), file)
+	spec := LaunchSpec{File: file, LogDir: filepath.Join(dir, "logs"), Args: s.Args}
+	if len(s.Args) > 0 {
+		p("starting the fleet (%s; %s; kvasir local %s)", describeFleet(c.Fleet), file, strings.Join(s.Args, " "))
+	} else {
+		p("starting the fleet (%s; %s)", describeFleet(c.Fleet), file)
+	}
 	start := time.Now()
-	f := launch(ctx, opts.Launch, file, filepath.Join(dir, "logs"))
+	f := launch(ctx, opts.Launch, spec)
 	// Whatever happens next, the fleet is stopped before returning.
 	defer func() {
 		running, stopping := !f.exited, time.Now()
@@ -178,7 +291,7 @@ func runStrategy(ctx context.Context, c *Comparison, s Strategy, dir string, opt
 	}
 	p("fleet ready in %.1fs at %s", time.Since(start).Seconds(), base)
 
-	cfg := c.Config
+	cfg := c.StrategyConfig(s)
 	cfg.Target = base
 	r := cfg.Resolved()
 	if len(r.Tenants) > 0 {
@@ -212,11 +325,11 @@ type runningFleet struct {
 	err    error // the launcher's, once exited
 }
 
-func launch(ctx context.Context, l Launcher, file, logDir string) *runningFleet {
+func launch(ctx context.Context, l Launcher, spec LaunchSpec) *runningFleet {
 	fctx, cancel := context.WithCancel(ctx)
 	f := &runningFleet{cancel: cancel, addr: make(chan Listening, 1), done: make(chan error, 1)}
 	go func() {
-		f.done <- l(fctx, file, logDir, func(addrs Listening) {
+		f.done <- l.Launch(fctx, spec, func(addrs Listening) {
 			select {
 			case f.addr <- addrs:
 			default:

@@ -39,15 +39,19 @@ type fakeFleets struct {
 	running    int
 	maxRunning int
 	files      []string
+	args       [][]string
 	requests   int
-	started    chan struct{} // receives when a fleet serves requests (fleetBlocks)
+	keys       map[string]int // requests by Authorization header
+	started    chan struct{}  // receives when a fleet serves requests (fleetBlocks)
 }
 
-func (ff *fakeFleets) launch(ctx context.Context, file, logDir string, onListen func(Listening)) error {
+func (ff *fakeFleets) Launch(ctx context.Context, spec LaunchSpec, onListen func(Listening)) error {
+	file, logDir := spec.File, spec.LogDir
 	ff.mu.Lock()
 	ff.running++
 	ff.maxRunning = max(ff.maxRunning, ff.running)
 	ff.files = append(ff.files, file)
+	ff.args = append(ff.args, spec.Args)
 	ff.mu.Unlock()
 	defer func() {
 		ff.mu.Lock()
@@ -77,6 +81,10 @@ func (ff *fakeFleets) launch(ctx context.Context, file, logDir string, onListen 
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		ff.mu.Lock()
 		ff.requests++
+		if ff.keys == nil {
+			ff.keys = map[string]int{}
+		}
+		ff.keys[r.Header.Get("Authorization")]++
 		ff.mu.Unlock()
 		if b == fleetBlocks {
 			select {
@@ -130,7 +138,7 @@ func TestCompareRunsEachStrategyOnItsOwnFleet(t *testing.T) {
 	dir := t.TempDir()
 	var progress bytes.Buffer
 	rep, err := Compare(context.Background(), c, c.Strategies, CompareOptions{
-		Launch: ff.launch, Dir: dir, Progress: &progress, PollInterval: 10 * time.Millisecond,
+		Launch: ff, Dir: dir, Progress: &progress, PollInterval: 10 * time.Millisecond,
 	})
 	require.NoError(t, err)
 	t.Log(progress.String())
@@ -186,7 +194,7 @@ func TestCompareStopsOnCancel(t *testing.T) {
 		<-ff.started
 		cancel()
 	}()
-	rep, err := Compare(ctx, c, c.Strategies, CompareOptions{Launch: ff.launch, Dir: t.TempDir(), PollInterval: 10 * time.Millisecond})
+	rep, err := Compare(ctx, c, c.Strategies, CompareOptions{Launch: ff, Dir: t.TempDir(), PollInterval: 10 * time.Millisecond})
 	require.ErrorIs(t, err, context.Canceled)
 	require.Len(t, rep.Results, 1, "the strategies after the cancelled one do not run")
 	assert.ErrorIs(t, rep.Results[0].Err, context.Canceled)
@@ -201,6 +209,6 @@ func TestCompareOptionsRequired(t *testing.T) {
 	_, err = Compare(context.Background(), c, c.Strategies, CompareOptions{Dir: t.TempDir()})
 	require.Error(t, err)
 	ff := &fakeFleets{}
-	_, err = Compare(context.Background(), c, c.Strategies, CompareOptions{Launch: ff.launch})
+	_, err = Compare(context.Background(), c, c.Strategies, CompareOptions{Launch: ff})
 	require.Error(t, err)
 }

@@ -257,9 +257,11 @@ func TestShippedComparisonFiles(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEmpty(t, files)
 	files = append(files, "../../test/e2e/testdata/bench-compare.yaml")
-	// tenants-fairness.yaml's keys (read from the environment only).
+	// The tenants-*.yaml files' keys (read from the environment only).
 	t.Setenv("TEAM_HEAVY_KEY", "heavy")
 	t.Setenv("TEAM_LIGHT_KEY", "light")
+	t.Setenv("TEAM_CRITICAL_KEY", "critical")
+	t.Setenv("TEAM_SHEDDABLE_KEY", "sheddable")
 	for _, f := range files {
 		c, err := LoadComparison(f)
 		require.NoError(t, err, f)

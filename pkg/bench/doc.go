@@ -11,4 +11,17 @@
 // and returns a Result. Request bodies are rendered before the measured run
 // starts wherever the workload allows it (multi-turn bodies depend on the
 // answers received and are rendered as each turn becomes ready).
+//
+// With tenants (Config.Tenants), each tenant runs its own requests at once
+// with its own key, load shape and workload, and the Result has a row per
+// tenant: its refusals by status, its tokens served and their share, and its
+// backlogged share, the share of the tokens served while every tenant had a
+// request waiting for its first token (backlog.go), which is what a fair
+// scheduler splits evenly.
+//
+// Compare (`kvasir bench compare`) runs one workload per Strategy, each on a
+// fresh fleet that a Launcher starts (LocalFleets: `kvasir local`
+// in-process): a strategy sets the fleet's routing plugins and engine
+// fields, extra flags of `kvasir local` (Strategy.Args, verbatim), and which
+// of the workload's tenants run (Strategy.Tenants).
 package bench

@@ -65,6 +65,10 @@ type Result struct {
 	// fields above are then all tenants' requests together, with the sums
 	// of their rates, caps and requests as settings.
 	Tenants []TenantResult `json:"tenants,omitempty"`
+	// AllBackloggedS, in a run of two tenants or more, is how long every
+	// tenant was backlogged at once, in seconds (see TenantResult's
+	// BackloggedShare).
+	AllBackloggedS *float64 `json:"all_backlogged_s,omitempty"`
 }
 
 // ErrorExample is one distinct error message and how many requests failed with it.
@@ -268,7 +272,7 @@ func (r *Result) WriteTable(w io.Writer) {
 	}
 	if len(r.Tenants) > 0 {
 		section(" Tenants (latencies in ms) ")
-		writeTenantTable(w, r.Tenants)
+		writeTenantTable(w, r.Tenants, r.AllBackloggedS)
 	}
 	fmt.Fprintf(w, "%s\n", center("", '='))
 }
@@ -288,21 +292,29 @@ func center(title string, fill byte) string {
 	return string(b)
 }
 
-// writeTenantTable writes one row per tenant (latencies in ms), then, for
-// the tenants that saw any, the rate-limit answers and headers.
-func writeTenantTable(w io.Writer, tenants []TenantResult) {
+// writeTenantTable writes one row per tenant (latencies in ms), how long
+// every tenant was backlogged (allBacklogged, when known), then, for the
+// tenants that saw any, the rate-limit answers and headers.
+func writeTenantTable(w io.Writer, tenants []TenantResult, allBacklogged *float64) {
 	ms := func(s float64) string { return fmt.Sprintf("%.2f", s*1000) }
 	rows := [][]string{{"tenant", "done", "errors", "401", "403", "429", "503", "req/s", "out tok/s",
-		"tok served", "share", "TTFT p50", "p90", "p99", "E2E p50", "p90", "p99"}}
+		"tok served", "share", "backlogged", "TTFT p50", "p90", "p99", "E2E p50", "p90", "p99"}}
 	for i := range tenants {
 		t := &tenants[i]
+		backlogged := "-"
+		if t.BackloggedShare != nil {
+			backlogged = fmt.Sprintf("%.1f%%", *t.BackloggedShare*100)
+		}
 		rows = append(rows, []string{t.Name, fmt.Sprint(t.Completed), fmt.Sprint(t.Errors),
 			fmt.Sprint(t.ErrorCount(401)), fmt.Sprint(t.ErrorCount(403)), fmt.Sprint(t.ErrorCount(429)), fmt.Sprint(t.ErrorCount(503)),
 			fmt.Sprintf("%.2f", t.ThroughputRPS), fmt.Sprintf("%.1f", t.OutputTokensPerS), fmt.Sprint(t.TokensServed),
-			fmt.Sprintf("%.1f%%", t.TokensServedShare*100), ms(t.TTFTP50S), ms(t.TTFTP90S), ms(t.TTFTP99S),
+			fmt.Sprintf("%.1f%%", t.TokensServedShare*100), backlogged, ms(t.TTFTP50S), ms(t.TTFTP90S), ms(t.TTFTP99S),
 			ms(t.E2EP50S), ms(t.E2EP90S), ms(t.E2EP99S)})
 	}
 	writeColumns(w, rows)
+	if allBacklogged != nil {
+		fmt.Fprintf(w, "every tenant backlogged for %.1f s; backlogged: share of the tokens served then\n", *allBacklogged)
+	}
 	for i := range tenants {
 		t := &tenants[i]
 		headers := 0

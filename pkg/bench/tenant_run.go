@@ -23,6 +23,11 @@ type TenantResult struct {
 	// of all tenants' tokens served.
 	TokensServed      int64   `json:"tokens_served"`
 	TokensServedShare float64 `json:"tokens_served_share"`
+	// BackloggedShare is the tenant's share of the tokens served while
+	// every tenant of the run was backlogged (backlog.go says how it is
+	// counted); nil (absent) when undefined: fewer than two tenants, never
+	// all backlogged at once, or no token served then.
+	BackloggedShare *float64 `json:"backlogged_share,omitempty"`
 	// ErrorsByCode counts failed requests by HTTP status ("401", "429",
 	// ...); "other" counts transport errors, timeouts, SSE error events and
 	// truncated streams.
@@ -127,7 +132,37 @@ func summarizeTenants(cfg Config, runs []*tenantRun, dur time.Duration) *Result 
 			res.Tenants[i].TokensServedShare = float64(res.Tenants[i].TokensServed) / float64(served)
 		}
 	}
+	if len(runs) > 1 {
+		shares, secs := backloggedShares(tenantRecords(runs))
+		res.AllBackloggedS = &secs
+		for i := range shares {
+			res.Tenants[i].BackloggedShare = &shares[i]
+		}
+	}
 	return res
+}
+
+// tenantRecords returns each tenant's requests as the backlogged share
+// needs them, with times from the first request sent.
+func tenantRecords(runs []*tenantRun) [][]servedRecord {
+	var origin time.Time
+	for _, r := range runs {
+		for i := range r.samples {
+			if t := r.samples[i].sent; !t.IsZero() && (origin.IsZero() || t.Before(origin)) {
+				origin = t
+			}
+		}
+	}
+	out := make([][]servedRecord, len(runs))
+	for k, r := range runs {
+		out[k] = make([]servedRecord, 0, len(r.samples))
+		for i := range r.samples {
+			if rec, ok := recordOf(&r.samples[i], origin); ok {
+				out[k] = append(out[k], rec)
+			}
+		}
+	}
+	return out
 }
 
 // summarizeTenant summarises one tenant's requests.

@@ -132,7 +132,7 @@ func (c Config) TenantConfig(i int) (Config, error) {
 	tc.RegisterFlags(fs) // binds the flags to tc's fields, then tc is set
 	tc = c
 	tc.Tenants, tc.APIKey = nil, ""
-	tc.Seed = int64(newRand(c.Seed, streamTenants+uint64(i)).Uint64() >> 1)
+	tc.Seed = c.tenantSeed(i)
 	for _, k := range slices.Sorted(maps.Keys(t.Settings)) {
 		field := fmt.Sprintf("tenants[%d].%s", i, k)
 		if !slices.Contains(TenantSettings, k) {
@@ -143,6 +143,12 @@ func (c Config) TenantConfig(i int) (Config, error) {
 		}
 	}
 	return tc, nil
+}
+
+// tenantSeed is the seed of tenant i when it sets none: derived from the
+// run's seed and i.
+func (c Config) tenantSeed(i int) int64 {
+	return int64(newRand(c.Seed, streamTenants+uint64(i)).Uint64() >> 1)
 }
 
 // validateTenants checks the run's own settings (those tenants cannot set)

@@ -52,7 +52,12 @@ func ActivatorMain(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	reg := prometheus.NewRegistry()
 	demand := make(chan struct{}, 1) // a request was buffered: report at once
-	act, err := newActivator(f, reg, demand, log)
+	limiter, closeLimiter, err := activator.NewRateLimiter(f.rateLimit.Redis, f.rateLimit.Mode, reg, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = closeLimiter() }()
+	act, err := newActivator(f, reg, demand, log, activator.WithRateLimiter(limiter))
 	if err != nil {
 		return err
 	}
@@ -81,6 +86,7 @@ type activatorFlags struct {
 	followStats, onKube, requireAuth                 bool
 	drainTimeout, quiet                              time.Duration
 	backends                                         stringList
+	rateLimit                                        RateLimitFlags
 }
 
 // parseActivatorFlags parses and checks the activator's command line.
@@ -114,6 +120,7 @@ func parseActivatorFlags(args []string, stderr io.Writer) (*activatorFlags, erro
 	fs.Var(&f.backends, "backend", "queue-proxy address host:port (repeatable, at least one; without --kubernetes)")
 	RegisterActivatorFlags(fs, &f.cfg)
 	httpserver.RegisterFlags(fs, &f.limits)
+	f.rateLimit.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, UsageError{err.Error()}
 	}
@@ -129,6 +136,9 @@ func (f *activatorFlags) validate() error {
 	if err := f.limits.Validate(); err != nil {
 		return UsageError{err.Error()}
 	}
+	if err := f.rateLimit.Validate(); err != nil {
+		return err
+	}
 	switch {
 	case f.onKube && (len(f.backends) > 0 || f.model != "" || f.routing != ""):
 		return UsageError{"--kubernetes: --backend, --model and --routing come from the cluster"}
@@ -143,15 +153,18 @@ func (f *activatorFlags) validate() error {
 }
 
 // newActivator builds the activator; a buffered request signals demand.
-func newActivator(f *activatorFlags, reg *prometheus.Registry, demand chan<- struct{}, log *slog.Logger) (*activator.Activator, error) {
-	return activator.New(f.cfg, activator.WithLogger(log), activator.WithRegisterer(reg), activator.WithStatsStreams(f.followStats),
+func newActivator(f *activatorFlags, reg *prometheus.Registry, demand chan<- struct{}, log *slog.Logger,
+	opts ...activator.Option,
+) (*activator.Activator, error) {
+	return activator.New(f.cfg, append([]activator.Option{activator.WithLogger(log), activator.WithRegisterer(reg),
+		activator.WithStatsStreams(f.followStats),
 		activator.WithLimits(f.limits, httpserver.NewBudget(f.limits.BodyBudget)),
 		activator.WithOnDemand(func(fleet.Key) {
 			select {
 			case demand <- struct{}{}:
 			default:
 			}
-		}))
+		})}, opts...)...)
 }
 
 // startReporting reports the activator's demand to the autoscaler until ctx

@@ -163,7 +163,7 @@ func runBenchCompare(ctx context.Context, args []string, stdout, stderr io.Write
 		cmp.Name, len(strategies), plural(len(strategies), "y", "ies"), each, dir)
 
 	rep, runErr := bench.Compare(ctx, cmp, strategies, bench.CompareOptions{
-		Launch:   bench.LocalLauncher([]string{self}, cmp.Activators, logger),
+		Launch:   bench.LocalLauncher([]string{self}, cmp.Activators, logger).WithFlags(bindLocalFlags),
 		Dir:      dir,
 		Progress: stderr,
 	})

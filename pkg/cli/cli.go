@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/pkg/ratelimit"
 	"github.com/kvasir-serving/kvasir/pkg/sim"
 	"github.com/kvasir-serving/kvasir/queueproxy"
 )
@@ -80,21 +82,13 @@ func runLocal(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&opts.AdminAddr, "admin-addr", "127.0.0.1:9090",
 		"address of the operator endpoints: /metrics, /kvasir/replicas, /healthz, /debug/pprof/ (off when empty)")
 	fs.StringVar(&opts.LogDir, "log-dir", "", "directory for replica logs (default: a new temporary directory)")
-	fs.DurationVar(&opts.ScaleInterval, "scale-interval", 0, "scaler decision period (default 1s)")
-	fs.StringVar(&opts.Accelerators, "accelerators", "", "this machine's accelerators, e.g. nvidia.com/gpu=4,huawei.com/ascend-910b=8 (empty: not counted)")
-	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "on Ctrl-C or SIGTERM, how long in-flight requests and streams may take to finish")
-	fs.IntVar(&opts.Activators, "activators", 1, "activator replicas, each with its own scheduling state; requests are spread over them")
-	fs.BoolVar(&opts.RequireAuth, "require-auth", false,
-		"refuse to start, or to apply a change of the file, without a Tenant document (an API open to anyone who can reach it)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	RegisterActivatorFlags(fs, &opts.Activator)
-	opts.Limits = httpserver.DefaultLimits()
-	httpserver.RegisterFlags(fs, &opts.Limits)
+	parsed := bindLocalFlags(fs, &opts)
 	if err := fs.Parse(args); err != nil {
 		return UsageError{err.Error()}
 	}
-	if err := opts.Limits.Validate(); err != nil {
-		return UsageError{err.Error()}
+	if err := parsed(); err != nil {
+		return err
 	}
 	if opts.File == "" {
 		fs.Usage()
@@ -109,6 +103,36 @@ func runLocal(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	opts.Logger = logger
 	return local.Run(ctx, opts)
+}
+
+// bindLocalFlags binds the flags of `kvasir local` that configure the
+// platform (all but -f, --addr, --admin-addr, --log-dir and --log-level) to
+// opts, and returns what runs once they are parsed: the checks of their
+// values and the copies into opts. `kvasir bench compare` binds a
+// strategy's args with it, so that they mean exactly what they mean on the
+// command line.
+func bindLocalFlags(fs *flag.FlagSet, opts *local.Options) (parsed func() error) {
+	fs.DurationVar(&opts.ScaleInterval, "scale-interval", 0, "scaler decision period (default 1s)")
+	fs.StringVar(&opts.Accelerators, "accelerators", "", "this machine's accelerators, e.g. nvidia.com/gpu=4,huawei.com/ascend-910b=8 (empty: not counted)")
+	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "on Ctrl-C or SIGTERM, how long in-flight requests and streams may take to finish")
+	fs.IntVar(&opts.Activators, "activators", 1, "activator replicas, each with its own scheduling state; requests are spread over them")
+	fs.BoolVar(&opts.RequireAuth, "require-auth", false,
+		"refuse to start, or to apply a change of the file, without a Tenant document (an API open to anyone who can reach it)")
+	RegisterActivatorFlags(fs, &opts.Activator)
+	opts.Limits = httpserver.DefaultLimits()
+	httpserver.RegisterFlags(fs, &opts.Limits)
+	rl := &RateLimitFlags{}
+	rl.Register(fs)
+	return func() error {
+		if err := opts.Limits.Validate(); err != nil {
+			return UsageError{err.Error()}
+		}
+		if err := rl.Validate(); err != nil {
+			return err
+		}
+		opts.RateLimitRedis, opts.RateLimitFail = rl.Redis, rl.Mode
+		return nil
+	}
 }
 
 // RegisterActivatorFlags binds the activator's configuration to flags.
@@ -128,6 +152,43 @@ func RegisterActivatorFlags(fs *flag.FlagSet, c *activator.Config) {
 	fs.DurationVar(&c.OutlierMaxEjection, "outlier-max-ejection", c.OutlierMaxEjection, "the longest one ejection lasts")
 	fs.IntVar(&c.OutlierMaxEjectionPercent, "outlier-max-ejection-percent", c.OutlierMaxEjectionPercent,
 		"most of a revision's replicas ejected at once, in percent (one may always be)")
+	RegisterQueueFlags(fs, c)
+}
+
+// RateLimitFlags are the rate limiter's flags, the same on `kvasir
+// activator` and `kvasir local`.
+type RateLimitFlags struct {
+	// Redis is --ratelimit-redis: host:port of the Redis holding the
+	// counters; empty: in memory.
+	Redis string
+	// Fail is --ratelimit-fail as given; Mode is it parsed by Validate.
+	Fail string
+	Mode ratelimit.FailMode
+}
+
+// Register binds the flags to fs.
+func (f *RateLimitFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&f.Redis, "ratelimit-redis", "",
+		"host:port of the Redis that holds the tenants' rate limit counters, shared by every activator using it "+
+			"(empty: in this process's memory)")
+	fs.StringVar(&f.Fail, "ratelimit-fail", string(ratelimit.FailOpen),
+		"when the rate limiter's Redis fails or does not answer within 100ms: open (serve the request unmetered) "+
+			"or closed (answer 503 with Retry-After 1)")
+}
+
+// Validate checks the flags, naming the bad one, and sets Mode.
+func (f *RateLimitFlags) Validate() error {
+	mode, err := ratelimit.ParseFailMode(f.Fail)
+	if err != nil {
+		return UsageError{fmt.Sprintf("--ratelimit-fail: %q: want open or closed", f.Fail)}
+	}
+	if f.Redis != "" {
+		if _, port, err := net.SplitHostPort(f.Redis); err != nil || port == "" {
+			return UsageError{fmt.Sprintf("--ratelimit-redis: %q: want host:port", f.Redis)}
+		}
+	}
+	f.Mode = mode
+	return nil
 }
 
 // listFlag is a comma-separated list flag; each use replaces the list.

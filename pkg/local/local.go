@@ -29,6 +29,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/kvindex"
+	"github.com/kvasir-serving/kvasir/pkg/ratelimit"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
 
@@ -80,6 +81,13 @@ type Options struct {
 	// "nvidia.com/gpu=4,huawei.com/ascend-910b=8"; empty: accelerators in
 	// templates are not counted.
 	Accelerators string
+	// RateLimitRedis is host:port of the Redis holding the tenants' rate
+	// limit counters; empty: one in-memory store, shared by the
+	// activators of this process (so a limit holds across them).
+	RateLimitRedis string
+	// RateLimitFail is what the rate limiter does when Redis fails or
+	// times out (default ratelimit.FailOpen).
+	RateLimitFail ratelimit.FailMode
 }
 
 // revisionState is one running revision role.
@@ -113,6 +121,8 @@ type Platform struct {
 	runtime *process.Runtime
 	scaler  *scaler
 	reg     *prometheus.Registry
+	// closeLimiter releases the rate limiter's Redis client.
+	closeLimiter func() error
 
 	mu   sync.Mutex
 	revs []*revisionState
@@ -190,6 +200,12 @@ func (o *Options) setDefaults() error {
 	if o.Activators < 0 {
 		return fmt.Errorf("activators: must be >= 1, got %d", o.Activators)
 	}
+	if o.RateLimitFail == "" {
+		o.RateLimitFail = ratelimit.FailOpen
+	}
+	if _, err := ratelimit.ParseFailMode(string(o.RateLimitFail)); err != nil {
+		return fmt.Errorf("ratelimit-fail: %w", err)
+	}
 	return nil
 }
 
@@ -215,14 +231,23 @@ func newPlatform(ctx context.Context, opts Options) (*Platform, error) {
 	}
 	p.runtime = rt
 	budget := httpserver.NewBudget(opts.Limits.BodyBudget) // one process, one budget for its activators
+	// One rate limiter for every activator: one memory store, or one Redis
+	// client, so that a tenant's limit holds across them.
+	limiter, closeLimiter, err := activator.NewRateLimiter(opts.RateLimitRedis, opts.RateLimitFail, p.reg, opts.Logger)
+	if err != nil {
+		rt.Close()
+		return nil, fmt.Errorf("ratelimit-redis: %w", err)
+	}
 	act, err := newActivators(opts.Activators, opts.Activator, p.reg, activator.WithLogger(opts.Logger),
 		activator.WithLimits(opts.Limits, budget),
+		activator.WithRateLimiter(limiter),
 		activator.WithOnDemand(func(k fleet.Key) { p.scaler.poke(k) }))
 	if err != nil {
+		_ = closeLimiter()
 		rt.Close()
 		return nil, err
 	}
-	p.act = act
+	p.act, p.closeLimiter = act, closeLimiter
 	p.scaler = newScaler(opts.Logger, act, rt, opts.ScaleInterval, inv)
 	p.reg.MustRegister(&replicaCollector{p: p})
 	return p, nil
@@ -231,6 +256,7 @@ func newPlatform(ctx context.Context, opts Options) (*Platform, error) {
 // close stops the activators, then every replica.
 func (p *Platform) close() {
 	p.act.Close()
+	_ = p.closeLimiter()
 	p.runtime.Close()
 }
 

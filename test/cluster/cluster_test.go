@@ -365,6 +365,8 @@ func TestKoApplyOnARealCluster(t *testing.T) {
 		require.Contains(t, []string{"demo-00001", "demo-00002"}, rev)
 	}
 
+	k.checkTenants(t, base)
+
 	// kubectl delete removes everything each ModelService made.
 	k.kubectl(t, "delete", "-f", "examples/canary.yaml", "-f", sleepy, "--wait=true", "--timeout="+wait.String())
 	require.Eventually(t, func() bool {
@@ -522,4 +524,62 @@ func procConfinement(t *testing.T, pid int) (uid string, readOnlyRoot bool) {
 		}
 	}
 	return uid, readOnlyRoot
+}
+
+// tenantKey is the API key of the cluster test's Tenant, held in a Secret.
+const tenantKey = "cluster-test-key-6f1c0e"
+
+// checkTenants applies a Tenant whose key is in a Secret and checks that
+// the activator closes its API to anyone without that key, lets the key's
+// holder call the models it is granted and no other, and opens again when
+// the Tenant is gone.
+func (k *cluster) checkTenants(t *testing.T, base string) {
+	ctx := t.Context()
+	sdk := func(key string) openai.Client {
+		return openai.NewClient(option.WithBaseURL(base), option.WithAPIKey(key), option.WithMaxRetries(0),
+			option.WithRequestTimeout(wait))
+	}
+	status := func(c openai.Client, model string) int {
+		_, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: model, MaxTokens: openai.Int(4),
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Hello")}})
+		if err == nil {
+			return http.StatusOK
+		}
+		if apiErr, ok := errors.AsType[*openai.Error](err); ok {
+			return apiErr.StatusCode
+		}
+		t.Logf("request failed: %v", err)
+		return 0
+	}
+	tenant := `apiVersion: v1
+kind: Secret
+metadata: {name: team-a-keys, namespace: default}
+stringData: {k1: "` + tenantKey + `"}
+---
+apiVersion: serving.kvasir.dev/v1alpha1
+kind: Tenant
+metadata: {name: team-a, namespace: default}
+spec:
+  apiKeys:
+    - secretKeyRef: {name: team-a-keys, key: k1}
+  models: [demo]
+`
+	out, err := k.runStdin(ctx, tenant, "kubectl", "apply", "-f", "-")
+	require.NoError(t, err, "%s", out)
+	stranger, member := sdk("not-a-key"), sdk(tenantKey)
+	require.Eventually(t, func() bool { return status(stranger, "demo") == http.StatusUnauthorized },
+		wait, tick, "with a Tenant defined, an unknown key is refused")
+	require.Equal(t, http.StatusOK, status(member, "demo"), "the Tenant's key from its Secret is accepted")
+	require.Equal(t, http.StatusForbidden, status(member, "sleepy"), "a model the Tenant is not granted")
+	resp, err := http.Post(base+"chat/completions", "application/json",
+		strings.NewReader(`{"model":"demo","messages":[{"role":"user","content":"hi"}]}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "no key at all")
+	require.NotEmpty(t, resp.Header.Get("WWW-Authenticate"))
+
+	out, err = k.runStdin(ctx, tenant, "kubectl", "delete", "-f", "-", "--wait=true")
+	require.NoError(t, err, "%s", out)
+	require.Eventually(t, func() bool { return status(stranger, "demo") == http.StatusOK },
+		wait, tick, "with no Tenant left, the API is open again")
 }

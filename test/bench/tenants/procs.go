@@ -1,0 +1,265 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
+	"github.com/kvasir-serving/kvasir/pkg/local"
+	"github.com/kvasir-serving/kvasir/pkg/testing/redistest"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
+)
+
+// findRedis returns the redis-server to run: flagValue, else
+// $KVASIR_REDIS_SERVER, redis-server on PATH, or the wrapper
+// hack/redis-assets.sh leaves in its cache (the order of
+// pkg/testing/redistest, which runs the script itself).
+func findRedis(flagValue string) (string, error) {
+	check := func(p, from string) (string, error) {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s: %w", from, err)
+		}
+		return p, nil
+	}
+	if flagValue != "" {
+		return check(flagValue, "--redis-server")
+	}
+	if p := os.Getenv(redistest.EnvServer); p != "" {
+		return check(p, "$"+redistest.EnvServer)
+	}
+	if p, err := exec.LookPath("redis-server"); err == nil {
+		return p, nil
+	}
+	cached := redisAssetsPath()
+	if _, err := os.Stat(cached); err != nil {
+		return "", fmt.Errorf("no redis-server: not on PATH, $%s unset, and none in %s; run `make redis-assets` "+
+			"(hack/redis-assets.sh: Debian's package, unpacked into that cache) or pass --redis-server", redistest.EnvServer, cached)
+	}
+	return cached, nil
+}
+
+// redisAssetsPath is where hack/redis-assets.sh leaves its redis-server
+// wrapper: $KVASIR_REDIS_ASSETS, else $XDG_CACHE_HOME/kvasir/redis, else
+// ~/.cache/kvasir/redis, then bin/redis-server.
+func redisAssetsPath() string {
+	dir := os.Getenv("KVASIR_REDIS_ASSETS")
+	if dir == "" {
+		cache := os.Getenv("XDG_CACHE_HOME")
+		if cache == "" {
+			home, _ := os.UserHomeDir()
+			cache = filepath.Join(home, ".cache")
+		}
+		dir = filepath.Join(cache, "kvasir", "redis")
+	}
+	return filepath.Join(dir, "bin", "redis-server")
+}
+
+// redisServer is a redis-server this program started.
+type redisServer struct {
+	addr   string
+	dir    string
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// startRedis starts redis-server on 127.0.0.1 at a free port, without
+// persistence, and waits until it answers PING.
+func startRedis(bin, logPath string) (*redisServer, error) {
+	dir, err := os.MkdirTemp("", "kvasir-tenants-redis-")
+	if err != nil {
+		return nil, err
+	}
+	port := strconv.Itoa(benchkit.FreePort())
+	r := &redisServer{addr: "127.0.0.1:" + port, dir: dir, exited: make(chan struct{})}
+	logf, err := os.Create(logPath)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	r.cmd = exec.Command(bin, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
+		"--protected-mode", "yes", "--dir", dir, "--loglevel", "warning")
+	r.cmd.Stdout, r.cmd.Stderr = logf, logf
+	r.cmd.SysProcAttr = process.DieWithParent(nil)
+	if err := r.cmd.Start(); err != nil {
+		logf.Close()
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	go func() {
+		_ = r.cmd.Wait()
+		logf.Close()
+		close(r.exited)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := redistest.Ping(r.addr)
+		if err == nil {
+			return r, nil
+		}
+		select {
+		case <-r.exited:
+			r.kill()
+			return nil, fmt.Errorf("redis-server exited before answering PING; its log: %s", logPath)
+		default:
+		}
+		if time.Now().After(deadline) {
+			r.kill()
+			return nil, fmt.Errorf("redis-server at %s: no PONG within 10s: %w", r.addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// kill stops redis-server at once (SIGKILL, as a crash would) and returns
+// when the process is gone.
+func (r *redisServer) kill() {
+	if r == nil || r.cmd == nil || r.cmd.Process == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	<-r.exited
+	os.RemoveAll(r.dir)
+}
+
+// platform is a running `kvasir local`.
+type platform struct {
+	base, admin string
+	logFile     string
+	cmd         *exec.Cmd
+	exited      chan struct{}
+
+	mu      sync.Mutex
+	waitErr error
+	stopped bool
+}
+
+// startPlatform runs `kvasir local` on file with extra flags and env, and
+// waits until the service's replicas are ready.
+func startPlatform(ctx context.Context, bin, file, logDir string, flags, env []string, timeout time.Duration) (*platform, error) {
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return nil, err
+	}
+	p := &platform{logFile: filepath.Join(logDir, "kvasir-local.log"), exited: make(chan struct{})}
+	logf, err := os.Create(p.logFile)
+	if err != nil {
+		return nil, err
+	}
+	port, adminPort := benchkit.FreePort(), benchkit.FreePort()
+	p.base = "http://127.0.0.1:" + strconv.Itoa(port)
+	p.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
+	argv := append([]string{"local", "-f", file, "--addr", "127.0.0.1:" + strconv.Itoa(port),
+		"--admin-addr", "127.0.0.1:" + strconv.Itoa(adminPort), "--log-dir", logDir}, flags...)
+	p.cmd = exec.Command(bin, argv...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.SysProcAttr = process.DieWithParent(nil)
+	fmt.Fprintf(os.Stderr, "starting %s %s\n", bin, strings.Join(argv, " "))
+	if err := p.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start kvasir local: %w", err)
+	}
+	go func() {
+		err := p.cmd.Wait()
+		logf.Close()
+		p.mu.Lock()
+		p.waitErr = err
+		p.mu.Unlock()
+		close(p.exited)
+	}()
+	deadline := time.Now().Add(timeout)
+	for {
+		if err := p.alive(); err != nil {
+			return p, err
+		}
+		st, err := benchkit.Replicas(p.admin)
+		if err == nil && ready(st) {
+			return p, nil
+		}
+		if time.Now().After(deadline) {
+			return p, fmt.Errorf("kvasir local had no ready replica within %s (last: %v)", timeout, err)
+		}
+		if err := benchkit.Sleep(ctx, 50*time.Millisecond); err != nil {
+			return p, err
+		}
+	}
+}
+
+func ready(st []local.RevisionStatus) bool {
+	for _, r := range st {
+		if r.Ready > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// alive returns an error when kvasir local has exited on its own.
+func (p *platform) alive() error {
+	select {
+	case <-p.exited:
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.stopped {
+			return nil
+		}
+		return fmt.Errorf("kvasir local exited unexpectedly (%v); its log: %s\n%s", p.waitErr, p.logFile, tail(p.logFile, 20))
+	default:
+		return nil
+	}
+}
+
+// stop ends kvasir local (SIGTERM: it drains and stops its replicas; SIGKILL
+// after 40 s).
+func (p *platform) stop() {
+	if p == nil || p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	p.mu.Lock()
+	p.stopped = true
+	p.mu.Unlock()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(40 * time.Second):
+		fmt.Fprintln(os.Stderr, "kvasir local did not stop within 40s of SIGTERM; killing it")
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// buildKvasir builds ./cmd/kvasir into dir.
+func buildKvasir(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "kvasir")
+	fmt.Fprintf(os.Stderr, "building kvasir into %s\n", bin)
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/kvasir-serving/kvasir/cmd/kvasir")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/kvasir (run from the repository, or pass --kvasir): %w", err)
+	}
+	return bin, nil
+}
+
+// tail returns the last n lines of a file.
+func tail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// errNoDenial: the drain phase saw no 429.
+var errNoDenial = errors.New("no request was refused with 429")
