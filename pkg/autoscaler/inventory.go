@@ -109,6 +109,33 @@ func (inv *Inventory) Release(replica string) {
 	delete(inv.held, replica)
 }
 
+// SplitAllocation splits a replica's devices between its procs engine
+// processes (a serving group's pods, in rank order): each gets an equal,
+// consecutive share of every resource. It fails when procs is below 1 or a
+// resource does not split evenly.
+func SplitAllocation(alloc map[string][]int, procs int) ([]map[string][]int, error) {
+	if procs < 1 {
+		return nil, fmt.Errorf("%d processes: want at least 1", procs)
+	}
+	out := make([]map[string][]int, procs)
+	for i := range out {
+		out[i] = map[string][]int{}
+	}
+	for _, res := range slices.Sorted(maps.Keys(alloc)) {
+		idx := alloc[res]
+		if len(idx)%procs != 0 {
+			return nil, fmt.Errorf("%s: %d devices do not split evenly over %d processes", res, len(idx), procs)
+		}
+		share := len(idx) / procs
+		for i := range out {
+			if share > 0 {
+				out[i][res] = slices.Clone(idx[i*share : (i+1)*share])
+			}
+		}
+	}
+	return out, nil
+}
+
 // VisibleDevicesEnv tells an engine which devices are its own, in the
 // variables the vendors' runtimes read.
 func VisibleDevicesEnv(alloc map[string][]int) []string {

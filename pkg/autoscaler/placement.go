@@ -13,9 +13,14 @@ import (
 // now. A replica set without accelerator variants is one unnamed variant.
 type Variant struct {
 	Name string
-	// Need is the accelerators one replica takes (resource name → count);
-	// empty: it takes none and always fits.
+	// Need is the accelerators one replica takes (resource name → count),
+	// those of all its pods for a serving group; empty: it takes none and
+	// always fits.
 	Need map[string]int
+	// Pods is the pods (local mode: engine processes) of one replica: a
+	// serving group's size, or 1 (0 counts as 1). Need is theirs together,
+	// placed whole or not at all.
+	Pods int
 	Cost float64
 	// Current is how many replicas run (or start) on this variant now.
 	Current int

@@ -6,18 +6,44 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
 )
 
-// VariantsOf returns the placement variants of a template, cheapest first:
-// one per accelerator variant, or one unnamed variant taking the
-// template's own accelerators. Current counts are zero.
+// VariantsOf returns the placement variants of a template's unified role
+// (a split template's decode role): RoleVariantsOf(t, fleet.RoleUnified).
 func VariantsOf(t *v1alpha1.RevisionTemplate) []Variant {
+	return RoleVariantsOf(t, fleet.RoleUnified)
+}
+
+// RoleVariantsOf returns the placement variants of a role's replicas,
+// cheapest first: one per accelerator variant, or one unnamed variant
+// taking the template's own accelerators. A replica that is a serving group
+// (t.Group(role, v) of several pods) needs the accelerators of all its pods
+// together, so that it is placed whole or not at all: Need is one pod's
+// resources times Pods. Current counts are zero.
+func RoleVariantsOf(t *v1alpha1.RevisionTemplate, role string) []Variant {
 	if len(t.Accelerators) == 0 {
-		return []Variant{{Need: AcceleratorNeed(t.VariantResources(nil))}}
+		return []Variant{groupVariant(t, role, nil, Variant{Need: AcceleratorNeed(t.VariantResources(nil))})}
 	}
 	var out []Variant
 	for _, v := range t.AcceleratorsByCost() {
-		out = append(out, Variant{Name: v.Name, Cost: v.Cost, Need: AcceleratorNeed(t.VariantResources(&v))})
+		out = append(out, groupVariant(t, role, &v, Variant{Name: v.Name, Cost: v.Cost, Need: AcceleratorNeed(t.VariantResources(&v))}))
+	}
+	return out
+}
+
+// groupVariant sets out's Pods from role's group on variant v (nil: the
+// template's placement) and multiplies its one-pod Need by them. A template
+// that fails validation counts as one pod a replica.
+func groupVariant(t *v1alpha1.RevisionTemplate, role string, v *v1alpha1.AcceleratorVariant, out Variant) Variant {
+	out.Pods = 1
+	g, err := t.Group(role, v)
+	if err != nil || g.Pods <= 1 {
+		return out
+	}
+	out.Pods = int(g.Pods)
+	for res, n := range out.Need {
+		out.Need[res] = n * out.Pods
 	}
 	return out
 }

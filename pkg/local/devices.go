@@ -26,7 +26,10 @@ func (d *devices) setVariants(key fleet.Key, vs []autoscaler.Variant) {
 	d.mu.Unlock()
 }
 
-func (d *devices) Allocate(key fleet.Key, variant, replica string) ([]string, error) {
+// Allocate implements process.Devices: a replica takes its variant's Need
+// at once (a serving group's, for all its processes, or nothing), split
+// evenly between its procs processes in rank order.
+func (d *devices) Allocate(key fleet.Key, variant, replica string, procs int) ([][]string, error) {
 	d.mu.Lock()
 	vs := d.variants[key]
 	d.mu.Unlock()
@@ -41,7 +44,16 @@ func (d *devices) Allocate(key fleet.Key, variant, replica string) ([]string, er
 		if err != nil {
 			return nil, err
 		}
-		return autoscaler.VisibleDevicesEnv(alloc), nil
+		shares, err := autoscaler.SplitAllocation(alloc, procs)
+		if err != nil {
+			d.inv.Release(replica)
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		env := make([][]string, len(shares))
+		for i, sh := range shares {
+			env[i] = autoscaler.VisibleDevicesEnv(sh)
+		}
+		return env, nil
 	}
 	if variant == "" && len(vs) == 0 {
 		return nil, nil
@@ -49,4 +61,5 @@ func (d *devices) Allocate(key fleet.Key, variant, replica string) ([]string, er
 	return nil, fmt.Errorf("%s has no accelerator variant %q", key, variant)
 }
 
+// Release implements process.Devices.
 func (d *devices) Release(replica string) { d.inv.Release(replica) }

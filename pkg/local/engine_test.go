@@ -24,10 +24,10 @@ func TestVLLMExampleRunsLocally(t *testing.T) {
 	require.Len(t, svcs, 1)
 	ms := svcs[0]
 
-	_, _, err = engineCommand(ms, []string{"kvasir"}, "", nil, env(nil))
+	_, _, err = engineCommand(ms, []string{"kvasir"}, "", nil, env(nil), nil)
 	require.ErrorContains(t, err, "set KVASIR_SECRET_HF_TOKEN_TOKEN in kvasir local's environment")
 
-	argv, vars, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(map[string]string{"KVASIR_SECRET_HF_TOKEN_TOKEN": "hf_x"}))
+	argv, vars, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(map[string]string{"KVASIR_SECRET_HF_TOKEN_TOKEN": "hf_x"}), nil)
 	require.NoError(t, err)
 	require.Equal(t, []string{"vllm", "serve", ms.Spec.Model}, argv[:3])
 	require.Subset(t, argv, []string{"--host", "127.0.0.1", "--port", "$(PORT)", "--served-model-name"})
@@ -60,7 +60,7 @@ func TestLocalEnvName(t *testing.T) {
 		{Name: "A", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
 			LocalObjectReference: corev1.LocalObjectReference{Name: "s"}, Key: "k", Optional: &optional}}},
 		{Name: "B", Value: "b"}}}
-	_, vars, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(nil))
+	_, vars, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(nil), nil)
 	require.NoError(t, err)
 	require.Equal(t, []string{"B=b"}, vars)
 }
@@ -71,13 +71,13 @@ func TestEngineCommandRolesAndCustom(t *testing.T) {
 	ms := &v1alpha1.ModelService{}
 	ms.Name, ms.Spec.Model = "m", "m"
 	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim}
-	argv, _, err := engineCommand(ms, []string{"/bin/kvasir"}, "prefill", []string{"--x=1"}, env(nil))
+	argv, _, err := engineCommand(ms, []string{"/bin/kvasir"}, "prefill", []string{"--x=1"}, env(nil), nil)
 	require.NoError(t, err)
 	require.Equal(t, []string{"/bin/kvasir", "sim", "--x=1", "--host", "127.0.0.1", "--port", "$(PORT)", "--model", "m", "--role=prefill",
 		"--kv-events-endpoint", "tcp://127.0.0.1:$(KV_EVENTS_PORT)"}, argv)
 
 	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom}
-	_, _, err = engineCommand(ms, nil, "", nil, env(nil))
+	_, _, err = engineCommand(ms, nil, "", nil, env(nil), nil)
 	require.ErrorContains(t, err, "spec.template.engine.command: required")
 }
 
@@ -93,12 +93,12 @@ func TestLocalEnvNameCollision(t *testing.T) {
 	ms.Spec.Template.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Env: []corev1.EnvVar{
 		{Name: "A", ValueFrom: ref("hf-token", "token")},
 		{Name: "B", ValueFrom: ref("hf", "token-token")}}}
-	_, _, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(map[string]string{"KVASIR_SECRET_HF_TOKEN_TOKEN": "x"}))
+	_, _, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(map[string]string{"KVASIR_SECRET_HF_TOKEN_TOKEN": "x"}), nil)
 	require.ErrorContains(t, err, "secret hf-token key token and secret hf key token-token both read KVASIR_SECRET_HF_TOKEN_TOKEN")
 
 	// The same reference twice is fine.
 	ms.Spec.Template.Engine.Env[1].ValueFrom = ref("hf-token", "token")
-	_, vars, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(map[string]string{"KVASIR_SECRET_HF_TOKEN_TOKEN": "x"}))
+	_, vars, err := engineCommand(ms, []string{"kvasir"}, "", nil, env(map[string]string{"KVASIR_SECRET_HF_TOKEN_TOKEN": "x"}), nil)
 	require.NoError(t, err)
 	require.Equal(t, []string{"A=x", "B=x"}, vars)
 }

@@ -334,7 +334,7 @@ func (p *Platform) shutdown(srv *http.Server) {
 // roleArgs after the engine's own arguments.
 func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alpha1.ScalingSpec, roleArgs []string,
 	minInitial int, onReady func()) (*revisionState, error) {
-	argv, env, err := engineCommand(ms, p.opts.Self, key.Role, roleArgs, os.LookupEnv)
+	argv, env, groups, err := roleLaunch(ms, p.opts.Self, key.Role, roleArgs, os.LookupEnv)
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +346,8 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 		loraFile = p.loraFile(ms)
 	}
 	qpArgs = append(qpArgs, engine.QueueProxyArgs(tmpl.Engine, engine.KVEventsPortVar, loraFile)...)
-	p.runtime.Add(process.Spec{Key: key, Engine: argv, Env: env, QueueProxyArgs: qpArgs})
+	p.runtime.Add(process.Spec{Key: key, Engine: argv, Env: env, QueueProxyArgs: qpArgs, Groups: groups,
+		EngineHealthPath: engine.Resolve(tmpl.Engine).HealthPath})
 	rs := &revisionState{svc: ms, key: key}
 	rs.unwatch = p.runtime.Watch(key, func(eps []fleet.Endpoint) {
 		ready := map[string]int{}
@@ -368,7 +369,7 @@ func (p *Platform) startRole(ms *v1alpha1.ModelService, key fleet.Key, sc v1alph
 		return nil, fmt.Errorf("ModelService %q: spec.template.scaling: %w", ms.Name, err)
 	}
 	decider.Decide(time.Now(), 0, 0, 0) // the initial-scale decision, taken here
-	t := newScaleTarget(key, decider, autoscaler.VariantsOf(&ms.Spec.Template))
+	t := newScaleTarget(key, decider, autoscaler.RoleVariantsOf(&ms.Spec.Template, key.Role))
 	if key.Role == fleet.RolePrefill {
 		t.role.Ratio = autoscaler.RatioOf(ms.Spec.Template.Roles)
 	}
@@ -406,24 +407,31 @@ func (p *Platform) stopRole(rs *revisionState) {
 }
 
 // engineCommand returns the argv and extra environment of a revision's
-// engine (pkg/engine builds the command line, as for Kubernetes). The
+// engine, or of one process of a serving group (group; nil without
+// parallelism): pkg/engine builds the command line, as for Kubernetes. The
 // template's valueFrom variables are read from kvasir local's own
 // environment, through lookup (see LocalEnvName).
 func engineCommand(ms *v1alpha1.ModelService, self []string, role string, roleArgs []string,
-	lookup func(string) (string, bool)) ([]string, []string, error) {
+	lookup func(string) (string, bool), group *engine.Group) ([]string, []string, error) {
 	e := ms.Spec.Template.Engine
 	if e.Type == v1alpha1.EngineCustom && len(e.Command) == 0 {
 		return nil, nil, fmt.Errorf("ModelService %q: spec.template.engine.command: required for engine type %q in local mode", ms.Name, e.Type)
 	}
-	launch, err := engine.Build(engine.Spec{Engine: e, Model: ms.Spec.Model, LoRAAdapters: ms.Spec.LoRAAdapters,
-		Role: role, RoleArgs: roleArgs, Port: engine.PortVar, KVEventsPort: engine.KVEventsPortVar, SimCommand: append(append([]string(nil), self...), "sim")})
+	// A command in local mode replaces the engine's own (a vLLM in a
+	// virtualenv, say), inside whatever wrapper a group needs (Ray's head
+	// start); the platform's arguments still follow.
+	spec := engine.Spec{Engine: e, Model: ms.Spec.Model, LoRAAdapters: ms.Spec.LoRAAdapters, Role: role, RoleArgs: roleArgs,
+		Port: engine.PortVar, KVEventsPort: engine.KVEventsPortVar, SimCommand: append(append([]string(nil), self...), "sim"), Group: group}
+	switch {
+	case len(e.Command) == 0:
+	case e.Type == v1alpha1.EngineSim:
+		spec.SimCommand = e.Command
+	case e.Type != v1alpha1.EngineCustom:
+		spec.EngineCommand = e.Command
+	}
+	launch, err := engine.Build(spec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ModelService %q: %w", ms.Name, err)
-	}
-	if len(e.Command) > 0 && e.Type != v1alpha1.EngineCustom {
-		// A command in local mode replaces the engine's own (a vLLM in
-		// a virtualenv, say); the platform's arguments still follow.
-		launch.Command = e.Command
 	}
 	var env []string
 	set := map[string]bool{}
@@ -534,7 +542,10 @@ type RevisionStatus struct {
 	// without variants).
 	Variants    []VariantStatus `json:"variants,omitempty"`
 	Unplaceable int             `json:"unplaceable,omitempty"`
-	Replicas    []ReplicaStatus `json:"replicas"`
+	// Groups describes the serving groups of a role whose replicas span
+	// several processes (absent otherwise).
+	Groups   *GroupsStatus   `json:"groups,omitempty"`
+	Replicas []ReplicaStatus `json:"replicas"`
 }
 
 // VariantStatus is one accelerator variant of a revision role.
@@ -569,6 +580,7 @@ func (p *Platform) serveReplicas(w http.ResponseWriter, _ *http.Request) {
 		st := RevisionStatus{Namespace: rs.key.Namespace, Service: rs.key.Service, Model: rs.svc.Spec.Model, Revision: rs.key.Revision,
 			Role: rs.key.RoleLabel(), Desired: p.runtime.Desired(rs.key), Ready: ready,
 			Unplaceable: p.scaler.unplaceable(rs.key), Replicas: replicas}
+		st.Groups = groupsStatus(autoscaler.RoleVariantsOf(&rs.svc.Spec.Template, rs.key.Role), st.Desired, ready, infos)
 		desiredBy := p.runtime.DesiredVariants(rs.key)
 		for _, v := range rs.svc.Spec.Template.AcceleratorsByCost() {
 			st.Variants = append(st.Variants, VariantStatus{Name: v.Name, Desired: desiredBy[v.Name], Ready: readyBy[v.Name]})

@@ -33,6 +33,16 @@ type Physics struct {
 	KVTransferOverhead time.Duration
 	// KVTransferPerToken is the cost of receiving one token's KV.
 	KVTransferPerToken time.Duration
+	// TPCommBase is the fixed communication cost of a step under tensor
+	// parallelism (its all-reduces' latency); only when the tensor-parallel
+	// size is above 1.
+	TPCommBase time.Duration
+	// TPCommPerToken is the all-reduce cost of one token's activations
+	// under tensor parallelism, scaled by 2(T−1)/T (a ring all-reduce).
+	TPCommPerToken time.Duration
+	// PPStageLatency is added to every step per pipeline stage boundary
+	// (the hand-off of activations from one stage to the next).
+	PPStageLatency time.Duration
 }
 
 // ProfileH100Llama8B is the name of the default profile: Llama-3-8B (fp16)
@@ -52,6 +62,11 @@ func Profile(name string) (Physics, bool) {
 			// 128 KiB of KV a token over ~25 GB/s of RDMA: ~5.2us.
 			KVTransferOverhead: 2 * time.Millisecond,
 			KVTransferPerToken: 5 * time.Microsecond,
+			// 64 all-reduces a step (2 a layer, 32 layers) at ~8us each;
+			// 512 KiB of activations a token at ~250 GB/s of NVLink.
+			TPCommBase:     500 * time.Microsecond,
+			TPCommPerToken: 2 * time.Microsecond,
+			PPStageLatency: 500 * time.Microsecond,
 		}, true
 	}
 	return Physics{}, false
@@ -138,6 +153,16 @@ type Config struct {
 	// keeps the deterministic tokenizer.
 	Tokenizer string
 
+	// Parallel is the engine's parallelism (--tensor-parallel-size,
+	// --pipeline-parallel-size, --data-parallel-size,
+	// --enable-expert-parallel): it shapes the speed model
+	// (docs/simulator.md, "Parallelism").
+	Parallel Parallel
+	// Group is the engine's place in a serving group of several processes
+	// (--group-size, --rank, --leader-address); the zero value, or a size
+	// of 1, is a lone engine.
+	Group GroupConfig
+
 	// ShutdownTimeout bounds the graceful shutdown of Main (--shutdown-timeout).
 	ShutdownTimeout time.Duration
 	// WriteTimeout is how long one write of a response (a stream's batch of
@@ -146,7 +171,7 @@ type Config struct {
 	// then aborted and its sequence leaves the engine.
 	WriteTimeout time.Duration
 
-	flagsSet uint8 // physics/model flags set explicitly, so --profile keeps them
+	flagsSet uint16 // physics/model flags set explicitly, so --profile keeps them
 }
 
 const (
@@ -157,6 +182,9 @@ const (
 	setServedName
 	setKVTransferOverhead
 	setKVTransferPerToken
+	setTPCommBase
+	setTPCommPerToken
+	setPPStageLatency
 )
 
 // DefaultConfig returns the defaults of every flag (profile h100-8b).
@@ -175,6 +203,8 @@ func DefaultConfig() Config {
 		TimeScale:           1,
 		DefaultMaxTokens:    64,
 		MaxLoRAs:            1,
+		Parallel:            Parallel{Tensor: 1, Pipeline: 1, Data: 1},
+		Group:               GroupConfig{Size: 1},
 		ShutdownTimeout:     30 * time.Second,
 		WriteTimeout:        30 * time.Second,
 	}
@@ -200,6 +230,8 @@ func (c Config) Validate() error {
 	c.validateBehaviour(&p)
 	c.validateKVEvents(&p)
 	c.validateLoRAModules(&p)
+	c.validateParallel(&p)
+	c.validateGroup(&p)
 	return errors.Join(p...)
 }
 
@@ -268,6 +300,9 @@ func (c Config) validateTiming(p *flagProblems) {
 		{"decode-per-seq", c.Physics.DecodePerSeq},
 		{"kv-transfer-overhead", c.Physics.KVTransferOverhead},
 		{"kv-transfer-per-token", c.Physics.KVTransferPerToken},
+		{"tp-comm-base", c.Physics.TPCommBase},
+		{"tp-comm-per-token", c.Physics.TPCommPerToken},
+		{"pp-stage-latency", c.Physics.PPStageLatency},
 		{"startup-delay", c.StartupDelay},
 		{"shutdown-timeout", c.ShutdownTimeout},
 	} {
@@ -359,6 +394,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"fixed time of receiving a prompt's KV from a prefill engine (kv_transfer_params.do_remote_prefill)")
 	fs.Var(&durFlag{p: &c.Physics.KVTransferPerToken, set: &c.flagsSet, bit: setKVTransferPerToken}, "kv-transfer-per-token",
 		"time of receiving one uncached prompt token's KV from a prefill engine")
+	fs.Var(&durFlag{p: &c.Physics.TPCommBase, set: &c.flagsSet, bit: setTPCommBase}, "tp-comm-base",
+		"fixed communication time of a step under tensor parallelism (its all-reduces' latency)")
+	fs.Var(&durFlag{p: &c.Physics.TPCommPerToken, set: &c.flagsSet, bit: setTPCommPerToken}, "tp-comm-per-token",
+		"all-reduce time of one token's activations under tensor parallelism, scaled by 2(T-1)/T")
+	fs.Var(&durFlag{p: &c.Physics.PPStageLatency, set: &c.flagsSet, bit: setPPStageLatency}, "pp-stage-latency",
+		"time added to every step per pipeline stage boundary")
 	fs.BoolVar(&c.ZeroLatency, "zero-latency", c.ZeroLatency, "make every physics cost zero")
 	fs.Float64Var(&c.TimeScale, "time-scale", c.TimeScale, "run this many times faster than real time")
 	fs.DurationVar(&c.StartupDelay, "startup-delay", c.StartupDelay, "simulated model loading time (503 until then)")
@@ -380,6 +421,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Tokenizer, "tokenizer", c.Tokenizer,
 		"a Hugging Face tokenizer.json (or a directory holding one), read once at start and never downloaded: prompt token counts, "+
 			"prefix-cache keys, KV events and /tokenize use its token ids of the canonical prompt text; empty: the deterministic tokenizer (4 bytes a token)")
+
+	c.Parallel.registerFlags(fs)
+	c.Group.registerFlags(fs)
 
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long graceful shutdown waits for in-flight requests")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout,
@@ -442,14 +486,23 @@ func (f profileFlag) Set(v string) error {
 	if f.c.flagsSet&setKVTransferPerToken == 0 {
 		ph.KVTransferPerToken = p.KVTransferPerToken
 	}
+	if f.c.flagsSet&setTPCommBase == 0 {
+		ph.TPCommBase = p.TPCommBase
+	}
+	if f.c.flagsSet&setTPCommPerToken == 0 {
+		ph.TPCommPerToken = p.TPCommPerToken
+	}
+	if f.c.flagsSet&setPPStageLatency == 0 {
+		ph.PPStageLatency = p.PPStageLatency
+	}
 	ph.KVTokens = p.KVTokens
 	return nil
 }
 
 type floatFlag struct {
 	p   *float64
-	set *uint8
-	bit uint8
+	set *uint16
+	bit uint16
 }
 
 func (f *floatFlag) String() string {
@@ -471,8 +524,8 @@ func (f *floatFlag) Set(v string) error {
 
 type durFlag struct {
 	p   *time.Duration
-	set *uint8
-	bit uint8
+	set *uint16
+	bit uint16
 }
 
 func (f *durFlag) String() string {

@@ -12,7 +12,11 @@
 // pkg/prompt and tokenized four bytes a token, or, with --tokenizer, by a
 // Hugging Face tokenizer.json (pkg/tokenizer); the one place that turns
 // text into token counts, ids and prefix-cache keys is the tokens
-// interface (tokens.go).
+// interface (tokens.go). vLLM's parallelism flags shape the speed of a
+// step (parallel.go), and --group-size, --rank and --leader-address make
+// it one process of a serving group: the leader serves the API once its
+// workers have joined over a small loopback handshake, and a group that
+// loses a member exits (group.go).
 //
 // One scheduler goroutine (Server.Run) owns all engine state; HTTP handlers
 // submit sequences to it and are woken as their tokens are produced. Physics

@@ -31,7 +31,11 @@ func (s *Server) checkReady(w http.ResponseWriter) bool {
 		return true
 	}
 	msg, retry := "the engine is not running", time.Second
-	if s.running.Load() {
+	switch {
+	case !s.running.Load():
+	case s.group != nil && s.group.notReady() != "":
+		msg = s.group.notReady()
+	default:
 		msg = "the model is still loading"
 		retry = max(retry, time.Duration(s.readyAt.Load())-time.Since(s.epoch))
 	}

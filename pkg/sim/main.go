@@ -18,10 +18,18 @@ import (
 const CrashExitCode = 3
 
 // ExitError is returned by Main when the process should exit with Code:
-// a simulated crash (--exit-after-tokens). Commands pass Code to os.Exit.
-type ExitError struct{ Code int }
+// a simulated crash (--exit-after-tokens, CrashExitCode) or a broken
+// serving group (GroupExitCode). Commands pass Code to os.Exit.
+type ExitError struct {
+	Code int
+	// Reason says why ("" for a simulated crash).
+	Reason string
+}
 
 func (e *ExitError) Error() string {
+	if e.Reason != "" {
+		return "engine-sim: " + e.Reason + ", exit status " + strconv.Itoa(e.Code)
+	}
 	return "simulated engine crash (--exit-after-tokens), exit status " + strconv.Itoa(e.Code)
 }
 
@@ -29,6 +37,13 @@ func (e *ExitError) Error() string {
 // program name), listens on --host:--port and serves until ctx is done,
 // then shuts down gracefully within --shutdown-timeout. Logs go to stderr.
 // A simulated crash closes every connection at once and returns *ExitError.
+//
+// In a serving group (--group-size above 1) the leader (--rank 0) also
+// listens on --leader-address for its workers and is ready only once they
+// have all joined; when one of them leaves, it closes every connection and
+// returns an *ExitError with GroupExitCode. A worker serves no API: it
+// joins its leader and returns when ctx is done (nil), or when the leader
+// goes away (GroupExitCode).
 func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("engine-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -48,8 +63,21 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if cfg.Group.worker() {
+		return runWorker(ctx, cfg, log)
+	}
+	var group *groupLeader
+	var groupFailed <-chan struct{} // nil without a group: never ready
+	if cfg.Group.grouped() {
+		var err error
+		if group, err = listenGroup(cfg, log, handshakeTimeout); err != nil {
+			return err
+		}
+		defer group.close()
+		groupFailed = group.Failed()
+	}
 	crashed := make(chan struct{})
-	srv, err := New(cfg, WithLogger(log), WithExitHook(func() { close(crashed) }))
+	srv, err := New(cfg, WithLogger(log), WithExitHook(func() { close(crashed) }), withGroup(group))
 	if err != nil {
 		return err
 	}
@@ -83,6 +111,11 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		stopEngine()
 		<-engineDone
 		return &ExitError{Code: CrashExitCode}
+	case <-groupFailed:
+		_ = hs.Close()
+		stopEngine()
+		<-engineDone
+		return &ExitError{Code: GroupExitCode, Reason: "the serving group failed: " + group.failure()}
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)

@@ -78,7 +78,7 @@ func newMetrics(cfg Config) *metrics {
 		Name: "vllm:cache_config_info", Help: "Information of the LLMEngine CacheConfig.", ConstLabels: model,
 	}, []string{"block_size", "num_gpu_blocks"})
 	reg.MustRegister(info)
-	info.WithLabelValues(strconv.Itoa(cfg.BlockSize), strconv.Itoa(cfg.NumKVBlocks())).Set(1)
+	info.WithLabelValues(strconv.Itoa(cfg.BlockSize), strconv.Itoa(cfg.engineKVBlocks())).Set(1)
 
 	if cfg.KVEventsEndpoint != "" {
 		m.kvEventsDropped = counter("kvasir_sim_kv_events_dropped_total",

@@ -124,6 +124,7 @@ type scheduler struct {
 	maxSeqs   int
 	budget    int
 	phys      Physics
+	par       Parallel // the step's speed and, with data, the capacity
 	zero      bool
 	scale     float64
 	loraOn    bool
@@ -162,10 +163,11 @@ func newScheduler(cfg Config, m *metrics, log *slog.Logger) *scheduler {
 	s := &scheduler{
 		log:      log,
 		m:        m,
-		kv:       newKVCache(cfg.NumKVBlocks()),
+		kv:       newKVCache(cfg.engineKVBlocks()),
 		bs:       cfg.BlockSize,
-		maxSeqs:  cfg.MaxNumSeqs,
-		budget:   cfg.MaxNumBatchedTokens,
+		maxSeqs:  cfg.MaxNumSeqs * cfg.Parallel.data(),
+		budget:   cfg.MaxNumBatchedTokens * cfg.Parallel.data(),
+		par:      cfg.Parallel,
 		phys:     cfg.Physics,
 		zero:     cfg.ZeroLatency,
 		scale:    cfg.TimeScale,
@@ -452,11 +454,7 @@ func (s *scheduler) plan() (time.Duration, bool) {
 	if n == 0 {
 		return 0, false
 	}
-	d := s.phys.DecodeBase + time.Duration(n)*s.phys.DecodePerSeq
-	if prefill > 0 && !s.zero {
-		d += time.Duration(float64(prefill)/s.phys.PrefillTPS*float64(time.Second)) + s.phys.PrefillOverhead
-	}
-	return d, true
+	return s.par.stepDuration(s.phys, n, len(s.decodes), prefill), true
 }
 
 // admit moves sequences to the running batch while the budget, the batch

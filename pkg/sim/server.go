@@ -38,6 +38,12 @@ func WithExitHook(fn func()) Option {
 	return func(s *Server) { s.exitHook = fn }
 }
 
+// withGroup makes the server the leader of a serving group: it is ready
+// only while every worker has joined and none has left (nil: no group).
+func withGroup(g *groupLeader) Option {
+	return func(s *Server) { s.group = g }
+}
+
 // Server is one simulated engine: an HTTP API over a scheduler. Create it
 // with New, serve Handler, and drive it with Run.
 type Server struct {
@@ -51,6 +57,7 @@ type Server struct {
 	handler http.Handler
 	loras   *loraSet
 	kvPub   *kvevents.Publisher // nil without --kv-events-endpoint
+	group   *groupLeader        // nil unless the leader of a serving group
 	tok     tokens              // the prompt tokenizer (--tokenizer)
 
 	started atomic.Bool
@@ -139,9 +146,11 @@ func (s *Server) EngineID() string { return s.engineID }
 // POST /sim/prefix-match.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Ready reports whether the engine is running and done "loading".
+// Ready reports whether the engine is running and done "loading" and, as
+// the leader of a serving group, whether all its workers have joined and
+// none has left.
 func (s *Server) Ready() bool {
-	return s.running.Load() && int64(time.Since(s.epoch)) >= s.readyAt.Load()
+	return s.running.Load() && int64(time.Since(s.epoch)) >= s.readyAt.Load() && (s.group == nil || s.group.notReady() == "")
 }
 
 // Run runs the engine until ctx is done; requests still in the engine then
@@ -155,8 +164,10 @@ func (s *Server) Run(ctx context.Context) error {
 	s.readyAt.Store(int64(start.Add(delay).Sub(s.epoch)))
 	s.running.Store(true)
 	defer s.running.Store(false)
-	s.log.Info("engine starting", "model", s.cfg.Model, "role", s.cfg.Role, "engine_id", s.engineID, "kv_blocks", s.cfg.NumKVBlocks(), "block_size", s.cfg.BlockSize,
-		"max_num_seqs", s.cfg.MaxNumSeqs, "max_num_batched_tokens", s.cfg.MaxNumBatchedTokens, "time_scale", s.cfg.TimeScale,
+	s.log.Info("engine starting", "model", s.cfg.Model, "role", s.cfg.Role, "engine_id", s.engineID, "kv_blocks", s.cfg.engineKVBlocks(), "block_size", s.cfg.BlockSize,
+		"max_num_seqs", s.cfg.MaxNumSeqs*s.cfg.Parallel.data(), "max_num_batched_tokens", s.cfg.MaxNumBatchedTokens*s.cfg.Parallel.data(),
+		"tensor_parallel", s.cfg.Parallel.Tensor, "pipeline_parallel", s.cfg.Parallel.Pipeline, "data_parallel", s.cfg.Parallel.Data,
+		"group_size", s.cfg.Group.Size, "time_scale", s.cfg.TimeScale,
 		"zero_latency", s.cfg.ZeroLatency, "startup_delay", s.cfg.StartupDelay)
 	if delay > 0 {
 		t := time.AfterFunc(delay, func() { s.log.Info("engine ready", "model", s.cfg.Model) })

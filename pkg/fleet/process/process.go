@@ -1,7 +1,9 @@
 package process
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +21,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 )
@@ -36,7 +39,32 @@ type Spec struct {
 	// QueueProxyArgs are extra flags for the queue-proxy; "$(KV_EVENTS_PORT)"
 	// expands as in Engine.
 	QueueProxyArgs []string
+	// Groups, per accelerator variant ("" without variants), makes each
+	// replica of that variant a serving group: one engine process per
+	// element, rank 0 (the leader, beside the queue-proxy) first, replacing
+	// Engine and Env. Each process gets its own $(PORT) and
+	// $(KV_EVENTS_PORT), and its share of the replica's devices;
+	// "$(GROUP_PORT)" in any process's argv or environment expands to one
+	// free loopback port per replica, the leader's group port. A variant
+	// left out, or given fewer than two processes, runs one engine.
+	Groups map[string][]Process
+	// EngineHealthPath is the engine's readiness path. When set, a group
+	// whose leader is not ready yet has the leader engine's own answer
+	// there (an OpenAI-shaped error's message) as its reason in
+	// ReplicaInfo.
+	EngineHealthPath string
 }
+
+// Process is one engine process of a serving group.
+type Process struct {
+	// Argv and Env are as Spec.Engine and Spec.Env.
+	Argv []string
+	Env  []string
+}
+
+// GroupPortVar is the placeholder of a group's port in Process.Argv and
+// Process.Env.
+const GroupPortVar = "$(GROUP_PORT)"
 
 // Config of the runtime.
 type Config struct {
@@ -61,10 +89,12 @@ type Config struct {
 
 // Devices allocates accelerator devices to replicas.
 type Devices interface {
-	// Allocate reserves devices for a replica of key on an accelerator
-	// variant ("" without variants) and returns the environment that tells
-	// its engine which ones.
-	Allocate(key fleet.Key, variant, replica string) (env []string, err error)
+	// Allocate reserves the devices of a replica of key on an accelerator
+	// variant ("" without variants) whose engine runs as procs processes
+	// (a serving group's, or 1), all of them or none, and returns for each
+	// process, in rank order, the environment that tells it which devices
+	// are its share (nil: no devices).
+	Allocate(key fleet.Key, variant, replica string, procs int) (env [][]string, err error)
 	// Release frees a replica's devices.
 	Release(replica string)
 }
@@ -156,12 +186,31 @@ type replica struct {
 	qp         *exec.Cmd
 	engineDone chan struct{} // closed when the engine has exited
 	qpDone     chan struct{} // closed when the queue-proxy has exited
-	state      string
-	started    time.Time
-	stopping   bool
-	timedOut   bool          // stopped for not becoming ready in time
-	done       chan struct{} // closed when both processes have exited
+	devices    []string      // the leader engine's device environment
+	// workers are a serving group's ranks 1 to N-1 (nil: one engine).
+	workers []*worker
+	state   string
+	reason  string // why a group is not ready ("" when it is)
+	// healthURL is a group leader engine's readiness URL, asked for its
+	// reason while it is not ready ("": not asked).
+	healthURL string
+	started   time.Time
+	stopping  bool
+	timedOut  bool          // stopped for not becoming ready in time
+	done      chan struct{} // closed when every process has exited
 }
+
+// worker is one worker process of a serving group.
+type worker struct {
+	rank    int
+	port    int
+	cmd     *exec.Cmd
+	devices []string
+	done    chan struct{} // closed when it has exited
+}
+
+// grouped reports whether the replica is a serving group.
+func (rp *replica) grouped() bool { return len(rp.workers) > 0 }
 
 // ReplicaInfo describes a replica for status output and tests.
 type ReplicaInfo struct {
@@ -173,6 +222,32 @@ type ReplicaInfo struct {
 	EnginePID  int       `json:"enginePid"`
 	ProxyPID   int       `json:"queueProxyPid"`
 	Started    time.Time `json:"started"`
+	// Devices is the environment naming the (leader) engine's devices.
+	Devices []string `json:"devices,omitempty"`
+	// Group describes a serving group's processes (nil: one engine).
+	Group *GroupInfo `json:"group,omitempty"`
+}
+
+// GroupInfo is a serving group's part of a ReplicaInfo.
+type GroupInfo struct {
+	// Pods is the group's size: the leader and its workers.
+	Pods int `json:"pods"`
+	// Workers are ranks 1 to Pods-1.
+	Workers []WorkerInfo `json:"workers"`
+	// NotReady says why the group is not ready ("" when it is): the
+	// leader engine's own reason where it gives one (the simulator:
+	// "waiting for 1 of 1 workers to connect"), a process that exited, or
+	// that it is stopping.
+	NotReady string `json:"notReady,omitempty"`
+}
+
+// WorkerInfo is one worker process of a serving group.
+type WorkerInfo struct {
+	Rank int `json:"rank"`
+	PID  int `json:"pid"`
+	// Running is false once the process has exited.
+	Running bool     `json:"running"`
+	Devices []string `json:"devices,omitempty"`
 }
 
 // Add registers a replica set with zero replicas; Scale starts them.
@@ -308,16 +383,49 @@ func (r *Runtime) Replicas(key fleet.Key) []ReplicaInfo {
 	for _, rp := range s.replicas {
 		info := ReplicaInfo{Name: rp.name, Variant: rp.variant, State: rp.state, Started: rp.started,
 			Address:    "127.0.0.1:" + strconv.Itoa(rp.qpPort),
-			EngineAddr: "127.0.0.1:" + strconv.Itoa(rp.enginePort)}
+			EngineAddr: "127.0.0.1:" + strconv.Itoa(rp.enginePort), Devices: slices.Clone(rp.devices)}
 		if rp.engine.Process != nil {
 			info.EnginePID = rp.engine.Process.Pid
 		}
 		if rp.qp.Process != nil {
 			info.ProxyPID = rp.qp.Process.Pid
 		}
+		if rp.grouped() {
+			info.Group = rp.groupInfo()
+		}
 		out = append(out, info)
 	}
 	return out
+}
+
+// groupInfo describes a group's processes; the caller holds r.mu.
+func (rp *replica) groupInfo() *GroupInfo {
+	g := &GroupInfo{Pods: len(rp.workers) + 1, Workers: make([]WorkerInfo, 0, len(rp.workers))}
+	for _, w := range rp.workers {
+		wi := WorkerInfo{Rank: w.rank, Devices: slices.Clone(w.devices), Running: !isClosed(w.done)}
+		if w.cmd.Process != nil {
+			wi.PID = w.cmd.Process.Pid
+		}
+		g.Workers = append(g.Workers, wi)
+	}
+	switch rp.state {
+	case stateReady:
+	case stateStopping:
+		g.NotReady = cmp.Or(rp.reason, "stopping")
+	default:
+		g.NotReady = cmp.Or(rp.reason, "the leader is not ready")
+	}
+	return g
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 func readyEndpoints(s *set) []fleet.Endpoint {
@@ -401,9 +509,14 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// expand replaces "$(PORT)" and "$(KV_EVENTS_PORT)" in args.
-func expand(args []string, port, kvPort int) []string {
-	r := strings.NewReplacer("$(PORT)", strconv.Itoa(port), "$(KV_EVENTS_PORT)", strconv.Itoa(kvPort))
+// expand replaces "$(PORT)", "$(KV_EVENTS_PORT)" and, with a group port,
+// "$(GROUP_PORT)" in args.
+func expand(args []string, port, kvPort, groupPort int) []string {
+	pairs := []string{"$(PORT)", strconv.Itoa(port), "$(KV_EVENTS_PORT)", strconv.Itoa(kvPort)}
+	if groupPort > 0 {
+		pairs = append(pairs, GroupPortVar, strconv.Itoa(groupPort))
+	}
+	r := strings.NewReplacer(pairs...)
 	out := make([]string, len(args))
 	for i, a := range args {
 		out[i] = r.Replace(a)
@@ -415,57 +528,108 @@ func expand(args []string, port, kvPort int) []string {
 // devices, launches the engine and the queue-proxy, and hands the replica
 // to its supervisor.
 func (r *Runtime) startLocked(s *set, variant string) error {
-	ports, err := freePorts()
+	procs := s.spec.processes(variant)
+	ports, err := freePorts(len(procs))
 	if err != nil {
 		return err
 	}
 	name := r.replicaNameLocked(s.spec.Key)
-	var devEnv []string
+	devEnv := make([][]string, len(procs))
 	if r.cfg.Devices != nil {
-		if devEnv, err = r.cfg.Devices.Allocate(s.spec.Key, variant, name); err != nil {
+		env, err := r.cfg.Devices.Allocate(s.spec.Key, variant, name, len(procs))
+		if err != nil {
 			return fmt.Errorf("accelerators for %s: %w", name, err)
 		}
+		if env != nil && len(env) != len(procs) {
+			r.cfg.Devices.Release(name)
+			return fmt.Errorf("accelerators for %s: %d device sets for %d processes", name, len(env), len(procs))
+		}
+		copy(devEnv, env)
 	}
-	engine, qp := r.commands(s.spec, name, ports, devEnv)
-	logs, err := r.launch(name, engine, qp)
+	cmds, qp := r.commands(s.spec, name, procs, ports, devEnv)
+	logs, err := r.launch(name, cmds, qp)
 	if err != nil {
 		if r.cfg.Devices != nil {
 			r.cfg.Devices.Release(name)
 		}
 		return err
 	}
-	rp := &replica{name: name, variant: variant, qpPort: ports.queueProxy, enginePort: ports.engine, engine: engine, qp: qp,
-		engineDone: make(chan struct{}), qpDone: make(chan struct{}),
+	rp := &replica{name: name, variant: variant, qpPort: ports.queueProxy, enginePort: ports.engines[0].engine, engine: cmds[0], qp: qp,
+		engineDone: make(chan struct{}), qpDone: make(chan struct{}), devices: devEnv[0],
 		state: stateStarting, started: time.Now(), done: make(chan struct{})}
+	if len(cmds) > 1 && s.spec.EngineHealthPath != "" {
+		rp.healthURL = "http://127.0.0.1:" + strconv.Itoa(rp.enginePort) + "/" + strings.TrimPrefix(s.spec.EngineHealthPath, "/")
+	}
+	for i, c := range cmds[1:] {
+		rp.workers = append(rp.workers, &worker{rank: i + 1, port: ports.engines[i+1].engine, cmd: c, devices: devEnv[i+1],
+			done: make(chan struct{})})
+	}
 	s.replicas = append(s.replicas, rp)
-	r.log.Info("replica starting", slog.String("replica", name), slog.Int("queueProxyPort", ports.queueProxy),
-		slog.Int("enginePort", ports.engine), slog.String("logs", r.cfg.LogDir))
+	attrs := []any{slog.String("replica", name), slog.Int("queueProxyPort", ports.queueProxy),
+		slog.Int("enginePort", ports.engines[0].engine), slog.String("logs", r.cfg.LogDir)}
+	if rp.grouped() {
+		attrs = append(attrs, slog.Int("groupSize", len(procs)), slog.Int("groupPort", ports.group))
+	}
+	r.log.Info("replica starting", attrs...)
 
-	exited := make(chan string, 2)
-	r.wg.Add(3)
-	go func() { defer r.wg.Done(); waitLog(engine, logs[0], rp.engineDone); exited <- "engine" }()
-	go func() { defer r.wg.Done(); waitLog(qp, logs[1], rp.qpDone); exited <- "queue-proxy" }()
+	exited := make(chan string, 2+len(rp.workers))
+	r.wg.Add(3 + len(rp.workers))
+	go func() { defer r.wg.Done(); waitLog(rp.engine, logs[0], rp.engineDone); exited <- "engine" }()
+	go func() { defer r.wg.Done(); waitLog(qp, logs[len(logs)-1], rp.qpDone); exited <- "queue-proxy" }()
+	for i, w := range rp.workers {
+		go func() {
+			defer r.wg.Done()
+			waitLog(w.cmd, logs[i+1], w.done)
+			exited <- "worker rank " + strconv.Itoa(w.rank)
+		}()
+	}
 	go func() { defer r.wg.Done(); r.supervise(s, rp, exited) }()
 	return nil
 }
 
-// replicaPorts are the loopback ports of one replica.
-type replicaPorts struct {
-	engine, queueProxy, kvEvents int
+// processes are the engine processes of a replica of variant: its group's,
+// or the one engine of Engine and Env.
+func (spec Spec) processes(variant string) []Process {
+	if g := spec.Groups[variant]; len(g) > 1 {
+		return g
+	}
+	return []Process{{Argv: spec.Engine, Env: spec.Env}}
 }
 
-// freePorts reserves a replica's ports.
-func freePorts() (replicaPorts, error) {
+// replicaPorts are the loopback ports of one replica.
+type replicaPorts struct {
+	// engines are each engine process's ports, the leader's first.
+	engines    []enginePorts
+	queueProxy int
+	group      int // a group's port (0 for one engine)
+}
+
+// enginePorts are one engine process's ports.
+type enginePorts struct {
+	engine, kvEvents int
+}
+
+// freePorts reserves the ports of a replica of procs engine processes.
+func freePorts(procs int) (replicaPorts, error) {
 	var p replicaPorts
 	var err error
-	if p.engine, err = freePort(); err != nil {
-		return p, fmt.Errorf("engine port: %w", err)
+	for i := range procs {
+		var e enginePorts
+		if e.engine, err = freePort(); err != nil {
+			return p, fmt.Errorf("engine port of rank %d: %w", i, err)
+		}
+		if e.kvEvents, err = freePort(); err != nil {
+			return p, fmt.Errorf("KV events port of rank %d: %w", i, err)
+		}
+		p.engines = append(p.engines, e)
 	}
 	if p.queueProxy, err = freePort(); err != nil {
 		return p, fmt.Errorf("queue-proxy port: %w", err)
 	}
-	if p.kvEvents, err = freePort(); err != nil {
-		return p, fmt.Errorf("KV events port: %w", err)
+	if procs > 1 {
+		if p.group, err = freePort(); err != nil {
+			return p, fmt.Errorf("group port: %w", err)
+		}
 	}
 	return p, nil
 }
@@ -479,53 +643,75 @@ func (r *Runtime) replicaNameLocked(key fleet.Key) string {
 	return key.Revision + "-" + strconv.Itoa(r.seq)
 }
 
-// commands builds a replica's engine and queue-proxy commands.
-func (r *Runtime) commands(spec Spec, name string, ports replicaPorts, devEnv []string) (engine, qp *exec.Cmd) {
-	engineArgv := expand(spec.Engine, ports.engine, ports.kvEvents)
-	engine = exec.Command(engineArgv[0], engineArgv[1:]...)
-	engine.Env = append(append(append(inheritedEnv(),
-		"PORT="+strconv.Itoa(ports.engine), "KV_EVENTS_PORT="+strconv.Itoa(ports.kvEvents)),
-		spec.Env...), devEnv...)
+// commands builds a replica's engine commands (one per process, in rank
+// order) and its queue-proxy's, which fronts the first.
+func (r *Runtime) commands(spec Spec, name string, procs []Process, ports replicaPorts, devEnv [][]string) (engines []*exec.Cmd, qp *exec.Cmd) {
+	for i, pr := range procs {
+		ep := ports.engines[i]
+		argv := expand(pr.Argv, ep.engine, ep.kvEvents, ports.group)
+		c := exec.Command(argv[0], argv[1:]...)
+		c.Env = append(inheritedEnv(), "PORT="+strconv.Itoa(ep.engine), "KV_EVENTS_PORT="+strconv.Itoa(ep.kvEvents))
+		if ports.group > 0 {
+			c.Env = append(c.Env, "GROUP_PORT="+strconv.Itoa(ports.group))
+		}
+		c.Env = append(append(c.Env, expand(pr.Env, ep.engine, ep.kvEvents, ports.group)...), devEnv[i]...)
+		engines = append(engines, c)
+	}
+	leader := ports.engines[0]
 	qpArgv := append(append([]string(nil), r.cfg.QueueProxy...),
 		"--port", strconv.Itoa(ports.queueProxy),
-		"--engine-url", "http://127.0.0.1:"+strconv.Itoa(ports.engine),
+		"--engine-url", "http://127.0.0.1:"+strconv.Itoa(leader.engine),
 		"--pod-name", name)
-	qpArgv = append(qpArgv, expand(spec.QueueProxyArgs, ports.engine, ports.kvEvents)...)
+	qpArgv = append(qpArgv, expand(spec.QueueProxyArgs, leader.engine, leader.kvEvents, 0)...)
 	qp = exec.Command(qpArgv[0], qpArgv[1:]...)
-	for _, c := range []*exec.Cmd{engine, qp} {
+	for _, c := range append(slices.Clone(engines), qp) {
 		// Children die with us even when we are killed hard (on Linux), and
 		// each leads its own process group, killed whole when it hangs.
 		c.SysProcAttr = DieWithParent(&syscall.SysProcAttr{Setpgid: true})
 	}
-	return engine, qp
+	return engines, qp
 }
 
-// launch starts a replica's engine, then its queue-proxy, each writing to
-// its own log file; it returns the engine's and the queue-proxy's log, for
-// the caller to close when each process has exited. On error nothing runs.
-func (r *Runtime) launch(name string, engine, qp *exec.Cmd) ([2]*os.File, error) {
-	var logs [2]*os.File
-	var err error
-	if logs[0], err = r.logFile(name + "-engine.log"); err != nil {
-		return logs, err
+// launch starts a replica's engines (the leader first), then its
+// queue-proxy, each writing to its own log file; it returns the logs in the
+// same order, the queue-proxy's last, for the caller to close when each
+// process has exited. On error nothing runs.
+func (r *Runtime) launch(name string, engines []*exec.Cmd, qp *exec.Cmd) ([]*os.File, error) {
+	cmds := append(slices.Clone(engines), qp)
+	logs := make([]*os.File, 0, len(cmds))
+	closeAll := func() {
+		for _, f := range logs {
+			f.Close()
+		}
 	}
-	if logs[1], err = r.logFile(name + "-queue-proxy.log"); err != nil {
-		logs[0].Close()
-		return logs, err
+	for i := range cmds {
+		file := name + "-engine.log"
+		switch {
+		case i == len(cmds)-1:
+			file = name + "-queue-proxy.log"
+		case i > 0:
+			file = name + "-rank" + strconv.Itoa(i) + ".log"
+		}
+		f, err := r.logFile(file)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		logs = append(logs, f)
+		cmds[i].Stdout, cmds[i].Stderr = f, f
 	}
-	engine.Stdout, engine.Stderr = logs[0], logs[0]
-	qp.Stdout, qp.Stderr = logs[1], logs[1]
-	if err := engine.Start(); err != nil {
-		logs[0].Close()
-		logs[1].Close()
-		return logs, fmt.Errorf("start engine %q: %w", engine.Args[0], err)
-	}
-	if err := qp.Start(); err != nil {
-		_ = engine.Process.Kill()
-		_ = engine.Wait()
-		logs[0].Close()
-		logs[1].Close()
-		return logs, fmt.Errorf("start queue-proxy: %w", err)
+	for i, c := range cmds {
+		if err := c.Start(); err != nil {
+			for _, started := range cmds[:i] {
+				_ = syscall.Kill(-started.Process.Pid, syscall.SIGKILL)
+				_ = started.Wait()
+			}
+			closeAll()
+			if c == qp {
+				return nil, fmt.Errorf("start queue-proxy: %w", err)
+			}
+			return nil, fmt.Errorf("start engine %q (rank %d): %w", c.Args[0], i, err)
+		}
 	}
 	return logs, nil
 }
@@ -547,10 +733,15 @@ func waitLog(c *exec.Cmd, f io.Closer, done chan struct{}) {
 // supervise probes a replica until ready, keeps checking its health, and
 // handles the exit of either process: it ends the other, forgets the
 // replica and, when the exit was a failure, replaces it.
+//
+// A serving group is supervised as one replica: it is ready when its
+// leader's queue-proxy is (the leader engine is ready only once its workers
+// have joined), and the exit of any of its processes ends them all and, when
+// unexpected, replaces the whole group.
 func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
 	which := r.probeUntilExit(s, rp, exited)
 	expected := r.markExited(s, rp, which)
-	r.terminate(rp)
+	r.terminate(rp, !expected && rp.grouped())
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.forgetLocked(s, rp)
@@ -566,6 +757,7 @@ func (r *Runtime) probeUntilExit(s *set, rp *replica, exited <-chan string) stri
 		deadline: time.Now().Add(r.cfg.StartTimeout)}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var asked time.Time // when the leader engine was last asked why it is not ready
 	for {
 		select {
 		case which := <-exited:
@@ -574,7 +766,17 @@ func (r *Runtime) probeUntilExit(s *set, rp *replica, exited <-chan string) stri
 			return "shutdown"
 		case <-timer.C:
 			ok := r.probe(pr.url)
+			reason := ""
+			if !ok && rp.healthURL != "" && time.Since(asked) >= reasonInterval {
+				asked = time.Now()
+				reason = r.engineReason(rp.healthURL)
+			}
 			r.mu.Lock()
+			if ok {
+				rp.reason = ""
+			} else if reason != "" {
+				rp.reason = "leader: " + reason
+			}
 			r.observeLocked(s, rp, &pr, ok)
 			interval := r.cfg.HealthInterval
 			if rp.state == stateStarting {
@@ -584,6 +786,49 @@ func (r *Runtime) probeUntilExit(s *set, rp *replica, exited <-chan string) stri
 			timer.Reset(interval)
 		}
 	}
+}
+
+// reasonInterval is how often a group leader engine that is not ready is
+// asked why.
+const reasonInterval = 200 * time.Millisecond
+
+// maxReasonBytes bounds what is read of a leader engine's answer, and
+// maxReasonRunes what is kept of its reason.
+const (
+	maxReasonBytes = 4096
+	maxReasonRunes = 200
+)
+
+// engineReason asks a group's leader engine why it is not ready: the
+// message of an OpenAI-shaped error at its readiness path, printable and
+// bounded; "" when it gives none.
+func (r *Runtime) engineReason(url string) string {
+	resp, err := r.http.Get(url)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Error struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if resp.StatusCode == http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, maxReasonBytes)).Decode(&body) != nil {
+		return ""
+	}
+	var b strings.Builder
+	n := 0
+	for _, c := range body.Error.Message {
+		if n++; n > maxReasonRunes {
+			b.WriteString("…")
+			break
+		}
+		if c < 0x20 || c == 0x7f || c == utf8.RuneError {
+			c = ' '
+		}
+		b.WriteRune(c)
+	}
+	return strings.TrimSpace(b.String())
 }
 
 // prober is the readiness probing of one replica.
@@ -630,7 +875,12 @@ func (r *Runtime) markExited(s *set, rp *replica, which string) (expected bool) 
 	defer r.mu.Unlock()
 	expected = (rp.stopping && !rp.timedOut) || r.ctx.Err() != nil
 	if !expected {
-		r.log.Error("replica process exited unexpectedly; replacing the replica", slog.String("replica", rp.name),
+		msg := "replica process exited unexpectedly; replacing the replica"
+		if rp.grouped() {
+			msg = "serving group process exited unexpectedly; recreating the whole group"
+			rp.reason = which + " exited; the group is recreated"
+		}
+		r.log.Error(msg, slog.String("replica", rp.name),
 			slog.String("process", which), slog.String("logs", r.cfg.LogDir))
 	}
 	rp.stopping = true
@@ -713,28 +963,71 @@ func (r *Runtime) stopLocked(s *set, rp *replica) {
 	_ = rp.qp.Process.Signal(syscall.SIGTERM)
 }
 
-// terminate ends both processes: the queue-proxy first (it drains), then the
-// engine; each gets StopTimeout before SIGKILL of its process group.
-func (r *Runtime) terminate(rp *replica) {
-	for _, p := range []struct {
-		cmd  *exec.Cmd
-		done chan struct{}
-	}{{rp.qp, rp.qpDone}, {rp.engine, rp.engineDone}} {
+// proc is one process of a replica and the channel closed when it has
+// exited.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// engines are a replica's engine processes, the leader's first.
+func (rp *replica) engines() []proc {
+	ps := []proc{{rp.engine, rp.engineDone}}
+	for _, w := range rp.workers {
+		ps = append(ps, proc{w.cmd, w.done})
+	}
+	return ps
+}
+
+// terminate ends a replica's processes: the queue-proxy first (it drains),
+// then its engines together (a group's leader and workers at once), each
+// set given StopTimeout before SIGKILL of the process groups left. A broken
+// group (one of its processes exited unexpectedly) has nothing left worth
+// draining: every process is killed at once, so that the group's devices
+// are free for its replacement without delay.
+func (r *Runtime) terminate(rp *replica, broken bool) {
+	if broken {
+		all := append(rp.engines(), proc{rp.qp, rp.qpDone})
+		for _, p := range all {
+			if !isClosed(p.done) {
+				_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			}
+		}
+		for _, p := range all {
+			<-p.done
+		}
+		return
+	}
+	r.stopProcs(rp.name, []proc{{rp.qp, rp.qpDone}})
+	r.stopProcs(rp.name, rp.engines())
+}
+
+// stopProcs sends SIGTERM to every process of ps still running and waits
+// StopTimeout for them all, then kills the process groups of those left.
+func (r *Runtime) stopProcs(name string, ps []proc) {
+	for _, p := range ps {
+		if !isClosed(p.done) {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	timer := time.NewTimer(r.cfg.StopTimeout)
+	defer timer.Stop()
+	for _, p := range ps {
 		select {
 		case <-p.done:
 			continue
-		default:
-		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		timer := time.NewTimer(r.cfg.StopTimeout)
-		select {
-		case <-p.done:
 		case <-timer.C:
-			r.log.Warn("process did not stop in time; killing it", slog.String("replica", rp.name), slog.Int("pid", p.cmd.Process.Pid))
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
 		}
-		timer.Stop()
+		for _, q := range ps {
+			if !isClosed(q.done) {
+				r.log.Warn("process did not stop in time; killing it", slog.String("replica", name), slog.Int("pid", q.cmd.Process.Pid))
+				_ = syscall.Kill(-q.cmd.Process.Pid, syscall.SIGKILL)
+			}
+		}
+		for _, q := range ps {
+			<-q.done
+		}
+		return
 	}
 }
 

@@ -93,7 +93,7 @@ func (p *pass) observe(ctx context.Context, rev *v1alpha1.ModelRevision, name st
 	demand map[fleet.Key]demand, podStats map[fleet.Key][]*stats.Stat) (*role, error) {
 	key := keyOf(rev, name)
 	r := &role{key: key, rev: rev, name: name}
-	o := autoscaler.Observation{Variants: autoscaler.VariantsOf(&rev.Spec.RevisionTemplate)}
+	o := autoscaler.Observation{Variants: autoscaler.RoleVariantsOf(&rev.Spec.RevisionTemplate, key.Role)}
 	current := 0
 	for i, v := range resources.Variants(rev) {
 		d, err := p.deployment(ctx, rev, name, v)
