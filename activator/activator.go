@@ -76,6 +76,11 @@ type Config struct {
 	// weight (the baseline fair queueing is measured against). Default
 	// false.
 	FirstComeFirstServed bool
+	// PriorityHeadroom is how many slots of each pod's containerConcurrency
+	// are kept for critical requests and for tenants under their share of
+	// the revision (fairness.go); 0: none, every slot goes in queue order.
+	// Capped at containerConcurrency-1.
+	PriorityHeadroom int
 }
 
 // DefaultConfig returns the defaults.
@@ -132,6 +137,9 @@ func (c Config) Validate() error {
 	}
 	if c.OutlierMaxEjectionPercent < 0 || c.OutlierMaxEjectionPercent > 100 {
 		errs = append(errs, fmt.Errorf("outlier-max-ejection-percent: must be in [0, 100], got %d", c.OutlierMaxEjectionPercent))
+	}
+	if c.PriorityHeadroom < 0 {
+		errs = append(errs, fmt.Errorf("priority-headroom: must be >= 0 (0: off), got %d", c.PriorityHeadroom))
 	}
 	if c.SaturationWaiting < 0 {
 		errs = append(errs, fmt.Errorf("saturation-waiting: must be >= 0 (0: off), got %d", c.SaturationWaiting))

@@ -28,7 +28,8 @@ import (
 // Each tenant's counter is charged, at release, the request's estimate
 // (its prompt's tokens and its output bound) and, when the request ends,
 // corrected to the usage the queue-proxy measured (inflight.usage); a
-// request that took a pod at once is charged its usage when it ends.
+// request that took a pod at once is charged its estimate then, corrected
+// to its usage when it ends.
 
 // Errors of waitForPod, besides those of acquire.
 var (
@@ -94,7 +95,107 @@ type podLoad struct {
 type queueing struct {
 	fair fairqueue.Config
 	sat  saturation
-	now  func() time.Time
+	// headroom is Config.PriorityHeadroom: slots of each pod (of its
+	// containerConcurrency) kept for requests that may use them
+	// (reserveLocked).
+	headroom int
+	now      func() time.Time
+}
+
+// Priority headroom. Fair queueing orders the requests that wait, but a
+// request that arrives to a revision whose pods are all busy still waits
+// for one of them to finish: on an engine running long generations that is
+// most of a critical request's TTFT, or of a light tenant's, whatever its
+// place in the queue. With Config.PriorityHeadroom H, the last H slots of
+// each pod's containerConcurrency C (H < C) go only to requests that may
+// use them: a critical request, or a request of a tenant holding fewer
+// slots of the revision than its share of them (its weight over the
+// weights of the tenants active on the revision, itself included, of
+// C × pods; at least 1). So a tenant that has filled its share, however
+// heavy, leaves H slots free for the others to start at once; the open API
+// (and every request under Config.FirstComeFirstServed) is one tenant
+// whose share is everything, so H changes nothing for it. The price is
+// throughput: while only tenants past their share run, each pod runs C-H
+// requests.
+
+// activeWindow is how long a tenant counts as active on a revision after
+// its last request arrived there, for the shares of the headroom.
+const activeWindow = 30 * time.Second
+
+// tenantUse is a tenant's use of a revision, for the headroom.
+type tenantUse struct {
+	inFlight int
+	weight   int
+	last     time.Time // its last request's arrival
+}
+
+// headroomOn reports whether the revision keeps headroom for tenants.
+func (r *revision) headroomOn() bool { return r.queueing.headroom > 0 && r.capacity > 1 }
+
+// reserveLocked is how many slots of each pod the request of tk may not
+// use: none for a critical request, the open API, or a tenant under its
+// share; the headroom (at most C-1) otherwise.
+func (r *revision) reserveLocked(tk waitTicket) int {
+	if !r.headroomOn() || tk.tenant == "" || tk.class == fairqueue.Critical {
+		return 0
+	}
+	h := min(r.queueing.headroom, r.capacity-1)
+	now := r.queueing.now()
+	weights, own := 0, max(tk.weight, 1)
+	held := 0
+	for id, u := range r.use {
+		if id == tk.tenant {
+			held = u.inFlight
+			continue
+		}
+		if u.inFlight > 0 || now.Sub(u.last) < activeWindow {
+			weights += max(u.weight, 1)
+		}
+	}
+	share := max(1, r.capacity*len(r.pods)*own/(weights+own))
+	if held < share {
+		return 0
+	}
+	return h
+}
+
+// mayUseHeadroomLocked reports whether tk's request may use the kept
+// slots of a revision that keeps some.
+func (r *revision) mayUseHeadroomLocked(tk waitTicket) bool {
+	return r.headroomOn() && tk.tenant != "" && r.reserveLocked(tk) == 0
+}
+
+// tookLocked counts a request of tk's tenant in flight, for the headroom.
+func (r *revision) tookLocked(tk waitTicket) {
+	if !r.headroomOn() || tk.tenant == "" {
+		return
+	}
+	u := r.use[tk.tenant]
+	if u == nil {
+		u = &tenantUse{}
+		r.use[tk.tenant] = u
+	}
+	u.inFlight++
+	u.weight = tk.weight
+	u.last = r.queueing.now()
+}
+
+// releasedLocked counts a request of tenant out of flight, and forgets
+// tenants idle past the active window.
+func (r *revision) releasedLocked(tenant string) {
+	u := r.use[tenant]
+	if u == nil {
+		return
+	}
+	u.inFlight = max(u.inFlight-1, 0)
+	if u.inFlight == 0 && len(r.use) > 64 {
+		now := r.queueing.now()
+		for id, v := range r.use {
+			if v.inFlight == 0 && now.Sub(v.last) >= activeWindow {
+				delete(r.use, id)
+			}
+		}
+	}
 }
 
 // queueingOf is the queueing of a Config: at most MaxBuffered waiting per
@@ -105,7 +206,8 @@ func queueingOf(c Config) queueing {
 	fc := fairqueue.DefaultConfig()
 	fc.MaxWaiting = c.MaxBuffered
 	fc.ChargeOnRelease = true
-	return queueing{fair: fc, sat: saturation{waiting: c.SaturationWaiting, kv: c.SaturationKVUsage}, now: time.Now}
+	return queueing{fair: fc, sat: saturation{waiting: c.SaturationWaiting, kv: c.SaturationKVUsage},
+		headroom: c.PriorityHeadroom, now: time.Now}
 }
 
 // statSaturatedLocked reports whether p is saturated by its stats report:
@@ -169,6 +271,9 @@ type fairCharge struct {
 	// entry is the request's entry when the fair queue released it: its
 	// estimate was charged; nil when it took a pod at once.
 	entry *fairqueue.Entry[*waiter]
+	// prepaid: it took a pod at once and its estimate was charged to its
+	// tenant then (Served), to be corrected when it ends.
+	prepaid bool
 }
 
 // settle charges the request's tenant what up used (inflight.usage): it
@@ -188,11 +293,14 @@ func (c fairCharge) charge(u *openai.Usage) {
 		return
 	}
 	in, out := int64(min(u.PromptTokens, maxUsageTokens)), int64(min(u.CompletionTokens, maxUsageTokens)) // ratelimit.go
-	if c.entry != nil {
+	switch {
+	case c.entry != nil:
 		c.rev.queue.Settle(c.entry, in, out)
-		return
+	case c.prepaid:
+		c.rev.queue.Served(c.tk.tenant, in-c.tk.input, out-c.tk.output)
+	default:
+		c.rev.queue.Served(c.tk.tenant, in, out)
 	}
-	c.rev.queue.Served(c.tk.tenant, in, out)
 }
 
 // ticketOf is how rt waits in the fair queue: as its tenant (the open API,
@@ -253,6 +361,13 @@ func (a *Activator) waitForPod(ctx context.Context, rt routed, tried map[string]
 	}
 	if fc.rev == nil {
 		*fc = fairCharge{rev: rev, tk: tk, entry: adm.entry}
+		if adm.entry == nil && tk.tenant != "" {
+			// It took a pod at once: its tenant is charged the estimate
+			// now, as a released request is, so that what it runs counts
+			// against it while it runs, not only once it ends.
+			rev.queue.Served(tk.tenant, tk.input, tk.output)
+			fc.prepaid = true
+		}
 	}
 	return adm.pod, nil
 }

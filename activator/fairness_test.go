@@ -93,6 +93,12 @@ type tenantSpec struct {
 
 func newFairRig(t *testing.T, mutate func(*Config), tenants ...tenantSpec) *fairRig {
 	t.Helper()
+	return newFairRigCap(t, 1, mutate, tenants...)
+}
+
+// newFairRigCap is newFairRig with a pod of containerConcurrency cc.
+func newFairRigCap(t *testing.T, cc int, mutate func(*Config), tenants ...tenantSpec) *fairRig {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.BufferTimeout = time.Minute // a failing test fails within it
 	if mutate != nil {
@@ -104,7 +110,7 @@ func newFairRig(t *testing.T, mutate func(*Config), tenants ...tenantSpec) *fair
 	t.Cleanup(act.Close)
 	require.NoError(t, act.SetServices([]ServiceConfig{{Namespace: "default", Name: "svc", Model: "m",
 		Traffic:   []traffic.Target{{Revision: "m-1", Percent: 100}},
-		Revisions: []RevisionConfig{{Name: "m-1", ContainerConcurrency: 1}}}}))
+		Revisions: []RevisionConfig{{Name: "m-1", ContainerConcurrency: cc}}}}))
 	var tcs []TenantConfig
 	for _, tn := range tenants {
 		tcs = append(tcs, TenantConfig{Namespace: "default", Name: tn.name, Keys: [][32]byte{tenantkeys.Digest("sk-" + tn.name)},
@@ -467,7 +473,7 @@ func TestRetriesServedFirst(t *testing.T) {
 			waitRevBuffered(t, r, 1)
 			retry := obtainAsync(r, context.Background(), map[string]bool{tc.exclude: true}, anon)
 			waitRevBuffered(t, r, 2)
-			r.release(held[tc.freed], outcomeNone)
+			r.release(held[tc.freed], outcomeNone, "")
 			var firstCh, otherCh <-chan obtained = fresh, retry
 			if tc.first == "retry" {
 				firstCh, otherCh = retry, fresh
@@ -478,12 +484,12 @@ func TestRetriesServedFirst(t *testing.T) {
 			waitRevBuffered(t, r, 1)
 			for name, p := range held {
 				if name != tc.freed {
-					r.release(p, outcomeNone)
+					r.release(p, outcomeNone, "")
 				}
 			}
 			b := got(t, otherCh)
-			r.release(a.pod, outcomeNone)
-			r.release(b.pod, outcomeNone)
+			r.release(a.pod, outcomeNone, "")
+			r.release(b.pod, outcomeNone, "")
 			require.Equal(t, Load{Ready: 2, LastActive: r.load().LastActive}, r.load())
 		})
 	}
@@ -551,7 +557,7 @@ func TestStatSaturation(t *testing.T) {
 			if tc.releasedByStat == 3 {
 				return
 			}
-			r.release(p, outcomeNone)
+			r.release(p, outcomeNone, "")
 			for i := range tc.releasedByFinis {
 				got(t, waiters[tc.releasedByStat+i])
 			}
@@ -591,11 +597,11 @@ func TestWaiterLeavingRacesItsHandOff(t *testing.T) {
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() { defer wg.Done(); cancel() }()
-		go func() { defer wg.Done(); r.release(hold.pod, outcomeNone) }()
+		go func() { defer wg.Done(); r.release(hold.pod, outcomeNone, "") }()
 		wg.Wait()
 		if o := <-w; o.err == nil {
 			fairCharge{rev: r, tk: tk, entry: o.adm.entry}.charge(&openai.Usage{})
-			r.release(o.adm.pod, outcomeNone)
+			r.release(o.adm.pod, outcomeNone, "")
 		}
 	}
 	require.Equal(t, Load{Ready: 1, LastActive: r.load().LastActive}, r.load())
@@ -699,6 +705,55 @@ func TestSaturationConfigValidation(t *testing.T) {
 				return
 			}
 			require.ErrorContains(t, err, tc.wantErr)
+		})
+	}
+}
+
+// Priority headroom: with the last slot of a pod of 4 kept, a tenant past
+// its share (heavy, which shares the revision with light) runs 3 requests
+// and queues the rest, while a light tenant's request, or a critical one,
+// starts at once in the kept slot. Without headroom heavy takes all 4 and
+// the light request waits.
+func TestPriorityHeadroom(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		headroom int
+		late     string // the tenant whose request arrives last
+		starts   bool   // it reaches the engine at once
+	}{
+		{name: "a light tenant starts in the headroom", headroom: 1, late: "light", starts: true},
+		{name: "a critical request starts in the headroom", headroom: 1, late: "crit", starts: true},
+		{name: "a tenant past its share waits", headroom: 1, late: "heavy"},
+		{name: "without headroom the light tenant waits", late: "light"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newFairRigCap(t, 4, func(c *Config) { c.PriorityHeadroom = tc.headroom },
+				tenantSpec{"heavy", "standard", 1}, tenantSpec{"light", "standard", 1}, tenantSpec{"crit", "critical", 1})
+			var answers []<-chan answer
+			// light has used the revision: it is active, heavy's share is half.
+			answers = append(answers, r.send(t, context.Background(), "light", "light-warm"))
+			require.Equal(t, "light-warm", r.gate.first(t))
+			r.gate.finish <- struct{}{}
+			require.Equal(t, http.StatusOK, (<-answers[0]).code)
+
+			running := 4 - tc.headroom
+			for i := range running {
+				answers = append(answers, r.send(t, context.Background(), "heavy", fmt.Sprintf("heavy-%d", i)))
+				r.gate.first(t)
+			}
+			answers = append(answers, r.send(t, context.Background(), "heavy", "heavy-queued"))
+			r.waitBuffered(t, 1)
+			answers = append(answers, r.send(t, context.Background(), tc.late, tc.late+"-late"))
+			if tc.starts {
+				require.Equal(t, tc.late+"-late", r.gate.first(t), "starts while heavy's request waits")
+				r.waitBuffered(t, 1)
+			} else {
+				r.waitBuffered(t, 2)
+			}
+			close(r.gate.finish) // let everything through
+			for _, ch := range answers[1:] {
+				require.Equal(t, http.StatusOK, (<-ch).code)
+			}
 		})
 	}
 }

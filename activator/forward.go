@@ -128,13 +128,13 @@ func (u *inflight) close() {
 	case u.abandoned:
 		o = outcomeNone
 	}
-	u.a.release(u.rev, u.ep, o)
+	u.a.release(u.rev, u.ep, o, u.fair.tk.tenant)
 }
 
 // release gives a pod back to its revision with the outcome of the request
 // it served, and logs the ejection that outcome caused, if any.
-func (a *Activator) release(rev *revision, ep *scheduler.Pod, o outcome) {
-	if ej := rev.release(ep, o); ej != nil {
+func (a *Activator) release(rev *revision, ep *scheduler.Pod, o outcome, tenant string) {
+	if ej := rev.release(ep, o, tenant); ej != nil {
 		a.log.Warn("replica ejected after consecutive failures", slog.String("namespace", rev.key.Namespace),
 			slog.String("revision", rev.key.Revision), slog.String("role", rev.key.RoleLabel()),
 			slog.String("replica", ej.pod), slog.Duration("for", ej.dur))
@@ -218,7 +218,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() && ctx.Err() == nil {
 			// The replica had the request for the whole timeout: it did the
 			// work, so another replica must not do it again.
-			a.release(rev, ep, outcomeFailure)
+			a.release(rev, ep, outcomeFailure, fair.tk.tenant)
 			return nil, &failure{status: http.StatusGatewayTimeout, err: openai.Err(openai.TypeTimeout, "upstream_timeout",
 				"the model replica did not answer within the request timeout ("+timeout.String()+")"), spent: spentAll}
 		}
@@ -231,7 +231,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 			if err == nil {
 				resp.Body.Close()
 			}
-			a.release(rev, ep, outcomeNone)
+			a.release(rev, ep, outcomeNone, fair.tk.tenant)
 			return nil, &failure{status: 499, err: openai.Err(openai.TypeInvalidRequest, "client_closed", "client closed the request"),
 				spent: spentInput}
 		}
@@ -240,7 +240,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		} else {
 			last = unreachable(err)
 		}
-		a.release(rev, ep, outcomeFailure)
+		a.release(rev, ep, outcomeFailure, fair.tk.tenant)
 		if attempt+1 == a.cfg.MaxAttempts {
 			break
 		}

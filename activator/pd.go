@@ -60,7 +60,7 @@ func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod
 		if ctx.Err() != nil {
 			o = outcomeNone
 		}
-		a.release(pre, pp, o)
+		a.release(pre, pp, o, "")
 		if err == nil {
 			a.metrics.pd.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, pdRemote).Inc()
 			return obj.Set("kv_transfer_params", params)

@@ -29,7 +29,7 @@ type waiter struct {
 	req      *scheduler.Request
 	prepared *scheduler.Cycle // what the profile's PreScore prepared, or nil
 	exclude  map[string]bool
-	cost     int64 // estimated tokens, added to the pod's load since its last report
+	tk       waitTicket // how it waits: its tenant, class and estimated tokens
 	// ch receives the request's handoff once (buffered, cap 1, so a send
 	// under the lock never blocks).
 	ch chan handoff
@@ -72,6 +72,7 @@ type revision struct {
 	retries    []*waiter                   // requests retried after a failure, waiting, oldest first
 	queued     int                         // requests waiting in queue
 	loads      map[*scheduler.Pod]*podLoad // since each pod's last report; with stats saturation only
+	use        map[string]*tenantUse       // tenants' requests in flight and last arrival; with headroom only
 	inFlight   int
 	lastActive time.Time
 	health     map[*scheduler.Pod]*podHealth // outlier state of pods that failed
@@ -94,7 +95,8 @@ func newRevision(ctx context.Context, key fleet.Key, log *slog.Logger, onDemand 
 	follow follower, outlier outlierConfig) *revision {
 	r := &revision{key: key, onDemand: onDemand, follow: follow, ctx: ctx, outlier: outlier,
 		index: kvindex.New(log.With(slog.String("revision", key.Revision))), subs: map[string]context.CancelFunc{},
-		lastActive: time.Now(), health: map[*scheduler.Pod]*podHealth{}, loads: map[*scheduler.Pod]*podLoad{}}
+		lastActive: time.Now(), health: map[*scheduler.Pod]*podHealth{}, loads: map[*scheduler.Pod]*podLoad{},
+		use: map[string]*tenantUse{}}
 	return r.withQueueing(queueingOf(DefaultConfig()))
 }
 
@@ -219,10 +221,10 @@ func (r *revision) skipEjectedLocked() (bool, time.Time) {
 // eligibleLocked returns the pods a request may be sent to now: not tried
 // by it, not ejected (unless every pod is), and not saturated (under the
 // capacity, and under the stats thresholds when set: fairness.go).
-func (r *revision) eligibleLocked(exclude map[string]bool, buf []*scheduler.Pod) []*scheduler.Pod {
+func (r *revision) eligibleLocked(exclude map[string]bool, reserve int, buf []*scheduler.Pod) []*scheduler.Pod {
 	skipEjected, now := r.skipEjectedLocked()
 	for _, p := range r.pods {
-		if exclude[p.Name] || (r.capacity > 0 && p.InFlight >= r.capacity) || (skipEjected && r.ejectedLocked(p, now)) ||
+		if exclude[p.Name] || (r.capacity > 0 && p.InFlight >= r.capacity-reserve) || (skipEjected && r.ejectedLocked(p, now)) ||
 			r.statSaturatedLocked(p) {
 			continue
 		}
@@ -281,7 +283,7 @@ func (r *revision) preScore(ctx context.Context, req *scheduler.Request, exclude
 	prof := r.profile
 	var pods []*scheduler.Pod
 	if r.waitingLocked() == 0 && !r.exhaustedLocked(exclude) {
-		pods = r.eligibleLocked(exclude, nil)
+		pods = r.eligibleLocked(exclude, 0, nil)
 	}
 	r.mu.Unlock()
 	if len(pods) == 0 {
@@ -293,23 +295,24 @@ func (r *revision) preScore(ctx context.Context, req *scheduler.Request, exclude
 // takeLocked picks a pod for a request among the eligible ones and counts
 // it in flight; nil when none is eligible. prepared is what preScore
 // returned for the request, cost its estimated tokens.
-func (r *revision) takeLocked(req *scheduler.Request, prepared *scheduler.Cycle, exclude map[string]bool, cost int64) *scheduler.Pod {
+func (r *revision) takeLocked(req *scheduler.Request, prepared *scheduler.Cycle, exclude map[string]bool, tk waitTicket) *scheduler.Pod {
 	var buf [16]*scheduler.Pod
-	cands := r.eligibleLocked(exclude, buf[:0])
+	cands := r.eligibleLocked(exclude, r.reserveLocked(tk), buf[:0])
 	if len(cands) == 0 {
 		return nil
 	}
-	return r.pickLocked(req, prepared, cands, cost)
+	return r.pickLocked(req, prepared, cands, tk)
 }
 
 // pickLocked picks a pod among cands (not empty) and counts it in flight.
-func (r *revision) pickLocked(req *scheduler.Request, prepared *scheduler.Cycle, cands []*scheduler.Pod, cost int64) *scheduler.Pod {
+func (r *revision) pickLocked(req *scheduler.Request, prepared *scheduler.Cycle, cands []*scheduler.Pod, tk waitTicket) *scheduler.Pod {
 	p := r.profile.PickPrepared(req, prepared, cands)
 	p.InFlight++
 	r.inFlight++
 	if l := r.loads[p]; l != nil {
-		l.tokens += cost
+		l.tokens += tk.cost()
 	}
+	r.tookLocked(tk)
 	return p
 }
 
@@ -322,7 +325,7 @@ func (r *revision) handOffLocked() {
 	if len(r.retries) > 0 {
 		kept := r.retries[:0]
 		for _, w := range r.retries {
-			if p := r.takeLocked(w.req, w.prepared, w.exclude, w.cost); p != nil {
+			if p := r.takeLocked(w.req, w.prepared, w.exclude, w.tk); p != nil {
 				w.ch <- handoff{pod: p}
 				continue
 			}
@@ -333,18 +336,26 @@ func (r *revision) handOffLocked() {
 	}
 	var buf [16]*scheduler.Pod
 	for r.queued > 0 {
-		cands := r.eligibleLocked(nil, buf[:0])
+		now := r.queueing.now()
+		cands := r.eligibleLocked(nil, r.queueing.headroom, buf[:0])
+		if len(cands) == 0 && r.queueing.headroom > 0 {
+			// Only reserved slots are free: for the next request only if
+			// it may use them (reserveLocked).
+			if e, ok := r.queue.Peek(now); ok {
+				cands = r.eligibleLocked(nil, r.reserveLocked(e.Value().tk), buf[:0])
+			}
+		}
 		if len(cands) == 0 {
 			return
 		}
-		e, ok := r.queue.Pop(r.queueing.now())
+		e, ok := r.queue.Pop(now)
 		if !ok { // cannot happen: queued counts the queue's items
 			r.queued = 0
 			return
 		}
 		r.queued--
 		w := e.Value()
-		w.ch <- handoff{pod: r.pickLocked(w.req, w.prepared, cands, w.cost)}
+		w.ch <- handoff{pod: r.pickLocked(w.req, w.prepared, cands, w.tk)}
 	}
 }
 
@@ -358,7 +369,7 @@ func (r *revision) tryAcquire(ctx context.Context, req *scheduler.Request, exclu
 	if r.waitingLocked() > 0 {
 		return nil
 	}
-	return r.takeLocked(req, prepared, exclude, 0)
+	return r.takeLocked(req, prepared, exclude, waitTicket{})
 }
 
 // matchFraction is the share of the request's prompt blocks that pod holds
@@ -437,13 +448,16 @@ func (r *revision) obtain(ctx context.Context, req *scheduler.Request, exclude m
 		return admitted{}, errAllTried
 	}
 	retry := len(exclude) > 0
-	if len(r.retries) == 0 && (retry || r.queued == 0) {
-		if p := r.takeLocked(req, prepared, exclude, tk.cost()); p != nil {
+	// A request that may use the kept slots takes one at once even while
+	// others wait: those waiting for a pod may not (reserveLocked), or the
+	// fair queue would have handed it to them.
+	if len(r.retries) == 0 && (retry || r.queued == 0 || r.mayUseHeadroomLocked(tk)) {
+		if p := r.takeLocked(req, prepared, exclude, tk); p != nil {
 			r.mu.Unlock()
 			return admitted{pod: p}, nil
 		}
 	}
-	w := &waiter{req: req, prepared: prepared, exclude: exclude, cost: tk.cost(), ch: make(chan handoff, 1)}
+	w := &waiter{req: req, prepared: prepared, exclude: exclude, tk: tk, ch: make(chan handoff, 1)}
 	if retry {
 		r.retries = append(r.retries, w)
 	} else {
@@ -492,7 +506,7 @@ func (r *revision) obtain(ctx context.Context, req *scheduler.Request, exclude m
 	// Handed a grant concurrently with the end of the wait: give the pod
 	// back, and what its release charged.
 	if g := <-w.ch; g.pod != nil {
-		r.release(g.pod, outcomeNone)
+		r.release(g.pod, outcomeNone, tk.tenant)
 		r.queue.Settle(w.entry, 0, 0)
 	}
 	return adm, err
@@ -517,14 +531,16 @@ func (r *revision) withdrawLocked(w *waiter) bool {
 	return false
 }
 
-// release gives back a pod acquired for a request and records what the
-// request showed of it; it returns the pod's ejection when this outcome
-// caused one (for the caller to log, outside the lock).
-func (r *revision) release(p *scheduler.Pod, o outcome) *ejection {
+// release gives back a pod acquired for a request of tenant (its
+// waitTicket's) and records what the request showed of it; it returns the
+// pod's ejection when this outcome caused one (for the caller to log,
+// outside the lock).
+func (r *revision) release(p *scheduler.Pod, o outcome, tenant string) *ejection {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p.InFlight--
 	r.inFlight--
+	r.releasedLocked(tenant)
 	r.lastActive = time.Now()
 	ej := r.reportLocked(p, o, r.outlier.now())
 	if ej != nil {

@@ -54,14 +54,14 @@ func TestOracleAsksThePodsOutsideTheRevisionLock(t *testing.T) {
 	p, err := r.acquire(context.Background(), req, nil, 10, time.Second)
 	require.NoError(t, err)
 	require.Equal(t, "b", p.Name)
-	r.release(p, outcomeNone)
+	r.release(p, outcomeNone, "")
 	require.EqualValues(t, 3, asked.Load())
 	require.Zero(t, underLock.Load(), "a pod was asked while the revision lock was held")
 
 	p = r.tryAcquire(context.Background(), req, map[string]bool{"b": true}) // the prefill path
 	require.NotNil(t, p)
 	require.Equal(t, "c", p.Name)
-	r.release(p, outcomeNone)
+	r.release(p, outcomeNone, "")
 	require.EqualValues(t, 5, asked.Load(), "only the pods not tried were asked")
 	require.Zero(t, underLock.Load(), "a pod was asked while the revision lock was held")
 }

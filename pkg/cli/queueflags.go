@@ -20,6 +20,9 @@ func RegisterQueueFlags(fs *flag.FlagSet, c *activator.Config) {
 	fs.Float64Var(&c.SaturationKVUsage, "saturation-kv-usage", c.SaturationKVUsage,
 		"also count a replica as saturated while its engine's KV-cache usage, 0..1 (as last reported, plus the "+
 			"estimated tokens handed to it since), is at or above this (0: off)")
+	fs.IntVar(&c.PriorityHeadroom, "priority-headroom", c.PriorityHeadroom,
+		"slots of each replica's containerConcurrency kept for critical requests and for tenants under their share "+
+			"of the replicas, so that they start at once while heavier tenants wait (0: off; at most containerConcurrency-1)")
 	fs.BoolFunc("fair-queueing", "release waiting requests by tenant priority and fair share (default true); false: "+
 		"one first-come, first-served line for every tenant, the baseline to compare with", func(v string) error {
 		on, err := strconv.ParseBool(v)

@@ -13,7 +13,9 @@
 // releases, unless an aging slot is due (below), from the highest class with
 // waiting items: among that class's backlogged tenants (those with waiting
 // items of the class) the one with the smallest counter, ties to the tenant
-// whose oldest waiting item arrived first; within a tenant, first in first
+// with fewer waiting items of the class (a newcomer lifted to the smallest
+// counter goes before the backlog it was lifted to), then to the one whose
+// oldest waiting item arrived first; within a tenant, first in first
 // out.
 //
 // A tenant's counter is the tokens served to it, weighted by

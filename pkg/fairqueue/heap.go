@@ -1,7 +1,10 @@
 package fairqueue
 
 // flowHeap is a min-heap of one class's backlogged flows ordered by their
-// tenant's virtual counter, ties going to the flow whose head arrived first.
+// tenant's virtual counter, ties going to the flow with fewer waiting items
+// (a newly backlogged tenant, lifted to the smallest counter, goes before
+// the long backlog it was lifted to), then to the flow whose head arrived
+// first.
 // Each flow knows its index, so a flow is fixed or removed in O(log n).
 type flowHeap[V any] []*flow[V]
 
@@ -9,6 +12,9 @@ func (h flowHeap[V]) less(i, j int) bool {
 	a, b := h[i], h[j]
 	if a.t.counter != b.t.counter {
 		return a.t.counter < b.t.counter
+	}
+	if a.n != b.n {
+		return a.n < b.n
 	}
 	return a.items.first.seq < b.items.first.seq
 }

@@ -151,8 +151,21 @@ func (m *model) pop(now time.Time) *mItem {
 		for _, it := range m.items {
 			top = max(top, it.r.Class)
 		}
+		waiting := map[string]int{} // each tenant's items of the class
+		for _, it := range m.items {
+			if it.r.Class == top {
+				waiting[it.r.Tenant]++
+			}
+		}
 		for _, it := range m.items { // push order: the first of each tenant is its head
-			if it.r.Class == top && (x == nil || m.counter[it.r.Tenant] < m.counter[x.r.Tenant]) {
+			if it.r.Class != top {
+				continue
+			}
+			c, xc := m.counter[it.r.Tenant], 0.0
+			if x != nil {
+				xc = m.counter[x.r.Tenant]
+			}
+			if x == nil || c < xc || c == xc && waiting[it.r.Tenant] < waiting[x.r.Tenant] {
 				x = it
 			}
 		}

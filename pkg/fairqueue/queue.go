@@ -240,13 +240,14 @@ func (q *Queue[V]) linkLocked(e *Entry[V]) {
 	q.n++
 	if f.idx < 0 {
 		c.heap.push(f)
+	} else {
+		c.heap.fix(f.idx) // the tie-break (waiting items) changed
 	}
 }
 
 // unlinkLocked takes a waiting e out of its flow and class.
 func (q *Queue[V]) unlinkLocked(e *Entry[V]) {
 	f, c := e.flow, &q.classes[e.req.Class]
-	wasHead := f.items.first == e
 	f.items.remove(e, inFlow)
 	c.items.remove(e, inClass)
 	f.n--
@@ -257,8 +258,8 @@ func (q *Queue[V]) unlinkLocked(e *Entry[V]) {
 	case f.n == 0:
 		c.heap.remove(f.idx)
 		c.lastLeft, c.hasLeft = f.t.counter, true
-	case wasHead:
-		c.heap.fix(f.idx) // the tie-break (head's arrival) changed
+	default:
+		c.heap.fix(f.idx) // the tie-breaks (waiting items, head's arrival) changed
 	}
 }
 

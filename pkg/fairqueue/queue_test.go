@@ -92,7 +92,7 @@ func TestReleaseOrder(t *testing.T) {
 		// c is lifted to b's 10 on arrival; b's head arrived first.
 		want: []string{"b1", "c1", "a1"},
 	}, {
-		name: "equal counters alternate by arrival, estimates charged",
+		name: "equal counters alternate, the shorter backlog first, estimates charged",
 		cfg:  Config{ChargeOnRelease: true},
 		pushes: []push{
 			{tenant: "a", class: Standard, in: 10, id: "a1"},
@@ -101,7 +101,7 @@ func TestReleaseOrder(t *testing.T) {
 			{tenant: "b", class: Standard, in: 10, id: "b1"},
 			{tenant: "b", class: Standard, in: 10, id: "b2"},
 		},
-		want: []string{"a1", "b1", "a2", "b2", "a3"},
+		want: []string{"b1", "a1", "b2", "a2", "a3"},
 	}, {
 		name: "weight 2 gets two releases for one",
 		cfg:  Config{ChargeOnRelease: true},
@@ -112,7 +112,18 @@ func TestReleaseOrder(t *testing.T) {
 			{tenant: "b", class: Standard, weight: 1, in: 10, id: "b1"},
 			{tenant: "b", class: Standard, weight: 1, in: 10, id: "b2"},
 		},
-		want: []string{"a1", "b1", "a2", "a3", "b2"},
+		// b first: counters tie at 0 and b has the shorter backlog.
+		want: []string{"b1", "a1", "a2", "a3", "b2"},
+	}, {
+		name: "a newcomer lifted to the backlog's counter goes before it",
+		cfg:  Config{ChargeOnRelease: true},
+		pushes: []push{
+			{tenant: "heavy", class: Standard, weight: 1, in: 10, id: "h1"},
+			{tenant: "heavy", class: Standard, weight: 1, in: 10, id: "h2"},
+			{tenant: "heavy", class: Standard, weight: 1, in: 10, id: "h3"},
+			{tenant: "light", class: Standard, weight: 1, in: 10, id: "l1"},
+		},
+		want: []string{"l1", "h1", "h2", "h3"},
 	}, {
 		name: "a lower class item overdue goes first",
 		cfg:  Config{MaxWait: [NumClasses]time.Duration{Sheddable: 5 * time.Second}, AgingPeriod: 1},

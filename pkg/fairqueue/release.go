@@ -31,6 +31,20 @@ func (q *Queue[V]) Pop(now time.Time) (*Entry[V], bool) {
 	return e, true
 }
 
+// Peek returns what Pop(now) would release, without releasing it; false
+// when nothing waits.
+func (q *Queue[V]) Peek(now time.Time) (*Entry[V], bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.n == 0 {
+		return nil, false
+	}
+	if e := q.overdueLocked(now); e != nil {
+		return e, true
+	}
+	return q.fairestLocked(), true
+}
+
 // overdueLocked returns, when an aging slot is due, the overdue item with
 // the earliest deadline: each class's oldest item has its class's earliest
 // deadline, so it is enough to look at those.
