@@ -12,6 +12,9 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/ratelimit"
+	tenantkeys "github.com/kvasir-serving/kvasir/pkg/tenant"
+	"github.com/kvasir-serving/kvasir/pkg/testing/redistest"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -19,7 +22,45 @@ import (
 // trivial backend over loopback, client and backend included:
 //
 //	go test -run '^$' -bench Hop -benchmem ./activator/
-func BenchmarkHop(b *testing.B) {
+func BenchmarkHop(b *testing.B) { benchHop(b, nil, nil) }
+
+// BenchmarkHopTenants is BenchmarkHop with a tenant's key checked, and with
+// its rate limits reserved and settled in memory or in a redis-server on
+// loopback (skipped without one: KVASIR_REDIS_SERVER or make redis-assets):
+// the difference to "open" is what authentication and the limit check add.
+//
+//	KVASIR_REDIS_SERVER="$(hack/redis-assets.sh)" go test -run '^$' -bench HopTenants -benchmem ./activator/
+func BenchmarkHopTenants(b *testing.B) {
+	tenants := []TenantConfig{{Namespace: "d", Name: "t", Keys: [][32]byte{tenantkeys.Digest("sk-bench-key")}, Models: []string{"*"},
+		Limits: []LimitRule{{Model: "*", Limits: ratelimit.Limits{RequestsPerMinute: 1 << 40, TokensPerMinute: 1 << 40,
+			MaxConcurrentRequests: 1 << 20}}}}}
+	b.Run("open", func(b *testing.B) { benchHop(b, nil, nil) })
+	b.Run("key", func(b *testing.B) {
+		noLimits := []TenantConfig{tenants[0]}
+		noLimits[0].Limits = nil
+		benchHop(b, noLimits, nil)
+	})
+	b.Run("key+limits/memory", func(b *testing.B) {
+		l, err := ratelimit.New(ratelimit.Config{Backend: ratelimit.NewMemory(nil)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchHop(b, tenants, l)
+	})
+	b.Run("key+limits/redis", func(b *testing.B) {
+		srv := redistest.Start(b)
+		l, closeLimiter, err := NewRateLimiter(srv.Addr, ratelimit.FailClosed, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer closeLimiter()
+		benchHop(b, tenants, l)
+	})
+}
+
+// benchHop runs the hop benchmark with tenants (nil: the API is open) and
+// a rate limiter (nil: none).
+func benchHop(b *testing.B, tenants []TenantConfig, limiter *ratelimit.Limiter) {
 	resp := []byte(`{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5}}`)
 	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -27,8 +68,15 @@ func BenchmarkHop(b *testing.B) {
 		_, _ = w.Write(resp)
 	}))
 	defer be.Close()
-	act, err := New(DefaultConfig(), WithRegisterer(prometheus.NewRegistry()), WithStatsStreams(false))
+	opts := []Option{WithRegisterer(prometheus.NewRegistry()), WithStatsStreams(false)}
+	if limiter != nil {
+		opts = append(opts, WithRateLimiter(limiter))
+	}
+	act, err := New(DefaultConfig(), opts...)
 	if err != nil {
+		b.Fatal(err)
+	}
+	if err := act.SetTenants(tenants); err != nil {
 		b.Fatal(err)
 	}
 	if err := act.SetServices([]ServiceConfig{{Namespace: "d", Name: "s", Model: "m",
@@ -43,7 +91,15 @@ func BenchmarkHop(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		r, err := client.Post(front.URL+PathChat, "application/json", bytes.NewReader(body))
+		req, err := http.NewRequest(http.MethodPost, front.URL+PathChat, bytes.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if tenants != nil {
+			req.Header.Set("Authorization", "Bearer sk-bench-key")
+		}
+		r, err := client.Do(req)
 		if err != nil {
 			b.Fatal(err)
 		}

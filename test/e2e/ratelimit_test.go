@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kvasir-serving/kvasir/pkg/ratelimit"
 	"github.com/kvasir-serving/kvasir/pkg/testing/promtest"
 	"github.com/kvasir-serving/kvasir/pkg/testing/redistest"
 )
@@ -204,4 +206,139 @@ func TestRateLimitSharedByActivators(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The key of the limited tenant of TestRateLimitSharedByProcesses, which
+// each kvasir local reads from its environment (the Tenant's fromEnv).
+const (
+	rlSharedKeyEnv = "KVASIR_E2E_RL_SHARED_KEY"
+	rlSharedKey    = "sk-e2e-rl-shared-5e92c07a1f"
+)
+
+// sharedLimitDoc is the fleet every process of TestRateLimitSharedByProcesses
+// runs: one always-ready simulated replica, the limited tenant (key from
+// rlSharedKeyEnv) and the unlimited one that warms the fleet up.
+func sharedLimitDoc(requestsPerMinute int) string {
+	return `apiVersion: serving.kvasir.dev/v1alpha1
+kind: ModelService
+metadata: {name: demo}
+spec:
+  model: demo
+  template:
+    engine: {type: sim, args: ["--time-scale=20"]}
+    scaling: {minScale: 1, maxScale: 1, initialScale: 1}
+---
+apiVersion: serving.kvasir.dev/v1alpha1
+kind: Tenant
+metadata: {name: limited}
+spec:
+  apiKeys: [{fromEnv: ` + rlSharedKeyEnv + `}]
+  limits:
+    - {model: "*", requestsPerMinute: ` + strconv.Itoa(requestsPerMinute) + `}
+---
+apiVersion: serving.kvasir.dev/v1alpha1
+kind: Tenant
+metadata: {name: free}
+spec:
+  apiKeys: [{sha256: "` + sha256Hex(rlFreeKey) + `"}]
+`
+}
+
+// TestRateLimitSharedByProcesses runs what activator pods on Kubernetes
+// are: separate processes, here three `kvasir local`, each with its own
+// activator and fleet, whose only common part is one redis-server. A
+// tenant limited to 6 requests a minute sends 18 at once, round robin over
+// the three APIs: 6 are allowed in total, not 6 by each process.
+func TestRateLimitSharedByProcesses(t *testing.T) {
+	const procs, limit, sent = 3, 6, 18
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	t.Setenv(rlSharedKeyEnv, rlSharedKey) // each kvasir local inherits it
+
+	doc := sharedLimitDoc(limit)
+	ps := make([]*platform, procs)
+	for i := range ps {
+		ps[i] = startLocal(t, doc, "--activators", "1", "--ratelimit-redis", srv.Addr, "--ratelimit-fail", "closed")
+	}
+	// Each fleet's replica is ready once the unlimited tenant has an answer.
+	warm := make([]error, procs)
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			free := keyed(p, rlFreeKey)
+			_, warm[i] = free.Chat.Completions.New(ctx, chatParams("warm up", 2))
+		})
+	}
+	wg.Wait()
+	for i, err := range warm {
+		require.NoError(t, err, "warming up process %d", i)
+	}
+	// The limited tenant left nothing in Redis yet.
+	keys, err := rdb.Keys(context.Background(), ratelimit.DefaultPrefix+"*").Result()
+	require.NoError(t, err)
+	require.Empty(t, keys)
+
+	type answer struct {
+		proc int
+		resp *http.Response
+		err  error
+	}
+	answers := make([]answer, sent)
+	start := time.Now()
+	for i := range sent {
+		p := i % procs // round robin over the processes' APIs
+		answers[i].proc = p
+		client := keyed(ps[p], rlSharedKey)
+		wg.Go(func() {
+			_, answers[i].err = client.Chat.Completions.New(context.Background(), chatParams("Hello, shared limit", 2),
+				option.WithResponseInto(&answers[i].resp))
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+
+	var remaining []int
+	refused := make([]int, procs)
+	for i, a := range answers {
+		if a.err != nil {
+			apiErr := requireRateLimited(t, a.err, "requests")
+			require.Equal(t, strconv.Itoa(limit), apiErr.Response.Header.Get("x-ratelimit-limit-requests"), "request %d", i)
+			require.Equal(t, "0", apiErr.Response.Header.Get("x-ratelimit-remaining-requests"), "request %d", i)
+			require.NotEmpty(t, apiErr.Response.Header.Get("x-ratelimit-reset-requests"), "request %d", i)
+			refused[a.proc]++
+			continue
+		}
+		require.Equal(t, strconv.Itoa(limit), a.resp.Header.Get("x-ratelimit-limit-requests"), "request %d", i)
+		n, err := strconv.Atoi(a.resp.Header.Get("x-ratelimit-remaining-requests"))
+		require.NoError(t, err, "request %d", i)
+		remaining = append(remaining, n)
+	}
+	// One request a minute/limit (10 s) refills: the 18 took far less, so
+	// exactly limit were allowed, each seeing the one bucket a step
+	// emptier whichever process admitted it.
+	require.Less(t, elapsed, 60*time.Second/limit, "the requests ran within one refill")
+	require.Len(t, remaining, limit, "the limit holds across the %d processes, not %d times over", procs, procs)
+	slices.Sort(remaining)
+	require.Equal(t, []int{0, 1, 2, 3, 4, 5}, remaining, "each allowed request saw the others, whichever process took them")
+
+	// Each process counted its own refusals.
+	for i, p := range ps {
+		v, _ := p.metric("kvasir_tenant_rejected_total",
+			map[string]string{"namespace": "default", "tenant": "limited", "model": "demo", "reason": "rate_limit"})
+		require.Equal(t, float64(refused[i]), v, "process %d", i)
+	}
+
+	// The counters live in Redis: the request bucket of the tenant's rule,
+	// expiring when it would be full again.
+	key := ratelimit.DefaultPrefix + "{default/limited/*}:r"
+	keys, err = rdb.Keys(context.Background(), ratelimit.DefaultPrefix+"*").Result()
+	require.NoError(t, err)
+	require.Contains(t, keys, key)
+	ttl, err := rdb.PTTL(context.Background(), key).Result()
+	require.NoError(t, err)
+	require.Greater(t, ttl, time.Duration(0), "the bucket's key expires")
+	require.LessOrEqual(t, ttl, time.Minute+time.Second)
 }

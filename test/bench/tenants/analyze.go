@@ -115,6 +115,17 @@ func failModeSeen(recs []record, mode string, kill time.Duration, limit int64, s
 	return after, seen, violationsBefore
 }
 
+// processRecords returns the records of the requests sent to process i.
+func processRecords(recs []record, i int) []record {
+	var out []record
+	for _, r := range recs {
+		if r.proc == i {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // statusCounts counts the records by status ("other" for no answer).
 func statusCounts(recs []record, from, to time.Duration) map[string]int {
 	out := map[string]int{}

@@ -139,6 +139,39 @@ func TestAnalyzeGoals(t *testing.T) {
 	})
 }
 
+func TestAnalyzeByProcess(t *testing.T) {
+	f := &rateLimitFlags{tokensPerMinute: 6000, duration: 19500 * time.Millisecond, processes: 3}
+	recs := steady(10)
+	for i := range recs {
+		recs[i].proc = i % 3
+	}
+	recs = append(recs, record{proc: 2, sent: secs(10.6), answered: secs(10.61), status: 503})
+	res := roundResult{Fail: failClosed}
+	analyze(&res, recs, f, 100, secs(10.5))
+	require.Len(t, res.ByProcess, 3)
+	before, after := map[string]int{}, map[string]int{}
+	for i, pc := range res.ByProcess {
+		assert.NotEmpty(t, pc.BeforeKill, "process %d", i)
+		for k, v := range pc.BeforeKill {
+			before[k] += v
+		}
+		for k, v := range pc.AfterKill {
+			after[k] += v
+		}
+	}
+	assert.Equal(t, res.BeforeKill, before, "the processes' answers add up to the round's")
+	assert.Equal(t, res.AfterKill, after)
+	assert.Equal(t, 1, res.ByProcess[2].AfterKill["503"])
+	assert.Zero(t, res.ByProcess[0].AfterKill["503"])
+	require.NotNil(t, res.FailModeAfterS, "the fail mode is seen in any process's answers")
+	assert.InDelta(t, 0.11, *res.FailModeAfterS, 1e-6)
+
+	one := roundResult{Fail: failClosed}
+	analyze(&one, steady(10), &rateLimitFlags{tokensPerMinute: 6000, duration: 19500 * time.Millisecond, processes: 1}, 100, 0)
+	require.Len(t, one.ByProcess, 1)
+	assert.Equal(t, one.BeforeKill, one.ByProcess[0].BeforeKill)
+}
+
 func TestParseRateLimitFlags(t *testing.T) {
 	f, err := parseRateLimitFlags(nil, io.Discard)
 	require.NoError(t, err)
@@ -149,7 +182,35 @@ func TestParseRateLimitFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"closed"}, f.modes())
 
+	assert.Equal(t, 1, f.processes)
+	assert.Equal(t, 3, f.activators)
+	assert.Equal(t, "3 activators in one kvasir local process", f.mode())
+
+	for _, tc := range []struct {
+		args                  []string
+		processes, activators int
+		mode                  string
+	}{
+		{[]string{"--processes", "3"}, 3, 1, "3 separate kvasir local processes, 1 activator each"},
+		{[]string{"--processes", "2", "--activators", "2"}, 2, 2, "2 separate kvasir local processes, 2 activators each"},
+		{[]string{"--activators", "3", "--processes", "3"}, 3, 3, "3 separate kvasir local processes, 3 activators each"},
+		{[]string{"--processes", "1", "--activators", "1"}, 1, 1, "1 activators in one kvasir local process"},
+	} {
+		f, err := parseRateLimitFlags(tc.args, io.Discard)
+		require.NoError(t, err, "%v", tc.args)
+		assert.Equal(t, tc.processes, f.processes, "%v", tc.args)
+		assert.Equal(t, tc.activators, f.activators, "%v", tc.args)
+		assert.Equal(t, tc.mode, f.mode(), "%v", tc.args)
+	}
+
 	for _, args := range [][]string{
+		{"--processes", "0"},
+		{"--processes", "-3"},
+		{"--processes", "17"},
+		{"--processes", "99999999999999999999"},
+		{"--processes", "three"},
+		{"--processes", "3", "--activators", "0"},
+		{"--activators", "65"},
 		{"--fail", "sideways"},
 		{"--fail", ","},
 		{"--tokens-per-minute", "0"},

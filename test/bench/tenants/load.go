@@ -19,6 +19,9 @@ import (
 
 // record is one request of a phase, its times from the phase's origin.
 type record struct {
+	// proc is the kvasir local process whose API it was sent to (an index
+	// of the loader's bases).
+	proc int
 	sent time.Duration
 	// answered is when the status line came (0 and status 0: never).
 	answered time.Duration
@@ -35,16 +38,20 @@ type record struct {
 }
 
 // loader sends the tenant's requests: streamed chat completions of one
-// prompt and max_tokens, with the tenant's key.
+// prompt and max_tokens, with the tenant's key, round robin over the APIs
+// of the kvasir local processes.
 type loader struct {
 	hc      *http.Client
-	url     string
+	urls    []string
+	next    atomic.Uint64 // the count of requests sent, for the round robin
 	key     string
 	body    []byte
 	timeout time.Duration
 }
 
-func newLoader(base, model, key string, promptBytes, maxTokens int, timeout time.Duration) *loader {
+// newLoader returns a loader over bases, the processes' API base URLs (at
+// least one).
+func newLoader(bases []string, model, key string, promptBytes, maxTokens int, timeout time.Duration) *loader {
 	tr := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
@@ -59,7 +66,11 @@ func newLoader(base, model, key string, promptBytes, maxTokens int, timeout time
 		"stream":         true,
 		"stream_options": map[string]bool{"include_usage": true},
 	})
-	return &loader{hc: &http.Client{Transport: tr}, url: base + "/v1/chat/completions", key: key, body: body, timeout: timeout}
+	urls := make([]string, len(bases))
+	for i, b := range bases {
+		urls[i] = b + "/v1/chat/completions"
+	}
+	return &loader{hc: &http.Client{Transport: tr}, urls: urls, key: key, body: body, timeout: timeout}
 }
 
 func (l *loader) close() { l.hc.CloseIdleConnections() }
@@ -80,7 +91,8 @@ func (l *loader) do(ctx context.Context, origin time.Time) record {
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
 	var r record
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.url, bytes.NewReader(l.body))
+	r.proc = int((l.next.Add(1) - 1) % uint64(len(l.urls)))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.urls[r.proc], bytes.NewReader(l.body))
 	if err != nil {
 		r.err = err.Error()
 		return r

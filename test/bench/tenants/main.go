@@ -3,14 +3,25 @@
 // redis-server, `kvasir local` with its simulated engines) and load from a
 // plain net/http loop.
 //
-//	go run ./test/bench/tenants ratelimit --kvasir ./bin/kvasir   # ~5 min: fail open, then closed
+//	go run ./test/bench/tenants ratelimit --kvasir ./bin/kvasir                 # ~5 min: fail open, then closed
+//	go run ./test/bench/tenants ratelimit --kvasir ./bin/kvasir --processes 3   # the same through 3 processes
 //
 // ratelimit: a tenant limited to N tokens per minute (--tokens-per-minute),
-// driven at 3N (--overload) through 3 activators (--activators) whose
-// counters live in one redis-server, is served within 5% of N per minute;
-// with redis-server killed mid-run (--kill-after), the configured fail mode
-// (--fail: open, closed, or both in turn) shows within 1 s: under open, a
-// request beyond the limit allowed; under closed, a 503.
+// driven at 3N (--overload) through 3 activators whose counters live in one
+// redis-server, is served within 5% of N per minute; with redis-server
+// killed mid-run (--kill-after), the configured fail mode (--fail: open,
+// closed, or both in turn) shows within 1 s: under open, a request beyond
+// the limit allowed; under closed, a 503.
+//
+// The activators run in one of two ways. By default (--processes 1), one
+// kvasir local runs them (--activators, 3) in its one process. With
+// --processes N > 1, N separate kvasir local processes run, as activator
+// pods do on Kubernetes: each with its own fleet of the simulated model,
+// the same Tenant and --activators 1 (unless --activators says otherwise),
+// and only redis-server in common; the load goes round robin over their
+// APIs, and the served rate and the fail mode are judged from the answers
+// of all of them together. The table's first line says which way ran, and
+// lists each process's answers when there are several.
 //
 // It prints a table, writes settings, results and goals to --json OUT when
 // asked, and exits 1 with the goals it missed named on stderr. The kvasir

@@ -236,6 +236,64 @@ func (p *platform) stop() {
 	}
 }
 
+// platforms are the kvasir local processes of a round, sharing one
+// redis-server.
+type platforms []*platform
+
+// startPlatforms starts n kvasir local processes at once, each as
+// startPlatform does with the same file, flags and env, and waits until each
+// has a ready replica. With n == 1 the process logs into logDir, else
+// process i into logDir/process-i. On error, the processes started are
+// returned too, to stop.
+func startPlatforms(ctx context.Context, n int, bin, file, logDir string, flags, env []string, timeout time.Duration) (platforms, error) {
+	ps := make(platforms, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range ps {
+		dir := logDir
+		if n > 1 {
+			dir = filepath.Join(logDir, "process-"+strconv.Itoa(i))
+		}
+		wg.Go(func() {
+			ps[i], errs[i] = startPlatform(ctx, bin, file, dir, flags, env, timeout)
+			if errs[i] != nil && n > 1 {
+				errs[i] = fmt.Errorf("process %d: %w", i, errs[i])
+			}
+		})
+	}
+	wg.Wait()
+	return ps, errors.Join(errs...)
+}
+
+// bases returns the processes' API base URLs, in order.
+func (ps platforms) bases() []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.base
+	}
+	return out
+}
+
+// alive returns an error when any process has exited on its own.
+func (ps platforms) alive() error {
+	var errs []error
+	for i, p := range ps {
+		if err := p.alive(); err != nil {
+			errs = append(errs, fmt.Errorf("process %d: %w", i, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stop stops every process at once.
+func (ps platforms) stop() {
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Go(p.stop)
+	}
+	wg.Wait()
+}
+
 // buildKvasir builds ./cmd/kvasir into dir.
 func buildKvasir(ctx context.Context, dir string) (string, error) {
 	bin := filepath.Join(dir, "kvasir")

@@ -34,7 +34,7 @@ type rateLimitFlags struct {
 	fail                                 string
 	tokensPerMinute                      int64
 	overload                             float64
-	activators                           int
+	processes, activators                int // kvasir local processes, activators in each
 	duration, killAfter                  time.Duration
 	promptBytes, maxTokens               int
 	drainConcurrency                     int
@@ -52,7 +52,8 @@ func parseRateLimitFlags(args []string, stderr io.Writer) (*rateLimitFlags, erro
 	fs.StringVar(&f.fail, "fail", "open,closed", "kvasir local --ratelimit-fail, one round each: open, closed, or both (comma-separated)")
 	fs.Int64Var(&f.tokensPerMinute, "tokens-per-minute", 30000, "the tenant's limit N: tokensPerMinute of its one limit rule")
 	fs.Float64Var(&f.overload, "overload", 3, "the load, in multiples of N")
-	fs.IntVar(&f.activators, "activators", 3, "kvasir local --activators: activator replicas sharing the counters in redis-server")
+	fs.IntVar(&f.processes, "processes", 1, "separate kvasir local processes sharing the one redis-server, the load spread round robin over their APIs")
+	fs.IntVar(&f.activators, "activators", 3, "kvasir local --activators of each process (default 3 with --processes 1, else 1)")
 	fs.DurationVar(&f.duration, "duration", 2*time.Minute, "how long each round drives the load (after the burst the full bucket allows)")
 	fs.DurationVar(&f.killAfter, "kill-after", 90*time.Second, "kill redis-server this long into the round (0: never); the served rate is measured before")
 	fs.IntVar(&f.promptBytes, "prompt-bytes", 128, "bytes of each request's prompt (the simulator counts 4 bytes a token)")
@@ -66,6 +67,11 @@ func parseRateLimitFlags(args []string, stderr io.Writer) (*rateLimitFlags, erro
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	activatorsSet := false
+	fs.Visit(func(fl *flag.Flag) { activatorsSet = activatorsSet || fl.Name == "activators" })
+	if !activatorsSet && f.processes > 1 {
+		f.activators = 1 // one activator a process, as one activator pod each
 	}
 	var errs []error
 	for _, m := range f.modes() {
@@ -82,8 +88,11 @@ func parseRateLimitFlags(args []string, stderr io.Writer) (*rateLimitFlags, erro
 	if !(f.overload > 1) || math.IsInf(f.overload, 0) {
 		errs = append(errs, fmt.Errorf("--overload: must be a finite number > 1, got %v", f.overload))
 	}
-	if f.activators < 1 {
-		errs = append(errs, fmt.Errorf("--activators: must be >= 1, got %d", f.activators))
+	if f.processes < 1 || f.processes > maxProcesses {
+		errs = append(errs, fmt.Errorf("--processes: must be within 1..%d, got %d", maxProcesses, f.processes))
+	}
+	if f.activators < 1 || f.activators > maxActivators {
+		errs = append(errs, fmt.Errorf("--activators: must be within 1..%d, got %d", maxActivators, f.activators))
 	}
 	if f.duration <= 0 {
 		errs = append(errs, fmt.Errorf("--duration: must be > 0, got %v", f.duration))
@@ -109,6 +118,24 @@ func (f *rateLimitFlags) modes() []string {
 		}
 	}
 	return out
+}
+
+// Bounds of --processes and --activators: each process runs its own fleet
+// and activators on this machine.
+const (
+	maxProcesses  = 16
+	maxActivators = 64
+)
+
+// mode says how the activators run: in one process, or in separate ones.
+func (f *rateLimitFlags) mode() string {
+	if f.processes == 1 {
+		return fmt.Sprintf("%d activators in one kvasir local process", f.activators)
+	}
+	if f.activators == 1 {
+		return fmt.Sprintf("%d separate kvasir local processes, 1 activator each", f.processes)
+	}
+	return fmt.Sprintf("%d separate kvasir local processes, %d activators each", f.processes, f.activators)
 }
 
 // goal is one of issue 15's goals, checked.
@@ -141,19 +168,32 @@ type roundResult struct {
 	AfterKill             map[string]int `json:"after_kill,omitempty"`
 	Goals                 []goal         `json:"goals"`
 	Error                 string         `json:"error,omitempty"`
+	// ByProcess is the load's answers by status, before and after the
+	// kill, of each kvasir local process in turn.
+	ByProcess []processCounts `json:"by_process"`
+}
+
+// processCounts is one process's answers by status.
+type processCounts struct {
+	BeforeKill map[string]int `json:"before_kill"`
+	AfterKill  map[string]int `json:"after_kill,omitempty"`
 }
 
 // report is the JSON of a run.
 type report struct {
-	Benchmark       string        `json:"benchmark"`
-	TokensPerMinute int64         `json:"tokens_per_minute"`
-	Overload        float64       `json:"overload"`
-	Activators      int           `json:"activators"`
-	DurationS       float64       `json:"duration_s"`
-	KillAfterS      float64       `json:"kill_after_s"`
-	PromptBytes     int           `json:"prompt_bytes"`
-	MaxTokens       int           `json:"max_tokens"`
-	Rounds          []roundResult `json:"rounds"`
+	Benchmark       string  `json:"benchmark"`
+	TokensPerMinute int64   `json:"tokens_per_minute"`
+	Overload        float64 `json:"overload"`
+	// Mode says how the activators ran (Processes kvasir local, each
+	// with Activators activators).
+	Mode        string        `json:"mode"`
+	Processes   int           `json:"processes"`
+	Activators  int           `json:"activators"` // of each process
+	DurationS   float64       `json:"duration_s"`
+	KillAfterS  float64       `json:"kill_after_s"`
+	PromptBytes int           `json:"prompt_bytes"`
+	MaxTokens   int           `json:"max_tokens"`
+	Rounds      []roundResult `json:"rounds"`
 }
 
 func rateLimit(ctx context.Context, args []string) error {
@@ -191,7 +231,8 @@ func rateLimit(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	rep := report{Benchmark: "ratelimit", TokensPerMinute: f.tokensPerMinute, Overload: f.overload, Activators: f.activators,
+	rep := report{Benchmark: "ratelimit", TokensPerMinute: f.tokensPerMinute, Overload: f.overload,
+		Mode: f.mode(), Processes: f.processes, Activators: f.activators,
 		DurationS: f.duration.Seconds(), KillAfterS: f.killAfter.Seconds(), PromptBytes: f.promptBytes, MaxTokens: f.maxTokens}
 	var failed []string
 	for _, mode := range f.modes() {
@@ -271,14 +312,14 @@ func runRound(ctx context.Context, f *rateLimitFlags, bin, redisBin, dir, logDir
 	var raw [24]byte
 	_, _ = rand.Read(raw[:])
 	key := "sk-bench-" + hex.EncodeToString(raw[:])
-	p, err := startPlatform(ctx, bin, file, logDir, []string{"--activators", strconv.Itoa(f.activators),
+	ps, err := startPlatforms(ctx, f.processes, bin, file, logDir, []string{"--activators", strconv.Itoa(f.activators),
 		"--ratelimit-redis", redis.addr, "--ratelimit-fail", mode}, []string{keyEnv + "=" + key}, f.startTimeout)
-	defer p.stop()
+	defer ps.stop()
 	if err != nil {
 		return res, err
 	}
 
-	l := newLoader(p.base, "demo", key, f.promptBytes, f.maxTokens, f.timeout)
+	l := newLoader(ps.bases(), "demo", key, f.promptBytes, f.maxTokens, f.timeout)
 	defer l.close()
 	fmt.Fprintf(os.Stderr, "emptying the tenant's bucket (%d tokens) at %d in flight\n", f.tokensPerMinute, f.drainConcurrency)
 	burst, err := l.drain(ctx, f.drainConcurrency, f.drainTimeout)
@@ -312,7 +353,7 @@ func runRound(ctx context.Context, f *rateLimitFlags, bin, redisBin, dir, logDir
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	if err := p.alive(); err != nil {
+	if err := ps.alive(); err != nil {
 		return res, err
 	}
 	analyze(&res, recs, f, cost, killAt)
@@ -327,6 +368,14 @@ func analyze(res *roundResult, recs []record, f *rateLimitFlags, cost float64, k
 		res.KillAtS = killAt.Seconds()
 	}
 	res.BeforeKill = statusCounts(recs, 0, end)
+	res.ByProcess = make([]processCounts, f.processes)
+	for i := range res.ByProcess {
+		own := processRecords(recs, i)
+		res.ByProcess[i].BeforeKill = statusCounts(own, 0, end)
+		if killAt > 0 {
+			res.ByProcess[i].AfterKill = statusCounts(own, killAt, math.MaxInt64)
+		}
+	}
 	start, denied := firstDenial(recs)
 	windowEnd := end
 	if killAt == 0 {
@@ -373,8 +422,8 @@ func analyze(res *roundResult, recs []record, f *rateLimitFlags, cost float64, k
 
 // writeTable writes the rounds for humans.
 func writeTable(w io.Writer, rep *report) {
-	fmt.Fprintf(w, "tenant limited to %d tokens/min, driven at %gx through %d activators sharing one redis-server\n",
-		rep.TokensPerMinute, rep.Overload, rep.Activators)
+	fmt.Fprintf(w, "tenant limited to %d tokens/min, driven at %gx through %s, sharing one redis-server\n",
+		rep.TokensPerMinute, rep.Overload, rep.Mode)
 	fmt.Fprintf(w, "%-6s %11s %11s %11s %7s %8s %14s %-22s %s\n", "fail", "driven/min", "served/min", "window_s", "ratio", "burst",
 		"fail_mode_s", "before kill", "after kill")
 	for _, r := range rep.Rounds {
@@ -384,6 +433,13 @@ func writeTable(w io.Writer, rep *report) {
 		}
 		fmt.Fprintf(w, "%-6s %11.0f %11.0f %11.1f %7.3f %8.0f %14s %-22s %s\n", r.Fail, r.DrivenTokensPerMinute, r.ServedTokensPerMinute,
 			r.WindowS, r.ServedRatio, r.BurstTokens, failMode, counts(r.BeforeKill), counts(r.AfterKill))
+	}
+	if rep.Processes > 1 {
+		for _, r := range rep.Rounds {
+			for i, pc := range r.ByProcess {
+				fmt.Fprintf(w, "fail %s: process %d: before kill %s, after kill %s\n", r.Fail, i, counts(pc.BeforeKill), counts(pc.AfterKill))
+			}
+		}
 	}
 	for _, r := range rep.Rounds {
 		if r.Error != "" {
