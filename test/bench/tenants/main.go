@@ -21,7 +21,10 @@
 // and only redis-server in common; the load goes round robin over their
 // APIs, and the served rate and the fail mode are judged from the answers
 // of all of them together. The table's first line says which way ran, and
-// lists each process's answers when there are several.
+// lists each process's answers when there are several. Which process admits
+// a request is the limit's business, not the load's: at an --overload equal
+// to --processes, the one request in three that fits arrives, round after
+// round, at the same process, while the others refuse theirs.
 //
 // It prints a table, writes settings, results and goals to --json OUT when
 // asked, and exits 1 with the goals it missed named on stderr. The kvasir
