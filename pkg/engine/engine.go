@@ -124,6 +124,9 @@ func Build(s Spec) (Launch, error) {
 		if vllmNeedsRay(s) {
 			l = vllmRay(s, l)
 		}
+		if vllmNeedsDPStartRank(s) {
+			l = vllmDPStartRank(s, l)
+		}
 	case v1alpha1.EngineSGLang:
 		l.Command = commandOr(s.EngineCommand, "python3", "-m", "sglang.launch_server")
 		l.Args = append([]string{"--model-path", s.Model}, user...)

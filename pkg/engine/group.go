@@ -42,6 +42,12 @@ type Group struct {
 	// Rank is this pod's index in the group: 0 is the leader, which
 	// serves the API; 1 to Shape.Pods-1 are workers.
 	Rank int32
+	// RankVar, when set, is a $(NAME) placeholder the runtime expands to
+	// this pod's rank, such as $(LWS_WORKER_INDEX) on Kubernetes, where
+	// every worker of a group shares one pod template. The command line
+	// then names the rank by it, and Rank (which must be above 0) only says
+	// that the pod is a worker. Only workers take one: the leader is 0.
+	RankVar string
 	// LeaderAddress is how the group's pods reach the leader: a host name,
 	// an IP address, or a placeholder the runtime expands, such as
 	// $(LWS_LEADER_ADDRESS) on Kubernetes. Required for more than one pod.
@@ -109,6 +115,9 @@ func (g *Group) validate(engine v1alpha1.EngineType) error {
 	if g.Rank < 0 || g.Rank >= sh.Pods {
 		return fmt.Errorf("group: rank %d out of 0..%d", g.Rank, sh.Pods-1)
 	}
+	if g.RankVar != "" && (g.Rank == 0 || !placeholder.MatchString(g.RankVar)) {
+		return fmt.Errorf("group: rank placeholder %q: want a $(NAME) placeholder, for a worker (rank above 0) only", g.RankVar)
+	}
 	if sh.Pods == 1 {
 		return nil
 	}
@@ -142,6 +151,40 @@ func (g *Group) port() string {
 // leader is the leader's host:port.
 func (g *Group) leader() string { return net.JoinHostPort(g.LeaderAddress, g.port()) }
 
+// rank is this pod's rank on the command line: RankVar when set.
+func (g *Group) rank() string {
+	if g.RankVar != "" {
+		return g.RankVar
+	}
+	return itoa(g.Rank)
+}
+
+// dpStartRankScript appends vLLM's --data-parallel-start-rank, rank ($1) ×
+// data-parallel ranks per pod ($2), to the command line in its other
+// arguments, for a worker whose rank is only known as a placeholder the
+// runtime expands ($(LWS_WORKER_INDEX)): the one product Kubernetes'
+// expansion cannot compute. The rank must be digits (an unexpanded
+// placeholder is refused before any arithmetic); nothing of the template
+// is in the script itself.
+const dpStartRankScript = `case "$1" in ''|*[!0-9]*) echo "kvasir: group rank '$1' is not a number" >&2; exit 2;; esac; ` +
+	`r=$(($1 * $2)); shift 2; exec "$@" --data-parallel-start-rank "$r"`
+
+// vllmDPStartRank wraps a vLLM worker whose rank is a placeholder and whose
+// pod holds several data-parallel ranks in dpStartRankScript.
+func vllmDPStartRank(s Spec, l Launch) Launch {
+	g := s.Group
+	local := g.Shape.Data / g.Shape.Pods
+	l.Command = append([]string{"/bin/sh", "-c", dpStartRankScript, "kvasir-dp-rank", g.RankVar, itoa(local)}, l.Command...)
+	return l
+}
+
+// vllmNeedsDPStartRank reports whether s's vLLM worker computes its first
+// data-parallel rank at run time (vllmDPStartRank).
+func vllmNeedsDPStartRank(s Spec) bool {
+	g := s.Group
+	return s.worker() && g.RankVar != "" && g.Shape.Data > 1 && g.Shape.Data/g.Shape.Pods > 1
+}
+
 // itoa formats a size.
 func itoa(v int32) string { return strconv.Itoa(int(v)) }
 
@@ -164,12 +207,16 @@ func vllmGroupArgs(s Spec) []string {
 	case sh.Data > 1:
 		local := sh.Data / sh.Pods
 		args = append(args, "--data-parallel-size-local", itoa(local))
-		if g.Rank > 0 {
+		switch {
+		case g.Rank > 0 && g.RankVar == "":
 			args = append(args, "--data-parallel-start-rank", itoa(g.Rank*local))
+		case g.Rank > 0 && local == 1:
+			args = append(args, "--data-parallel-start-rank", g.RankVar)
 		}
+		// A placeholder rank over several local ranks: vllmDPStartRank.
 		args = append(args, "--data-parallel-address", g.LeaderAddress, "--data-parallel-rpc-port", g.port())
 	case g.VLLMMultiNode == VLLMMultiNodeMP:
-		args = append(args, "--nnodes", itoa(sh.Pods), "--node-rank", itoa(g.Rank),
+		args = append(args, "--nnodes", itoa(sh.Pods), "--node-rank", g.rank(),
 			"--master-addr", g.LeaderAddress, "--master-port", g.port())
 	default:
 		return args // Ray: vllmRay
@@ -221,7 +268,7 @@ func sglangGroupArgs(s Spec) []string {
 		args = append(args, "--ep-size", tp)
 	}
 	if sh.Pods > 1 {
-		args = append(args, "--nnodes", itoa(sh.Pods), "--node-rank", itoa(g.Rank), "--dist-init-addr", g.leader())
+		args = append(args, "--nnodes", itoa(sh.Pods), "--node-rank", g.rank(), "--dist-init-addr", g.leader())
 	}
 	return args
 }
@@ -237,7 +284,7 @@ func simGroupArgs(s Spec) []string {
 		args = append(args, "--enable-expert-parallel")
 	}
 	if sh.Pods > 1 {
-		args = append(args, "--group-size", itoa(sh.Pods), "--rank", itoa(g.Rank), "--leader-address", g.leader())
+		args = append(args, "--group-size", itoa(sh.Pods), "--rank", g.rank(), "--leader-address", g.leader())
 	}
 	return args
 }
@@ -248,6 +295,6 @@ func customGroupEnv(s Spec) []corev1.EnvVar {
 		return nil
 	}
 	g := s.Group
-	return []corev1.EnvVar{{Name: GroupSizeEnv, Value: itoa(g.Shape.Pods)}, {Name: GroupRankEnv, Value: itoa(g.Rank)},
+	return []corev1.EnvVar{{Name: GroupSizeEnv, Value: itoa(g.Shape.Pods)}, {Name: GroupRankEnv, Value: g.rank()},
 		{Name: GroupLeaderEnv, Value: g.leader()}}
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"bufio"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -34,6 +35,14 @@ func parallelism(tensor, pipeline, data int32, expert bool) *v1alpha1.Parallelis
 // lws is the leader's address on Kubernetes, which LeaderWorkerSet gives
 // every pod of a group in its environment.
 const lws = "$(LWS_LEADER_ADDRESS)"
+
+// lwsRank is a pod's rank on Kubernetes, from the same environment.
+const lwsRank = "$(LWS_WORKER_INDEX)"
+
+// lwsWorker is the place of every worker of a LeaderWorkerSet group.
+func lwsWorker(g v1alpha1.GroupShape) *Group {
+	return &Group{Shape: g, Rank: 1, RankVar: lwsRank, LeaderAddress: lws}
+}
 
 // Every group's command lines, per rank, as data: testdata/<name>.golden
 // (go test ./pkg/engine -update rewrites them).
@@ -80,6 +89,17 @@ func TestGroupCommandLines(t *testing.T) {
 			SimCommand: []string{"/usr/local/bin/kvasir", "sim"}, Group: group(simPair, 1, "127.0.0.1", "29600")},
 		"custom-group-rank1": {Engine: v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Port: 9000, Command: []string{"srv"},
 			Args: []string{"--rank", "$(KVASIR_GROUP_RANK)"}}, Model: "m", Group: group(simPair, 1, "fd00::1", "")},
+		// Kubernetes' one worker template of a LeaderWorkerSet: the rank
+		// is $(LWS_WORKER_INDEX), which the kubelet expands per pod.
+		"vllm-tp8-pp2-worker-lws": {Engine: vllm, Model: "meta-llama/Llama-3.1-405B-Instruct", Group: lwsWorker(tp8pp2)},
+		"vllm-tp8-pp2-mp-worker-lws": {Engine: vllm, Model: "meta-llama/Llama-3.1-405B-Instruct",
+			Group: &Group{Shape: tp8pp2, Rank: 1, RankVar: lwsRank, LeaderAddress: lws, VLLMMultiNode: VLLMMultiNodeMP}},
+		"vllm-dp16-ep-worker-lws": {Engine: vllm, Model: model, Role: "decode", Group: lwsWorker(dp16ep)},
+		"vllm-dp2-tp8-worker-lws": {Engine: vllm, Model: model, Group: lwsWorker(shape(t, parallelism(8, 1, 2, false), 8, 0))},
+		"sglang-tp16-worker-lws":  {Engine: sglang, Model: "meta-llama/Llama-3.1-405B-Instruct", Group: lwsWorker(tp16)},
+		"sim-group-worker-lws":    {Engine: sim, Model: "demo", Group: lwsWorker(simPair)},
+		"custom-group-worker-lws": {Engine: v1alpha1.EngineSpec{Type: v1alpha1.EngineCustom, Port: 9000, Command: []string{"srv"}},
+			Model: "m", Group: lwsWorker(simPair)},
 	}
 	for name, s := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -227,6 +247,12 @@ func TestGroupRefusesMalformed(t *testing.T) {
 		"expert over one rank": {edit: func(g *Group) {
 			g.Shape = v1alpha1.GroupShape{Tensor: 1, Pipeline: 2, Data: 1, Expert: true, Declared: true, Accelerators: 2, Pods: 2, AcceleratorsPerPod: 1}
 		}, want: "expert parallelism"},
+		"rank placeholder on the leader": {edit: func(g *Group) { g.Rank, g.RankVar = 0, "$(LWS_WORKER_INDEX)" }, want: "rank placeholder"},
+		"rank placeholder a command":     {edit: func(g *Group) { g.RankVar = "$(id)x" }, want: "rank placeholder"},
+		"rank placeholder a number":      {edit: func(g *Group) { g.RankVar = "1" }, want: "rank placeholder"},
+		"rank placeholder a flag":        {edit: func(g *Group) { g.RankVar = "--headless" }, want: "rank placeholder"},
+		"rank placeholder with a space":  {edit: func(g *Group) { g.RankVar = "$(A B)" }, want: "rank placeholder"},
+		"rank placeholder shell":         {edit: func(g *Group) { g.RankVar = "${IFS}" }, want: "rank placeholder"},
 		"vLLM data ranks split over pods": {edit: func(g *Group) {
 			g.Shape = shape(t, parallelism(8, 1, 2, false), 4, 0)
 		}, want: "data 2 is not a multiple of 4 pods"},
@@ -262,5 +288,41 @@ func TestWorkersPublishNoKVEvents(t *testing.T) {
 		require.Contains(t, strings.Join(leader.Args, " "), "--kv-events", "%s", typ)
 		require.NotContains(t, strings.Join(worker.Args, " "), "--kv-events", "%s", typ)
 		require.Contains(t, worker.Args, "a=a", "%s: adapters on every rank", typ)
+	}
+}
+
+// A worker whose rank is a placeholder and whose pod holds several
+// data-parallel ranks computes its first rank in a fixed shell script: run
+// it as the kubelet would after expanding $(LWS_WORKER_INDEX), and with
+// forged ranks, which it refuses before any arithmetic.
+func TestDPStartRankScript(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	g := lwsWorker(shape(t, parallelism(1, 1, 16, true), 8, 0))
+	l, err := Build(Spec{Engine: v1alpha1.EngineSpec{Type: v1alpha1.EngineVLLM, Port: 8000,
+		Args: []string{"; rm -rf / #", "$(touch /tmp/x)"}}, Model: "m`id`", Group: g, EngineCommand: []string{"echo"}})
+	require.NoError(t, err)
+	require.Equal(t, []string{"/bin/sh", "-c", dpStartRankScript, "kvasir-dp-rank", lwsRank, "8", "echo"}, l.Command)
+	require.NotContains(t, l.Args, "--data-parallel-start-rank", "the script appends it")
+	run := func(rank string) (string, error) {
+		argv := append(append([]string{}, l.Command[1:]...), l.Args...)
+		argv[3] = rank // the kubelet's expansion
+		out, err := exec.Command(sh, argv...).CombinedOutput()
+		return string(out), err
+	}
+	for rank, want := range map[string]string{"1": "8", "3": "24", "0": "0"} {
+		out, err := run(rank)
+		require.NoError(t, err, out)
+		fields := strings.Fields(out)
+		require.Equal(t, "--data-parallel-start-rank", fields[len(fields)-2], out)
+		require.Equal(t, want, fields[len(fields)-1], "rank %s", rank)
+		require.Contains(t, out, "; rm -rf / # $(touch /tmp/x)", "the template's arguments pass through as data")
+	}
+	for _, forged := range []string{lwsRank, "", "-1", "1;id", "1 1", "x", "a[$(id)]", "1\n2"} {
+		out, err := run(forged)
+		require.Error(t, err, "rank %q: %s", forged, out)
+		require.Contains(t, out, "is not a number", "rank %q", forged)
 	}
 }

@@ -77,8 +77,11 @@ const (
 	DefaultSGLangImage = "lmsysorg/sglang:v0.5.3"
 )
 
-// engineContainer builds the engine container of a role.
-func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (corev1.Container, error) {
+// engineContainer builds the engine container of a role; group is the
+// pod's place in a serving group (nil for a one-pod replica: the command
+// line of before groups). A group's worker has no queue-proxy to wait for
+// when it stops.
+func engineContainer(rev *v1alpha1.ModelRevision, role string, group *engine.Group, cfg Config) (corev1.Container, error) {
 	e := rev.Spec.Engine
 	port := strconv.Itoa(int(e.Port))
 	c := corev1.Container{
@@ -97,7 +100,7 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 			roleArgs = rev.Spec.Roles.Decode.Args
 		}
 	}
-	spec := engine.Spec{Engine: e, Model: rev.Spec.Model, LoRAAdapters: rev.Spec.LoRAAdapters, RoleArgs: roleArgs, Port: port}
+	spec := engine.Spec{Engine: e, Model: rev.Spec.Model, LoRAAdapters: rev.Spec.LoRAAdapters, RoleArgs: roleArgs, Port: port, Group: group}
 	if role != fleet.RoleUnified {
 		spec.Role = role
 	}
@@ -130,6 +133,9 @@ func engineContainer(rev *v1alpha1.ModelRevision, role string, cfg Config) (core
 	c.Command, c.Args = launch.Command, launch.Args
 	for _, v := range launch.Env {
 		c.Env = setEnvDefault(c.Env, v.Name, v.Value)
+	}
+	if group != nil && group.Rank > 0 {
+		return c, nil
 	}
 	// The engine is stopped only once the queue-proxy has drained: the
 	// kubelet runs this hook before sending the engine its SIGTERM.
@@ -267,25 +273,12 @@ func QueueProxyResources() corev1.ResourceRequirements {
 // accelerator variant (nil without variants), owned by the revision.
 // replicas is the desired replica count.
 func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.AcceleratorVariant, replicas int32, cfg Config) (*appsv1.Deployment, error) {
-	engine, err := engineContainer(rev, role, cfg)
+	engine, err := engineContainer(rev, role, nil, cfg)
 	if err != nil {
 		return nil, err
 	}
-	engine.Resources = rev.Spec.VariantResources(v)
-	var nodeSelector map[string]string
-	variant := ""
-	if v != nil {
-		nodeSelector = maps.Clone(v.NodeSelector)
-		variant = v.Name
-	}
-	timeout := int64(rev.Spec.TimeoutSeconds)
-	qp := queueProxyContainer(rev, cfg.QueueProxyImage)
-	volumes := engineVolumes(engine)
-	if loraEnabled(rev) {
-		volumes = append(volumes, loraVolumeOf(rev))
-	}
+	variant := variantName(v)
 	labels := DeploymentLabels(rev, role, variant)
-	grace := timeout + drainGrace
 	deadline := cfg.ProgressDeadlineSeconds
 	if deadline == 0 {
 		deadline = 600
@@ -303,20 +296,52 @@ func MakeDeployment(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.Accele
 			ProgressDeadlineSeconds: &deadline,
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					Containers:                    []corev1.Container{engine, qp},
-					Volumes:                       volumes,
-					NodeSelector:                  nodeSelector,
-					TerminationGracePeriodSeconds: &grace,
-					EnableServiceLinks:            new(bool),
-					// Neither container calls the Kubernetes API.
-					AutomountServiceAccountToken: ptr.To(false),
-					SecurityContext:              podSecurityContext(),
-				},
+				Spec:       revisionPodSpec(rev, v, engine, true, cfg),
 			},
 		},
 	}
 	return d, nil
+}
+
+// variantName is v's name, "" without variants.
+func variantName(v *v1alpha1.AcceleratorVariant) string {
+	if v == nil {
+		return ""
+	}
+	return v.Name
+}
+
+// revisionPodSpec is the pod of a revision role on variant v (nil without
+// variants) around its engine container: the engine with the variant's
+// resources (per pod) and node selector, its volumes, and, when
+// queueProxy, the queue-proxy sidecar with the LoRA adapters' volume.
+// Deployments' pods and serving groups' leaders have the queue-proxy;
+// groups' workers do not.
+func revisionPodSpec(rev *v1alpha1.ModelRevision, v *v1alpha1.AcceleratorVariant, engine corev1.Container, queueProxy bool, cfg Config) corev1.PodSpec {
+	engine.Resources = rev.Spec.VariantResources(v)
+	var nodeSelector map[string]string
+	if v != nil {
+		nodeSelector = maps.Clone(v.NodeSelector)
+	}
+	containers := []corev1.Container{engine}
+	volumes := engineVolumes(engine)
+	if queueProxy {
+		containers = append(containers, queueProxyContainer(rev, cfg.QueueProxyImage))
+		if loraEnabled(rev) {
+			volumes = append(volumes, loraVolumeOf(rev))
+		}
+	}
+	grace := int64(rev.Spec.TimeoutSeconds) + drainGrace
+	return corev1.PodSpec{
+		Containers:                    containers,
+		Volumes:                       volumes,
+		NodeSelector:                  nodeSelector,
+		TerminationGracePeriodSeconds: &grace,
+		EnableServiceLinks:            new(bool),
+		// Neither container calls the Kubernetes API.
+		AutomountServiceAccountToken: ptr.To(false),
+		SecurityContext:              podSecurityContext(),
+	}
 }
 
 // queueProxyContainer is the queue-proxy sidecar of a revision's pods, in

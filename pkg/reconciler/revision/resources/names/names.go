@@ -34,6 +34,22 @@ func Deployment(rev *v1alpha1.ModelRevision, role, variant string) string {
 	return name
 }
 
+// LeaderWorkerSet is the name of the LeaderWorkerSet of a revision role
+// whose replicas are serving groups, on an accelerator variant ("" without
+// variants): <revision>[-<role>][-<variant>]-group. LWS names its headless
+// Service after it, so it must differ from every Service name (never
+// ending in -group) as well as from the role's Deployments.
+func LeaderWorkerSet(rev *v1alpha1.ModelRevision, role, variant string) string {
+	name := rev.Name
+	if role != fleet.RoleUnified {
+		name += "-" + role
+	}
+	if variant != "" {
+		name += "-" + variant
+	}
+	return name + "-group"
+}
+
 // Service is the name of a revision role's Service.
 func Service(rev *v1alpha1.ModelRevision, role string) string {
 	if role == fleet.RoleUnified {

@@ -1,0 +1,125 @@
+package resources
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+	"knative.dev/pkg/kmeta"
+	lwsv1 "sigs.k8s.io/lws/api/leaderworkerset/v1"
+
+	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/engine"
+	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
+)
+
+// LabelGroupWorker marks the worker pods of a revision role's serving
+// groups, with the role's label (fleet.RoleLabel) as its value. Workers
+// carry it instead of v1alpha1.LabelRole, so that the role's Service (and
+// so the activators' EndpointSlices) never selects them: only a group's
+// leader, with the queue-proxy, is routable.
+const LabelGroupWorker = v1alpha1.GroupName + "/group-worker"
+
+// The placeholders of the environment LeaderWorkerSet (sigs.k8s.io/lws
+// v0.7.0) puts first in every container of a group, which the kubelet
+// expands in the engine's arguments and environment.
+const (
+	// LWSLeaderAddressVar is the leader pod's address (its host name under
+	// the set's headless Service).
+	LWSLeaderAddressVar = "$(" + lwsv1.LwsLeaderAddress + ")"
+	// LWSWorkerIndexVar is the pod's index in its group: 0 for the leader,
+	// 1 to size-1 for the workers.
+	LWSWorkerIndexVar = "$(" + lwsv1.LwsWorkerIndex + ")"
+)
+
+// WorkerLabels are the labels of a serving group's worker pods: the
+// service's, the revision's, the variant's when it has one, and
+// LabelGroupWorker, but not v1alpha1.LabelRole (so not Selector's).
+func WorkerLabels(rev *v1alpha1.ModelRevision, role, variant string) map[string]string {
+	l := map[string]string{
+		v1alpha1.LabelService:  rev.Labels[v1alpha1.LabelService],
+		v1alpha1.LabelRevision: rev.Name,
+		LabelGroupWorker:       fleet.RoleLabel(role),
+	}
+	if variant != "" {
+		l[v1alpha1.LabelVariant] = variant
+	}
+	return l
+}
+
+// MakeLeaderWorkerSet builds the LeaderWorkerSet of one role of a revision
+// on an accelerator variant (nil without variants), owned by the revision,
+// for a role whose replicas are serving groups (rev.Spec.Group(role, v)
+// has more than one pod; a one-pod role is a Deployment: MakeDeployment).
+// replicas is the desired number of groups.
+//
+// Each group is size = pods per replica: a leader, the pod of a
+// Deployment (engine rank 0 with the queue-proxy, labelled as the
+// Deployment's pods, so the role's Service selects it), and size-1
+// workers sharing one template: the engine alone, its rank and the
+// leader's address from LWS's environment, labelled with WorkerLabels.
+// Every pod holds the variant's resources, its share of the replica's
+// accelerators. A pod that fails or restarts recreates its whole group
+// (RecreateGroupOnPodRestart), and workers start with the leader
+// (LeaderCreated): the leader is ready only once its workers joined.
+func MakeLeaderWorkerSet(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.AcceleratorVariant, replicas int32, cfg Config) (*lwsv1.LeaderWorkerSet, error) {
+	variant := variantName(v)
+	shape, err := rev.Spec.Group(role, v)
+	if err != nil {
+		return nil, fmt.Errorf("role %s, variant %q: %w", fleet.RoleLabel(role), variant, err)
+	}
+	if !shape.Grouped() {
+		return nil, fmt.Errorf("role %s, variant %q: one pod per replica is a Deployment, not a LeaderWorkerSet", fleet.RoleLabel(role), variant)
+	}
+	leader, err := engineContainer(rev, role, &engine.Group{Shape: shape, Rank: 0, LeaderAddress: LWSLeaderAddressVar}, cfg)
+	if err != nil {
+		return nil, err
+	}
+	worker, err := engineContainer(rev, role,
+		&engine.Group{Shape: shape, Rank: 1, RankVar: LWSWorkerIndexVar, LeaderAddress: LWSLeaderAddressVar}, cfg)
+	if err != nil {
+		return nil, err
+	}
+	labels := DeploymentLabels(rev, role, variant)
+	size := shape.Pods
+	return &lwsv1.LeaderWorkerSet{
+		TypeMeta: metav1.TypeMeta{APIVersion: lwsv1.GroupVersion.String(), Kind: "LeaderWorkerSet"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            names.LeaderWorkerSet(rev, role, variant),
+			Namespace:       rev.Namespace,
+			Labels:          labels,
+			OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(rev)},
+		},
+		Spec: lwsv1.LeaderWorkerSetSpec{
+			Replicas: &replicas,
+			LeaderWorkerTemplate: lwsv1.LeaderWorkerTemplate{
+				LeaderTemplate: &corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: labels},
+					Spec:       revisionPodSpec(rev, v, leader, true, cfg),
+				},
+				WorkerTemplate: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: WorkerLabels(rev, role, variant)},
+					Spec:       revisionPodSpec(rev, v, worker, false, cfg),
+				},
+				Size:          &size,
+				RestartPolicy: lwsv1.RecreateGroupOnPodRestart,
+			},
+			// LWS's defaults, spelled out: the reconciler compares what it
+			// builds with what the API server stored.
+			RolloutStrategy: lwsv1.RolloutStrategy{
+				Type: lwsv1.RollingUpdateStrategyType,
+				RollingUpdateConfiguration: &lwsv1.RollingUpdateConfiguration{
+					Partition:      ptr.To[int32](0),
+					MaxUnavailable: intstr.FromInt32(1),
+					MaxSurge:       intstr.FromInt32(0),
+				},
+			},
+			// Not LeaderReady: the leader is ready only once its workers
+			// joined, so waiting for it would never start them.
+			StartupPolicy: lwsv1.LeaderCreatedStartupPolicy,
+		},
+	}, nil
+}
