@@ -79,7 +79,7 @@ type Config struct {
 	// PriorityHeadroom is how many slots of each pod's containerConcurrency
 	// are kept for critical requests and for tenants under their share of
 	// the revision (fairness.go); 0: none, every slot goes in queue order.
-	// Capped at containerConcurrency-1.
+	// Capped at containerConcurrency-1. Default 1.
 	PriorityHeadroom int
 }
 
@@ -97,6 +97,8 @@ func DefaultConfig() Config {
 		OutlierBaseEjection:        30 * time.Second,
 		OutlierMaxEjection:         5 * time.Minute,
 		OutlierMaxEjectionPercent:  10,
+
+		PriorityHeadroom: 1,
 	}
 }
 

@@ -22,7 +22,8 @@ func RegisterQueueFlags(fs *flag.FlagSet, c *activator.Config) {
 			"estimated tokens handed to it since), is at or above this (0: off)")
 	fs.IntVar(&c.PriorityHeadroom, "priority-headroom", c.PriorityHeadroom,
 		"slots of each replica's containerConcurrency kept for critical requests and for tenants under their share "+
-			"of the replicas, so that they start at once while heavier tenants wait (0: off; at most containerConcurrency-1)")
+			"of the replicas, so that they start at once while heavier tenants wait (0: off; at most containerConcurrency-1; "+
+			"nothing is kept for the open API, or while one tenant alone uses a revision)")
 	fs.BoolFunc("fair-queueing", "release waiting requests by tenant priority and fair share (default true); false: "+
 		"one first-come, first-served line for every tenant, the baseline to compare with", func(v string) error {
 		on, err := strconv.ParseBool(v)
