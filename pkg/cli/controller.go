@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	lwsv1 "sigs.k8s.io/lws/api/leaderworkerset/v1"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler"
@@ -140,13 +141,17 @@ func (f *controllerFlags) validate() error {
 	return nil
 }
 
-// newScheme is the scheme of the Kubernetes types and Kvasir's.
+// newScheme is the scheme of the Kubernetes types, Kvasir's and
+// LeaderWorkerSet's.
 func newScheme() (*runtime.Scheme, error) {
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := lwsv1.AddToScheme(scheme); err != nil { // serving groups
 		return nil, err
 	}
 	return scheme, nil

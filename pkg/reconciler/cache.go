@@ -18,7 +18,10 @@ import (
 //   - Deployments, Services and NetworkPolicies: only Kvasir's, those
 //     labelled with v1alpha1.LabelRevision. The controller neither lists
 //     nor watches the cluster's others (RBAC cannot select by label: its
-//     rights still cover them).
+//     rights still cover them). LeaderWorkerSets are not selected so: an
+//     entry here needs the kind installed when the cache is made, and
+//     the controller must start without it; it holds them all, once a
+//     grouped revision or the reconciler's watch asks for them.
 //   - ConfigMaps: only the services' LoRA adapters, labelled with
 //     v1alpha1.LabelService.
 //   - Pods: all of them, since the autoscaler counts the accelerators

@@ -27,6 +27,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/fleet/kube"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
@@ -39,6 +40,8 @@ import (
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments/scale,verbs=get;update
+// +kubebuilder:rbac:groups=leaderworkerset.x-k8s.io,resources=leaderworkersets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=leaderworkerset.x-k8s.io,resources=leaderworkersets/scale,verbs=get;update
 // +kubebuilder:rbac:groups=metrics.k8s.io,resources=pods,verbs=get;list
 // +kubebuilder:rbac:groups="",resources=nodes;pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;update;patch
@@ -293,7 +296,8 @@ func (a *Autoscaler) followPods(ctx context.Context, revs []v1alpha1.ModelRevisi
 	targets := map[string]podTarget{}
 	for _, p := range pods {
 		rev := known[p.Namespace+"/"+p.Labels[v1alpha1.LabelRevision]]
-		if rev == nil || p.Status.PodIP == "" || p.DeletionTimestamp != nil ||
+		if rev == nil || p.Labels[resources.LabelGroupWorker] != "" || // a group's worker: no queue-proxy
+			p.Status.PodIP == "" || p.DeletionTimestamp != nil ||
 			p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}

@@ -179,7 +179,7 @@ func TestCapacityFromNodesDrivesPlacementAndStatus(t *testing.T) {
 			strings.Contains(msg, "unified: 5 replica(s) cannot be placed: not enough free nvidia.com/gpu")
 	}, wait, tick)
 	require.Equal(t, int32(0), replicas(t, e.c, "llama-00001-deployment"))
-	require.Equal(t, 5.0, gauge(t, e.reg, "kvasir_revision_unplaceable_replicas", role))
+	require.Eventually(t, func() bool { return gauge(t, e.reg, "kvasir_revision_unplaceable_replicas", role) == 5.0 }, wait, tick)
 	require.Eventually(t, func() bool { return hasEvent(t, e.c, "llama-00001", v1alpha1.ReasonInsufficientAccelerators) }, wait, tick)
 
 	// A node with two GPUs joins: two replicas are placed, three are not.
@@ -202,7 +202,7 @@ func TestCapacityFromNodesDrivesPlacementAndStatus(t *testing.T) {
 		s, _, _ := condition(t, e.c, "llama-00001", v1alpha1.RevisionConditionCapacityAvailable)
 		return s == "True"
 	}, wait, tick)
-	require.Equal(t, 0.0, gauge(t, e.reg, "kvasir_revision_unplaceable_replicas", role))
+	require.Eventually(t, func() bool { return gauge(t, e.reg, "kvasir_revision_unplaceable_replicas", role) == 0.0 }, wait, tick)
 }
 
 // With accelerator variants, the cheaper one's Deployment fills first and
@@ -225,7 +225,9 @@ func TestVariantsSpillByCost(t *testing.T) {
 		return replicas(t, e.c, "qwen-00001-ascend") == 1 && replicas(t, e.c, "qwen-00001-h100") == 2
 	}, wait, tick, "one on the NPU, the rest on GPUs")
 	v := map[string]string{"service": "qwen", "role": "unified", "variant": "h100"}
-	require.Equal(t, 2.0, gauge(t, e.reg, "kvasir_revision_desired_replicas", v))
+	// The gauge is set by the same pass that scaled, after it: not
+	// necessarily before the scaled count can be read.
+	require.Eventually(t, func() bool { return gauge(t, e.reg, "kvasir_revision_desired_replicas", v) == 2 }, wait, tick)
 	s, _, _ := condition(t, e.c, "qwen-00001", v1alpha1.RevisionConditionCapacityAvailable)
 	require.NotEqual(t, "False", s)
 

@@ -9,7 +9,9 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrs "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	lwsv1 "sigs.k8s.io/lws/api/leaderworkerset/v1"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
@@ -42,12 +44,12 @@ type role struct {
 	rev   *v1alpha1.ModelRevision
 	name  string // fleet.Role*
 	state *roleState
-	deps  []*appsv1.Deployment // per variant, cheapest first
+	ready []int // ready replicas (groups for serving groups) per variant, cheapest first
 	obs   autoscaler.Observed
 }
 
 // Observe implements autoscaler.Observer: every revision role whose
-// Deployments exist. It forgets the roles gone since the last pass and
+// Deployments (LeaderWorkerSets for serving groups) exist. It forgets the roles gone since the last pass and
 // reserves what their Deployments asked for and have no pod yet.
 func (p *pass) Observe(ctx context.Context, now time.Time) ([]autoscaler.Observed, error) {
 	a := p.a
@@ -87,8 +89,9 @@ func (p *pass) Observe(ctx context.Context, now time.Time) ([]autoscaler.Observe
 	return out, nil
 }
 
-// observe gathers one revision role's state; nil when its Deployments do
-// not exist yet.
+// observe gathers one revision role's state; nil when its Deployments (or
+// LeaderWorkerSets) do not exist yet. A grouped variant counts groups, its
+// LeaderWorkerSet's replicas and readyReplicas, never pods.
 func (p *pass) observe(ctx context.Context, rev *v1alpha1.ModelRevision, name string, now time.Time,
 	demand map[fleet.Key]demand, podStats map[fleet.Key][]*stats.Stat) (*role, error) {
 	key := keyOf(rev, name)
@@ -96,18 +99,14 @@ func (p *pass) observe(ctx context.Context, rev *v1alpha1.ModelRevision, name st
 	o := autoscaler.Observation{Variants: autoscaler.RoleVariantsOf(&rev.Spec.RevisionTemplate, key.Role)}
 	current := 0
 	for i, v := range resources.Variants(rev) {
-		d, err := p.deployment(ctx, rev, name, v)
-		if d == nil || err != nil {
+		n, ready, ok, err := p.workload(ctx, rev, name, v)
+		if !ok || err != nil {
 			return nil, err
 		}
-		r.deps = append(r.deps, d)
-		n := 0
-		if d.Spec.Replicas != nil {
-			n = int(*d.Spec.Replicas)
-		}
+		r.ready = append(r.ready, ready)
 		o.Variants[i].Current = n
 		current += n
-		o.Ready += int(d.Status.ReadyReplicas)
+		o.Ready += ready
 	}
 	st, err := p.a.state(rev, name, key, current, now)
 	if err != nil {
@@ -122,22 +121,42 @@ func (p *pass) observe(ctx context.Context, rev *v1alpha1.ModelRevision, name st
 	return r, nil
 }
 
-// deployment reads a revision role's Deployment on variant v; nil when the
-// revision reconciler has not made it yet.
-func (p *pass) deployment(ctx context.Context, rev *v1alpha1.ModelRevision, name string, v *v1alpha1.AcceleratorVariant) (*appsv1.Deployment, error) {
+// workload reads the desired and ready replicas of a revision role on
+// variant v from its Deployment, or its LeaderWorkerSet for serving groups
+// (replicas are then groups); ok is false when the revision reconciler
+// has not made it yet (or, for groups, the cluster has no LeaderWorkerSet
+// API: the revision's status says so).
+func (p *pass) workload(ctx context.Context, rev *v1alpha1.ModelRevision, name string, v *v1alpha1.AcceleratorVariant) (desired, ready int, ok bool, err error) {
 	variant := ""
 	if v != nil {
 		variant = v.Name
 	}
+	if resources.Grouped(rev, name, v) {
+		l := &lwsv1.LeaderWorkerSet{}
+		err := p.a.Client.Get(ctx, client.ObjectKey{Namespace: rev.Namespace, Name: names.LeaderWorkerSet(rev, name, variant)}, l)
+		switch {
+		case apierrs.IsNotFound(err) || meta.IsNoMatchError(err):
+			return 0, 0, false, nil
+		case err != nil:
+			return 0, 0, false, fmt.Errorf("getting leader worker set: %w", err)
+		}
+		if l.Spec.Replicas != nil {
+			desired = int(*l.Spec.Replicas)
+		}
+		return desired, int(l.Status.ReadyReplicas), true, nil
+	}
 	d := &appsv1.Deployment{}
-	err := p.a.Client.Get(ctx, client.ObjectKey{Namespace: rev.Namespace, Name: names.Deployment(rev, name, variant)}, d)
+	err = p.a.Client.Get(ctx, client.ObjectKey{Namespace: rev.Namespace, Name: names.Deployment(rev, name, variant)}, d)
 	switch {
 	case apierrs.IsNotFound(err):
-		return nil, nil
+		return 0, 0, false, nil
 	case err != nil:
-		return nil, fmt.Errorf("getting deployment: %w", err)
+		return 0, 0, false, fmt.Errorf("getting deployment: %w", err)
 	}
-	return d, nil
+	if d.Spec.Replicas != nil {
+		desired = int(*d.Spec.Replicas)
+	}
+	return desired, int(d.Status.ReadyReplicas), true, nil
 }
 
 // state returns a revision role's state, made when the role (or its
@@ -178,9 +197,13 @@ func override(rev *v1alpha1.ModelRevision, name string) *autoscaler.Decision {
 	return nil
 }
 
-// reserve takes from free what the Deployments already asked for and have
-// no pod yet: their pods are on the way (the ReplicaSet controller makes
-// them a moment later), and nothing else may claim that capacity.
+// reserve takes from free what the Deployments and LeaderWorkerSets
+// already asked for and have no pod yet: their pods are on the way (the
+// ReplicaSet or LWS controller makes them a moment later), and nothing
+// else may claim that capacity. A serving group's pods count one by one
+// (a leader under the role's label, workers under
+// resources.LabelGroupWorker): a group whose leader runs and whose
+// workers do not yet still reserves the workers' share.
 func reserve(free map[string]int, roles map[fleet.Key]*role, pods []corev1.Pod) {
 	have := map[string]int{} // namespace/revision/role/variant → pods
 	for _, p := range pods {
@@ -188,14 +211,19 @@ func reserve(free map[string]int, roles map[fleet.Key]*role, pods []corev1.Pod) 
 			continue
 		}
 		l := p.Labels
-		have[p.Namespace+"/"+l[v1alpha1.LabelRevision]+"/"+l[v1alpha1.LabelRole]+"/"+l[v1alpha1.LabelVariant]]++
+		role := l[v1alpha1.LabelRole]
+		if role == "" {
+			role = l[resources.LabelGroupWorker]
+		}
+		have[p.Namespace+"/"+l[v1alpha1.LabelRevision]+"/"+role+"/"+l[v1alpha1.LabelVariant]]++
 	}
 	for _, r := range roles {
 		for _, v := range r.obs.Variants {
-			missing := v.Current - have[r.rev.Namespace+"/"+r.rev.Name+"/"+fleet.RoleLabel(r.name)+"/"+v.Name]
+			pods := max(v.Pods, 1) // per replica; Need is the replica's, all its pods
+			missing := v.Current*pods - have[r.rev.Namespace+"/"+r.rev.Name+"/"+fleet.RoleLabel(r.name)+"/"+v.Name]
 			for res, n := range v.Need {
 				if missing > 0 {
-					free[res] = max(free[res]-missing*n, 0)
+					free[res] = max(free[res]-missing*n/pods, 0)
 				}
 			}
 		}
@@ -216,8 +244,8 @@ func (p *pass) Placing(*autoscaler.Result) {}
 // InsufficientAccelerators event once per change.
 func (p *pass) Placed(res *autoscaler.Result) {
 	a, r := p.a, p.roles[res.Role.Key]
-	for i, d := range r.deps {
-		a.metrics.placed(r.key, res.Variants[i].Name, res.Placement.Counts[i], int(d.Status.ReadyReplicas))
+	for i, ready := range r.ready {
+		a.metrics.placed(r.key, res.Variants[i].Name, res.Placement.Counts[i], ready)
 	}
 	a.metrics.unplaceable.With(labelsOf(r.key)).Set(float64(res.Placement.Unplaceable))
 	dec, total := res.Decision, res.Placement.Total()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources"
 )
 
 // DefaultResourceMetricsInterval is how often the autoscaler reads the
@@ -55,6 +56,9 @@ func (u *usage) refresh(ctx context.Context, now time.Time) {
 	byKey := map[fleet.Key]resourceUse{}
 	for _, pm := range list.Items {
 		l := pm.Labels
+		if l[resources.LabelGroupWorker] != "" {
+			continue // a serving group's worker: the group is its leader's replica
+		}
 		k := fleet.Key{Namespace: pm.Namespace, Service: l[v1alpha1.LabelService], Revision: l[v1alpha1.LabelRevision],
 			Role: fleet.RoleOfLabel(l[v1alpha1.LabelRole])}
 		use := byKey[k]

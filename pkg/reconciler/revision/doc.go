@@ -1,5 +1,7 @@
 // Package revision owns the ModelRevision reconciler: per role, a Deployment
-// (engine plus queue-proxy sidecar) and a Service built by resources/, and a
+// (engine plus queue-proxy sidecar), or a LeaderWorkerSet for a role whose
+// replicas are serving groups of several pods, and a Service built by
+// resources/, and a
 // status that says why a revision is not ready (unschedulable for lack of
 // accelerators, image pull failure, a crashing engine, a rollout past its
 // progress deadline).

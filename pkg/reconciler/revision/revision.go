@@ -2,6 +2,7 @@ package revision
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -10,12 +11,15 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrs "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	lwsv1 "sigs.k8s.io/lws/api/leaderworkerset/v1"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/autoscaler"
@@ -25,7 +29,8 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/revision/resources/names"
 )
 
-// RBAC (make generate): a revision's Deployments, Services and
+// RBAC (make generate): a revision's Deployments (LeaderWorkerSets for
+// serving groups), Services and
 // NetworkPolicy, its pods read to say why they do not run, its status.
 // Nothing is deleted: owner references let the garbage collector remove
 // what a deleted revision owned. Services are never changed once made.
@@ -35,13 +40,28 @@ import (
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=serving.kvasir.dev,resources=modelrevisions/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups=leaderworkerset.x-k8s.io,resources=leaderworkersets,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;update;patch
 
-// Reconciler makes a ModelRevision's Deployments and Services exist and
-// reports their state in its status.
+// ReasonLeaderWorkerSetNotInstalled is the reason of a revision's
+// ResourcesAvailable (so Ready) condition when a role runs serving groups
+// and the cluster has no LeaderWorkerSet API (docs/kubernetes.md says how
+// to install it).
+const ReasonLeaderWorkerSetNotInstalled = "LeaderWorkerSetNotInstalled"
+
+// lwsGroupKind is the kind of a serving group's workload.
+var lwsGroupKind = schema.GroupKind{Group: lwsv1.GroupVersion.Group, Kind: "LeaderWorkerSet"}
+
+// errLWSNotInstalled is reconcileLeaderWorkerSet's error when the cluster
+// does not serve the LeaderWorkerSet kind.
+var errLWSNotInstalled = errors.New("the cluster has no LeaderWorkerSet API (leaderworkerset.x-k8s.io/v1)")
+
+// Reconciler makes a ModelRevision's Deployments (LeaderWorkerSets for
+// roles of serving groups) and Services exist and reports their state in
+// its status.
 type Reconciler struct {
 	Client    client.Client
 	Events    events.EventRecorder
@@ -51,15 +71,23 @@ type Reconciler struct {
 var _ reconcile.Reconciler = (*Reconciler)(nil)
 
 // SetupWithManager registers the reconciler: it watches revisions and the
-// Deployments, Services and NetworkPolicies they own.
+// Deployments, Services and NetworkPolicies they own, and their
+// LeaderWorkerSets when the cluster serves that kind as the manager
+// starts (installed later, it takes a restart of the controller to watch
+// them; until then a grouped revision says LeaderWorkerSetNotInstalled).
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.ModelRevision{}).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
-		Owns(&networkingv1.NetworkPolicy{}).
-		Named("modelrevision").
-		Complete(r)
+		Owns(&networkingv1.NetworkPolicy{})
+	switch _, err := mgr.GetRESTMapper().RESTMapping(lwsGroupKind, lwsv1.GroupVersion.Version); {
+	case err == nil:
+		b = b.Owns(&lwsv1.LeaderWorkerSet{})
+	case !meta.IsNoMatchError(err):
+		return fmt.Errorf("looking up the LeaderWorkerSet API: %w", err)
+	}
+	return b.Named("modelrevision").Complete(r)
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -80,11 +108,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		_ = r.updateStatus(ctx, rev, before)
 		return reconcile.Result{}, err
 	}
-	var serving []*appsv1.Deployment
+	var serving []workload
 	for _, role := range names.Roles(rev) {
 		ds, err := r.reconcileRole(ctx, rev, role)
 		if apierrs.IsConflict(err) {
 			return reconcile.Result{}, err // another writer came first (the autoscaler): retried, nothing to report
+		}
+		if errors.Is(err, errLWSNotInstalled) {
+			// Not retried: nothing changes until LWS is installed (and
+			// the controller restarted, to watch its sets).
+			rev.Status.MarkResourcesUnavailable(ReasonLeaderWorkerSetNotInstalled,
+				"role %s runs serving groups of several pods, which need LeaderWorkerSet (sigs.k8s.io/lws v0.7.0): "+
+					"install it beside Kvasir and restart kvasir-controller (docs/kubernetes.md, \"Serving groups\")", fleet.RoleLabel(role))
+			return reconcile.Result{}, r.updateStatus(ctx, rev, before)
 		}
 		if err != nil {
 			rev.Status.MarkResourcesUnavailable("ReconcileFailed", "%v", err)
@@ -118,20 +154,60 @@ func initialReplicas(rev *v1alpha1.ModelRevision, role string) int32 {
 	return int32(autoscaler.InitialScale(sc, least))
 }
 
-// reconcileRole makes a role's Deployments (one per accelerator variant)
-// and its Service exist.
-func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevision, role string) ([]*appsv1.Deployment, error) {
-	var out []*appsv1.Deployment
+// workload is what runs a role's replicas on one accelerator variant: a
+// Deployment (replicas are pods) or a LeaderWorkerSet (replicas are
+// groups).
+type workload struct {
+	desired, ready int32
+	// stalled is the message of a rollout past its progress deadline.
+	stalled string
+}
+
+func deploymentWorkload(d *appsv1.Deployment) workload {
+	w := workload{ready: d.Status.ReadyReplicas}
+	if d.Spec.Replicas != nil {
+		w.desired = *d.Spec.Replicas
+	}
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded" {
+			w.stalled = c.Message
+		}
+	}
+	return w
+}
+
+// lwsWorkload counts groups: a LeaderWorkerSet's readyReplicas are its
+// groups whose every pod is ready.
+func lwsWorkload(l *lwsv1.LeaderWorkerSet) workload {
+	w := workload{ready: l.Status.ReadyReplicas}
+	if l.Spec.Replicas != nil {
+		w.desired = *l.Spec.Replicas
+	}
+	return w
+}
+
+// reconcileRole makes a role's Deployments or, for serving groups,
+// LeaderWorkerSets (one per accelerator variant) and its Service exist.
+func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevision, role string) ([]workload, error) {
+	var out []workload
 	for i, v := range resources.Variants(rev) {
 		initial := int32(0) // the cheapest variant starts; the autoscaler spills
 		if i == 0 {
 			initial = initialReplicas(rev, role)
 		}
+		if resources.Grouped(rev, role, v) {
+			l, err := r.reconcileLeaderWorkerSet(ctx, rev, role, v, initial)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, lwsWorkload(l))
+			continue
+		}
 		d, err := r.reconcileDeployment(ctx, rev, role, v, initial)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, d)
+		out = append(out, deploymentWorkload(d))
 	}
 	svc := resources.MakeService(rev, role)
 	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(svc), &corev1.Service{}); apierrs.IsNotFound(err) {
@@ -196,8 +272,45 @@ func (r *Reconciler) reconcileDeployment(ctx context.Context, rev *v1alpha1.Mode
 	return have, nil
 }
 
-// observe sets the status from the serving role's Deployment and pods.
-func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, ds []*appsv1.Deployment) error {
+// reconcileLeaderWorkerSet makes a grouped role's LeaderWorkerSet on
+// variant v exist as the builder makes it, keeping the replicas (groups)
+// the autoscaler set through its scale subresource. errLWSNotInstalled
+// when the cluster has no such kind.
+func (r *Reconciler) reconcileLeaderWorkerSet(ctx context.Context, rev *v1alpha1.ModelRevision, role string,
+	v *v1alpha1.AcceleratorVariant, initial int32) (*lwsv1.LeaderWorkerSet, error) {
+	want, err := resources.MakeLeaderWorkerSet(rev, role, v, initial, r.Resources)
+	if err != nil {
+		return nil, err
+	}
+	have := &lwsv1.LeaderWorkerSet{}
+	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), have); {
+	case meta.IsNoMatchError(err):
+		return nil, fmt.Errorf("getting leader worker set %s: %w (%w)", want.Name, errLWSNotInstalled, err)
+	case apierrs.IsNotFound(err):
+		if err := r.Client.Create(ctx, want); err != nil {
+			if meta.IsNoMatchError(err) {
+				return nil, fmt.Errorf("creating leader worker set %s: %w (%w)", want.Name, errLWSNotInstalled, err)
+			}
+			return nil, fmt.Errorf("creating leader worker set %s: %w", want.Name, err)
+		}
+		r.event(rev, want, corev1.EventTypeNormal, "Created", "Created leader worker set %s", want.Name)
+		return want, nil
+	case err != nil:
+		return nil, fmt.Errorf("getting leader worker set %s: %w", want.Name, err)
+	}
+	want.Spec.Replicas = have.Spec.Replicas // the autoscaler's, through the scale subresource
+	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) {
+		have.Spec = want.Spec
+		if err := r.Client.Update(ctx, have); err != nil {
+			return nil, fmt.Errorf("updating leader worker set %s: %w", want.Name, err)
+		}
+	}
+	return have, nil
+}
+
+// observe sets the status from the serving role's workloads and pods
+// (a group's workers included).
+func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, ds []workload) error {
 	role := fleet.RoleUnified
 	if rev.Spec.Roles != nil {
 		role = fleet.RoleDecode
@@ -205,16 +318,22 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d
 	rev.Status.Selector = labels.SelectorFromSet(resources.Selector(rev, role)).String()
 	desired, ready := int32(0), int32(0)
 	for _, d := range ds {
-		if d.Spec.Replicas != nil {
-			desired += *d.Spec.Replicas
-		}
-		ready += d.Status.ReadyReplicas
+		desired += d.desired
+		ready += d.ready
 	}
 	rev.Status.SetReplicas(desired, ready)
 
 	pods := &corev1.PodList{}
 	if err := r.Client.List(ctx, pods, client.InNamespace(rev.Namespace), client.MatchingLabels(resources.Selector(rev, role))); err != nil {
 		return fmt.Errorf("listing pods: %w", err)
+	}
+	if hasGroups(rev, role) {
+		workers := &corev1.PodList{}
+		if err := r.Client.List(ctx, workers, client.InNamespace(rev.Namespace), client.MatchingLabels{
+			v1alpha1.LabelRevision: rev.Name, resources.LabelGroupWorker: fleet.RoleLabel(role)}); err != nil {
+			return fmt.Errorf("listing group workers: %w", err)
+		}
+		pods.Items = append(pods.Items, workers.Items...)
 	}
 	unavailable := false // said so in this pass (what an earlier pass said does not stick)
 	if reason, msg := podTrouble(pods.Items); reason != "" {
@@ -228,11 +347,9 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d
 		rev.Status.MarkContainerHealthy()
 	}
 	for _, d := range ds {
-		for _, c := range d.Status.Conditions {
-			if c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded" {
-				rev.Status.MarkResourcesUnavailable(v1alpha1.ReasonProgressDeadlineExceeded, "%s", c.Message)
-				unavailable = true
-			}
+		if d.stalled != "" {
+			rev.Status.MarkResourcesUnavailable(v1alpha1.ReasonProgressDeadlineExceeded, "%s", d.stalled)
+			unavailable = true
 		}
 	}
 	capacity := rev.Status.GetCondition(v1alpha1.RevisionConditionCapacityAvailable)
@@ -256,6 +373,16 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d
 		rev.Status.MarkActivating(v1alpha1.ReasonDeploying, "waiting for a ready replica")
 	}
 	return nil
+}
+
+// hasGroups reports whether a role runs serving groups on any variant.
+func hasGroups(rev *v1alpha1.ModelRevision, role string) bool {
+	for _, v := range resources.Variants(rev) {
+		if resources.Grouped(rev, role, v) {
+			return true
+		}
+	}
+	return false
 }
 
 // podTrouble finds why pods cannot run: unschedulable (no node has the

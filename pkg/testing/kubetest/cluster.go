@@ -31,10 +31,12 @@ type Cluster struct {
 // Cluster runs.
 var clusterControllers = "deployment-controller,replicaset-controller,endpointslice-controller,garbage-collector-controller"
 
-// StartCluster starts a Cluster for the test; it stops when the test ends.
-func StartCluster(t testing.TB) *Cluster {
+// StartCluster starts a Cluster for the test, with config/'s CRDs and
+// those of the files (or directories) in crds (LWSCRD's, say); it stops
+// when the test ends.
+func StartCluster(t testing.TB, crds ...string) *Cluster {
 	t.Helper()
-	env, cfg := start(t)
+	env, cfg := start(t, crds...)
 	dir, _ := Assets()
 	tmp := t.TempDir()
 	kubeconfig := filepath.Join(tmp, "kubeconfig")

@@ -59,7 +59,9 @@ func Start(t testing.TB) *rest.Config {
 	return cfg
 }
 
-func start(t testing.TB) (*envtest.Environment, *rest.Config) {
+// start runs the API server with config/'s CRDs and those of the files
+// (or directories) in crds.
+func start(t testing.TB, crds ...string) (*envtest.Environment, *rest.Config) {
 	t.Helper()
 	dir, ok := Assets()
 	if !ok {
@@ -70,6 +72,7 @@ func start(t testing.TB) (*envtest.Environment, *rest.Config) {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config")},
 		ErrorIfCRDPathMissing: true,
 	}
+	env.CRDInstallOptions.Paths = crds
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("starting the test API server: %v", err)

@@ -13,11 +13,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	lwsv1 "sigs.k8s.io/lws/api/leaderworkerset/v1"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 )
 
-// Scheme has the built-in kinds and Kvasir's.
+// Scheme has the built-in kinds, Kvasir's and LeaderWorkerSet's.
 func Scheme(t testing.TB) *runtime.Scheme {
 	t.Helper()
 	s := runtime.NewScheme()
@@ -25,6 +26,9 @@ func Scheme(t testing.TB) *runtime.Scheme {
 		t.Fatal(err)
 	}
 	if err := v1alpha1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := lwsv1.AddToScheme(s); err != nil {
 		t.Fatal(err)
 	}
 	return s

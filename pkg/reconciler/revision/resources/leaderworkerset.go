@@ -123,3 +123,26 @@ func MakeLeaderWorkerSet(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.A
 		},
 	}, nil
 }
+
+// Grouped reports whether a revision role's replicas on variant v (nil
+// without variants) are serving groups of several pods, so a
+// LeaderWorkerSet (MakeLeaderWorkerSet) rather than a Deployment. A role
+// whose group does not derive (a revision that fails validation) is not
+// grouped: MakeDeployment reports its error.
+func Grouped(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.AcceleratorVariant) bool {
+	g, err := rev.Spec.Group(role, v)
+	return err == nil && g.Grouped()
+}
+
+// AnyGrouped reports whether any role of a revision, on any variant, runs
+// serving groups.
+func AnyGrouped(rev *v1alpha1.ModelRevision) bool {
+	for _, role := range names.Roles(rev) {
+		for _, v := range Variants(rev) {
+			if Grouped(rev, role, v) {
+				return true
+			}
+		}
+	}
+	return false
+}

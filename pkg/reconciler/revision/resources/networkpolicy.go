@@ -25,7 +25,11 @@ func NetworkPolicyName(rev *v1alpha1.ModelRevision) string { return rev.Name }
 //     from cfg.SystemNamespace;
 //   - with prefill and decode roles, the revision's own pods on any port:
 //     decode engines pull the KV cache from prefill engines (NIXL's side
-//     channel and transfer ports are the engine's to choose).
+//     channel and transfer ports are the engine's to choose);
+//   - with serving groups (a role of several pods a replica: Grouped), the
+//     revision's own pods on any port as well: a group's pods meet at its
+//     leader and talk among themselves (NCCL, Ray, vLLM's data-parallel
+//     RPC, SGLang's dist-init) on ports the engines choose.
 //
 // The engine port is not in the list: the engine listens on loopback, and
 // the policy shuts it for clusters whose CNI enforces policies even if a
@@ -51,7 +55,7 @@ func MakeNetworkPolicy(rev *v1alpha1.ModelRevision, cfg Config) *networkingv1.Ne
 			},
 		}},
 	}}
-	if rev.Spec.Roles != nil {
+	if rev.Spec.Roles != nil || AnyGrouped(rev) {
 		rules = append(rules, networkingv1.NetworkPolicyIngressRule{
 			From: []networkingv1.NetworkPolicyPeer{{PodSelector: revisionPods.DeepCopy()}},
 		})

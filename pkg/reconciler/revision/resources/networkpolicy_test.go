@@ -5,6 +5,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
@@ -61,4 +62,56 @@ func TestNetworkPolicyLetsOnlyKvasirIn(t *testing.T) {
 	require.True(t, netpol.Allows(ps, decode, activator, names.QueueProxyPort))
 	require.False(t, netpol.Allows(ps, prefill, activator, 5600))
 	require.False(t, netpol.Allows(ps, prefill, netpol.Pod{Namespace: "ns", Labels: map[string]string{"app": "x"}}, 5600))
+}
+
+// Serving groups: a group's pods (leader and workers, of any of the
+// revision's groups) reach each other on any port, for the group's
+// rendezvous; nothing else opens: not to other revisions' pods, not to
+// pods of the namespace, not to the activators beyond the queue-proxy. A
+// revision without groups keeps the closed policy.
+func TestNetworkPolicyOpensGroupsToThemselves(t *testing.T) {
+	grouped := revision(func(r *v1alpha1.ModelRevision) {
+		r.Spec.Parallelism, r.Spec.AcceleratorsPerNode = sizes(2, 1, 1), ptr.To[int32](1)
+	})
+	require.True(t, AnyGrouped(grouped))
+	ps := []networkingv1.NetworkPolicy{*MakeNetworkPolicy(grouped, cfg)}
+	lws, err := MakeLeaderWorkerSet(grouped, fleet.RoleUnified, nil, 2, cfg)
+	require.NoError(t, err)
+	leader := netpol.Pod{Namespace: "ns", Labels: lws.Spec.LeaderWorkerTemplate.LeaderTemplate.Labels}
+	worker := netpol.Pod{Namespace: "ns", Labels: lws.Spec.LeaderWorkerTemplate.WorkerTemplate.Labels}
+	for _, port := range []int32{29500, 6379, 13345, names.QueueProxyPort, 1} { // NCCL, Ray, vLLM's RPC
+		require.True(t, netpol.Allows(ps, leader, worker, port), "worker to leader, port %d", port)
+		require.True(t, netpol.Allows(ps, worker, leader, port), "leader to worker, port %d", port)
+		require.True(t, netpol.Allows(ps, worker, worker, port), "worker to worker, port %d", port)
+	}
+	activator := netpol.Pod{Namespace: "kvasir-serving", Labels: map[string]string{LabelAppName: AppName, LabelComponent: ComponentActivator}}
+	require.True(t, netpol.Allows(ps, leader, activator, names.QueueProxyPort))
+	require.False(t, netpol.Allows(ps, worker, activator, 29500), "the activator reaches the queue-proxy only")
+	require.False(t, netpol.Allows(ps, leader, activator, 8000))
+	other := revision(func(r *v1alpha1.ModelRevision) {
+		r.Name = "llama-00001"
+		r.Spec.Parallelism, r.Spec.AcceleratorsPerNode = sizes(2, 1, 1), ptr.To[int32](1)
+	})
+	otherLWS, err := MakeLeaderWorkerSet(other, fleet.RoleUnified, nil, 1, cfg)
+	require.NoError(t, err)
+	for name, from := range map[string]netpol.Pod{
+		"another revision's worker":         {Namespace: "ns", Labels: otherLWS.Spec.LeaderWorkerTemplate.WorkerTemplate.Labels},
+		"another revision's leader":         {Namespace: "ns", Labels: otherLWS.Spec.LeaderWorkerTemplate.LeaderTemplate.Labels},
+		"a pod of the namespace":            {Namespace: "ns", Labels: map[string]string{"app": "x"}},
+		"a look-alike in another namespace": {Namespace: "other", Labels: worker.Labels},
+		"a forged group-worker label":       {Namespace: "ns", Labels: map[string]string{LabelGroupWorker: "unified"}},
+	} {
+		require.False(t, netpol.Allows(ps, worker, from, 29500), name)
+		require.False(t, netpol.Allows(ps, leader, from, 29500), name)
+	}
+
+	// One pod a replica: no group, the policy stays closed between pods.
+	single := revision(func(r *v1alpha1.ModelRevision) {
+		r.Spec.Parallelism, r.Spec.AcceleratorsPerNode = sizes(2, 1, 1), ptr.To[int32](2)
+	})
+	require.False(t, AnyGrouped(single))
+	d, err := MakeDeployment(single, fleet.RoleUnified, nil, 2, cfg)
+	require.NoError(t, err)
+	pod := netpol.Pod{Namespace: "ns", Labels: d.Spec.Template.Labels}
+	require.False(t, netpol.Allows([]networkingv1.NetworkPolicy{*MakeNetworkPolicy(single, cfg)}, pod, pod, 29500))
 }
