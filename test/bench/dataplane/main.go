@@ -1,7 +1,7 @@
 // Command dataplane measures the data plane's own costs with real processes
 // on loopback, as reported in docs/benchmarks.md:
 //
-//	go run ./test/bench/dataplane hops      # added latency per hop vs nginx proxy_pass
+//	go run ./test/bench/dataplane hops      # added latency and CPU per hop vs nginx proxy_pass and a minimal fasthttp proxy
 //	go run ./test/bench/dataplane coldstart # Kvasir's share of a cold start
 //	go run ./test/bench/dataplane streams   # activator RSS with 2,000 concurrent SSE streams
 //	go run ./test/bench/dataplane hostile   # activator RSS and honest latency under 1,000 slow-body connections
@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,7 @@ func main() {
 	benchkit.Main("dataplane", "dataplane hops|coldstart|streams|hostile [flags]", map[string]benchkit.Benchmark{
 		"hops": hops, "coldstart": coldstart, "streams": streams, "hostile": hostile,
 		"hostile-attack": hostileAttack, // the attackers' process of `hostile`
+		"floor-proxy":    floorProxy,    // the minimal fasthttp proxy of `hops`
 	}, "")
 }
 
@@ -118,10 +120,12 @@ func startPath(ctx context.Context, p *procs, bin string, actEnv []string, simAr
 	return d, nil
 }
 
-func startNginx(ctx context.Context, p *procs, name, backend, workers string) (string, error) {
+// startNginx starts nginx proxy_pass in front of backend; the command is
+// its master process (its workers are the master's children).
+func startNginx(ctx context.Context, p *procs, name, backend, workers string) (string, *exec.Cmd, error) {
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
-		return "", errors.New("nginx not found on PATH (Debian: apt-get install nginx-light)")
+		return "", nil, errors.New("nginx not found on PATH (Debian: apt-get install nginx-light)")
 	}
 	port := benchkit.FreePort()
 	conf := fmt.Sprintf(`worker_processes %[5]s;
@@ -147,17 +151,66 @@ http {
 `, p.dir, strings.TrimPrefix(backend, "http://"), port, name, workers)
 	path := filepath.Join(p.dir, name+".conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	if _, err := p.start(name, nginx, "-c", path, "-p", p.dir); err != nil {
-		return "", err
+	cmd, err := p.start(name, nginx, "-c", path, "-p", p.dir)
+	if err != nil {
+		return "", nil, err
 	}
 	u := fmt.Sprintf("http://127.0.0.1:%d", port)
 	probe := u + "/health"
 	if strings.Contains(name, "qp") {
 		probe = u + "/kvasir/ready"
 	}
-	return u, benchkit.WaitOK(ctx, probe, 10*time.Second)
+	return u, cmd, benchkit.WaitOK(ctx, probe, 10*time.Second)
+}
+
+// startFloor starts this program's floor-proxy subcommand (floor.go) as its
+// own process in front of backend.
+func startFloor(ctx context.Context, p *procs, name, backend string, env []string) (string, *exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", benchkit.FreePort())
+	cmd, err := p.startEnv(name, env, self, "floor-proxy", "--listen", addr, "--upstream", strings.TrimPrefix(backend, "http://"))
+	if err != nil {
+		return "", nil, err
+	}
+	u := "http://" + addr
+	probe := u + "/health"
+	if strings.Contains(name, "qp") {
+		probe = u + "/kvasir/ready"
+	}
+	return u, cmd, benchkit.WaitOK(ctx, probe, 10*time.Second)
+}
+
+// The paths `hops` measures; --only picks them by substring.
+const (
+	pathEngine  = "engine (direct)"
+	pathNginx   = "nginx -> engine"
+	pathFloor   = "floor (fasthttp) -> engine"
+	pathQP      = "queue-proxy -> engine"
+	pathNginxQP = "nginx -> queue-proxy -> engine"
+	pathFloorQP = "floor (fasthttp) -> queue-proxy -> engine"
+	pathAct     = "activator -> queue-proxy -> engine"
+)
+
+// hopTarget is one path of `hops` and the processes on it whose CPU is
+// measured: the first process the request reaches (front; for the engine
+// alone, none), the queue-proxy behind it (0 when there is none) and the
+// engine.
+type hopTarget struct {
+	name, url         string
+	front, qp, engine int // pids
+}
+
+// hopSample is one round of one path: latency in seconds, CPU in µs per
+// request of the front process, the queue-proxy behind it and the engine
+// (NaN where the path has no such process).
+type hopSample struct {
+	p50, p99 float64
+	cpu      [3]float64
 }
 
 func hops(ctx context.Context, args []string) error {
@@ -166,8 +219,8 @@ func hops(ctx context.Context, args []string) error {
 	rate := fs.Float64("rate", 1000, "requests per second")
 	n := fs.Int("num-prompts", 10000, "requests per target and round")
 	rounds := fs.Int("rounds", 3, "rounds over all targets (the median round is reported)")
-	only := fs.String("only", "", "comma-separated subset of targets: engine,nginx,queue-proxy,activator")
-	actProcs := fs.Int("activator-gomaxprocs", 0, "GOMAXPROCS of the activator (0: Go's default, one per core)")
+	only := fs.String("only", "", "comma-separated subset of targets: engine,nginx,floor,queue-proxy,activator")
+	actProcs := fs.Int("activator-gomaxprocs", 0, "GOMAXPROCS of the activator and of the floor proxies (0: Go's default, one per core)")
 	workers := fs.String("nginx-workers", "auto", "nginx worker_processes")
 	_ = fs.Parse(args)
 	p, err := newProcs()
@@ -183,23 +236,37 @@ func hops(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	ngx, err := startNginx(ctx, p, "nginx-engine", d.sim, *workers)
+	ngx, ngxCmd, err := startNginx(ctx, p, "nginx-engine", d.sim, *workers)
 	if err != nil {
 		return err
 	}
-	ngxQP, err := startNginx(ctx, p, "nginx-qp", d.qp, *workers)
+	ngxQP, ngxQPCmd, err := startNginx(ctx, p, "nginx-qp", d.qp, *workers)
 	if err != nil {
 		return err
 	}
-	targets := []struct{ name, url string }{
-		{"engine (direct)", d.sim}, {"nginx -> engine", ngx}, {"queue-proxy -> engine", d.qp},
-		{"nginx -> queue-proxy -> engine", ngxQP}, {"activator -> queue-proxy -> engine", d.act},
+	floor, floorCmd, err := startFloor(ctx, p, "floor-engine", d.sim, actEnv)
+	if err != nil {
+		return err
+	}
+	floorQP, floorQPCmd, err := startFloor(ctx, p, "floor-qp", d.qp, actEnv)
+	if err != nil {
+		return err
+	}
+	sim, qp := d.simCmd.Process.Pid, d.qpCmd.Process.Pid
+	targets := []hopTarget{
+		{pathEngine, d.sim, 0, 0, sim},
+		{pathNginx, ngx, ngxCmd.Process.Pid, 0, sim},
+		{pathFloor, floor, floorCmd.Process.Pid, 0, sim},
+		{pathQP, d.qp, qp, 0, sim},
+		{pathNginxQP, ngxQP, ngxQPCmd.Process.Pid, qp, sim},
+		{pathFloorQP, floorQP, floorQPCmd.Process.Pid, qp, sim},
+		{pathAct, d.act, d.actCmd.Process.Pid, qp, sim},
 	}
 	if *only != "" {
 		keep := targets[:0]
 		for _, t := range targets {
 			for _, o := range strings.Split(*only, ",") {
-				if strings.Contains(t.name, o) && (o != "engine" || t.name == "engine (direct)") {
+				if strings.Contains(t.name, o) && (o != "engine" || t.name == pathEngine) {
 					keep = append(keep, t)
 					break
 				}
@@ -207,26 +274,46 @@ func hops(ctx context.Context, args []string) error {
 		}
 		targets = keep
 	}
-	type lat struct{ p50, p99 float64 }
-	results := make(map[string][]lat)
+	meter := cpuMeter{hz: userHZ()}
+	const warmup = 200
+	results := make(map[string][]hopSample)
 	for round := 0; round < *rounds; round++ {
 		for _, t := range targets {
 			cfg := bench.DefaultConfig()
 			cfg.Target, cfg.Model, cfg.Rate, cfg.NumPrompts = t.url, "m", *rate, *n
-			cfg.Stream, cfg.Workload, cfg.InputLen, cfg.OutputLen, cfg.Warmup = false, bench.WorkloadRandom, 16, 1, 200
+			cfg.Stream, cfg.Workload, cfg.InputLen, cfg.OutputLen, cfg.Warmup = false, bench.WorkloadRandom, 16, 1, warmup
 			cfg.Seed = int64(round + 1)
+			pids := []int{t.front, t.qp, t.engine}
+			before, err := meter.snapshot(pids)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
 			r, err := bench.Run(ctx, cfg)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			after, err := meter.snapshot(pids)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
 			}
 			if r.Errors > 0 {
 				return fmt.Errorf("%s: %d errors: %+v", t.name, r.Errors, r.ErrorExamples)
 			}
-			fmt.Fprintf(os.Stderr, "round %d %-36s %7.1f req/s  p50 %.3f ms  p99 %.3f ms  (%.1fs)\n", round+1, t.name, r.ThroughputRPS, r.E2EP50S*1e3, r.E2EP99S*1e3, r.DurationS)
-			results[t.name] = append(results[t.name], lat{r.E2EP50S, r.E2EP99S})
+			// The round's CPU includes its warm-up requests: divide by all.
+			reqs := float64(r.Completed + warmup)
+			s := hopSample{p50: r.E2EP50S, p99: r.E2EP99S}
+			for i, pid := range pids {
+				s.cpu[i] = math.NaN()
+				if pid != 0 {
+					s.cpu[i] = float64(after[i]-before[i]) / float64(time.Microsecond) / reqs
+				}
+			}
+			fmt.Fprintf(os.Stderr, "round %d %-42s %7.1f req/s  p50 %.3f ms  p99 %.3f ms  CPU µs/req front %s qp %s engine %s  (%.1fs)\n",
+				round+1, t.name, r.ThroughputRPS, r.E2EP50S*1e3, r.E2EP99S*1e3, fmtCPU(s.cpu[0]), fmtCPU(s.cpu[1]), fmtCPU(s.cpu[2]), r.DurationS)
+			results[t.name] = append(results[t.name], s)
 		}
 	}
-	med := func(name string, f func(lat) float64) float64 {
+	med := func(name string, f func(hopSample) float64) float64 {
 		var v []float64
 		for _, l := range results[name] {
 			v = append(v, f(l))
@@ -234,29 +321,56 @@ func hops(ctx context.Context, args []string) error {
 		sort.Float64s(v)
 		return v[len(v)/2]
 	}
-	p50 := func(l lat) float64 { return l.p50 }
-	p99 := func(l lat) float64 { return l.p99 }
-	fmt.Printf("\nEnd-to-end latency at %.0f req/s, non-streaming, zero-latency engine (median of %d rounds of %d requests):\n\n", *rate, *rounds, *n)
-	fmt.Println("| path | p50 (ms) | p99 (ms) |")
-	fmt.Println("| --- | ---: | ---: |")
+	p50 := func(l hopSample) float64 { return l.p50 }
+	p99 := func(l hopSample) float64 { return l.p99 }
+	cpu := func(i int) func(hopSample) float64 { return func(l hopSample) float64 { return l.cpu[i] } }
+	fmt.Printf("\nEnd-to-end latency at %.0f req/s, non-streaming, zero-latency engine, and CPU (utime+stime) per request of each process on the path (median of %d rounds of %d requests; CPU divided by the round's requests including its %d warm-up):\n\n", *rate, *rounds, *n, warmup)
+	fmt.Println("| path | p50 (ms) | p99 (ms) | CPU µs/req: first process | CPU µs/req: queue-proxy behind it | CPU µs/req: engine |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: |")
 	for _, t := range targets {
-		fmt.Printf("| %s | %.3f | %.3f |\n", t.name, med(t.name, p50)*1e3, med(t.name, p99)*1e3)
+		fmt.Printf("| %s | %.3f | %.3f | %s | %s | %s |\n", t.name, med(t.name, p50)*1e3, med(t.name, p99)*1e3,
+			fmtCPU(med(t.name, cpu(0))), fmtCPU(med(t.name, cpu(1))), fmtCPU(med(t.name, cpu(2))))
 	}
-	hop := func(with, without string) (float64, float64) {
-		return (med(with, p50) - med(without, p50)) * 1e3, (med(with, p99) - med(without, p99)) * 1e3
+	have := func(names ...string) bool {
+		for _, n := range names {
+			if len(results[n]) == 0 {
+				return false
+			}
+		}
+		return true
 	}
-	if len(targets) < 5 {
+	if !have(pathEngine, pathNginx, pathQP, pathNginxQP) {
 		return nil
 	}
-	fmt.Print("\nAdded latency of one hop, each next to nginx proxy_pass in front of the same backend:\n\n")
-	fmt.Println("| hop | backend | p50 (ms) | p99 (ms) | nginx p50 (ms) | nginx p99 (ms) | ratio p50 | ratio p99 |")
-	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-	row := func(name, backend, with, nginxWith, without string) {
-		h50, h99 := hop(with, without)
-		n50, n99 := hop(nginxWith, without)
-		fmt.Printf("| %s | %s | %.3f | %.3f | %.3f | %.3f | %.2fx | %.2fx |\n", name, backend, h50, h99, n50, n99, h50/n50, h99/n99)
+	fmt.Print("\nAdded latency of one hop (its path minus the path without it) and the hop's own CPU per request, next to nginx proxy_pass and the floor (a minimal fasthttp proxy) in front of the same backend:\n\n")
+	fmt.Println("| hop | backend | p50 (ms) | p99 (ms) | CPU (µs/req) | ÷ nginx p50 | ÷ nginx p99 | ÷ nginx CPU | ÷ floor CPU |")
+	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	row := func(hop, backend, with, nginxWith, floorWith, without string) {
+		if !have(with, without) {
+			return
+		}
+		h50, h99 := (med(with, p50)-med(without, p50))*1e3, (med(with, p99)-med(without, p99))*1e3
+		n50, n99 := (med(nginxWith, p50)-med(without, p50))*1e3, (med(nginxWith, p99)-med(without, p99))*1e3
+		c, nc := med(with, cpu(0)), med(nginxWith, cpu(0))
+		floorRatio := "-"
+		if have(floorWith) {
+			floorRatio = fmt.Sprintf("%.2fx", c/med(floorWith, cpu(0)))
+		}
+		fmt.Printf("| %s | %s | %.3f | %.3f | %s | %.2fx | %.2fx | %.2fx | %s |\n", hop, backend, h50, h99, fmtCPU(c), h50/n50, h99/n99, c/nc, floorRatio)
 	}
-	row("queue-proxy", "engine", "queue-proxy -> engine", "nginx -> engine", "engine (direct)")
-	row("activator", "queue-proxy", "activator -> queue-proxy -> engine", "nginx -> queue-proxy -> engine", "queue-proxy -> engine")
+	row("nginx", "engine", pathNginx, pathNginx, pathFloor, pathEngine)
+	row("floor (fasthttp)", "engine", pathFloor, pathNginx, pathFloor, pathEngine)
+	row("queue-proxy", "engine", pathQP, pathNginx, pathFloor, pathEngine)
+	row("nginx", "queue-proxy", pathNginxQP, pathNginxQP, pathFloorQP, pathQP)
+	row("floor (fasthttp)", "queue-proxy", pathFloorQP, pathNginxQP, pathFloorQP, pathQP)
+	row("activator", "queue-proxy", pathAct, pathNginxQP, pathFloorQP, pathQP)
 	return nil
+}
+
+// fmtCPU prints µs of CPU per request, "-" for none.
+func fmtCPU(us float64) string {
+	if math.IsNaN(us) {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", us)
 }
