@@ -5,6 +5,7 @@ import (
 	"net"
 	"regexp"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -285,6 +286,11 @@ func simGroupArgs(s Spec) []string {
 	}
 	if sh.Pods > 1 {
 		args = append(args, "--group-size", itoa(sh.Pods), "--rank", g.rank(), "--leader-address", g.leader())
+		if strings.HasPrefix(g.LeaderAddress, "$(") {
+			// A leader named by the runtime (Kubernetes: LWS_LEADER_ADDRESS)
+			// is another pod: the group is not on loopback.
+			args = append(args, "--group-remote")
+		}
 	}
 	return args
 }

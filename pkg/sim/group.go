@@ -55,6 +55,11 @@ type GroupConfig struct {
 	// LeaderAddress is the leader's group address, HOST:PORT on loopback
 	// (--leader-address): the leader listens there, workers dial it.
 	LeaderAddress string
+	// Remote (--group-remote) is for a group spread over pods (Kubernetes,
+	// a LeaderWorkerSet): LeaderAddress's host may then be any host name or
+	// IP address, which workers dial, and the leader listens on every
+	// interface at its port. Without it the group stays on loopback.
+	Remote bool
 }
 
 // registerFlags registers the group flags.
@@ -63,6 +68,8 @@ func (g *GroupConfig) registerFlags(fs *flag.FlagSet) {
 	fs.IntVar(&g.Rank, "rank", g.Rank, "this engine's rank in its serving group: 0 is the leader (serves the API), others are workers")
 	fs.StringVar(&g.LeaderAddress, "leader-address", g.LeaderAddress,
 		"HOST:PORT of the group's leader on loopback: the leader listens there for its workers, workers connect to it")
+	fs.BoolVar(&g.Remote, "group-remote", g.Remote,
+		"the group spans pods: --leader-address may name any host, and the leader listens on every interface at its port")
 }
 
 // grouped reports whether the engine is part of a group of several.
@@ -91,28 +98,55 @@ func (c Config) validateGroup(p *flagProblems) {
 	if acc := c.Parallel.accelerators(); acc >= 1 && acc%int64(g.Size) != 0 {
 		p.bad("group-size", g.Size, fmt.Sprintf("must divide tensor × pipeline × data (%d): every process of a group holds as many accelerators", acc))
 	}
-	if _, err := groupAddress(g.LeaderAddress); err != nil {
+	if _, _, err := groupAddress(g.LeaderAddress, g.Remote); err != nil {
 		p.bad("leader-address", strconv.Quote(g.LeaderAddress), err.Error())
 	}
 }
 
-// groupAddress checks a leader address and returns the address to listen
-// on or dial: loopback only ("localhost" is 127.0.0.1), a port in 1..65535.
-func groupAddress(addr string) (string, error) {
+// groupAddress checks a leader address and returns the address workers
+// dial and the one the leader listens on: a port in 1..65535, and a host on
+// loopback ("localhost" is 127.0.0.1), or, when remote, any host name or IP
+// address, the leader then listening on every interface at the port.
+func groupAddress(addr string, remote bool) (dial, listen string, err error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", errors.New("want HOST:PORT")
+		return "", "", errors.New("want HOST:PORT")
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
-		return "", errors.New("want a port in 1..65535")
+		return "", "", errors.New("want a port in 1..65535")
+	}
+	if remote {
+		if net.ParseIP(host) == nil && !isHostName(host) {
+			return "", "", errors.New("want a host name or an IP address")
+		}
+		return net.JoinHostPort(host, port), net.JoinHostPort("", port), nil
 	}
 	if host == "localhost" {
 		host = "127.0.0.1"
 	}
 	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return "", errors.New("the group listens on loopback only: want 127.0.0.1, ::1 or localhost")
+		return "", "", errors.New("the group listens on loopback only (--group-remote for a group over pods): want 127.0.0.1, ::1 or localhost")
 	}
-	return net.JoinHostPort(host, port), nil
+	return net.JoinHostPort(host, port), net.JoinHostPort(host, port), nil
+}
+
+// isHostName reports whether s is a DNS host name: dot-separated labels of
+// letters, digits and inner hyphens, 1 to 63 bytes each, 253 in all.
+func isHostName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range []byte(label) {
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // hello is a worker's handshake: who it is and the group it belongs to.
@@ -208,7 +242,7 @@ type groupLeader struct {
 // leader address and accepts workers, each with timeout for its
 // handshake, until close.
 func listenGroup(cfg Config, log *slog.Logger, timeout time.Duration) (*groupLeader, error) {
-	addr, err := groupAddress(cfg.Group.LeaderAddress)
+	_, addr, err := groupAddress(cfg.Group.LeaderAddress, cfg.Group.Remote)
 	if err != nil {
 		return nil, fmt.Errorf("engine-sim --leader-address: %w", err)
 	}
@@ -420,7 +454,7 @@ func (e errRefused) Error() string { return e.msg }
 // returns nil when ctx ends, an *ExitError with GroupExitCode when the
 // leader goes away, and an error when the leader refuses it.
 func runWorker(ctx context.Context, cfg Config, log *slog.Logger) error {
-	addr, err := groupAddress(cfg.Group.LeaderAddress)
+	addr, _, err := groupAddress(cfg.Group.LeaderAddress, cfg.Group.Remote)
 	if err != nil {
 		return fmt.Errorf("engine-sim --leader-address: %w", err)
 	}

@@ -320,6 +320,10 @@ func TestGroupFlags(t *testing.T) {
 		{name: "no leader address", args: []string{"--group-size", "2", "--tp", "2"}, err: "--leader-address"},
 		{name: "a leader off loopback", args: []string{"--group-size", "2", "--tp", "2", "--leader-address", "10.0.0.1:29550"}, err: "loopback only"},
 		{name: "a leader by name", args: []string{"--group-size", "2", "--tp", "2", "--leader-address", "leader.example:29550"}, err: "loopback only"},
+		{name: "remote: a flag for a host", args: []string{"--group-size", "2", "--tp", "2", "--group-remote", "--leader-address", "-x:29550"}, err: "host name"},
+		{name: "remote: an empty host", args: []string{"--group-size", "2", "--tp", "2", "--group-remote", "--leader-address", ":29550"}, err: "host name"},
+		{name: "remote: a bad label", args: []string{"--group-size", "2", "--tp", "2", "--group-remote", "--leader-address", "a..b:29550"}, err: "host name"},
+		{name: "remote: a shell word", args: []string{"--group-size", "2", "--tp", "2", "--group-remote", "--leader-address", "$(x):29550"}, err: "host name"},
 		{name: "port 0", args: []string{"--group-size", "2", "--tp", "2", "--leader-address", "127.0.0.1:0"}, err: "1..65535"},
 		{name: "no port", args: []string{"--group-size", "2", "--tp", "2", "--leader-address", "127.0.0.1"}, err: "HOST:PORT"},
 		{name: "size not dividing", args: []string{"--group-size", "2", "--leader-address", "127.0.0.1:1"}, err: "must divide tensor × pipeline × data (1)"},
@@ -338,4 +342,28 @@ func TestGroupFlags(t *testing.T) {
 			require.ErrorContains(t, c.Validate(), tc.err)
 		})
 	}
+}
+
+// A group over pods (--group-remote): a leader named by any host name or IP
+// address is accepted, workers dial it, and the leader listens on every
+// interface at its port; without the flag, loopback only.
+func TestRemoteGroup(t *testing.T) {
+	for _, tc := range []struct{ addr, dial, listen string }{
+		{"leader-0.demo-group.default:29550", "leader-0.demo-group.default:29550", ":29550"},
+		{"10.244.0.7:29550", "10.244.0.7:29550", ":29550"},
+		{"[fd00::7]:29550", "[fd00::7]:29550", ":29550"},
+	} {
+		dial, listen, err := groupAddress(tc.addr, true)
+		require.NoError(t, err, tc.addr)
+		assert.Equal(t, tc.dial, dial)
+		assert.Equal(t, tc.listen, listen)
+		_, _, err = groupAddress(tc.addr, false)
+		require.ErrorContains(t, err, "loopback only", tc.addr)
+	}
+	c, err := parseFlags(t, "--group-size", "2", "--tp", "2", "--rank", "1", "--group-remote", "--leader-address", "leader-0.demo:29550")
+	require.NoError(t, err)
+	require.NoError(t, c.Validate())
+	assert.Equal(t, GroupConfig{Size: 2, Rank: 1, LeaderAddress: "leader-0.demo:29550", Remote: true}, c.Group)
+	// (Not started here: a leader listening on every interface would be
+	// reachable from off this machine; the tests keep to loopback.)
 }
