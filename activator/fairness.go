@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/pkg/fairqueue"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/ratelimit"
 	"github.com/kvasir-serving/kvasir/pkg/scheduler"
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
@@ -167,7 +168,9 @@ func (r *revision) mayUseHeadroomLocked(tk waitTicket) bool {
 
 // tookLocked counts a request of tk's tenant in flight, for the headroom.
 func (r *revision) tookLocked(tk waitTicket) {
-	if !r.headroomOn() || tk.tenant == "" {
+	// Counted whether or not headroom is on now: configure may turn it on
+	// while the request runs, and its release is counted either way.
+	if tk.tenant == "" {
 		return
 	}
 	u := r.use[tk.tenant]
@@ -188,8 +191,10 @@ func (r *revision) releasedLocked(tenant string) {
 		return
 	}
 	u.inFlight = max(u.inFlight-1, 0)
-	if u.inFlight == 0 && len(r.use) > 64 {
-		now := r.queueing.now()
+	// Idle tenants are dropped at most once an active window, so that many
+	// active tenants do not make every release scan them all.
+	if now := r.queueing.now(); u.inFlight == 0 && len(r.use) > 64 && now.Sub(r.useSwept) >= activeWindow {
+		r.useSwept = now
 		for id, v := range r.use {
 			if v.inFlight == 0 && now.Sub(v.last) >= activeWindow {
 				delete(r.use, id)
@@ -293,13 +298,29 @@ func (c fairCharge) charge(u *openai.Usage) {
 		return
 	}
 	in, out := int64(min(u.PromptTokens, maxUsageTokens)), int64(min(u.CompletionTokens, maxUsageTokens)) // ratelimit.go
+	r := c.rev
+	r.mu.Lock() // counters move only under the lock handOffLocked peeks and pops under
+	defer r.mu.Unlock()
 	switch {
 	case c.entry != nil:
-		c.rev.queue.Settle(c.entry, in, out)
+		r.queue.Settle(c.entry, in, out)
 	case c.prepaid:
-		c.rev.queue.Served(c.tk.tenant, in-c.tk.input, out-c.tk.output)
+		r.queue.Served(c.tk.tenant, in-c.tk.input, out-c.tk.output)
 	default:
-		c.rev.queue.Served(c.tk.tenant, in, out)
+		r.queue.Served(c.tk.tenant, in, out)
+	}
+}
+
+// settleFailed settles the charge of a request that failed before an
+// answer, as the rate limits do (spentKind): nothing used when no engine
+// had it, its input when the client left after an engine had it, the
+// estimate when the engine had it for the whole timeout.
+func (c fairCharge) settleFailed(spent spentKind) {
+	switch spent {
+	case spentNone:
+		c.charge(&openai.Usage{})
+	case spentInput:
+		c.charge(&openai.Usage{PromptTokens: uint64(max(c.tk.input, 0))})
 	}
 }
 
@@ -324,7 +345,12 @@ func (a *Activator) ticketOf(rt routed) waitTicket {
 // estimateTokens estimates a request's tokens before it runs, as the rate
 // limiter does (estimateCost): its prompt's and its output bound's.
 func estimateTokens(rt routed) (input, output int64) {
-	c, _ := estimateCost(rt.req)
+	var c ratelimit.Cost
+	if rt.adm != nil { // reserved already: the same estimate, not computed again
+		c = rt.adm.res.Cost()
+	} else {
+		c, _ = estimateCost(rt.req)
+	}
 	return c.InputTokens, c.OutputTokens
 }
 
@@ -365,7 +391,9 @@ func (a *Activator) waitForPod(ctx context.Context, rt routed, tried map[string]
 			// It took a pod at once: its tenant is charged the estimate
 			// now, as a released request is, so that what it runs counts
 			// against it while it runs, not only once it ends.
+			rev.mu.Lock()
 			rev.queue.Served(tk.tenant, tk.input, tk.output)
+			rev.mu.Unlock()
 			fc.prepaid = true
 		}
 	}

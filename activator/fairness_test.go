@@ -757,3 +757,28 @@ func TestPriorityHeadroom(t *testing.T) {
 		})
 	}
 }
+
+// A tenant's request that no replica could take (every attempt a 503)
+// gives back what the fair queue charged it: its counter is where it was,
+// as its rate limit reservation is refunded.
+func TestFailedDispatchRefundsTheFairCharge(t *testing.T) {
+	r := newFairRig(t, nil, tenantSpec{"t", "standard", 1})
+	down := backend(t, "down", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, `{"error":{"message":"overloaded","type":"server_error"}}`)
+	})
+	r.act.SetEndpoints(key("m-1"), []fleet.Endpoint{down})
+	rev := r.act.lookupRevision(key("m-1"))
+	require.NotNil(t, rev)
+	a := <-r.send(t, context.Background(), "t", "u-1")
+	require.Equal(t, http.StatusServiceUnavailable, a.code, "%s", a.body)
+	st, ok := rev.queue.Tenant("default/t")
+	require.True(t, ok, "the request was charged when it took the pod")
+	require.Zero(t, st.Counter, "and given back when no replica took it")
+	rev.mu.Lock()
+	u := rev.use["default/t"]
+	rev.mu.Unlock()
+	require.NotNil(t, u)
+	require.Zero(t, u.inFlight, "its slot counted out again")
+}

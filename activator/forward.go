@@ -119,7 +119,6 @@ func (u *inflight) reported() *openai.Usage {
 func (u *inflight) close() {
 	u.resp.Body.Close()
 	u.countUsage()
-	u.adm.settleServed(u)
 	u.fair.settle(u)
 	o := outcomeSuccess
 	switch {
@@ -129,6 +128,9 @@ func (u *inflight) close() {
 		o = outcomeNone
 	}
 	u.a.release(u.rev, u.ep, o, u.fair.tk.tenant)
+	// After the pod is free: with Redis this is a round trip, which must
+	// not hold the pod from the requests waiting for it.
+	u.adm.settleServed(u)
 }
 
 // release gives a pod back to its revision with the outcome of the request
@@ -186,7 +188,7 @@ func unreachable(err error) *failure {
 // ready replica has been tried (or the attempts are spent) it answers at
 // once with the last replica's failure rather than buffer: replicas that
 // are ready and failing are not "scaling up".
-func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr http.Header) (*inflight, *failure) {
+func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr http.Header) (up *inflight, f *failure) {
 	rev := rt.rev.rev
 	timeout := rt.rev.cfg.Timeout
 	if timeout <= 0 {
@@ -202,6 +204,11 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 	var tried map[string]bool
 	var last *failure // the last replica's failure
 	var fair fairCharge
+	defer func() {
+		if f != nil { // what the fair queue charged, settled as the rate limits are
+			fair.settleFailed(f.spent)
+		}
+	}()
 	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {
 		ep, err := a.waitForPod(ctx, rt, tried, &fair)
 		if err != nil {
@@ -223,7 +230,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 				"the model replica did not answer within the request timeout ("+timeout.String()+")"), spent: spentAll}
 		}
 		if err == nil && !isRetryableStatus(resp.StatusCode) {
-			up := &inflight{a: a, resp: resp, rev: rev, ep: ep, adm: rt.adm, fair: fair}
+			up = &inflight{a: a, resp: resp, rev: rev, ep: ep, adm: rt.adm, fair: fair}
 			up.meterUsage(rt)
 			return up, nil
 		}

@@ -72,7 +72,8 @@ type revision struct {
 	retries    []*waiter                   // requests retried after a failure, waiting, oldest first
 	queued     int                         // requests waiting in queue
 	loads      map[*scheduler.Pod]*podLoad // since each pod's last report; with stats saturation only
-	use        map[string]*tenantUse       // tenants' requests in flight and last arrival; with headroom only
+	use        map[string]*tenantUse       // tenants' requests in flight and last arrival
+	useSwept   time.Time                   // when idle tenants were last dropped from use
 	inFlight   int
 	lastActive time.Time
 	health     map[*scheduler.Pod]*podHealth // outlier state of pods that failed
@@ -507,7 +508,9 @@ func (r *revision) obtain(ctx context.Context, req *scheduler.Request, exclude m
 	// back, and what its release charged.
 	if g := <-w.ch; g.pod != nil {
 		r.release(g.pod, outcomeNone, tk.tenant)
+		r.mu.Lock()
 		r.queue.Settle(w.entry, 0, 0)
+		r.mu.Unlock()
 	}
 	return adm, err
 }

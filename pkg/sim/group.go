@@ -265,11 +265,22 @@ func (l *groupLeader) addr() net.Addr { return l.ln.Addr() }
 // closes the others at once.
 func (l *groupLeader) accept() {
 	defer l.wg.Done()
+	var delay time.Duration
 	for {
 		c, err := l.ln.Accept()
-		if err != nil {
-			return // closed
+		if errors.Is(err, net.ErrClosed) {
+			return
 		}
+		if err != nil {
+			// A passing failure (out of file descriptors, an aborted
+			// connection) must not end the admission of workers: back off
+			// as net/http's server does, up to a second, and go on.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.log.Warn("serving group: accept failed; retrying", "error", err, "in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
 		select {
 		case l.sem <- struct{}{}:
 		default:

@@ -234,6 +234,15 @@ func TestGroupDevicesAllOrNothing(t *testing.T) {
 	dev.mu.Lock()
 	require.Equal(t, []int{2, 2}, dev.procs)
 	dev.mu.Unlock()
+	// The group that started did so in full: its worker runs, with the
+	// other of the two devices than its leader's.
+	g := reps[0].Group
+	require.NotNil(t, g)
+	require.Len(t, g.Workers, 1)
+	require.True(t, g.Workers[0].Running)
+	require.Positive(t, g.Workers[0].PID)
+	require.NotEmpty(t, g.Workers[0].Devices)
+	require.NotEqual(t, reps[0].Devices, g.Workers[0].Devices, "each process its own device")
 }
 
 // "$(GROUP_PORT)" expands in argv and environment alike, and only with a
