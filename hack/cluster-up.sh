@@ -338,6 +338,35 @@ wait_for "node Ready" 120 kubectl wait --for=condition=Ready "node/$NODE_NAME" -
 sed -e "s|@IMAGE@|$COREDNS_IMAGE|" -e "s|@DNS_SERVICE_IP@|$DNS_SERVICE_IP|" "$repo/hack/cluster/coredns.yaml" | kubectl apply -f - >&2
 wait_for "cluster DNS ready" 180 kubectl -n kube-system rollout status deployment/coredns --timeout=1s
 
+# ---- LeaderWorkerSet ---------------------------------------------------------
+# Serving groups run as LeaderWorkerSets (docs/kubernetes.md, "Serving
+# groups"): LWS's own manifests from the module hack/lws pins, its controller
+# built from the module proxy (hack/cluster-assets.sh), installed as
+# docs/kubernetes.md tells users to. Ready once its webhooks answer: a server
+# side dry run of a LeaderWorkerSet goes through both.
+LWS_VERSION=$(awk '$1 == "sigs.k8s.io/lws" { print $2; exit } $1 == "require" && $2 == "sigs.k8s.io/lws" { print $3; exit }' "$repo/hack/lws/go.mod")
+[[ -n $LWS_VERSION ]] || die "hack/lws/go.mod does not require sigs.k8s.io/lws"
+LWS_IMAGE=$("$BIN/mkimage" binary "$REGISTRY/kvasir-cluster/lws:$LWS_VERSION" "$BIN/lws/manager")
+lws_module=$(cd "$repo/hack/lws" && GOWORK=off go list -m -f '{{.Dir}}' sigs.k8s.io/lws)
+mkdir -p "$CLUSTER_DIR/lws/overlay"
+cp -r "$lws_module/config" "$CLUSTER_DIR/lws/config"
+chmod -R u+w "$CLUSTER_DIR/lws" # the module cache's copy is read-only; teardown removes this one
+sed "s|@IMAGE@|$LWS_IMAGE|" "$repo/hack/cluster/lws.yaml" >"$CLUSTER_DIR/lws/overlay/kustomization.yaml"
+kubectl apply --server-side -k "$CLUSTER_DIR/lws/overlay" >&2
+wait_for "LeaderWorkerSet controller ready" 180 kubectl -n lws-system rollout status deployment/lws-controller-manager --timeout=1s
+cat >"$CLUSTER_DIR/lws/probe.yaml" <<EOF
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+metadata: {name: probe, namespace: default}
+spec:
+  leaderWorkerTemplate:
+    size: 2
+    workerTemplate:
+      spec:
+        containers: [{name: c, image: "$BASE_IMAGE"}]
+EOF
+wait_for "LeaderWorkerSet webhooks ready" 180 kubectl apply --dry-run=server -f "$CLUSTER_DIR/lws/probe.yaml"
+
 cat >"$CLUSTER_DIR/env" <<EOF
 # . this file, then: ko apply -f config/
 export KUBECONFIG=$KUBECONFIG_FILE

@@ -24,12 +24,14 @@ import (
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	lwsv1 "sigs.k8s.io/lws/api/leaderworkerset/v1"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
@@ -53,6 +55,8 @@ const (
 
 	// sleepy is a ModelService at zero until asked.
 	sleepy = "test/cluster/testdata/sleepy.yaml"
+	// grouped is a ModelService whose replica is a group of two pods.
+	grouped = "test/cluster/testdata/grouped.yaml"
 )
 
 type cluster struct {
@@ -141,6 +145,7 @@ func up(t *testing.T) *cluster {
 	scheme := runtime.NewScheme()
 	require.NoError(t, clientgoscheme.AddToScheme(scheme))
 	require.NoError(t, v1alpha1.AddToScheme(scheme))
+	require.NoError(t, lwsv1.AddToScheme(scheme))
 	k.c, err = client.New(cfg, client.Options{Scheme: scheme})
 	require.NoError(t, err)
 	t.Cleanup(func() {
@@ -366,17 +371,125 @@ func TestKoApplyOnARealCluster(t *testing.T) {
 	}
 
 	k.checkTenants(t, base)
+	k.checkGroups(t, servedBy)
 
 	// kubectl delete removes everything each ModelService made.
-	k.kubectl(t, "delete", "-f", "examples/canary.yaml", "-f", sleepy, "--wait=true", "--timeout="+wait.String())
+	k.kubectl(t, "delete", "-f", "examples/canary.yaml", "-f", sleepy, "-f", grouped, "--wait=true", "--timeout="+wait.String())
 	require.Eventually(t, func() bool {
 		var revs v1alpha1.ModelRevisionList
 		var deps appsv1.DeploymentList
+		var sets lwsv1.LeaderWorkerSetList
 		var pods corev1.PodList
 		return k.c.List(ctx, &revs, client.InNamespace("default")) == nil && len(revs.Items) == 0 &&
 			k.c.List(ctx, &deps, client.InNamespace("default")) == nil && len(deps.Items) == 0 &&
+			k.c.List(ctx, &sets, client.InNamespace("default")) == nil && len(sets.Items) == 0 &&
 			k.c.List(ctx, &pods, client.InNamespace("default")) == nil && len(pods.Items) == 0
-	}, wait, tick, "revisions, Deployments and pods are gone")
+	}, wait, tick, "revisions, Deployments, LeaderWorkerSets and pods are gone")
+}
+
+// checkGroups serves a model whose replica is a group of two pods, on the
+// real LeaderWorkerSet controller the cluster runs (hack/cluster-up.sh):
+// the revision is a LeaderWorkerSet, only the leader is an endpoint, both
+// pods are confined like any revision pod, and a worker that crashes takes
+// its group down and a whole new group serves.
+func (k *cluster) checkGroups(t *testing.T, servedBy func(string) (string, error)) {
+	ctx := t.Context()
+	const set = "grouped-00001-group"
+	k.kubectl(t, "apply", "-f", grouped)
+	k.waitReady(t, "grouped", "grouped-00001")
+	lws := &lwsv1.LeaderWorkerSet{}
+	require.NoError(t, k.c.Get(ctx, client.ObjectKey{Namespace: "default", Name: set}, lws))
+	require.Equal(t, int32(2), *lws.Spec.LeaderWorkerTemplate.Size, "pods per group")
+	require.Equal(t, lwsv1.RecreateGroupOnPodRestart, lws.Spec.LeaderWorkerTemplate.RestartPolicy)
+	require.Equal(t, int32(1), lws.Status.ReadyReplicas, "one ready group")
+	require.Equal(t, int32(-1), k.replicas("grouped-00001-deployment"), "no Deployment beside the set")
+
+	leader, worker := k.groupPods(t, set)
+	require.NotEmpty(t, leader.Status.PodIP)
+	require.Equal(t, []string{"engine"}, containerNames(worker), "a worker runs the engine alone")
+	require.Contains(t, containerNames(leader), "queue-proxy")
+	require.NotContains(t, worker.Labels, v1alpha1.LabelRole, "no Service selects a worker")
+	var slices discoveryv1.EndpointSliceList
+	require.NoError(t, k.c.List(ctx, &slices, client.InNamespace("default")))
+	for _, s := range slices.Items {
+		if s.Labels[discoveryv1.LabelServiceName] == set {
+			continue // LWS's headless Service: the pods' DNS names, which workers dial the leader by
+		}
+		for _, e := range s.Endpoints {
+			require.NotContains(t, e.Addresses, worker.Status.PodIP, "the worker is in EndpointSlice %s", s.Name)
+		}
+	}
+	k.requireConfined(t, "default", lwsv1.SetNameLabelKey+"="+set, "queue-proxy", "engine-sim")
+
+	rev, err := servedBy("grouped")
+	require.NoError(t, err)
+	require.Equal(t, "grouped-00001", rev)
+
+	// The worker's engine crashes: LWS recreates the whole group (a new
+	// leader too), and the new group serves.
+	killed := 0
+	for _, pid := range podProcesses(t, string(worker.UID)) {
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "engine-sim" {
+			require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+			killed++
+		}
+	}
+	require.Equal(t, 1, killed, "the worker's engine process")
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		l := &corev1.Pod{}
+		return k.c.Get(ctx, client.ObjectKey{Namespace: "default", Name: leader.Name}, l) != nil || l.UID != leader.UID
+	}, wait, tick, "the leader is replaced with its group")
+	require.Eventually(t, func() bool {
+		rev, err := servedBy("grouped")
+		return err == nil && rev == "grouped-00001"
+	}, wait, tick, "a new group serves")
+	t.Logf("group recreated and serving %s after its worker's engine was killed", time.Since(start).Round(10*time.Millisecond))
+	newLeader, _ := k.groupPods(t, set)
+	require.NotEqual(t, leader.UID, newLeader.UID)
+}
+
+// groupPods returns the running, ready leader and worker of a
+// LeaderWorkerSet's group 0, waiting for both.
+func (k *cluster) groupPods(t *testing.T, set string) (leader, worker corev1.Pod) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		leader, worker = corev1.Pod{}, corev1.Pod{}
+		var pods corev1.PodList
+		if k.c.List(t.Context(), &pods, client.InNamespace("default"),
+			client.MatchingLabels{lwsv1.SetNameLabelKey: set, lwsv1.GroupIndexLabelKey: "0"}) != nil || len(pods.Items) != 2 {
+			return false
+		}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp != nil || !podReady(&p) {
+				return false
+			}
+			if p.Labels[lwsv1.WorkerIndexLabelKey] == "0" {
+				leader = p
+			} else {
+				worker = p
+			}
+		}
+		return leader.Name != "" && worker.Name != ""
+	}, wait, tick, "the leader and the worker of %s are ready", set)
+	return leader, worker
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func containerNames(p corev1.Pod) []string {
+	var out []string
+	for _, c := range p.Spec.Containers {
+		out = append(out, c.Name)
+	}
+	return out
 }
 
 // outsideAddrs lists this machine's addresses on interfaces other than
