@@ -4,5 +4,9 @@
 // resources/, and a
 // status that says why a revision is not ready (unschedulable for lack of
 // accelerators, image pull failure, a crashing engine, a rollout past its
-// progress deadline).
+// progress deadline), per group for serving groups. It detects the
+// cluster's optional APIs (LeaderWorkerSet, Volcano, scheduler-plugins'
+// coscheduling) through discovery while it runs: LeaderWorkerSet
+// installed later is watched without a restart, and Volcano, when
+// served, schedules the groups' pods.
 package revision

@@ -4,21 +4,32 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync/atomic"
+	"time"
 
+	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrs "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 	lwsv1 "sigs.k8s.io/lws/api/leaderworkerset/v1"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
@@ -31,7 +42,10 @@ import (
 
 // RBAC (make generate): a revision's Deployments (LeaderWorkerSets for
 // serving groups), Services and
-// NetworkPolicy, its pods read to say why they do not run, its status.
+// NetworkPolicy, its pods read and watched to say why they do not run,
+// its status. The cluster's optional APIs (LeaderWorkerSet, Volcano's and
+// coscheduling's PodGroups) are looked up through discovery, which needs
+// no rights; no PodGroup is read.
 // Nothing is deleted: owner references let the garbage collector remove
 // what a deleted revision owned. Services are never changed once made.
 // The finalizers subresource lets owner references block their owner's
@@ -52,9 +66,6 @@ import (
 // to install it).
 const ReasonLeaderWorkerSetNotInstalled = "LeaderWorkerSetNotInstalled"
 
-// lwsGroupKind is the kind of a serving group's workload.
-var lwsGroupKind = schema.GroupKind{Group: lwsv1.GroupVersion.Group, Kind: "LeaderWorkerSet"}
-
 // errLWSNotInstalled is reconcileLeaderWorkerSet's error when the cluster
 // does not serve the LeaderWorkerSet kind.
 var errLWSNotInstalled = errors.New("the cluster has no LeaderWorkerSet API (leaderworkerset.x-k8s.io/v1)")
@@ -66,28 +77,102 @@ type Reconciler struct {
 	Client    client.Client
 	Events    events.EventRecorder
 	Resources resources.Config
+	// APIRecheck is how long a look at the cluster's optional APIs
+	// (LeaderWorkerSet, Volcano, scheduler-plugins' coscheduling) stands,
+	// and how often a grouped revision is reconciled again to follow
+	// them (one waiting for LeaderWorkerSet included). Default
+	// DefaultAPIRecheck.
+	APIRecheck time.Duration
+	// Log receives what the reconciler finds of the cluster's APIs;
+	// default: the manager's logger.
+	Log *slog.Logger
+
+	// apis looks up the cluster's optional APIs (SetupWithManager).
+	apis *apiDetector
+	// watchLWS starts the controller's watch of LeaderWorkerSets, once
+	// the cluster serves them; lwsWatched says it runs.
+	watchLWS   func() error
+	lwsWatched atomic.Bool
 }
 
 var _ reconcile.Reconciler = (*Reconciler)(nil)
 
-// SetupWithManager registers the reconciler: it watches revisions and the
-// Deployments, Services and NetworkPolicies they own, and their
-// LeaderWorkerSets when the cluster serves that kind as the manager
-// starts (installed later, it takes a restart of the controller to watch
-// them; until then a grouped revision says LeaderWorkerSetNotInstalled).
+// SetupWithManager registers the reconciler: it watches revisions, the
+// Deployments, Services and NetworkPolicies they own, and the pods
+// labelled with a revision (a pod that cannot be scheduled or crashes is
+// reported at once). It looks up the cluster's optional APIs (discovery,
+// at most every APIRecheck) and watches the LeaderWorkerSets revisions own
+// from the start when the cluster serves the kind, else from the first
+// reconcile after it appears, with no restart. Grouped revisions are
+// reconciled again every APIRecheck, to follow those APIs.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Log == nil {
+		r.Log = slog.New(logr.ToSlogHandler(mgr.GetLogger().WithName("modelrevision")))
+	}
+	dc, err := discovery.NewDiscoveryClientForConfigAndClient(mgr.GetConfig(), mgr.GetHTTPClient())
+	if err != nil {
+		return fmt.Errorf("discovery client: %w", err)
+	}
+	r.apis = newAPIDetector(dc, r.APIRecheck, r.Log)
 	b := ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.ModelRevision{}).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
-		Owns(&networkingv1.NetworkPolicy{})
-	switch _, err := mgr.GetRESTMapper().RESTMapping(lwsGroupKind, lwsv1.GroupVersion.Version); {
-	case err == nil:
+		Owns(&networkingv1.NetworkPolicy{}).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(revisionOfPod),
+			builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+				return o.GetLabels()[v1alpha1.LabelRevision] != ""
+			})))
+	if r.apis.get().LeaderWorkerSet {
 		b = b.Owns(&lwsv1.LeaderWorkerSet{})
-	case !meta.IsNoMatchError(err):
-		return fmt.Errorf("looking up the LeaderWorkerSet API: %w", err)
+		r.lwsWatched.Store(true)
 	}
-	return b.Named("modelrevision").Complete(r)
+	c, err := b.Named("modelrevision").Build(r)
+	if err != nil {
+		return err
+	}
+	r.watchLWS = func() error {
+		return c.Watch(source.Kind(mgr.GetCache(), client.Object(&lwsv1.LeaderWorkerSet{}),
+			handler.EnqueueRequestForOwner(mgr.GetScheme(), mgr.GetRESTMapper(), &v1alpha1.ModelRevision{}, handler.OnlyControllerOwner())))
+	}
+	return nil
+}
+
+// revisionOfPod maps a pod to the revision its label names (a DNS label;
+// anything else maps to nothing).
+func revisionOfPod(_ context.Context, o client.Object) []reconcile.Request {
+	name := o.GetLabels()[v1alpha1.LabelRevision]
+	if len(validation.IsDNS1123Label(name)) > 0 {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
+}
+
+// clusterAPIs returns the cluster's optional APIs (none before
+// SetupWithManager) and, once LeaderWorkerSet is served, makes sure the
+// controller watches its sets.
+func (r *Reconciler) clusterAPIs() ClusterAPIs {
+	if r.apis == nil {
+		return ClusterAPIs{}
+	}
+	apis := r.apis.get()
+	if apis.LeaderWorkerSet && r.watchLWS != nil && r.lwsWatched.CompareAndSwap(false, true) {
+		if err := r.watchLWS(); err != nil {
+			r.lwsWatched.Store(false)
+			r.Log.Error("watching LeaderWorkerSets", slog.Any("error", err))
+		} else {
+			r.Log.Info("watching LeaderWorkerSets: the cluster serves them now")
+		}
+	}
+	return apis
+}
+
+// recheck is APIRecheck or its default.
+func (r *Reconciler) recheck() time.Duration {
+	if r.APIRecheck > 0 {
+		return r.APIRecheck
+	}
+	return DefaultAPIRecheck
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -99,6 +184,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	before := rev.Status.DeepCopy()
 	rev.Status.InitializeConditions()
 	rev.Status.ObservedGeneration = rev.Generation
+	apis := r.clusterAPIs()
+	cfg := r.Resources
+	if apis.Volcano {
+		cfg.GroupSchedulerName = resources.VolcanoSchedulerName
+	}
 
 	if err := r.reconcileNetworkPolicy(ctx, rev); err != nil {
 		if apierrs.IsConflict(err) {
@@ -108,33 +198,39 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		_ = r.updateStatus(ctx, rev, before)
 		return reconcile.Result{}, err
 	}
-	var serving []workload
+	var all []workload
 	for _, role := range names.Roles(rev) {
-		ds, err := r.reconcileRole(ctx, rev, role)
+		ws, err := r.reconcileRole(ctx, rev, role, cfg, apis)
 		if apierrs.IsConflict(err) {
 			return reconcile.Result{}, err // another writer came first (the autoscaler): retried, nothing to report
 		}
 		if errors.Is(err, errLWSNotInstalled) {
-			// Not retried: nothing changes until LWS is installed (and
-			// the controller restarted, to watch its sets).
+			// Looked at again every APIRecheck, not in a loop: nothing
+			// changes until LWS is installed.
 			rev.Status.MarkResourcesUnavailable(ReasonLeaderWorkerSetNotInstalled,
 				"role %s runs serving groups of several pods, which need LeaderWorkerSet (sigs.k8s.io/lws v0.7.0): "+
-					"install it beside Kvasir and restart kvasir-controller (docs/kubernetes.md, \"Serving groups\")", fleet.RoleLabel(role))
-			return reconcile.Result{}, r.updateStatus(ctx, rev, before)
+					"install it beside Kvasir; the controller notices within %s (docs/kubernetes.md, \"Serving groups\")",
+				fleet.RoleLabel(role), r.recheck())
+			return reconcile.Result{RequeueAfter: r.recheck()}, r.updateStatus(ctx, rev, before)
 		}
 		if err != nil {
 			rev.Status.MarkResourcesUnavailable("ReconcileFailed", "%v", err)
 			_ = r.updateStatus(ctx, rev, before)
 			return reconcile.Result{}, err
 		}
-		if role == fleet.RoleUnified || role == fleet.RoleDecode {
-			serving = ds
-		}
+		all = append(all, ws...)
 	}
-	if err := r.observe(ctx, rev, serving); err != nil {
+	if err := r.observe(ctx, rev, all, apis); err != nil {
 		return reconcile.Result{}, err
 	}
-	return reconcile.Result{}, r.updateStatus(ctx, rev, before)
+	var res reconcile.Result
+	if resources.AnyGrouped(rev) {
+		// Looked at again every APIRecheck, to follow the cluster's gang
+		// scheduler coming or going (reads from the cache; nothing is
+		// written unless something changed).
+		res.RequeueAfter = r.recheck()
+	}
+	return res, r.updateStatus(ctx, rev, before)
 }
 
 // initialReplicas is the replica count a role's Deployment is created
@@ -158,13 +254,20 @@ func initialReplicas(rev *v1alpha1.ModelRevision, role string) int32 {
 // Deployment (replicas are pods) or a LeaderWorkerSet (replicas are
 // groups).
 type workload struct {
-	desired, ready int32
+	role    string
+	variant string
+	desired int32
+	ready   int32
 	// stalled is the message of a rollout past its progress deadline.
 	stalled string
+	// set is the LeaderWorkerSet of a role of serving groups, nil for a
+	// Deployment; size is its pods per group.
+	set  *lwsv1.LeaderWorkerSet
+	size int32
 }
 
-func deploymentWorkload(d *appsv1.Deployment) workload {
-	w := workload{ready: d.Status.ReadyReplicas}
+func deploymentWorkload(role, variant string, d *appsv1.Deployment) workload {
+	w := workload{role: role, variant: variant, ready: d.Status.ReadyReplicas}
 	if d.Spec.Replicas != nil {
 		w.desired = *d.Spec.Replicas
 	}
@@ -178,36 +281,47 @@ func deploymentWorkload(d *appsv1.Deployment) workload {
 
 // lwsWorkload counts groups: a LeaderWorkerSet's readyReplicas are its
 // groups whose every pod is ready.
-func lwsWorkload(l *lwsv1.LeaderWorkerSet) workload {
-	w := workload{ready: l.Status.ReadyReplicas}
+func lwsWorkload(role, variant string, l *lwsv1.LeaderWorkerSet) workload {
+	w := workload{role: role, variant: variant, ready: l.Status.ReadyReplicas, set: l}
 	if l.Spec.Replicas != nil {
 		w.desired = *l.Spec.Replicas
+	}
+	if l.Spec.LeaderWorkerTemplate.Size != nil {
+		w.size = *l.Spec.LeaderWorkerTemplate.Size
 	}
 	return w
 }
 
 // reconcileRole makes a role's Deployments or, for serving groups,
 // LeaderWorkerSets (one per accelerator variant) and its Service exist.
-func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevision, role string) ([]workload, error) {
+func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevision, role string, cfg resources.Config,
+	apis ClusterAPIs) ([]workload, error) {
 	var out []workload
 	for i, v := range resources.Variants(rev) {
 		initial := int32(0) // the cheapest variant starts; the autoscaler spills
 		if i == 0 {
 			initial = initialReplicas(rev, role)
 		}
+		variant := ""
+		if v != nil {
+			variant = v.Name
+		}
 		if resources.Grouped(rev, role, v) {
-			l, err := r.reconcileLeaderWorkerSet(ctx, rev, role, v, initial)
+			if r.apis != nil && !apis.LeaderWorkerSet {
+				return nil, errLWSNotInstalled
+			}
+			l, err := r.reconcileLeaderWorkerSet(ctx, rev, role, v, initial, cfg, apis)
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, lwsWorkload(l))
+			out = append(out, lwsWorkload(role, variant, l))
 			continue
 		}
-		d, err := r.reconcileDeployment(ctx, rev, role, v, initial)
+		d, err := r.reconcileDeployment(ctx, rev, role, v, initial, cfg)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, deploymentWorkload(d))
+		out = append(out, deploymentWorkload(role, variant, d))
 	}
 	svc := resources.MakeService(rev, role)
 	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(svc), &corev1.Service{}); apierrs.IsNotFound(err) {
@@ -246,8 +360,8 @@ func (r *Reconciler) reconcileNetworkPolicy(ctx context.Context, rev *v1alpha1.M
 }
 
 func (r *Reconciler) reconcileDeployment(ctx context.Context, rev *v1alpha1.ModelRevision, role string,
-	v *v1alpha1.AcceleratorVariant, initial int32) (*appsv1.Deployment, error) {
-	want, err := resources.MakeDeployment(rev, role, v, initial, r.Resources)
+	v *v1alpha1.AcceleratorVariant, initial int32, cfg resources.Config) (*appsv1.Deployment, error) {
+	want, err := resources.MakeDeployment(rev, role, v, initial, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -274,11 +388,14 @@ func (r *Reconciler) reconcileDeployment(ctx context.Context, rev *v1alpha1.Mode
 
 // reconcileLeaderWorkerSet makes a grouped role's LeaderWorkerSet on
 // variant v exist as the builder makes it, keeping the replicas (groups)
-// the autoscaler set through its scale subresource. errLWSNotInstalled
+// the autoscaler set through its scale subresource. The scheduler of its
+// pods and its exclusive topology are compared on their own (an empty
+// scheduler name in the builder's set means the default, which
+// DeepDerivative would not see replace "volcano"). errLWSNotInstalled
 // when the cluster has no such kind.
 func (r *Reconciler) reconcileLeaderWorkerSet(ctx context.Context, rev *v1alpha1.ModelRevision, role string,
-	v *v1alpha1.AcceleratorVariant, initial int32) (*lwsv1.LeaderWorkerSet, error) {
-	want, err := resources.MakeLeaderWorkerSet(rev, role, v, initial, r.Resources)
+	v *v1alpha1.AcceleratorVariant, initial int32, cfg resources.Config, apis ClusterAPIs) (*lwsv1.LeaderWorkerSet, error) {
+	want, err := resources.MakeLeaderWorkerSet(rev, role, v, initial, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -294,13 +411,23 @@ func (r *Reconciler) reconcileLeaderWorkerSet(ctx context.Context, rev *v1alpha1
 			return nil, fmt.Errorf("creating leader worker set %s: %w", want.Name, err)
 		}
 		r.event(rev, want, corev1.EventTypeNormal, "Created", "Created leader worker set %s", want.Name)
+		if apis.Coscheduling && !apis.Volcano {
+			r.event(rev, want, corev1.EventTypeWarning, v1alpha1.ReasonCoschedulingNotSupported, "%s", msgCoschedulingNotSupported)
+		}
 		return want, nil
 	case err != nil:
 		return nil, fmt.Errorf("getting leader worker set %s: %w", want.Name, err)
 	}
 	want.Spec.Replicas = have.Spec.Replicas // the autoscaler's, through the scale subresource
-	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) {
+	key := lwsv1.ExclusiveKeyAnnotationKey
+	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) || !sameGroupScheduler(want, have) ||
+		want.Annotations[key] != have.Annotations[key] {
 		have.Spec = want.Spec
+		if k, ok := want.Annotations[key]; ok {
+			metav1.SetMetaDataAnnotation(&have.ObjectMeta, key, k)
+		} else {
+			delete(have.Annotations, key)
+		}
 		if err := r.Client.Update(ctx, have); err != nil {
 			return nil, fmt.Errorf("updating leader worker set %s: %w", want.Name, err)
 		}
@@ -308,49 +435,137 @@ func (r *Reconciler) reconcileLeaderWorkerSet(ctx context.Context, rev *v1alpha1
 	return have, nil
 }
 
-// observe sets the status from the serving role's workloads and pods
-// (a group's workers included).
-func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, ds []workload) error {
+// sameGroupScheduler reports whether two sets' pods have the same
+// scheduler, "" and the default scheduler's name being the same.
+func sameGroupScheduler(a, b *lwsv1.LeaderWorkerSet) bool {
+	name := func(s string) string {
+		if s == "" {
+			return corev1.DefaultSchedulerName
+		}
+		return s
+	}
+	sched := func(l *lwsv1.LeaderWorkerSet) (leader, worker string) {
+		t := l.Spec.LeaderWorkerTemplate
+		worker = name(t.WorkerTemplate.Spec.SchedulerName)
+		leader = worker // LWS's leaders default to the worker template
+		if t.LeaderTemplate != nil {
+			leader = name(t.LeaderTemplate.Spec.SchedulerName)
+		}
+		return leader, worker
+	}
+	al, aw := sched(a)
+	bl, bw := sched(b)
+	return al == bl && aw == bw
+}
+
+// observe sets the status from the serving role's workloads and pods,
+// and from every role's serving groups (their pods, a group's workers
+// included): why pods cannot run, in one path for a Deployment's pods
+// and a group's (podProblem).
+func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, all []workload, apis ClusterAPIs) error {
 	role := fleet.RoleUnified
 	if rev.Spec.Roles != nil {
 		role = fleet.RoleDecode
 	}
 	rev.Status.Selector = labels.SelectorFromSet(resources.Selector(rev, role)).String()
 	desired, ready := int32(0), int32(0)
-	for _, d := range ds {
-		desired += d.desired
-		ready += d.ready
+	for _, w := range all {
+		if w.role == role {
+			desired += w.desired
+			ready += w.ready
+		}
 	}
 	rev.Status.SetReplicas(desired, ready)
 
+	// A Deployment's pods (the role's Selector, not a group's leaders,
+	// which LWS labels with its set's name).
 	pods := &corev1.PodList{}
 	if err := r.Client.List(ctx, pods, client.InNamespace(rev.Namespace), client.MatchingLabels(resources.Selector(rev, role))); err != nil {
 		return fmt.Errorf("listing pods: %w", err)
 	}
-	if hasGroups(rev, role) {
-		workers := &corev1.PodList{}
-		if err := r.Client.List(ctx, workers, client.InNamespace(rev.Namespace), client.MatchingLabels{
-			v1alpha1.LabelRevision: rev.Name, resources.LabelGroupWorker: fleet.RoleLabel(role)}); err != nil {
-			return fmt.Errorf("listing group workers: %w", err)
+	plain := pods.Items[:0]
+	for _, p := range pods.Items {
+		if _, grouped := p.Labels[lwsv1.SetNameLabelKey]; !grouped {
+			plain = append(plain, p)
 		}
-		pods.Items = append(pods.Items, workers.Items...)
 	}
-	unavailable := false // said so in this pass (what an earlier pass said does not stick)
-	if reason, msg := podTrouble(pods.Items); reason != "" {
-		if reason == v1alpha1.ReasonUnschedulable {
-			rev.Status.MarkResourcesUnavailable(reason, "%s", msg)
-			unavailable = true
-		} else {
-			rev.Status.MarkContainerUnhealthy(reason, "%s", msg)
+	var unschedulable, unhealthy []string
+	unhealthyReason := ""
+	if reason, msg := podTrouble(plain); reason == v1alpha1.ReasonUnschedulable {
+		unschedulable = append(unschedulable, msg)
+	} else if reason != "" {
+		unhealthyReason, unhealthy = reason, append(unhealthy, msg)
+	}
+
+	// Serving groups: each set's pods, as LWS makes them.
+	var statuses []v1alpha1.GroupSetStatus
+	var waiting []string // the serving role's groups only not ready yet
+	more := 0            // the serving role's not-ready groups left out of the lines
+	var leaders []*corev1.Pod
+	grouped := false
+	for _, w := range all {
+		if w.set == nil {
+			continue
 		}
-	} else {
+		grouped = true
+		list := &corev1.PodList{}
+		if err := r.Client.List(ctx, list, client.InNamespace(rev.Namespace), client.MatchingLabels{
+			v1alpha1.LabelRevision: rev.Name, lwsv1.SetNameLabelKey: w.set.Name}); err != nil {
+			return fmt.Errorf("listing the pods of leader worker set %s: %w", w.set.Name, err)
+		}
+		rep := describeGroups(w.set.Name, w.size, w.desired, groupPods(list.Items, w.set.Name, w.role, w.size))
+		leaders = append(leaders, rep.leaders...)
+		st := v1alpha1.GroupSetStatus{Role: fleet.RoleLabel(w.role), Variant: w.variant, LeaderWorkerSet: w.set.Name,
+			PodsPerGroup: w.size, Groups: w.desired, ReadyGroups: w.ready}
+		for _, l := range rep.lines {
+			st.NotReady = append(st.NotReady, l.text)
+		}
+		if rep.more > 0 {
+			st.NotReady = append(st.NotReady, fmt.Sprintf("and %d more group(s) not ready", rep.more))
+		}
+		statuses = append(statuses, st)
+		if w.role != role {
+			continue // the revision's conditions are its serving role's
+		}
+		for _, l := range rep.lines {
+			switch {
+			case l.reason == v1alpha1.ReasonUnschedulable:
+				unschedulable = append(unschedulable, l.text)
+			case l.reason != "":
+				if unhealthyReason == "" {
+					unhealthyReason = l.reason
+				}
+				unhealthy = append(unhealthy, l.text)
+			default:
+				waiting = append(waiting, l.text)
+			}
+		}
+		more += rep.more
+	}
+	rev.Status.Groups = statuses
+	rev.Status.PodsPerGroup = podsPerGroup(rev, role)
+	markGangScheduling(&rev.Status, grouped, apis, leaders)
+
+	unavailable := false // said so in this pass (what an earlier pass said does not stick)
+	if len(unschedulable) > 0 {
+		rev.Status.MarkResourcesUnavailable(v1alpha1.ReasonUnschedulable, "%s", joinBounded(unschedulable, more))
+		unavailable = true
+	}
+	if len(unhealthy) > 0 {
+		rev.Status.MarkContainerUnhealthy(unhealthyReason, "%s", joinBounded(unhealthy, more))
+	}
+	if len(unschedulable) == 0 && len(unhealthy) == 0 {
 		rev.Status.MarkContainerHealthy()
 	}
-	for _, d := range ds {
-		if d.stalled != "" {
-			rev.Status.MarkResourcesUnavailable(v1alpha1.ReasonProgressDeadlineExceeded, "%s", d.stalled)
+	for _, w := range all {
+		if w.role == role && w.stalled != "" {
+			rev.Status.MarkResourcesUnavailable(v1alpha1.ReasonProgressDeadlineExceeded, "%s", w.stalled)
 			unavailable = true
 		}
+	}
+	why := ""
+	if len(waiting) > 0 {
+		why = ": " + joinBounded(waiting, more)
 	}
 	capacity := rev.Status.GetCondition(v1alpha1.RevisionConditionCapacityAvailable)
 	switch {
@@ -368,11 +583,21 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, d
 		// A revision that was ready stays ready while it wakes from zero
 		// or replaces a replica: only Active says it is activating.
 		if ra := rev.Status.GetCondition(v1alpha1.RevisionConditionResourcesAvailable); !unavailable && (ra == nil || !ra.IsTrue()) {
-			rev.Status.MarkResourcesAvailableUnknown(v1alpha1.ReasonDeploying, "waiting for %d replica(s) to be ready", desired)
+			rev.Status.MarkResourcesAvailableUnknown(v1alpha1.ReasonDeploying, "waiting for %d replica(s) to be ready%s", desired, why)
 		}
-		rev.Status.MarkActivating(v1alpha1.ReasonDeploying, "waiting for a ready replica")
+		rev.Status.MarkActivating(v1alpha1.ReasonDeploying, "waiting for a ready replica%s", why)
 	}
 	return nil
+}
+
+// joinBounded joins at most v1alpha1.MaxGroupLines lines, counting those
+// left out and more.
+func joinBounded(lines []string, more int) string {
+	if len(lines) > v1alpha1.MaxGroupLines {
+		more += len(lines) - v1alpha1.MaxGroupLines
+		lines = lines[:v1alpha1.MaxGroupLines]
+	}
+	return joinLines(lines, more)
 }
 
 // hasGroups reports whether a role runs serving groups on any variant.
@@ -386,30 +611,42 @@ func hasGroups(rev *v1alpha1.ModelRevision, role string) bool {
 }
 
 // podTrouble finds why pods cannot run: unschedulable (no node has the
-// accelerators), an image that cannot be pulled, an engine that crashes.
+// accelerators), an image that cannot be pulled, an engine that crashes
+// (the first pod's with a problem: podProblem).
 func podTrouble(pods []corev1.Pod) (reason, message string) {
-	for _, p := range pods {
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
-				return v1alpha1.ReasonUnschedulable, c.Message
-			}
-		}
-		for _, cs := range p.Status.ContainerStatuses {
-			if w := cs.State.Waiting; w != nil {
-				switch w.Reason {
-				case "ImagePullBackOff", "ErrImagePull", "InvalidImageName":
-					return v1alpha1.ReasonImagePullFailed, fmt.Sprintf("container %s: %s", cs.Name, w.Message)
-				case "CrashLoopBackOff":
-					return v1alpha1.ReasonEngineFailed, fmt.Sprintf("container %s keeps crashing: %s", cs.Name, strings.TrimSpace(w.Message))
-				case "CreateContainerConfigError":
-					// For example "container has runAsNonRoot and image will
-					// run as root": a custom image without a non-root user.
-					return v1alpha1.ReasonEngineFailed, fmt.Sprintf("container %s cannot start: %s", cs.Name, strings.TrimSpace(w.Message))
-				}
-			}
+	for i := range pods {
+		if reason, _, message := podProblem(&pods[i]); reason != "" {
+			return reason, message
 		}
 	}
 	return "", ""
+}
+
+// podProblem is why one pod cannot run: the revision's reason
+// (v1alpha1.ReasonUnschedulable, ReasonImagePullFailed,
+// ReasonEngineFailed), Kubernetes' own (its PodScheduled condition's or a
+// container's waiting reason) and a message; all "" when it has none.
+func podProblem(p *corev1.Pod) (reason, kubeReason, message string) {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+			return v1alpha1.ReasonUnschedulable, c.Reason, c.Message
+		}
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil {
+			switch w.Reason {
+			case "ImagePullBackOff", "ErrImagePull", "InvalidImageName":
+				return v1alpha1.ReasonImagePullFailed, w.Reason, fmt.Sprintf("container %s: %s", cs.Name, w.Message)
+			case "CrashLoopBackOff":
+				return v1alpha1.ReasonEngineFailed, w.Reason, fmt.Sprintf("container %s keeps crashing: %s", cs.Name, strings.TrimSpace(w.Message))
+			case "CreateContainerConfigError":
+				// For example "container has runAsNonRoot and image will
+				// run as root": a custom image without a non-root user.
+				return v1alpha1.ReasonEngineFailed, w.Reason, fmt.Sprintf("container %s cannot start: %s", cs.Name, strings.TrimSpace(w.Message))
+			}
+		}
+	}
+	return "", "", ""
 }
 
 func (r *Reconciler) updateStatus(ctx context.Context, rev *v1alpha1.ModelRevision, before *v1alpha1.ModelRevisionStatus) error {

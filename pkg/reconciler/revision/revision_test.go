@@ -89,9 +89,8 @@ func TestRevisionDeploysAndReportsWhy(t *testing.T) {
 	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
 		Reason: corev1.PodReasonUnschedulable, Message: "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}}
 	require.NoError(t, c.Status().Update(ctx, pod))
-	// Pods are not watched: a Deployment status change triggers the next look.
-	d.Status.Replicas, d.Status.UpdatedReplicas = 1, 1
-	require.NoError(t, c.Status().Update(ctx, d))
+	// The pod's change alone is seen: the reconciler watches revisions'
+	// pods.
 	require.Eventually(t, func() bool {
 		s, reason := readyOf(t, c, "llama-00001")
 		return s == "False" && reason == v1alpha1.ReasonUnschedulable
@@ -103,7 +102,7 @@ func TestRevisionDeploysAndReportsWhy(t *testing.T) {
 	// The pod is placed and becomes ready.
 	require.NoError(t, c.Delete(ctx, pod))
 	require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(d), d))
-	d.Status.ReadyReplicas, d.Status.AvailableReplicas = 1, 1
+	d.Status.Replicas, d.Status.UpdatedReplicas, d.Status.ReadyReplicas, d.Status.AvailableReplicas = 1, 1, 1, 1
 	require.NoError(t, c.Status().Update(ctx, d))
 	require.Eventually(t, func() bool {
 		s, _ := readyOf(t, c, "llama-00001")

@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"knative.dev/pkg/apis"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
@@ -33,7 +34,37 @@ const (
 	// Informational; when nothing can be placed and nothing is ready,
 	// ResourcesAvailable turns False with the same reason.
 	RevisionConditionCapacityAvailable apis.ConditionType = "CapacityAvailable"
+	// RevisionConditionGangScheduled says, for a revision with serving
+	// groups on Kubernetes, whether a gang scheduler places each group's
+	// pods all at once: True with ReasonVolcano; False with
+	// ReasonVolcanoPodGroupsMissing, ReasonCoschedulingNotSupported or
+	// ReasonNoGangScheduler, saying what is missing. Informational: a
+	// group is still placed whole or retried by LeaderWorkerSet. Absent
+	// when no role runs groups.
+	RevisionConditionGangScheduled apis.ConditionType = "GangScheduled"
 )
+
+// Reasons of RevisionConditionGangScheduled.
+const (
+	// ReasonVolcano: the groups' pods are scheduled by Volcano, one
+	// PodGroup a group.
+	ReasonVolcano = "Volcano"
+	// ReasonVolcanoPodGroupsMissing: Volcano schedules the pods, but
+	// LeaderWorkerSet makes no PodGroups (its gang scheduling is not
+	// configured for Volcano).
+	ReasonVolcanoPodGroupsMissing = "VolcanoPodGroupsMissing"
+	// ReasonCoschedulingNotSupported: the cluster has scheduler-plugins'
+	// coscheduling, which LeaderWorkerSet cannot give one pod group a
+	// group.
+	ReasonCoschedulingNotSupported = "CoschedulingNotSupported"
+	// ReasonNoGangScheduler: no gang scheduler; LeaderWorkerSet alone
+	// makes a group the unit.
+	ReasonNoGangScheduler = "NoGangScheduler"
+)
+
+// MaxGroupLines bounds GroupSetStatus.NotReady and the group lines of a
+// condition message.
+const MaxGroupLines = 8
 
 // Reasons of the ModelRevision conditions (Kubernetes' own reasons, for
 // example a container's waiting reason, may be passed on as they are).
@@ -163,4 +194,23 @@ func (s *ModelRevisionStatus) MarkCapacityAvailable() {
 // place, naming the missing resources.
 func (s *ModelRevisionStatus) MarkCapacityUnavailable(messageFormat string, messageA ...any) {
 	modelRevisionCondSet.Manage(s).MarkFalse(RevisionConditionCapacityAvailable, ReasonInsufficientAccelerators, messageFormat, messageA...)
+}
+
+// MarkGangScheduled records that a gang scheduler places each serving
+// group's pods at once (reason names it).
+func (s *ModelRevisionStatus) MarkGangScheduled(reason, messageFormat string, messageA ...any) {
+	modelRevisionCondSet.Manage(s).SetCondition(apis.Condition{Type: RevisionConditionGangScheduled,
+		Status: corev1.ConditionTrue, Severity: apis.ConditionSeverityInfo, Reason: reason, Message: fmt.Sprintf(messageFormat, messageA...)})
+}
+
+// MarkNotGangScheduled records that no gang scheduler places the serving
+// groups' pods, and what is missing.
+func (s *ModelRevisionStatus) MarkNotGangScheduled(reason, messageFormat string, messageA ...any) {
+	modelRevisionCondSet.Manage(s).MarkFalse(RevisionConditionGangScheduled, reason, messageFormat, messageA...)
+}
+
+// ClearGangScheduled removes RevisionConditionGangScheduled, for a
+// revision without serving groups.
+func (s *ModelRevisionStatus) ClearGangScheduled() {
+	_ = modelRevisionCondSet.Manage(s).ClearCondition(RevisionConditionGangScheduled)
 }

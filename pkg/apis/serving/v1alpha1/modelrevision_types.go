@@ -45,6 +45,7 @@ import (
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`,priority=1
 // +kubebuilder:printcolumn:name="Engine",type=string,JSONPath=`.spec.engine.type`,priority=1
+// +kubebuilder:printcolumn:name="Pods/Group",type=string,JSONPath=`.status.podsPerGroup`,priority=1
 type ModelRevision struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -99,6 +100,47 @@ type ModelRevisionStatus struct {
 	// "serving.kvasir.dev/revision=llama-00001".
 	// +optional
 	Selector string `json:"selector,omitempty"`
+	// PodsPerGroup is, when the serving role's replicas are serving groups
+	// of several pods, the pods of one group: "2", or per accelerator
+	// variant when they differ ("h100=2,l40s=4"). Empty when every replica
+	// is one pod. Its ready and desired groups are actualReplicas and
+	// desiredReplicas.
+	// +optional
+	PodsPerGroup string `json:"podsPerGroup,omitempty"`
+	// Groups are the revision's serving groups, one entry per
+	// LeaderWorkerSet (a role on an accelerator variant): pods per group,
+	// desired and ready groups, and why groups are not ready.
+	// +optional
+	// +listType=atomic
+	Groups []GroupSetStatus `json:"groups,omitempty"`
+}
+
+// GroupSetStatus is the state of a role's serving groups on one
+// accelerator variant: one LeaderWorkerSet.
+type GroupSetStatus struct {
+	// Role the groups serve: unified, prefill or decode.
+	Role string `json:"role"`
+	// Variant is the accelerator variant, empty without variants.
+	// +optional
+	Variant string `json:"variant,omitempty"`
+	// LeaderWorkerSet is the name of the set that runs the groups.
+	LeaderWorkerSet string `json:"leaderWorkerSet"`
+	// PodsPerGroup is a group's pods: its leader and PodsPerGroup-1
+	// workers.
+	PodsPerGroup int32 `json:"podsPerGroup"`
+	// Groups is the number of groups wanted (the set's replicas).
+	Groups int32 `json:"groups"`
+	// ReadyGroups is the number of groups whose every pod is ready (the
+	// set's readyReplicas).
+	ReadyGroups int32 `json:"readyGroups"`
+	// NotReady says why groups are not ready, one line a group, by group
+	// index, read from the groups' pods: for example "group 1: worker pod
+	// llama-00001-group-1-1 Pending: Unschedulable: 0/4 nodes are
+	// available: 4 Insufficient nvidia.com/gpu.". At most
+	// MaxGroupLines lines; a last one counts the groups left out.
+	// +optional
+	// +listType=atomic
+	NotReady []string `json:"notReady,omitempty"`
 }
 
 // ModelRevisionList is a list of ModelRevisions.

@@ -154,6 +154,18 @@ type RevisionTemplate struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1024
 	GroupSize *int32 `json:"groupSize,omitempty"`
+	// TopologyKey is a node label key, for example
+	// topology.kubernetes.io/zone or a rack or network-block label: all
+	// pods of one serving group are placed in one domain of that key
+	// (nodes with the same value), and a domain holds one group at a time
+	// (LeaderWorkerSet's exclusive topology, docs/kubernetes.md). It
+	// applies to replicas of several pods on Kubernetes only: a one-pod
+	// replica is not placed by it, and kvasir local ignores it. A role's
+	// own topologyKey replaces it.
+	// +optional
+	// +kubebuilder:validation:MaxLength=317
+	// +kubebuilder:validation:Pattern=`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`
+	TopologyKey string `json:"topologyKey,omitempty"`
 	// Roles splits a revision into prefill and decode replica sets; absent =
 	// one unified role.
 	// +optional
@@ -369,8 +381,8 @@ type RoleRatio struct {
 	Max *float64 `json:"max,omitempty"`
 }
 
-// RoleSpec overrides scaling, parallelism, group size and engine args for
-// one role.
+// RoleSpec overrides scaling, parallelism, group size, topology key and
+// engine args for one role.
 type RoleSpec struct {
 	// Scaling of this role; unset fields come from the template's.
 	// +optional
@@ -387,6 +399,12 @@ type RoleSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1024
 	GroupSize *int32 `json:"groupSize,omitempty"`
+	// TopologyKey of this role's serving groups, replacing the template's
+	// (see the template's topologyKey).
+	// +optional
+	// +kubebuilder:validation:MaxLength=317
+	// +kubebuilder:validation:Pattern=`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`
+	TopologyKey string `json:"topologyKey,omitempty"`
 	// Args are appended to the engine's arguments for this role.
 	// +optional
 	Args []string `json:"args,omitempty"`

@@ -159,6 +159,7 @@ func (t *RevisionTemplate) validate() *apis.FieldError {
 		}
 	}
 	errs = errs.Also(t.validateGroups())
+	errs = errs.Also(t.validateTopology())
 	return errs
 }
 

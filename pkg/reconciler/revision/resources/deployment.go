@@ -33,7 +33,17 @@ type Config struct {
 	// only pods a revision's NetworkPolicy lets reach its queue-proxies.
 	// Default DefaultSystemNamespace.
 	SystemNamespace string
+	// GroupSchedulerName is the schedulerName of serving groups' pods,
+	// leaders and workers (MakeLeaderWorkerSet): VolcanoSchedulerName
+	// when the cluster has Volcano, so that each group is one Volcano
+	// PodGroup; "" for the cluster's default scheduler. Deployments'
+	// pods always have the default.
+	GroupSchedulerName string
 }
+
+// VolcanoSchedulerName is Volcano's scheduler, which places a PodGroup's
+// pods all at once.
+const VolcanoSchedulerName = "volcano"
 
 // DefaultSystemNamespace is the namespace config/ installs Kvasir in.
 const DefaultSystemNamespace = "kvasir-serving"

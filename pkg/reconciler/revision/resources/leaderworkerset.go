@@ -62,9 +62,12 @@ func WorkerLabels(rev *v1alpha1.ModelRevision, role, variant string) map[string]
 // workers sharing one template: the engine alone, its rank and the
 // leader's address from LWS's environment, labelled with WorkerLabels.
 // Every pod holds the variant's resources, its share of the replica's
-// accelerators. A pod that fails or restarts recreates its whole group
+// accelerators, and cfg.GroupSchedulerName as its scheduler. A pod that
+// fails or restarts recreates its whole group
 // (RecreateGroupOnPodRestart), and workers start with the leader
-// (LeaderCreated): the leader is ready only once its workers joined.
+// (LeaderCreated): the leader is ready only once its workers joined. The
+// role's topology key, when it has one, is LWS's exclusive topology
+// (LeaderWorkerSetAnnotations).
 func MakeLeaderWorkerSet(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.AcceleratorVariant, replicas int32, cfg Config) (*lwsv1.LeaderWorkerSet, error) {
 	variant := variantName(v)
 	shape, err := rev.Spec.Group(role, v)
@@ -85,12 +88,15 @@ func MakeLeaderWorkerSet(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.A
 	}
 	labels := DeploymentLabels(rev, role, variant)
 	size := shape.Pods
+	leaderPod, workerPod := revisionPodSpec(rev, v, leader, true, cfg), revisionPodSpec(rev, v, worker, false, cfg)
+	leaderPod.SchedulerName, workerPod.SchedulerName = cfg.GroupSchedulerName, cfg.GroupSchedulerName
 	return &lwsv1.LeaderWorkerSet{
 		TypeMeta: metav1.TypeMeta{APIVersion: lwsv1.GroupVersion.String(), Kind: "LeaderWorkerSet"},
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            names.LeaderWorkerSet(rev, role, variant),
 			Namespace:       rev.Namespace,
 			Labels:          labels,
+			Annotations:     LeaderWorkerSetAnnotations(rev, role),
 			OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(rev)},
 		},
 		Spec: lwsv1.LeaderWorkerSetSpec{
@@ -98,11 +104,11 @@ func MakeLeaderWorkerSet(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.A
 			LeaderWorkerTemplate: lwsv1.LeaderWorkerTemplate{
 				LeaderTemplate: &corev1.PodTemplateSpec{
 					ObjectMeta: metav1.ObjectMeta{Labels: labels},
-					Spec:       revisionPodSpec(rev, v, leader, true, cfg),
+					Spec:       leaderPod,
 				},
 				WorkerTemplate: corev1.PodTemplateSpec{
 					ObjectMeta: metav1.ObjectMeta{Labels: WorkerLabels(rev, role, variant)},
-					Spec:       revisionPodSpec(rev, v, worker, false, cfg),
+					Spec:       workerPod,
 				},
 				Size:          &size,
 				RestartPolicy: lwsv1.RecreateGroupOnPodRestart,
@@ -122,6 +128,23 @@ func MakeLeaderWorkerSet(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.A
 			StartupPolicy: lwsv1.LeaderCreatedStartupPolicy,
 		},
 	}, nil
+}
+
+// LeaderWorkerSetAnnotations are the annotations of a role's
+// LeaderWorkerSets: LWS's exclusive topology
+// (lwsv1.ExclusiveKeyAnnotationKey) set to the role's topology key when it
+// has one, nil otherwise. With it, LWS's pod webhook gives each group's
+// leader a required pod affinity to its own group and a required
+// anti-affinity to every other group over that key, and LWS makes the
+// group's workers only once the leader is scheduled, with a node selector
+// for the leader's domain: a group lands in one domain, and a domain holds
+// one group.
+func LeaderWorkerSetAnnotations(rev *v1alpha1.ModelRevision, role string) map[string]string {
+	key := rev.Spec.RoleTopologyKey(role)
+	if key == "" {
+		return nil
+	}
+	return map[string]string{lwsv1.ExclusiveKeyAnnotationKey: key}
 }
 
 // Grouped reports whether a revision role's replicas on variant v (nil

@@ -74,7 +74,7 @@ func TestMakeLeaderWorkerSet(t *testing.T) {
 			require.Equal(t, int32(2), *tmpl.Size)
 			require.Equal(t, lwsv1.RecreateGroupOnPodRestart, tmpl.RestartPolicy)
 			require.Equal(t, lwsv1.LeaderCreatedStartupPolicy, set.Spec.StartupPolicy)
-			require.Empty(t, set.Annotations, "no topology key in the API yet")
+			require.Empty(t, set.Annotations, "no topology key: no exclusive topology")
 
 			leader, worker := tmpl.LeaderTemplate, tmpl.WorkerTemplate
 			require.NotNil(t, leader)
@@ -114,6 +114,7 @@ func TestMakeLeaderWorkerSet(t *testing.T) {
 					require.Nil(t, spec.NodeSelector)
 				}
 				require.Equal(t, int64(630), *spec.TerminationGracePeriodSeconds)
+				require.Empty(t, spec.SchedulerName, "the default scheduler without a gang scheduler")
 			}
 
 			// The leader is the Deployment's pod, engine args aside.
@@ -187,4 +188,69 @@ func TestMakeLeaderWorkerSetRefusesHugeGroups(t *testing.T) {
 	})
 	_, err := MakeLeaderWorkerSet(r, fleet.RoleUnified, nil, 1, cfg)
 	require.Error(t, err)
+}
+
+// A topology key is LWS's exclusive topology on the role's set: the
+// template's, or the role's own; none without one. Deployments never get
+// it.
+func TestMakeLeaderWorkerSetTopologyKey(t *testing.T) {
+	grouped := func(r *v1alpha1.ModelRevision) {
+		r.Spec.Engine = v1alpha1.EngineSpec{Type: v1alpha1.EngineSim, Port: 8000}
+		r.Spec.Parallelism, r.Spec.AcceleratorsPerNode = sizes(2, 1, 1), ptr.To[int32](1)
+	}
+	for name, tc := range map[string]struct {
+		mutate func(*v1alpha1.ModelRevision)
+		role   string
+		want   string
+	}{
+		"none": {mutate: grouped, role: fleet.RoleUnified},
+		"the template's": {mutate: func(r *v1alpha1.ModelRevision) {
+			grouped(r)
+			r.Spec.TopologyKey = "topology.kubernetes.io/zone"
+		}, role: fleet.RoleUnified, want: "topology.kubernetes.io/zone"},
+		"decode's own": {mutate: func(r *v1alpha1.ModelRevision) {
+			grouped(r)
+			r.Spec.TopologyKey = "topology.kubernetes.io/zone"
+			r.Spec.Roles = &v1alpha1.RolesSpec{Prefill: &v1alpha1.RoleSpec{}, Decode: &v1alpha1.RoleSpec{TopologyKey: "example.com/rack"}}
+		}, role: fleet.RoleDecode, want: "example.com/rack"},
+		"prefill keeps the template's": {mutate: func(r *v1alpha1.ModelRevision) {
+			grouped(r)
+			r.Spec.TopologyKey = "topology.kubernetes.io/zone"
+			r.Spec.Roles = &v1alpha1.RolesSpec{Prefill: &v1alpha1.RoleSpec{}, Decode: &v1alpha1.RoleSpec{TopologyKey: "example.com/rack"}}
+		}, role: fleet.RolePrefill, want: "topology.kubernetes.io/zone"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := revision(tc.mutate)
+			set, err := MakeLeaderWorkerSet(r, tc.role, nil, 1, cfg)
+			require.NoError(t, err)
+			if tc.want == "" {
+				require.Empty(t, set.Annotations)
+				return
+			}
+			require.Equal(t, map[string]string{"leaderworkerset.sigs.k8s.io/exclusive-topology": tc.want}, set.Annotations)
+			require.Empty(t, set.Spec.LeaderWorkerTemplate.LeaderTemplate.Annotations, "LWS copies it to the pods itself")
+		})
+	}
+	r := revision(func(r *v1alpha1.ModelRevision) { r.Spec.TopologyKey = "example.com/rack" })
+	d, err := MakeDeployment(r, fleet.RoleUnified, nil, 1, cfg)
+	require.NoError(t, err)
+	require.Empty(t, d.Annotations)
+	require.Nil(t, d.Spec.Template.Spec.Affinity, "a one-pod replica is not placed by the key")
+}
+
+// With a gang scheduler's name in the Config, both of a group's templates
+// name it; a Deployment's pods keep the default scheduler.
+func TestMakeLeaderWorkerSetSchedulerName(t *testing.T) {
+	r := revision(func(r *v1alpha1.ModelRevision) {
+		r.Spec.Parallelism, r.Spec.AcceleratorsPerNode = sizes(2, 1, 1), ptr.To[int32](1)
+	})
+	volcano := cfg
+	volcano.GroupSchedulerName = VolcanoSchedulerName
+	set, err := MakeLeaderWorkerSet(r, fleet.RoleUnified, nil, 1, volcano)
+	require.NoError(t, err)
+	require.Equal(t, "volcano", set.Spec.LeaderWorkerTemplate.LeaderTemplate.Spec.SchedulerName)
+	require.Equal(t, "volcano", set.Spec.LeaderWorkerTemplate.WorkerTemplate.Spec.SchedulerName)
+	d, err := MakeDeployment(revision(nil), fleet.RoleUnified, nil, 1, volcano)
+	require.NoError(t, err)
+	require.Empty(t, d.Spec.Template.Spec.SchedulerName)
 }
