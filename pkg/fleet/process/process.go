@@ -133,6 +133,10 @@ type Runtime struct {
 	sets   map[fleet.Key]*set
 	seq    int
 	closed bool // Close has stopped every replica: no watch goroutine starts
+	// launches are replicas startLocked reserved, whose processes the
+	// holder of mu starts once it has let go of it (unlock): fork, exec
+	// and log files are never done under mu.
+	launches []*launching
 }
 
 var (
@@ -271,7 +275,7 @@ func (r *Runtime) Remove(key fleet.Key) {
 		delete(r.sets, key)
 		r.reconcileLocked(s)
 	}
-	r.mu.Unlock()
+	r.unlock()
 }
 
 // Scale implements fleet.Scaler for a replica set without accelerator
@@ -289,7 +293,7 @@ func (r *Runtime) ScaleVariants(_ context.Context, key fleet.Key, counts map[str
 		}
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock()
 	s, ok := r.sets[key]
 	if !ok {
 		return fleet.ErrUnknown{Key: key}
@@ -384,10 +388,10 @@ func (r *Runtime) Replicas(key fleet.Key) []ReplicaInfo {
 		info := ReplicaInfo{Name: rp.name, Variant: rp.variant, State: rp.state, Started: rp.started,
 			Address:    "127.0.0.1:" + strconv.Itoa(rp.qpPort),
 			EngineAddr: "127.0.0.1:" + strconv.Itoa(rp.enginePort), Devices: slices.Clone(rp.devices)}
-		if rp.engine.Process != nil {
+		if rp.engine != nil { // nil until started
 			info.EnginePID = rp.engine.Process.Pid
 		}
-		if rp.qp.Process != nil {
+		if rp.qp != nil {
 			info.ProxyPID = rp.qp.Process.Pid
 		}
 		if rp.grouped() {
@@ -403,7 +407,7 @@ func (rp *replica) groupInfo() *GroupInfo {
 	g := &GroupInfo{Pods: len(rp.workers) + 1, Workers: make([]WorkerInfo, 0, len(rp.workers))}
 	for _, w := range rp.workers {
 		wi := WorkerInfo{Rank: w.rank, Devices: slices.Clone(w.devices), Running: !isClosed(w.done)}
-		if w.cmd.Process != nil {
+		if w.cmd != nil {
 			wi.PID = w.cmd.Process.Pid
 		}
 		g.Workers = append(g.Workers, wi)
@@ -524,9 +528,29 @@ func expand(args []string, port, kvPort, groupPort int) []string {
 	return out
 }
 
-// startLocked starts one replica of variant: it reserves ports and
-// devices, launches the engine and the queue-proxy, and hands the replica
-// to its supervisor.
+// launching is a replica reserved under mu whose processes are not started
+// yet: the commands that are its until they run.
+type launching struct {
+	s       *set
+	rp      *replica
+	engines []*exec.Cmd // the leader's first
+	qp      *exec.Cmd
+}
+
+// unlock lets go of mu and then starts the replicas reserved while it was
+// held. Every path that may reconcile a set leaves mu through it.
+func (r *Runtime) unlock() {
+	ls := r.launches
+	r.launches = nil
+	r.mu.Unlock()
+	for _, l := range ls {
+		r.start(l)
+	}
+}
+
+// startLocked reserves one replica of variant: its ports, its devices and
+// its place in the set (starting, with no process yet), and queues its
+// launch for unlock.
 func (r *Runtime) startLocked(s *set, variant string) error {
 	procs := s.spec.processes(variant)
 	ports, err := freePorts(len(procs))
@@ -547,21 +571,14 @@ func (r *Runtime) startLocked(s *set, variant string) error {
 		copy(devEnv, env)
 	}
 	cmds, qp := r.commands(s.spec, name, procs, ports, devEnv)
-	logs, err := r.launch(name, cmds, qp)
-	if err != nil {
-		if r.cfg.Devices != nil {
-			r.cfg.Devices.Release(name)
-		}
-		return err
-	}
-	rp := &replica{name: name, variant: variant, qpPort: ports.queueProxy, enginePort: ports.engines[0].engine, engine: cmds[0], qp: qp,
+	rp := &replica{name: name, variant: variant, qpPort: ports.queueProxy, enginePort: ports.engines[0].engine,
 		engineDone: make(chan struct{}), qpDone: make(chan struct{}), devices: devEnv[0],
 		state: stateStarting, started: time.Now(), done: make(chan struct{})}
 	if len(cmds) > 1 && s.spec.EngineHealthPath != "" {
 		rp.healthURL = "http://127.0.0.1:" + strconv.Itoa(rp.enginePort) + "/" + strings.TrimPrefix(s.spec.EngineHealthPath, "/")
 	}
-	for i, c := range cmds[1:] {
-		rp.workers = append(rp.workers, &worker{rank: i + 1, port: ports.engines[i+1].engine, cmd: c, devices: devEnv[i+1],
+	for i := range cmds[1:] {
+		rp.workers = append(rp.workers, &worker{rank: i + 1, port: ports.engines[i+1].engine, devices: devEnv[i+1],
 			done: make(chan struct{})})
 	}
 	s.replicas = append(s.replicas, rp)
@@ -571,20 +588,49 @@ func (r *Runtime) startLocked(s *set, variant string) error {
 		attrs = append(attrs, slog.Int("groupSize", len(procs)), slog.Int("groupPort", ports.group))
 	}
 	r.log.Info("replica starting", attrs...)
+	r.wg.Add(1) // Close waits for the launch too
+	r.launches = append(r.launches, &launching{s: s, rp: rp, engines: cmds, qp: qp})
+	return nil
+}
+
+// start runs a reserved replica's processes, without mu, and then, with
+// it, makes them the replica's and hands the replica to its supervisor. A
+// replica that cannot start is forgotten (its devices freed); one stopped
+// meanwhile is started and then stopped, through its supervisor, as any.
+func (r *Runtime) start(l *launching) {
+	defer r.wg.Done()
+	s, rp := l.s, l.rp
+	logs, err := r.launch(rp.name, l.engines, l.qp)
+	r.mu.Lock()
+	if err != nil {
+		r.log.Error("starting replica failed", slog.String("replicaSet", s.spec.Key.String()),
+			slog.String("variant", rp.variant), slog.String("replica", rp.name), slog.Any("error", err))
+		r.forgetLocked(s, rp)
+		r.mu.Unlock()
+		return
+	}
+	rp.engine, rp.qp = l.engines[0], l.qp
+	for i, w := range rp.workers {
+		w.cmd = l.engines[i+1]
+	}
+	stopped := rp.stopping
+	r.mu.Unlock()
+	if stopped {
+		_ = l.qp.Process.Signal(syscall.SIGTERM) // stopLocked had no process to signal
+	}
 
 	exited := make(chan string, 2+len(rp.workers))
 	r.wg.Add(3 + len(rp.workers))
-	go func() { defer r.wg.Done(); waitLog(rp.engine, logs[0], rp.engineDone); exited <- "engine" }()
-	go func() { defer r.wg.Done(); waitLog(qp, logs[len(logs)-1], rp.qpDone); exited <- "queue-proxy" }()
+	go func() { defer r.wg.Done(); waitLog(l.engines[0], logs[0], rp.engineDone); exited <- "engine" }()
+	go func() { defer r.wg.Done(); waitLog(l.qp, logs[len(logs)-1], rp.qpDone); exited <- "queue-proxy" }()
 	for i, w := range rp.workers {
 		go func() {
 			defer r.wg.Done()
-			waitLog(w.cmd, logs[i+1], w.done)
+			waitLog(l.engines[i+1], logs[i+1], w.done)
 			exited <- "worker rank " + strconv.Itoa(w.rank)
 		}()
 	}
 	go func() { defer r.wg.Done(); r.supervise(s, rp, exited) }()
-	return nil
 }
 
 // processes are the engine processes of a replica of variant: its group's,
@@ -743,7 +789,7 @@ func (r *Runtime) supervise(s *set, rp *replica, exited <-chan string) {
 	expected := r.markExited(s, rp, which)
 	r.terminate(rp, !expected && rp.grouped())
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock()
 	r.forgetLocked(s, rp)
 	if !expected && !s.removed {
 		r.replaceLocked(s)
@@ -922,7 +968,7 @@ func (r *Runtime) replaceLocked(s *set) {
 		case <-timer.C:
 			r.mu.Lock()
 			r.reconcileLocked(s)
-			r.mu.Unlock()
+			r.unlock()
 		case <-r.ctx.Done():
 		}
 	}()
@@ -960,7 +1006,9 @@ func (r *Runtime) stopLocked(s *set, rp *replica) {
 	rp.state = stateStopping
 	r.notifyLocked(s)
 	r.log.Info("replica stopping", slog.String("replica", rp.name))
-	_ = rp.qp.Process.Signal(syscall.SIGTERM)
+	if rp.qp != nil { // nil: not started yet; start signals it once it is
+		_ = rp.qp.Process.Signal(syscall.SIGTERM)
+	}
 }
 
 // proc is one process of a replica and the channel closed when it has
