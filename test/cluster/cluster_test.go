@@ -403,6 +403,16 @@ func (k *cluster) checkGroups(t *testing.T, servedBy func(string) (string, error
 	require.Equal(t, lwsv1.RecreateGroupOnPodRestart, lws.Spec.LeaderWorkerTemplate.RestartPolicy)
 	require.Equal(t, int32(1), lws.Status.ReadyReplicas, "one ready group")
 	require.Equal(t, int32(-1), k.replicas("grouped-00001-deployment"), "no Deployment beside the set")
+	require.Eventually(t, func() bool {
+		rev := &v1alpha1.ModelRevision{}
+		if k.c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "grouped-00001"}, rev) != nil {
+			return false
+		}
+		gang := rev.Status.GetCondition(v1alpha1.RevisionConditionGangScheduled)
+		return rev.Status.PodsPerGroup == "2" && len(rev.Status.Groups) == 1 &&
+			rev.Status.Groups[0].ReadyGroups == 1 && rev.Status.Groups[0].LeaderWorkerSet == set &&
+			gang != nil && gang.Reason == v1alpha1.ReasonNoGangScheduler
+	}, wait, tick, "the revision's status shows its group, and that no gang scheduler places it (the LWS group is the unit)")
 
 	leader, worker := k.groupPods(t, set)
 	require.NotEmpty(t, leader.Status.PodIP)
