@@ -39,9 +39,9 @@ func idle(ctx context.Context, args []string) error {
 		"input_len": c.inputLen, "output_len": c.outputLen, "scale_to_zero_grace_period_s": grace.Seconds(),
 		"stable_window_s": window.Seconds(), "scale_interval_s": c.scaleInterval.Seconds(), "engine_args": ms.Spec.Template.Engine.Args}
 
-	p, err := startPlatform(ctx, &c, []*v1alpha1.ModelService{ms})
+	w, p, err := startPlatform(ctx, &c, []*v1alpha1.ModelService{ms})
 	failed := true
-	defer func() { p.close(failed) }()
+	defer func() { w.Close(failed) }()
 	if err != nil {
 		return err
 	}
@@ -49,13 +49,13 @@ func idle(ctx context.Context, args []string) error {
 		rs, ok := find(st, ms.Name)
 		return ok && rs.Desired == 0
 	}
-	if err := p.waitFor(ctx, c.startTimeout+grace+window, ms.Name+" at zero", atZero); err != nil {
+	if err := p.Wait(ctx, c.startTimeout+grace+window, poll, ms.Name+" at zero", atZero); err != nil {
 		return err
 	}
 	s := startSampler(p, c.sample, "")
 	_ = benchkit.Sleep(ctx, time.Second)
 	fmt.Fprintf(os.Stderr, "idle: burst of %d requests, %d in flight\n", *burstN, *burstC)
-	burst, err := runLoad(ctx, p.base, loadSpec{model: ms.Spec.Model, concurrency: *burstC, numPrompts: *burstN,
+	burst, err := runLoad(ctx, p.Base, loadSpec{model: ms.Spec.Model, concurrency: *burstC, numPrompts: *burstN,
 		inputLen: c.inputLen, outputLen: c.outputLen, seed: 1})
 	if err != nil {
 		s.stop()
@@ -70,11 +70,11 @@ func idle(ctx context.Context, args []string) error {
 	var zeroAt, goneAt time.Time
 	deadline := lastResp.Add(longest + *slack + time.Minute)
 	for time.Now().Before(deadline) && (zeroAt.IsZero() || goneAt.IsZero()) {
-		if err := p.alive(); err != nil {
+		if err := p.Alive(); err != nil {
 			s.stop()
 			return err
 		}
-		st, err := p.replicas()
+		st, err := p.Replicas()
 		now := time.Now()
 		if err == nil {
 			if rs, ok := find(st, ms.Name); ok {
@@ -96,7 +96,7 @@ func idle(ctx context.Context, args []string) error {
 	if !zeroAt.IsZero() {
 		until := time.Now().Add(*hold)
 		for time.Now().Before(until) {
-			if st, err := p.replicas(); err == nil && !atZero(st) {
+			if st, err := p.Replicas(); err == nil && !atZero(st) {
 				bounced = true
 				break
 			}
@@ -108,7 +108,7 @@ func idle(ctx context.Context, args []string) error {
 	wakeStart := time.Now()
 	if !zeroAt.IsZero() {
 		fmt.Fprintln(os.Stderr, "idle: at zero; sending the wake-up request")
-		wake, wakeErr = runLoad(ctx, p.base, loadSpec{model: ms.Spec.Model, concurrency: 1, numPrompts: 1,
+		wake, wakeErr = runLoad(ctx, p.Base, loadSpec{model: ms.Spec.Model, concurrency: 1, numPrompts: 1,
 			inputLen: c.inputLen, outputLen: c.outputLen, seed: 2})
 		_ = benchkit.Sleep(ctx, 500*time.Millisecond)
 	}

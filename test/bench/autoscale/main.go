@@ -23,18 +23,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
-	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/local"
 	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/localrun"
 )
 
 func main() {
@@ -94,97 +90,29 @@ func (c *common) oneService() (*v1alpha1.ModelService, v1alpha1.ScalingSpec, err
 	return svcs[0], scalingOf(svcs[0]), nil
 }
 
-// platform is a running `kvasir local` subprocess.
-type platform struct {
-	base    string // http://127.0.0.1:PORT, the OpenAI API
-	admin   string // the admin listener: /kvasir/replicas, /metrics
-	dir     string // temp dir: binary, logs
-	logDir  string // replicas' logs
-	logFile string // kvasir local's own log
-	keepDir bool   // the user's --log-dir: never removed
-	cmd     *exec.Cmd
-	exited  chan struct{} // closed when the process ended
-	waitErr error
-	stopped bool
-	mu      sync.Mutex
+// startPlatform builds kvasir when needed and runs `kvasir local` on the
+// fleet file in a new Workdir, waiting until every ModelService shows up in
+// /kvasir/replicas. The Workdir, when not nil, is to be closed (with the
+// platform in it) whether or not there is an error.
+func startPlatform(ctx context.Context, c *common, svcs []*v1alpha1.ModelService) (*localrun.Workdir, *localrun.Platform, error) {
+	w, err := localrun.NewWorkdir(ctx, "kvasir-autoscale-", c.kvasir, c.logDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	flags := []string{"--scale-interval", c.scaleInterval.String()}
+	if c.accelerators != "" {
+		flags = append(flags, "--accelerators", c.accelerators)
+	}
+	p, err := w.Start(localrun.Options{File: c.file, Flags: flags})
+	if err != nil {
+		return w, nil, err
+	}
+	what := "every ModelService of " + c.file
+	return w, p, p.Wait(ctx, c.startTimeout, poll, what, func(st []local.RevisionStatus) bool { return haveAll(st, svcs) })
 }
 
-// startPlatform builds kvasir when needed and runs `kvasir local` on the
-// fleet file, waiting for /healthz and for every ModelService to show up
-// in /kvasir/replicas.
-func startPlatform(ctx context.Context, c *common, svcs []*v1alpha1.ModelService) (*platform, error) {
-	dir, err := os.MkdirTemp("", "kvasir-autoscale-")
-	if err != nil {
-		return nil, err
-	}
-	p := &platform{dir: dir, exited: make(chan struct{})}
-	bin := c.kvasir
-	if bin == "" {
-		bin = filepath.Join(dir, "kvasir")
-		fmt.Fprintf(os.Stderr, "building kvasir into %s\n", bin)
-		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/kvasir-serving/kvasir/cmd/kvasir")
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("go build ./cmd/kvasir (run from the repository, or pass --kvasir): %w", err)
-		}
-	}
-	p.logDir = filepath.Join(dir, "logs")
-	if c.logDir != "" {
-		p.logDir, p.keepDir = c.logDir, true
-	}
-	p.logFile = filepath.Join(p.logDir, "kvasir-local.log")
-	if err := os.MkdirAll(p.logDir, 0o755); err != nil {
-		return p, err
-	}
-	logf, err := os.Create(p.logFile)
-	if err != nil {
-		return p, err
-	}
-	port, adminPort := benchkit.FreePort(), benchkit.FreePort()
-	p.base = "http://127.0.0.1:" + strconv.Itoa(port)
-	p.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
-	argv := []string{"local", "-f", c.file, "--addr", "127.0.0.1:" + strconv.Itoa(port),
-		"--admin-addr", "127.0.0.1:" + strconv.Itoa(adminPort), "--log-dir", p.logDir,
-		"--scale-interval", c.scaleInterval.String()}
-	if c.accelerators != "" {
-		argv = append(argv, "--accelerators", c.accelerators)
-	}
-	p.cmd = exec.Command(bin, argv...)
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	// Pdeathsig ends kvasir local if we die; its replicas have their own.
-	p.cmd.SysProcAttr = process.DieWithParent(nil)
-	fmt.Fprintf(os.Stderr, "starting %s %s\n", bin, strings.Join(argv, " "))
-	if err := p.cmd.Start(); err != nil {
-		logf.Close()
-		p.cmd = nil
-		return p, fmt.Errorf("start kvasir local: %w", err)
-	}
-	go func() {
-		err := p.cmd.Wait()
-		logf.Close()
-		p.mu.Lock()
-		p.waitErr = err
-		p.mu.Unlock()
-		close(p.exited)
-	}()
-	deadline := time.Now().Add(c.startTimeout)
-	for {
-		if err := p.alive(); err != nil {
-			return p, err
-		}
-		st, err := p.replicas()
-		if err == nil && haveAll(st, svcs) {
-			return p, nil
-		}
-		if time.Now().After(deadline) {
-			return p, fmt.Errorf("kvasir local did not serve every ModelService of %s within %s (last: %v)", c.file, c.startTimeout, err)
-		}
-		if err := benchkit.Sleep(ctx, 50*time.Millisecond); err != nil {
-			return p, err
-		}
-	}
-}
+// poll is how often a benchmark reads /kvasir/replicas while it waits.
+const poll = 50 * time.Millisecond
 
 func haveAll(st []local.RevisionStatus, svcs []*v1alpha1.ModelService) bool {
 	for _, ms := range svcs {
@@ -199,85 +127,6 @@ func haveAll(st []local.RevisionStatus, svcs []*v1alpha1.ModelService) bool {
 	return true
 }
 
-// alive returns an error when kvasir local has exited on its own.
-func (p *platform) alive() error {
-	select {
-	case <-p.exited:
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.stopped {
-			return nil
-		}
-		return fmt.Errorf("kvasir local exited unexpectedly (%v); its log: %s\n%s", p.waitErr, p.logFile, tail(p.logFile, 20))
-	default:
-		return nil
-	}
-}
-
-func (p *platform) replicas() ([]local.RevisionStatus, error) { return benchkit.Replicas(p.admin) }
-
-// close stops kvasir local (SIGTERM: it drains and stops its replicas),
-// then removes the temporary directory unless keep (the run failed) or the
-// logs are the user's.
-func (p *platform) close(keep bool) {
-	if p == nil {
-		return
-	}
-	if p.cmd != nil && p.cmd.Process != nil {
-		p.mu.Lock()
-		p.stopped = true
-		p.mu.Unlock()
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(40 * time.Second):
-			fmt.Fprintln(os.Stderr, "kvasir local did not stop within 40s of SIGTERM; killing it")
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
-	}
-	switch {
-	case p.keepDir:
-		fmt.Fprintf(os.Stderr, "logs: %s\n", p.logDir)
-		if !keep {
-			// The binary we built, if any, is not the user's.
-			os.RemoveAll(p.dir)
-		}
-	case keep:
-		fmt.Fprintf(os.Stderr, "logs kept: %s\n", p.logDir)
-	default:
-		os.RemoveAll(p.dir)
-	}
-}
-
-// waitFor polls the platform until cond holds for its replicas.
-func (p *platform) waitFor(ctx context.Context, timeout time.Duration, what string, cond func([]local.RevisionStatus) bool) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if err := p.alive(); err != nil {
-			return err
-		}
-		st, err := p.replicas()
-		if err == nil && cond(st) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %s waiting for %s (replicas: %s)", timeout, what, summary(st))
-		}
-		if err := benchkit.Sleep(ctx, 50*time.Millisecond); err != nil {
-			return err
-		}
-	}
-}
-
-func summary(st []local.RevisionStatus) string {
-	var parts []string
-	for _, r := range st {
-		parts = append(parts, fmt.Sprintf("%s/%s desired %d ready %d unplaceable %d", r.Service, r.Role, r.Desired, r.Ready, r.Unplaceable))
-	}
-	return strings.Join(parts, "; ")
-}
-
 // find returns the unified (or decode) role of a service.
 func find(st []local.RevisionStatus, service string) (local.RevisionStatus, bool) {
 	for _, r := range st {
@@ -286,19 +135,6 @@ func find(st []local.RevisionStatus, service string) (local.RevisionStatus, bool
 		}
 	}
 	return local.RevisionStatus{}, false
-}
-
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // logProblems returns the distinct WARN and ERROR lines of the platform's

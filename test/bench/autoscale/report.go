@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/bench"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/localrun"
 )
 
 // goal is one pass/fail check of a benchmark.
@@ -38,7 +39,7 @@ type report struct {
 	Changes          map[string][]change `json:"changes,omitempty"`
 
 	rows [][2]string
-	p    *platform
+	p    *localrun.Platform
 }
 
 // table is an extra table of the printed report (per phase, per model).
@@ -131,7 +132,7 @@ func (r *report) finish(c *common, title string, runErr error) error {
 		errs = append(errs, runErr.Error())
 	}
 	if r.p != nil {
-		if err := r.p.alive(); err != nil {
+		if err := r.p.Alive(); err != nil {
 			errs = append(errs, err.Error())
 		}
 	}
@@ -148,13 +149,13 @@ func (r *report) finish(c *common, title string, runErr error) error {
 }
 
 // attach puts the timeline and the platform's log problems into the report.
-func (r *report) attach(tl *timeline, p *platform) {
+func (r *report) attach(tl *timeline, p *localrun.Platform) {
 	if tl != nil {
 		r.Timeline, r.CPU = tl.samples, tl.cpu
 	}
 	r.p = p
 	if p != nil {
-		r.LogProblems, r.LogProblemsTotal = logProblems(p.logFile, 8)
+		r.LogProblems, r.LogProblemsTotal = logProblems(p.LogFile, 8)
 	}
 }
 

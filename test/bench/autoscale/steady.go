@@ -50,14 +50,14 @@ func steady(ctx context.Context, args []string) error {
 		"stable_window_s": sc.StableWindow.Seconds(), "scale_interval_s": c.scaleInterval.Seconds(),
 		"engine_args": ms.Spec.Template.Engine.Args}
 
-	p, err := startPlatform(ctx, &c, []*v1alpha1.ModelService{ms})
+	w, p, err := startPlatform(ctx, &c, []*v1alpha1.ModelService{ms})
 	failed := true
-	defer func() { p.close(failed) }()
+	defer func() { w.Close(failed) }()
 	if err != nil {
 		return err
 	}
 	initial := max(int(*sc.InitialScale), int(*sc.MinScale))
-	if err := p.waitFor(ctx, c.startTimeout, fmt.Sprintf("%s at its initial %d ready", ms.Name, initial), func(st []local.RevisionStatus) bool {
+	if err := p.Wait(ctx, c.startTimeout, poll, fmt.Sprintf("%s at its initial %d ready", ms.Name, initial), func(st []local.RevisionStatus) bool {
 		rs, ok := find(st, ms.Name)
 		return ok && rs.Ready == initial && rs.Desired == initial
 	}); err != nil {
@@ -66,7 +66,7 @@ func steady(ctx context.Context, args []string) error {
 	s := startSampler(p, c.sample, "")
 	_ = benchkit.Sleep(ctx, time.Second)
 	fmt.Fprintf(os.Stderr, "steady: %g req/s for %s against %s (settling: %s)\n", *rate, *dur, ms.Spec.Model, *settle)
-	ld, loadErr := runLoad(ctx, p.base, loadSpec{model: ms.Spec.Model, rate: *rate, concurrency: *capConc, duration: *dur,
+	ld, loadErr := runLoad(ctx, p.Base, loadSpec{model: ms.Spec.Model, rate: *rate, concurrency: *capConc, duration: *dur,
 		numPrompts: *nPrompts, inputLen: c.inputLen, outputLen: c.outputLen, seed: *seed})
 	samples, cpu := s.stop()
 	if loadErr != nil && ld == nil {

@@ -61,14 +61,14 @@ func step(ctx context.Context, args []string) error {
 		"scale_interval_s": c.scaleInterval.Seconds(), "idle_before_s": 0.0, "container_concurrency": ms.Spec.Template.ContainerConcurrency, "engine_args": ms.Spec.Template.Engine.Args, "needed": needed,
 		"needed_formula": fmt.Sprintf("ceil(concurrency %d / target.concurrency %g) = %d, capped by maxScale %d", *conc, target, formula, maxScale)}
 
-	p, err := startPlatform(ctx, &c, []*v1alpha1.ModelService{ms})
+	w, p, err := startPlatform(ctx, &c, []*v1alpha1.ModelService{ms})
 	failed := true
-	defer func() { p.close(failed) }()
+	defer func() { w.Close(failed) }()
 	if err != nil {
 		return err
 	}
 	zeroWait := c.startTimeout + sc.StableWindow.Duration + sc.ScaleToZeroGracePeriod.Duration
-	if err := p.waitFor(ctx, zeroWait, ms.Name+" at zero", func(st []local.RevisionStatus) bool {
+	if err := p.Wait(ctx, zeroWait, poll, ms.Name+" at zero", func(st []local.RevisionStatus) bool {
 		rs, ok := find(st, ms.Name)
 		return ok && rs.Desired == 0 && rs.Ready == 0 && len(rs.Replicas) == 0
 	}); err != nil {
@@ -85,7 +85,7 @@ func step(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "step: %d in flight (rate %g) for %s against %s\n", *conc, *rate, *dur, ms.Spec.Model)
-	ld, loadErr := runLoad(ctx, p.base, loadSpec{model: ms.Spec.Model, rate: *rate, concurrency: *conc, duration: *dur,
+	ld, loadErr := runLoad(ctx, p.Base, loadSpec{model: ms.Spec.Model, rate: *rate, concurrency: *conc, duration: *dur,
 		numPrompts: *nPrompts, inputLen: c.inputLen, outputLen: c.outputLen, seed: *seed})
 	_ = benchkit.Sleep(ctx, time.Second)
 	samples, cpu := s.stop()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/testing/promtest"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/localrun"
 )
 
 // revSample is one service's state at one instant: /kvasir/replicas
@@ -59,7 +60,7 @@ func (c cpuSample) ours() float64 { return c.Engines + c.Proxies + c.Platform + 
 // sampler polls /kvasir/replicas and /metrics every interval, and the CPU
 // of the platform's processes every second.
 type sampler struct {
-	p         *platform
+	p         *localrun.Platform
 	every     time.Duration
 	deviceEnv string // e.g. CUDA_VISIBLE_DEVICES: check no device is held twice
 
@@ -73,7 +74,7 @@ type sampler struct {
 	done   chan struct{}
 }
 
-func startSampler(p *platform, every time.Duration, deviceEnv string) *sampler {
+func startSampler(p *localrun.Platform, every time.Duration, deviceEnv string) *sampler {
 	s := &sampler{p: p, every: every, deviceEnv: deviceEnv, stopCh: make(chan struct{}), done: make(chan struct{})}
 	go s.run()
 	return s
@@ -81,21 +82,21 @@ func startSampler(p *platform, every time.Duration, deviceEnv string) *sampler {
 
 func (s *sampler) run() {
 	defer close(s.done)
-	acct := newCPUAccount(s.p.cmd.Process.Pid)
+	acct := newCPUAccount(s.p.PID())
 	t := time.NewTicker(s.every)
 	defer t.Stop()
 	lastCPU := time.Time{}
 	pids := map[int]string{}
 	for {
 		now := time.Now()
-		st, err := s.p.replicas()
+		st, err := s.p.Replicas()
 		if err != nil {
 			s.mu.Lock()
 			s.fails++
 			s.lastErr = err
 			s.mu.Unlock()
 		} else {
-			load := scrapeLoad(s.p.admin + "/metrics")
+			load := scrapeLoad(s.p.Admin + "/metrics")
 			smp := sample{At: now, Revs: map[string]revSample{}}
 			held := map[string]int{}
 			for _, r := range st {

@@ -99,9 +99,9 @@ func twoModels(ctx context.Context, args []string) error {
 			"engine_args": ms.Spec.Template.Engine.Args}
 	}
 
-	p, err := startPlatform(ctx, &c, svcs)
+	w, p, err := startPlatform(ctx, &c, svcs)
 	failed := true
-	defer func() { p.close(failed) }()
+	defer func() { w.Close(failed) }()
 	if err != nil {
 		return err
 	}
@@ -110,7 +110,7 @@ func twoModels(ctx context.Context, args []string) error {
 		sc := scalingOf(ms)
 		zeroWait = max(zeroWait, sc.StableWindow.Duration+sc.ScaleToZeroGracePeriod.Duration)
 	}
-	if err := p.waitFor(ctx, c.startTimeout+zeroWait, "both models at zero", func(st []local.RevisionStatus) bool {
+	if err := p.Wait(ctx, c.startTimeout+zeroWait, poll, "both models at zero", func(st []local.RevisionStatus) bool {
 		for _, n := range names {
 			if rs, ok := find(st, n); !ok || rs.Desired != 0 || len(rs.Replicas) != 0 {
 				return false
@@ -136,11 +136,11 @@ func twoModels(ctx context.Context, args []string) error {
 		var first *loadRun
 		var firstErr error
 		wg.Go(func() {
-			first, firstErr = runLoad(ctx, p.base, loadSpec{model: models[svc], concurrency: 1, numPrompts: 1,
+			first, firstErr = runLoad(ctx, p.Base, loadSpec{model: models[svc], concurrency: 1, numPrompts: 1,
 				inputLen: c.inputLen, outputLen: c.outputLen, seed: int64(1000 + i)})
 		})
 		_ = benchkit.Sleep(ctx, 20*time.Millisecond) // the probe is the phase's first request
-		ld, err := runLoad(ctx, p.base, loadSpec{model: models[svc], concurrency: *conc, duration: *phaseDur,
+		ld, err := runLoad(ctx, p.Base, loadSpec{model: models[svc], concurrency: *conc, duration: *phaseDur,
 			inputLen: c.inputLen, outputLen: c.outputLen, seed: int64(i + 1)})
 		wg.Wait()
 		spans = append(spans, span{from, time.Now()})

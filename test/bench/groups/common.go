@@ -35,11 +35,9 @@ func (c *common) register(fs *flag.FlagSet, name, accelerators string) {
 
 // run is one benchmark's kvasir local and its directories.
 type run struct {
-	p      *localrun.Platform
-	svc    *v1alpha1.ModelService
-	logDir string
-	tmp    string // removed at the end unless kept
-	keep   bool   // logDir is the user's
+	p   *localrun.Platform
+	svc *v1alpha1.ModelService
+	w   *localrun.Workdir
 }
 
 // start reads the fleet file (one ModelService), builds kvasir when
@@ -55,45 +53,24 @@ func (c *common) start(ctx context.Context, extra ...string) (*run, error) {
 	if len(svcs) != 1 {
 		return nil, fmt.Errorf("%s: want one ModelService, found %d", c.file, len(svcs))
 	}
-	tmp, err := os.MkdirTemp("", "kvasir-groups-")
+	w, err := localrun.NewWorkdir(ctx, "kvasir-groups-", c.kvasir, c.logDir)
 	if err != nil {
 		return nil, err
-	}
-	r := &run{svc: svcs[0], tmp: tmp, logDir: filepath.Join(tmp, "logs")}
-	if c.logDir != "" {
-		r.logDir, r.keep = c.logDir, true
-	}
-	bin := c.kvasir
-	if bin == "" {
-		if bin, err = localrun.Build(ctx, tmp); err != nil {
-			os.RemoveAll(tmp)
-			return nil, err
-		}
 	}
 	flags := append([]string{"--scale-interval", c.scaleInterval.String(), "--accelerators", c.accelerators}, extra...)
-	r.p, err = localrun.Start(localrun.Options{Binary: bin, File: c.file, LogDir: r.logDir, Flags: flags})
+	p, err := w.Start(localrun.Options{File: c.file, Flags: flags})
 	if err != nil {
-		os.RemoveAll(tmp)
+		os.RemoveAll(w.Tmp)
 		return nil, err
 	}
-	return r, nil
+	return &run{p: p, svc: svcs[0], w: w}, nil
 }
 
 // close stops kvasir local and removes the temporary directory, keeping
 // the logs when the run failed.
 func (r *run) close(failed bool) {
-	if r == nil {
-		return
-	}
-	r.p.Stop()
-	switch {
-	case r.keep:
-		fmt.Fprintf(os.Stderr, "logs: %s\n", r.logDir)
-		os.RemoveAll(r.tmp)
-	case failed:
-		fmt.Fprintf(os.Stderr, "logs kept: %s\n", r.logDir)
-	default:
-		os.RemoveAll(r.tmp)
+	if r != nil {
+		r.w.Close(failed)
 	}
 }
 

@@ -73,7 +73,7 @@ func recovery(ctx context.Context, args []string) error {
 	if err := r.p.Wait(ctx, c.startTimeout, 50*time.Millisecond, "two ready groups", twoReady); err != nil {
 		return err
 	}
-	baseDir := r.logDir + "/engines-alone"
+	baseDir := r.w.LogDir + "/engines-alone"
 	if err := os.MkdirAll(baseDir, 0o755); err != nil {
 		return err
 	}

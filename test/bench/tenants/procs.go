@@ -8,15 +8,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/fleet/process"
 	"github.com/kvasir-serving/kvasir/pkg/local"
 	"github.com/kvasir-serving/kvasir/pkg/testing/redistest"
 	"github.com/kvasir-serving/kvasir/test/bench/internal/benchkit"
+	"github.com/kvasir-serving/kvasir/test/bench/internal/localrun"
 )
 
 // findRedis returns the redis-server to run: flagValue, else
@@ -130,122 +129,16 @@ func (r *redisServer) kill() {
 	os.RemoveAll(r.dir)
 }
 
-// platform is a running `kvasir local`.
-type platform struct {
-	base, admin string
-	logFile     string
-	cmd         *exec.Cmd
-	exited      chan struct{}
-
-	mu      sync.Mutex
-	waitErr error
-	stopped bool
-}
-
-// startPlatform runs `kvasir local` on file with extra flags and env, and
-// waits until the service's replicas are ready.
-func startPlatform(ctx context.Context, bin, file, logDir string, flags, env []string, timeout time.Duration) (*platform, error) {
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return nil, err
-	}
-	p := &platform{logFile: filepath.Join(logDir, "kvasir-local.log"), exited: make(chan struct{})}
-	logf, err := os.Create(p.logFile)
-	if err != nil {
-		return nil, err
-	}
-	port, adminPort := benchkit.FreePort(), benchkit.FreePort()
-	p.base = "http://127.0.0.1:" + strconv.Itoa(port)
-	p.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
-	argv := append([]string{"local", "-f", file, "--addr", "127.0.0.1:" + strconv.Itoa(port),
-		"--admin-addr", "127.0.0.1:" + strconv.Itoa(adminPort), "--log-dir", logDir}, flags...)
-	p.cmd = exec.Command(bin, argv...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	p.cmd.SysProcAttr = process.DieWithParent(nil)
-	fmt.Fprintf(os.Stderr, "starting %s %s\n", bin, strings.Join(argv, " "))
-	if err := p.cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start kvasir local: %w", err)
-	}
-	go func() {
-		err := p.cmd.Wait()
-		logf.Close()
-		p.mu.Lock()
-		p.waitErr = err
-		p.mu.Unlock()
-		close(p.exited)
-	}()
-	deadline := time.Now().Add(timeout)
-	for {
-		if err := p.alive(); err != nil {
-			return p, err
-		}
-		st, err := benchkit.Replicas(p.admin)
-		if err == nil && ready(st) {
-			return p, nil
-		}
-		if time.Now().After(deadline) {
-			return p, fmt.Errorf("kvasir local had no ready replica within %s (last: %v)", timeout, err)
-		}
-		if err := benchkit.Sleep(ctx, 50*time.Millisecond); err != nil {
-			return p, err
-		}
-	}
-}
-
-func ready(st []local.RevisionStatus) bool {
-	for _, r := range st {
-		if r.Ready > 0 {
-			return true
-		}
-	}
-	return false
-}
-
-// alive returns an error when kvasir local has exited on its own.
-func (p *platform) alive() error {
-	select {
-	case <-p.exited:
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.stopped {
-			return nil
-		}
-		return fmt.Errorf("kvasir local exited unexpectedly (%v); its log: %s\n%s", p.waitErr, p.logFile, tail(p.logFile, 20))
-	default:
-		return nil
-	}
-}
-
-// stop ends kvasir local (SIGTERM: it drains and stops its replicas; SIGKILL
-// after 40 s).
-func (p *platform) stop() {
-	if p == nil || p.cmd == nil || p.cmd.Process == nil {
-		return
-	}
-	p.mu.Lock()
-	p.stopped = true
-	p.mu.Unlock()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(40 * time.Second):
-		fmt.Fprintln(os.Stderr, "kvasir local did not stop within 40s of SIGTERM; killing it")
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
 // platforms are the kvasir local processes of a round, sharing one
 // redis-server.
-type platforms []*platform
+type platforms []*localrun.Platform
 
-// startPlatforms starts n kvasir local processes at once, each as
-// startPlatform does with the same file, flags and env, and waits until each
-// has a ready replica. With n == 1 the process logs into logDir, else
-// process i into logDir/process-i. On error, the processes started are
-// returned too, to stop.
-func startPlatforms(ctx context.Context, n int, bin, file, logDir string, flags, env []string, timeout time.Duration) (platforms, error) {
+// startPlatforms starts n kvasir local processes in w at once, each on
+// file with the same flags and env, and waits until each has a ready
+// replica. With n == 1 the process logs into logDir, else process i into
+// logDir/process-i. On error, the processes started are returned too, to
+// stop.
+func startPlatforms(ctx context.Context, w *localrun.Workdir, n int, file, logDir string, flags, env []string, timeout time.Duration) (platforms, error) {
 	ps := make(platforms, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -255,7 +148,10 @@ func startPlatforms(ctx context.Context, n int, bin, file, logDir string, flags,
 			dir = filepath.Join(logDir, "process-"+strconv.Itoa(i))
 		}
 		wg.Go(func() {
-			ps[i], errs[i] = startPlatform(ctx, bin, file, dir, flags, env, timeout)
+			ps[i], errs[i] = w.Start(localrun.Options{File: file, LogDir: dir, Flags: flags, Env: env})
+			if errs[i] == nil {
+				errs[i] = ps[i].Wait(ctx, timeout, 50*time.Millisecond, "a ready replica", ready)
+			}
 			if errs[i] != nil && n > 1 {
 				errs[i] = fmt.Errorf("process %d: %w", i, errs[i])
 			}
@@ -265,11 +161,21 @@ func startPlatforms(ctx context.Context, n int, bin, file, logDir string, flags,
 	return ps, errors.Join(errs...)
 }
 
+// ready tells whether some revision has a ready replica.
+func ready(st []local.RevisionStatus) bool {
+	for _, r := range st {
+		if r.Ready > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // bases returns the processes' API base URLs, in order.
 func (ps platforms) bases() []string {
 	out := make([]string, len(ps))
 	for i, p := range ps {
-		out[i] = p.base
+		out[i] = p.Base
 	}
 	return out
 }
@@ -278,45 +184,11 @@ func (ps platforms) bases() []string {
 func (ps platforms) alive() error {
 	var errs []error
 	for i, p := range ps {
-		if err := p.alive(); err != nil {
+		if err := p.Alive(); err != nil {
 			errs = append(errs, fmt.Errorf("process %d: %w", i, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// stop stops every process at once.
-func (ps platforms) stop() {
-	var wg sync.WaitGroup
-	for _, p := range ps {
-		wg.Go(p.stop)
-	}
-	wg.Wait()
-}
-
-// buildKvasir builds ./cmd/kvasir into dir.
-func buildKvasir(ctx context.Context, dir string) (string, error) {
-	bin := filepath.Join(dir, "kvasir")
-	fmt.Fprintf(os.Stderr, "building kvasir into %s\n", bin)
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/kvasir-serving/kvasir/cmd/kvasir")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/kvasir (run from the repository, or pass --kvasir): %w", err)
-	}
-	return bin, nil
-}
-
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // errNoDenial: the drain phase saw no 429.

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kvasir-serving/kvasir/test/bench/internal/localrun"
 )
 
 // keyEnv names the environment variable that carries the tenant's key to
@@ -205,38 +207,20 @@ func rateLimit(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "kvasir-tenants-")
+	w, err := localrun.NewWorkdir(ctx, "kvasir-tenants-", f.kvasir, f.logDir)
 	if err != nil {
 		return err
 	}
+	// A failed run keeps the whole directory: its rounds' fleet files too.
+	w.Kept = w.Tmp
 	keep := false
-	defer func() {
-		switch {
-		case f.logDir != "":
-			fmt.Fprintf(os.Stderr, "logs: %s\n", f.logDir)
-			os.RemoveAll(dir)
-		case keep:
-			fmt.Fprintf(os.Stderr, "logs kept: %s\n", dir)
-		default:
-			os.RemoveAll(dir)
-		}
-	}()
-	logRoot := filepath.Join(dir, "logs")
-	if f.logDir != "" {
-		logRoot = f.logDir
-	}
-	bin := f.kvasir
-	if bin == "" {
-		if bin, err = buildKvasir(ctx, dir); err != nil {
-			return err
-		}
-	}
+	defer func() { w.Close(keep) }()
 	rep := report{Benchmark: "ratelimit", TokensPerMinute: f.tokensPerMinute, Overload: f.overload,
 		Mode: f.mode(), Processes: f.processes, Activators: f.activators,
 		DurationS: f.duration.Seconds(), KillAfterS: f.killAfter.Seconds(), PromptBytes: f.promptBytes, MaxTokens: f.maxTokens}
 	var failed []string
 	for _, mode := range f.modes() {
-		res, err := runRound(ctx, f, bin, redisBin, dir, filepath.Join(logRoot, "fail-"+mode), mode)
+		res, err := runRound(ctx, f, w, redisBin, filepath.Join(w.LogDir, "fail-"+mode), mode)
 		if err != nil {
 			res.Error = err.Error()
 			failed = append(failed, fmt.Sprintf("fail %s: %v", mode, err))
@@ -294,7 +278,7 @@ spec:
 
 // runRound runs one fail mode: redis-server, kvasir local, the burst
 // drained, the load with redis-server killed mid-way, and the analysis.
-func runRound(ctx context.Context, f *rateLimitFlags, bin, redisBin, dir, logDir, mode string) (roundResult, error) {
+func runRound(ctx context.Context, f *rateLimitFlags, w *localrun.Workdir, redisBin, logDir, mode string) (roundResult, error) {
 	res := roundResult{Fail: mode}
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return res, err
@@ -305,16 +289,16 @@ func runRound(ctx context.Context, f *rateLimitFlags, bin, redisBin, dir, logDir
 		return res, err
 	}
 	defer redis.kill()
-	file := filepath.Join(dir, "fleet-"+mode+".yaml")
+	file := filepath.Join(w.Tmp, "fleet-"+mode+".yaml")
 	if err := os.WriteFile(file, []byte(fleetFile(f.tokensPerMinute)), 0o644); err != nil {
 		return res, err
 	}
 	var raw [24]byte
 	_, _ = rand.Read(raw[:])
 	key := "sk-bench-" + hex.EncodeToString(raw[:])
-	ps, err := startPlatforms(ctx, f.processes, bin, file, logDir, []string{"--activators", strconv.Itoa(f.activators),
+	ps, err := startPlatforms(ctx, w, f.processes, file, logDir, []string{"--activators", strconv.Itoa(f.activators),
 		"--ratelimit-redis", redis.addr, "--ratelimit-fail", mode}, []string{keyEnv + "=" + key}, f.startTimeout)
-	defer ps.stop()
+	defer localrun.StopAll(ps)
 	if err != nil {
 		return res, err
 	}

@@ -121,9 +121,13 @@ func (p *Platform) Alive() error {
 // Replicas reads the platform's /kvasir/replicas.
 func (p *Platform) Replicas() ([]local.RevisionStatus, error) { return benchkit.Replicas(p.Admin) }
 
+// PID is kvasir local's process id.
+func (p *Platform) PID() int { return p.cmd.Process.Pid }
+
 // Wait polls /kvasir/replicas every interval until cond holds, the
 // platform exits, ctx ends or timeout passes; what names the condition in
-// the error.
+// the error, which also shows the last replicas read (or why none could
+// be read).
 func (p *Platform) Wait(ctx context.Context, timeout, interval time.Duration, what string, cond func([]local.RevisionStatus) bool) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -135,7 +139,11 @@ func (p *Platform) Wait(ctx context.Context, timeout, interval time.Duration, wh
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %s waiting for %s (last read error: %v)", timeout, what, err)
+			last := "replicas: " + summary(st)
+			if err != nil {
+				last = fmt.Sprintf("last read error: %v", err)
+			}
+			return fmt.Errorf("timed out after %s waiting for %s (%s)", timeout, what, last)
 		}
 		if err := benchkit.Sleep(ctx, interval); err != nil {
 			return err
@@ -161,6 +169,29 @@ func (p *Platform) Stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	}
+}
+
+// StopAll stops the platforms at once (as Stop does; nil ones are skipped)
+// and returns when all are gone.
+func StopAll(ps []*Platform) {
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Go(p.Stop)
+	}
+	wg.Wait()
+}
+
+// summary describes each revision role of a /kvasir/replicas read in one
+// line ("none" when there is none).
+func summary(st []local.RevisionStatus) string {
+	if len(st) == 0 {
+		return "none"
+	}
+	parts := make([]string, 0, len(st))
+	for _, r := range st {
+		parts = append(parts, fmt.Sprintf("%s/%s desired %d ready %d unplaceable %d", r.Service, r.Role, r.Desired, r.Ready, r.Unplaceable))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Tail returns the last n lines of a file ("" when it cannot be read).
