@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/events"
@@ -112,6 +113,9 @@ func parseControllerFlags(args []string, stderr io.Writer) (*controllerFlags, er
 	fs.DurationVar(&f.tick, "autoscaler-tick", time.Second, "the autoscaler's decision period")
 	fs.DurationVar(&f.resourceMetrics, "resource-metrics-interval", autoscaling.DefaultResourceMetricsInterval,
 		"how often the autoscaler reads pods' CPU and memory from metrics.k8s.io (0 = never)")
+	fs.StringVar(&f.res.CoschedulingSchedulerName, "coscheduling-scheduler-name", resources.DefaultCoschedulingSchedulerName,
+		"scheduler that runs scheduler-plugins' coscheduling, given serving groups' pods when the cluster serves its PodGroup "+
+			"(a DNS subdomain; empty: coscheduling is not used)")
 	if err := fs.Parse(args); err != nil {
 		return nil, UsageError{err.Error()}
 	}
@@ -122,8 +126,9 @@ func parseControllerFlags(args []string, stderr io.Writer) (*controllerFlags, er
 	return f, nil
 }
 
-// validate checks that the images are given and --keep-revisions is not
-// negative.
+// validate checks that the images are given, --keep-revisions is not
+// negative and --coscheduling-scheduler-name is empty or a DNS subdomain
+// (what a pod's schedulerName must be).
 func (f *controllerFlags) validate() error {
 	var missing []string
 	if f.res.QueueProxyImage == "" {
@@ -138,7 +143,21 @@ func (f *controllerFlags) validate() error {
 	if f.keep < 0 {
 		return UsageError{"--keep-revisions: must be >= 0"}
 	}
+	if n := f.res.CoschedulingSchedulerName; n != "" {
+		if errs := validation.IsDNS1123Subdomain(n); len(errs) > 0 {
+			return UsageError{fmt.Sprintf("--coscheduling-scheduler-name %s: %s", clipFlag(n), strings.Join(errs, "; "))}
+		}
+	}
 	return nil
+}
+
+// clipFlag quotes a flag's value for a usage error, at most 64 bytes of
+// it.
+func clipFlag(s string) string {
+	if len(s) > 64 {
+		return strconv.Quote(s[:64]) + "…"
+	}
+	return strconv.Quote(s)
 }
 
 // newScheme is the scheme of the Kubernetes types, Kvasir's and

@@ -38,8 +38,10 @@ type ClusterAPIs struct {
 	// Volcano's PodGroup (VolcanoPodGroupVersion): groups' pods are given
 	// to Volcano's scheduler.
 	Volcano bool
-	// Coscheduling's PodGroup (CoschedulingPodGroupVersion): reported, not
-	// used (LWS cannot label each group's pods apart).
+	// Coscheduling's PodGroup (CoschedulingPodGroupVersion): without
+	// Volcano, groups' pods are held by a scheduling gate until the
+	// reconciler made their group's PodGroup and labelled them
+	// (podgroups.go).
 	Coscheduling bool
 }
 

@@ -7,6 +7,9 @@
 // progress deadline), per group for serving groups. It detects the
 // cluster's optional APIs (LeaderWorkerSet, Volcano, scheduler-plugins'
 // coscheduling) through discovery while it runs: LeaderWorkerSet
-// installed later is watched without a restart, and Volcano, when
-// served, schedules the groups' pods.
+// installed later is watched without a restart; Volcano, when served,
+// schedules the groups' pods, and otherwise coscheduling does: the
+// groups' pods are created behind a scheduling gate, and the reconciler
+// makes each whole group's PodGroup, labels its pods and ungates them
+// (podgroups.go).
 package revision

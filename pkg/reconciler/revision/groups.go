@@ -297,20 +297,29 @@ const (
 	msgVolcanoPodGroupsMissing = "the groups' pods have schedulerName volcano, but LeaderWorkerSet made no PodGroup for leader pod %s " +
 		"(no " + VolcanoGroupAnnotation + " annotation), so Volcano places its pods one by one: " +
 		"run LeaderWorkerSet with gangSchedulingManagement.schedulerProvider: volcano (docs/kubernetes.md, \"Gang scheduling\")"
-	msgCoschedulingNotSupported = "the cluster has scheduler-plugins' coscheduling (" + CoschedulingPodGroupVersion + " PodGroup), " +
-		"which gangs pods by a scheduling.x-k8s.io/pod-group label naming one PodGroup per group; LeaderWorkerSet v0.7.0 gives all " +
-		"groups of a set one pod template and makes PodGroups for Volcano only, so no group's pods can be labelled apart: " +
-		"groups are not gang-scheduled; LeaderWorkerSet alone makes a group the unit (startupPolicy LeaderCreated, " +
-		"RecreateGroupOnPodRestart); Volcano would gang them (docs/kubernetes.md, \"Gang scheduling\")"
+	msgCoscheduling = "each group's pods are one scheduler-plugins coscheduling PodGroup (" + CoschedulingPodGroupVersion +
+		" <set>-<group index>, minMember = the group's pods, made by Kvasir and deleted with the group's leader pod): " +
+		"they wait behind the scheduling gate " + resources.SchedulingGatePodGroup + " until it exists, then scheduler %s " +
+		"places them all at once or not at all"
+	msgCoschedulingOff = "the cluster has scheduler-plugins' coscheduling (" + CoschedulingPodGroupVersion + " PodGroup), " +
+		"which the controller was told not to use (--coscheduling-scheduler-name is empty): groups are not gang-scheduled; " +
+		"LeaderWorkerSet alone makes a group the unit (docs/kubernetes.md, \"Gang scheduling\")"
+	msgCoschedulingTopology = "role %s has a topologyKey: LeaderWorkerSet makes a group's workers only once its leader is " +
+		"scheduled (exclusive topology), so no coscheduling PodGroup can gang the whole group; its pods keep the default " +
+		"scheduler and are not gang-scheduled (docs/kubernetes.md, \"Gang scheduling\")"
+	msgCoschedulingForbidden = "the cluster has scheduler-plugins' coscheduling, but the controller may not make its PodGroups " +
+		"or release the groups' gated pods (%v): the pods wait behind the scheduling gate " + resources.SchedulingGatePodGroup +
+		"; give the controller the rights of config/201-controller-roles.yaml (docs/kubernetes.md, \"The controller's rights\")"
 	msgNoGangScheduler = "no gang scheduler in the cluster (Volcano's " + VolcanoPodGroupVersion + " PodGroup is not served): " +
 		"LeaderWorkerSet makes a group the unit, creating its pods together (startupPolicy LeaderCreated) and recreating " +
 		"them together (RecreateGroupOnPodRestart), but the scheduler places them one by one (docs/kubernetes.md, \"Gang scheduling\")"
 )
 
 // markGangScheduling sets RevisionConditionGangScheduled from what the
-// cluster serves and the groups' leader pods; it clears it for a
-// revision without groups.
-func markGangScheduling(st *v1alpha1.ModelRevisionStatus, grouped bool, apis ClusterAPIs, leaders []*corev1.Pod) {
+// cluster serves, the groups' leader pods and, for coscheduling, what the
+// controller could do (cos); it clears it for a revision without groups.
+func markGangScheduling(st *v1alpha1.ModelRevisionStatus, grouped bool, apis ClusterAPIs, leaders []*corev1.Pod,
+	cos coschedulingState) {
 	switch {
 	case !grouped:
 		st.ClearGangScheduled()
@@ -322,8 +331,15 @@ func markGangScheduling(st *v1alpha1.ModelRevisionStatus, grouped bool, apis Clu
 			}
 		}
 		st.MarkGangScheduled(v1alpha1.ReasonVolcano, msgVolcano)
+	case apis.Coscheduling && cos.scheduler == "":
+		st.MarkNotGangScheduled(v1alpha1.ReasonCoschedulingNotSupported, msgCoschedulingOff)
+	case apis.Coscheduling && cos.release.forbidden != nil:
+		st.MarkNotGangScheduled(v1alpha1.ReasonCoschedulingNotSupported, msgCoschedulingForbidden,
+			clipLine(cos.release.forbidden.Error()))
+	case apis.Coscheduling && cos.topologyRole != "":
+		st.MarkNotGangScheduled(v1alpha1.ReasonCoschedulingNotSupported, msgCoschedulingTopology, cos.topologyRole)
 	case apis.Coscheduling:
-		st.MarkNotGangScheduled(v1alpha1.ReasonCoschedulingNotSupported, msgCoschedulingNotSupported)
+		st.MarkGangScheduled(v1alpha1.ReasonCoscheduling, msgCoscheduling, cos.scheduler)
 	default:
 		st.MarkNotGangScheduled(v1alpha1.ReasonNoGangScheduler, msgNoGangScheduler)
 	}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
-	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
@@ -316,17 +315,14 @@ spec:
 }
 
 // Gang scheduling follows the cluster while the controller runs: with
-// scheduler-plugins' coscheduling only, the revision says it cannot be
-// used (condition and event); once Volcano's PodGroup is served, the
-// groups' pods are Volcano's (schedulerName on both templates), and the
-// condition says whether LWS made PodGroups (a leader's annotation); when
-// Volcano goes, the pods go back to the default scheduler.
+// scheduler-plugins' coscheduling only, the groups' pods are gated and
+// given to its scheduler, and the condition says so; once Volcano's
+// PodGroup is served, the groups' pods are Volcano's (schedulerName on
+// both templates, no gate), and the condition says whether LWS made
+// PodGroups (a leader's annotation); when Volcano goes, the pods go back
+// to coscheduling.
 func TestGangSchedulingFollowsTheCluster(t *testing.T) {
-	cosched := podGroupCRD(t, "scheduling.x-k8s.io", "v1alpha1")
-	cfg := kubetest.StartWithLWS(t)
-	_, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{cosched}})
-	require.NoError(t, err)
-	c := startGroups(t, cfg)
+	c, cfg := startCoscheduling(t)
 	ctx := context.Background()
 	require.NoError(t, c.Create(ctx, groupedRevision("llama-00001", 1)))
 
@@ -339,34 +335,29 @@ func TestGangSchedulingFollowsTheCluster(t *testing.T) {
 			return g != nil && g.Reason == reason
 		}
 	}
-	require.Eventually(t, hasGang(v1alpha1.ReasonCoschedulingNotSupported), wait, tick)
+	require.Eventually(t, hasGang(v1alpha1.ReasonCoscheduling), wait, tick)
 	msg := gangOf().Status.GetCondition(v1alpha1.RevisionConditionGangScheduled).Message
-	require.Contains(t, msg, "scheduling.x-k8s.io/pod-group")
-	require.Contains(t, msg, "Volcano only")
-	require.Eventually(t, func() bool {
-		evs := &eventsv1.EventList{}
-		require.NoError(t, c.List(ctx, evs, client.InNamespace("default")))
-		for _, e := range evs.Items {
-			if e.Reason == v1alpha1.ReasonCoschedulingNotSupported && e.Type == corev1.EventTypeWarning && e.Regarding.Name == "llama-00001" {
-				return true
-			}
-		}
-		return false
-	}, wait, tick, "a warning event when the set is made")
+	require.Contains(t, msg, "serving.kvasir.dev/pod-group")
+	require.Contains(t, msg, "scheduler scheduler-plugins-scheduler")
 	key := client.ObjectKey{Namespace: "default", Name: "llama-00001-group"}
-	schedulers := func() (string, string) {
+	type scheduling struct {
+		leader, worker string
+		gates          int
+	}
+	schedulers := func() scheduling {
 		set := &lwsv1.LeaderWorkerSet{}
 		require.NoError(t, c.Get(ctx, key, set))
 		tmpl := set.Spec.LeaderWorkerTemplate
-		return tmpl.LeaderTemplate.Spec.SchedulerName, tmpl.WorkerTemplate.Spec.SchedulerName
+		return scheduling{tmpl.LeaderTemplate.Spec.SchedulerName, tmpl.WorkerTemplate.Spec.SchedulerName,
+			len(tmpl.LeaderTemplate.Spec.SchedulingGates) + len(tmpl.WorkerTemplate.Spec.SchedulingGates)}
 	}
-	l, w := schedulers()
-	require.Empty(t, l+w)
+	cosched := scheduling{"scheduler-plugins-scheduler", "scheduler-plugins-scheduler", 2}
+	require.Equal(t, cosched, schedulers())
 
 	volcano := podGroupCRD(t, "scheduling.volcano.sh", "v1beta1")
-	_, err = envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{volcano}})
+	_, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{volcano}})
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { l, w := schedulers(); return l == "volcano" && w == "volcano" }, wait, tick)
+	require.Eventually(t, func() bool { return schedulers() == scheduling{"volcano", "volcano", 0} }, wait, tick)
 	require.Eventually(t, hasGang(v1alpha1.ReasonVolcano), wait, tick)
 
 	// A leader LWS made without a PodGroup: its gang scheduling is not
@@ -382,11 +373,34 @@ func TestGangSchedulingFollowsTheCluster(t *testing.T) {
 	require.NoError(t, c.Update(ctx, leader))
 	require.Eventually(t, hasGang(v1alpha1.ReasonVolcano), wait, tick)
 
-	// Volcano goes: back to the default scheduler, and to coscheduling's
-	// report.
+	// Volcano goes: back to coscheduling.
 	require.NoError(t, envtest.UninstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{volcano}}))
-	require.Eventually(t, func() bool { l, w := schedulers(); return l == "" && w == "" }, wait, tick)
-	require.Eventually(t, hasGang(v1alpha1.ReasonCoschedulingNotSupported), wait, tick)
+	require.Eventually(t, func() bool { return schedulers() == cosched }, wait, tick)
+	require.Eventually(t, hasGang(v1alpha1.ReasonCoscheduling), wait, tick)
+}
+
+// With coscheduling turned off (--coscheduling-scheduler-name empty), a
+// cluster serving it changes nothing for the groups' pods, and the
+// condition says why they are not gang-scheduled.
+func TestCoschedulingTurnedOff(t *testing.T) {
+	cfg := kubetest.StartWithLWS(t)
+	_, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{podGroupCRD(t, "scheduling.x-k8s.io", "v1alpha1")}})
+	require.NoError(t, err)
+	c := startGroups(t, cfg) // testResources: no coscheduling scheduler
+	ctx := context.Background()
+	require.NoError(t, c.Create(ctx, groupedRevision("llama-00001", 1)))
+	require.Eventually(t, func() bool {
+		g := revisionOf(t, c, "llama-00001").Status.GetCondition(v1alpha1.RevisionConditionGangScheduled)
+		return g != nil && g.IsFalse() && g.Reason == v1alpha1.ReasonCoschedulingNotSupported &&
+			strings.Contains(g.Message, "--coscheduling-scheduler-name is empty")
+	}, wait, tick)
+	set := &lwsv1.LeaderWorkerSet{}
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "llama-00001-group"}, set))
+	tmpl := set.Spec.LeaderWorkerTemplate
+	for _, spec := range []corev1.PodSpec{tmpl.LeaderTemplate.Spec, tmpl.WorkerTemplate.Spec} {
+		require.Empty(t, spec.SchedulerName)
+		require.Empty(t, spec.SchedulingGates)
+	}
 }
 
 // playLWSPodSpec is playLWSPod for group 0's leader, with its spec

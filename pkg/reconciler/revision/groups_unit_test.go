@@ -205,16 +205,34 @@ func TestMarkGangScheduling(t *testing.T) {
 		}
 		return p
 	}
+	cos := coschedulingState{scheduler: resources.DefaultCoschedulingSchedulerName}
+	forbidden := apierrs.NewForbidden(schema.GroupResource{Group: "scheduling.x-k8s.io", Resource: "podgroups"}, "g-0", errors.New("no rights"))
 	for name, tc := range map[string]struct {
 		grouped bool
 		apis    ClusterAPIs
 		leaders []*corev1.Pod
+		cos     coschedulingState
 		status  corev1.ConditionStatus
 		reason  string
+		message string
 	}{
-		"no groups":                 {apis: ClusterAPIs{Volcano: true}},
-		"nothing":                   {grouped: true, status: corev1.ConditionFalse, reason: v1alpha1.ReasonNoGangScheduler},
-		"coscheduling":              {grouped: true, apis: ClusterAPIs{Coscheduling: true}, status: corev1.ConditionFalse, reason: v1alpha1.ReasonCoschedulingNotSupported},
+		"no groups": {apis: ClusterAPIs{Volcano: true}},
+		"nothing":   {grouped: true, status: corev1.ConditionFalse, reason: v1alpha1.ReasonNoGangScheduler},
+		"coscheduling": {grouped: true, apis: ClusterAPIs{Coscheduling: true}, cos: cos, status: corev1.ConditionTrue,
+			reason: v1alpha1.ReasonCoscheduling, message: "then scheduler scheduler-plugins-scheduler places them all at once"},
+		"coscheduling, waiting for a stale PodGroup": {grouped: true, apis: ClusterAPIs{Coscheduling: true},
+			cos: coschedulingState{scheduler: "gang", release: releaseOutcome{stale: true}}, status: corev1.ConditionTrue,
+			reason: v1alpha1.ReasonCoscheduling, message: "scheduler gang"},
+		"coscheduling turned off": {grouped: true, apis: ClusterAPIs{Coscheduling: true}, status: corev1.ConditionFalse,
+			reason: v1alpha1.ReasonCoschedulingNotSupported, message: "--coscheduling-scheduler-name is empty"},
+		"coscheduling, a role with a topology key": {grouped: true, apis: ClusterAPIs{Coscheduling: true},
+			cos: coschedulingState{scheduler: "gang", topologyRole: "decode"}, status: corev1.ConditionFalse,
+			reason: v1alpha1.ReasonCoschedulingNotSupported, message: "role decode has a topologyKey"},
+		"coscheduling without the rights": {grouped: true, apis: ClusterAPIs{Coscheduling: true},
+			cos: coschedulingState{scheduler: "gang", release: releaseOutcome{forbidden: forbidden}}, status: corev1.ConditionFalse,
+			reason: v1alpha1.ReasonCoschedulingNotSupported, message: "may not make its PodGroups or release the groups' gated pods (podgroups.scheduling.x-k8s.io \"g-0\" is forbidden: no rights)"},
+		"volcano wins over coscheduling": {grouped: true, apis: ClusterAPIs{Volcano: true, Coscheduling: true}, cos: cos,
+			status: corev1.ConditionTrue, reason: v1alpha1.ReasonVolcano},
 		"volcano, no pods yet":      {grouped: true, apis: ClusterAPIs{Volcano: true}, status: corev1.ConditionTrue, reason: v1alpha1.ReasonVolcano},
 		"volcano and coscheduling":  {grouped: true, apis: ClusterAPIs{Volcano: true, Coscheduling: true}, status: corev1.ConditionTrue, reason: v1alpha1.ReasonVolcano},
 		"volcano, PodGroups made":   {grouped: true, apis: ClusterAPIs{Volcano: true}, leaders: []*corev1.Pod{volcanoLeader(true)}, status: corev1.ConditionTrue, reason: v1alpha1.ReasonVolcano},
@@ -226,8 +244,8 @@ func TestMarkGangScheduling(t *testing.T) {
 			st.InitializeConditions()
 			st.MarkResourcesAvailable()
 			st.MarkContainerHealthy()
-			markGangScheduling(st, true, ClusterAPIs{}, nil) // a condition from before, cleared or replaced
-			markGangScheduling(st, tc.grouped, tc.apis, tc.leaders)
+			markGangScheduling(st, true, ClusterAPIs{}, nil, cos) // a condition from before, cleared or replaced
+			markGangScheduling(st, tc.grouped, tc.apis, tc.leaders, tc.cos)
 			c := st.GetCondition(v1alpha1.RevisionConditionGangScheduled)
 			if tc.status == "" {
 				require.Nil(t, c)
@@ -237,26 +255,46 @@ func TestMarkGangScheduling(t *testing.T) {
 			require.Equal(t, tc.status, c.Status)
 			require.Equal(t, tc.reason, c.Reason)
 			require.NotEmpty(t, c.Message)
+			require.Contains(t, c.Message, tc.message)
 			require.Equal(t, "Info", string(c.Severity), "informational")
 			require.True(t, st.IsReady(), "never makes the revision not ready")
 		})
 	}
 }
 
-func TestSameGroupScheduler(t *testing.T) {
-	set := func(leader *string, worker string) *lwsv1.LeaderWorkerSet {
+func TestSameGroupScheduling(t *testing.T) {
+	set := func(leader *string, worker string, gates ...string) *lwsv1.LeaderWorkerSet {
 		l := &lwsv1.LeaderWorkerSet{}
+		var gs []corev1.PodSchedulingGate
+		for _, g := range gates {
+			gs = append(gs, corev1.PodSchedulingGate{Name: g})
+		}
 		l.Spec.LeaderWorkerTemplate.WorkerTemplate.Spec.SchedulerName = worker
+		l.Spec.LeaderWorkerTemplate.WorkerTemplate.Spec.SchedulingGates = gs
 		if leader != nil {
 			l.Spec.LeaderWorkerTemplate.LeaderTemplate = &corev1.PodTemplateSpec{}
 			l.Spec.LeaderWorkerTemplate.LeaderTemplate.Spec.SchedulerName = *leader
+			l.Spec.LeaderWorkerTemplate.LeaderTemplate.Spec.SchedulingGates = gs
 		}
 		return l
 	}
-	assert.True(t, sameGroupScheduler(set(ptr.To(""), ""), set(ptr.To("default-scheduler"), "default-scheduler")))
-	assert.True(t, sameGroupScheduler(set(ptr.To("volcano"), "volcano"), set(nil, "volcano")))
-	assert.False(t, sameGroupScheduler(set(ptr.To(""), ""), set(ptr.To("volcano"), "volcano")), "back to the default")
-	assert.False(t, sameGroupScheduler(set(ptr.To("volcano"), "volcano"), set(ptr.To("volcano"), "")))
+	gate := resources.SchedulingGatePodGroup
+	assert.True(t, sameGroupScheduling(set(ptr.To(""), ""), set(ptr.To("default-scheduler"), "default-scheduler")))
+	assert.True(t, sameGroupScheduling(set(ptr.To("volcano"), "volcano"), set(nil, "volcano")))
+	assert.False(t, sameGroupScheduling(set(ptr.To(""), ""), set(ptr.To("volcano"), "volcano")), "back to the default")
+	assert.False(t, sameGroupScheduling(set(ptr.To("volcano"), "volcano"), set(ptr.To("volcano"), "")))
+	assert.True(t, sameGroupScheduling(set(ptr.To("g"), "g", gate), set(ptr.To("g"), "g", gate)))
+	assert.True(t, sameGroupScheduling(set(ptr.To(""), ""), func() *lwsv1.LeaderWorkerSet {
+		l := set(ptr.To(""), "")
+		l.Spec.LeaderWorkerTemplate.WorkerTemplate.Spec.SchedulingGates = []corev1.PodSchedulingGate{}
+		return l
+	}()), "no gates and an empty list are the same")
+	assert.False(t, sameGroupScheduling(set(ptr.To("g"), "g"), set(ptr.To("g"), "g", gate)), "the gate goes")
+	assert.False(t, sameGroupScheduling(set(ptr.To("g"), "g", gate), set(ptr.To("g"), "g")), "the gate comes")
+	assert.False(t, sameGroupScheduling(set(ptr.To("g"), "g", gate), set(ptr.To("g"), "g", "other")))
+	l := set(ptr.To("g"), "g", gate)
+	l.Spec.LeaderWorkerTemplate.LeaderTemplate.Spec.SchedulingGates = nil
+	assert.False(t, sameGroupScheduling(set(ptr.To("g"), "g", gate), l), "the leader's gate alone")
 }
 
 // Pods map to the revision their label names, a DNS label only.

@@ -45,7 +45,8 @@ import (
 // NetworkPolicy, its pods read and watched to say why they do not run,
 // its status. The cluster's optional APIs (LeaderWorkerSet, Volcano's and
 // coscheduling's PodGroups) are looked up through discovery, which needs
-// no rights; no PodGroup is read.
+// no rights; no Volcano PodGroup is read. Coscheduling's PodGroups and
+// the patch of gated group pods: podgroups.go.
 // Nothing is deleted: owner references let the garbage collector remove
 // what a deleted revision owned. Services are never changed once made.
 // The finalizers subresource lets owner references block their owner's
@@ -189,6 +190,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if apis.Volcano {
 		cfg.GroupSchedulerName = resources.VolcanoSchedulerName
 	}
+	cfg.Coscheduling = apis.Coscheduling && !apis.Volcano
 
 	if err := r.reconcileNetworkPolicy(ctx, rev); err != nil {
 		if apierrs.IsConflict(err) {
@@ -220,7 +222,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		all = append(all, ws...)
 	}
-	if err := r.observe(ctx, rev, all, apis); err != nil {
+	var release releaseOutcome
+	if apis.Coscheduling && r.Resources.CoschedulingSchedulerName != "" {
+		// Gated pods are released whenever the cluster serves coscheduling
+		// and the controller uses it (those of a template made before
+		// Volcano came too).
+		var err error
+		if release, err = r.releaseGatedPods(ctx, rev, all); err != nil {
+			return reconcile.Result{}, err
+		}
+	}
+	cos := newCoschedulingState(rev, r.Resources.CoschedulingSchedulerName, release)
+	if err := r.observe(ctx, rev, all, apis, cos); err != nil {
 		return reconcile.Result{}, err
 	}
 	var res reconcile.Result
@@ -229,6 +242,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		// scheduler coming or going (reads from the cache; nothing is
 		// written unless something changed).
 		res.RequeueAfter = r.recheck()
+	}
+	if release.stale {
+		res.RequeueAfter = min(res.RequeueAfter, staleRecheck)
 	}
 	return res, r.updateStatus(ctx, rev, before)
 }
@@ -310,7 +326,7 @@ func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevis
 			if r.apis != nil && !apis.LeaderWorkerSet {
 				return nil, errLWSNotInstalled
 			}
-			l, err := r.reconcileLeaderWorkerSet(ctx, rev, role, v, initial, cfg, apis)
+			l, err := r.reconcileLeaderWorkerSet(ctx, rev, role, v, initial, cfg)
 			if err != nil {
 				return nil, err
 			}
@@ -388,13 +404,13 @@ func (r *Reconciler) reconcileDeployment(ctx context.Context, rev *v1alpha1.Mode
 
 // reconcileLeaderWorkerSet makes a grouped role's LeaderWorkerSet on
 // variant v exist as the builder makes it, keeping the replicas (groups)
-// the autoscaler set through its scale subresource. The scheduler of its
-// pods and its exclusive topology are compared on their own (an empty
-// scheduler name in the builder's set means the default, which
-// DeepDerivative would not see replace "volcano"). errLWSNotInstalled
-// when the cluster has no such kind.
+// the autoscaler set through its scale subresource. The scheduler and
+// scheduling gates of its pods and its exclusive topology are compared on
+// their own (an empty scheduler name or gate list in the builder's set
+// means none, which DeepDerivative would not see replace "volcano" or a
+// gate). errLWSNotInstalled when the cluster has no such kind.
 func (r *Reconciler) reconcileLeaderWorkerSet(ctx context.Context, rev *v1alpha1.ModelRevision, role string,
-	v *v1alpha1.AcceleratorVariant, initial int32, cfg resources.Config, apis ClusterAPIs) (*lwsv1.LeaderWorkerSet, error) {
+	v *v1alpha1.AcceleratorVariant, initial int32, cfg resources.Config) (*lwsv1.LeaderWorkerSet, error) {
 	want, err := resources.MakeLeaderWorkerSet(rev, role, v, initial, cfg)
 	if err != nil {
 		return nil, err
@@ -411,16 +427,13 @@ func (r *Reconciler) reconcileLeaderWorkerSet(ctx context.Context, rev *v1alpha1
 			return nil, fmt.Errorf("creating leader worker set %s: %w", want.Name, err)
 		}
 		r.event(rev, want, corev1.EventTypeNormal, "Created", "Created leader worker set %s", want.Name)
-		if apis.Coscheduling && !apis.Volcano {
-			r.event(rev, want, corev1.EventTypeWarning, v1alpha1.ReasonCoschedulingNotSupported, "%s", msgCoschedulingNotSupported)
-		}
 		return want, nil
 	case err != nil:
 		return nil, fmt.Errorf("getting leader worker set %s: %w", want.Name, err)
 	}
 	want.Spec.Replicas = have.Spec.Replicas // the autoscaler's, through the scale subresource
 	key := lwsv1.ExclusiveKeyAnnotationKey
-	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) || !sameGroupScheduler(want, have) ||
+	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) || !sameGroupScheduling(want, have) ||
 		want.Annotations[key] != have.Annotations[key] {
 		have.Spec = want.Spec
 		if k, ok := want.Annotations[key]; ok {
@@ -435,34 +448,41 @@ func (r *Reconciler) reconcileLeaderWorkerSet(ctx context.Context, rev *v1alpha1
 	return have, nil
 }
 
-// sameGroupScheduler reports whether two sets' pods have the same
-// scheduler, "" and the default scheduler's name being the same.
-func sameGroupScheduler(a, b *lwsv1.LeaderWorkerSet) bool {
+// sameGroupScheduling reports whether two sets' pods have the same
+// scheduler, "" and the default scheduler's name being the same, and the
+// same scheduling gates (none and an empty list being the same).
+func sameGroupScheduling(a, b *lwsv1.LeaderWorkerSet) bool {
 	name := func(s string) string {
 		if s == "" {
 			return corev1.DefaultSchedulerName
 		}
 		return s
 	}
-	sched := func(l *lwsv1.LeaderWorkerSet) (leader, worker string) {
-		t := l.Spec.LeaderWorkerTemplate
-		worker = name(t.WorkerTemplate.Spec.SchedulerName)
-		leader = worker // LWS's leaders default to the worker template
-		if t.LeaderTemplate != nil {
-			leader = name(t.LeaderTemplate.Spec.SchedulerName)
+	gates := func(s *corev1.PodSpec) string {
+		var g []string
+		for _, x := range s.SchedulingGates {
+			g = append(g, x.Name)
 		}
-		return leader, worker
+		return strings.Join(g, "\n")
 	}
-	al, aw := sched(a)
-	bl, bw := sched(b)
-	return al == bl && aw == bw
+	sched := func(l *lwsv1.LeaderWorkerSet) [4]string {
+		t := l.Spec.LeaderWorkerTemplate
+		worker := &t.WorkerTemplate.Spec
+		leader := worker // LWS's leaders default to the worker template
+		if t.LeaderTemplate != nil {
+			leader = &t.LeaderTemplate.Spec
+		}
+		return [4]string{name(leader.SchedulerName), name(worker.SchedulerName), gates(leader), gates(worker)}
+	}
+	return sched(a) == sched(b)
 }
 
 // observe sets the status from the serving role's workloads and pods,
 // and from every role's serving groups (their pods, a group's workers
 // included): why pods cannot run, in one path for a Deployment's pods
 // and a group's (podProblem).
-func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, all []workload, apis ClusterAPIs) error {
+func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, all []workload, apis ClusterAPIs,
+	cos coschedulingState) error {
 	role := fleet.RoleUnified
 	if rev.Spec.Roles != nil {
 		role = fleet.RoleDecode
@@ -544,7 +564,7 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, a
 	}
 	rev.Status.Groups = statuses
 	rev.Status.PodsPerGroup = podsPerGroup(rev, role)
-	markGangScheduling(&rev.Status, grouped, apis, leaders)
+	markGangScheduling(&rev.Status, grouped, apis, leaders, cos)
 
 	unavailable := false // said so in this pass (what an earlier pass said does not stick)
 	if len(unschedulable) > 0 {

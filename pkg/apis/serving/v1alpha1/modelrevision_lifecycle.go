@@ -36,9 +36,10 @@ const (
 	RevisionConditionCapacityAvailable apis.ConditionType = "CapacityAvailable"
 	// RevisionConditionGangScheduled says, for a revision with serving
 	// groups on Kubernetes, whether a gang scheduler places each group's
-	// pods all at once: True with ReasonVolcano; False with
-	// ReasonVolcanoPodGroupsMissing, ReasonCoschedulingNotSupported or
-	// ReasonNoGangScheduler, saying what is missing. Informational: a
+	// pods all at once: True with ReasonVolcano or ReasonCoscheduling;
+	// False with ReasonVolcanoPodGroupsMissing,
+	// ReasonCoschedulingNotSupported or ReasonNoGangScheduler, saying
+	// what is missing. Informational: a
 	// group is still placed whole or retried by LeaderWorkerSet. Absent
 	// when no role runs groups.
 	RevisionConditionGangScheduled apis.ConditionType = "GangScheduled"
@@ -53,9 +54,15 @@ const (
 	// LeaderWorkerSet makes no PodGroups (its gang scheduling is not
 	// configured for Volcano).
 	ReasonVolcanoPodGroupsMissing = "VolcanoPodGroupsMissing"
+	// ReasonCoscheduling: the groups' pods are scheduled by
+	// scheduler-plugins' coscheduling, one PodGroup a group, which the
+	// controller makes while the pods wait behind a scheduling gate.
+	ReasonCoscheduling = "Coscheduling"
 	// ReasonCoschedulingNotSupported: the cluster has scheduler-plugins'
-	// coscheduling, which LeaderWorkerSet cannot give one pod group a
-	// group.
+	// coscheduling, but the groups cannot use it: a grouped role has a
+	// topology key (LeaderWorkerSet places a group's leader before it
+	// makes the workers), the controller was told not to use it, or it
+	// lacks the rights to make PodGroups or release gated pods.
 	ReasonCoschedulingNotSupported = "CoschedulingNotSupported"
 	// ReasonNoGangScheduler: no gang scheduler; LeaderWorkerSet alone
 	// makes a group the unit.

@@ -39,11 +39,26 @@ type Config struct {
 	// PodGroup; "" for the cluster's default scheduler. Deployments'
 	// pods always have the default.
 	GroupSchedulerName string
+	// CoschedulingSchedulerName is the scheduler that runs
+	// scheduler-plugins' coscheduling plugin (the controller's
+	// --coscheduling-scheduler-name, DefaultCoschedulingSchedulerName);
+	// "" turns coscheduling off.
+	CoschedulingSchedulerName string
+	// Coscheduling is set (per reconcile) when the cluster serves
+	// scheduler-plugins' coscheduling PodGroup and not Volcano's: the
+	// groups' pods of a role without a topology key are then held by
+	// SchedulingGatePodGroup and scheduled by CoschedulingSchedulerName
+	// (UsesCoscheduling), in place of GroupSchedulerName.
+	Coscheduling bool
 }
 
 // VolcanoSchedulerName is Volcano's scheduler, which places a PodGroup's
 // pods all at once.
 const VolcanoSchedulerName = "volcano"
+
+// DefaultCoschedulingSchedulerName is the scheduler name scheduler-plugins'
+// own manifests give the second scheduler that runs coscheduling.
+const DefaultCoschedulingSchedulerName = "scheduler-plugins-scheduler"
 
 // DefaultSystemNamespace is the namespace config/ installs Kvasir in.
 const DefaultSystemNamespace = "kvasir-serving"

@@ -35,6 +35,30 @@ const (
 	LWSWorkerIndexVar = "$(" + lwsv1.LwsWorkerIndex + ")"
 )
 
+// SchedulingGatePodGroup is the scheduling gate that holds a serving
+// group's pods, when scheduler-plugins' coscheduling gangs them
+// (UsesCoscheduling), until the revision reconciler has made their
+// group's PodGroup and labelled them with CoschedulingPodGroupLabel: LWS
+// gives every group of a set one pod template, so a group's own PodGroup
+// cannot be named in it. The reconciler removes the gate and adds the
+// label in one patch.
+const SchedulingGatePodGroup = v1alpha1.GroupName + "/pod-group"
+
+// CoschedulingPodGroupLabel is the label by which a pod names its
+// scheduler-plugins coscheduling PodGroup (in its namespace).
+const CoschedulingPodGroupLabel = "scheduling.x-k8s.io/pod-group"
+
+// UsesCoscheduling reports whether a role's serving groups are gang-
+// scheduled by scheduler-plugins' coscheduling: cfg says the cluster
+// serves it (Coscheduling) and names its scheduler, and the role has no
+// topology key. A topology key is LWS's exclusive topology, under which
+// LWS makes a group's workers only once its leader is scheduled, so no
+// gang of the whole group can form; such a role's pods keep
+// GroupSchedulerName and no gate.
+func UsesCoscheduling(rev *v1alpha1.ModelRevision, role string, cfg Config) bool {
+	return cfg.Coscheduling && cfg.CoschedulingSchedulerName != "" && rev.Spec.RoleTopologyKey(role) == ""
+}
+
 // WorkerLabels are the labels of a serving group's worker pods: the
 // service's, the revision's, the variant's when it has one, and
 // LabelGroupWorker, but not v1alpha1.LabelRole (so not Selector's).
@@ -62,7 +86,11 @@ func WorkerLabels(rev *v1alpha1.ModelRevision, role, variant string) map[string]
 // workers sharing one template: the engine alone, its rank and the
 // leader's address from LWS's environment, labelled with WorkerLabels.
 // Every pod holds the variant's resources, its share of the replica's
-// accelerators, and cfg.GroupSchedulerName as its scheduler. A pod that
+// accelerators, and cfg.GroupSchedulerName as its scheduler; or, when the
+// role's groups are coscheduled (UsesCoscheduling),
+// cfg.CoschedulingSchedulerName and the scheduling gate
+// SchedulingGatePodGroup, which the revision reconciler removes once the
+// pod's group has its PodGroup. A pod that
 // fails or restarts recreates its whole group
 // (RecreateGroupOnPodRestart), and workers start with the leader
 // (LeaderCreated): the leader is ready only once its workers joined. The
@@ -90,6 +118,11 @@ func MakeLeaderWorkerSet(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.A
 	size := shape.Pods
 	leaderPod, workerPod := revisionPodSpec(rev, v, leader, true, cfg), revisionPodSpec(rev, v, worker, false, cfg)
 	leaderPod.SchedulerName, workerPod.SchedulerName = cfg.GroupSchedulerName, cfg.GroupSchedulerName
+	if UsesCoscheduling(rev, role, cfg) {
+		leaderPod.SchedulerName, workerPod.SchedulerName = cfg.CoschedulingSchedulerName, cfg.CoschedulingSchedulerName
+		leaderPod.SchedulingGates = []corev1.PodSchedulingGate{{Name: SchedulingGatePodGroup}}
+		workerPod.SchedulingGates = []corev1.PodSchedulingGate{{Name: SchedulingGatePodGroup}}
+	}
 	return &lwsv1.LeaderWorkerSet{
 		TypeMeta: metav1.TypeMeta{APIVersion: lwsv1.GroupVersion.String(), Kind: "LeaderWorkerSet"},
 		ObjectMeta: metav1.ObjectMeta{

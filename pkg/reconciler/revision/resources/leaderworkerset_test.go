@@ -254,3 +254,69 @@ func TestMakeLeaderWorkerSetSchedulerName(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, d.Spec.Template.Spec.SchedulerName)
 }
+
+// Coscheduling: both of a group's templates get the coscheduling
+// scheduler and the pod-group gate, only when the cluster serves it, the
+// controller names its scheduler and the role has no topology key;
+// Volcano's name stays otherwise; a Deployment's pods never get either.
+func TestMakeLeaderWorkerSetCoscheduling(t *testing.T) {
+	grouped := func(mutate func(*v1alpha1.ModelRevision)) *v1alpha1.ModelRevision {
+		return revision(func(r *v1alpha1.ModelRevision) {
+			r.Spec.Parallelism, r.Spec.AcceleratorsPerNode = sizes(2, 1, 1), ptr.To[int32](1)
+			if mutate != nil {
+				mutate(r)
+			}
+		})
+	}
+	with := func(mutate func(*Config)) Config {
+		c := cfg
+		mutate(&c)
+		return c
+	}
+	gate := []corev1.PodSchedulingGate{{Name: "serving.kvasir.dev/pod-group"}}
+	for name, tc := range map[string]struct {
+		rev       *v1alpha1.ModelRevision
+		cfg       Config
+		scheduler string
+		gated     bool
+	}{
+		"coscheduling": {rev: grouped(nil), scheduler: "scheduler-plugins-scheduler", gated: true,
+			cfg: with(func(c *Config) { c.Coscheduling, c.CoschedulingSchedulerName = true, DefaultCoschedulingSchedulerName })},
+		"coscheduling under another name": {rev: grouped(nil), scheduler: "gang", gated: true,
+			cfg: with(func(c *Config) { c.Coscheduling, c.CoschedulingSchedulerName = true, "gang" })},
+		"not served": {rev: grouped(nil), scheduler: "",
+			cfg: with(func(c *Config) { c.CoschedulingSchedulerName = DefaultCoschedulingSchedulerName })},
+		"turned off (no scheduler name)": {rev: grouped(nil), scheduler: "",
+			cfg: with(func(c *Config) { c.Coscheduling = true })},
+		"volcano": {rev: grouped(nil), scheduler: "volcano",
+			cfg: with(func(c *Config) { c.GroupSchedulerName, c.CoschedulingSchedulerName = VolcanoSchedulerName, "x" })},
+		"topology key": {rev: grouped(func(r *v1alpha1.ModelRevision) { r.Spec.TopologyKey = "example.com/rack" }), scheduler: "",
+			cfg: with(func(c *Config) { c.Coscheduling, c.CoschedulingSchedulerName = true, DefaultCoschedulingSchedulerName })},
+	} {
+		t.Run(name, func(t *testing.T) {
+			set, err := MakeLeaderWorkerSet(tc.rev, fleet.RoleUnified, nil, 1, tc.cfg)
+			require.NoError(t, err)
+			require.Equal(t, tc.gated, UsesCoscheduling(tc.rev, fleet.RoleUnified, tc.cfg))
+			tmpl := set.Spec.LeaderWorkerTemplate
+			for _, spec := range []corev1.PodSpec{tmpl.LeaderTemplate.Spec, tmpl.WorkerTemplate.Spec} {
+				require.Equal(t, tc.scheduler, spec.SchedulerName)
+				if tc.gated {
+					require.Equal(t, gate, spec.SchedulingGates)
+				} else {
+					require.Empty(t, spec.SchedulingGates)
+				}
+			}
+			require.NotContains(t, tmpl.LeaderTemplate.Labels, CoschedulingPodGroupLabel, "one template for every group")
+			d, err := MakeDeployment(revision(nil), fleet.RoleUnified, nil, 1, tc.cfg)
+			require.NoError(t, err)
+			require.Empty(t, d.Spec.Template.Spec.SchedulerName)
+			require.Empty(t, d.Spec.Template.Spec.SchedulingGates)
+		})
+	}
+	// The two templates' gates are separate slices.
+	set, err := MakeLeaderWorkerSet(grouped(nil), fleet.RoleUnified, nil, 1,
+		with(func(c *Config) { c.Coscheduling, c.CoschedulingSchedulerName = true, "gang" }))
+	require.NoError(t, err)
+	set.Spec.LeaderWorkerTemplate.LeaderTemplate.Spec.SchedulingGates[0].Name = "changed"
+	require.Equal(t, gate, set.Spec.LeaderWorkerTemplate.WorkerTemplate.Spec.SchedulingGates)
+}
