@@ -52,7 +52,7 @@ func TestManifestsApplyWithDryRun(t *testing.T) {
 
 	root := kubetest.RepoRoot()
 	var files []string
-	for _, dir := range []string{"config", "examples", filepath.Join("examples", "bench"), filepath.Join("examples", "bench", "autoscale")} {
+	for _, dir := range []string{"config", "examples", filepath.Join("examples", "bench"), filepath.Join("examples", "bench", "autoscale"), filepath.Join("examples", "bench", "groups")} {
 		matches, err := filepath.Glob(filepath.Join(root, dir, "*.yaml"))
 		require.NoError(t, err)
 		files = append(files, matches...)

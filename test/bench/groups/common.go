@@ -26,7 +26,7 @@ type common struct {
 
 func (c *common) register(fs *flag.FlagSet, name, accelerators string) {
 	fs.StringVar(&c.kvasir, "kvasir", "", "the kvasir binary (default: go build ./cmd/kvasir into a temporary directory)")
-	fs.StringVar(&c.file, "f", filepath.Join("examples", "bench", "groups-"+name+".yaml"), "fleet file with the one grouped ModelService")
+	fs.StringVar(&c.file, "f", filepath.Join("examples", "bench", "groups", name+".yaml"), "fleet file with the one grouped ModelService")
 	fs.StringVar(&c.logDir, "log-dir", "", "keep the platform's and replicas' logs here (default: a temporary directory, kept only when the run fails)")
 	fs.StringVar(&c.accelerators, "accelerators", accelerators, "kvasir local --accelerators")
 	fs.DurationVar(&c.scaleInterval, "scale-interval", time.Second, "kvasir local --scale-interval")

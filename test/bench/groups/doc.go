@@ -6,7 +6,7 @@
 //	go run ./test/bench/groups fragmentation  # ~2 s: the autoscaler's pass against exhaustive packing
 //
 // recovery runs `kvasir local --accelerators nvidia.com/gpu=4` on
-// examples/bench/groups-recovery.yaml: two serving groups of two simulator
+// examples/bench/groups/recovery.yaml: two serving groups of two simulator
 // processes with one GPU each, under steady non-streamed OpenAI chat
 // completions through the activator (--rate, 15/s). Before each kill it
 // measures the engines' own start: a copy of the group's engine processes
@@ -20,7 +20,7 @@
 // a 200 chat completion; the other group Ready throughout.
 //
 // placement runs `kvasir local --accelerators nvidia.com/gpu=7` on
-// examples/bench/groups-placement.yaml (groups of two processes with one
+// examples/bench/groups/placement.yaml (groups of two processes with one
 // GPU each: 3 fit, one GPU spare) and keeps 40 requests in flight for 25 s,
 // which at a target of 8 a group asks for 5. Goals: at the burst's end 3
 // placed and 2 unplaceable in /kvasir/replicas and in
