@@ -39,13 +39,14 @@ func replica(t *testing.T, name string) (*queueproxy.Proxy, string) {
 	require.NoError(t, err)
 	qpDone := make(chan struct{})
 	go func() { defer close(qpDone); _ = qp.Run(ctx) }()
-	qpSrv := httptest.NewServer(qp.Handler())
+	qpAddr, err := qp.Start("127.0.0.1:0")
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		cancel()
 		<-qpDone
-		qpSrv.Close()
+		_ = qp.Close()
 	})
-	return qp, strings.TrimPrefix(qpSrv.URL, "http://")
+	return qp, qpAddr
 }
 
 // Two activators following the same queue-proxies hold the same prefix

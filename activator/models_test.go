@@ -374,8 +374,9 @@ func TestModelsFromQueueProxyStream(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = qp.Run(ctx) }()
-	qpSrv := httptest.NewServer(qp.Handler())
-	t.Cleanup(func() { cancel(); <-done; qpSrv.Close() })
+	qpAddr, err := qp.Start("127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { cancel(); <-done; _ = qp.Close() })
 
 	act, err := New(DefaultConfig(), WithRegisterer(prometheus.NewRegistry()), WithLogger(slog.New(slog.DiscardHandler)))
 	require.NoError(t, err)
@@ -383,7 +384,7 @@ func TestModelsFromQueueProxyStream(t *testing.T) {
 	svc := ServiceConfig{Namespace: "default", Name: "svc", Model: "m", LoRAAdapters: []string{"sql"},
 		Traffic: []traffic.Target{{Revision: "m-1", Percent: 100}}, Revisions: []RevisionConfig{{Name: "m-1"}}}
 	require.NoError(t, act.SetServices([]ServiceConfig{svc}))
-	act.SetEndpoints(svc.Key("m-1"), []fleet.Endpoint{{Name: "r1", Address: strings.TrimPrefix(qpSrv.URL, "http://")}})
+	act.SetEndpoints(svc.Key("m-1"), []fleet.Endpoint{{Name: "r1", Address: qpAddr}})
 	srv := httptest.NewServer(act.Handler())
 	t.Cleanup(srv.Close)
 	client := openai.NewClient(option.WithBaseURL(srv.URL+"/v1"), option.WithAPIKey("unused"), option.WithMaxRetries(0))

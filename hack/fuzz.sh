@@ -30,6 +30,8 @@ targets=(
 	"./pkg/stats FuzzDecode"
 	"./pkg/kvindex FuzzApply"
 	"./queueproxy FuzzEngineMetrics"
+	"./queueproxy FuzzUsageOf"
+	"./queueproxy FuzzChunkFacts"
 	"./pkg/local FuzzLoad"
 	"./pkg/prompt FuzzAppendChatJSON"
 	"./pkg/tokenizer FuzzLoadBytes"

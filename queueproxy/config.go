@@ -38,7 +38,8 @@ type Config struct {
 	// 10*ContainerConcurrency. Unused when ContainerConcurrency is 0.
 	QueueDepth int
 
-	// MaxBodyBytes bounds a request body read for measurement (413 over it).
+	// MaxBodyBytes bounds a proxied request's body, which is read whole
+	// before it is sent (413 over it).
 	MaxBodyBytes int64
 	// MaxBufferedResponseBytes bounds a non-streaming completion response held
 	// back until complete; a larger one is passed through as it arrives.
@@ -130,7 +131,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PodName, "pod-name", host, "pod name reported in stats")
 	fs.IntVar(&c.ContainerConcurrency, "container-concurrency", 0, "max requests proxied to the engine at once (0: unlimited)")
 	fs.IntVar(&c.QueueDepth, "queue-depth", -1, "max requests waiting for --container-concurrency (negative: 10 x container-concurrency)")
-	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", DefaultMaxBodyBytes, "max request body on completion paths (413 over it)")
+	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", DefaultMaxBodyBytes, "max request body of a proxied request (413 over it)")
 	fs.Int64Var(&c.MaxBufferedResponseBytes, "max-buffered-response-bytes", DefaultMaxBufferedResponseBytes, "max non-streaming completion response held until complete")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", DefaultRequestTimeout, "max duration of one proxied request, queueing included")
 	fs.DurationVar(&c.ProbeInterval, "probe-interval", time.Second, "period of the background engine health probe")

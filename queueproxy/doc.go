@@ -24,4 +24,17 @@
 //
 // Request bodies are read once and passed through byte for byte, except for
 // the single stream_options key it may splice in.
+//
+// The port is served by fasthttp (httpserver.FastServer): each request is
+// read, sent to the engine and answered on its connection's goroutine, with
+// pooled buffers, over pooled keep-alive connections to the engine
+// (upstream.Pool) written and parsed with fasthttp's types. A streamed
+// response (SSE, or a body of unknown length) is relayed by the same
+// goroutine after the handler returns (the flow is fasthttp's body stream).
+// fasthttp gives a handler no sign of a client that left, so every wait on
+// the engine (and in the queue) looks at the client's socket every
+// checkInterval without consuming anything (httpserver.PeerClosed), and
+// closes the engine connection, which cancels the engine's work, when the
+// client is gone. The /kvasir/ endpoints keep their net/http handlers,
+// through fasthttp's adaptor.
 package queueproxy

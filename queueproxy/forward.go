@@ -1,19 +1,23 @@
 package queueproxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
-	"mime"
 	"net"
-	"net/http"
-	"net/url"
+	"net/netip"
+	"os"
+	"slices"
 	"strconv"
-	"strings"
+	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
@@ -35,7 +39,16 @@ const (
 	queueFullRetryAfter = time.Second
 	// copyBufferSize is the read size when relaying a response.
 	copyBufferSize = 8 << 10
+	// checkInterval is how often a request waiting on the engine (or in
+	// the queue) checks whether its client is still there: fasthttp gives
+	// a handler no sign of a client that left, so the wait itself looks
+	// (httpserver.PeerClosed) between read deadlines of this length.
+	checkInterval = 100 * time.Millisecond
 )
+
+// errUpgrade is the failure of an engine that switches protocols on a
+// request that asked for no upgrade.
+var errUpgrade = errors.New("the engine answered 101 Switching Protocols to a request that asked for no upgrade")
 
 // exchange is the accounting of one proxied request.
 type exchange struct {
@@ -52,13 +65,57 @@ type exchange struct {
 	itlCount    uint64
 }
 
-// isInference reports whether r is one of the OpenAI inference requests
-// the queue-proxy counts and limits.
-func isInference(r *http.Request) bool {
-	if r.Method != http.MethodPost {
+// flow is one proxied request, from its arrival to the end of its response.
+// A response the engine streams (SSE, or one of unknown length) is written
+// by fasthttp after the handler returned, from the flow itself (WriteTo);
+// the flow is finished (accounted, its connection to the engine released)
+// when that ends. Flows are pooled.
+type flow struct {
+	p      *Proxy
+	ctx    *fasthttp.RequestCtx
+	client net.Conn // the client's connection, watched while waiting
+
+	ex                               exchange
+	accounted, measured, strip, head bool
+	admitted                         bool // holds a slot of the limit
+	streaming                        bool // the response body is the flow (WriteTo), finished by CloseWithError
+	sse                              bool // the stream is relayed event by event
+	bodyDone                         bool // the engine's response was read to its end
+
+	body         httpserver.Body // the request body, until it is sent
+	kt           *kvTicket       // the request's part in the KV model; nil when not modelled
+	engineStatus int             // the engine's response status; 0 while none
+	deadline     time.Time       // the request timeout
+
+	conn   *upstream.Conn     // to the engine
+	resp   *fasthttp.Response // the engine's response (its body streamed)
+	stream io.Reader          // the engine's response body
+
+	// Relay state.
+	events  openai.EventSplitter
+	meter   meter
+	metered bool
+	prefix  []byte // response bytes already read, relayed first
+	out     []byte // the events of one read, written as one chunk
+	rbuf    []byte
+	armer   httpserver.WriteArmer
+	usage   usageBuf // holds ex.usage
+	usage2  usageBuf // scratch of the meter
+	scratch [64]byte
+}
+
+var flowPool = sync.Pool{New: func() any { return &flow{rbuf: make([]byte, copyBufferSize)} }}
+
+// Gone reports whether the client went away (upstream.Watcher).
+func (f *flow) Gone() bool { return httpserver.PeerClosed(f.client) }
+
+// isInference reports whether a request is one of the OpenAI inference
+// requests the queue-proxy counts and limits.
+func isInference(post bool, path []byte) bool {
+	if !post {
 		return false
 	}
-	switch r.URL.Path {
+	switch string(path) {
 	case pathChatCompletions, pathCompletions, pathEmbeddings:
 		return true
 	}
@@ -66,93 +123,71 @@ func isInference(r *http.Request) bool {
 }
 
 // serveProxy relays one request to the engine.
-func (p *Proxy) serveProxy(w http.ResponseWriter, r *http.Request) {
+func (p *Proxy) serveProxy(ctx *fasthttp.RequestCtx) {
 	p.health.Enter()
-	defer p.health.Leave()
-	ex := &exchange{start: time.Now()}
+	f := flowPool.Get().(*flow)
+	f.p, f.ctx, f.client = p, ctx, ctx.Conn()
+	f.ex.start = time.Now()
+	f.deadline = f.ex.start.Add(p.cfg.RequestTimeout)
+	path := ctx.Path()
+	post := ctx.IsPost()
 	// Only inference is counted and limited: the activator's tokenization
 	// of a prompt (the engine's /tokenize, before routing) and other engine
 	// endpoints neither wait for a slot nor count as requests.
-	accounted := isInference(r)
-	if accounted {
-		defer p.record(r, ex)
+	f.accounted = isInference(post, path)
+	f.measured = post && (string(path) == pathChatCompletions || string(path) == pathCompletions)
+	f.head = ctx.IsHead()
+	f.serve()
+	if !f.streaming {
+		f.finish()
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), p.cfg.RequestTimeout)
-	defer cancel()
+}
 
-	measured := r.Method == http.MethodPost && (r.URL.Path == pathChatCompletions || r.URL.Path == pathCompletions)
-	var body []byte
-	strip := false
-	var kt *kvTicket // the request's part in the KV model; nil when not modelled
-	if measured {
-		held, ok := p.readBody(w, r, ex)
-		if !ok {
-			return
-		}
-		defer held.Release()
-		body = held.Bytes
+// serve reads the request, sends it to the engine and answers, or hands the
+// response over to fasthttp as a stream.
+func (f *flow) serve() {
+	p, ctx := f.p, f.ctx
+	if fail := p.bodies.ReadRequest(ctx, &f.body); fail != nil {
+		f.ex.code = fail.Status
+		fail.Respond(ctx)
+		return
+	}
+	body := f.body.Bytes
+	if f.measured {
 		// Parsed once, for both the KV model and the usage splice; a body
 		// that is not a JSON object goes on as it is, for the engine to judge.
 		if obj, err := openai.Parse(body); err == nil {
 			if p.kv != nil {
-				kt = p.kv.prepare(obj, r.URL.Path == pathChatCompletions)
+				f.kt = p.kv.prepare(obj, string(ctx.Path()) == pathChatCompletions)
 			}
-			body, strip = requestUsage(obj)
+			body, f.strip = requestUsage(obj)
 		}
 	}
-
-	if accounted {
-		if !p.admit(ctx, w, r, ex) {
-			if kt != nil {
-				p.kv.release(kt)
-			}
-			return
+	if f.accounted && !f.admit() {
+		if f.kt != nil {
+			p.kv.release(f.kt)
+			f.kt = nil
 		}
-		defer p.leave()
-	}
-	engineStatus := 0 // the engine's response status; 0 while none
-	if kt != nil {
-		p.kv.sent(kt)
-		defer func() { p.kv.finish(kt, kvOutcomeOf(engineStatus, ex), ex.usage) }()
-	}
-
-	var resp *http.Response
-	var err error
-	if measured && p.sync != nil {
-		resp, err = p.sync.Do(ctx, upstream.Request{Addr: p.engine.Host, URI: p.engineURI(r), Header: p.outHeader(r), Body: body})
-	} else {
-		resp, err = p.transport.RoundTrip(p.outRequest(ctx, r, body, measured))
-	}
-	if err != nil {
-		p.roundTripFailed(ctx, w, r, ex, err)
 		return
 	}
-	defer resp.Body.Close()
-	engineStatus = resp.StatusCode
-
+	if f.kt != nil {
+		p.kv.sent(f.kt)
+	}
+	err := f.roundTrip(body)
+	f.body.Release() // sent, or never will be
+	if err != nil {
+		f.roundTripFailed(err)
+		return
+	}
+	f.engineStatus = f.resp.StatusCode()
 	switch {
-	case isEventStream(resp):
-		p.forwardEvents(ctx, w, r, resp, ex, measured, strip)
-	case measured:
-		p.forwardBuffered(ctx, w, r, resp, ex)
+	case f.stream != nil && isEventStream(&f.resp.Header):
+		f.startStream(true, nil)
+	case f.measured:
+		f.forwardBuffered()
 	default:
-		copyEngineHeaders(w.Header(), resp.Header)
-		ex.code = resp.StatusCode
-		w.WriteHeader(resp.StatusCode)
-		p.pipe(ctx, w, r, resp.Body, resp.ContentLength < 0, ex)
+		f.forwardOther()
 	}
-}
-
-// readBody reads a measured request's body within MaxBodyBytes, the body
-// read timeout and the memory budget; the caller releases it when done.
-func (p *Proxy) readBody(w http.ResponseWriter, r *http.Request, ex *exchange) (*httpserver.Body, bool) {
-	b, f := p.bodies.Read(w, r)
-	if f != nil {
-		ex.code = f.Status
-		f.Write(w)
-		return nil, false
-	}
-	return b, true
 }
 
 // requestUsage makes a streaming request, parsed as obj, ask for usage and
@@ -177,24 +212,26 @@ func requestUsage(obj openai.Object) (out []byte, strip bool) {
 
 // admit waits for the concurrency limit. It answers the client itself when
 // the request cannot go on.
-func (p *Proxy) admit(ctx context.Context, w http.ResponseWriter, r *http.Request, ex *exchange) bool {
+func (f *flow) admit() bool {
+	p := f.p
 	if p.limiter != nil {
-		err := p.limiter.acquire(ctx)
+		err := p.limiter.acquireWatch(f.deadline, checkInterval, f)
 		switch {
 		case errors.Is(err, errQueueFull):
-			p.writeError(w, ex, http.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "queue_full",
+			f.writeError(fasthttp.StatusServiceUnavailable, openai.Err(openai.TypeUnavailable, "queue_full",
 				"the replica is at its concurrency limit and its queue is full"), queueFullRetryAfter)
 			return false
-		case err != nil && r.Context().Err() != nil:
-			ex.clientGone = true
+		case errors.Is(err, errGone):
+			f.clientLeft()
 			return false
 		case err != nil:
-			p.writeError(w, ex, http.StatusGatewayTimeout, openai.Err(openai.TypeTimeout, "request_timeout",
+			f.writeError(fasthttp.StatusGatewayTimeout, openai.Err(openai.TypeTimeout, "request_timeout",
 				"the request timed out waiting for the concurrency limit"), 0)
 			return false
 		}
 	}
 	p.inFlight.Add(1)
+	f.admitted = true
 	return true
 }
 
@@ -206,187 +243,357 @@ func (p *Proxy) leave() {
 	}
 }
 
-// outRequest builds the request to the engine. A measured request's body is
-// the (possibly spliced) bytes read; others stream through.
-func (p *Proxy) outRequest(ctx context.Context, r *http.Request, body []byte, measured bool) *http.Request {
-	out := r.Clone(ctx)
-	out.RequestURI = ""
-	out.Close = false
-	out.Host = ""
-	out.URL.Scheme, out.URL.Host = p.engine.Scheme, p.engine.Host
-	if base := strings.TrimSuffix(p.engine.Path, "/"); base != "" {
-		out.URL.Path = base + r.URL.Path
-		if r.URL.RawPath != "" {
-			out.URL.RawPath = strings.TrimSuffix(p.engine.EscapedPath(), "/") + r.URL.RawPath
-		}
-	}
-	upstream.RemoveHopByHop(out.Header)
-	if _, ok := out.Header["User-Agent"]; !ok {
-		out.Header.Set("User-Agent", "") // do not let the client library add its own
-	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := out.Header.Values("X-Forwarded-For"); len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
-		}
-		out.Header.Set("X-Forwarded-For", ip)
-	}
-	if measured {
-		out.Header.Del("Accept-Encoding") // the proxy reads the response
-		out.Header.Del("Expect")          // the body is already here
-		out.Header.Del("Content-Length")
-		out.TransferEncoding = nil
-		out.ContentLength = int64(len(body))
-		out.Body = io.NopCloser(bytes.NewReader(body))
-		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	}
-	return out
+// clientLeft records that the client went away before an answer, and
+// answers 499 in case it only half-closed and still reads; the connection
+// is closed after it.
+func (f *flow) clientLeft() {
+	f.ex.clientGone = true
+	f.ctx.Response.SetConnectionClose()
+	httpserver.WriteError(f.ctx, statusClientClosed, openai.Err(openai.TypeInvalidRequest, "client_closed_request",
+		"the client closed its connection before the answer"), 0)
 }
 
-// engineURI is the request target on the engine: its path prefix, if any,
-// and the client's path and query.
-func (p *Proxy) engineURI(r *http.Request) string {
-	if base := strings.TrimSuffix(p.engine.EscapedPath(), "/"); base != "" {
-		return base + r.URL.RequestURI()
+// roundTrip sends the request to the engine and reads the response's head;
+// the body is left to stream from f.stream. A pooled connection the engine
+// closed while idle fails at once, before the engine saw anything: the
+// request is sent once more on a new one.
+func (f *flow) roundTrip(body []byte) error {
+	p := f.p
+	for attempt := 0; ; attempt++ {
+		c, err := p.pool.Get(f.deadline)
+		if err != nil {
+			return err
+		}
+		f.writeRequest(c.Writer(), body)
+		err = c.Writer().Flush()
+		if err == nil {
+			err = c.Wait(f.deadline, checkInterval, f)
+		}
+		if err != nil {
+			c.Close()
+			if attempt == 0 && c.Reused() && upstream.IsClosedIdle(err) {
+				continue
+			}
+			return err
+		}
+		f.conn = c
+		f.resp = fasthttp.AcquireResponse()
+		f.resp.StreamBody = true
+		f.resp.SkipBody = f.head
+		err = f.resp.ReadLimitBody(c.Reader(), 0)
+		if err == nil && f.resp.StatusCode() == fasthttp.StatusSwitchingProtocols {
+			err = errUpgrade
+		}
+		if err != nil {
+			return err // finish closes the connection
+		}
+		f.stream = f.resp.BodyStream()
+		if f.stream == nil { // no body (HEAD, 204, 304)
+			f.bodyDone = true
+		}
+		return nil
 	}
-	return r.URL.RequestURI()
 }
 
-// outHeader is the header of a measured request sent with the synchronous
-// client, which drops hop-by-hop headers itself.
-func (p *Proxy) outHeader(r *http.Request) http.Header {
-	h := make(http.Header, len(r.Header)+1)
-	for k, v := range r.Header {
-		switch k {
-		case "Accept-Encoding", "Expect": // the proxy reads the response; the body is here
-		default:
-			h[k] = v
+// writeRequest writes the request to the engine: the client's method,
+// path and query under the engine's path prefix, its end-to-end headers,
+// and the body (read already) with its length.
+func (f *flow) writeRequest(bw *bufio.Writer, body []byte) {
+	p := f.p
+	h := &f.ctx.Request.Header
+	_, _ = bw.Write(h.Method())
+	_ = bw.WriteByte(' ')
+	_, _ = bw.WriteString(p.enginePrefix)
+	if uri := h.RequestURI(); len(uri) > 0 && uri[0] == '/' {
+		_, _ = bw.Write(uri) // as sent: no cleaning, no decoding
+	} else { // absolute form
+		_, _ = bw.Write(f.ctx.URI().RequestURI())
+	}
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = bw.WriteString(p.engineHost)
+	_, _ = bw.WriteString("\r\nContent-Length: ")
+	_, _ = bw.Write(strconv.AppendInt(f.scratch[:0], int64(len(body)), 10))
+	_, _ = bw.WriteString("\r\n")
+	conn := h.PeekAll("Connection")
+	forwarded := false
+	for k, v := range h.All() {
+		if skipRequestHeader(k, conn, f.measured) {
+			forwarded = forwarded || bytes.EqualFold(k, []byte("X-Forwarded-For"))
+			continue
+		}
+		_, _ = bw.Write(k)
+		_, _ = bw.WriteString(": ")
+		_, _ = bw.Write(v)
+		_, _ = bw.WriteString("\r\n")
+	}
+	_, _ = bw.WriteString("X-Forwarded-For: ")
+	if forwarded {
+		for _, v := range h.PeekAll("X-Forwarded-For") {
+			_, _ = bw.Write(v)
+			_, _ = bw.WriteString(", ")
 		}
 	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := r.Header.Values("X-Forwarded-For"); len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
+	_, _ = bw.Write(appendClientIP(f.scratch[:0], f.ctx.RemoteAddr()))
+	_, _ = bw.WriteString("\r\n\r\n")
+	_, _ = bw.Write(body)
+}
+
+// skipRequestHeader reports whether a client's request header stays out of
+// the engine's request: hop-by-hop headers; those the proxy writes itself
+// (Host, Content-Length, X-Forwarded-For); Expect (the whole body is sent at
+// once); and, on measured requests, Accept-Encoding (the proxy reads the
+// response).
+func skipRequestHeader(k []byte, conn [][]byte, measured bool) bool {
+	switch len(k) {
+	case 4:
+		return bytes.EqualFold(k, []byte("Host"))
+	case 6:
+		return bytes.EqualFold(k, []byte("Expect"))
+	case 14:
+		return bytes.EqualFold(k, []byte("Content-Length"))
+	case 15:
+		if bytes.EqualFold(k, []byte("X-Forwarded-For")) || (measured && bytes.EqualFold(k, []byte("Accept-Encoding"))) {
+			return true
 		}
-		h["X-Forwarded-For"] = []string{ip}
 	}
-	return h
+	return upstream.IsHopByHop(k, conn)
+}
+
+// appendClientIP appends the IP address of a client's remote address.
+func appendClientIP(dst []byte, a net.Addr) []byte {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(ta.IP); ok {
+			return ip.Unmap().AppendTo(dst)
+		}
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return append(dst, a.String()...)
+	}
+	return append(dst, host...)
 }
 
 // roundTripFailed answers a request that got no response from the engine.
-func (p *Proxy) roundTripFailed(ctx context.Context, w http.ResponseWriter, r *http.Request, ex *exchange, err error) {
+func (f *flow) roundTripFailed(err error) {
+	p := f.p
 	switch {
-	case r.Context().Err() != nil:
-		ex.clientGone = true
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		p.writeError(w, ex, http.StatusGatewayTimeout, openai.Err(openai.TypeTimeout, "request_timeout",
+	case errors.Is(err, upstream.ErrCallerGone):
+		f.clientLeft()
+	case f.pastDeadline(err):
+		f.writeError(fasthttp.StatusGatewayTimeout, openai.Err(openai.TypeTimeout, "request_timeout",
 			"the engine did not answer within the request timeout"), 0)
 	default:
-		if isDialError(err) {
-			p.health.MarkUnready(ctx, "request")
+		if _, ok := errors.AsType[upstream.DialError](err); ok {
+			p.health.MarkUnready(context.Background(), "request")
 		}
-		p.log.Warn("engine unavailable", slog.String("path", r.URL.Path), slog.Any("error", err))
-		p.writeError(w, ex, http.StatusBadGateway, openai.Err(openai.TypeServer, "engine_unavailable",
-			"the inference engine is unavailable: "+cause(err)), 0)
+		p.log.Warn("engine unavailable", slog.String("path", string(f.ctx.Path())), slog.Any("error", err))
+		f.writeError(fasthttp.StatusBadGateway, openai.Err(openai.TypeServer, "engine_unavailable",
+			"the inference engine is unavailable: "+err.Error()), 0)
 	}
 }
 
-// forwardEvents relays an SSE response event by event, flushing as each one
-// completes. When measured, it times content events, reads usage and hides
-// the usage-only chunk if strip is set. A failure after the stream started
-// becomes one SSE error event.
-func (p *Proxy) forwardEvents(ctx context.Context, w http.ResponseWriter, r *http.Request, resp *http.Response, ex *exchange, measured, strip bool) {
-	copyEngineHeaders(w.Header(), resp.Header)
-	w.Header().Del("Content-Length") // events may be dropped
-	if measured {
-		w.Header().Set("Trailer", openai.UsageHeader)
-		defer setUsage(w.Header(), ex) // the trailer, as the stream ends
-	}
-	ex.code = resp.StatusCode
-	w.WriteHeader(resp.StatusCode)
-	cw := httpserver.NewClientWriter(w, p.cfg.Limits.WriteTimeout) // a client that stops reading is cut off
-	defer cw.Done()
-	_ = cw.Flush() // headers now: the client's request is under way
-
-	var m *meter
-	if measured {
-		m = &meter{ex: ex, strip: strip, observeITL: p.metrics.itl.Observe}
-	}
-	err := relayEvents(cw, cw.Flush, resp.Body, m)
-	if err == nil {
-		return
-	}
-	if _, ok := errors.AsType[clientError](err); ok || r.Context().Err() != nil {
-		ex.clientGone = true
-		return
-	}
-	ex.broken = true
-	e := openai.Err(openai.TypeServer, "engine_unavailable", "the inference engine failed mid-stream: "+cause(err))
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		e = openai.Err(openai.TypeTimeout, "request_timeout", "the stream exceeded the request timeout")
-	}
-	p.log.Warn("stream broken", slog.String("path", r.URL.Path), slog.Any("error", err))
-	if _, err := cw.Write(openai.ErrorEvent(e)); err == nil {
-		_ = cw.Flush()
-	}
+// pastDeadline reports whether err is the request timeout.
+func (f *flow) pastDeadline(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(f.deadline)
 }
 
-// clientError is a failure writing to the client.
-type clientError struct{ err error }
+// forwardBuffered reads a measured, non-streaming response whole before
+// answering, so that a failure mid-body becomes a clean error rather than a
+// truncated 200. A response over MaxBufferedResponseBytes is passed through
+// as it arrives, unmeasured.
+func (f *flow) forwardBuffered() {
+	whole, err := f.readBody()
+	if err != nil {
+		f.responseFailed(err)
+		return
+	}
+	f.copyHeaders()
+	if !whole {
+		f.startStream(false, f.prefix)
+		return
+	}
+	if f.engineStatus/100 == 2 {
+		f.ex.usage = usageOf(f.ctx.Response.Body(), &f.usage)
+		if f.ex.usage != nil {
+			f.ctx.Response.Header.SetBytesV(openai.UsageHeader, appendUsageHeader(f.scratch[:0], f.ex.usage))
+		}
+	}
+	f.ex.code = f.engineStatus
+	f.ctx.Response.SetStatusCode(f.engineStatus)
+}
 
-func (e clientError) Error() string { return "write to client: " + e.err.Error() }
-func (e clientError) Unwrap() error { return e.err }
+// forwardOther relays an unmeasured, non-SSE response: one of known length
+// up to MaxBufferedResponseBytes is read whole (a failure mid-body is a
+// clean 502), others stream through as they arrive, flushed after every
+// read when their length is unknown.
+func (f *flow) forwardOther() {
+	if cl := f.resp.Header.ContentLength(); f.stream != nil && (cl < 0 || int64(cl) > f.p.cfg.MaxBufferedResponseBytes) {
+		f.copyHeaders()
+		f.startStream(false, nil)
+		return
+	}
+	if _, err := f.readBody(); err != nil {
+		f.responseFailed(err)
+		return
+	}
+	f.copyHeaders()
+	f.ex.code = f.engineStatus
+	f.ctx.Response.SetStatusCode(f.engineStatus)
+}
 
-// relayEvents copies whole SSE events from body to w as they complete,
-// flushing after each read that completed any. Bytes left after the last
-// blank line are written at EOF. Client write failures come back as
-// clientError; a failed read as is.
-func relayEvents(w io.Writer, flush func() error, body io.Reader, m *meter) error {
-	buf := make([]byte, copyBufferSize)
-	var events openai.EventSplitter
+// responseFailed answers a response whose body failed before anything was
+// sent.
+func (f *flow) responseFailed(err error) {
+	if f.pastDeadline(err) {
+		f.writeError(fasthttp.StatusGatewayTimeout, openai.Err(openai.TypeTimeout, "request_timeout",
+			"the engine did not finish the response within the request timeout"), 0)
+		return
+	}
+	f.p.log.Warn("engine response broken", slog.String("path", string(f.ctx.Path())), slog.Any("error", err))
+	f.writeError(fasthttp.StatusBadGateway, openai.Err(openai.TypeServer, "engine_unavailable",
+		"the inference engine failed mid-response: "+err.Error()), 0)
+}
+
+// readBody reads the engine's response body into the client's response
+// (fasthttp's pooled body buffer), up to MaxBufferedResponseBytes. whole is
+// false when the body is longer: then f.prefix holds what was read (of a
+// body of unknown length) and the rest is still to stream.
+func (f *flow) readBody() (whole bool, err error) {
+	if f.stream == nil {
+		return true, nil
+	}
+	limit := f.p.cfg.MaxBufferedResponseBytes
+	cl := f.resp.Header.ContentLength()
+	if cl >= 0 && int64(cl) > limit {
+		return false, nil
+	}
+	resp := &f.ctx.Response
+	buf := resp.SwapBody(nil)[:0]
+	if cl >= 0 {
+		buf = slices.Grow(buf, cl)[:cl]
+		if _, err = io.ReadFull(f.stream, buf); err != nil {
+			resp.SwapBody(buf[:0])
+			return false, err
+		}
+		f.bodyDone = true
+		resp.SwapBody(buf)
+		return true, nil
+	}
 	for {
-		n, rerr := body.Read(buf)
-		if n > 0 {
-			now, wrote := time.Now(), false
-			err := events.Feed(buf[:n], func(ev []byte) error {
-				if m != nil && !m.event(ev, now) {
-					return nil
-				}
-				if _, err := w.Write(ev); err != nil {
-					return clientError{err}
-				}
-				wrote = true
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			if wrote {
-				if err := flush(); err != nil {
-					return clientError{err}
-				}
-			}
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, max(cap(buf), copyBufferSize))
+		}
+		n, rerr := f.stream.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			f.prefix = buf // the response buffer goes to the GC with it
+			return false, nil
 		}
 		if rerr == io.EOF {
-			if rest := events.Rest(); len(rest) > 0 {
-				if _, err := w.Write(rest); err != nil {
-					return clientError{err}
-				}
-				if err := flush(); err != nil {
-					return clientError{err}
-				}
-			}
-			return nil
+			f.bodyDone = true
+			resp.SwapBody(buf)
+			return true, nil
 		}
 		if rerr != nil {
-			return rerr
+			resp.SwapBody(buf[:0])
+			return false, rerr
 		}
 	}
+}
+
+// copyHeaders copies the engine's status and end-to-end response headers to
+// the client's response, without its Content-Length (fasthttp frames the
+// body), Date (fasthttp writes its own) and usage header: only the
+// queue-proxy's own measurement reaches the activator under that name.
+func (f *flow) copyHeaders() {
+	src, dst := &f.resp.Header, &f.ctx.Response.Header
+	conn := src.PeekAll("Connection")
+	for k, v := range src.All() {
+		switch {
+		case upstream.IsHopByHop(k, conn),
+			bytes.EqualFold(k, []byte("Content-Length")),
+			bytes.EqualFold(k, []byte("Date")),
+			bytes.EqualFold(k, []byte(openai.UsageHeader)):
+			continue
+		}
+		dst.AddBytesKV(k, v)
+	}
+}
+
+// isEventStream reports whether the engine's response is an uncompressed
+// SSE stream.
+func isEventStream(h *fasthttp.ResponseHeader) bool {
+	mt := h.ContentType()
+	if i := bytes.IndexByte(mt, ';'); i >= 0 {
+		mt = mt[:i]
+	}
+	if !bytes.EqualFold(bytes.TrimSpace(mt), []byte("text/event-stream")) {
+		return false
+	}
+	ce := h.ContentEncoding()
+	return len(ce) == 0 || bytes.EqualFold(ce, []byte("identity"))
+}
+
+// writeError answers with an OpenAI-shaped error.
+func (f *flow) writeError(status int, e openai.Error, retryAfter time.Duration) {
+	f.ex.code = status
+	httpserver.WriteError(f.ctx, status, e, retryAfter)
+}
+
+// finish ends the flow: the engine connection goes back to the pool (or is
+// closed, which cancels what the engine still does for it), the KV model,
+// the limit and the counters learn the outcome, and the flow goes back to
+// its pool.
+func (f *flow) finish() {
+	p := f.p
+	if f.resp != nil {
+		_ = f.resp.CloseBodyStream()
+	}
+	if f.conn != nil {
+		if f.bodyDone && !f.resp.ConnectionClose() {
+			f.conn.Release()
+		} else {
+			f.conn.Close()
+		}
+	}
+	if f.resp != nil {
+		fasthttp.ReleaseResponse(f.resp)
+	}
+	if f.kt != nil {
+		p.kv.finish(f.kt, kvOutcomeOf(f.engineStatus, &f.ex), f.ex.usage)
+	}
+	if f.admitted {
+		p.leave()
+	}
+	f.body.Release()
+	if f.accounted {
+		p.record(f.ctx, &f.ex)
+	}
+	p.health.Leave()
+	f.reset()
+	flowPool.Put(f)
+}
+
+// reset clears a flow for its pool, keeping its buffers: the event
+// splitter's too when it holds nothing (it is then as new).
+func (f *flow) reset() {
+	rbuf, out, events := f.rbuf, f.out[:0], f.events
+	if cap(out) > 64<<10 {
+		out = nil
+	}
+	if len(events.Rest()) > 0 || cap(events.Rest()) > 64<<10 {
+		events = openai.EventSplitter{}
+	}
+	*f = flow{rbuf: rbuf, out: out, events: events}
 }
 
 // meter measures the events of one stream.
 type meter struct {
-	ex         *exchange
-	strip      bool
-	observeITL func(seconds float64)
+	ex    *exchange
+	strip bool
+	itl   prometheus.Observer
+	usage *usageBuf // holds ex.usage; nil: allocate
+	tmp   *usageBuf // scratch of a usage being read; nil: allocate
 }
 
 // chunk is the part of a streamed completion chunk the proxy reads.
@@ -411,29 +618,47 @@ func (m *meter) event(ev []byte, now time.Time) bool {
 	if !ok || bytes.Equal(data, openai.DoneData) {
 		return true
 	}
-	var c chunk
-	if err := json.Unmarshal(data, &c); err != nil {
-		if _, typeErr := errors.AsType[*json.UnmarshalTypeError](err); !typeErr {
-			return true // not JSON: not ours to judge
-		}
+	if !json.Valid(data) {
+		return true // not JSON: not ours to judge
 	}
-	if len(c.Error) > 0 && string(c.Error) != "null" {
+	ub, tmp := m.usage, m.tmp
+	if ub == nil || tmp == nil {
+		ub, tmp = new(usageBuf), new(usageBuf)
+	}
+	cf, ok := fastChunk(data, ub, tmp)
+	if !ok {
+		cf = slowChunk(data)
+	}
+	if cf.hasError {
 		m.ex.broken = true // the engine reported an error in the stream
 	}
-	if c.Usage != nil {
-		m.ex.usage = c.Usage // the last one wins (vLLM's continuous usage is cumulative)
+	if cf.usage != nil {
+		m.ex.usage = cf.usage // the last one wins (vLLM's continuous usage is cumulative)
 	}
-	if c.Choices != nil && len(c.Choices) == 0 && c.Usage != nil {
+	if cf.content {
+		m.content(now)
+	}
+	if cf.choicesSet && cf.noChoices && cf.usage != nil {
 		return !m.strip
 	}
+	return true
+}
+
+// slowChunk reads a chunk with encoding/json, for what fastChunk cannot
+// read. A field of the wrong type leaves the others read.
+func slowChunk(data []byte) chunkFacts {
+	var c chunk
+	_ = json.Unmarshal(data, &c) // valid JSON: only type errors, after which c holds what did decode
+	cf := chunkFacts{hasError: len(c.Error) > 0 && string(c.Error) != "null", usage: c.Usage,
+		choicesSet: c.Choices != nil, noChoices: c.Choices != nil && len(c.Choices) == 0}
 	for _, ch := range c.Choices {
 		d := ch.Delta
 		if ch.Text != "" || d.Content != "" || d.ReasoningContent != "" || d.Reasoning != "" || hasItems(d.ToolCalls) {
-			m.content(now)
+			cf.content = true
 			break
 		}
 	}
-	return true
+	return cf
 }
 
 // content records a content event: the first sets TTFT, later ones a gap.
@@ -445,7 +670,7 @@ func (m *meter) content(now time.Time) {
 		gap := now.Sub(ex.lastContent)
 		ex.itlSum += gap
 		ex.itlCount++
-		m.observeITL(gap.Seconds())
+		m.itl.Observe(gap.Seconds())
 	}
 	ex.lastContent = now
 }
@@ -455,117 +680,8 @@ func hasItems(raw json.RawMessage) bool {
 	return s != "" && s != "null" && s != "[]"
 }
 
-// forwardBuffered reads a measured, non-streaming response whole before
-// answering, so that a failure mid-body becomes a clean error rather than a
-// truncated 200. A response over MaxBufferedResponseBytes is passed through
-// as it arrives, unmeasured.
-func (p *Proxy) forwardBuffered(ctx context.Context, w http.ResponseWriter, r *http.Request, resp *http.Response, ex *exchange) {
-	limit := p.cfg.MaxBufferedResponseBytes
-	var buf bytes.Buffer
-	if resp.ContentLength > 0 && resp.ContentLength <= limit {
-		buf.Grow(int(resp.ContentLength))
-	}
-	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, limit+1)); err != nil {
-		switch {
-		case r.Context().Err() != nil:
-			ex.clientGone = true
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			p.writeError(w, ex, http.StatusGatewayTimeout, openai.Err(openai.TypeTimeout, "request_timeout",
-				"the engine did not finish the response within the request timeout"), 0)
-		default:
-			p.log.Warn("engine response broken", slog.String("path", r.URL.Path), slog.Any("error", err))
-			p.writeError(w, ex, http.StatusBadGateway, openai.Err(openai.TypeServer, "engine_unavailable",
-				"the inference engine failed mid-response: "+cause(err)), 0)
-		}
-		return
-	}
-	copyEngineHeaders(w.Header(), resp.Header)
-	if int64(buf.Len()) > limit {
-		ex.code = resp.StatusCode
-		w.WriteHeader(resp.StatusCode)
-		if _, err := w.Write(buf.Bytes()); err != nil {
-			ex.clientGone = true
-			return
-		}
-		p.pipe(ctx, w, r, resp.Body, false, ex)
-		return
-	}
-	if resp.StatusCode/100 == 2 {
-		ex.usage = openai.UsageOf(buf.Bytes())
-		setUsage(w.Header(), ex)
-	}
-	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
-	ex.code = resp.StatusCode
-	w.WriteHeader(resp.StatusCode)
-	cw := httpserver.NewClientWriter(w, p.cfg.Limits.WriteTimeout)
-	defer cw.Done()
-	if _, err := cw.Write(buf.Bytes()); err != nil {
-		ex.clientGone = true
-	}
-}
-
-// copyEngineHeaders copies the engine's end-to-end response headers,
-// without the platform's usage header: only the queue-proxy's own
-// measurement reaches the activator under that name.
-func copyEngineHeaders(dst, src http.Header) {
-	upstream.CopyEndToEnd(dst, src)
-	dst.Del(openai.UsageHeader)
-}
-
-// setUsage tells the activator the usage measured of the answer: a header
-// on a whole answer, the declared trailer on a stream. Nothing when the
-// engine reported none.
-func setUsage(h http.Header, ex *exchange) {
-	if ex.usage != nil {
-		h.Set(openai.UsageHeader, openai.FormatUsageHeader(ex.usage))
-	}
-}
-
-// pipe copies body to the client, flushing after each read if flushEach.
-// If the engine fails mid-body the client connection is aborted so the
-// client sees a truncated response, not a complete one.
-func (p *Proxy) pipe(ctx context.Context, w http.ResponseWriter, r *http.Request, body io.Reader, flushEach bool, ex *exchange) {
-	cw := httpserver.NewClientWriter(w, p.cfg.Limits.WriteTimeout)
-	defer cw.Done()
-	buf := make([]byte, copyBufferSize)
-	for {
-		n, rerr := body.Read(buf)
-		if n > 0 {
-			if _, err := cw.Write(buf[:n]); err != nil {
-				ex.clientGone = true
-				return
-			}
-			if flushEach {
-				if err := cw.Flush(); err != nil {
-					ex.clientGone = true
-					return
-				}
-			}
-		}
-		if rerr == io.EOF {
-			return
-		}
-		if rerr != nil {
-			if r.Context().Err() != nil {
-				ex.clientGone = true
-				return
-			}
-			ex.broken = true
-			p.log.Warn("engine response broken", slog.String("path", r.URL.Path), slog.Any("error", rerr),
-				slog.Bool("timeout", errors.Is(ctx.Err(), context.DeadlineExceeded)))
-			panic(http.ErrAbortHandler) // deferred accounting still runs
-		}
-	}
-}
-
-// writeError answers with an OpenAI-shaped error.
-func (p *Proxy) writeError(w http.ResponseWriter, ex *exchange, status int, e openai.Error, retryAfter time.Duration) {
-	ex.code = status
-	openai.WriteError(w, status, e, retryAfter)
-}
-
 // record accounts for a finished request.
-func (p *Proxy) record(r *http.Request, ex *exchange) {
+func (p *Proxy) record(ctx *fasthttp.RequestCtx, ex *exchange) {
 	code := ex.code
 	if code == 0 {
 		code = statusClientClosed
@@ -594,45 +710,29 @@ func (p *Proxy) record(r *http.Request, ex *exchange) {
 	p.mu.Unlock()
 
 	m := p.metrics
-	m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+	m.requestsWithCode(code).Inc()
 	if failed {
 		m.errors.Inc()
 	}
-	m.promptTokens.Add(float64(prompt))
-	m.cachedTokens.Add(float64(cached))
-	m.completionTokens.Add(float64(completion))
+	if prompt > 0 {
+		m.promptTokens.Add(float64(prompt))
+	}
+	if cached > 0 {
+		m.cachedTokens.Add(float64(cached))
+	}
+	if completion > 0 {
+		m.completionTokens.Add(float64(completion))
+	}
 	if ex.hasTTFT {
 		m.ttft.Observe(ex.ttft.Seconds())
 	}
 	elapsed := time.Since(ex.start)
 	m.duration.Observe(elapsed.Seconds())
 
-	p.log.Debug("request",
-		slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("code", code),
-		slog.Duration("duration", elapsed), slog.Bool("clientGone", ex.clientGone), slog.Bool("broken", ex.broken),
-		slog.Uint64("promptTokens", prompt), slog.Uint64("completionTokens", completion))
-}
-
-// isEventStream reports whether resp is an uncompressed SSE stream.
-func isEventStream(resp *http.Response) bool {
-	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	if err != nil || mt != "text/event-stream" {
-		return false
+	if p.log.Enabled(context.Background(), slog.LevelDebug) {
+		p.log.LogAttrs(context.Background(), slog.LevelDebug, "request",
+			slog.String("method", string(ctx.Method())), slog.String("path", string(ctx.Path())), slog.Int("code", code),
+			slog.Duration("duration", elapsed), slog.Bool("clientGone", ex.clientGone), slog.Bool("broken", ex.broken),
+			slog.Uint64("promptTokens", prompt), slog.Uint64("completionTokens", completion))
 	}
-	ce := resp.Header.Get("Content-Encoding")
-	return ce == "" || strings.EqualFold(ce, "identity")
-}
-
-// isDialError reports whether err is a failure to connect.
-func isDialError(err error) bool {
-	opErr, ok := errors.AsType[*net.OpError](err)
-	return ok && opErr.Op == "dial"
-}
-
-// cause strips the method and URL that net/http puts in front of errors.
-func cause(err error) string {
-	if uErr, ok := errors.AsType[*url.Error](err); ok {
-		return uErr.Err.Error()
-	}
-	return err.Error()
 }

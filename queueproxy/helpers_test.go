@@ -7,6 +7,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -76,7 +77,7 @@ func newEngine(t *testing.T, handlers map[string]http.HandlerFunc) *engine {
 }
 
 // testConfig is the flag defaults with fast loops, then args.
-func testConfig(t *testing.T, engineURL string, args ...string) Config {
+func testConfig(t testing.TB, engineURL string, args ...string) Config {
 	t.Helper()
 	var cfg Config
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
@@ -90,10 +91,38 @@ func testConfig(t *testing.T, engineURL string, args ...string) Config {
 	return cfg
 }
 
-// proxy is a Proxy under test, served by an httptest server.
+// proxy is a Proxy under test, served on a loopback listener.
 type proxy struct {
 	*Proxy
-	srv *httptest.Server
+	srv *listening
+}
+
+// listening is where a Proxy under test listens.
+type listening struct {
+	URL    string // http://127.0.0.1:port
+	client *http.Client
+}
+
+// Client is a client of the proxy with its own keep-alive connections.
+func (s *listening) Client() *http.Client { return s.client }
+
+// listen serves p on a loopback port until the test ends.
+func listen(t testing.TB, p *Proxy) *listening {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = p.Serve(ln)
+	}()
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	t.Cleanup(func() {
+		tr.CloseIdleConnections()
+		_ = p.Close()
+		<-done
+	})
+	return &listening{URL: "http://" + ln.Addr().String(), client: &http.Client{Transport: tr}}
 }
 
 // newProxy starts a proxy in front of engineURL; with run set, its Run loop
@@ -102,7 +131,7 @@ func newProxy(t *testing.T, engineURL string, run bool, args ...string) *proxy {
 	t.Helper()
 	p, err := New(testConfig(t, engineURL, args...), slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	require.NoError(t, err)
-	srv := httptest.NewServer(p.Handler())
+	srv := listen(t, p)
 	if run {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -112,7 +141,6 @@ func newProxy(t *testing.T, engineURL string, run bool, args ...string) *proxy {
 		}()
 		t.Cleanup(func() { cancel(); <-done })
 	}
-	t.Cleanup(srv.Close)
 	return &proxy{Proxy: p, srv: srv}
 }
 

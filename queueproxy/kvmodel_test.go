@@ -679,7 +679,7 @@ func BenchmarkProxyChat8kTokens(b *testing.B) {
 				"--kv-block-size=16", "--kv-capacity-blocks=31250"}))
 			p, err := New(cfg, nil)
 			require.NoError(b, err)
-			srv := newBenchServer(b, p.Handler())
+			srv := listen(b, p).URL
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()

@@ -10,8 +10,6 @@ import (
 	"net"
 	"strconv"
 	"time"
-
-	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 )
 
 // closeGrace bounds the wait for handlers to return once their connections
@@ -57,8 +55,6 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	if err != nil {
 		return fmt.Errorf("queue-proxy: listen: %w", err)
 	}
-	srv := httpserver.New(p.Handler(), cfg.Limits, log)
-
 	// Run outlives ctx: it must keep reporting through the drain.
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRun()
@@ -68,7 +64,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 		_ = p.Run(runCtx) // returns nil when stopped
 	}()
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(httpserver.Listen(ln, cfg.Limits.MaxConnections)) }()
+	go func() { served <- p.Serve(ln) }()
 	log.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("engine", cfg.EngineURL),
 		slog.Int("containerConcurrency", cfg.ContainerConcurrency))
 	if listening != nil {
@@ -87,17 +83,17 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	p.Drain(context.WithoutCancel(ctx))
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout())
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
+	if err := p.Shutdown(shutdownCtx); err != nil {
 		log.Warn("drain timed out; closing remaining connections", slog.Any("error", err),
 			slog.Int("inFlight", p.Stat().InFlight))
-		_ = srv.Close() // cancels the requests, and so their upstream requests
+		_ = p.Close() // the requests see their client gone, and cancel their engine requests
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeGrace)
 		defer cancel()
 		if err := p.health.WaitIdle(closeCtx); err != nil {
 			log.Warn("requests still running after close", slog.Any("error", err))
 		}
 	}
-	<-served // http.ErrServerClosed
+	<-served // the listener closed
 	stopRun()
 	<-runDone
 	log.Info("stopped")

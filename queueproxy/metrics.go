@@ -1,6 +1,9 @@
 package queueproxy
 
 import (
+	"strconv"
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -11,6 +14,7 @@ type metrics struct {
 	registry *prometheus.Registry
 
 	requests         *prometheus.CounterVec
+	codes            [600]atomic.Pointer[prometheus.Counter] // requests' children by code, once looked up
 	errors           prometheus.Counter
 	duration         prometheus.Histogram
 	ttft             prometheus.Histogram
@@ -88,4 +92,18 @@ func newMetrics(p *Proxy) *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// requestsWithCode is the requests counter of a status code, looked up in
+// the vector once per code (a lookup formats the code and hashes it).
+func (m *metrics) requestsWithCode(code int) prometheus.Counter {
+	if code < 0 || code >= len(m.codes) {
+		return m.requests.WithLabelValues(strconv.Itoa(code))
+	}
+	if c := m.codes[code].Load(); c != nil {
+		return *c
+	}
+	c := m.requests.WithLabelValues(strconv.Itoa(code))
+	m.codes[code].Store(&c)
+	return c
 }

@@ -1,7 +1,9 @@
 package queueproxy
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,6 +17,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
@@ -30,18 +34,26 @@ const (
 	MetricsPath    = "/kvasir/metrics"
 )
 
-// Proxy is the queue-proxy of one engine. Create it with New, serve
-// Handler, and keep Run going for as long as it serves.
+// Proxy is the queue-proxy of one engine. Create it with New, serve it
+// with Serve, and keep Run going for as long as it serves.
 type Proxy struct {
-	cfg       Config
-	log       *slog.Logger
-	engine    *url.URL
+	cfg    Config
+	log    *slog.Logger
+	engine *url.URL
+	// transport serves the proxy's own requests to the engine (health
+	// probes, metrics scrapes, model lists, LoRA loads).
 	transport *http.Transport
-	// sync carries measured requests (chat and completions, body in memory)
-	// to a plain-http engine without net/http's per-request goroutine
-	// hand-offs; nil for https engines.
-	sync    *upstream.Client
-	limiter *limiter // nil when unlimited
+	// pool carries the proxied requests to the engine, written and read on
+	// the request's own goroutine with fasthttp's wire types.
+	pool *upstream.Pool
+	// enginePrefix is the engine URL's path, without a trailing slash,
+	// put in front of every proxied path; engineHost its Host header.
+	enginePrefix, engineHost string
+	// server is the public listener: fasthttp, with the limits of
+	// cfg.Limits.
+	server  *httpserver.FastServer
+	own     fasthttp.RequestHandler // the /kvasir/ endpoints (net/http handlers)
+	limiter *limiter                // nil when unlimited
 	metrics *metrics
 	hub     *hub
 	kv      *kvModel    // the KV model; nil with --kv-model=false or KV events
@@ -52,8 +64,13 @@ type Proxy struct {
 	// last (read-only once stored); nil before the first list.
 	engineAdapters atomic.Pointer[map[string]struct{}]
 	upgrader       websocket.Upgrader
-	bodies         httpserver.BodyReader // measured requests' bodies
-	handler        http.Handler
+	bodies         httpserver.BodyReader // request bodies
+
+	// hijacks are the flows of HTTP/1.0 streams waiting for their
+	// hijacked connection (by client connection); pendingHijacks counts
+	// them, so that a closed connection looks them up only when there are.
+	hijacks        sync.Map
+	pendingHijacks atomic.Int64
 
 	health   *health.State // readiness, drain, proxy handlers running
 	inFlight atomic.Int64
@@ -84,13 +101,15 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 		return nil, fmt.Errorf("--engine-url: %w", err)
 	}
 	p := &Proxy{
-		cfg:       cfg,
-		log:       logger,
-		engine:    engine,
-		transport: newTransport(),
-		sync:      newSyncClient(engine),
-		hub:       newHub(logger),
-		upgrader:  websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096},
+		cfg:          cfg,
+		log:          logger,
+		engine:       engine,
+		transport:    newTransport(),
+		pool:         newPool(engine),
+		enginePrefix: strings.TrimSuffix(engine.EscapedPath(), "/"),
+		engineHost:   engine.Host,
+		hub:          newHub(logger),
+		upgrader:     websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096},
 		bodies: httpserver.BodyReader{MaxBytes: cfg.MaxBodyBytes, Timeout: cfg.Limits.BodyReadTimeout,
 			Budget: httpserver.NewBudget(cfg.Limits.BodyBudget)},
 	}
@@ -119,27 +138,52 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 		openai.WriteError(w, http.StatusNotFound,
 			openai.Err(openai.TypeNotFound, "not_found", "no queue-proxy endpoint "+r.Method+" "+r.URL.Path), 0)
 	})
-	// Proxied paths bypass the mux so that they reach the engine exactly as
-	// sent (no path cleaning or redirects).
-	p.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, ReservedPrefix) {
-			own.ServeHTTP(w, r)
-			return
-		}
-		p.serveProxy(w, r)
-	})
+	// The own endpoints are few and not on the request path: they keep
+	// their net/http handlers (the stats WebSocket hijacks the connection
+	// through the adaptor).
+	p.own = fasthttpadaptor.NewFastHTTPHandler(own)
+	p.server = httpserver.NewFast(p.serve, cfg.Limits, logger)
+	p.server.OnClosed(p.hijackAbandoned)
 	return p, nil
 }
 
-// newTransport is tuned for one local engine: many concurrent streams over
-// kept-alive connections, bodies passed through untouched.
-func newSyncClient(engine *url.URL) *upstream.Client {
-	if engine.Scheme != "http" {
-		return nil
+// maxOwnBody is the largest request body the /kvasir/ endpoints take (they
+// read none; the adaptor would read any whole).
+const maxOwnBody = 4 << 10
+
+// serve is the fasthttp handler of the port. Proxied paths bypass the mux
+// so that they reach the engine exactly as sent (no path cleaning or
+// redirects).
+func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
+	if bytes.HasPrefix(ctx.Path(), []byte(ReservedPrefix)) {
+		if cl := ctx.Request.Header.ContentLength(); cl == -1 || cl > maxOwnBody {
+			ctx.Response.SetConnectionClose()
+			httpserver.WriteError(ctx, fasthttp.StatusRequestEntityTooLarge, openai.ErrBodyTooLarge, 0)
+			return
+		}
+		p.own(ctx)
+		return
 	}
-	return upstream.New()
+	p.serveProxy(ctx)
 }
 
+// newPool is the pool of connections to the engine.
+func newPool(engine *url.URL) *upstream.Pool {
+	var tlsConfig *tls.Config
+	addr := engine.Host
+	if engine.Scheme == "https" {
+		tlsConfig = &tls.Config{ServerName: engine.Hostname(), MinVersion: tls.VersionTLS12}
+		if engine.Port() == "" {
+			addr = net.JoinHostPort(engine.Hostname(), "443")
+		}
+	} else if engine.Port() == "" {
+		addr = net.JoinHostPort(engine.Hostname(), "80")
+	}
+	return upstream.NewPool(addr, tlsConfig)
+}
+
+// newTransport is tuned for one local engine: kept-alive connections, no
+// transparent compression.
 func newTransport() *http.Transport {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
@@ -154,8 +198,32 @@ func newTransport() *http.Transport {
 	}
 }
 
-// Handler serves the proxied traffic and the /kvasir/ endpoints.
-func (p *Proxy) Handler() http.Handler { return p.handler }
+// Serve serves the proxied traffic and the /kvasir/ endpoints on ln (with
+// fasthttp, within cfg.Limits) until Shutdown or Close. It may be called
+// for more than one listener.
+func (p *Proxy) Serve(ln net.Listener) error { return p.server.Serve(ln) }
+
+// Start listens on addr (host:port; port 0 picks one) and serves there in
+// the background, as Serve does, until Shutdown or Close. It returns the
+// address listened on. It is for embedders and tests; Main serves with
+// Serve.
+func (p *Proxy) Start(addr string) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("queue-proxy: listen: %w", err)
+	}
+	go func() { _ = p.Serve(ln) }()
+	return ln.Addr().String(), nil
+}
+
+// Shutdown stops accepting connections, closes idle ones, and waits for
+// the requests and streams in flight to finish, or for ctx to end (its
+// error then).
+func (p *Proxy) Shutdown(ctx context.Context) error { return p.server.Shutdown(ctx) }
+
+// Close closes the listeners and every connection: the requests in flight
+// see their client gone and cancel their engine requests.
+func (p *Proxy) Close() error { return p.server.Close() }
 
 // Run probes the engine's health, scrapes its metrics and broadcasts stats
 // until ctx ends; then it sends subscribers a final message, closes their
@@ -184,6 +252,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.hub.close(statMessage(p.Stat()))
 	p.hub.wait()
 	p.transport.CloseIdleConnections()
+	p.pool.CloseIdle()
 	return nil
 }
 
@@ -246,8 +315,8 @@ func (p *Proxy) queued() int {
 // Drain starts draining: readiness fails at once and stats subscribers are
 // told (Draining true). Requests are still proxied. Drain returns after the
 // quiet period (or when ctx ends), leaving load balancers time to stop
-// sending; the caller then stops accepting, e.g. with http.Server.Shutdown,
-// which waits for in-flight requests and streams. Main does exactly that.
+// sending; the caller then stops accepting with Shutdown, which waits for
+// in-flight requests and streams. Main does exactly that.
 func (p *Proxy) Drain(ctx context.Context) {
 	if p.health.StartDrain() {
 		p.log.Info("draining", slog.Duration("quietPeriod", p.cfg.DrainQuietPeriod),

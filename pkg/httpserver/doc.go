@@ -9,4 +9,11 @@
 // answers 408), a connection past the cap is answered 503 and closed, and a
 // body that would take the buffered bodies past the budget answers 503 with
 // Retry-After before it is read, never growing memory without bound.
+//
+// New serves a net/http handler with them; NewFast (FastServer) a fasthttp
+// handler, with BodyReader.ReadRequest for its streamed bodies (pooled
+// memory), WriteArmer for the write timeout of streamed responses, and
+// PeerClosed, a look at a client's socket that consumes nothing, for the
+// handlers that must notice a client gone while they wait (fasthttp gives a
+// handler no such signal).
 package httpserver

@@ -1,12 +1,21 @@
-// Package upstream owns the HTTP/1.1 client of Kvasir's proxy hops (activator
-// to queue-proxy, queue-proxy to engine) for requests whose body is already
-// in memory.
+// Package upstream owns the HTTP/1.1 client side of Kvasir's proxy hops
+// (activator to queue-proxy, queue-proxy to engine) for requests whose body
+// is already in memory.
 //
 // net/http's Transport hands every request to a write-loop and a read-loop
-// goroutine; this client writes the request and reads the response on the
-// caller's goroutine, with pooled keep-alive connections. Those two fewer
+// goroutine; the clients here write the request and read the response on
+// the caller's goroutine, with pooled keep-alive connections. Those
 // goroutine hand-offs are a large share of what a hop costs on a small
-// machine (docs/benchmarks.md). A cancelled context closes the connection,
-// which cancels the request upstream; a timeout bounds the whole exchange
-// through the connection's deadline.
+// machine (docs/benchmarks.md).
+//
+// Client (client.go) reads responses with net/http's parser into an
+// *http.Response; a cancelled context closes the connection, which cancels
+// the request upstream. Pool and Conn (conn.go) leave the wire format to the
+// caller (the queue-proxy writes requests and parses responses with
+// fasthttp's types) and add Conn.Wait: a wait for the upstream's first byte
+// that checks every interval, on the caller's goroutine and between read
+// deadlines, whether the caller's own client left (Watcher), so that a
+// server without a request context (fasthttp) can still cancel the
+// upstream's work when its client goes away. IsHopByHop is HopByHop for
+// header names held as bytes.
 package upstream
