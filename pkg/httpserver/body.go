@@ -52,6 +52,7 @@ type Body struct {
 	Bytes    []byte
 	budget   *Budget
 	reserved int64
+	pooled   *[]byte // the pooled buffer under Bytes (ReadRequest); nil when not pooled
 }
 
 // Release returns the body's share of the budget. It may be called more
@@ -60,6 +61,10 @@ func (b *Body) Release() {
 	if b.budget != nil && b.reserved > 0 {
 		b.budget.Release(b.reserved)
 		b.reserved = 0
+	}
+	if b.pooled != nil {
+		putBuf(b.pooled)
+		b.pooled, b.Bytes = nil, nil
 	}
 }
 

@@ -60,6 +60,9 @@ type capListener struct {
 	open       chan struct{} // one token per open connection
 	rejecting  chan struct{} // one token per connection being turned away
 	overloaded []byte
+
+	mu    sync.Mutex
+	conns map[*cappedConn]struct{} // the accepted connections still open
 }
 
 func (l *capListener) Accept() (net.Conn, error) {
@@ -70,10 +73,40 @@ func (l *capListener) Accept() (net.Conn, error) {
 		}
 		select {
 		case l.open <- struct{}{}:
-			return &cappedConn{Conn: c, release: func() { <-l.open }}, nil
+			cc := &cappedConn{Conn: c}
+			cc.release = func() { l.forget(cc) }
+			l.mu.Lock()
+			if l.conns == nil {
+				l.conns = make(map[*cappedConn]struct{})
+			}
+			l.conns[cc] = struct{}{}
+			l.mu.Unlock()
+			return cc, nil
 		default:
 			l.reject(c)
 		}
+	}
+}
+
+// forget gives a closed connection's place back.
+func (l *capListener) forget(c *cappedConn) {
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+	<-l.open
+}
+
+// closeConns closes every accepted connection still open (the server's own
+// Close, for servers that have none that cuts active connections).
+func (l *capListener) closeConns() {
+	l.mu.Lock()
+	conns := make([]*cappedConn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
 	}
 }
 
@@ -128,6 +161,9 @@ func (c *cappedConn) CloseWrite() error {
 	}
 	return nil
 }
+
+// NetConn returns the connection under the cap (for PeerClosed).
+func (c *cappedConn) NetConn() net.Conn { return c.Conn }
 
 func (c *cappedConn) Close() error {
 	err := c.Conn.Close()
