@@ -85,7 +85,7 @@ func benchHop(b *testing.B, tenants []TenantConfig, limiter *ratelimit.Limiter) 
 		b.Fatal(err)
 	}
 	act.SetEndpoints(fleet.Key{Namespace: "d", Service: "s", Revision: "r"}, []fleet.Endpoint{{Name: "e", Address: strings.TrimPrefix(be.URL, "http://")}})
-	front := httptest.NewServer(act.Handler())
+	front := newFastServer(b, act.FastHandler())
 	defer front.Close()
 	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hello there"}],"max_tokens":1}`)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
