@@ -511,9 +511,20 @@ func (c *call) WriteTo(w io.Writer) (int64, error) {
 		}
 		return err
 	}
+	// While the replica sends, the client is looked at every checkInterval
+	// too: one that only half-closed its connection still takes what is
+	// written, and net/http took that for leaving.
+	checked := time.Now()
 	for {
 		if err := up.up.wait(); err != nil {
 			return written, c.relayFailed(write, err)
+		}
+		if now := time.Now(); now.Sub(checked) >= checkInterval {
+			checked = now
+			if c.Gone() {
+				up.abandoned = true
+				return written, upstream.ErrCallerGone
+			}
 		}
 		n, err := up.body.Read(buf[c.pending:])
 		if c.sse {
