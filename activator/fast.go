@@ -368,16 +368,17 @@ func (c *call) serve() (streaming bool) {
 		up.eof = true
 		return false
 	}
-	// The client learns at once that its request is under way; a client
-	// that takes nothing of the answer for the write timeout (a stream it
-	// never reads) is cut off, which cancels the replica's work.
-	ctx.Response.ImmediateHeaderFlush = true
+	// A client that takes nothing of the answer for the write timeout (a
+	// stream it never reads) is cut off, which cancels the replica's work.
 	c.armer.Reset(ctx.Conn(), a.writeTimeout)
 	c.buf = bufPool.Get().(*[]byte)
 	length := -1
 	if c.sse = isEventStream(&up.up.resp.Header); !c.sse {
 		length = up.up.resp.Header.ContentLength()
 	}
+	// The client of a stream learns at once that its request is under
+	// way; a body of known length goes out with its head, in one write.
+	ctx.Response.ImmediateHeaderFlush = length < 0
 	if length < 0 && !ctx.Request.Header.IsHTTP11() {
 		c.streamHTTP10()
 		return true
