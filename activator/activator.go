@@ -196,9 +196,11 @@ type Activator struct {
 	followStats bool
 	onDemand    func(fleet.Key)
 	metrics     *metrics
-	upstream    *upstream.Client
-	tokenizers  tokenizers    // tokenizer files of revisions, by path
-	tokenizing  chan struct{} // engine tokenizations in flight, at most maxTokenizing
+	upstream    *upstream.Client // prefill, tokenization and the scheduler's plugins
+	pools       pools            // the forwarded requests' connections (upconn.go)
+	dog         watchdog         // looks at the clients of waiting requests (clientctx.go)
+	tokenizers  tokenizers       // tokenizer files of revisions, by path
+	tokenizing  chan struct{}    // engine tokenizations in flight, at most maxTokenizing
 	bodies      httpserver.BodyReader
 	// writeTimeout bounds each write to a client (httpserver.ClientWriter).
 	writeTimeout time.Duration
@@ -385,6 +387,7 @@ func (a *Activator) SetEndpoints(key fleet.Key, eps []fleet.Endpoint) {
 	if r := a.lookupRevision(key); r != nil {
 		for _, addr := range r.setEndpoints(eps) {
 			a.upstream.CloseIdle(addr) // nothing will ask for a departed replica again
+			a.pools.forget(addr)
 		}
 	}
 }

@@ -28,7 +28,7 @@ import (
 // m-2) behind an httptest server.
 type harness struct {
 	act    *Activator
-	srv    *httptest.Server
+	srv    *fastServer
 	demand chan fleet.Key
 }
 
@@ -53,7 +53,7 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 	}}))
 	h.act = act
 	t.Cleanup(act.Close)
-	h.srv = httptest.NewServer(act.Handler())
+	h.srv = newFastServer(t, act.FastHandler())
 	t.Cleanup(h.srv.Close)
 	return h
 }
@@ -449,7 +449,7 @@ func TestLoRAAdapterRouting(t *testing.T) {
 		Traffic: []traffic.Target{{Revision: "m-1", Percent: 100}}, Revisions: []RevisionConfig{{Name: "m-1"}}}
 	require.NoError(t, act.SetServices([]ServiceConfig{svc}))
 	act.SetEndpoints(svc.Key("m-1"), []fleet.Endpoint{okBackend(t, "r1")})
-	srv := httptest.NewServer(act.Handler())
+	srv := newFastServer(t, act.FastHandler())
 	t.Cleanup(srv.Close)
 
 	resp, body := post(t, srv.URL, `{"model":"sql","messages":[{"role":"user","content":"hi"}]}`)

@@ -5,8 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/sim"
 	"github.com/kvasir-serving/kvasir/pkg/sim/simtest"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
@@ -67,8 +68,12 @@ func TestTwoActivatorsAgree(t *testing.T) {
 		a.SetEndpoints(key, eps)
 		acts[i] = a
 	}
-	srv := httptest.NewServer(acts[0].Handler())
-	t.Cleanup(srv.Close)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	fs := httpserver.NewFast(acts[0].FastHandler(), httpserver.DefaultLimits(), nil)
+	go func() { _ = fs.Serve(ln) }()
+	t.Cleanup(func() { _ = fs.Close() })
+	srv := struct{ URL string }{"http://" + ln.Addr().String()}
 	// Both follow both streams before traffic (each starts with a snapshot).
 	for _, a := range acts {
 		require.Eventually(t, func() bool {

@@ -1,7 +1,6 @@
 package activator
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -254,13 +253,13 @@ func tenantOf(ctx context.Context) *tenant {
 	return tn
 }
 
-// presentedKey returns the key a request presents. bad is the reason
+// presentedKey returns the key a request presents in its Authorization and
+// api-key headers' values. bad is the reason
 // (authMalformed, authConflicting) when the headers are malformed: several
 // values of one, a scheme other than Bearer, an empty key, or both headers
 // with different keys; "" otherwise. An empty key with bad "" means none
 // was presented.
-func presentedKey(h http.Header) (key, bad string) {
-	auth, api := h.Values("Authorization"), h.Values(APIKeyHeader)
+func presentedKey(auth, api []string) (key, bad string) {
 	if len(auth) > 1 || len(api) > 1 {
 		return "", authMalformed
 	}
@@ -287,49 +286,4 @@ func presentedKey(h http.Header) (key, bad string) {
 		return k, ""
 	}
 	return bearer, ""
-}
-
-// authenticate is the first step of every request: with tenants, it
-// refuses a request without a known key (401), and passes on the others
-// with their tenant in the context and without their key headers, which
-// engines must never see. A WebSocket upgrade without a key passes too: its
-// first message may authenticate it (websocket.go).
-func (a *Activator) authenticate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t := a.tenants.Load()
-		if t.open() {
-			next.ServeHTTP(w, r)
-			return
-		}
-		key, bad := presentedKey(r.Header)
-		if bad == "" && key == "" && isWebSocket(r) && (r.URL.Path == PathChat || r.URL.Path == PathCompletions) {
-			next.ServeHTTP(w, r)
-			return
-		}
-		if bad != "" || key == "" {
-			a.metrics.tenant.authFailure(cmp.Or(bad, authMissing))
-			unauthorized(w, errMissingKey, bad != "")
-			return
-		}
-		tn, found := t.lookup(key)
-		if !found {
-			a.metrics.tenant.authFailure(authUnknown)
-			unauthorized(w, errInvalidKey, false)
-			return
-		}
-		r2 := r.WithContext(context.WithValue(r.Context(), tenantKey{}, tn))
-		r2.Header = r.Header.Clone()
-		r2.Header.Del("Authorization")
-		r2.Header.Del(APIKeyHeader)
-		next.ServeHTTP(w, r2)
-	})
-}
-
-// unauthorized answers 401 as OpenAI does, with the challenge of RFC 6750.
-func unauthorized(w http.ResponseWriter, e openai.Error, malformed bool) {
-	if malformed {
-		e = openai.Err(e.Type, e.Code, "malformed API key headers: send one Authorization: Bearer KEY or one api-key: KEY")
-	}
-	w.Header().Set("WWW-Authenticate", `Bearer realm="kvasir"`)
-	openai.WriteError(w, http.StatusUnauthorized, e, 0)
 }

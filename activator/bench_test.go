@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
@@ -85,7 +87,7 @@ func benchHop(b *testing.B, tenants []TenantConfig, limiter *ratelimit.Limiter) 
 		b.Fatal(err)
 	}
 	act.SetEndpoints(fleet.Key{Namespace: "d", Service: "s", Revision: "r"}, []fleet.Endpoint{{Name: "e", Address: strings.TrimPrefix(be.URL, "http://")}})
-	front := httptest.NewServer(act.Handler())
+	front := newFastServer(b, act.FastHandler())
 	defer front.Close()
 	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hello there"}],"max_tokens":1}`)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -179,5 +181,68 @@ func BenchmarkAuthAndLimit(b *testing.B) {
 		rt.adm.writeHeaders(h)
 		rt.adm.settle(ratelimit.Usage{InputTokens: 4, OutputTokens: 1})
 		rt.done()
+	}
+}
+
+// BenchmarkHopFast is BenchmarkHop with a fasthttp client and a fasthttp
+// backend on loopback, whose own allocations are close to none: what it
+// counts is, nearly all, the activator's (server, routing, the upstream
+// exchange and the relay).
+//
+//	go test -run '^$' -bench HopFast -benchmem ./activator/
+func BenchmarkHopFast(b *testing.B) {
+	for _, stream := range []bool{false, true} {
+		name := "whole"
+		if stream {
+			name = "sse"
+		}
+		b.Run(name, func(b *testing.B) { benchHopFast(b, stream) })
+	}
+}
+
+func benchHopFast(b *testing.B, stream bool) {
+	whole := []byte(`{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5}}`)
+	events := []byte("data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n")
+	be := newFastServer(b, func(ctx *fasthttp.RequestCtx) {
+		if stream {
+			ctx.SetContentType("text/event-stream")
+			ctx.SetBodyStreamWriter(func(w *bufio.Writer) { _, _ = w.Write(events) })
+			return
+		}
+		ctx.SetContentType("application/json")
+		ctx.SetBody(whole)
+	})
+	defer be.Close()
+	act, err := New(DefaultConfig(), WithRegisterer(prometheus.NewRegistry()), WithStatsStreams(false))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer act.Close()
+	if err := act.SetServices([]ServiceConfig{{Namespace: "d", Name: "s", Model: "m",
+		Traffic: []traffic.Target{{Revision: "r", Percent: 100}}, Revisions: []RevisionConfig{{Name: "r"}}}}); err != nil {
+		b.Fatal(err)
+	}
+	act.SetEndpoints(fleet.Key{Namespace: "d", Service: "s", Revision: "r"}, []fleet.Endpoint{{Name: "e", Address: strings.TrimPrefix(be.URL, "http://")}})
+	front := newFastServer(b, act.FastHandler())
+	defer front.Close()
+	client := &fasthttp.HostClient{Addr: strings.TrimPrefix(front.URL, "http://")}
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hello there"}],"max_tokens":1}`)
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		req.Reset()
+		req.Header.SetMethod(http.MethodPost)
+		req.SetRequestURI(front.URL + PathChat)
+		req.Header.SetContentType("application/json")
+		req.SetBody(body)
+		if err := client.Do(req, resp); err != nil {
+			b.Fatal(err)
+		}
+		if resp.StatusCode() != 200 {
+			b.Fatal(resp.StatusCode(), string(resp.Body()))
+		}
 	}
 }

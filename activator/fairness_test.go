@@ -119,7 +119,7 @@ func newFairRigCap(t *testing.T, cc int, mutate func(*Config), tenants ...tenant
 	require.NoError(t, act.SetTenants(tcs))
 	ep, g := gatedBackend(t, "pod")
 	act.SetEndpoints(key("m-1"), []fleet.Endpoint{ep})
-	srv := newTestServer(t, act.Handler())
+	srv := newFastServer(t, act.FastHandler()).URL
 	return &fairRig{act: act, reg: reg, url: srv, gate: g}
 }
 

@@ -1,8 +1,8 @@
 package activator
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,11 +10,11 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/kvasir-serving/kvasir/pkg/httpserver"
+	"github.com/valyala/fasthttp"
+
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/ratelimit"
 	"github.com/kvasir-serving/kvasir/pkg/scheduler"
@@ -26,10 +26,14 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }
 // inflight is a response being forwarded and the endpoint it holds until
 // close (called once, when the response is done).
 type inflight struct {
-	a    *Activator
-	resp *http.Response
-	rev  *revision
-	ep   *scheduler.Pod
+	a *Activator
+	// up is the replica's answer; status its status code, body its body
+	// (through the meter when metered; nil when it has none).
+	up     *upResp
+	status int
+	body   io.Reader
+	rev    *revision
+	ep     *scheduler.Pod
 	// broken: the replica's answer failed before its end; abandoned: the
 	// client left before it. They decide what close tells outlier detection.
 	broken, abandoned bool
@@ -42,7 +46,7 @@ type inflight struct {
 	// nil otherwise.
 	meter *usageMeter
 	// eof: the replica's answer was read to its end, so a stream's trailer
-	// (the queue-proxy's Kvasir-Usage) is in resp.Trailer.
+	// (the queue-proxy's Kvasir-Usage) has been read with it.
 	eof bool
 	// est is what a tenant's request was estimated to cost (its prompt's
 	// tokens and its output bound), the fallback of usage; zero for the
@@ -89,7 +93,7 @@ func (u *inflight) computeUsage() {
 	u.usageDone = true
 	u.exactVal = u.reported()
 	u.usageVal = u.exactVal
-	if u.usageVal != nil || u.resp.StatusCode/100 != 2 || u.est == (ratelimit.Cost{}) {
+	if u.usageVal != nil || u.status/100 != 2 || u.est == (ratelimit.Cost{}) {
 		return
 	}
 	est := &openai.Usage{PromptTokens: uint64(u.est.InputTokens), CompletionTokens: uint64(u.est.OutputTokens)}
@@ -102,13 +106,10 @@ func (u *inflight) computeUsage() {
 // reported is the usage the queue-proxy measured (header or trailer), else
 // the one the engine put in the answer (metered), else nil.
 func (u *inflight) reported() *openai.Usage {
-	if v, ok := usageHeader(u.resp.Header); ok {
+	// fasthttp reads a trailer into the header: it is there once the
+	// stream was read to its end, and only then.
+	if v, ok := usageHeader(&u.up.resp.Header); ok {
 		return v
-	}
-	if u.eof {
-		if v, ok := usageHeader(u.resp.Trailer); ok {
-			return v
-		}
 	}
 	if u.meter != nil {
 		return u.meter.usage()
@@ -117,12 +118,13 @@ func (u *inflight) reported() *openai.Usage {
 }
 
 func (u *inflight) close() {
-	u.resp.Body.Close()
+	u.computeUsage() // before the answer's head is released
+	u.up.finish(u.eof)
 	u.countUsage()
 	u.fair.settle(u)
 	o := outcomeSuccess
 	switch {
-	case u.broken || isGatewayFailure(u.resp.StatusCode):
+	case u.broken || isGatewayFailure(u.status):
 		o = outcomeFailure
 	case u.abandoned:
 		o = outcomeNone
@@ -157,23 +159,39 @@ type reply struct {
 }
 
 // replyFailure reads a replica's failed answer (502 or 503) into a failure
-// that passes it through: its status, end-to-end headers and body. A body
-// that cannot be read whole becomes a 502 (over maxReply: an OpenAI error
-// with the replica's status).
-func replyFailure(resp *http.Response) *failure {
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxReply+1))
-	if err != nil {
-		return unreachable(fmt.Errorf("reading the replica's %s answer: %w", resp.Status, err))
+// that passes it through: its status, end-to-end headers and body, and
+// ends the answer. A body that cannot be read whole becomes a 502 (over
+// maxReply: an OpenAI error with the replica's status).
+func replyFailure(u *upResp) *failure {
+	status := u.resp.StatusCode()
+	var body []byte
+	var err error
+	eof := true
+	if u.body != nil {
+		body, err = io.ReadAll(io.LimitReader(u, maxReply+1))
+		eof = err == nil && len(body) <= maxReply
 	}
 	rp := &reply{header: http.Header{}, body: body}
-	copyUpstreamHeaders(rp.header, resp.Header)
+	conn := u.resp.Header.PeekAll("Connection")
+	for k, v := range u.resp.Header.All() {
+		if !skipUpstreamHeader(k, conn) {
+			rp.header.Add(string(k), string(v))
+		}
+	}
+	if ct := u.resp.Header.ContentType(); len(ct) > 0 && rp.header.Get("Content-Type") == "" {
+		rp.header.Set("Content-Type", string(ct))
+	}
+	u.finish(eof)
+	statusText := strconv.Itoa(status) + " " + http.StatusText(status)
+	if err != nil {
+		return unreachable(fmt.Errorf("reading the replica's %s answer: %w", statusText, err))
+	}
 	if len(body) > maxReply {
-		e := openai.Err(openai.TypeServer, "upstream_error", "the model replica answered "+resp.Status)
+		e := openai.Err(openai.TypeServer, "upstream_error", "the model replica answered "+statusText)
 		rp.header = http.Header{"Content-Type": {"application/json"}}
 		rp.body = e.JSON()
 	}
-	return &failure{status: resp.StatusCode, err: upstreamError(resp.StatusCode, rp.body), reply: rp}
+	return &failure{status: status, err: upstreamError(status, rp.body), reply: rp}
 }
 
 // unreachable is the 502 for a replica that could not be reached or broke
@@ -188,7 +206,12 @@ func unreachable(err error) *failure {
 // ready replica has been tried (or the attempts are spent) it answers at
 // once with the last replica's failure rather than buffer: replicas that
 // are ready and failing are not "scaling up".
-func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr http.Header) (up *inflight, f *failure) {
+//
+// hdr is what of the client's headers goes with the request. watch, when
+// set (HTTP), is asked whether the client left while the request waits on
+// a replica (fasthttp gives no other sign); without it (WebSocket) ctx's
+// end closes the connection to the replica.
+func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr *fwdHeader, watch upstream.Watcher) (up *inflight, f *failure) {
 	rev := rt.rev.rev
 	timeout := rt.rev.cfg.Timeout
 	if timeout <= 0 {
@@ -219,24 +242,31 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr ht
 		}
 		body := rt.body
 		if rt.rev.prefill != nil {
-			body = a.prefillFor(ctx, rt, ep, path, hdr, timeout)
+			body = a.prefillFor(ctx, rt, ep, path, hdr.httpHeader(), timeout)
 		}
-		resp, err := a.upstream.PostJSON(ctx, ep.Address, path, hdr, body, timeout)
-		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() && ctx.Err() == nil {
+		resp, err := a.send(ctx, ep.Address, path, hdr, body, time.Now().Add(timeout), watch)
+		gone := errors.Is(err, upstream.ErrCallerGone)
+		if gone {
+			cancelClient(ctx)
+		}
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() && !gone && ctx.Err() == nil {
 			// The replica had the request for the whole timeout: it did the
 			// work, so another replica must not do it again.
 			a.release(rev, ep, outcomeFailure, fair.tk.tenant)
 			return nil, &failure{status: http.StatusGatewayTimeout, err: openai.Err(openai.TypeTimeout, "upstream_timeout",
 				"the model replica did not answer within the request timeout ("+timeout.String()+")"), spent: spentAll}
 		}
-		if err == nil && !isRetryableStatus(resp.StatusCode) {
-			up = &inflight{a: a, resp: resp, rev: rev, ep: ep, adm: rt.adm, fair: fair}
+		if err == nil && !isRetryableStatus(resp.resp.StatusCode()) {
+			up = &inflight{a: a, up: resp, status: resp.resp.StatusCode(), rev: rev, ep: ep, adm: rt.adm, fair: fair}
+			if resp.body != nil {
+				up.body = resp
+			}
 			up.meterUsage(rt)
 			return up, nil
 		}
-		if ctx.Err() != nil {
+		if gone || ctx.Err() != nil {
 			if err == nil {
-				resp.Body.Close()
+				resp.finish(false)
 			}
 			a.release(rev, ep, outcomeNone, fair.tk.tenant)
 			return nil, &failure{status: 499, err: openai.Err(openai.TypeInvalidRequest, "client_closed", "client closed the request"),
@@ -277,145 +307,29 @@ func (a *Activator) acquireFailure(ctx context.Context, err error) *failure {
 	return &failure{status: http.StatusInternalServerError, err: openai.Err(openai.TypeServer, "internal_error", err.Error())}
 }
 
-func isEventStream(h http.Header) bool {
-	return strings.HasPrefix(h.Get("Content-Type"), "text/event-stream")
+// isEventStream reports whether an answer is an SSE stream.
+func isEventStream(h *fasthttp.ResponseHeader) bool {
+	return bytes.HasPrefix(h.ContentType(), []byte("text/event-stream"))
 }
 
-// forwardHTTP answers an HTTP request; it returns the status code sent.
-func (a *Activator) forwardHTTP(w http.ResponseWriter, r *http.Request, rt routed) int {
-	up, f := a.dispatch(r.Context(), rt, r.URL.Path, r.Header)
-	if f != nil {
-		rt.adm.settleFailed(f)
-		switch {
-		case f.reply != nil:
-			writeReply(w, rt, f)
-		case f.status != 499:
-			rt.adm.writeHeaders(w.Header())
-			openai.WriteError(w, f.status, f.err, f.retryAfter)
+// skipUpstreamHeader reports whether a replica's response header stays out
+// of the client's answer: hop-by-hop headers, the framing and date the
+// server writes itself, and the queue-proxy's usage header, which is the
+// activator's alone.
+func skipUpstreamHeader(k []byte, conn [][]byte) bool {
+	switch len(k) {
+	case 4:
+		if bytes.EqualFold(k, []byte("Date")) {
+			return true
 		}
-		return f.status
-	}
-	defer up.close()
-	resp := up.resp
-	copyUpstreamHeaders(w.Header(), resp.Header)
-	rt.adm.writeHeaders(w.Header())
-	w.Header().Set(RevisionHeader, rt.rev.cfg.Name)
-	if resp.ContentLength >= 0 && !isEventStream(resp.Header) {
-		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
-	}
-	w.WriteHeader(resp.StatusCode)
-	// A client that takes nothing of the response for the write timeout
-	// (a stream it never reads) is cut off, which cancels the replica's work.
-	cw := httpserver.NewClientWriter(w, a.writeTimeout)
-	defer cw.Done()
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	if isEventStream(resp.Header) {
-		a.copyStream(cw, r, up, *bp, rt)
-		return resp.StatusCode
-	}
-	src := &readErrs{r: resp.Body}
-	if _, err := io.CopyBuffer(cw, src, *bp); err != nil {
-		if r.Context().Err() != nil || src.err == nil {
-			up.abandoned = true // the client left, or writing to it failed
-			return resp.StatusCode
+	case 14:
+		if bytes.EqualFold(k, []byte("Content-Length")) {
+			return true
 		}
-		// Status and part of the body are out: abort the connection so the
-		// client sees a broken response, never a truncated success.
-		up.broken = true
-		a.log.Warn("replica failed mid-response", slog.String("revision", rt.rev.cfg.Name), slog.Any("error", err))
-		panic(http.ErrAbortHandler)
-	}
-	up.eof = true
-	if up.adm != nil {
-		// The answer is whole: out with it before close settles the rate
-		// limit, which may ask Redis.
-		_ = cw.Flush()
-	}
-	return resp.StatusCode
-}
-
-// copyUpstreamHeaders copies a replica's end-to-end response headers to a
-// client's, less the queue-proxy's usage header, which is the activator's
-// alone.
-func copyUpstreamHeaders(dst, src http.Header) {
-	upstream.CopyEndToEnd(dst, src)
-	dst.Del(openai.UsageHeader)
-}
-
-// readErrs remembers the error of its reader other than io.EOF, to tell a
-// replica's failure from the client's when a copy fails.
-type readErrs struct {
-	r   io.Reader
-	err error
-}
-
-func (e *readErrs) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF {
-		e.err = err
-	}
-	return n, err
-}
-
-// writeReply passes a failed replica's answer kept by replyFailure through.
-func writeReply(w http.ResponseWriter, rt routed, f *failure) {
-	copyUpstreamHeaders(w.Header(), f.reply.header)
-	rt.adm.writeHeaders(w.Header())
-	w.Header().Set(RevisionHeader, rt.rev.cfg.Name)
-	w.Header().Set("Content-Length", strconv.Itoa(len(f.reply.body)))
-	w.WriteHeader(f.status)
-	_, _ = w.Write(f.reply.body)
-}
-
-// copyStream forwards SSE events as they arrive, whole events only, flushing
-// each read. If the upstream breaks mid-stream the client gets one error
-// event instead of a torn one.
-func (a *Activator) copyStream(w *httpserver.ClientWriter, r *http.Request, up *inflight, buf []byte, rt routed) {
-	body := up.resp.Body
-	pending := 0
-	for {
-		n, err := body.Read(buf[pending:])
-		pending += n
-		if cut := openai.CompleteEvents(buf[:pending]); cut > 0 {
-			if _, werr := w.Write(buf[:cut]); werr != nil {
-				up.abandoned = true
-				return // client gone; deferred close cancels upstream
-			}
-			if werr := w.Flush(); werr != nil {
-				up.abandoned = true
-				return // client gone or not reading
-			}
-			pending = copy(buf, buf[cut:pending])
-		}
-		if err == io.EOF {
-			up.eof = true
-			return
-		}
-		if err != nil {
-			if r.Context().Err() != nil {
-				up.abandoned = true
-				return
-			}
-			up.broken = true
-			a.log.Warn("replica failed mid-stream", slog.String("revision", rt.rev.cfg.Name), slog.Any("error", err))
-			_, _ = w.Write(openai.ErrorEvent(openai.Err(openai.TypeServer, "upstream_failed",
-				"the model replica failed while streaming: "+err.Error())))
-			_ = w.Flush()
-			return
-		}
-		if pending == len(buf) { // one event larger than the buffer: pass it on as is
-			if _, werr := w.Write(buf); werr != nil {
-				up.abandoned = true
-				return
-			}
-			pending = 0
+	case len(openai.UsageHeader):
+		if bytes.EqualFold(k, []byte(openai.UsageHeader)) {
+			return true
 		}
 	}
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	return upstream.IsHopByHop(k, conn)
 }

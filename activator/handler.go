@@ -25,21 +25,6 @@ const (
 	PathModels      = "/v1/models"
 )
 
-// Handler returns the OpenAI API handler (HTTP and WebSocket).
-func (a *Activator) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc(PathChat, a.serveInference)
-	mux.HandleFunc(PathCompletions, a.serveInference)
-	mux.HandleFunc(PathEmbeddings, a.serveInference)
-	mux.HandleFunc("GET "+PathModels, a.serveModels)
-	mux.HandleFunc("GET "+PathModels+"/{model...}", a.serveModel)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		a.countTenant(r, http.StatusNotFound)
-		openai.WriteError(w, http.StatusNotFound, openai.Err(openai.TypeNotFound, "unknown_path", "no such endpoint: "+r.URL.Path), 0)
-	})
-	return a.authenticate(mux)
-}
-
 // failure is an error answered before any byte of a response.
 type failure struct {
 	status     int
@@ -144,49 +129,6 @@ func (a *Activator) resolve(obj openai.Object, path, tagHeader string, tn *tenan
 		tenant: tn, name: name, tag: tag}, nil
 }
 
-func (a *Activator) serveInference(w http.ResponseWriter, r *http.Request) {
-	if isWebSocket(r) && r.URL.Path != PathEmbeddings {
-		a.serveWebSocket(w, r)
-		return
-	}
-	if r.Method != http.MethodPost {
-		a.countTenant(r, http.StatusMethodNotAllowed)
-		w.Header().Set("Allow", http.MethodPost)
-		openai.WriteError(w, http.StatusMethodNotAllowed, openai.Err(openai.TypeInvalidRequest, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path), 0)
-		return
-	}
-	start := time.Now()
-	held, hf := a.bodies.Read(w, r)
-	if hf != nil {
-		a.countTenant(r, hf.Status)
-		hf.Write(w)
-		return
-	}
-	defer held.Release()
-	body := held.Bytes
-	obj, err := openai.Parse(body)
-	if err != nil {
-		a.countTenant(r, http.StatusBadRequest)
-		a.writeFailure(w, nil, &failure{status: http.StatusBadRequest, err: openai.ParseError(err)})
-		return
-	}
-	rt, f := a.route(obj, r.URL.Path, r.Header.Get(TagHeader), tenantOf(r.Context()))
-	if f != nil {
-		a.writeFailure(w, nil, f)
-		return
-	}
-	defer rt.done()
-	if f := a.admit(r.Context(), &rt); f != nil {
-		if f.status != 499 {
-			a.writeFailure(w, nil, f)
-		}
-		a.observe(rt, f.status, start)
-		return
-	}
-	code := a.forwardHTTP(w, r, rt)
-	a.observe(rt, code, start)
-}
-
 func (a *Activator) observe(rt routed, code int, start time.Time) {
 	if code == http.StatusOK {
 		rt.rev.ok.Inc()
@@ -195,47 +137,4 @@ func (a *Activator) observe(rt routed, code int, start time.Time) {
 	}
 	rt.rev.duration.Observe(time.Since(start).Seconds())
 	a.metrics.tenant.request(rt.tenant, rt.modelLabel(), code)
-}
-
-// countTenant counts an HTTP request of a tenant answered code before it
-// resolved to a model; nothing when the API is open.
-func (a *Activator) countTenant(r *http.Request, code int) {
-	a.metrics.tenant.request(tenantOf(r.Context()), "", code)
-}
-
-func (a *Activator) writeFailure(w http.ResponseWriter, rt *routed, f *failure) {
-	for k, v := range f.header {
-		w.Header()[k] = v
-	}
-	openai.WriteError(w, f.status, f.err, f.retryAfter)
-	if rt != nil {
-		a.metrics.requests.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name, strconv.Itoa(f.status)).Inc()
-	}
-}
-
-// serveModels lists Kvasir's models, with what their engines report of
-// them (models.go). No I/O: the pods' reports are in memory.
-// A tenant sees only the models it may call.
-func (a *Activator) serveModels(w http.ResponseWriter, r *http.Request) {
-	a.countTenant(r, http.StatusOK)
-	writeJSON(w, http.StatusOK, a.routes.Load().modelsFor(tenantOf(r.Context())))
-}
-
-// serveModel describes one model: a name of /v1/models, or name@tag.
-func (a *Activator) serveModel(w http.ResponseWriter, r *http.Request) {
-	model := r.PathValue("model")
-	if tn := tenantOf(r.Context()); !tn.permitsID(model) {
-		f := notAllowed(model)
-		a.countTenant(r, f.status)
-		openai.WriteError(w, f.status, f.err, 0)
-		return
-	}
-	e, ok := a.routes.Load().model(model)
-	if !ok {
-		a.countTenant(r, http.StatusNotFound)
-		openai.WriteError(w, http.StatusNotFound, openai.ModelNotFound(model), 0)
-		return
-	}
-	a.countTenant(r, http.StatusOK)
-	writeJSON(w, http.StatusOK, e)
 }

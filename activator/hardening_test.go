@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,7 +67,7 @@ func newRig(t *testing.T, mutate func(*Config), svcs ...ServiceConfig) *rig {
 	clk := &clock{now: time.Unix(1_000_000, 0)}
 	act.now = clk.Now // before any revision exists
 	require.NoError(t, act.SetServices(svcs))
-	srv := httptest.NewServer(act.Handler())
+	srv := newFastServer(t, act.FastHandler())
 	t.Cleanup(srv.Close)
 	return &rig{act: act, reg: reg, clk: clk, url: srv.URL}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +31,7 @@ import (
 // with no stats streams: tests set the pods' reports.
 type modelsHarness struct {
 	act *Activator
-	srv *httptest.Server
+	srv *fastServer
 }
 
 func newModelsHarness(t *testing.T) *modelsHarness {
@@ -48,7 +47,7 @@ func newModelsHarness(t *testing.T) *modelsHarness {
 		Namespace: "default", Name: "other", Model: "o",
 		Traffic: []traffic.Target{{Revision: "o-1", Percent: 100}}, Revisions: []RevisionConfig{{Name: "o-1"}},
 	}}))
-	srv := httptest.NewServer(act.Handler())
+	srv := newFastServer(t, act.FastHandler())
 	t.Cleanup(srv.Close)
 	return &modelsHarness{act: act, srv: srv}
 }
@@ -385,7 +384,7 @@ func TestModelsFromQueueProxyStream(t *testing.T) {
 		Traffic: []traffic.Target{{Revision: "m-1", Percent: 100}}, Revisions: []RevisionConfig{{Name: "m-1"}}}
 	require.NoError(t, act.SetServices([]ServiceConfig{svc}))
 	act.SetEndpoints(svc.Key("m-1"), []fleet.Endpoint{{Name: "r1", Address: qpAddr}})
-	srv := httptest.NewServer(act.Handler())
+	srv := newFastServer(t, act.FastHandler())
 	t.Cleanup(srv.Close)
 	client := openai.NewClient(option.WithBaseURL(srv.URL+"/v1"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
 

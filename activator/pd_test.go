@@ -93,7 +93,7 @@ func newPDFleet(t *testing.T, prefill, decode []*engine) *pdFleet {
 	}
 	act.SetEndpoints(sc.RoleKey("m-1", fleet.RolePrefill), eps(prefill))
 	act.SetEndpoints(sc.RoleKey("m-1", fleet.RoleDecode), eps(decode))
-	srv := httptest.NewServer(act.Handler())
+	srv := newFastServer(t, act.FastHandler())
 	t.Cleanup(srv.Close)
 	return &pdFleet{act: act, url: srv.URL, prefill: prefill, decode: decode, decodeKey: sc.RoleKey("m-1", fleet.RoleDecode)}
 }

@@ -136,7 +136,7 @@ func newRLRig(t *testing.T, store ratelimit.Backend, mode ratelimit.FailMode, en
 	act.SetEndpoints(fleet.Key{Namespace: "default", Service: "gone", Revision: "g-1"}, []fleet.Endpoint{{Name: "dead", Address: dead}})
 	ln, err = net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := httpserver.New(act.Handler(), httpserver.DefaultLimits(), nil)
+	srv := httpserver.NewFast(act.FastHandler(), httpserver.DefaultLimits(), nil)
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
 	return &rlRig{act: act, reg: reg, url: "http://" + ln.Addr().String()}

@@ -3,10 +3,10 @@ package activator
 import (
 	"bytes"
 	"io"
-	"net/http"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 )
@@ -153,7 +153,7 @@ var (
 // counted, one token each, for a stream cut before its usage came. One
 // goroutine reads and closes it.
 type usageMeter struct {
-	body   io.ReadCloser
+	body   io.Reader
 	stream bool
 	split  openai.EventSplitter
 	buf    []byte        // the whole answer so far (not streamed)
@@ -162,7 +162,7 @@ type usageMeter struct {
 	events int64         // content events (streamed)
 }
 
-var _ io.ReadCloser = (*usageMeter)(nil)
+var _ io.Reader = (*usageMeter)(nil)
 
 func (m *usageMeter) Read(p []byte) (int, error) {
 	n, err := m.body.Read(p)
@@ -171,9 +171,6 @@ func (m *usageMeter) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
-
-// Close closes the replica's answer.
-func (m *usageMeter) Close() error { return m.body.Close() }
 
 func (m *usageMeter) see(p []byte) {
 	switch {
@@ -217,12 +214,12 @@ func (m *usageMeter) usage() *openai.Usage {
 // usageHeader reads the queue-proxy's usage header (or trailer) of h: one
 // value, as openai.FormatUsageHeader writes it. Anything else (absent,
 // repeated, malformed: nothing a replica should send) is ignored.
-func usageHeader(h http.Header) (*openai.Usage, bool) {
-	vs := h.Values(openai.UsageHeader)
-	if len(vs) != 1 {
+func usageHeader(h *fasthttp.ResponseHeader) (*openai.Usage, bool) {
+	v := h.Peek(openai.UsageHeader)
+	if v == nil || len(h.PeekAll(openai.UsageHeader)) != 1 {
 		return nil, false
 	}
-	return openai.ParseUsageHeader(vs[0])
+	return openai.ParseUsageHeader(string(v))
 }
 
 // meterUsage prepares up to tell its answer's usage when it answers a
@@ -240,21 +237,21 @@ func (up *inflight) meterUsage(rt routed) {
 	} else {
 		up.est, _ = estimateCost(rt.req)
 	}
-	if up.resp.StatusCode/100 != 2 {
+	if up.status/100 != 2 || up.body == nil {
 		return
 	}
-	stream := isEventStream(up.resp.Header)
-	if _, ok := usageHeader(up.resp.Header); ok && !stream {
+	stream := isEventStream(&up.up.resp.Header)
+	if _, ok := usageHeader(&up.up.resp.Header); ok && !stream {
 		return // the exact usage is here: no need to read the body
 	}
-	up.meter = &usageMeter{body: up.resp.Body, stream: stream}
-	up.resp.Body = up.meter
+	up.meter = &usageMeter{body: up.body, stream: stream}
+	up.body = up.meter
 }
 
 // countUsage counts the tokens a successful answer to a tenant reported:
 // the queue-proxy's exact usage, else the engine's in the answer.
 func (up *inflight) countUsage() {
-	if up.tenant != nil && up.resp.StatusCode/100 == 2 {
+	if up.tenant != nil && up.status/100 == 2 {
 		up.a.metrics.tenant.used(up.tenant, up.model, up.exactUsage())
 	}
 }

@@ -86,7 +86,7 @@ func newTenantRig(t *testing.T, tenants []TenantConfig) *tenantRig {
 		})})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := httpserver.New(act.Handler(), httpserver.DefaultLimits(), nil)
+	srv := httpserver.NewFast(act.FastHandler(), httpserver.DefaultLimits(), nil)
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
 	return &tenantRig{act: act, reg: reg, url: "http://" + ln.Addr().String()}

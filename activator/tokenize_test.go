@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sync"
@@ -70,7 +69,7 @@ func seqTokens(n int) []uint32 {
 
 // preciseFleet is an activator with one revision of two replicas, a and b,
 // routed by prefix only, whose engines tokenize as tk says.
-func preciseFleet(t *testing.T, tk v1alpha1.TokenizerSpec, a, b *tokenizingEngine) (*Activator, *httptest.Server, fleet.Key) {
+func preciseFleet(t *testing.T, tk v1alpha1.TokenizerSpec, a, b *tokenizingEngine) (*Activator, *fastServer, fleet.Key) {
 	t.Helper()
 	act, err := New(DefaultConfig(), WithRegisterer(prometheus.NewRegistry()), WithStatsStreams(false))
 	require.NoError(t, err)
@@ -82,7 +81,7 @@ func preciseFleet(t *testing.T, tk v1alpha1.TokenizerSpec, a, b *tokenizingEngin
 	require.NoError(t, act.SetServices([]ServiceConfig{svc}))
 	k := svc.Key("m-1")
 	act.SetEndpoints(k, []fleet.Endpoint{a.endpoint(t), b.endpoint(t)})
-	srv := httptest.NewServer(act.Handler())
+	srv := newFastServer(t, act.FastHandler())
 	t.Cleanup(srv.Close)
 	return act, srv, k
 }

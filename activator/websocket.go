@@ -327,7 +327,7 @@ func (c *wsConn) serve(ctx context.Context, obj openai.Object, id []byte, free f
 			rt.body = o.Delete("request_id")
 		}
 	}
-	up, f := c.a.dispatch(ctx, rt, c.path, c.hdr)
+	up, f := c.a.dispatch(ctx, rt, c.path, &fwdHeader{std: c.hdr}, nil)
 	if f != nil {
 		rt.adm.settleFailed(f)
 		if f.status != 499 {
@@ -337,13 +337,20 @@ func (c *wsConn) serve(ctx context.Context, obj openai.Object, id []byte, free f
 		return
 	}
 	defer up.close()
-	c.a.observe(rt, up.resp.StatusCode, start)
+	c.a.observe(rt, up.status, start)
 	switch {
-	case up.resp.StatusCode >= 400:
-		body, err := io.ReadAll(io.LimitReader(up.resp.Body, 1<<20))
+	case up.status >= 400:
+		var body []byte
+		var err error
+		if up.body != nil {
+			body, err = io.ReadAll(io.LimitReader(up.body, 1<<20))
+		}
 		up.broken = err != nil && ctx.Err() == nil
-		w.fail(upstreamError(up.resp.StatusCode, body))
-	case !isEventStream(up.resp.Header):
+		w.fail(upstreamError(up.status, body))
+	case up.body == nil:
+		up.eof = true
+		w.done()
+	case !isEventStream(&up.up.resp.Header):
 		w.relayBody(ctx, up)
 	default:
 		w.relayStream(ctx, up)
@@ -373,7 +380,7 @@ func (w wsReply) done() {
 // relayBody sends a whole (not streamed) answer as one message, then
 // "done".
 func (w wsReply) relayBody(ctx context.Context, up *inflight) {
-	body, err := io.ReadAll(io.LimitReader(up.resp.Body, w.c.a.cfg.MaxBodyBytes*4))
+	body, err := io.ReadAll(io.LimitReader(up.body, w.c.a.cfg.MaxBodyBytes*4))
 	if err != nil {
 		if ctx.Err() != nil {
 			up.abandoned = true
@@ -399,7 +406,7 @@ func (w wsReply) relayStream(ctx context.Context, up *inflight) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	for {
-		n, err := up.resp.Body.Read(*bp)
+		n, err := up.body.Read(*bp)
 		if split.Feed((*bp)[:n], onEvent) != nil {
 			return // error already sent, or the connection is gone
 		}

@@ -5,8 +5,8 @@ import (
 	"context"
 	"encoding/hex"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +20,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/tenant"
 	"github.com/kvasir-serving/kvasir/pkg/testing/kubetest"
 )
@@ -65,13 +66,31 @@ func secret(name string, data map[string]string) *corev1.Secret {
 	return s
 }
 
-// statusWith is the status of GET /v1/models with a key.
-func statusWith(h http.Handler, key string) int {
-	r := httptest.NewRequest(http.MethodGet, "/v1/models", nil)
+// statusWith is the status of GET /v1/models with a key, from the
+// activator's API served at base; 0 when the request fails (it runs in
+// Eventually's goroutine, where a test may not fail).
+func statusWith(base, key string) int {
+	r, err := http.NewRequest(http.MethodGet, base+"/v1/models", nil)
+	if err != nil {
+		return 0
+	}
 	r.Header.Set("Authorization", "Bearer "+key)
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, r)
-	return w.Code
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// serveAPI serves the activator's API on loopback and returns its base URL.
+func serveAPI(t *testing.T, act *activator.Activator) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := httpserver.NewFast(act.FastHandler(), httpserver.DefaultLimits(), nil)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + ln.Addr().String()
 }
 
 // The activator on Kubernetes authenticates with the keys of the Tenants:
@@ -106,11 +125,11 @@ func TestTenantsFromTheCluster(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- sync.Run(sctx) }()
 	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-	h := act.Handler()
+	base := serveAPI(t, act)
 	codes := func(keys ...string) []int {
 		out := make([]int, len(keys))
 		for i, k := range keys {
-			out[i] = statusWith(h, k)
+			out[i] = statusWith(base, k)
 		}
 		return out
 	}

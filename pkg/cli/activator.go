@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/kvasir-serving/kvasir/activator"
@@ -242,10 +244,8 @@ func staticEndpoints(backends []string) ([]fleet.Endpoint, error) {
 func serveActivator(ctx context.Context, f *activatorFlags, act *activator.Activator, gate *authGate,
 	reg *prometheus.Registry, log *slog.Logger,
 ) error {
-	public := http.NewServeMux()
-	public.Handle("/v1/", gate.Handler(act.Handler()))
 	var draining atomic.Bool
-	public.HandleFunc("GET /healthz", drainingHealthz(&draining))
+	public := publicHandler(gate.Handler(act.FastHandler()), drainingHealthz(&draining))
 	admin := httpserver.AdminMux(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if f.profAddr != "" { // before --admin-addr existed; pprof is on the admin listener too
 		psrv, err := serveProfiling(f.profAddr, admin, f.limits, log)
@@ -371,15 +371,33 @@ func (g *authGate) logChange(prev int64, keys, tenants int) {
 
 // Handler is next behind the gate: with --require-auth, 503 while no key
 // is loaded.
-func (g *authGate) Handler(next http.Handler) http.Handler {
+func (g *authGate) Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 	if !g.require {
 		return next
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return func(ctx *fasthttp.RequestCtx) {
 		if g.keys.Load() <= 0 {
-			openai.WriteError(w, http.StatusServiceUnavailable, errNoTenants, 5*time.Second)
+			httpserver.WriteError(ctx, http.StatusServiceUnavailable, errNoTenants, 5*time.Second)
 			return
 		}
-		next.ServeHTTP(w, r)
-	})
+		next(ctx)
+	}
+}
+
+// publicHandler serves the activator's public listener: the API under
+// /v1/, the readiness probe at /healthz, and 404 for anything else.
+func publicHandler(api, healthz fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		path := ctx.Path()
+		switch {
+		case bytes.HasPrefix(path, []byte("/v1/")):
+			api(ctx)
+		case string(path) == "/healthz" && (ctx.IsGet() || ctx.IsHead()):
+			healthz(ctx)
+		default:
+			ctx.SetContentType("text/plain; charset=utf-8")
+			ctx.SetStatusCode(fasthttp.StatusNotFound)
+			ctx.SetBodyString("404 page not found\n")
+		}
+	}
 }

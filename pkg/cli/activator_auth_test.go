@@ -1,15 +1,16 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"github.com/valyala/fasthttp"
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/activator/kube"
@@ -21,7 +22,7 @@ import (
 // fakeTarget records the tenants it is given, and what the gate answered
 // at that moment.
 type fakeTarget struct {
-	gate    http.Handler
+	gate    fasthttp.RequestHandler
 	tenants []activator.TenantConfig
 	codes   []int // the gate's status while SetTenants ran
 }
@@ -38,10 +39,25 @@ func (f *fakeTarget) SetTenants(cfgs []activator.TenantConfig) error {
 	return nil
 }
 
-func get(h http.Handler) *httptest.ResponseRecorder {
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/v1/models", nil))
-	return w
+// recorded is what a handler answered.
+type recorded struct {
+	Code int
+	hdr  http.Header
+	Body *bytes.Buffer
+}
+
+func (r *recorded) Header() http.Header { return r.hdr }
+
+func get(h fasthttp.RequestHandler) *recorded {
+	var ctx fasthttp.RequestCtx
+	ctx.Request.Header.SetMethod(http.MethodGet)
+	ctx.Request.SetRequestURI("/v1/models")
+	h(&ctx)
+	r := &recorded{Code: ctx.Response.StatusCode(), hdr: http.Header{}, Body: bytes.NewBuffer(ctx.Response.Body())}
+	for k, v := range ctx.Response.Header.All() {
+		r.hdr.Add(string(k), string(v))
+	}
+	return r
 }
 
 var oneTenant = []activator.TenantConfig{{Namespace: "default", Name: "team-a", Keys: [][32]byte{tenant.Digest("k")}}}
@@ -54,7 +70,7 @@ func TestRequireAuthGate(t *testing.T) {
 	var logs strings.Builder
 	target := &fakeTarget{}
 	g := newAuthGate(target, true, slog.New(slog.NewTextHandler(&logs, nil)))
-	next := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	next := func(ctx *fasthttp.RequestCtx) { ctx.SetStatusCode(http.StatusOK) }
 	h := g.Handler(next)
 	target.gate = h
 
@@ -91,7 +107,7 @@ func TestOpenAPIWarnsOnce(t *testing.T) {
 	var logs strings.Builder
 	target := &fakeTarget{}
 	g := newAuthGate(target, false, slog.New(slog.NewTextHandler(&logs, nil)))
-	next := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	next := func(ctx *fasthttp.RequestCtx) { ctx.SetStatusCode(http.StatusTeapot) }
 	h := g.Handler(next)
 	require.Equal(t, http.StatusTeapot, get(h).Code)
 	for _, cfgs := range [][]activator.TenantConfig{nil, nil, oneTenant, oneTenant, nil, nil} {

@@ -10,11 +10,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 )
 
-// servers are a component's public and admin HTTP servers.
-type servers struct{ public, admin *http.Server }
+// servers are a component's public server (fasthttp) and admin HTTP
+// server (net/http).
+type servers struct {
+	public *httpserver.FastServer
+	admin  *http.Server
+}
 
 // boundAddrs are the addresses the servers listen on ("" for an admin
 // listener that is off).
@@ -23,7 +29,7 @@ type boundAddrs struct{ public, admin string }
 // serve starts the public server on publicAddr, hardened by limits, and the
 // admin server on adminAddr (none when empty). The channel receives the
 // public server's error when it stops serving.
-func serve(publicAddr string, public http.Handler, adminAddr string, admin http.Handler, limits httpserver.Limits,
+func serve(publicAddr string, public fasthttp.RequestHandler, adminAddr string, admin http.Handler, limits httpserver.Limits,
 	log *slog.Logger) (servers, <-chan error, boundAddrs, error) {
 	var s servers
 	var addrs boundAddrs
@@ -43,24 +49,24 @@ func serve(publicAddr string, public http.Handler, adminAddr string, admin http.
 		addrs.admin = aln.Addr().String()
 		go func() { _ = s.admin.Serve(aln) }()
 	}
-	s.public = httpserver.New(public, limits, log)
+	s.public = httpserver.NewFast(public, limits, log)
 	addrs.public = ln.Addr().String()
 	errCh := make(chan error, 1)
-	go func() { errCh <- s.public.Serve(httpserver.Listen(ln, limits.MaxConnections)) }()
+	go func() { errCh <- s.public.Serve(ln) }() // capped at limits.MaxConnections
 	return s, errCh, addrs, nil
 }
 
 // drainingHealthz answers 200 until draining is set, then 503: load
 // balancers take the endpoint out while it still serves.
-func drainingHealthz(draining *atomic.Bool) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+func drainingHealthz(draining *atomic.Bool) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("text/plain")
 		if draining.Load() {
-			w.Header().Set("Content-Type", "text/plain")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("draining\n"))
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			ctx.SetBodyString("draining\n")
 			return
 		}
-		httpserver.Healthz(w, r)
+		ctx.SetBodyString("ok\n")
 	}
 }
 
@@ -71,7 +77,7 @@ func drainingHealthz(draining *atomic.Bool) http.HandlerFunc {
 // the endpoint go); then the listener closes and in-flight requests and
 // streams get up to timeout to finish. Past it the rest are cut, and
 // drain says so.
-func drain(srv *http.Server, errCh <-chan error, draining *atomic.Bool, quiet, timeout time.Duration, log *slog.Logger) error {
+func drain(srv *httpserver.FastServer, errCh <-chan error, draining *atomic.Bool, quiet, timeout time.Duration, log *slog.Logger) error {
 	draining.Store(true)
 	log.Info("draining: /healthz fails, requests still served for the quiet period", slog.Duration("quietPeriod", quiet))
 	quietOver := time.NewTimer(quiet)

@@ -1,11 +1,11 @@
 package local
 
 import (
-	"net/http"
 	"strconv"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
@@ -92,16 +92,17 @@ func (as *activators) PodStat(key fleet.Key, pod string) *stats.Stat {
 
 func (as *activators) Index(key fleet.Key) *kvindex.Index { return as.acts[0].Index(key) }
 
-// Handler spreads requests over the replicas.
-func (as *activators) Handler() http.Handler {
+// Handler spreads requests over the replicas (fasthttp handlers, for
+// httpserver.FastServer).
+func (as *activators) Handler() fasthttp.RequestHandler {
 	if len(as.acts) == 1 {
-		return as.acts[0].Handler()
+		return as.acts[0].FastHandler()
 	}
-	hs := make([]http.Handler, len(as.acts))
+	hs := make([]fasthttp.RequestHandler, len(as.acts))
 	for i, a := range as.acts {
-		hs[i] = a.Handler()
+		hs[i] = a.FastHandler()
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hs[as.next.Add(1)%uint64(len(hs))].ServeHTTP(w, r)
-	})
+	return func(ctx *fasthttp.RequestCtx) {
+		hs[as.next.Add(1)%uint64(len(hs))](ctx)
+	}
 }

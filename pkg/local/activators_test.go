@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/kvasir-serving/kvasir/activator"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/traffic"
 )
 
@@ -37,8 +39,12 @@ func TestActivatorReplicas(t *testing.T) {
 	t.Cleanup(backend.Close)
 	as.SetEndpoints(sc.Key("m-1"), []fleet.Endpoint{{Name: "r1", Address: strings.TrimPrefix(backend.URL, "http://")}})
 
-	srv := httptest.NewServer(as.Handler())
-	t.Cleanup(srv.Close)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	fs := httpserver.NewFast(as.Handler(), httpserver.DefaultLimits(), nil)
+	go func() { _ = fs.Serve(ln) }()
+	t.Cleanup(func() { _ = fs.Close() })
+	srv := struct{ URL string }{"http://" + ln.Addr().String()}
 	for range 6 {
 		resp, err := http.Post(srv.URL+activator.PathChat, "application/json", strings.NewReader(`{"model":"m","messages":[]}`))
 		require.NoError(t, err)

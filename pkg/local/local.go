@@ -1,6 +1,7 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 
@@ -268,7 +270,7 @@ func (p *Platform) serve(ctx context.Context, services int) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", opts.Addr, err)
 	}
-	srv := httpserver.New(p.Handler(), opts.Limits, p.log)
+	srv := httpserver.NewFast(p.Handler(), opts.Limits, p.log)
 	adminAddr, closeAdmin, err := p.serveAdmin()
 	if err != nil {
 		ln.Close()
@@ -280,7 +282,7 @@ func (p *Platform) serve(ctx context.Context, services int) error {
 	go p.scaler.run(sctx)
 	go p.watch(sctx)
 	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(httpserver.Listen(ln, opts.Limits.MaxConnections)) }()
+	go func() { errCh <- srv.Serve(ln) }() // FastServer caps the connections itself
 	p.log.Info("kvasir local is serving", slog.String("addr", ln.Addr().String()), slog.String("admin", adminAddr),
 		slog.String("file", opts.File), slog.Int("services", services), slog.String("logs", opts.LogDir))
 	if opts.OnListen != nil {
@@ -317,7 +319,7 @@ func (p *Platform) serveAdmin() (addr string, stop func(), err error) {
 
 // shutdown stops accepting and lets in-flight requests and streams finish,
 // for at most opts.DrainTimeout (default 30s).
-func (p *Platform) shutdown(srv *http.Server) {
+func (p *Platform) shutdown(srv *httpserver.FastServer) {
 	p.log.Info("shutting down: finishing in-flight requests")
 	drainTimeout := p.opts.DrainTimeout
 	if drainTimeout <= 0 {
@@ -513,12 +515,24 @@ func envName(prefix string, parts ...string) string {
 	return b.String()
 }
 
-// Handler serves the public listener: the OpenAI API and /healthz.
-func (p *Platform) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/v1/", p.act.Handler())
-	mux.HandleFunc("GET /healthz", httpserver.Healthz)
-	return mux
+// Handler serves the public listener (with httpserver.FastServer): the
+// OpenAI API under /v1/ and /healthz.
+func (p *Platform) Handler() fasthttp.RequestHandler {
+	api := p.act.Handler()
+	return func(ctx *fasthttp.RequestCtx) {
+		path := ctx.Path()
+		switch {
+		case bytes.HasPrefix(path, []byte("/v1/")):
+			api(ctx)
+		case string(path) == "/healthz" && (ctx.IsGet() || ctx.IsHead()):
+			ctx.SetContentType("text/plain")
+			ctx.SetBodyString("ok\n")
+		default:
+			ctx.SetContentType("text/plain; charset=utf-8")
+			ctx.SetStatusCode(fasthttp.StatusNotFound)
+			ctx.SetBodyString("404 page not found\n")
+		}
+	}
 }
 
 // AdminHandler serves the operator endpoints: /metrics, /kvasir/replicas

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -28,6 +27,7 @@ import (
 	"github.com/kvasir-serving/kvasir/activator/kube"
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/fleet"
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/autoscaling"
 	"github.com/kvasir-serving/kvasir/pkg/reconciler/modelservice"
@@ -135,10 +135,14 @@ func startKvasir(t *testing.T) *kvasir {
 			func() stats.ActivatorReport { return act.Report("activator-0") }, discard)
 	}()
 	t.Cleanup(func() { cancel(); <-reportDone; require.NoError(t, <-syncDone) })
-	api := httptest.NewServer(act.Handler())
-	t.Cleanup(api.Close)
-	return &kvasir{cl: cl, kl: kl, c: kubetest.Client(t, cl.Config), act: act, url: api.URL, reg: reg,
-		sdk: openai.NewClient(option.WithBaseURL(api.URL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))}
+	apiLn, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	api := httpserver.NewFast(act.FastHandler(), httpserver.DefaultLimits(), discard)
+	go func() { _ = api.Serve(apiLn) }()
+	t.Cleanup(func() { _ = api.Close() })
+	apiURL := "http://" + apiLn.Addr().String()
+	return &kvasir{cl: cl, kl: kl, c: kubetest.Client(t, cl.Config), act: act, url: apiURL, reg: reg,
+		sdk: openai.NewClient(option.WithBaseURL(apiURL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))}
 }
 
 // kubectl runs kubectl against the cluster, logs the command and its
