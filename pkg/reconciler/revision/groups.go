@@ -304,6 +304,9 @@ const (
 	msgCoschedulingOff = "the cluster has scheduler-plugins' coscheduling (" + CoschedulingPodGroupVersion + " PodGroup), " +
 		"which the controller was told not to use (--coscheduling-scheduler-name is empty): groups are not gang-scheduled; " +
 		"LeaderWorkerSet alone makes a group the unit (docs/kubernetes.md, \"Gang scheduling\")"
+	msgVolcanoTopology = "role %s has a topologyKey: LeaderWorkerSet makes a group's workers only once its leader is " +
+		"scheduled (exclusive topology), so a Volcano PodGroup of the whole group could never be met; its pods keep the " +
+		"default scheduler and are not gang-scheduled (docs/kubernetes.md, \"Gang scheduling\")"
 	msgCoschedulingTopology = "role %s has a topologyKey: LeaderWorkerSet makes a group's workers only once its leader is " +
 		"scheduled (exclusive topology), so no coscheduling PodGroup can gang the whole group; its pods keep the default " +
 		"scheduler and are not gang-scheduled (docs/kubernetes.md, \"Gang scheduling\")"
@@ -323,6 +326,8 @@ func markGangScheduling(st *v1alpha1.ModelRevisionStatus, grouped bool, apis Clu
 	switch {
 	case !grouped:
 		st.ClearGangScheduled()
+	case apis.Volcano && cos.topologyRole != "":
+		st.MarkNotGangScheduled(v1alpha1.ReasonVolcanoNotWithTopologyKey, msgVolcanoTopology, cos.topologyRole)
 	case apis.Volcano:
 		for _, p := range leaders {
 			if p.Spec.SchedulerName == resources.VolcanoSchedulerName && p.Annotations[VolcanoGroupAnnotation] == "" {

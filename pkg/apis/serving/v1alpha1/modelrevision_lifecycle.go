@@ -67,6 +67,12 @@ const (
 	// ReasonNoGangScheduler: no gang scheduler; LeaderWorkerSet alone
 	// makes a group the unit.
 	ReasonNoGangScheduler = "NoGangScheduler"
+	// ReasonVolcanoNotWithTopologyKey: the cluster has Volcano, but a
+	// grouped role has a topology key, under which LeaderWorkerSet makes a
+	// group's workers only once its leader is scheduled, so a Volcano
+	// PodGroup of the whole group could never be met: that role's pods
+	// keep the default scheduler.
+	ReasonVolcanoNotWithTopologyKey = "VolcanoNotWithTopologyKey"
 )
 
 // MaxGroupLines bounds GroupSetStatus.NotReady and the group lines of a

@@ -86,7 +86,8 @@ func WorkerLabels(rev *v1alpha1.ModelRevision, role, variant string) map[string]
 // workers sharing one template: the engine alone, its rank and the
 // leader's address from LWS's environment, labelled with WorkerLabels.
 // Every pod holds the variant's resources, its share of the replica's
-// accelerators, and cfg.GroupSchedulerName as its scheduler; or, when the
+// accelerators, and cfg.GroupSchedulerName as its scheduler (unless the
+// role has a topology key: then the default scheduler); or, when the
 // role's groups are coscheduled (UsesCoscheduling),
 // cfg.CoschedulingSchedulerName and the scheduling gate
 // SchedulingGatePodGroup, which the revision reconciler removes once the
@@ -117,7 +118,13 @@ func MakeLeaderWorkerSet(rev *v1alpha1.ModelRevision, role string, v *v1alpha1.A
 	labels := DeploymentLabels(rev, role, variant)
 	size := shape.Pods
 	leaderPod, workerPod := revisionPodSpec(rev, v, leader, true, cfg), revisionPodSpec(rev, v, worker, false, cfg)
-	leaderPod.SchedulerName, workerPod.SchedulerName = cfg.GroupSchedulerName, cfg.GroupSchedulerName
+	if rev.Spec.RoleTopologyKey(role) == "" {
+		// Not with a topology key: LWS's exclusive topology makes a group's
+		// workers only once its leader is scheduled, and a gang scheduler
+		// (Volcano's PodGroup of the whole group) would hold the leader
+		// until they exist.
+		leaderPod.SchedulerName, workerPod.SchedulerName = cfg.GroupSchedulerName, cfg.GroupSchedulerName
+	}
 	if UsesCoscheduling(rev, role, cfg) {
 		leaderPod.SchedulerName, workerPod.SchedulerName = cfg.CoschedulingSchedulerName, cfg.CoschedulingSchedulerName
 		leaderPod.SchedulingGates = []corev1.PodSchedulingGate{{Name: SchedulingGatePodGroup}}

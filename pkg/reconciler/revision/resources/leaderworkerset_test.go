@@ -253,6 +253,14 @@ func TestMakeLeaderWorkerSetSchedulerName(t *testing.T) {
 	d, err := MakeDeployment(revision(nil), fleet.RoleUnified, nil, 1, volcano)
 	require.NoError(t, err)
 	require.Empty(t, d.Spec.Template.Spec.SchedulerName)
+
+	// Not with a topology key: LWS would make the workers only once the
+	// leader is scheduled, which Volcano's gang would never allow.
+	r.Spec.TopologyKey = "example.com/rack"
+	set, err = MakeLeaderWorkerSet(r, fleet.RoleUnified, nil, 1, volcano)
+	require.NoError(t, err)
+	require.Empty(t, set.Spec.LeaderWorkerTemplate.LeaderTemplate.Spec.SchedulerName)
+	require.Empty(t, set.Spec.LeaderWorkerTemplate.WorkerTemplate.Spec.SchedulerName)
 }
 
 // Coscheduling: both of a group's templates get the coscheduling
