@@ -36,9 +36,11 @@ func usageOf(t *testing.T, events []streamEvent) completion {
 }
 
 func TestRepeatedPrefixLowersTTFT(t *testing.T) {
-	// A ~6000-token system prompt costs 0.5s of simulated prefill: 50ms real
-	// at time scale 10. Reused from the cache, only the user turn is computed.
-	ts := startServer(t, func(c *Config) { c.TimeScale = 10 })
+	// A ~6000-token system prompt costs 0.5s of simulated prefill, in real
+	// time (time scale 1), so that a loaded machine's scheduling (tens of
+	// milliseconds) is small beside it. Reused from the cache, only the user
+	// turn is computed.
+	ts := startServer(t, func(c *Config) { c.TimeScale = 1 })
 	system := strings.Repeat("You are a careful assistant. ", 830) // 24070 bytes
 	opts := `"stream":true,"max_tokens":2,"stream_options":{"include_usage":true}`
 
@@ -60,7 +62,9 @@ func TestRepeatedPrefixLowersTTFT(t *testing.T) {
 	assert.Zero(t, u2.PromptTokensDetails.CachedTokens%16, "whole blocks")
 	simTTFT1, simTTFT2 := sum1, sum2-sum1
 	assert.Greater(t, simTTFT1, 0.5, "simulated TTFT of the cold prompt")
-	assert.Less(t, simTTFT2, 0.05, "simulated TTFT of the cached prompt")
+	// Relative to the cold prompt, not an absolute bound: the histogram is
+	// wall time times the time scale.
+	assert.Less(t, simTTFT2, simTTFT1/3, "simulated TTFT of the cached prompt")
 	t.Logf("TTFT: cold %v (simulated %.3fs), cached %v (simulated %.3fs)", ttft1, simTTFT1, ttft2, simTTFT2)
 	assert.Less(t, ttft2, ttft1/3, "client-measured TTFT: cold %v, cached %v", ttft1, ttft2)
 	assert.Equal(t, float64(u2.PromptTokensDetails.CachedTokens), ts.value(t, "vllm:prefix_cache_hits_total"))
