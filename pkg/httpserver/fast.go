@@ -121,6 +121,9 @@ func closeChunkedFast(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 // answerReadError answers a request fasthttp could not read; the server
 // closes the connection after it.
 func answerReadError(ctx *fasthttp.RequestCtx, err error) {
+	if c, ok := ctx.Conn().(*cappedConn); ok {
+		c.linger.Store(true) // the client reads the answer, not a reset
+	}
 	var ne net.Error
 	switch {
 	case errors.As(err, new(*fasthttp.ErrSmallBuffer)):

@@ -1,11 +1,13 @@
 package httpserver
 
 import (
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
@@ -151,7 +153,20 @@ type cappedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+	// linger: the server answered a request it could not read (431, 408,
+	// 400) and hangs up; Close first sends the answer's end and reads
+	// what the client still sends, so the client reads the answer rather
+	// than a reset (closing with unread bytes resets the connection).
+	linger atomic.Bool
 }
+
+// Lingering close bounds: what is read, and for how long, before the
+// close of a connection whose request was refused unread (as net/http
+// waits 500 ms before it closes such a connection).
+const (
+	lingerTimeout = 500 * time.Millisecond
+	lingerBytes   = 1 << 20
+)
 
 // CloseWrite half-closes a TCP connection, as net/http does before it hangs
 // up on a client it refused (so that the client reads the refusal).
@@ -166,6 +181,11 @@ func (c *cappedConn) CloseWrite() error {
 func (c *cappedConn) NetConn() net.Conn { return c.Conn }
 
 func (c *cappedConn) Close() error {
+	if c.linger.Swap(false) {
+		_ = c.CloseWrite()
+		_ = c.Conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+		_, _ = io.CopyN(io.Discard, c.Conn, lingerBytes)
+	}
 	err := c.Conn.Close()
 	c.once.Do(c.release)
 	return err
