@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -67,8 +68,9 @@ import (
 // to install it).
 const ReasonLeaderWorkerSetNotInstalled = "LeaderWorkerSetNotInstalled"
 
-// errLWSNotInstalled is reconcileLeaderWorkerSet's error when the cluster
-// does not serve the LeaderWorkerSet kind.
+// errLWSNotInstalled says the cluster does not serve the LeaderWorkerSet
+// kind: reconcileRole's error, or wrapped in that of a role's
+// LeaderWorkerSet (lwsKind).
 var errLWSNotInstalled = errors.New("the cluster has no LeaderWorkerSet API (leaderworkerset.x-k8s.io/v1)")
 
 // Reconciler makes a ModelRevision's Deployments (LeaderWorkerSets for
@@ -272,8 +274,7 @@ func initialReplicas(rev *v1alpha1.ModelRevision, role string) int32 {
 type workload struct {
 	role    string
 	variant string
-	desired int32
-	ready   int32
+	replicas
 	// stalled is the message of a rollout past its progress deadline.
 	stalled string
 	// set is the LeaderWorkerSet of a role of serving groups, nil for a
@@ -282,11 +283,46 @@ type workload struct {
 	size int32
 }
 
-func deploymentWorkload(role, variant string, d *appsv1.Deployment) workload {
-	w := workload{role: role, variant: variant, ready: d.Status.ReadyReplicas}
-	if d.Spec.Replicas != nil {
-		w.desired = *d.Spec.Replicas
+// replicas is how many replicas a workload, or a role's workloads
+// together, want (spec.replicas, none when unset) and have ready: pods
+// of a Deployment, groups of a LeaderWorkerSet (a LeaderWorkerSet's
+// readyReplicas are its groups whose every pod is ready).
+type replicas struct {
+	desired int32
+	ready   int32
+}
+
+// replicasOf reads a Deployment's or a LeaderWorkerSet's replicas; any
+// other object has none.
+func replicasOf(o client.Object) replicas {
+	var spec *int32
+	var out replicas
+	switch o := o.(type) {
+	case *appsv1.Deployment:
+		spec, out.ready = o.Spec.Replicas, o.Status.ReadyReplicas
+	case *lwsv1.LeaderWorkerSet:
+		spec, out.ready = o.Spec.Replicas, o.Status.ReadyReplicas
 	}
+	out.desired = ptr.Deref(spec, 0)
+	return out
+}
+
+// roleReplicas sums the replicas of a role's workloads (every variant's).
+func roleReplicas(all []workload, role string) replicas {
+	var out replicas
+	for _, w := range all {
+		if w.role == role {
+			out.desired += w.desired
+			out.ready += w.ready
+		}
+	}
+	return out
+}
+
+// deploymentWorkload reads a role's Deployment: its replicas (replicasOf)
+// and the message of a rollout past its progress deadline.
+func deploymentWorkload(role, variant string, d *appsv1.Deployment) workload {
+	w := workload{role: role, variant: variant, replicas: replicasOf(d)}
 	for _, c := range d.Status.Conditions {
 		if c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded" {
 			w.stalled = c.Message
@@ -295,17 +331,11 @@ func deploymentWorkload(role, variant string, d *appsv1.Deployment) workload {
 	return w
 }
 
-// lwsWorkload counts groups: a LeaderWorkerSet's readyReplicas are its
-// groups whose every pod is ready.
+// lwsWorkload reads a grouped role's LeaderWorkerSet: its replicas, which
+// are groups (replicasOf), and its pods per group.
 func lwsWorkload(role, variant string, l *lwsv1.LeaderWorkerSet) workload {
-	w := workload{role: role, variant: variant, ready: l.Status.ReadyReplicas, set: l}
-	if l.Spec.Replicas != nil {
-		w.desired = *l.Spec.Replicas
-	}
-	if l.Spec.LeaderWorkerTemplate.Size != nil {
-		w.size = *l.Spec.LeaderWorkerTemplate.Size
-	}
-	return w
+	return workload{role: role, variant: variant, replicas: replicasOf(l), set: l,
+		size: ptr.Deref(l.Spec.LeaderWorkerTemplate.Size, 0)}
 }
 
 // reconcileRole makes a role's Deployments or, for serving groups,
@@ -326,126 +356,157 @@ func (r *Reconciler) reconcileRole(ctx context.Context, rev *v1alpha1.ModelRevis
 			if r.apis != nil && !apis.LeaderWorkerSet {
 				return nil, errLWSNotInstalled
 			}
-			l, err := r.reconcileLeaderWorkerSet(ctx, rev, role, v, initial, cfg)
+			l, err := reconcileVariant(ctx, r, rev, role, v, initial, cfg, resources.MakeLeaderWorkerSet, lwsKind)
 			if err != nil {
 				return nil, err
 			}
 			out = append(out, lwsWorkload(role, variant, l))
 			continue
 		}
-		d, err := r.reconcileDeployment(ctx, rev, role, v, initial, cfg)
+		d, err := reconcileVariant(ctx, r, rev, role, v, initial, cfg, resources.MakeDeployment, deploymentKind)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, deploymentWorkload(role, variant, d))
 	}
-	svc := resources.MakeService(rev, role)
-	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(svc), &corev1.Service{}); apierrs.IsNotFound(err) {
-		if err := r.Client.Create(ctx, svc); err != nil {
-			return nil, fmt.Errorf("creating service %s: %w", svc.Name, err)
-		}
-		r.event(rev, svc, corev1.EventTypeNormal, "Created", "Created service %s", svc.Name)
-	} else if err != nil {
-		return nil, fmt.Errorf("getting service %s: %w", svc.Name, err)
+	if _, err := reconcileOwned(ctx, r, rev, resources.MakeService(rev, role), serviceKind); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
 
-// reconcileNetworkPolicy makes the revision's NetworkPolicy exist as the
-// builder makes it (its pods are not created before it is).
-func (r *Reconciler) reconcileNetworkPolicy(ctx context.Context, rev *v1alpha1.ModelRevision) error {
-	want := resources.MakeNetworkPolicy(rev, r.Resources)
-	have := &networkingv1.NetworkPolicy{}
-	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), have); {
-	case apierrs.IsNotFound(err):
-		if err := r.Client.Create(ctx, want); err != nil {
-			return fmt.Errorf("creating network policy %s: %w", want.Name, err)
-		}
-		r.event(rev, want, corev1.EventTypeNormal, "Created", "Created network policy %s", want.Name)
-		return nil
-	case err != nil:
-		return fmt.Errorf("getting network policy %s: %w", want.Name, err)
-	}
-	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) {
-		have.Spec = want.Spec
-		if err := r.Client.Update(ctx, have); err != nil {
-			return fmt.Errorf("updating network policy %s: %w", want.Name, err)
-		}
-	}
-	return nil
+// ownedKind says how reconcileOwned makes one kind of object a revision
+// owns stand as the builder makes it.
+type ownedKind[P client.Object] struct {
+	// noun names the kind in errors and in the Created event.
+	noun string
+	// noMatch, when not nil, is wrapped beside the error of a get or a
+	// create that fails for the cluster not serving the kind
+	// (meta.IsNoMatchError).
+	noMatch error
+	// sync makes have (as read) what want (as built) says, keeping what
+	// others own, and reports whether it changed it: then have is
+	// updated. Nil for a kind never changed once made.
+	sync func(have, want P) bool
 }
 
-func (r *Reconciler) reconcileDeployment(ctx context.Context, rev *v1alpha1.ModelRevision, role string,
-	v *v1alpha1.AcceleratorVariant, initial int32, cfg resources.Config) (*appsv1.Deployment, error) {
-	want, err := resources.MakeDeployment(rev, role, v, initial, cfg)
-	if err != nil {
-		return nil, err
-	}
-	have := &appsv1.Deployment{}
+// reconcileOwned makes want exist: it creates it (and records a Created
+// event) when there is none, else brings the existing object in line
+// through k.sync and updates it when that changed it. It returns the
+// object as created or as read (and updated). Errors name the step and
+// the object: "getting|creating|updating <noun> <name>: <error>".
+func reconcileOwned[T any, P interface {
+	*T
+	client.Object
+}](ctx context.Context, r *Reconciler, rev *v1alpha1.ModelRevision, want P, k ownedKind[P]) (P, error) {
+	have := P(new(T))
 	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), have); {
+	case k.noMatch != nil && meta.IsNoMatchError(err):
+		return nil, fmt.Errorf("getting %s %s: %w (%w)", k.noun, want.GetName(), k.noMatch, err)
 	case apierrs.IsNotFound(err):
 		if err := r.Client.Create(ctx, want); err != nil {
-			return nil, fmt.Errorf("creating deployment %s: %w", want.Name, err)
+			if k.noMatch != nil && meta.IsNoMatchError(err) {
+				return nil, fmt.Errorf("creating %s %s: %w (%w)", k.noun, want.GetName(), k.noMatch, err)
+			}
+			return nil, fmt.Errorf("creating %s %s: %w", k.noun, want.GetName(), err)
 		}
-		r.event(rev, want, corev1.EventTypeNormal, "Created", "Created deployment %s", want.Name)
+		r.event(rev, want, corev1.EventTypeNormal, "Created", "Created %s %s", k.noun, want.GetName())
 		return want, nil
 	case err != nil:
-		return nil, fmt.Errorf("getting deployment %s: %w", want.Name, err)
+		return nil, fmt.Errorf("getting %s %s: %w", k.noun, want.GetName(), err)
 	}
-	want.Spec.Replicas = have.Spec.Replicas // the autoscaler's, through the scale subresource
-	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) {
-		have.Spec = want.Spec
+	if k.sync != nil && k.sync(have, want) {
 		if err := r.Client.Update(ctx, have); err != nil {
-			return nil, fmt.Errorf("updating deployment %s: %w", want.Name, err)
+			return nil, fmt.Errorf("updating %s %s: %w", k.noun, want.GetName(), err)
 		}
 	}
 	return have, nil
 }
 
-// reconcileLeaderWorkerSet makes a grouped role's LeaderWorkerSet on
-// variant v exist as the builder makes it, keeping the replicas (groups)
-// the autoscaler set through its scale subresource. The scheduler and
-// scheduling gates of its pods and its exclusive topology are compared on
-// their own (an empty scheduler name or gate list in the builder's set
-// means none, which DeepDerivative would not see replace "volcano" or a
-// gate). errLWSNotInstalled when the cluster has no such kind.
-func (r *Reconciler) reconcileLeaderWorkerSet(ctx context.Context, rev *v1alpha1.ModelRevision, role string,
-	v *v1alpha1.AcceleratorVariant, initial int32, cfg resources.Config) (*lwsv1.LeaderWorkerSet, error) {
-	want, err := resources.MakeLeaderWorkerSet(rev, role, v, initial, cfg)
-	if err != nil {
-		return nil, err
+// takeSpec makes *have the builder's *want when want is not within it
+// (equality.Semantic.DeepDerivative: fields the builder leaves empty are
+// not compared) or when force, and reports whether it did.
+func takeSpec[S any](have, want *S, force bool) bool {
+	if !force && equality.Semantic.DeepDerivative(*want, *have) {
+		return false
 	}
-	have := &lwsv1.LeaderWorkerSet{}
-	switch err := r.Client.Get(ctx, client.ObjectKeyFromObject(want), have); {
-	case meta.IsNoMatchError(err):
-		return nil, fmt.Errorf("getting leader worker set %s: %w (%w)", want.Name, errLWSNotInstalled, err)
-	case apierrs.IsNotFound(err):
-		if err := r.Client.Create(ctx, want); err != nil {
-			if meta.IsNoMatchError(err) {
-				return nil, fmt.Errorf("creating leader worker set %s: %w (%w)", want.Name, errLWSNotInstalled, err)
-			}
-			return nil, fmt.Errorf("creating leader worker set %s: %w", want.Name, err)
+	*have = *want
+	return true
+}
+
+// serviceKind: a role's Service is never changed once made.
+var serviceKind = ownedKind[*corev1.Service]{noun: "service"}
+
+// networkPolicyKind: the revision's NetworkPolicy takes the builder's
+// spec whenever the builder's is not within it (DeepDerivative).
+var networkPolicyKind = ownedKind[*networkingv1.NetworkPolicy]{
+	noun: "network policy",
+	sync: func(have, want *networkingv1.NetworkPolicy) bool {
+		return takeSpec(&have.Spec, &want.Spec, false)
+	},
+}
+
+// deploymentKind: a role's Deployment takes the builder's spec, but for
+// the replicas (the autoscaler's, through the scale subresource),
+// whenever the builder's is not within it (DeepDerivative).
+var deploymentKind = ownedKind[*appsv1.Deployment]{
+	noun: "deployment",
+	sync: func(have, want *appsv1.Deployment) bool {
+		want.Spec.Replicas = have.Spec.Replicas
+		return takeSpec(&have.Spec, &want.Spec, false)
+	},
+}
+
+// lwsKind: a grouped role's LeaderWorkerSet takes the builder's spec,
+// but for the replicas (groups: the autoscaler's, through the scale
+// subresource), and its exclusive-topology annotation (set or removed)
+// whenever the builder's spec is not within it (DeepDerivative), its
+// pods' scheduler or scheduling gates differ (sameGroupScheduling: an
+// empty scheduler name or gate list in the builder's set means none,
+// which DeepDerivative would not see replace "volcano" or a gate), or
+// that annotation differs. errLWSNotInstalled when the cluster has no
+// such kind.
+var lwsKind = ownedKind[*lwsv1.LeaderWorkerSet]{
+	noun:    "leader worker set",
+	noMatch: errLWSNotInstalled,
+	sync: func(have, want *lwsv1.LeaderWorkerSet) bool {
+		want.Spec.Replicas = have.Spec.Replicas
+		key := lwsv1.ExclusiveKeyAnnotationKey
+		changed := !sameGroupScheduling(want, have) || want.Annotations[key] != have.Annotations[key]
+		if !takeSpec(&have.Spec, &want.Spec, changed) {
+			return false
 		}
-		r.event(rev, want, corev1.EventTypeNormal, "Created", "Created leader worker set %s", want.Name)
-		return want, nil
-	case err != nil:
-		return nil, fmt.Errorf("getting leader worker set %s: %w", want.Name, err)
-	}
-	want.Spec.Replicas = have.Spec.Replicas // the autoscaler's, through the scale subresource
-	key := lwsv1.ExclusiveKeyAnnotationKey
-	if !equality.Semantic.DeepDerivative(want.Spec, have.Spec) || !sameGroupScheduling(want, have) ||
-		want.Annotations[key] != have.Annotations[key] {
-		have.Spec = want.Spec
 		if k, ok := want.Annotations[key]; ok {
 			metav1.SetMetaDataAnnotation(&have.ObjectMeta, key, k)
 		} else {
 			delete(have.Annotations, key)
 		}
-		if err := r.Client.Update(ctx, have); err != nil {
-			return nil, fmt.Errorf("updating leader worker set %s: %w", want.Name, err)
-		}
+		return true
+	},
+}
+
+// reconcileNetworkPolicy makes the revision's NetworkPolicy exist as the
+// builder makes it (its pods are not created before it is).
+func (r *Reconciler) reconcileNetworkPolicy(ctx context.Context, rev *v1alpha1.ModelRevision) error {
+	_, err := reconcileOwned(ctx, r, rev, resources.MakeNetworkPolicy(rev, r.Resources), networkPolicyKind)
+	return err
+}
+
+// reconcileVariant builds a role's workload on variant v (build:
+// resources.MakeDeployment or MakeLeaderWorkerSet) and makes it exist as
+// built (reconcileOwned with k).
+func reconcileVariant[T any, P interface {
+	*T
+	client.Object
+}](ctx context.Context, r *Reconciler, rev *v1alpha1.ModelRevision, role string, v *v1alpha1.AcceleratorVariant,
+	initial int32, cfg resources.Config,
+	build func(*v1alpha1.ModelRevision, string, *v1alpha1.AcceleratorVariant, int32, resources.Config) (P, error),
+	k ownedKind[P]) (P, error) {
+	want, err := build(rev, role, v, initial, cfg)
+	if err != nil {
+		return nil, err
 	}
-	return have, nil
+	return reconcileOwned(ctx, r, rev, want, k)
 }
 
 // sameGroupScheduling reports whether two sets' pods have the same
@@ -488,13 +549,8 @@ func (r *Reconciler) observe(ctx context.Context, rev *v1alpha1.ModelRevision, a
 		role = fleet.RoleDecode
 	}
 	rev.Status.Selector = labels.SelectorFromSet(resources.Selector(rev, role)).String()
-	desired, ready := int32(0), int32(0)
-	for _, w := range all {
-		if w.role == role {
-			desired += w.desired
-			ready += w.ready
-		}
-	}
+	total := roleReplicas(all, role)
+	desired, ready := total.desired, total.ready
 	rev.Status.SetReplicas(desired, ready)
 
 	// A Deployment's pods (the role's Selector, not a group's leaders,
