@@ -347,6 +347,10 @@ func (c *call) serve() (streaming bool) {
 	hdr := fwdHeader{fast: &ctx.Request.Header, stripAuth: !a.tenants.Load().open()}
 	up, f := a.dispatch(c.cctx, c.rt, c.path, &hdr, c)
 	c.body.Release() // sent, or never will be
+	// The prompt's text and block hashes were for the pick and the
+	// estimate: their pooled buffers go back now, not when a long stream
+	// ends (2,000 streams held 35 MiB of them).
+	c.rt.req.Release()
 	if f != nil {
 		c.rt.adm.settleFailed(f)
 		switch {
@@ -371,7 +375,6 @@ func (c *call) serve() (streaming bool) {
 	// A client that takes nothing of the answer for the write timeout (a
 	// stream it never reads) is cut off, which cancels the replica's work.
 	c.armer.Reset(ctx.Conn(), a.writeTimeout)
-	c.buf = bufPool.Get().(*[]byte)
 	length := -1
 	if c.sse = isEventStream(&up.up.resp.Header); !c.sse {
 		length = up.up.resp.Header.ContentLength()
@@ -463,11 +466,16 @@ func (c *call) finish() {
 	if c.cctx != nil {
 		c.cctx.release()
 	}
+	c.releaseBuf()
+	c.body.Release()
+}
+
+// releaseBuf gives the relay's read buffer back.
+func (c *call) releaseBuf() {
 	if c.buf != nil {
 		bufPool.Put(c.buf)
 		c.buf = nil
 	}
-	c.body.Release()
 }
 
 // SupportsBodyWriteTo tells fasthttp to write the answer with WriteTo.
@@ -501,7 +509,6 @@ func (c *call) CloseWithError(err error) error {
 // the replica's, which cancels its work.
 func (c *call) WriteTo(w io.Writer) (int64, error) {
 	up := c.up
-	buf := *c.buf
 	var written int64
 	write := func(b []byte) error {
 		c.armer.Arm()
@@ -527,6 +534,12 @@ func (c *call) WriteTo(w io.Writer) (int64, error) {
 				return written, upstream.ErrCallerGone
 			}
 		}
+		// The read buffer is held only while it holds bytes: a stream
+		// waiting for its next event holds none (2,000 streams).
+		if c.buf == nil {
+			c.buf = bufPool.Get().(*[]byte)
+		}
+		buf := *c.buf
 		n, err := up.body.Read(buf[c.pending:])
 		if c.sse {
 			c.pending += n
@@ -546,6 +559,9 @@ func (c *call) WriteTo(w io.Writer) (int64, error) {
 			if werr := write(buf[:n]); werr != nil {
 				return written, werr
 			}
+		}
+		if c.pending == 0 {
+			c.releaseBuf()
 		}
 		if err == io.EOF {
 			up.eof = true

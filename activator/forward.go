@@ -21,7 +21,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}
 
 // inflight is a response being forwarded and the endpoint it holds until
 // close (called once, when the response is done).

@@ -236,7 +236,7 @@ func (a *Activator) send(ctx context.Context, addr, path string, hdr *fwdHeader,
 			return err
 		}
 		writeRequest(c.Writer(), addr, path, hdr, body)
-		err = c.Writer().Flush()
+		err = c.Flush()
 		if err == nil {
 			err = c.Wait(deadline, checkInterval, watch)
 		}

@@ -96,15 +96,13 @@ type flow struct {
 	meter   meter
 	metered bool
 	prefix  []byte // response bytes already read, relayed first
-	out     []byte // the events of one read, written as one chunk
-	rbuf    []byte
 	armer   httpserver.WriteArmer
 	usage   usageBuf // holds ex.usage
 	usage2  usageBuf // scratch of the meter
 	scratch [64]byte
 }
 
-var flowPool = sync.Pool{New: func() any { return &flow{rbuf: make([]byte, copyBufferSize)} }}
+var flowPool = sync.Pool{New: func() any { return new(flow) }}
 
 // Gone reports whether the client went away (upstream.Watcher).
 func (f *flow) Gone() bool { return httpserver.PeerClosed(f.client) }
@@ -265,7 +263,7 @@ func (f *flow) roundTrip(body []byte) error {
 			return err
 		}
 		f.writeRequest(c.Writer(), body)
-		err = c.Writer().Flush()
+		err = c.Flush()
 		if err == nil {
 			err = c.Wait(f.deadline, checkInterval, f)
 		}
@@ -577,14 +575,11 @@ func (f *flow) finish() {
 // reset clears a flow for its pool, keeping its buffers: the event
 // splitter's too when it holds nothing (it is then as new).
 func (f *flow) reset() {
-	rbuf, out, events := f.rbuf, f.out[:0], f.events
-	if cap(out) > 64<<10 {
-		out = nil
-	}
+	events := f.events
 	if len(events.Rest()) > 0 || cap(events.Rest()) > 64<<10 {
 		events = openai.EventSplitter{}
 	}
-	*f = flow{rbuf: rbuf, out: out, events: events}
+	*f = flow{events: events}
 }
 
 // meter measures the events of one stream.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -162,47 +163,73 @@ func (f *flow) WriteTo(w io.Writer) (int64, error) {
 		if err := f.conn.Wait(f.deadline, checkInterval, f); err != nil {
 			return written, f.relayFailed(write, err)
 		}
-		n, rerr := f.stream.Read(f.rbuf)
-		if n > 0 {
-			data := f.rbuf[:n]
-			if f.sse {
-				data = f.splitEvents(data, time.Now())
-			}
-			if len(data) > 0 {
-				if err := write(data); err != nil {
-					return written, err
-				}
-			}
+		rb := relayBufPool.Get().(*relayBuf)
+		done, err := f.relayRead(rb, write)
+		rb.out = rb.out[:0]
+		if cap(rb.out) > 64<<10 {
+			rb.out = nil
 		}
-		if rerr == io.EOF {
-			f.bodyDone = true
-			if f.sse {
-				if rest := f.events.Rest(); len(rest) > 0 {
-					if err := write(rest); err != nil {
-						return written, err
-					}
-				}
-				f.setUsageTrailer()
-			}
-			return written, nil
-		}
-		if rerr != nil {
-			return written, f.relayFailed(write, rerr)
+		relayBufPool.Put(rb)
+		if done || err != nil {
+			return written, err
 		}
 	}
 }
 
+// relayBuf is a relay's read buffer and the events of one read. A relay
+// holds one only while it relays a read, so that streams waiting for their
+// next event hold none (2,000 streams).
+type relayBuf struct {
+	rbuf []byte
+	out  []byte
+}
+
+var relayBufPool = sync.Pool{New: func() any { return &relayBuf{rbuf: make([]byte, copyBufferSize)} }}
+
+// relayRead relays one read of the engine's body; done when the body
+// ended (or failed into an SSE error event).
+func (f *flow) relayRead(rb *relayBuf, write func([]byte) error) (done bool, err error) {
+	n, rerr := f.stream.Read(rb.rbuf)
+	if n > 0 {
+		data := rb.rbuf[:n]
+		if f.sse {
+			data = f.splitEvents(rb, data, time.Now())
+		}
+		if len(data) > 0 {
+			if err := write(data); err != nil {
+				return true, err
+			}
+		}
+	}
+	if rerr == io.EOF {
+		f.bodyDone = true
+		if f.sse {
+			if rest := f.events.Rest(); len(rest) > 0 {
+				if err := write(rest); err != nil {
+					return true, err
+				}
+			}
+			f.setUsageTrailer()
+		}
+		return true, nil
+	}
+	if rerr != nil {
+		return true, f.relayFailed(write, rerr)
+	}
+	return false, nil
+}
+
 // splitEvents feeds one read to the event splitter and returns the events
-// it completed that go to the client.
-func (f *flow) splitEvents(data []byte, now time.Time) []byte {
-	f.out = f.out[:0]
+// it completed that go to the client (in rb.out).
+func (f *flow) splitEvents(rb *relayBuf, data []byte, now time.Time) []byte {
+	rb.out = rb.out[:0]
 	_ = f.events.Feed(data, func(ev []byte) error {
 		if !f.metered || f.meter.event(ev, now) {
-			f.out = append(f.out, ev...)
+			rb.out = append(rb.out, ev...)
 		}
 		return nil
 	})
-	return f.out
+	return rb.out
 }
 
 // relayFailed handles a failure to read the engine's body mid-stream.

@@ -72,28 +72,41 @@ type EventSplitter struct {
 }
 
 // Feed appends p and calls fn for every complete event now buffered.
-// fn must not retain the slice.
+// fn must not retain the slice. When nothing is pending from an earlier
+// Feed, the events are cut from p itself and only its incomplete tail is
+// kept: a stream read event by event copies nothing.
 func (s *EventSplitter) Feed(p []byte, fn func(event []byte) error) error {
-	s.buf = append(s.buf, p...)
+	b, from := p, 0
+	if len(s.buf) > 0 {
+		s.buf = append(s.buf, p...)
+		b, from = s.buf, s.scanned
+	}
+	start, err := feedEvents(b, from, fn)
+	// Keep only the incomplete tail: searched to its last two bytes (an
+	// end may straddle the next Feed), or not at all after a failed fn.
+	s.buf = append(s.buf[:0], b[start:]...)
+	s.scanned = 0
+	if err == nil {
+		s.scanned = max(len(s.buf)-2, 0)
+	}
+	return err
+}
+
+// feedEvents calls fn for each complete event of b, searching from b[0]
+// (the first event end at or after from), and returns where the incomplete
+// tail begins (or the end of the event fn failed on).
+func feedEvents(b []byte, from int, fn func(event []byte) error) (int, error) {
 	start := 0
-	defer func() {
-		// Keep only the incomplete tail, once per Feed.
-		n := copy(s.buf, s.buf[start:])
-		s.buf = s.buf[:n]
-		s.scanned -= start
-	}()
 	for {
-		i, n := eventEnd(s.buf[start:], s.scanned-start)
+		i, n := eventEnd(b[start:], from-start)
 		if i < 0 {
-			s.scanned = max(len(s.buf)-2, start) // an end may straddle the next Feed
-			return nil
+			return start, nil
 		}
 		end := start + i + n
-		if err := fn(s.buf[start:end]); err != nil {
-			start, s.scanned = end, end
-			return err
+		if err := fn(b[start:end]); err != nil {
+			return end, err
 		}
-		start, s.scanned = end, end
+		start, from = end, end
 	}
 }
 

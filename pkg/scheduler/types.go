@@ -92,22 +92,36 @@ func (r *Request) Text() ([]byte, error) {
 	return r.text, r.textErr
 }
 
+// The pools start small (a chat prompt of a few hundred tokens fits) and
+// keep what requests grew them to, up to maxPooledText and maxPooledHashes:
+// a burst of concurrent requests each takes one, so their first size is
+// what a burst costs (2,000 streams at once held 65 MiB at 32 KiB and 2,048
+// hashes each).
 var (
-	textPool   = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
-	hashesPool = sync.Pool{New: func() any { h := make([]uint64, 0, 2048); return &h }}
+	textPool   = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+	hashesPool = sync.Pool{New: func() any { h := make([]uint64, 0, 256); return &h }}
+)
+
+const (
+	maxPooledText   = 256 << 10
+	maxPooledHashes = 16 << 10
 )
 
 // Release returns the request's buffers to their pools; the request and
 // slices it returned must not be used afterwards.
 func (r *Request) Release() {
 	if r.buf != nil {
-		*r.buf = r.text[:0]
-		textPool.Put(r.buf)
+		if cap(r.text) <= maxPooledText {
+			*r.buf = r.text[:0]
+			textPool.Put(r.buf)
+		}
 		r.buf, r.text = nil, nil
 	}
 	if r.hashBuf != nil {
-		*r.hashBuf = r.hashes[:0]
-		hashesPool.Put(r.hashBuf)
+		if cap(r.hashes) <= maxPooledHashes {
+			*r.hashBuf = r.hashes[:0]
+			hashesPool.Put(r.hashBuf)
+		}
 		r.hashBuf, r.hashes = nil, nil
 	}
 }

@@ -34,6 +34,11 @@ type Pool struct {
 	idleTimeout time.Duration
 	bufSize     int
 
+	// writers are the buffered writers of requests being written: a
+	// connection holds one only from Writer to Flush, so that thousands of
+	// connections waiting on long answers hold no write buffer.
+	writers sync.Pool
+
 	mu   sync.Mutex
 	idle []*Conn // most recently used last
 }
@@ -45,7 +50,7 @@ type Conn struct {
 	pool     *Pool
 	nc       net.Conn
 	br       *bufio.Reader
-	bw       *bufio.Writer
+	bw       *bufio.Writer // between Writer and Flush; nil otherwise
 	lastUsed time.Time
 	reused   bool
 }
@@ -101,7 +106,7 @@ func (p *Pool) Get(deadline time.Time) (*Conn, error) {
 		_ = nc.Close()
 		return nil, DialError{err}
 	}
-	return &Conn{pool: p, nc: nc, br: bufio.NewReaderSize(nc, p.bufSize), bw: bufio.NewWriterSize(nc, p.bufSize)}, nil
+	return &Conn{pool: p, nc: nc, br: bufio.NewReaderSize(nc, p.bufSize)}, nil
 }
 
 func (p *Pool) dial(deadline time.Time) (net.Conn, error) {
@@ -132,8 +137,32 @@ func (p *Pool) CloseIdle() {
 // Reader is the connection's buffered reader.
 func (c *Conn) Reader() *bufio.Reader { return c.br }
 
-// Writer is the connection's buffered writer; flush it to send.
-func (c *Conn) Writer() *bufio.Writer { return c.bw }
+// Writer is a buffered writer on the connection, taken from the pool's
+// writers until Flush: write a request with it, then Flush to send it.
+func (c *Conn) Writer() *bufio.Writer {
+	if c.bw == nil {
+		if w, ok := c.pool.writers.Get().(*bufio.Writer); ok {
+			w.Reset(c.nc)
+			c.bw = w
+		} else {
+			c.bw = bufio.NewWriterSize(c.nc, c.pool.bufSize)
+		}
+	}
+	return c.bw
+}
+
+// Flush sends what was written with Writer and gives the writer back.
+func (c *Conn) Flush() error {
+	w := c.bw
+	if w == nil {
+		return nil
+	}
+	err := w.Flush()
+	c.bw = nil
+	w.Reset(nil)
+	c.pool.writers.Put(w)
+	return err
+}
 
 // Reused reports whether the connection served an earlier request (and so
 // may have been closed by the upstream while idle).
@@ -179,8 +208,8 @@ func (c *Conn) Wait(deadline time.Time, interval time.Duration, w Watcher) error
 // taken for the next response. Its deadlines stay: nothing uses an idle
 // connection, and Get and Wait set new ones.
 func (c *Conn) Release() {
-	if c.br.Buffered() > 0 {
-		_ = c.nc.Close()
+	if c.br.Buffered() > 0 || c.bw != nil {
+		c.Close()
 		return
 	}
 	c.lastUsed = time.Now()
@@ -197,7 +226,19 @@ func (c *Conn) Release() {
 }
 
 // Close closes the connection, which cancels its request upstream.
-func (c *Conn) Close() { _ = c.nc.Close() }
+func (c *Conn) Close() {
+	_ = c.nc.Close()
+	c.dropWriter()
+}
+
+// dropWriter gives back a writer whose request was never flushed.
+func (c *Conn) dropWriter() {
+	if w := c.bw; w != nil {
+		c.bw = nil
+		w.Reset(nil)
+		c.pool.writers.Put(w)
+	}
+}
 
 // IsClosedIdle reports whether err, from writing a request on a reused
 // connection or waiting for its first response byte, is the mark of a

@@ -53,7 +53,7 @@ func lineServer(t *testing.T, release <-chan struct{}) (addr string, conns *atom
 func roundTrip(t *testing.T, c *Conn, line string, w Watcher) error {
 	t.Helper()
 	_, _ = c.Writer().WriteString(line)
-	require.NoError(t, c.Writer().Flush())
+	require.NoError(t, c.Flush())
 	if err := c.Wait(time.Now().Add(10*time.Second), 10*time.Millisecond, w); err != nil {
 		return err
 	}
@@ -79,7 +79,7 @@ func TestPoolReusesConnections(t *testing.T) {
 	c, err := p.Get(time.Time{})
 	require.NoError(t, err)
 	_, _ = c.Writer().WriteString("a\nb\n")
-	require.NoError(t, c.Writer().Flush())
+	require.NoError(t, c.Flush())
 	_, err = c.Reader().ReadString('\n')
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { _, err := c.Reader().Peek(1); return err == nil }, 10*time.Second, time.Millisecond)
@@ -117,14 +117,14 @@ func TestWaitWatchesTheCaller(t *testing.T) {
 	w := &watcher{}
 	w.gone.Store(true)
 	_, _ = c.Writer().WriteString("x\n")
-	require.NoError(t, c.Writer().Flush())
+	require.NoError(t, c.Flush())
 	require.ErrorIs(t, c.Wait(time.Now().Add(time.Minute), 10*time.Millisecond, w), ErrCallerGone)
 	c.Close()
 
 	c, err = p.Get(time.Time{})
 	require.NoError(t, err)
 	_, _ = c.Writer().WriteString("y\n")
-	require.NoError(t, c.Writer().Flush())
+	require.NoError(t, c.Flush())
 	start := time.Now()
 	err = c.Wait(time.Now().Add(100*time.Millisecond), 30*time.Millisecond, &watcher{})
 	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
@@ -168,4 +168,32 @@ func canonical(k string) string {
 		return k
 	}
 	return textproto.CanonicalMIMEHeaderKey(k)
+}
+
+// TestWriterHeldOnlyUntilFlush: a connection holds a write buffer only while
+// a request is written; one released with an unflushed request is closed,
+// never pooled with half a request in it.
+func TestWriterHeldOnlyUntilFlush(t *testing.T) {
+	addr, conns := lineServer(t, nil)
+	p := NewPool(addr, nil)
+	c, err := p.Get(time.Time{})
+	require.NoError(t, err)
+	require.NoError(t, roundTrip(t, c, "one\n", nil))
+	assert.Nil(t, c.bw, "no writer held after Flush")
+	require.NoError(t, c.Flush(), "a Flush with nothing written sends nothing")
+	c.Release()
+
+	c, err = p.Get(time.Time{})
+	require.NoError(t, err)
+	assert.True(t, c.Reused())
+	_, _ = c.Writer().WriteString("half a requ")
+	c.Release() // unflushed: closed, not pooled
+	assert.Nil(t, c.bw)
+
+	c, err = p.Get(time.Time{})
+	require.NoError(t, err)
+	assert.False(t, c.Reused(), "the connection with an unflushed request was not pooled")
+	require.NoError(t, roundTrip(t, c, "two\n", nil))
+	c.Release()
+	assert.EqualValues(t, 2, conns.Load())
 }
