@@ -269,7 +269,8 @@ type call struct {
 	ctx    *fasthttp.RequestCtx
 	path   string
 	tenant *tenant
-	cctx   *clientCtx
+	cctx   *clientCtx // &cc once routed
+	cc     clientCtx
 	start  time.Time
 	body   httpserver.Body
 
@@ -334,7 +335,8 @@ func (c *call) serve() (streaming bool) {
 		return false
 	}
 	c.rt, c.routed = rt, true
-	c.cctx = &clientCtx{conn: ctx.Conn(), dog: &a.dog, tenant: c.tenant}
+	c.cc = clientCtx{conn: ctx.Conn(), dog: &a.dog, tenant: c.tenant}
+	c.cctx = &c.cc
 	if f := a.admit(c.cctx, &c.rt); f != nil {
 		if f.status != 499 {
 			c.writeFailure(f)

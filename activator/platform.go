@@ -37,8 +37,9 @@ func PlatformFields() []string { return append([]string(nil), platformFields[:].
 // platformFieldFailure is the 400 for a client body that sets a platform
 // field, nil when it sets none.
 func platformFieldFailure(obj openai.Object) *failure {
-	for _, f := range platformFields {
-		if _, ok := obj.Get(f); ok {
+	for i := range platformFields {
+		if _, ok := obj.Get(platformFields[i]); ok {
+			f := platformFields[i] // escapes (Param) only when it is the answer
 			e := openai.Err(openai.TypeInvalidRequest, "platform_field",
 				"`"+f+"` is set by the platform for its engines and cannot be sent by clients")
 			e.Param = &f

@@ -68,6 +68,7 @@ type revision struct {
 	profile    *scheduler.Profile
 	routingKey string // the routing spec the profile was built from
 	pods       []*scheduler.Pod
+	cands      []*scheduler.Pod // scratch of the eligible pods of one decision
 	subs       map[string]context.CancelFunc
 	retries    []*waiter                   // requests retried after a failure, waiting, oldest first
 	queued     int                         // requests waiting in queue
@@ -297,8 +298,8 @@ func (r *revision) preScore(ctx context.Context, req *scheduler.Request, exclude
 // it in flight; nil when none is eligible. prepared is what preScore
 // returned for the request, cost its estimated tokens.
 func (r *revision) takeLocked(req *scheduler.Request, prepared *scheduler.Cycle, exclude map[string]bool, tk waitTicket) *scheduler.Pod {
-	var buf [16]*scheduler.Pod
-	cands := r.eligibleLocked(exclude, r.reserveLocked(tk), buf[:0])
+	cands := r.eligibleLocked(exclude, r.reserveLocked(tk), r.cands[:0])
+	r.cands = cands[:0]
 	if len(cands) == 0 {
 		return nil
 	}
@@ -335,17 +336,17 @@ func (r *revision) handOffLocked() {
 		clear(r.retries[len(kept):])
 		r.retries = kept
 	}
-	var buf [16]*scheduler.Pod
 	for r.queued > 0 {
 		now := r.queueing.now()
-		cands := r.eligibleLocked(nil, r.queueing.headroom, buf[:0])
+		cands := r.eligibleLocked(nil, r.queueing.headroom, r.cands[:0])
 		if len(cands) == 0 && r.queueing.headroom > 0 {
 			// Only reserved slots are free: for the next request only if
 			// it may use them (reserveLocked).
 			if e, ok := r.queue.Peek(now); ok {
-				cands = r.eligibleLocked(nil, r.reserveLocked(e.Value().tk), buf[:0])
+				cands = r.eligibleLocked(nil, r.reserveLocked(e.Value().tk), r.cands[:0])
 			}
 		}
+		r.cands = cands[:0]
 		if len(cands) == 0 {
 			return
 		}

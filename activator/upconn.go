@@ -265,13 +265,12 @@ func (a *Activator) send(ctx context.Context, addr, path string, hdr *fwdHeader,
 
 // writeRequest writes a POST of a JSON body.
 func writeRequest(bw *bufio.Writer, addr, path string, hdr *fwdHeader, body []byte) {
-	var scratch [20]byte
 	_, _ = bw.WriteString("POST ")
 	_, _ = bw.WriteString(path)
 	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
 	_, _ = bw.WriteString(addr)
 	_, _ = bw.WriteString("\r\nContent-Type: application/json\r\nContent-Length: ")
-	_, _ = bw.Write(strconv.AppendInt(scratch[:0], int64(len(body)), 10))
+	_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(body)), 10))
 	_, _ = bw.WriteString("\r\n")
 	hdr.write(bw)
 	_, _ = bw.WriteString("\r\n")

@@ -1,8 +1,6 @@
 package queueproxy
 
 import (
-	"encoding/json"
-
 	"github.com/kvasir-serving/kvasir/pkg/stats"
 )
 
@@ -100,11 +98,7 @@ func (d *kvDeltas) snapshot(set kvSet, blockSize, capacity int) []byte {
 
 // kvMessage renders a KV event message.
 func kvMessage(ev *stats.KVEvent) []byte {
-	b, err := json.Marshal(stats.Message{Type: stats.TypeKV, KV: ev})
-	if err != nil { // only plain fields: cannot happen
-		panic("queueproxy: marshal kv event: " + err.Error())
-	}
-	return b
+	return stats.AppendKVMessage(make([]byte, 0, 96+21*(len(ev.Added)+len(ev.Removed))), ev)
 }
 
 // kvSource is a set of prompt blocks streamed to stats subscribers: the KV
