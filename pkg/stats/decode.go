@@ -11,7 +11,20 @@ import (
 // type names (Stat for TypeStat, KV for TypeKV), a Stat's model cards
 // within the bounds of BoundModelCards. An error means the peer
 // sent something that is not a message at all.
+//
+// KV messages in the shape queue-proxies send (sent every few tens of
+// milliseconds) are read by a dedicated decoder; everything else, and any
+// KV message it does not take, by encoding/json, with the same result.
 func Decode(data []byte) (m Message, ok bool, err error) {
+	if m, ok := decodeKV(data); ok {
+		return m, true, nil
+	}
+	return decodeJSON(data)
+}
+
+// decodeJSON is Decode with encoding/json alone: what the KV decoder's
+// result must equal on every input it takes.
+func decodeJSON(data []byte) (m Message, ok bool, err error) {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return Message{}, false, fmt.Errorf("decode stats message: %w", err)
 	}
