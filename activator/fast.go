@@ -265,6 +265,7 @@ func cmpOrInt(a, b int) int {
 // replica released, the limits settled, the request observed) when that
 // ends.
 type call struct {
+	httpserver.StreamBody
 	a      *Activator
 	ctx    *fasthttp.RequestCtx
 	path   string
@@ -288,6 +289,7 @@ type call struct {
 }
 
 var (
+	_ httpserver.Stream            = (*call)(nil)
 	_ fasthttp.BodyWriterTo        = (*call)(nil)
 	_ fasthttp.ReadCloserWithError = (*call)(nil)
 	_ upstream.Watcher             = (*call)(nil)
@@ -384,11 +386,7 @@ func (c *call) serve() (streaming bool) {
 	// The client of a stream learns at once that its request is under
 	// way; a body of known length goes out with its head, in one write.
 	ctx.Response.ImmediateHeaderFlush = length < 0
-	if length < 0 && !ctx.Request.Header.IsHTTP11() {
-		c.streamHTTP10()
-		return true
-	}
-	ctx.Response.SetBodyStream(c, length)
+	httpserver.SetStream(ctx, c, length, &c.armer)
 	return true
 }
 
@@ -479,15 +477,6 @@ func (c *call) releaseBuf() {
 		c.buf = nil
 	}
 }
-
-// SupportsBodyWriteTo tells fasthttp to write the answer with WriteTo.
-func (c *call) SupportsBodyWriteTo() bool { return true }
-
-// errReadCall is what Read returns: fasthttp writes a call with WriteTo.
-var errReadCall = errors.New("activator: an answer is written with WriteTo, not read")
-
-// Read is never used: fasthttp writes the answer with WriteTo.
-func (c *call) Read([]byte) (int, error) { return 0, errReadCall }
 
 // CloseWithError finishes the call once fasthttp is done with the answer
 // (err: why it stopped writing, nil when the answer ended).
@@ -597,36 +586,4 @@ func (c *call) relayFailed(write func([]byte) error, err error) error {
 	c.a.log.Warn("replica failed mid-stream", slog.String("revision", c.rt.rev.cfg.Name), slog.Any("error", err))
 	return write(openai.ErrorEvent(openai.Err(openai.TypeServer, "upstream_failed",
 		"the model replica failed while streaming: "+err.Error())))
-}
-
-// streamHTTP10 relays an answer of unknown length to an HTTP/1.0 client,
-// which cannot read chunks: the connection is hijacked, the body written as
-// it comes and the connection closed at its end (on the goroutine fasthttp
-// starts for a hijacked connection).
-func (c *call) streamHTTP10() {
-	ctx := c.ctx
-	ctx.Response.Header.SetContentLength(-2) // no framing: the body ends with the connection
-	head := ctx.Response.Header.AppendBytes(nil)
-	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(conn net.Conn) {
-		c.armer.Reset(conn, c.a.writeTimeout)
-		bw := bufio.NewWriterSize(conn, 4<<10)
-		w := &flushWriter{bw: bw}
-		_, err := w.Write(head)
-		if err == nil {
-			_, err = c.WriteTo(w)
-		}
-		_ = c.CloseWithError(err)
-	})
-}
-
-// flushWriter flushes every write.
-type flushWriter struct{ bw *bufio.Writer }
-
-func (w *flushWriter) Write(p []byte) (int, error) {
-	n, err := w.bw.Write(p)
-	if err == nil {
-		err = w.bw.Flush()
-	}
-	return n, err
 }

@@ -71,6 +71,7 @@ type exchange struct {
 // the flow is finished (accounted, its connection to the engine released)
 // when that ends. Flows are pooled.
 type flow struct {
+	httpserver.StreamBody
 	p      *Proxy
 	ctx    *fasthttp.RequestCtx
 	client net.Conn // the client's connection, watched while waiting

@@ -66,12 +66,6 @@ type Proxy struct {
 	upgrader       websocket.Upgrader
 	bodies         httpserver.BodyReader // request bodies
 
-	// hijacks are the flows of HTTP/1.0 streams waiting for their
-	// hijacked connection (by client connection); pendingHijacks counts
-	// them, so that a closed connection looks them up only when there are.
-	hijacks        sync.Map
-	pendingHijacks atomic.Int64
-
 	health   *health.State // readiness, drain, proxy handlers running
 	inFlight atomic.Int64
 
@@ -143,7 +137,6 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 	// through the adaptor).
 	p.own = fasthttpadaptor.NewFastHTTPHandler(own)
 	p.server = httpserver.NewFast(p.serve, cfg.Limits, logger)
-	p.server.OnClosed(p.hijackAbandoned)
 	return p, nil
 }
 

@@ -1,16 +1,15 @@
 package queueproxy
 
 import (
-	"bufio"
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
@@ -22,12 +21,10 @@ import (
 // the flow. No goroutine is started for it (except for an HTTP/1.0 client,
 // below): the connection's own goroutine relays the stream.
 var (
+	_ httpserver.Stream            = (*flow)(nil)
 	_ fasthttp.BodyWriterTo        = (*flow)(nil)
 	_ fasthttp.ReadCloserWithError = (*flow)(nil)
 )
-
-// errReadRelay is what Read returns: fasthttp writes a flow with WriteTo.
-var errReadRelay = errors.New("queueproxy: a relayed response is written with WriteTo, not read")
 
 // startStream answers with the engine's status and headers (copied already
 // unless sse) and hands the body over to fasthttp as a stream of the flow:
@@ -52,74 +49,11 @@ func (f *flow) startStream(sse bool, prefix []byte) {
 	if cl := f.resp.Header.ContentLength(); !sse && cl >= 0 && len(prefix) == 0 {
 		length = cl
 	}
-	if !ctx.Request.Header.IsHTTP11() && length < 0 {
-		f.streamHTTP10()
-		return
-	}
-	if sse && f.measured {
+	if sse && f.measured && ctx.Request.Header.IsHTTP11() {
 		_ = resp.Header.SetTrailer(openai.UsageHeader) // sent as the stream ends
 	}
-	resp.SetBodyStream(f, length)
+	httpserver.SetStream(ctx, f, length, &f.armer)
 }
-
-// streamHTTP10 relays a stream of unknown length to an HTTP/1.0 client,
-// which cannot read chunks: the connection is hijacked, the body written as
-// it comes and the connection closed at its end (on a goroutine fasthttp
-// starts for the hijacked connection). If fasthttp closes the connection
-// instead (the client left before the hijack), hijackAbandoned finishes the
-// flow.
-func (f *flow) streamHTTP10() {
-	ctx := f.ctx
-	ctx.Response.Header.SetContentLength(-2) // no framing: the body ends with the connection
-	head := ctx.Response.Header.AppendBytes(nil)
-	ctx.HijackSetNoResponse(true)
-	f.p.hijacks.Store(f.client, f)
-	f.p.pendingHijacks.Add(1)
-	ctx.Hijack(func(c net.Conn) {
-		if _, ok := f.p.hijacks.LoadAndDelete(f.client); !ok {
-			return // finished already
-		}
-		f.p.pendingHijacks.Add(-1)
-		bw := bufio.NewWriterSize(c, 4<<10)
-		w := &flushWriter{bw: bw}
-		_, err := w.Write(head)
-		if err == nil {
-			_, err = f.WriteTo(w)
-		}
-		_ = f.CloseWithError(err)
-	})
-}
-
-// hijackAbandoned finishes the flow of an HTTP/1.0 stream whose connection
-// fasthttp closed before it handed it over.
-func (p *Proxy) hijackAbandoned(c net.Conn) {
-	if p.pendingHijacks.Load() == 0 {
-		return
-	}
-	if v, ok := p.hijacks.LoadAndDelete(c); ok {
-		p.pendingHijacks.Add(-1)
-		f := v.(*flow)
-		f.ex.clientGone = true
-		f.finish()
-	}
-}
-
-// flushWriter flushes every write.
-type flushWriter struct{ bw *bufio.Writer }
-
-func (w *flushWriter) Write(p []byte) (int, error) {
-	n, err := w.bw.Write(p)
-	if err == nil {
-		err = w.bw.Flush()
-	}
-	return n, err
-}
-
-// SupportsBodyWriteTo tells fasthttp to write the stream with WriteTo.
-func (f *flow) SupportsBodyWriteTo() bool { return true }
-
-// Read is never used: fasthttp writes the stream with WriteTo.
-func (f *flow) Read([]byte) (int, error) { return 0, errReadRelay }
 
 // CloseWithError finishes the flow once fasthttp is done with the stream
 // (err: why it stopped writing, nil when the stream ended).

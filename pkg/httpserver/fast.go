@@ -43,7 +43,6 @@ var (
 type FastServer struct {
 	srv    *fasthttp.Server
 	limits Limits
-	closed func(net.Conn) // see OnClosed
 
 	mu  sync.Mutex
 	lns []*capListener
@@ -80,19 +79,8 @@ func NewFast(h fasthttp.RequestHandler, l Limits, log *slog.Logger) *FastServer 
 		SecureErrorLogMessage:        true,
 		Logger:                       fastLogger{log},
 	}
-	s.srv.ConnState = func(c net.Conn, state fasthttp.ConnState) {
-		if state == fasthttp.StateClosed && s.closed != nil {
-			s.closed(c)
-		}
-	}
 	return s
 }
-
-// OnClosed registers f to be told of every connection the server closed
-// (not one a handler hijacked). A handler that hijacks a connection learns
-// so when fasthttp closes the connection before it ran the hijack (its
-// client left meanwhile). Call it before Serve.
-func (s *FastServer) OnClosed(f func(net.Conn)) { s.closed = f }
 
 // fastLogger sends fasthttp's own log lines to slog at debug level.
 type fastLogger struct{ log *slog.Logger }

@@ -158,6 +158,9 @@ type cappedConn struct {
 	// what the client still sends, so the client reads the answer rather
 	// than a reset (closing with unread bytes resets the connection).
 	linger atomic.Bool
+	// pending is a stream waiting for the hijack of the connection
+	// (SetStream); Close before the hijack closes it.
+	pending atomic.Pointer[pendingStream]
 }
 
 // Lingering close bounds: what is read, and for how long, before the
@@ -188,5 +191,8 @@ func (c *cappedConn) Close() error {
 	}
 	err := c.Conn.Close()
 	c.once.Do(c.release)
+	if p := c.pending.Swap(nil); p != nil {
+		_ = p.s.CloseWithError(ErrStreamAbandoned)
+	}
 	return err
 }
