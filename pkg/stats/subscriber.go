@@ -8,6 +8,13 @@ import (
 	"github.com/gorilla/websocket"
 )
 
+// MaxMessageBytes bounds one message of a stats stream, as its reader
+// takes it. The largest a queue-proxy sends is a snapshot of the most
+// blocks it follows (4,194,304, at most 21 bytes each: 88 MB). A larger
+// message breaks the connection (then re-dialled) rather than the
+// subscriber's memory.
+const MaxMessageBytes = 128 << 20
+
 // Subscribe follows the stats stream of the queue-proxy at addr (host:port)
 // and calls fn with every message (stats and KV events), in order, until ctx
 // is done. fn is called with Reset=true on the first KV event of every
@@ -23,7 +30,7 @@ func Subscribe(ctx context.Context, addr string, fn func(Message), log *slog.Log
 		conn, _, err := dialer.DialContext(ctx, url, nil)
 		if err == nil {
 			backoff = 100 * time.Millisecond
-			err = follow(ctx, conn, fn)
+			err = follow(ctx, conn, fn, MaxMessageBytes)
 		}
 		if ctx.Err() != nil {
 			return
@@ -38,10 +45,11 @@ func Subscribe(ctx context.Context, addr string, fn func(Message), log *slog.Log
 	}
 }
 
-func follow(ctx context.Context, conn *websocket.Conn, fn func(Message)) error {
+func follow(ctx context.Context, conn *websocket.Conn, fn func(Message), limit int64) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	defer conn.Close()
+	conn.SetReadLimit(limit)
 	for {
 		_, data, err := conn.ReadMessage()
 		if err != nil {

@@ -60,3 +60,29 @@ func TestSubscribeFollowsAndRedials(t *testing.T) {
 		t.Fatal("Subscribe did not return after cancel")
 	}
 }
+
+// TestFollowRefusesAMessageOverTheLimit: a peer that sends one message
+// larger than the limit breaks the connection; what came before it was
+// delivered, nothing of it is.
+func TestFollowRefusesAMessageOverTheLimit(t *testing.T) {
+	up := websocket.Upgrader{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		small, _ := json.Marshal(Message{Type: TypeStat, Stat: &Stat{Pod: "p", Requests: 1}})
+		_ = c.WriteMessage(websocket.TextMessage, small)
+		big, _ := json.Marshal(Message{Type: TypeStat, Stat: &Stat{Pod: strings.Repeat("p", 4096)}})
+		_ = c.WriteMessage(websocket.TextMessage, big)
+		_, _, _ = c.ReadMessage() // until the client leaves
+	}))
+	defer srv.Close()
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+Path, nil)
+	require.NoError(t, err)
+	var got []uint64
+	err = follow(context.Background(), conn, func(m Message) { got = append(got, m.Stat.Requests) }, 1024)
+	require.ErrorIs(t, err, websocket.ErrReadLimit)
+	require.Equal(t, []uint64{1}, got)
+}
