@@ -237,7 +237,9 @@ func (w *hijackWriter) Write(p []byte) (int, error) {
 
 func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.hijacked = true
-	return w.conn, bufio.NewReadWriter(bufio.NewReader(w.conn), bufio.NewWriter(w.conn)), nil
+	// gorilla's upgrader reads and writes with its own buffers (it only
+	// checks that nothing is buffered here): the smallest bufio allows.
+	return w.conn, bufio.NewReadWriter(bufio.NewReaderSize(w.conn, 16), bufio.NewWriterSize(w.conn, 16)), nil
 }
 
 // finish sends an answer written without a hijack; the connection is

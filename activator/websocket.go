@@ -31,6 +31,9 @@ const wsWriteTimeout = 10 * time.Second
 var upgrader = websocket.Upgrader{
 	ReadBufferSize:  32 << 10,
 	WriteBufferSize: 32 << 10,
+	// A connection holds a write buffer only while it writes a message:
+	// an idle WebSocket keeps none.
+	WriteBufferPool: &sync.Pool{},
 	// serveWebSocket checks the origin before the upgrade (originPolicy),
 	// to answer a refusal as an OpenAI error.
 	CheckOrigin: func(*http.Request) bool { return true },
