@@ -196,8 +196,8 @@ type Activator struct {
 	followStats bool
 	onDemand    func(fleet.Key)
 	metrics     *metrics
-	upstream    *upstream.Client // prefill, tokenization and the scheduler's plugins
-	pools       pools            // the forwarded requests' connections (upconn.go)
+	upstream    *upstream.Client // the scheduler's plugins (the benchmark-only oracle)
+	pools       pools            // the data path's connections: forwarded requests, prefills, tokenizations (upconn.go)
 	dog         watchdog         // looks at the clients of waiting requests (clientctx.go)
 	tokenizers  tokenizers       // tokenizer files of revisions, by path
 	tokenizing  chan struct{}    // engine tokenizations in flight, at most maxTokenizing

@@ -222,7 +222,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr *f
 		model = rt.req.Adapter // the adapter's tokenizer and template, where it has its own
 	}
 	if rt.req.Tokens == nil { // admit may have tokenized it (a tokenizer file)
-		a.tokenize(ctx, rt, model)
+		a.tokenize(ctx, rt, model, watch)
 	}
 	var tried map[string]bool
 	var last *failure // the last replica's failure
@@ -242,7 +242,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr *f
 		}
 		body := rt.body
 		if rt.rev.prefill != nil {
-			body = a.prefillFor(ctx, rt, ep, path, hdr.httpHeader(), timeout)
+			body = a.prefillFor(ctx, rt, ep, path, hdr, timeout, watch)
 		}
 		resp, err := a.send(ctx, ep.Address, path, hdr, body, time.Now().Add(timeout), watch)
 		gone := errors.Is(err, upstream.ErrCallerGone)
@@ -253,8 +253,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr *f
 			// The replica had the request for the whole timeout: it did the
 			// work, so another replica must not do it again.
 			a.release(rev, ep, outcomeFailure, fair.tk.tenant)
-			return nil, &failure{status: http.StatusGatewayTimeout, err: openai.Err(openai.TypeTimeout, "upstream_timeout",
-				"the model replica did not answer within the request timeout ("+timeout.String()+")"), spent: spentAll}
+			return nil, upstreamTimeout(timeout)
 		}
 		if err == nil && !isRetryableStatus(resp.resp.StatusCode()) {
 			up = &inflight{a: a, up: resp, status: resp.resp.StatusCode(), rev: rev, ep: ep, adm: rt.adm, fair: fair}
@@ -281,15 +280,34 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr *f
 		if attempt+1 == a.cfg.MaxAttempts {
 			break
 		}
-		a.log.Warn("replica failed before the first byte; retrying", slog.String("revision", rev.key.Revision),
-			slog.String("replica", ep.Name), slog.Int("attempt", attempt+1), slog.String("error", last.err.Message))
-		a.metrics.attempts.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name).Inc()
+		a.retrying(rt, ep, attempt, last)
 		if tried == nil {
 			tried = map[string]bool{}
 		}
 		tried[ep.Name] = true
 	}
 	return nil, last
+}
+
+// upstreamTimeout is the failure of a replica that did not answer within
+// the request timeout. (It and retrying are out of dispatch, so that their
+// locals do not deepen the stack of every request: a request's goroutine
+// relays its stream on the stack the deepest moment of dispatch grew.)
+//
+//go:noinline
+func upstreamTimeout(timeout time.Duration) *failure {
+	return &failure{status: http.StatusGatewayTimeout, err: openai.Err(openai.TypeTimeout, "upstream_timeout",
+		"the model replica did not answer within the request timeout ("+timeout.String()+")"), spent: spentAll}
+}
+
+// retrying logs and counts a retry after a replica failed before the first
+// byte.
+//
+//go:noinline
+func (a *Activator) retrying(rt routed, ep *scheduler.Pod, attempt int, last *failure) {
+	a.log.Warn("replica failed before the first byte; retrying", slog.String("revision", rt.rev.rev.key.Revision),
+		slog.String("replica", ep.Name), slog.Int("attempt", attempt+1), slog.String("error", last.err.Message))
+	a.metrics.attempts.WithLabelValues(rt.svc.cfg.Namespace, rt.svc.cfg.Name, rt.rev.cfg.Name).Inc()
 }
 
 func (a *Activator) acquireFailure(ctx context.Context, err error) *failure {

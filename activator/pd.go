@@ -5,19 +5,23 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/scheduler"
+	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
 // SkipRemotePrefill is the share of a prompt's blocks a decode pod must hold
 // already for the activator to let it prefill the rest itself rather than
 // have a prefill pod compute the whole prompt and transfer it.
 const SkipRemotePrefill = 0.8
+
+// maxPrefillReply bounds a prefill pod's answer: a longer one is refused
+// (the next prefill pod is tried).
+const maxPrefillReply = 4 << 20
 
 // PD outcomes, the "prefill" label of kvasir_activator_pd_requests_total.
 const (
@@ -32,7 +36,11 @@ const (
 // body unchanged when dp should prefill itself. A failing prefill pod is
 // retried on the next one; when none can, the decode pod prefills (the
 // client still gets one answer).
-func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod, path string, hdr http.Header, timeout time.Duration) []byte {
+//
+// hdr is what of the client's headers goes with the prefill request (its
+// key headers never do when the activator authenticated it); watch and ctx
+// are the client's, as for send: a client that leaves cancels the prefill.
+func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod, path string, hdr *fwdHeader, timeout time.Duration, watch upstream.Watcher) []byte {
 	if rt.req.API != scheduler.APIChat && rt.req.API != scheduler.APICompletions {
 		return rt.body
 	}
@@ -56,7 +64,10 @@ func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod
 			}
 			break
 		}
-		params, o, err := a.prefill(ctx, pp, path, hdr, prefillBody, timeout)
+		params, o, err := a.prefill(ctx, pp, path, hdr, prefillBody, timeout, watch)
+		if errors.Is(err, upstream.ErrCallerGone) {
+			cancelClient(ctx) // the decode attempt fails on ctx
+		}
 		if ctx.Err() != nil {
 			o = outcomeNone
 		}
@@ -81,23 +92,29 @@ func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod
 
 // prefill sends the prefill request to pod pp and returns the
 // kv_transfer_params of its answer, and what the exchange showed of pp's
-// health (outlier detection).
-func (a *Activator) prefill(ctx context.Context, pp *scheduler.Pod, path string, hdr http.Header, body []byte, timeout time.Duration) (json.RawMessage, outcome, error) {
-	resp, err := a.upstream.PostJSON(ctx, pp.Address, path, hdr, body, timeout)
+// health (outlier detection). The exchange ends within timeout; an answer
+// over maxPrefillReply is refused.
+func (a *Activator) prefill(ctx context.Context, pp *scheduler.Pod, path string, hdr *fwdHeader, body []byte, timeout time.Duration, watch upstream.Watcher) (json.RawMessage, outcome, error) {
+	u, err := a.send(ctx, pp.Address, path, hdr, body, time.Now().Add(timeout), watch)
 	if err != nil {
 		return nil, outcomeFailure, err
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
+	data, err := u.readAll(maxPrefillReply)
+	status := u.resp.StatusCode()
+	u.finish(true) // reused when read to its end
+	tooLarge := errors.Is(err, errTooLarge)
+	if err != nil && !tooLarge {
 		return nil, outcomeFailure, fmt.Errorf("reading the prefill answer: %w", err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	if status != http.StatusOK {
 		o := outcomeSuccess // it answered
-		if isGatewayFailure(resp.StatusCode) {
+		if isGatewayFailure(status) {
 			o = outcomeFailure
 		}
-		return nil, o, fmt.Errorf("prefill answered %d: %s", resp.StatusCode, truncate(data, 200))
+		return nil, o, fmt.Errorf("prefill answered %d: %s", status, truncate(data, 200))
+	}
+	if tooLarge {
+		return nil, outcomeSuccess, fmt.Errorf("prefill answer over %d bytes: %w", maxPrefillReply, err)
 	}
 	obj, err := openai.Parse(data)
 	if err != nil {

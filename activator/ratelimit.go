@@ -112,7 +112,7 @@ func (a *Activator) admit(ctx context.Context, rt *routed) *failure {
 		return nil
 	}
 	if rt.rev.cfg.Tokenizer.Type == v1alpha1.TokenizerFile {
-		a.tokenize(ctx, *rt, rt.svc.cfg.Model) // local, no I/O: exact input tokens
+		a.tokenize(ctx, *rt, rt.svc.cfg.Model, nil) // local, no I/O: exact input tokens
 	}
 	cost, bound := estimateCost(rt.req)
 	key := ratelimit.Key{Namespace: rt.tenant.cfg.Namespace, Tenant: rt.tenant.cfg.Name, Model: model}

@@ -3,6 +3,7 @@ package activator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/apis/serving/v1alpha1"
 	"github.com/kvasir-serving/kvasir/pkg/scheduler"
 	"github.com/kvasir-serving/kvasir/pkg/tokenizer"
+	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
 // Precise prefix routing. The queue-proxies of engines that publish KV
@@ -81,8 +83,10 @@ func (t *tokenizers) load(path string) (textTokenizer, error) {
 }
 
 // tokenize sets rt.req.Tokens as the revision's engine would tokenize the
-// prompt, when it can know them.
-func (a *Activator) tokenize(ctx context.Context, rt routed, model string) {
+// prompt, when it can know them. ctx and watch are the client's, as for
+// send: a client that leaves cancels an engine's tokenization (watch is
+// unused by a tokenizer file, which makes no I/O).
+func (a *Activator) tokenize(ctx context.Context, rt routed, model string, watch upstream.Watcher) {
 	tk := rt.rev.cfg.Tokenizer
 	switch tk.Type {
 	case v1alpha1.TokenizerFile:
@@ -109,7 +113,10 @@ func (a *Activator) tokenize(ctx context.Context, rt routed, model string) {
 			return
 		}
 		defer func() { <-a.tokenizing }()
-		toks, err := a.engineTokens(ctx, addr, rt, model, tk.Path)
+		toks, err := a.engineTokens(ctx, addr, rt, model, tk.Path, watch)
+		if errors.Is(err, upstream.ErrCallerGone) {
+			cancelClient(ctx) // the dispatch that follows fails on ctx
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				a.metrics.tokenizeErrors.Inc()
@@ -126,31 +133,30 @@ func (a *Activator) tokenize(ctx context.Context, rt routed, model string) {
 const maxTokenizing = 64
 
 // engineTokens asks the engine behind the queue-proxy at addr to tokenize
-// the request, within tokenizeTimeout all told.
-func (a *Activator) engineTokens(ctx context.Context, addr string, rt routed, model, path string) ([]uint32, error) {
+// the request, within tokenizeTimeout all told. No header of the client's
+// goes with it.
+func (a *Activator) engineTokens(ctx context.Context, addr string, rt routed, model, path string, watch upstream.Watcher) ([]uint32, error) {
 	body, err := tokenizeBody(rt.req, model)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, tokenizeTimeout)
-	defer cancel()
-	hdr := http.Header{"Content-Type": {"application/json"}}
-	resp, err := a.upstream.PostJSON(ctx, addr, path, hdr, body, tokenizeTimeout)
+	u, err := a.send(ctx, addr, path, nil, body, time.Now().Add(tokenizeTimeout), watch)
 	if err != nil {
 		return nil, fmt.Errorf("POST %s: %w", path, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return nil, fmt.Errorf("POST %s: status %d", path, resp.StatusCode)
+	defer u.finish(true) // reused when read to its end
+	r := u.whole()
+	if status := u.resp.StatusCode(); status != http.StatusOK {
+		_, _ = io.Copy(io.Discard, io.LimitReader(r, 64<<10)) // a small error body, so the connection is reused
+		return nil, fmt.Errorf("POST %s: status %d", path, status)
 	}
 	var out struct {
 		Tokens []uint32 `json:"tokens"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxTokenizeReply)).Decode(&out); err != nil {
+	if err := json.NewDecoder(io.LimitReader(r, maxTokenizeReply)).Decode(&out); err != nil {
 		return nil, fmt.Errorf("POST %s: decode: %w", path, err)
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10)) // to EOF, so the connection is reused
+	_, _ = io.Copy(io.Discard, io.LimitReader(r, 4<<10)) // to EOF, so the connection is reused
 	if out.Tokens == nil {
 		out.Tokens = []uint32{}
 	}

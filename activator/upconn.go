@@ -16,15 +16,17 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
-// The activator's client to the replicas' queue-proxies: one
-// upstream.Pool of keep-alive connections per address, the request written
-// and the answer read with fasthttp's wire types on the request's own
-// goroutine (no goroutine, no context watcher per request). While it waits
-// for the first byte of an answer, and between the reads of a stream, the
-// request looks at its client every checkInterval (upstream.Conn.Wait with
-// the client's Watcher): fasthttp's server gives no other sign of a client
-// that left, and a client gone closes the connection to the queue-proxy,
-// which cancels the engine's work.
+// The activator's client to the replicas' queue-proxies, for every request
+// of the data path (the forwarded request, the prefill half of a
+// disaggregated one, an engine tokenization): one upstream.Pool of
+// keep-alive connections per address, the request written and the answer
+// read with fasthttp's wire types on the request's own goroutine (no
+// goroutine, no context watcher per request). While it waits for the first
+// byte of an answer, and between the reads of its body, the request looks
+// at its client every checkInterval (upstream.Conn.Wait with the client's
+// Watcher): fasthttp's server gives no other sign of a client that left,
+// and a client gone closes the connection to the queue-proxy, which
+// cancels the engine's work.
 
 // checkInterval is how often a request waiting on a replica, or in the
 // revision's queue, checks whether its client is still there.
@@ -33,6 +35,10 @@ const checkInterval = 100 * time.Millisecond
 // errUpgrade is the failure of a replica that switches protocols on a
 // request that asked for no upgrade.
 var errUpgrade = errors.New("upstream answered 101 Switching Protocols to a request that asked for no upgrade")
+
+// errTooLarge is the failure of an answer read whole (readAll) that is
+// longer than its bound.
+var errTooLarge = errors.New("answer larger than its bound")
 
 // pools are the connection pools to the replicas, by address.
 type pools struct {
@@ -67,8 +73,12 @@ type fwdHeader struct {
 	stripAuth bool
 }
 
-// write writes the headers in wire format.
+// write writes the headers in wire format; a nil h writes none (a request
+// of the activator's own, such as a tokenization).
 func (h *fwdHeader) write(bw *bufio.Writer) {
+	if h == nil {
+		return
+	}
 	if h.fast != nil {
 		conn := h.fast.PeekAll("Connection")
 		for k, v := range h.fast.All() {
@@ -141,22 +151,6 @@ func isKeyHeader(k string) bool {
 	return k == "Authorization" || k == APIKeyHeader
 }
 
-// httpHeader returns the headers as an http.Header, for the requests still
-// sent with upstream.Client (prefill, tokenization).
-func (h *fwdHeader) httpHeader() http.Header {
-	if h.fast == nil {
-		return h.std
-	}
-	out := http.Header{}
-	conn := h.fast.PeekAll("Connection")
-	for k, v := range h.fast.All() {
-		if !h.skip(k, conn) {
-			out.Add(string(k), string(v))
-		}
-	}
-	return out
-}
-
 // upResp is a replica's answer being read: its head, and its body as a
 // stream. finish ends it.
 type upResp struct {
@@ -191,6 +185,37 @@ func (u *upResp) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// waitingBody is an answer's body read whole: each read that may block
+// waits first (wait), so that a client gone ends it, and a read after the
+// end returns io.EOF at once.
+type waitingBody upResp
+
+func (b *waitingBody) Read(p []byte) (int, error) {
+	u := (*upResp)(b)
+	if u.eof {
+		return 0, io.EOF
+	}
+	if err := u.wait(); err != nil {
+		return 0, err
+	}
+	return u.Read(p)
+}
+
+// whole is the answer's body for a caller that reads it whole (a prefill's,
+// a tokenization's): its reads look at the client while they wait.
+func (u *upResp) whole() io.Reader { return (*waitingBody)(u) }
+
+// readAll reads the answer's body whole, at most limit bytes of it: a
+// longer body is errTooLarge, with its first limit bytes, and is not read
+// to its end (finish closes the connection).
+func (u *upResp) readAll(limit int) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(u.whole(), int64(limit)+1))
+	if err == nil && len(data) > limit {
+		return data[:limit], errTooLarge
+	}
+	return data, err
+}
+
 // finish gives the connection back to its pool when the answer was read to
 // its end, or closes it, which cancels what the replica still does for it.
 // eof is the caller's view; the body's own must agree.
@@ -206,15 +231,21 @@ func (u *upResp) finish(eof bool) {
 	u.resp, u.conn, u.body = nil, nil, nil
 }
 
-// send sends a POST of a JSON body to the replica at addr and reads its
-// answer's head. A request with a Watcher (HTTP) looks at its client while
-// it waits (upstream.ErrCallerGone when it left); one without (WebSocket)
-// has its connection closed when ctx ends. A pooled connection the
-// replica closed while idle fails at once, before the replica saw
-// anything: the request is sent once more on a new one. Errors are
-// upstream.DialError when nothing was sent, a timeout past deadline, and
-// ctx's error when it ended first.
+// send sends a POST of a JSON body to the replica at addr, with the
+// client's headers hdr (nil: none), and reads its answer's head; the
+// exchange, body included, ends by deadline. It serves every request of
+// the data path: the forwarded request, a prefill, a tokenization. A
+// request with a Watcher (HTTP) looks at its client while it waits
+// (upstream.ErrCallerGone when it left); one without (WebSocket) has its
+// connection closed when ctx ends. A request whose ctx ended already is
+// not sent. A pooled connection the replica closed while idle fails at
+// once, before the replica saw anything: the request is sent once more on
+// a new one. Errors are upstream.DialError when nothing was sent, a
+// timeout past deadline, and ctx's error when it ended first.
 func (a *Activator) send(ctx context.Context, addr, path string, hdr *fwdHeader, body []byte, deadline time.Time, watch upstream.Watcher) (*upResp, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // the client left (during a prefill, say)
+	}
 	pool := a.pools.get(addr)
 	for attempt := 0; ; attempt++ {
 		c, err := pool.Get(deadline)
