@@ -254,7 +254,7 @@ func (a *Activator) send(ctx context.Context, addr, path string, hdr *fwdHeader,
 		}
 		var stop func() bool
 		if watch == nil {
-			stop = context.AfterFunc(ctx, c.Close)
+			stop = context.AfterFunc(ctx, c.Abort) // Close is the owner's: it gives back the writer
 		}
 		fail := func(err error) error {
 			if stop != nil {

@@ -225,7 +225,14 @@ func (c *Conn) Release() {
 	}
 }
 
-// Close closes the connection, which cancels its request upstream.
+// Abort closes the connection's socket, which cancels its request
+// upstream. Unlike Close it may be called from any goroutine (a context's
+// AfterFunc, say) while the owner still uses the connection: the owner's
+// next write or read fails, and the owner then Closes it.
+func (c *Conn) Abort() { _ = c.nc.Close() }
+
+// Close closes the connection, which cancels its request upstream. Only
+// the connection's user calls it (see Abort).
 func (c *Conn) Close() {
 	_ = c.nc.Close()
 	c.dropWriter()

@@ -197,3 +197,33 @@ func TestWriterHeldOnlyUntilFlush(t *testing.T) {
 	c.Release()
 	assert.EqualValues(t, 2, conns.Load())
 }
+
+// TestAbortFromAnotherGoroutine: Abort (a context's AfterFunc) may run
+// while the owner writes a request; it only closes the socket, so the
+// owner's Flush fails and its writer never reaches another connection
+// (-race: Abort touches nothing the owner uses).
+func TestAbortFromAnotherGoroutine(t *testing.T) {
+	addr, _ := lineServer(t, make(chan struct{})) // never answers
+	p := NewPool(addr, nil)
+	c, err := p.Get(time.Time{})
+	require.NoError(t, err)
+	aborted := make(chan struct{})
+	go func() { c.Abort(); close(aborted) }()
+	w := c.Writer()
+	var ferr error
+	for i := 0; i < 4096 && ferr == nil; i++ { // until the abort shows: at most 4096 x 8 KiB
+		_, _ = w.Write(make([]byte, 8<<10))
+		ferr = c.Flush()
+		if ferr == nil {
+			w = c.Writer()
+		}
+	}
+	<-aborted
+	require.Error(t, ferr, "writes on an aborted connection fail")
+	c.Close()
+	assert.Nil(t, c.bw)
+	c2, err := p.Get(time.Time{})
+	require.NoError(t, err)
+	assert.False(t, c2.Reused(), "the aborted connection was not pooled")
+	c2.Close()
+}
