@@ -108,7 +108,11 @@ func (l *capListener) closeConns() {
 	}
 	l.mu.Unlock()
 	for _, c := range conns {
-		_ = c.Close()
+		// The socket only: the server's own Close of the connection, on
+		// its goroutine once the handler returned, gives the place back
+		// and ends a stream still waiting for its hijack (cappedConn.Close),
+		// never this goroutine while a handler still runs.
+		_ = c.Conn.Close()
 	}
 }
 

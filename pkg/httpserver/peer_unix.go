@@ -5,7 +5,6 @@ package httpserver
 import (
 	"net"
 	"syscall"
-	"unsafe"
 )
 
 // PeerClosed reports whether the peer of c closed its side of the
@@ -26,19 +25,6 @@ func PeerClosed(c net.Conn) bool {
 		return true
 	}
 	closed := false
-	err = rc.Control(func(fd uintptr) {
-		// recv(2) straight, without syscall.Recvfrom's address buffer: the
-		// check runs deep in a request's stack, which every stream keeps.
-		var b [1]byte
-		n, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case 0:
-			closed = n == 0 // EOF: the peer shut its side down
-		case syscall.EAGAIN, syscall.EINTR:
-		default:
-			closed = true // reset, or another failure: nothing more will come
-		}
-	})
+	err = rc.Control(func(fd uintptr) { closed = peekClosed(fd) })
 	return closed || err != nil
 }

@@ -47,7 +47,9 @@ func (StreamBody) Read([]byte) (int, error) { return 0, errWriteToOnly }
 // body written unframed as it comes, and the connection closed at its end
 // (on the goroutine fasthttp starts for a hijack, armer's write timeout
 // applying); if the server closes that connection before it hands it over
-// (the client left meanwhile), s is closed with ErrStreamAbandoned.
+// (the client left meanwhile), s is closed with ErrStreamAbandoned. That
+// last needs a connection FastServer accepted (its own conn type notices
+// the close); on another server such a stream would never be closed.
 func SetStream(ctx *fasthttp.RequestCtx, s Stream, length int, armer *WriteArmer) {
 	if length >= 0 || ctx.Request.Header.IsHTTP11() {
 		ctx.Response.SetBodyStream(s, length)
