@@ -16,7 +16,10 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
-var errNoPrompt = errors.New("request has no prompt")
+var (
+	errNoPrompt = errors.New("request has no prompt")
+	errReleased = errors.New("request released: its prompt buffers went back to their pools")
+)
 
 // Plugin is anything a profile runs.
 type Plugin interface {

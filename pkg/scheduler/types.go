@@ -124,6 +124,8 @@ func (r *Request) Release() {
 		}
 		r.hashBuf, r.hashes = nil, nil
 	}
+	// A read after Release fails rather than see an empty prompt.
+	r.rendered, r.textErr, r.hashBS = true, errReleased, 0
 }
 
 // Hashes returns the chained block hashes of the prompt at blockSize tokens

@@ -294,7 +294,10 @@ func (s *kvScanner) uints() ([]uint64, bool) {
 	}
 	end := s.i + size
 	n := min(bytes.Count(s.b[s.i:end], []byte{','})+1, (size+1)/2)
-	out := make([]uint64, 0, n)
+	// Sized once for up to maxPresized elements; beyond, append grows it
+	// as the digits are read, so that commas alone (a forged message)
+	// cannot make the reader allocate before the array is checked.
+	out := make([]uint64, 0, min(n, maxPresized))
 	// Read (ws digits ws (',' ws digits ws)*)? up to end.
 	b, i := s.b, s.i
 	for i < end && isSpace(b[i]) {
@@ -364,3 +367,7 @@ func nonDigits(x uint64) uint64 {
 func isSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r'
 }
+
+// maxPresized bounds the slice an array is sized for before its elements
+// are read (32 KiB).
+const maxPresized = 4096

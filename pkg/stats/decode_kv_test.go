@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -178,6 +179,19 @@ func TestDecodeKVAllocs(t *testing.T) {
 		}
 	})
 	require.LessOrEqual(t, allocs, 4.0)
+}
+
+// TestDecodeKVCommasAllocateLittle: an array of commas (a forged message)
+// is refused without the reader sizing a slice for them first.
+func TestDecodeKVCommasAllocateLittle(t *testing.T) {
+	data := []byte(`{"type":"kv","kv":{"added":[` + strings.Repeat(",", 1<<20) + `]}}`)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, ok, err := Decode(data)
+	runtime.ReadMemStats(&after)
+	require.False(t, ok)
+	require.Error(t, err)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(256<<10), "bytes allocated for 1 MiB of commas")
 }
 
 // FuzzDecodeKV checks that Decode, with its KV decoder, gives on every
