@@ -99,14 +99,6 @@ func (c *clientCtx) release() {
 	}
 }
 
-// cancelClient cancels ctx when it is a clientCtx (its client is known to
-// have left).
-func cancelClient(ctx context.Context) {
-	if c, ok := ctx.(*clientCtx); ok {
-		c.cancel()
-	}
-}
-
 // watchdog looks at the connections of the requests waiting on their
 // clientCtx. Its goroutine runs while there is one.
 type watchdog struct {

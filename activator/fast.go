@@ -272,8 +272,7 @@ type call struct {
 	ctx    *fasthttp.RequestCtx
 	path   string
 	tenant *tenant
-	cctx   *clientCtx // &cc once routed
-	cc     clientCtx
+	cc     clientCtx // the request's context once routed (zero before: nothing to release)
 	start  time.Time
 	body   httpserver.Body
 
@@ -297,8 +296,17 @@ var (
 	_ upstream.Watcher             = (*call)(nil)
 )
 
-// Gone reports whether the client left (upstream.Watcher).
-func (c *call) Gone() bool { return httpserver.PeerClosed(c.ctx.Conn()) }
+// Gone reports whether the client left (upstream.Watcher). When it did,
+// the request's client context ends too, so that whatever of the request
+// still looks at ctx (a prefill's fallback, the decode attempt after a
+// tokenization) sees it gone.
+func (c *call) Gone() bool {
+	if !httpserver.PeerClosed(c.ctx.Conn()) {
+		return false
+	}
+	c.cc.cancel()
+	return true
+}
 
 func (a *Activator) serveInferenceFast(ctx *fasthttp.RequestCtx, path string, tn *tenant) {
 	if isWebSocketFast(ctx) && path != PathEmbeddings {
@@ -340,8 +348,7 @@ func (c *call) serve() (streaming bool) {
 	}
 	c.rt, c.routed = rt, true
 	c.cc = clientCtx{conn: ctx.Conn(), dog: &a.dog, tenant: c.tenant}
-	c.cctx = &c.cc
-	if f := a.admit(c.cctx, &c.rt); f != nil {
+	if f := a.admit(&c.cc, &c.rt); f != nil {
 		if f.status != 499 {
 			c.writeFailure(f)
 		} else {
@@ -351,7 +358,7 @@ func (c *call) serve() (streaming bool) {
 		return false
 	}
 	hdr := fwdHeader{fast: &ctx.Request.Header, stripAuth: !a.tenants.Load().open()}
-	up, f := a.dispatch(c.cctx, c.rt, c.path, &hdr, c)
+	up, f := a.dispatch(&c.cc, c.rt, c.path, &hdr, c)
 	c.body.Release() // sent, or never will be
 	// The prompt's text and block hashes were for the pick and the
 	// estimate: their pooled buffers go back now, not when a long stream
@@ -465,9 +472,7 @@ func (c *call) finish() {
 		}
 		c.rt.done()
 	}
-	if c.cctx != nil {
-		c.cctx.release()
-	}
+	c.cc.release()
 	c.releaseBuf()
 	c.body.Release()
 }

@@ -245,10 +245,7 @@ func (a *Activator) dispatch(ctx context.Context, rt routed, path string, hdr *f
 			body = a.prefillFor(ctx, rt, ep, path, hdr, timeout, watch)
 		}
 		resp, err := a.send(ctx, ep.Address, path, hdr, body, time.Now().Add(timeout), watch)
-		gone := errors.Is(err, upstream.ErrCallerGone)
-		if gone {
-			cancelClient(ctx)
-		}
+		gone := errors.Is(err, upstream.ErrCallerGone) // the call's Gone ended ctx too
 		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() && !gone && ctx.Err() == nil {
 			// The replica had the request for the whole timeout: it did the
 			// work, so another replica must not do it again.

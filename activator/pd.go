@@ -65,9 +65,6 @@ func (a *Activator) prefillFor(ctx context.Context, rt routed, dp *scheduler.Pod
 			break
 		}
 		params, o, err := a.prefill(ctx, pp, path, hdr, prefillBody, timeout, watch)
-		if errors.Is(err, upstream.ErrCallerGone) {
-			cancelClient(ctx) // the decode attempt fails on ctx
-		}
 		if ctx.Err() != nil {
 			o = outcomeNone
 		}

@@ -3,7 +3,6 @@ package activator
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -114,9 +113,6 @@ func (a *Activator) tokenize(ctx context.Context, rt routed, model string, watch
 		}
 		defer func() { <-a.tokenizing }()
 		toks, err := a.engineTokens(ctx, addr, rt, model, tk.Path, watch)
-		if errors.Is(err, upstream.ErrCallerGone) {
-			cancelClient(ctx) // the dispatch that follows fails on ctx
-		}
 		if err != nil {
 			if ctx.Err() == nil {
 				a.metrics.tokenizeErrors.Inc()
