@@ -16,10 +16,28 @@ type kvDeltas struct {
 	order []uint64        // batch keys in the order of their first change
 	reset bool            // the next message is a snapshot
 	meta  bool            // block size or capacity changed since the last message
+	// changed holds a token once there is something to send: the flusher
+	// (flushKV) waits on it, so an idle set costs no timer.
+	changed chan struct{}
 }
 
 func newKVDeltas(pod string) kvDeltas {
-	return kvDeltas{pod: pod, batch: make(map[uint64]bool)}
+	return kvDeltas{pod: pod, batch: make(map[uint64]bool), changed: make(chan struct{}, 1)}
+}
+
+// wake tells the flusher that a message is due. It never blocks: one token
+// stands for any number of changes.
+func (d *kvDeltas) wake() {
+	select {
+	case d.changed <- struct{}{}:
+	default:
+	}
+}
+
+// metaChanged records that the block size or the capacity changed.
+func (d *kvDeltas) metaChanged() {
+	d.meta = true
+	d.wake()
 }
 
 // kvSet is what kvDeltas reads of the set when it builds a message.
@@ -44,6 +62,9 @@ func (d *kvDeltas) note(hash uint64, present bool) {
 	if _, ok := d.batch[hash]; !ok {
 		d.batch[hash] = present
 		d.order = append(d.order, hash)
+		if len(d.order) == 1 {
+			d.wake()
+		}
 	}
 }
 
@@ -52,6 +73,7 @@ func (d *kvDeltas) clear() {
 	clear(d.batch)
 	d.order = d.order[:0]
 	d.reset, d.meta = true, true
+	d.wake()
 }
 
 // next returns the message of the changes batched since the last one, nil
@@ -106,6 +128,8 @@ func kvMessage(ev *stats.KVEvent) []byte {
 type kvSource interface {
 	// flush sends the changes batched since the last message, if any.
 	flush()
+	// changed receives once a change awaits a flush.
+	changed() <-chan struct{}
 	// subscribe registers a stats subscriber on h whose first messages are
 	// stat and a snapshot of the set, atomically with respect to deltas.
 	subscribe(h *hub, kill func(), stat []byte) *subscriber

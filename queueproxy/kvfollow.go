@@ -98,7 +98,8 @@ func (f *kvFollower) capacityScraped(blocks int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if blocks != f.capacity {
-		f.capacity, f.deltas.meta = blocks, true
+		f.capacity = blocks
+		f.deltas.metaChanged()
 	}
 }
 
@@ -248,6 +249,8 @@ func (f *kvFollower) subscribe(h *hub, kill func(), stat []byte) *subscriber {
 }
 
 func (f *kvFollower) len() int { return int(f.count.Load()) }
+
+func (f *kvFollower) changed() <-chan struct{} { return f.deltas.changed }
 
 var (
 	_ kvSource = (*kvFollower)(nil)

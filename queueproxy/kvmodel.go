@@ -14,7 +14,7 @@ import (
 // in its prefix cache: an LRU set of chained block hashes (pkg/prompt),
 // bounded by the engine's capacity. Measured requests feed it (kvrequest.go)
 // and every change goes to the stats subscribers as KV events, batched and
-// sent at most every --kv-flush-interval.
+// sent at most every --kv-flush-interval (flushKV).
 //
 // LRU order. Every touch gives a block the next stamp of a logical clock and
 // moves it to the most recent end, so the list is ordered by stamp. A
@@ -131,7 +131,8 @@ func (m *kvModel) configure(engineBS, engineBlocks int, restarted bool) {
 		m.clearLocked(bs)
 	}
 	if capacity != m.capacity || limit != m.limit {
-		m.capacity, m.limit, m.deltas.meta = capacity, limit, true
+		m.capacity, m.limit = capacity, limit
+		m.deltas.metaChanged()
 		m.evictLocked()
 	}
 }
@@ -213,6 +214,8 @@ func (m *kvModel) flushLocked() {
 		m.hub.broadcast(msg)
 	}
 }
+
+func (m *kvModel) changed() <-chan struct{} { return m.deltas.changed }
 
 // has, appendAll and size make the model a kvSet.
 func (m *kvModel) has(hash uint64) bool            { return m.lru.Contains(hash) }

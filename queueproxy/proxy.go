@@ -135,9 +135,33 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 	// The own endpoints are few and not on the request path: they keep
 	// their net/http handlers (the stats WebSocket hijacks the connection
 	// through the adaptor).
-	p.own = fasthttpadaptor.NewFastHTTPHandler(own)
+	p.own = fasthttpadaptor.NewFastHTTPHandler(detach(own))
 	p.server = httpserver.NewFast(p.serve, cfg.Limits, logger)
 	return p, nil
+}
+
+// detach gives the own endpoints' requests a context of their own. The
+// adaptor's is the fasthttp.RequestCtx, which the server resets for the
+// connection's next request while work a handler started may still read
+// it: the readiness probe's dial (net/http's transport dials on after its
+// request gave up) asked it for values after the reset. The context
+// ends when the handler returns or the server shuts down (the
+// RequestCtx's Done).
+func detach(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if done := r.Context().Done(); done != nil {
+			go func() {
+				select {
+				case <-done:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+		}
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
 }
 
 // maxOwnBody is the largest request body the /kvasir/ endpoints take (they
@@ -236,7 +260,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		wg.Go(func() { every(ctx, p.cfg.ScrapeInterval, false, l.tick) })
 	}
 	if p.kvs != nil {
-		wg.Go(func() { every(ctx, p.cfg.KVFlushInterval, false, func(context.Context) { p.kvs.flush() }) })
+		wg.Go(func() { flushKV(ctx, p.cfg.KVFlushInterval, p.kvs) })
 	}
 	wg.Wait()
 	if p.kvs != nil {
@@ -263,6 +287,35 @@ func every(ctx context.Context, period time.Duration, now bool, f func(context.C
 		case <-t.C:
 			f(ctx)
 		}
+	}
+}
+
+// flushKV sends src's changes to the subscribers as they come, at most
+// one message a period: the first change after a quiet period goes out at
+// once, later ones are batched until a period has passed since the last
+// message. Nothing runs while src does not change (a ticker here cost an
+// idle queue-proxy 12 ms of CPU a second at the default 20 ms).
+func flushKV(ctx context.Context, period time.Duration, src kvSource) {
+	t := time.NewTimer(period)
+	t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-src.changed():
+		}
+		if wait := period - time.Since(last); wait > 0 {
+			t.Reset(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		src.flush()
+		last = time.Now()
 	}
 }
 

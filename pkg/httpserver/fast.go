@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -44,8 +45,9 @@ type FastServer struct {
 	srv    *fasthttp.Server
 	limits Limits
 
-	mu  sync.Mutex
-	lns []*capListener
+	mu     sync.Mutex
+	lns    []*capListener
+	closed bool // Close was called: a later Serve returns at once
 }
 
 // maxPrefetch is what fasthttp reads of a body before the handler runs:
@@ -124,10 +126,17 @@ func answerReadError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // Serve accepts connections on ln, at most Limits.MaxConnections at once
-// (one more is answered 503 and closed), until Shutdown or Close.
+// (one more is answered 503 and closed), until Shutdown or Close. After
+// Close it closes ln and returns http.ErrServerClosed at once: a Serve that
+// starts late (its goroutine ran after Close) does not serve forever.
 func (s *FastServer) Serve(ln net.Listener) error {
 	cl := Listen(ln, s.limits.MaxConnections).(*capListener)
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = cl.Close()
+		return http.ErrServerClosed
+	}
 	s.lns = append(s.lns, cl)
 	s.mu.Unlock()
 	return s.srv.Serve(cl)
@@ -141,6 +150,7 @@ func (s *FastServer) Shutdown(ctx context.Context) error { return s.srv.Shutdown
 // in progress see their client gone (and cancel their upstream work).
 func (s *FastServer) Close() error {
 	s.mu.Lock()
+	s.closed = true
 	lns := s.lns
 	s.mu.Unlock()
 	var errs []error

@@ -284,3 +284,15 @@ func TestWriteArmerCutsAClientThatDoesNotRead(t *testing.T) {
 	require.ErrorAs(t, err, &ne)
 	require.True(t, ne.Timeout(), fmt.Sprint(err))
 }
+
+// A Serve that starts after Close (its goroutine was late) closes its
+// listener and returns: it does not serve, nor block whoever waits for it.
+func TestFastServeAfterCloseReturns(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := NewFast(func(*fasthttp.RequestCtx) {}, DefaultLimits(), nil)
+	require.NoError(t, srv.Close())
+	require.ErrorIs(t, srv.Serve(ln), http.ErrServerClosed)
+	_, err = ln.Accept()
+	require.ErrorIs(t, err, net.ErrClosed, "the listener is closed")
+}
