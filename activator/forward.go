@@ -72,8 +72,9 @@ type inflight struct {
 // prompt's estimated tokens and, for a stream, one token per content event
 // the replica sent (the streaming granularity of vLLM and the simulator),
 // for a whole answer its output bound. nil when unknown: an answer that is
-// not a success and reported nothing, or a request of an open API whose
-// answer carried no usage. Call it once the answer has been read (close).
+// not a success and reported nothing, and always for a request of an open
+// API (no tenant, no rate limit, no fair share: close reads nothing for
+// it). Call it once the answer has been read (close).
 func (u *inflight) usage() *openai.Usage {
 	u.computeUsage()
 	return u.usageVal
@@ -118,7 +119,11 @@ func (u *inflight) reported() *openai.Usage {
 }
 
 func (u *inflight) close() {
-	u.computeUsage() // before the answer's head is released
+	if u.tenant != nil || u.adm != nil || u.fair.tk.tenant != "" {
+		u.computeUsage() // before the answer's head is released
+	} else {
+		u.usageDone = true // an open API's request: nothing is charged or counted
+	}
 	u.up.finish(u.eof)
 	u.countUsage()
 	u.fair.settle(u)

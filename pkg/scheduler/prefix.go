@@ -146,8 +146,13 @@ func (k *kvCacheAware) Score(c *Cycle, pods []*Pod, out []float64) {
 	}
 }
 
+// Picked speculates that p will hold the prompt's blocks. With one pod to
+// choose from there is nothing to steer: that pod's own KV events bring the
+// same blocks into the index within a flush interval (its queue-proxy
+// models a request's blocks when it sends it), so the prompt is not even
+// hashed.
 func (k *kvCacheAware) Picked(c *Cycle, p *Pod) {
-	if c.Env == nil || c.Env.Index == nil || p.Slot < 0 {
+	if c.Env == nil || c.Env.Index == nil || p.Slot < 0 || c.Pods < 2 {
 		return
 	}
 	c.Env.Index.Speculate(p.Slot, c.Req.Hashes(c.Env.Index.BlockSize()), k.ttl)

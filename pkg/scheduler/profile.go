@@ -72,6 +72,8 @@ type Env struct {
 type Cycle struct {
 	Req *Request
 	Env *Env
+	// Pods is how many pods the decision chose among, before filters.
+	Pods int
 
 	matched     [kvindex.MaxPods]int
 	former      [kvindex.MaxPods]int
@@ -236,7 +238,7 @@ func (p *Profile) PreScore(ctx context.Context, req *Request, pods []*Pod) *Cycl
 	if len(p.preparers) == 0 {
 		return nil
 	}
-	c := &Cycle{Req: req, Env: p.env}
+	c := &Cycle{Req: req, Env: p.env, Pods: len(pods)}
 	for _, pr := range p.preparers {
 		pr.PreScore(ctx, c, pods)
 	}
@@ -259,7 +261,7 @@ func (p *Profile) PickPrepared(req *Request, prepared *Cycle, pods []*Pod) *Pod 
 		return pods[0]
 	}
 	c := &p.cycle
-	*c = Cycle{Req: req, Env: p.env}
+	*c = Cycle{Req: req, Env: p.env, Pods: len(pods)}
 	if prepared != nil {
 		c.prepared = prepared.prepared
 	}

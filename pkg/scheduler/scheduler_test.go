@@ -129,6 +129,29 @@ func TestSpeculationKeepsABurstTogether(t *testing.T) {
 	require.Equal(t, first.Name, second.Name)
 }
 
+// With one pod to choose from, the pick leaves no speculation (that pod's
+// own KV events tell the index): a second pod added right after finds the
+// prefix nowhere; with two pods the same pick speculates.
+func TestSpeculationOnlyWithAChoice(t *testing.T) {
+	sys := strings.Repeat("Speculated or not. ", 100)
+	text, err := chatRequest(t, sys, "").Text()
+	require.NoError(t, err)
+	held := func(p *pool) int {
+		var matched [kvindex.MaxPods]int
+		p.env.Index.Match(prompt.BlockHashes(text, blockSize), &matched)
+		return slices.Max(matched[:])
+	}
+	one := newPool(t, 2)
+	prof := one.profile(t, plugin(KVCacheAware, 3), plugin(LeastRequest, 2))
+	prof.Pick(chatRequest(t, sys, "q1"), one.pods[:1])
+	require.Zero(t, held(one), "one candidate: no speculation")
+
+	two := newPool(t, 2)
+	prof = two.profile(t, plugin(KVCacheAware, 3), plugin(LeastRequest, 2))
+	prof.Pick(chatRequest(t, sys, "q1"), two.pods)
+	require.Positive(t, held(two), "two candidates: the pick is speculated")
+}
+
 // One hot prefix held by one pod does not pile every request onto it: once
 // that pod is busier than the allowance (32 + 2x the least-loaded pod's
 // load), the others get requests too (and learn the prefix), and the spread
