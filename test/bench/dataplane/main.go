@@ -92,7 +92,7 @@ type dataPath struct {
 	simCmd, qpCmd, actCmd  *exec.Cmd
 }
 
-func startPath(ctx context.Context, p *procs, bin string, actEnv []string, simArgs ...string) (*dataPath, error) {
+func startPath(ctx context.Context, p *procs, bin string, actEnv, qpArgs []string, simArgs ...string) (*dataPath, error) {
 	simPort, qpPort, actPort, adminPort := benchkit.FreePort(), benchkit.FreePort(), benchkit.FreePort(), benchkit.FreePort()
 	d := &dataPath{
 		sim:      fmt.Sprintf("http://127.0.0.1:%d", simPort),
@@ -104,8 +104,8 @@ func startPath(ctx context.Context, p *procs, bin string, actEnv []string, simAr
 	if d.simCmd, err = p.start("engine-sim", append([]string{filepath.Join(bin, "engine-sim"), "--port", strconv.Itoa(simPort), "--model", "m"}, simArgs...)...); err != nil {
 		return nil, err
 	}
-	if d.qpCmd, err = p.start("queue-proxy", filepath.Join(bin, "queue-proxy"), "--port", strconv.Itoa(qpPort),
-		"--engine-url", d.sim, "--pod-name", "bench"); err != nil {
+	if d.qpCmd, err = p.start("queue-proxy", append([]string{filepath.Join(bin, "queue-proxy"), "--port", strconv.Itoa(qpPort),
+		"--engine-url", d.sim, "--pod-name", "bench"}, qpArgs...)...); err != nil {
 		return nil, err
 	}
 	if d.actCmd, err = p.startEnv("activator", actEnv, filepath.Join(bin, "activator"), "--addr", "127.0.0.1:"+strconv.Itoa(actPort),
@@ -222,6 +222,7 @@ func hops(ctx context.Context, args []string) error {
 	only := fs.String("only", "", "comma-separated subset of targets: engine,nginx,floor,queue-proxy,activator")
 	actProcs := fs.Int("activator-gomaxprocs", 0, "GOMAXPROCS of the activator and of the floor proxies (0: Go's default, one per core)")
 	workers := fs.String("nginx-workers", "auto", "nginx worker_processes")
+	qpArgs := fs.String("queue-proxy-args", "", "more flags for the queue-proxy, space-separated (e.g. --kv-flush-interval=100ms)")
 	_ = fs.Parse(args)
 	p, err := newProcs()
 	if err != nil {
@@ -232,7 +233,7 @@ func hops(ctx context.Context, args []string) error {
 	if *actProcs > 0 {
 		actEnv = []string{"GOMAXPROCS=" + strconv.Itoa(*actProcs)}
 	}
-	d, err := startPath(ctx, p, *bin, actEnv, "--zero-latency", "--max-num-seqs", "1024")
+	d, err := startPath(ctx, p, *bin, actEnv, strings.Fields(*qpArgs), "--zero-latency", "--max-num-seqs", "1024")
 	if err != nil {
 		return err
 	}

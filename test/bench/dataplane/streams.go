@@ -25,7 +25,7 @@ func streams(ctx context.Context, args []string) error {
 		return err
 	}
 	defer p.close()
-	d, err := startPath(ctx, p, *bin, nil, "--time-scale", "10", "--max-num-seqs", strconv.Itoa(*n*2),
+	d, err := startPath(ctx, p, *bin, nil, nil, "--time-scale", "10", "--max-num-seqs", strconv.Itoa(*n*2),
 		"--max-num-batched-tokens", strconv.Itoa(*n*4))
 	if err != nil {
 		return err
