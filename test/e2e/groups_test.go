@@ -273,13 +273,18 @@ func TestGroupDecodesPrefillDecode(t *testing.T) {
 	requireOnlyLeaderServes(t, group)
 
 	system := strings.Repeat("A long system prompt shared by every question. ", 60)
-	params := func(q string) openai.ChatCompletionNewParams {
+	// The streamed question has a prefix of its own: the decode group may
+	// already report the first prefix (its queue-proxy sends the first change
+	// after a quiet period at once), and then prefills it itself.
+	streamedSystem := strings.Repeat("Another long system prompt, for the stream. ", 60)
+	paramsFor := func(sys, q string) openai.ChatCompletionNewParams {
 		return openai.ChatCompletionNewParams{
 			Model:     "demo",
-			Messages:  []openai.ChatCompletionMessageParamUnion{openai.SystemMessage(system), openai.UserMessage(q)},
+			Messages:  []openai.ChatCompletionMessageParamUnion{openai.SystemMessage(sys), openai.UserMessage(q)},
 			MaxTokens: openai.Int(6),
 		}
 	}
+	params := func(q string) openai.ChatCompletionNewParams { return paramsFor(system, q) }
 	client := sdk(p)
 	ctx := context.Background()
 	var answer *http.Response
@@ -290,7 +295,7 @@ func TestGroupDecodesPrefillDecode(t *testing.T) {
 	require.NotEmpty(t, first.Choices[0].Message.Content)
 	require.Zero(t, first.Usage.PromptTokensDetails.CachedTokens, "the decode group had nothing before the transfer")
 
-	streamed := params("a streamed question")
+	streamed := paramsFor(streamedSystem, "a streamed question")
 	streamed.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
 	acc, chunks := openaitest.Accumulate(t, client.Chat.Completions.NewStreaming(ctx, streamed))
 	require.GreaterOrEqual(t, chunks, 6)
@@ -300,7 +305,7 @@ func TestGroupDecodesPrefillDecode(t *testing.T) {
 	remote := map[string]string{"namespace": "default", "service": "demo", "revision": rev, "prefill": "remote"}
 	n, ok := p.metric("kvasir_activator_pd_requests_total", remote)
 	require.True(t, ok)
-	require.Equal(t, 2.0, n, "both prompts were prefilled by the prefill replica")
+	require.Equal(t, 2.0, n, "both prefixes were prefilled by the prefill replica")
 
 	// The decode leader's queue-proxy reports the transferred prefix; then
 	// the same prefix is prefilled by the leader itself.
