@@ -118,11 +118,18 @@ func (u *inflight) reported() *openai.Usage {
 	return nil
 }
 
+// charged reports whether anything uses the request's usage: the tenant
+// metrics (countUsage), a rate limit reservation (settleServed) or a fair
+// queue share (fairCharge.settle). An open API's request has none of them.
+func (u *inflight) charged() bool {
+	return u.tenant != nil || u.adm != nil || u.fair.tk.tenant != ""
+}
+
 func (u *inflight) close() {
-	if u.tenant != nil || u.adm != nil || u.fair.tk.tenant != "" {
+	if u.charged() {
 		u.computeUsage() // before the answer's head is released
 	} else {
-		u.usageDone = true // an open API's request: nothing is charged or counted
+		u.usageDone = true // nothing reads it: usage stays nil
 	}
 	u.up.finish(u.eof)
 	u.countUsage()

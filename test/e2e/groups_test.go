@@ -273,9 +273,9 @@ func TestGroupDecodesPrefillDecode(t *testing.T) {
 	requireOnlyLeaderServes(t, group)
 
 	system := strings.Repeat("A long system prompt shared by every question. ", 60)
-	// The streamed question has a prefix of its own: the decode group may
-	// already report the first prefix (its queue-proxy sends the first change
-	// after a quiet period at once), and then prefills it itself.
+	// The streamed question has a prefix of its own: by then the decode
+	// group may already report the first prefix (its queue-proxy reports
+	// within --kv-flush-interval) and prefill it itself.
 	streamedSystem := strings.Repeat("Another long system prompt, for the stream. ", 60)
 	paramsFor := func(sys, q string) openai.ChatCompletionNewParams {
 		return openai.ChatCompletionNewParams{
