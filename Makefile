@@ -48,6 +48,7 @@ cluster-down:
 	@hack/cluster-down.sh
 
 # test also runs every fuzz target's seed corpus (testdata/fuzz/, f.Add),
+# the raw-I/O packages without -race (RAW_IO_PACKAGES),
 # cross-compiles for macOS, where kvasir local and kvasir bench run too,
 # and installs Kvasir with ko on a real cluster (test/cluster). vet builds
 # with ko's flags (CGO_ENABLED=0, -trimpath) so that ko then only links.
@@ -56,6 +57,12 @@ test: envtest-assets cluster-assets peer-assets redis-assets
 	GOOS=darwin GOARCH=arm64 $(GO) build ./...
 	GOOS=darwin GOARCH=arm64 $(GO) vet ./...
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" KVASIR_REDIS_SERVER="$$(hack/redis-assets.sh)" $(GO) test -race -count=1 -timeout=45m ./...
+	$(GO) test -count=1 -timeout=10m $(RAW_IO_PACKAGES)
+
+# The packages whose connections read and write with raw system calls
+# (pkg/rawconn), tested again without -race: a race-detector build calls
+# syscall.Read and syscall.Write instead (see pkg/rawconn).
+RAW_IO_PACKAGES := ./pkg/rawconn/ ./pkg/httpserver/ ./pkg/upstream/ ./activator/ ./queueproxy/
 
 # Runs every fuzz target (listed in hack/fuzz.sh) for FUZZTIME each, one
 # after another; a failing input lands in its package's testdata/fuzz/.

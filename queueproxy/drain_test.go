@@ -64,10 +64,11 @@ func startMain(t *testing.T, args ...string) (addr string, cancel context.Cancel
 	addrs := make(chan net.Addr, 1)
 	errs := make(chan error, 1)
 	exited := make(chan struct{})
+	logs := newTestWriter(t) // its cleanup runs after the one below
 	go func() {
 		defer close(exited)
 		errs <- run(ctx, append([]string{"--port=0", "--pod-name=pod-1", "--stats-interval=10ms"}, args...),
-			testWriter{t}, func(a net.Addr) { addrs <- a })
+			logs, func(a net.Addr) { addrs <- a })
 	}()
 	select {
 	case a := <-addrs:

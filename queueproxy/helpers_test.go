@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -129,7 +130,7 @@ func listen(t testing.TB, p *Proxy) *listening {
 // goes until the test ends.
 func newProxy(t *testing.T, engineURL string, run bool, args ...string) *proxy {
 	t.Helper()
-	p, err := New(testConfig(t, engineURL, args...), slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	p, err := New(testConfig(t, engineURL, args...), slog.New(slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug})))
 	require.NoError(t, err)
 	srv := listen(t, p)
 	if run {
@@ -144,11 +145,32 @@ func newProxy(t *testing.T, engineURL string, run bool, args ...string) *proxy {
 	return &proxy{Proxy: p, srv: srv}
 }
 
-// testWriter sends logs to t.Log.
-type testWriter struct{ t *testing.T }
+// testWriter sends logs to t.Log until the test's cleanup: a goroutine of
+// the server may still log after it (fasthttp's workers log a connection's
+// error before they close it, and Close does not wait for them), and t.Log
+// after the test ends panics.
+type testWriter struct {
+	t    *testing.T
+	mu   *sync.Mutex
+	done *bool
+}
+
+func newTestWriter(t *testing.T) testWriter {
+	w := testWriter{t: t, mu: new(sync.Mutex), done: new(bool)}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		*w.done = true
+		w.mu.Unlock()
+	})
+	return w
+}
 
 func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !*w.done {
+		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
 	return len(p), nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
+	"github.com/kvasir-serving/kvasir/pkg/rawconn"
 )
 
 // New returns a server for h with the limits' timeouts and header size.
@@ -52,6 +53,8 @@ const rejectWorkers = 64
 // Listen wraps ln so that at most max connections are open at once. A
 // connection past the cap is answered 503 with Retry-After and closed,
 // never queued: the client learns at once that it should come back.
+// Accepted connections read and write with raw system calls
+// (rawconn.Wrap).
 func Listen(ln net.Listener, max int) net.Listener {
 	return &capListener{Listener: ln, open: make(chan struct{}, max), rejecting: make(chan struct{}, rejectWorkers),
 		overloaded: overloadedResponse()}
@@ -75,7 +78,7 @@ func (l *capListener) Accept() (net.Conn, error) {
 		}
 		select {
 		case l.open <- struct{}{}:
-			cc := &cappedConn{Conn: c}
+			cc := &cappedConn{Conn: rawconn.Wrap(c)}
 			cc.release = func() { l.forget(cc) }
 			l.mu.Lock()
 			if l.conns == nil {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/rawconn"
 )
 
 // ErrCallerGone is returned by Conn.Wait when its Watcher reports that the
@@ -25,7 +27,8 @@ type Watcher interface {
 // Pool keeps idle keep-alive connections to one upstream address, for
 // callers that write requests and read responses themselves (with
 // fasthttp's wire types, say) on their own goroutine. It is safe for
-// concurrent use.
+// concurrent use. Plain TCP connections read and write with raw system
+// calls (rawconn.Wrap); TLS ones as crypto/tls does.
 type Pool struct {
 	addr        string
 	tls         *tls.Config // nil: plain TCP
@@ -117,7 +120,11 @@ func (p *Pool) dial(deadline time.Time) (net.Conn, error) {
 		defer cancel()
 	}
 	if p.tls == nil {
-		return p.dialer.DialContext(ctx, "tcp", p.addr)
+		nc, err := p.dialer.DialContext(ctx, "tcp", p.addr)
+		if err != nil {
+			return nil, err
+		}
+		return rawconn.Wrap(nc), nil
 	}
 	d := tls.Dialer{NetDialer: &p.dialer, Config: p.tls}
 	return d.DialContext(ctx, "tcp", p.addr)

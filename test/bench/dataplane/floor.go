@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/kvasir-serving/kvasir/pkg/rawconn"
 )
 
 // floorProxy is the `floor-proxy` subcommand: the minimal fasthttp proxy
@@ -21,6 +23,7 @@ func floorProxy(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("floor-proxy", flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "address to serve on")
 	upstream := fs.String("upstream", "", "host:port every request is forwarded to")
+	raw := fs.Bool("raw-syscalls", false, "read and write both sides with raw system calls (pkg/rawconn), as the activator and the queue-proxy do")
 	_ = fs.Parse(args)
 	if *upstream == "" {
 		return errors.New("floor-proxy: --upstream is required")
@@ -29,7 +32,10 @@ func floorProxy(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("floor-proxy: %w", err)
 	}
-	srv := newFloorServer(*upstream)
+	srv := newFloorServer(*upstream, *raw)
+	if *raw {
+		ln = rawListener{ln}
+	}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Shutdown()
@@ -37,8 +43,9 @@ func floorProxy(ctx context.Context, args []string) error {
 	return srv.Serve(ln)
 }
 
-// newFloorServer is the floor proxy's server, forwarding to upstream.
-func newFloorServer(upstream string) *fasthttp.Server {
+// newFloorServer is the floor proxy's server, forwarding to upstream; raw:
+// its upstream connections read and write with raw system calls.
+func newFloorServer(upstream string, raw bool) *fasthttp.Server {
 	// Like nginx's upstream (whose keepalive 1024 bounds only the idle
 	// connections), the floor opens as many connections as it has
 	// requests in flight: a stall of the machine at 1,000 req/s can put
@@ -49,6 +56,15 @@ func newFloorServer(upstream string) *fasthttp.Server {
 		MaxConnWaitTimeout:       30 * time.Second,
 		NoDefaultUserAgentHeader: true,
 		DisablePathNormalizing:   true,
+	}
+	if raw {
+		client.Dial = func(addr string) (net.Conn, error) {
+			c, err := fasthttp.Dial(addr)
+			if err != nil {
+				return nil, err
+			}
+			return rawconn.Wrap(c), nil
+		}
 	}
 	return &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {
@@ -64,4 +80,16 @@ func newFloorServer(upstream string) *fasthttp.Server {
 		},
 		NoDefaultServerHeader: true,
 	}
+}
+
+// rawListener accepts connections that read and write with raw system
+// calls.
+type rawListener struct{ net.Listener }
+
+func (l rawListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return rawconn.Wrap(c), nil
 }

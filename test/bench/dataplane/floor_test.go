@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,14 +13,18 @@ import (
 )
 
 // startFloorForTest serves the floor proxy in front of upstream on a free
-// port and returns its base URL.
-func startFloorForTest(t *testing.T, upstream string) string {
+// port and returns its base URL (raw: with --raw-syscalls).
+func startFloorForTest(t *testing.T, upstream string, raw bool) string {
 	t.Helper()
+	var ln net.Listener
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := newFloorServer(upstream)
+	if raw {
+		ln = rawListener{ln}
+	}
+	srv := newFloorServer(upstream, raw)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() {
@@ -38,7 +43,14 @@ func TestFloorProxyForwards(t *testing.T) {
 		_, _ = w.Write([]byte(r.Method + " " + r.URL.RequestURI() + " " + string(body)))
 	}))
 	defer backend.Close()
-	floor := startFloorForTest(t, strings.TrimPrefix(backend.URL, "http://"))
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw syscalls %v", raw), func(t *testing.T) {
+			testFloorProxyForwards(t, startFloorForTest(t, strings.TrimPrefix(backend.URL, "http://"), raw))
+		})
+	}
+}
+
+func testFloorProxyForwards(t *testing.T, floor string) {
 	tests := []struct {
 		name, method, path, body string
 		header                   map[string]string
@@ -85,7 +97,7 @@ func TestFloorProxyUpstreamDown(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens there now
-	resp, err := http.Get(startFloorForTest(t, addr) + "/health")
+	resp, err := http.Get(startFloorForTest(t, addr, false) + "/health")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +112,7 @@ func TestFloorProxyMalformedRequest(t *testing.T) {
 		t.Errorf("a malformed request reached the upstream: %s %s", r.Method, r.URL)
 	}))
 	defer backend.Close()
-	floor := startFloorForTest(t, strings.TrimPrefix(backend.URL, "http://"))
+	floor := startFloorForTest(t, strings.TrimPrefix(backend.URL, "http://"), false)
 	for _, raw := range []string{
 		"GARBAGE\r\n\r\n",
 		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",

@@ -167,13 +167,14 @@ http {
 
 // startFloor starts this program's floor-proxy subcommand (floor.go) as its
 // own process in front of backend.
-func startFloor(ctx context.Context, p *procs, name, backend string, env []string) (string, *exec.Cmd, error) {
+func startFloor(ctx context.Context, p *procs, name, backend string, env []string, raw bool) (string, *exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", benchkit.FreePort())
-	cmd, err := p.startEnv(name, env, self, "floor-proxy", "--listen", addr, "--upstream", strings.TrimPrefix(backend, "http://"))
+	cmd, err := p.startEnv(name, env, self, "floor-proxy", "--listen", addr, "--upstream", strings.TrimPrefix(backend, "http://"),
+		"--raw-syscalls="+strconv.FormatBool(raw))
 	if err != nil {
 		return "", nil, err
 	}
@@ -190,9 +191,11 @@ const (
 	pathEngine  = "engine (direct)"
 	pathNginx   = "nginx -> engine"
 	pathFloor   = "floor (fasthttp) -> engine"
+	pathRaw     = "floor (fasthttp, raw syscalls) -> engine"
 	pathQP      = "queue-proxy -> engine"
 	pathNginxQP = "nginx -> queue-proxy -> engine"
 	pathFloorQP = "floor (fasthttp) -> queue-proxy -> engine"
+	pathRawQP   = "floor (fasthttp, raw syscalls) -> queue-proxy -> engine"
 	pathAct     = "activator -> queue-proxy -> engine"
 )
 
@@ -219,7 +222,7 @@ func hops(ctx context.Context, args []string) error {
 	rate := fs.Float64("rate", 1000, "requests per second")
 	n := fs.Int("num-prompts", 10000, "requests per target and round")
 	rounds := fs.Int("rounds", 3, "rounds over all targets (the median round is reported)")
-	only := fs.String("only", "", "comma-separated subset of targets: engine,nginx,floor,queue-proxy,activator")
+	only := fs.String("only", "", "comma-separated subset of targets, each a substring of the paths' names: engine,nginx,floor,raw,queue-proxy,activator")
 	actProcs := fs.Int("activator-gomaxprocs", 0, "GOMAXPROCS of the activator and of the floor proxies (0: Go's default, one per core)")
 	workers := fs.String("nginx-workers", "auto", "nginx worker_processes")
 	qpArgs := fs.String("queue-proxy-args", "", "more flags for the queue-proxy, space-separated (e.g. --kv-flush-interval=100ms)")
@@ -245,11 +248,19 @@ func hops(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	floor, floorCmd, err := startFloor(ctx, p, "floor-engine", d.sim, actEnv)
+	floor, floorCmd, err := startFloor(ctx, p, "floor-engine", d.sim, actEnv, false)
 	if err != nil {
 		return err
 	}
-	floorQP, floorQPCmd, err := startFloor(ctx, p, "floor-qp", d.qp, actEnv)
+	floorQP, floorQPCmd, err := startFloor(ctx, p, "floor-qp", d.qp, actEnv, false)
+	if err != nil {
+		return err
+	}
+	raw, rawCmd, err := startFloor(ctx, p, "floor-raw-engine", d.sim, actEnv, true)
+	if err != nil {
+		return err
+	}
+	rawQP, rawQPCmd, err := startFloor(ctx, p, "floor-raw-qp", d.qp, actEnv, true)
 	if err != nil {
 		return err
 	}
@@ -258,9 +269,11 @@ func hops(ctx context.Context, args []string) error {
 		{pathEngine, d.sim, 0, 0, sim},
 		{pathNginx, ngx, ngxCmd.Process.Pid, 0, sim},
 		{pathFloor, floor, floorCmd.Process.Pid, 0, sim},
+		{pathRaw, raw, rawCmd.Process.Pid, 0, sim},
 		{pathQP, d.qp, qp, 0, sim},
 		{pathNginxQP, ngxQP, ngxQPCmd.Process.Pid, qp, sim},
 		{pathFloorQP, floorQP, floorQPCmd.Process.Pid, qp, sim},
+		{pathRawQP, rawQP, rawQPCmd.Process.Pid, qp, sim},
 		{pathAct, d.act, d.actCmd.Process.Pid, qp, sim},
 	}
 	if *only != "" {
@@ -343,28 +356,33 @@ func hops(ctx context.Context, args []string) error {
 	if !have(pathEngine, pathNginx, pathQP, pathNginxQP) {
 		return nil
 	}
-	fmt.Print("\nAdded latency of one hop (its path minus the path without it) and the hop's own CPU per request, next to nginx proxy_pass and the floor (a minimal fasthttp proxy) in front of the same backend:\n\n")
-	fmt.Println("| hop | backend | p50 (ms) | p99 (ms) | CPU (µs/req) | ÷ nginx p50 | ÷ nginx p99 | ÷ nginx CPU | ÷ floor CPU |")
-	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-	row := func(hop, backend, with, nginxWith, floorWith, without string) {
+	fmt.Print("\nAdded latency of one hop (its path minus the path without it) and the hop's own CPU per request, next to nginx proxy_pass, the floor (a minimal fasthttp proxy) and the same floor with raw system calls (pkg/rawconn, as the activator and the queue-proxy read and write) in front of the same backend:\n\n")
+	fmt.Println("| hop | backend | p50 (ms) | p99 (ms) | CPU (µs/req) | ÷ nginx p50 | ÷ nginx p99 | ÷ nginx CPU | ÷ floor CPU | ÷ raw floor CPU |")
+	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	ratio := func(c float64, of string) string {
+		if !have(of) {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", c/med(of, cpu(0)))
+	}
+	row := func(hop, backend, with, nginxWith, floorWith, rawWith, without string) {
 		if !have(with, without) {
 			return
 		}
 		h50, h99 := (med(with, p50)-med(without, p50))*1e3, (med(with, p99)-med(without, p99))*1e3
 		n50, n99 := (med(nginxWith, p50)-med(without, p50))*1e3, (med(nginxWith, p99)-med(without, p99))*1e3
 		c, nc := med(with, cpu(0)), med(nginxWith, cpu(0))
-		floorRatio := "-"
-		if have(floorWith) {
-			floorRatio = fmt.Sprintf("%.2fx", c/med(floorWith, cpu(0)))
-		}
-		fmt.Printf("| %s | %s | %.3f | %.3f | %s | %.2fx | %.2fx | %.2fx | %s |\n", hop, backend, h50, h99, fmtCPU(c), h50/n50, h99/n99, c/nc, floorRatio)
+		fmt.Printf("| %s | %s | %.3f | %.3f | %s | %.2fx | %.2fx | %.2fx | %s | %s |\n", hop, backend, h50, h99, fmtCPU(c), h50/n50, h99/n99, c/nc,
+			ratio(c, floorWith), ratio(c, rawWith))
 	}
-	row("nginx", "engine", pathNginx, pathNginx, pathFloor, pathEngine)
-	row("floor (fasthttp)", "engine", pathFloor, pathNginx, pathFloor, pathEngine)
-	row("queue-proxy", "engine", pathQP, pathNginx, pathFloor, pathEngine)
-	row("nginx", "queue-proxy", pathNginxQP, pathNginxQP, pathFloorQP, pathQP)
-	row("floor (fasthttp)", "queue-proxy", pathFloorQP, pathNginxQP, pathFloorQP, pathQP)
-	row("activator", "queue-proxy", pathAct, pathNginxQP, pathFloorQP, pathQP)
+	row("nginx", "engine", pathNginx, pathNginx, pathFloor, pathRaw, pathEngine)
+	row("floor (fasthttp)", "engine", pathFloor, pathNginx, pathFloor, pathRaw, pathEngine)
+	row("floor (fasthttp, raw syscalls)", "engine", pathRaw, pathNginx, pathFloor, pathRaw, pathEngine)
+	row("queue-proxy", "engine", pathQP, pathNginx, pathFloor, pathRaw, pathEngine)
+	row("nginx", "queue-proxy", pathNginxQP, pathNginxQP, pathFloorQP, pathRawQP, pathQP)
+	row("floor (fasthttp)", "queue-proxy", pathFloorQP, pathNginxQP, pathFloorQP, pathRawQP, pathQP)
+	row("floor (fasthttp, raw syscalls)", "queue-proxy", pathRawQP, pathNginxQP, pathFloorQP, pathRawQP, pathQP)
+	row("activator", "queue-proxy", pathAct, pathNginxQP, pathFloorQP, pathRawQP, pathQP)
 	return nil
 }
 
