@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 )
 
@@ -13,6 +14,20 @@ import (
 type Conn struct {
 	net.Conn
 	rc syscall.RawConn
+	// rd and wr hold the state of the read and of the write in progress,
+	// for the functions syscall.RawConn calls: bound once, in Wrap, they
+	// make a Read or Write allocate nothing.
+	rd, wr op
+}
+
+// op is one direction's call in progress. Its mutex orders concurrent calls
+// in the same direction, as the socket's own lock would.
+type op struct {
+	mu    sync.Mutex
+	fn    func(fd uintptr) bool // read or write, bound to this op
+	p     []byte
+	n     int
+	errno syscall.Errno
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -32,7 +47,9 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &Conn{Conn: c, rc: rc}
+	w := &Conn{Conn: c, rc: rc}
+	w.rd.fn, w.wr.fn = w.rd.read, w.wr.write
+	return w
 }
 
 // Read reads like net.Conn's Read: at most len(p) bytes, blocking (on the
@@ -45,15 +62,13 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) > maxRW {
 		p = p[:maxRW]
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		n, errno = read(fd, p)
-		for errno == syscall.EINTR {
-			n, errno = read(fd, p)
-		}
-		return errno != syscall.EAGAIN
-	})
+	o := &c.rd
+	o.mu.Lock()
+	o.p, o.n, o.errno = p, 0, 0
+	err := c.rc.Read(o.fn)
+	n, errno := o.n, o.errno
+	o.p = nil
+	o.mu.Unlock()
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
@@ -65,31 +80,26 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// read is one attempt of a Read on fd: false (wait for the poller) when
+// nothing is there yet.
+func (o *op) read(fd uintptr) bool {
+	o.n, o.errno = read(fd, o.p)
+	for o.errno == syscall.EINTR {
+		o.n, o.errno = read(fd, o.p)
+	}
+	return o.errno != syscall.EAGAIN
+}
+
 // Write writes all of p like net.Conn's Write, waiting on the poller
 // (within the write deadline) while the socket's buffer is full.
 func (c *Conn) Write(p []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			chunk := p[n:]
-			if len(chunk) > maxRW {
-				chunk = chunk[:maxRW]
-			}
-			m, e := write(fd, chunk)
-			switch e {
-			case 0:
-				n += m
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+	o := &c.wr
+	o.mu.Lock()
+	o.p, o.n, o.errno = p, 0, 0
+	err := c.rc.Write(o.fn)
+	n, errno := o.n, o.errno
+	o.p = nil
+	o.mu.Unlock()
 	switch {
 	case err != nil:
 		return n, c.opError("write", err)
@@ -97,6 +107,29 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return n, c.opError("write", os.NewSyscallError("write", errno))
 	}
 	return n, nil
+}
+
+// write writes what is left of o.p to fd: false (wait for the poller) when
+// the socket's buffer is full.
+func (o *op) write(fd uintptr) bool {
+	for o.n < len(o.p) {
+		chunk := o.p[o.n:]
+		if len(chunk) > maxRW {
+			chunk = chunk[:maxRW]
+		}
+		m, e := write(fd, chunk)
+		switch e {
+		case 0:
+			o.n += m
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			o.errno = e
+			return true
+		}
+	}
+	return true
 }
 
 // maxRW is the most one system call reads or writes, as in internal/poll.

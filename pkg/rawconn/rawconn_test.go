@@ -189,3 +189,94 @@ func TestWrapperKeepsTheSocketReachable(t *testing.T) {
 func TestRawOnLinuxWithoutRace(t *testing.T) {
 	assert.Equal(t, runtime.GOOS == "linux" && !raceEnabled, rawconn.Raw)
 }
+
+// Reads and writes allocate nothing: the functions the raw connection
+// calls are bound once per connection.
+func TestReadWriteAllocateNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	c, s := pair(t)
+	msg, buf := []byte("0123456789"), make([]byte, 10)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := s.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, buf); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assert.Zero(t, allocs)
+}
+
+// Concurrent reads (and writes) take turns, as on any net.Conn: every byte
+// arrives once.
+func TestConcurrentReadsAndWrites(t *testing.T) {
+	c, s := pair(t)
+	const writers, each = 4, 1000
+	done := make(chan int, writers)
+	for range writers {
+		go func() {
+			n := 0
+			for range each {
+				m, err := c.Write([]byte("abcd"))
+				n += m
+				if err != nil {
+					break
+				}
+			}
+			done <- n
+		}()
+	}
+	got := make(chan int, 2)
+	for range 2 {
+		go func() {
+			n, buf := 0, make([]byte, 3)
+			for {
+				m, err := s.Read(buf)
+				n += m
+				if err != nil {
+					got <- n
+					return
+				}
+			}
+		}()
+	}
+	sent := 0
+	for range writers {
+		sent += <-done
+	}
+	assert.Equal(t, writers*each*4, sent)
+	require.NoError(t, c.CloseWrite())
+	assert.Equal(t, sent, <-got+<-got)
+
+	// And the same the other way, raw reads in two goroutines.
+	go func() {
+		for range writers * each {
+			if _, err := s.Write([]byte("abcd")); err != nil {
+				return
+			}
+		}
+		_ = s.Close()
+	}()
+	for range 2 {
+		go func() {
+			n, buf := 0, make([]byte, 3)
+			for {
+				m, err := c.Read(buf)
+				n += m
+				if err != nil {
+					got <- n
+					return
+				}
+			}
+		}()
+	}
+	assert.Equal(t, writers*each*4, <-got+<-got)
+}
