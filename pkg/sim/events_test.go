@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -143,11 +144,16 @@ func subscribeBound(t *testing.T, endpoint, topic string, f *follower) {
 // bindSub binds a SUB socket to a free loopback port, as the queue-proxy
 // does for an engine that connects, and feeds f; it returns the port.
 func bindSub(t *testing.T, topic string, f *follower) string {
+	return bindSubOn(t, "tcp://127.0.0.1:0", topic, f)
+}
+
+// bindSubOn is bindSub on endpoint.
+func bindSubOn(t *testing.T, endpoint, topic string, f *follower) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	sock := zmq4.NewSub(ctx, zmq4.WithLogger(log.New(io.Discard, "", 0)))
 	require.NoError(t, sock.SetOption(zmq4.OptionSubscribe, topic))
-	require.NoError(t, sock.Listen("tcp://127.0.0.1:0"))
+	require.NoError(t, sock.Listen(endpoint))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -485,23 +491,70 @@ func TestMainPublishesKVEvents(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	base, result := startMain(t, ctx, "--zero-latency", "--kv-events-endpoint", "tcp://127.0.0.1:"+port, "--kv-events-topic", "kv@main")
-	// The subscription may reach the engine after the first requests: send
-	// new prompts until a batch arrives.
-	i := 0
-	require.Eventually(t, func() bool {
-		i++
-		resp, err := http.Post(base+cmplPath, "application/json", strings.NewReader(`{"prompt":"`+text(i, 64)+`","max_tokens":1}`))
-		if err == nil {
-			resp.Body.Close()
-		}
-		return len(f.batches) > 0
-	}, eventTimeout, 10*time.Millisecond)
-	b := <-f.batches
+	// Ready means subscribed: the first request's blocks arrive, as the
+	// first batch.
+	resp, err := http.Post(base+cmplPath, "application/json", strings.NewReader(`{"prompt":"`+text(1, 64)+`","max_tokens":1}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	b := f.until(t, 1)[0]
 	assert.Equal(t, "kv@main", b.Topic)
 	require.NotEmpty(t, b.Events)
 	cancel()
 	require.NoError(t, <-result)
 
-	err := Main(context.Background(), []string{"--kv-events-endpoint", "udp://127.0.0.1:1"}, io.Discard)
+	err = Main(context.Background(), []string{"--kv-events-endpoint", "udp://127.0.0.1:1"}, io.Discard)
 	assert.ErrorContains(t, err, "--kv-events-endpoint")
+}
+
+// An engine that connects to its subscriber is not ready before the
+// subscription has come back to it: a subscriber that binds late still
+// gets the first request's blocks.
+func TestKVEventsWaitForTheSubscription(t *testing.T) {
+	endpoint := "tcp://127.0.0.1:" + strconv.Itoa(freePort(t)) // nothing listens there yet
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	port := freePort(t)
+	result := make(chan error, 1)
+	go func() {
+		result <- Main(ctx, []string{"--port", strconv.Itoa(port), "--zero-latency", "--kv-events-endpoint", endpoint}, &bytes.Buffer{})
+	}()
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	var body string
+	require.Eventually(t, func() bool { // the HTTP server is up
+		resp, err := http.Get(base + "/health")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return true
+	}, eventTimeout, 5*time.Millisecond)
+	assert.Contains(t, body, "waiting for the KV-event subscriber's subscription",
+		"no subscriber: not ready (within kvSubscribeWait of the start)")
+	resp, err := http.Post(base+cmplPath, "application/json", strings.NewReader(`{"prompt":"x","max_tokens":1}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "requests wait for readiness too")
+
+	f := newFollower()
+	bindSubOn(t, endpoint, "", f)
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(base + "/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, eventTimeout, 5*time.Millisecond)
+	resp, err = http.Post(base+cmplPath, "application/json", strings.NewReader(`{"prompt":"`+text(7, 64)+`","max_tokens":1}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	b := f.until(t, 1)[0]
+	assert.Zero(t, b.Seq, "nothing was published before")
+	require.NotEmpty(t, b.Events)
+	cancel()
+	require.NoError(t, <-result)
 }

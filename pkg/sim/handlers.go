@@ -35,6 +35,8 @@ func (s *Server) checkReady(w http.ResponseWriter) bool {
 	case !s.running.Load():
 	case s.group != nil && s.group.notReady() != "":
 		msg = s.group.notReady()
+	case int64(time.Since(s.epoch)) >= s.readyAt.Load() && !s.kvEventsReady():
+		msg = "waiting for the KV-event subscriber's subscription"
 	default:
 		msg = "the model is still loading"
 		retry = max(retry, time.Duration(s.readyAt.Load())-time.Since(s.epoch))

@@ -57,6 +57,9 @@ type Server struct {
 	handler http.Handler
 	loras   *loraSet
 	kvPub   *kvevents.Publisher // nil without --kv-events-endpoint
+	// kvFollowed: KV events can be followed from the first request (see
+	// kvEventsReady); once true, it stays.
+	kvFollowed atomic.Bool
 	group   *groupLeader        // nil unless the leader of a serving group
 	tok     tokens              // the prompt tokenizer (--tokenizer)
 
@@ -150,7 +153,36 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // the leader of a serving group, whether all its workers have joined and
 // none has left.
 func (s *Server) Ready() bool {
-	return s.running.Load() && int64(time.Since(s.epoch)) >= s.readyAt.Load() && (s.group == nil || s.group.notReady() == "")
+	return s.running.Load() && int64(time.Since(s.epoch)) >= s.readyAt.Load() && (s.group == nil || s.group.notReady() == "") &&
+		s.kvEventsReady()
+}
+
+// kvSubscribeWait bounds how long an engine that publishes KV events to a
+// subscriber it connects to stays unready waiting for the subscription.
+const kvSubscribeWait = 10 * time.Second
+
+// kvEventsReady reports whether the engine's KV events reach their
+// follower from the first request on. A Publisher that connects (to the
+// queue-proxy beside the engine, which binds) drops what it publishes
+// before it is connected and the subscription has come back to it, and
+// the follower cannot tell (no later batch shows a gap when identical
+// prompts store nothing new): the engine is not ready until the
+// subscription is there, or kvSubscribeWait after it started. A Publisher
+// that binds has no subscriber it waits for.
+func (s *Server) kvEventsReady() bool {
+	switch {
+	case s.kvPub == nil || s.kvFollowed.Load():
+		return true
+	case s.kvPub.Addr() != nil || len(s.kvPub.Topics()) > 0:
+		s.kvFollowed.Store(true)
+		return true
+	case time.Since(s.epoch) >= kvSubscribeWait:
+		s.log.Warn("serving without a KV-event subscription: batches published before it arrives are lost",
+			"endpoint", s.cfg.KVEventsEndpoint, "waited", kvSubscribeWait)
+		s.kvFollowed.Store(true)
+		return true
+	}
+	return false
 }
 
 // Run runs the engine until ctx is done; requests still in the engine then
