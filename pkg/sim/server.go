@@ -60,8 +60,8 @@ type Server struct {
 	// kvFollowed: KV events can be followed from the first request (see
 	// kvEventsReady); once true, it stays.
 	kvFollowed atomic.Bool
-	group   *groupLeader        // nil unless the leader of a serving group
-	tok     tokens              // the prompt tokenizer (--tokenizer)
+	group      *groupLeader // nil unless the leader of a serving group
+	tok        tokens       // the prompt tokenizer (--tokenizer)
 
 	started atomic.Bool
 	running atomic.Bool
