@@ -11,9 +11,10 @@
 // per request on the project's 2-core test machine (docs/benchmarks.md,
 // "Raw system calls"). Conn keeps the poller, deadlines and errors of the
 // connection it wraps (through syscall.RawConn) and changes only the call
-// at the bottom: on Linux, outside race-detector builds, syscall.RawSyscall
-// of read(2) and write(2) on the non-blocking socket, which returns at
-// once (EAGAIN when it would block, and the poller waits). Elsewhere, and
-// with -race (whose happens-before edges through I/O syscall.Read and
-// syscall.Write record), the same wrapper calls those.
+// at the bottom: on Linux, outside race-detector (and msan/asan) builds,
+// syscall.RawSyscall of read(2) and write(2) on the non-blocking socket,
+// which returns at once (EAGAIN when it would block, and the poller
+// waits), at most 256 KiB a call. Elsewhere, and with -race (whose
+// happens-before edges through I/O syscall.Read and syscall.Write record),
+// the same wrapper calls those.
 package rawconn

@@ -32,19 +32,25 @@ type op struct {
 
 var _ net.Conn = (*Conn)(nil)
 
-// Wrap returns c with raw reads and writes, or c itself when it is not a
-// socket the runtime polls (what Wrap needs: a syscall.Conn; *net.TCPConn
-// is one) or the platform is not Unix.
+// Wrap returns c with raw reads and writes when it is a *net.TCPConn whose
+// socket is non-blocking (as every socket of package net is), and c itself
+// otherwise, or when the platform is not Unix. (A datagram socket, or a
+// wrapper that buffers bytes of its own, must not have its reads replaced.)
+//
+// The wrapped connection must stay non-blocking: never call File on it
+// (os.File's Fd makes the shared socket blocking, and a raw read on a
+// blocking socket would stop the whole process, not only one thread).
 func Wrap(c net.Conn) net.Conn {
-	if !wraps {
+	tc, ok := c.(*net.TCPConn)
+	if !wraps || !ok {
 		return c
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return c
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := tc.SyscallConn()
 	if err != nil {
+		return c
+	}
+	nonblocking := false
+	if rc.Control(func(fd uintptr) { nonblocking = isNonblocking(fd) }) != nil || !nonblocking {
 		return c
 	}
 	w := &Conn{Conn: c, rc: rc}
@@ -56,11 +62,14 @@ func Wrap(c net.Conn) net.Conn {
 // poller, within the read deadline) until some arrive; io.EOF when the
 // peer closed its side.
 func (c *Conn) Read(p []byte) (int, error) {
-	if len(p) == 0 {
+	if len(p) == 0 { // nothing to read, but a closed connection still says so
+		if err := c.rc.Read(func(uintptr) bool { return true }); err != nil {
+			return 0, c.opError("read", err)
+		}
 		return 0, nil
 	}
-	if len(p) > maxRW {
-		p = p[:maxRW]
+	if len(p) > maxRaw {
+		p = p[:maxRaw]
 	}
 	o := &c.rd
 	o.mu.Lock()
@@ -103,6 +112,8 @@ func (c *Conn) Write(p []byte) (int, error) {
 	switch {
 	case err != nil:
 		return n, c.opError("write", err)
+	case errno == errWroteNothing:
+		return n, c.opError("write", io.ErrUnexpectedEOF)
 	case errno != 0:
 		return n, c.opError("write", os.NewSyscallError("write", errno))
 	}
@@ -114,15 +125,18 @@ func (c *Conn) Write(p []byte) (int, error) {
 func (o *op) write(fd uintptr) bool {
 	for o.n < len(o.p) {
 		chunk := o.p[o.n:]
-		if len(chunk) > maxRW {
-			chunk = chunk[:maxRW]
+		if len(chunk) > maxRaw {
+			chunk = chunk[:maxRaw]
 		}
 		m, e := write(fd, chunk)
-		switch e {
-		case 0:
+		switch {
+		case e == 0 && m == 0: // as internal/poll: never loop on nothing written
+			o.errno = errWroteNothing
+			return true
+		case e == 0:
 			o.n += m
-		case syscall.EINTR:
-		case syscall.EAGAIN:
+		case e == syscall.EINTR:
+		case e == syscall.EAGAIN:
 			return false
 		default:
 			o.errno = e
@@ -132,17 +146,31 @@ func (o *op) write(fd uintptr) bool {
 	return true
 }
 
-// maxRW is the most one system call reads or writes, as in internal/poll.
-const maxRW = 1 << 30
+// errWroteNothing marks a write(2) that wrote nothing and reported no
+// error; Write reports io.ErrUnexpectedEOF for it, as internal/poll does.
+const errWroteNothing = ^syscall.Errno(0)
+
+// maxRaw is the most one raw system call reads or writes. A goroutine in a
+// raw call keeps its P and cannot be stopped for a collection, so a large
+// buffer goes in pieces: a loopback write of 64 MiB at once took 3-15 ms,
+// one of 256 KiB takes well under one.
+const maxRaw = 256 << 10
 
 // opError is err as net.Conn's Read and Write report it: a *net.OpError
-// naming the operation and the connection's addresses (syscall.RawConn's
-// own errors say "raw-read" and "raw-write").
+// naming the operation and the connection's addresses. An error of
+// syscall.RawConn is one already, saying "raw-read" or "raw-write": only
+// its Op changes.
 func (c *Conn) opError(op string, err error) error {
 	if oe, ok := err.(*net.OpError); ok {
-		err = oe.Err
+		e := *oe
+		e.Op = op
+		return &e
 	}
-	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	e := &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	if e.Source != nil {
+		e.Net = e.Source.Network()
+	}
+	return e
 }
 
 // NetConn returns the wrapped connection (as crypto/tls.Conn's does).

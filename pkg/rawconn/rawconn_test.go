@@ -105,6 +105,7 @@ func TestReadDeadline(t *testing.T) {
 	var oe *net.OpError
 	require.ErrorAs(t, err, &oe)
 	assert.Equal(t, "read", oe.Op, "named like net.Conn's errors, not RawConn's raw-read")
+	assert.Equal(t, "tcp4", oe.Net, "the network as package net names it")
 
 	// A deadline already past fails before any system call.
 	require.NoError(t, c.SetReadDeadline(time.Now().Add(-time.Second)))
@@ -165,6 +166,8 @@ func TestCloseEndsAWaitingRead(t *testing.T) {
 	assert.ErrorIs(t, <-done, net.ErrClosed)
 	_, err := c.Write([]byte("x"))
 	assert.ErrorIs(t, err, net.ErrClosed)
+	_, err = c.Read(nil)
+	assert.ErrorIs(t, err, net.ErrClosed, "an empty read on a closed connection fails, as on net.Conn")
 }
 
 func TestWrapLeavesWhatItCannotWrap(t *testing.T) {
@@ -172,6 +175,30 @@ func TestWrapLeavesWhatItCannotWrap(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	assert.Same(t, a, rawconn.Wrap(a), "a pipe has no socket")
+
+	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	defer u.Close()
+	assert.Same(t, net.Conn(u), rawconn.Wrap(u), "a datagram socket keeps its own reads")
+}
+
+// A socket made blocking (os.File's Fd does that to the shared socket) is
+// not wrapped: a raw read on it would stop the whole process.
+func TestWrapLeavesABlockingSocket(t *testing.T) {
+	if !rawconn.Raw {
+		t.Skip("only raw system calls care")
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	f, err := c.(*net.TCPConn).File()
+	require.NoError(t, err)
+	defer f.Close()
+	_ = f.Fd() // makes the socket blocking
+	assert.Same(t, c, rawconn.Wrap(c))
 }
 
 func TestWrapperKeepsTheSocketReachable(t *testing.T) {

@@ -12,3 +12,5 @@ const wraps = false
 
 func read(uintptr, []byte) (int, syscall.Errno)  { return 0, syscall.EINVAL }
 func write(uintptr, []byte) (int, syscall.Errno) { return 0, syscall.EINVAL }
+
+func isNonblocking(uintptr) bool { return false }

@@ -1,4 +1,4 @@
-//go:build linux && !race
+//go:build linux && !race && !msan && !asan
 
 package rawconn
 
@@ -33,4 +33,10 @@ func write(fd uintptr, p []byte) (int, syscall.Errno) {
 		return 0, e
 	}
 	return int(n), 0
+}
+
+// isNonblocking reports whether the socket fd has O_NONBLOCK set.
+func isNonblocking(fd uintptr) bool {
+	flags, _, e := syscall.RawSyscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+	return e == 0 && flags&syscall.O_NONBLOCK != 0
 }

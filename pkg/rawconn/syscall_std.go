@@ -1,4 +1,4 @@
-//go:build unix && (!linux || race)
+//go:build unix && (!linux || race || msan || asan)
 
 package rawconn
 
@@ -36,3 +36,7 @@ func errnoOf(err error) syscall.Errno {
 	}
 	return syscall.EIO
 }
+
+// isNonblocking: a blocking socket costs only a thread here, as on any
+// net.Conn.
+func isNonblocking(uintptr) bool { return true }

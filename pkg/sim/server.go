@@ -177,9 +177,10 @@ func (s *Server) kvEventsReady() bool {
 		s.kvFollowed.Store(true)
 		return true
 	case time.Since(s.epoch) >= kvSubscribeWait:
-		s.log.Warn("serving without a KV-event subscription: batches published before it arrives are lost",
-			"endpoint", s.cfg.KVEventsEndpoint, "waited", kvSubscribeWait)
-		s.kvFollowed.Store(true)
+		if s.kvFollowed.CompareAndSwap(false, true) {
+			s.log.Warn("serving without a KV-event subscription: batches published before it arrives are lost",
+				"endpoint", s.cfg.KVEventsEndpoint, "waited", kvSubscribeWait)
+		}
 		return true
 	}
 	return false
