@@ -522,14 +522,9 @@ func TestKVEventsWaitForTheSubscription(t *testing.T) {
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	var body string
 	require.Eventually(t, func() bool { // the HTTP server is up
-		resp, err := http.Get(base + "/health")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		body = string(b)
-		return true
+		var status int
+		status, body = health(base)
+		return status != 0
 	}, eventTimeout, 5*time.Millisecond)
 	assert.Contains(t, body, "waiting for the KV-event subscriber's subscription",
 		"no subscriber: not ready (within kvSubscribeWait of the start)")
@@ -541,12 +536,8 @@ func TestKVEventsWaitForTheSubscription(t *testing.T) {
 	f := newFollower()
 	bindSubOn(t, endpoint, "", f)
 	require.Eventually(t, func() bool {
-		resp, err := http.Get(base + "/health")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		status, _ := health(base)
+		return status == http.StatusOK
 	}, eventTimeout, 5*time.Millisecond)
 	resp, err = http.Post(base+cmplPath, "application/json", strings.NewReader(`{"prompt":"`+text(7, 64)+`","max_tokens":1}`))
 	require.NoError(t, err)

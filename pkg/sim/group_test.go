@@ -250,14 +250,9 @@ func TestMainGroupLeaderWaitsForWorkers(t *testing.T) {
 	base := "http://127.0.0.1:" + strconv.Itoa(apiPort)
 	var body string
 	require.Eventually(t, func() bool {
-		resp, err := http.Get(base + "/health")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		body = string(b)
-		return resp.StatusCode == http.StatusServiceUnavailable
+		var status int
+		status, body = health(base)
+		return status == http.StatusServiceUnavailable
 	}, 10*time.Second, 5*time.Millisecond)
 	assert.Contains(t, body, "waiting for 1 of 1 workers to connect")
 	resp, err := http.Post(base+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x","max_tokens":2}`))

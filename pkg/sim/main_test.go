@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -47,14 +48,22 @@ func startMain(t *testing.T, ctx context.Context, args ...string) (string, <-cha
 	}()
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	require.Eventually(t, func() bool {
-		resp, err := http.Get(base + "/health")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		status, _ := health(base)
+		return status == http.StatusOK
 	}, 5*time.Second, 5*time.Millisecond)
 	return base, result
+}
+
+// health asks base's /health: the status and the body, 0 when the server
+// did not answer.
+func health(base string) (int, string) {
+	resp, err := http.Get(base + "/health")
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 func TestMainGracefulShutdownFinishesStreams(t *testing.T) {
