@@ -45,7 +45,7 @@ func hostile(ctx context.Context, args []string) error {
 		return err
 	}
 	defer p.close()
-	d, err := startPath(ctx, p, *bin, nil, nil, "--zero-latency", "--max-num-seqs", "1024")
+	d, err := startPath(ctx, p, *bin, nil, nil, nil, "--zero-latency", "--max-num-seqs", "1024")
 	if err != nil {
 		return err
 	}

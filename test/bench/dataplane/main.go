@@ -92,7 +92,7 @@ type dataPath struct {
 	simCmd, qpCmd, actCmd  *exec.Cmd
 }
 
-func startPath(ctx context.Context, p *procs, bin string, actEnv, qpArgs []string, simArgs ...string) (*dataPath, error) {
+func startPath(ctx context.Context, p *procs, bin string, actEnv, qpEnv, qpArgs []string, simArgs ...string) (*dataPath, error) {
 	simPort, qpPort, actPort, adminPort := benchkit.FreePort(), benchkit.FreePort(), benchkit.FreePort(), benchkit.FreePort()
 	d := &dataPath{
 		sim:      fmt.Sprintf("http://127.0.0.1:%d", simPort),
@@ -104,7 +104,7 @@ func startPath(ctx context.Context, p *procs, bin string, actEnv, qpArgs []strin
 	if d.simCmd, err = p.start("engine-sim", append([]string{filepath.Join(bin, "engine-sim"), "--port", strconv.Itoa(simPort), "--model", "m"}, simArgs...)...); err != nil {
 		return nil, err
 	}
-	if d.qpCmd, err = p.start("queue-proxy", append([]string{filepath.Join(bin, "queue-proxy"), "--port", strconv.Itoa(qpPort),
+	if d.qpCmd, err = p.startEnv("queue-proxy", qpEnv, append([]string{filepath.Join(bin, "queue-proxy"), "--port", strconv.Itoa(qpPort),
 		"--engine-url", d.sim, "--pod-name", "bench"}, qpArgs...)...); err != nil {
 		return nil, err
 	}
@@ -226,17 +226,15 @@ func hops(ctx context.Context, args []string) error {
 	actProcs := fs.Int("activator-gomaxprocs", 0, "GOMAXPROCS of the activator and of the floor proxies (0: Go's default, one per core)")
 	workers := fs.String("nginx-workers", "auto", "nginx worker_processes")
 	qpArgs := fs.String("queue-proxy-args", "", "more flags for the queue-proxy, space-separated (e.g. --kv-flush-interval=100ms)")
+	qpProcs := fs.Int("queue-proxy-gomaxprocs", 0, "GOMAXPROCS of the queue-proxy (0: Go's default, one per core)")
 	_ = fs.Parse(args)
 	p, err := newProcs()
 	if err != nil {
 		return err
 	}
 	defer p.close()
-	var actEnv []string
-	if *actProcs > 0 {
-		actEnv = []string{"GOMAXPROCS=" + strconv.Itoa(*actProcs)}
-	}
-	d, err := startPath(ctx, p, *bin, actEnv, strings.Fields(*qpArgs), "--zero-latency", "--max-num-seqs", "1024")
+	actEnv := gomaxprocsEnv(*actProcs)
+	d, err := startPath(ctx, p, *bin, actEnv, gomaxprocsEnv(*qpProcs), strings.Fields(*qpArgs), "--zero-latency", "--max-num-seqs", "1024")
 	if err != nil {
 		return err
 	}
@@ -392,4 +390,12 @@ func fmtCPU(us float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.1f", us)
+}
+
+// gomaxprocsEnv is the environment that sets GOMAXPROCS to n, none for 0.
+func gomaxprocsEnv(n int) []string {
+	if n <= 0 {
+		return nil
+	}
+	return []string{"GOMAXPROCS=" + strconv.Itoa(n)}
 }

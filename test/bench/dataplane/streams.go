@@ -19,13 +19,14 @@ func streams(ctx context.Context, args []string) error {
 	bin := fs.String("bin", "bin", "directory with the built binaries")
 	n := fs.Int("streams", 2000, "concurrent streams")
 	outLen := fs.Int("output-len", 200, "tokens per stream")
+	qpProcs := fs.Int("queue-proxy-gomaxprocs", 0, "GOMAXPROCS of the queue-proxy (0: Go's default, one per core)")
 	_ = fs.Parse(args)
 	p, err := newProcs()
 	if err != nil {
 		return err
 	}
 	defer p.close()
-	d, err := startPath(ctx, p, *bin, nil, nil, "--time-scale", "10", "--max-num-seqs", strconv.Itoa(*n*2),
+	d, err := startPath(ctx, p, *bin, nil, gomaxprocsEnv(*qpProcs), nil, "--time-scale", "10", "--max-num-seqs", strconv.Itoa(*n*2),
 		"--max-num-batched-tokens", strconv.Itoa(*n*4))
 	if err != nil {
 		return err
