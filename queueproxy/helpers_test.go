@@ -151,24 +151,24 @@ func newProxy(t *testing.T, engineURL string, run bool, args ...string) *proxy {
 // after the test ends panics.
 type testWriter struct {
 	t    *testing.T
-	mu   *sync.Mutex
-	done *bool
+	mu   sync.Mutex
+	done bool
 }
 
-func newTestWriter(t *testing.T) testWriter {
-	w := testWriter{t: t, mu: new(sync.Mutex), done: new(bool)}
+func newTestWriter(t *testing.T) *testWriter {
+	w := &testWriter{t: t}
 	t.Cleanup(func() {
 		w.mu.Lock()
-		*w.done = true
+		w.done = true
 		w.mu.Unlock()
 	})
 	return w
 }
 
-func (w testWriter) Write(p []byte) (int, error) {
+func (w *testWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !*w.done {
+	if !w.done {
 		w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	}
 	return len(p), nil

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // fakeKVSource counts flushes and hands them to the test.
@@ -54,6 +55,9 @@ func TestFlushKVBatchesForAPeriod(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); flushKV(ctx, time.Hour, src) }()
 	src.change(2)
+	// The flusher has taken the change's token: a flusher that sent the
+	// first change at once would send it before it looks at ctx again.
+	require.Eventually(t, func() bool { return len(src.deltas.changed) == 0 }, waitFor, tick)
 	src.change(1)
 	cancel()
 	<-done

@@ -296,11 +296,11 @@ func every(ctx context.Context, period time.Duration, now bool, f func(context.C
 // an idle queue-proxy 12 ms of CPU a second at the default 20 ms), and
 // under steady changes the goroutine wakes once a period, on its timer (a
 // change's token waits in the channel until the period is over). The first
-// change after a quiet period waits a period too, as behind a ticker. (Sent
-// at once, TestPrefillDecodeThroughLocal failed in about half the runs: the
-// decode engine's only BlockStored batch never reached this queue-proxy:
-// lost in ZMQ (a race with the first request) or not published, which the
-// flush timing only makes more or less likely; docs/benchmarks.md.)
+// change after a quiet period waits a period too, as behind a ticker. (A
+// version that sent it at once made TestPrefillDecodeThroughLocal fail in
+// about half the runs; the cause turned out to be the simulator serving
+// before its KV-event subscription had arrived, since fixed in pkg/sim, and
+// sending at once was not tried again after that fix.)
 func flushKV(ctx context.Context, period time.Duration, src kvSource) {
 	t := time.NewTimer(period)
 	t.Stop()
