@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kvasir-serving/kvasir/pkg/maxprocs"
 	oai "github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/testing/openaitest"
 )
@@ -269,4 +271,33 @@ func TestKilledPlatformTakesItsReplicasWithIt(t *testing.T) {
 		}
 		return true
 	}, 10*time.Second, 20*time.Millisecond, "replica processes outlived a killed kvasir local")
+}
+
+// An idle platform and its queue-proxies run on one P (pkg/maxprocs), and
+// GOMAXPROCS in the environment still pins them.
+func TestIdleDataPlaneRunsOnOneP(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU: one P is the default")
+	}
+	if maxprocs.Pinned() {
+		t.Skip("GOMAXPROCS is set for the tests")
+	}
+	p := startLocal(t, strings.Replace(demo, "minScale: 0", "minScale: 1", 1))
+	require.Eventually(t, func() bool { return p.replicas().Ready == 1 }, 60*time.Second, 20*time.Millisecond)
+	qp := "http://" + p.replicas().Replicas[0].Address + "/kvasir/metrics"
+	// Startup may have used more than half a core; the Ps come back after five idle seconds.
+	require.Eventually(t, func() bool {
+		platform, _ := p.metric("go_sched_gomaxprocs_threads", nil)
+		proxy, _ := scrape(t, qp, "go_sched_gomaxprocs_threads", nil)
+		return platform == 1 && proxy == 1
+	}, 30*time.Second, 100*time.Millisecond, "an idle data plane keeps one P")
+
+	pinned := startLocalEnv(t, strings.Replace(demo, "minScale: 0", "minScale: 1", 1), []string{"GOMAXPROCS=2"})
+	require.Eventually(t, func() bool { return pinned.replicas().Ready == 1 }, 60*time.Second, 20*time.Millisecond)
+	v, ok := pinned.metric("go_sched_gomaxprocs_threads", nil)
+	require.True(t, ok)
+	require.Equal(t, 2.0, v, "GOMAXPROCS in the environment pins the platform's Ps")
+	v, ok = scrape(t, "http://"+pinned.replicas().Replicas[0].Address+"/kvasir/metrics", "go_sched_gomaxprocs_threads", nil)
+	require.True(t, ok)
+	require.Equal(t, 2.0, v, "and its queue-proxies' (they inherit the environment)")
 }

@@ -86,12 +86,22 @@ var servingLine = regexp.MustCompile(`kvasir local is serving.* addr=(\S+) admin
 // checks that every replica process is gone afterwards.
 func startLocal(t *testing.T, doc string, extraArgs ...string) *platform {
 	t.Helper()
+	return startLocalEnv(t, doc, nil, extraArgs...)
+}
+
+// startLocalEnv is startLocal with more environment (KEY=VALUE) for the
+// platform and the processes it starts.
+func startLocalEnv(t *testing.T, doc string, env []string, extraArgs ...string) *platform {
+	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "models.yaml")
 	require.NoError(t, os.WriteFile(file, []byte(doc), 0o644))
 	args := append([]string{"local", "-f", file, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-dir", filepath.Join(dir, "logs"),
 		"--scale-interval", "100ms"}, extraArgs...)
 	cmd := exec.Command(kvasirBin, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	cmd.SysProcAttr = process.DieWithParent(nil)
