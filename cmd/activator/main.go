@@ -11,18 +11,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/kvasir-serving/kvasir/pkg/cli"
-	"github.com/kvasir-serving/kvasir/pkg/maxprocs"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	go maxprocs.Run(ctx, maxprocs.Config{}, slog.Default())
 	err := cli.ActivatorMain(ctx, os.Args[1:], os.Stderr)
 	stop()
 	if err != nil {

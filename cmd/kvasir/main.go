@@ -17,7 +17,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	if len(os.Args) > 1 && (os.Args[1] == "local" || os.Args[1] == "queue-proxy") { // the data plane's processes
+	if len(os.Args) > 1 && os.Args[1] == "queue-proxy" { // as cmd/queue-proxy
 		go maxprocs.Run(ctx, maxprocs.Config{}, slog.Default())
 	}
 	err := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)

@@ -273,10 +273,11 @@ func TestKilledPlatformTakesItsReplicasWithIt(t *testing.T) {
 	}, 10*time.Second, 20*time.Millisecond, "replica processes outlived a killed kvasir local")
 }
 
-// An idle platform and its queue-proxies run on one P (pkg/maxprocs), and
-// GOMAXPROCS in the environment still pins them.
-func TestIdleDataPlaneRunsOnOneP(t *testing.T) {
-	if runtime.NumCPU() < 2 {
+// An idle queue-proxy runs on one P (pkg/maxprocs), the platform's own
+// process on the runtime's default, and GOMAXPROCS in the environment pins
+// both.
+func TestIdleQueueProxyRunsOnOneP(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 2 {
 		t.Skip("one CPU: one P is the default")
 	}
 	if maxprocs.Pinned() {
@@ -287,17 +288,16 @@ func TestIdleDataPlaneRunsOnOneP(t *testing.T) {
 	qp := "http://" + p.replicas().Replicas[0].Address + "/kvasir/metrics"
 	// Startup may have used more than half a core; the Ps come back after five idle seconds.
 	require.Eventually(t, func() bool {
-		platform, _ := p.metric("go_sched_gomaxprocs_threads", nil)
-		proxy, _ := scrape(t, qp, "go_sched_gomaxprocs_threads", nil)
-		return platform == 1 && proxy == 1
-	}, 30*time.Second, 100*time.Millisecond, "an idle data plane keeps one P")
+		v, _ := scrape(t, qp, "go_sched_gomaxprocs_threads", nil)
+		return v == 1
+	}, 30*time.Second, 100*time.Millisecond, "an idle queue-proxy keeps one P")
+	v, ok := p.metric("go_sched_gomaxprocs_threads", nil)
+	require.True(t, ok)
+	require.Equal(t, float64(runtime.GOMAXPROCS(0)), v, "the platform (the activator) keeps the runtime's default")
 
 	pinned := startLocalEnv(t, strings.Replace(demo, "minScale: 0", "minScale: 1", 1), []string{"GOMAXPROCS=2"})
 	require.Eventually(t, func() bool { return pinned.replicas().Ready == 1 }, 60*time.Second, 20*time.Millisecond)
-	v, ok := pinned.metric("go_sched_gomaxprocs_threads", nil)
-	require.True(t, ok)
-	require.Equal(t, 2.0, v, "GOMAXPROCS in the environment pins the platform's Ps")
 	v, ok = scrape(t, "http://"+pinned.replicas().Replicas[0].Address+"/kvasir/metrics", "go_sched_gomaxprocs_threads", nil)
 	require.True(t, ok)
-	require.Equal(t, 2.0, v, "and its queue-proxies' (they inherit the environment)")
+	require.Equal(t, 2.0, v, "GOMAXPROCS in the environment pins the queue-proxy's Ps (it inherits the platform's environment)")
 }

@@ -220,6 +220,7 @@ func hops(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("hops", flag.ExitOnError)
 	bin := fs.String("bin", "bin", "directory with the built binaries")
 	rate := fs.Float64("rate", 1000, "requests per second")
+	closed := fs.Int("concurrency", 0, "closed loop instead of --rate: this many requests in flight, each sent when one completes (1: latency without queueing)")
 	n := fs.Int("num-prompts", 10000, "requests per target and round")
 	rounds := fs.Int("rounds", 3, "rounds over all targets (the median round is reported)")
 	only := fs.String("only", "", "comma-separated subset of targets, each a substring of the paths' names: engine,nginx,floor,raw,queue-proxy,activator")
@@ -293,6 +294,9 @@ func hops(ctx context.Context, args []string) error {
 		for _, t := range targets {
 			cfg := bench.DefaultConfig()
 			cfg.Target, cfg.Model, cfg.Rate, cfg.NumPrompts = t.url, "m", *rate, *n
+			if *closed > 0 {
+				cfg.Rate, cfg.MaxConcurrency = 0, *closed
+			}
 			cfg.Stream, cfg.Workload, cfg.InputLen, cfg.OutputLen, cfg.Warmup = false, bench.WorkloadRandom, 16, 1, warmup
 			cfg.Seed = int64(round + 1)
 			pids := []int{t.front, t.qp, t.engine}
@@ -336,7 +340,11 @@ func hops(ctx context.Context, args []string) error {
 	p50 := func(l hopSample) float64 { return l.p50 }
 	p99 := func(l hopSample) float64 { return l.p99 }
 	cpu := func(i int) func(hopSample) float64 { return func(l hopSample) float64 { return l.cpu[i] } }
-	fmt.Printf("\nEnd-to-end latency at %.0f req/s, non-streaming, zero-latency engine, and CPU (utime+stime) per request of each process on the path (median of %d rounds of %d requests; CPU divided by the round's requests including its %d warm-up):\n\n", *rate, *rounds, *n, warmup)
+	load := fmt.Sprintf("at %.0f req/s", *rate)
+	if *closed > 0 {
+		load = fmt.Sprintf("in a closed loop of %d request(s) in flight", *closed)
+	}
+	fmt.Printf("\nEnd-to-end latency %s, non-streaming, zero-latency engine, and CPU (utime+stime) per request of each process on the path (median of %d rounds of %d requests; CPU divided by the round's requests including its %d warm-up):\n\n", load, *rounds, *n, warmup)
 	fmt.Println("| path | p50 (ms) | p99 (ms) | CPU µs/req: first process | CPU µs/req: queue-proxy behind it | CPU µs/req: engine |")
 	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: |")
 	for _, t := range targets {

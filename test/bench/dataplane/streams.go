@@ -20,7 +20,7 @@ func streams(ctx context.Context, args []string) error {
 	n := fs.Int("streams", 2000, "concurrent streams")
 	outLen := fs.Int("output-len", 200, "tokens per stream")
 	qpProcs := fs.Int("queue-proxy-gomaxprocs", 0, "GOMAXPROCS of the queue-proxy (0: Go's default, one per core)")
-	heap := fs.String("heap-profile", "", "save the activator's heap profile to this file once it holds 90% of the streams")
+	heap := fs.String("heap-profile", "", "save the activator's heap profile (after a collection) to this file once it holds 90% of the streams")
 	_ = fs.Parse(args)
 	p, err := newProcs()
 	if err != nil {
@@ -46,7 +46,7 @@ func streams(ctx context.Context, args []string) error {
 			if v, ok := scrapeGauge(d.actAdmin+"/metrics", "kvasir_activator_in_flight_requests"); ok && int64(v) > peakInFlight.Load() {
 				peakInFlight.Store(int64(v))
 				if *heap != "" && int(v) >= *n*9/10 {
-					if err := saveProfile(d.actAdmin+"/debug/pprof/heap", *heap); err != nil {
+					if err := saveProfile(d.actAdmin+"/debug/pprof/heap?gc=1", *heap); err != nil {
 						fmt.Println("heap profile:", err)
 					}
 					if err := saveProfile(d.actAdmin+"/debug/pprof/heap?debug=1", *heap+".txt"); err != nil {
