@@ -227,7 +227,7 @@ func hops(ctx context.Context, args []string) error {
 	actProcs := fs.Int("activator-gomaxprocs", 0, "GOMAXPROCS of the activator and of the floor proxies (0: Go's default, one per core)")
 	workers := fs.String("nginx-workers", "auto", "nginx worker_processes")
 	qpArgs := fs.String("queue-proxy-args", "", "more flags for the queue-proxy, space-separated (e.g. --kv-flush-interval=100ms)")
-	qpProcs := fs.Int("queue-proxy-gomaxprocs", 0, "GOMAXPROCS of the queue-proxy (0: Go's default, one per core)")
+	qpProcs := fs.Int("queue-proxy-gomaxprocs", 0, "GOMAXPROCS of the queue-proxy, pinned (0: not pinned; the queue-proxy fits it to its use, pkg/maxprocs)")
 	_ = fs.Parse(args)
 	p, err := newProcs()
 	if err != nil {
@@ -362,9 +362,20 @@ func hops(ctx context.Context, args []string) error {
 	if !have(pathEngine, pathNginx, pathQP, pathNginxQP) {
 		return nil
 	}
-	fmt.Print("\nAdded latency of one hop (its path minus the path without it) and the hop's own CPU per request, next to nginx proxy_pass, the floor (a minimal fasthttp proxy) and the same floor with raw system calls (pkg/rawconn, as the activator and the queue-proxy read and write) in front of the same backend:\n\n")
+	fmt.Print("\nAdded latency of one hop (its path minus the path without it in the same round, the median over the rounds) and the hop's own CPU per request, next to nginx proxy_pass, the floor (a minimal fasthttp proxy) and the same floor with raw system calls (pkg/rawconn, as the activator and the queue-proxy read and write) in front of the same backend:\n\n")
 	fmt.Println("| hop | backend | p50 (ms) | p99 (ms) | CPU (µs/req) | ÷ nginx p50 | ÷ nginx p99 | ÷ nginx CPU | ÷ floor CPU | ÷ raw floor CPU |")
 	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	// added is a hop's added latency: in each round its path's percentile
+	// minus the same round's path without it, the median over the rounds
+	// (pairing within a round takes out the machine's drift between rounds).
+	added := func(with, without string, f func(hopSample) float64) float64 {
+		var v []float64
+		for i := range results[with] {
+			v = append(v, f(results[with][i])-f(results[without][i]))
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
 	ratio := func(c float64, of string) string {
 		if !have(of) {
 			return "-"
@@ -375,8 +386,8 @@ func hops(ctx context.Context, args []string) error {
 		if !have(with, without) {
 			return
 		}
-		h50, h99 := (med(with, p50)-med(without, p50))*1e3, (med(with, p99)-med(without, p99))*1e3
-		n50, n99 := (med(nginxWith, p50)-med(without, p50))*1e3, (med(nginxWith, p99)-med(without, p99))*1e3
+		h50, h99 := added(with, without, p50)*1e3, added(with, without, p99)*1e3
+		n50, n99 := added(nginxWith, without, p50)*1e3, added(nginxWith, without, p99)*1e3
 		c, nc := med(with, cpu(0)), med(nginxWith, cpu(0))
 		fmt.Printf("| %s | %s | %.3f | %.3f | %s | %.2fx | %.2fx | %.2fx | %s | %s |\n", hop, backend, h50, h99, fmtCPU(c), h50/n50, h99/n99, c/nc,
 			ratio(c, floorWith), ratio(c, rawWith))
