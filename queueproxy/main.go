@@ -10,24 +10,28 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/kvasir-serving/kvasir/pkg/maxprocs"
 )
 
 // closeGrace bounds the wait for handlers to return once their connections
 // were closed at the end of a drain that timed out.
 const closeGrace = 5 * time.Second
 
-// Main runs a queue-proxy as a process: it parses args as flags, listens on
+// Main runs a queue-proxy as a process (it also fits the process's GOMAXPROCS to its CPU use, pkg/maxprocs): it parses args as flags, listens on
 // --host:--port and serves until ctx ends (SIGTERM or SIGINT), then drains:
 // readiness fails and subscribers are told at once, requests are still served
 // for --drain-quiet-period, then the listener closes and in-flight requests
 // and streams get up to --drain-timeout to finish. It returns nil after a
 // drain, and an error for bad flags or a failure to serve. Logs go to stderr.
 func Main(ctx context.Context, args []string, stderr io.Writer) error {
-	return run(ctx, args, stderr, nil)
+	return run(ctx, args, stderr, nil, true)
 }
 
-// run is Main with a hook told the listening address (for tests).
-func run(ctx context.Context, args []string, stderr io.Writer, listening func(net.Addr)) error {
+// run is Main with a hook told the listening address, and with the fitting
+// of GOMAXPROCS (pkg/maxprocs) optional: it is the process's, and tests run
+// several queue-proxies in one process.
+func run(ctx context.Context, args []string, stderr io.Writer, listening func(net.Addr), fitProcs bool) error {
 	fs := flag.NewFlagSet("queue-proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg Config
@@ -46,6 +50,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	}
 	logHandler := slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
 	log := slog.New(logHandler).With(slog.String("component", "queue-proxy"), slog.String("pod", cfg.PodName))
+	if fitProcs {
+		// Until ctx ends (SIGTERM): the drain runs on the runtime's default Ps.
+		go func() { _ = maxprocs.Run(ctx, maxprocs.Config{}, log.With(slog.String("part", "maxprocs"))) }() // the zero Config is valid
+	}
 
 	p, err := New(cfg, log)
 	if err != nil {

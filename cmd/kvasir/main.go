@@ -6,20 +6,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/kvasir-serving/kvasir/pkg/cli"
-	"github.com/kvasir-serving/kvasir/pkg/maxprocs"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	if len(os.Args) > 1 && os.Args[1] == "queue-proxy" { // as cmd/queue-proxy
-		go maxprocs.Run(ctx, maxprocs.Config{}, slog.Default())
-	}
 	err := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {

@@ -6,8 +6,8 @@
 // for work, finds none and parks it again (futex wake-ups and spinning
 // that show up as CPU per request at moderate load). On one P that
 // hand-off does not happen. Measured on the queue-proxy at 1,000 req/s,
-// one P spent about 12% less CPU per request than two, with the same
-// latency (docs/benchmarks.md). One P is also a ceiling, so Run reads the
+// one P spent 10-13% less CPU per request than two, with the same latency
+// (docs/benchmarks.md). One P is also a ceiling, so Run reads the
 // process's CPU time (getrusage) every interval and gives it more Ps as
 // soon as its use asks for them, and takes them back only after the use
 // has stayed low for a while.

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"strconv"
 	"time"
 )
 
@@ -33,6 +34,11 @@ type Config struct {
 	LowerAt float64
 }
 
+// saturated is the share of its Ps a process must use for Run to give it
+// Max at once: on P Ps the use cannot show more than P cores, so
+// ceil(use/PerP) alone could only double the Ps a read.
+const saturated = 0.9
+
 func (c Config) withDefaults() Config {
 	if c.Max <= 0 {
 		c.Max = runtime.GOMAXPROCS(0)
@@ -46,92 +52,123 @@ func (c Config) withDefaults() Config {
 	if c.Hold <= 0 {
 		c.Hold = 20
 	}
-	if c.LowerAt <= 0 || c.LowerAt > 1 {
+	if c.LowerAt <= 0 {
 		c.LowerAt = 0.75
 	}
 	return c
 }
 
-// Validate reports a field out of range, by name.
+// Validate reports the fields out of range, by name.
 func (c Config) Validate() error {
 	var errs []error
 	if c.Max < 0 {
-		errs = append(errs, fmt.Errorf("max: must be >= 0, got %d", c.Max))
+		errs = append(errs, fmt.Errorf("Max: must be >= 0, got %d", c.Max))
 	}
 	if c.Interval < 0 {
-		errs = append(errs, fmt.Errorf("interval: must be >= 0, got %s", c.Interval))
+		errs = append(errs, fmt.Errorf("Interval: must be >= 0, got %s", c.Interval))
 	}
-	if c.PerP < 0 || c.PerP > 1 {
-		errs = append(errs, fmt.Errorf("perP: must be in [0, 1], got %v", c.PerP))
+	if !(c.PerP >= 0 && c.PerP <= 1) { // NaN fails too
+		errs = append(errs, fmt.Errorf("PerP: must be in [0, 1], got %v", c.PerP))
 	}
 	if c.Hold < 0 {
-		errs = append(errs, fmt.Errorf("hold: must be >= 0, got %d", c.Hold))
+		errs = append(errs, fmt.Errorf("Hold: must be >= 0, got %d", c.Hold))
 	}
-	if c.LowerAt < 0 || c.LowerAt > 1 {
-		errs = append(errs, fmt.Errorf("lowerAt: must be in [0, 1], got %v", c.LowerAt))
+	if !(c.LowerAt >= 0 && c.LowerAt <= 1) {
+		errs = append(errs, fmt.Errorf("LowerAt: must be in [0, 1], got %v", c.LowerAt))
 	}
 	return errors.Join(errs...)
 }
 
-// Pinned reports whether the operator set GOMAXPROCS in the environment.
-func Pinned() bool { return os.Getenv("GOMAXPROCS") != "" }
+// Pinned reports whether the operator pinned GOMAXPROCS in the environment,
+// as the runtime reads it: a positive integer (the runtime ignores any
+// other value, and so does Pinned).
+func Pinned() bool {
+	n, err := strconv.ParseInt(os.Getenv("GOMAXPROCS"), 10, 32)
+	return err == nil && n > 0
+}
 
 // Run sets GOMAXPROCS to one P and then follows the process's CPU use until
 // ctx ends, when it gives the runtime back its default (and the default's
-// automatic updates). It returns at once, having changed nothing, when
+// automatic updates, which setting GOMAXPROCS turns off meanwhile: a change
+// of the cgroup CPU limit while Run runs is not followed). It returns at
+// once, having changed nothing, when cfg is invalid (the error), when
 // GOMAXPROCS is pinned in the environment, when Max is one, or when the
-// platform has no getrusage.
-func Run(ctx context.Context, cfg Config, log *slog.Logger) {
+// platform has no getrusage. One Run per process: two would undo each
+// other's settings.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	return run(ctx, cfg, log, realRuntime{})
+}
+
+// procs is what Run reads and sets; realRuntime is the process's.
+type procs interface {
+	pinned() bool
+	gomaxprocs(n int) int
+	setDefault()
+	cpu() (time.Duration, error)
+	now() time.Time
+	ticks(d time.Duration) (<-chan time.Time, func())
+}
+
+type realRuntime struct{}
+
+func (realRuntime) pinned() bool                { return Pinned() }
+func (realRuntime) gomaxprocs(n int) int        { return runtime.GOMAXPROCS(n) }
+func (realRuntime) setDefault()                 { runtime.SetDefaultGOMAXPROCS() }
+func (realRuntime) cpu() (time.Duration, error) { return cpuTime() }
+func (realRuntime) now() time.Time              { return time.Now() }
+func (realRuntime) ticks(d time.Duration) (<-chan time.Time, func()) {
+	t := time.NewTicker(d)
+	return t.C, t.Stop
+}
+
+var _ procs = realRuntime{}
+
+func run(ctx context.Context, cfg Config, log *slog.Logger, rt procs) error {
 	if err := cfg.Validate(); err != nil {
-		log.Error("not fitting GOMAXPROCS", slog.Any("error", err))
-		return
+		return fmt.Errorf("maxprocs: %w", err)
 	}
-	if Pinned() {
-		log.Debug("GOMAXPROCS is set in the environment: not fitting it")
-		return
+	if rt.pinned() {
+		log.Info("GOMAXPROCS is set in the environment: not fitting it", slog.Int("procs", rt.gomaxprocs(0)))
+		return nil
+	}
+	if cfg.Max <= 0 {
+		cfg.Max = rt.gomaxprocs(0)
 	}
 	cfg = cfg.withDefaults()
 	if cfg.Max <= 1 {
-		return
+		return nil
 	}
-	if _, err := cpuTime(); err != nil {
-		log.Debug("not fitting GOMAXPROCS", slog.Any("error", err))
-		return
-	}
-	defer runtime.SetDefaultGOMAXPROCS()
-	t := time.NewTicker(cfg.Interval)
-	defer t.Stop()
-	fit(ctx, cfg, log, time.Now(), t.C, cpuTime, runtime.GOMAXPROCS)
-}
-
-// fit is Run's loop, on a clock, a CPU-time reader and a GOMAXPROCS setter
-// that tests can drive.
-func fit(ctx context.Context, cfg Config, log *slog.Logger, start time.Time, ticks <-chan time.Time,
-	cpu func() (time.Duration, error), gomaxprocs func(int) int) {
-	s := state{procs: 1}
-	gomaxprocs(1)
-	last, err := cpu()
+	last, err := rt.cpu()
 	if err != nil {
-		return
+		log.Info("not fitting GOMAXPROCS", slog.Any("error", err))
+		return nil
 	}
-	lastAt := start
+	defer rt.setDefault()
+	rt.gomaxprocs(1)
+	log.Info("fitting GOMAXPROCS to the CPU use", slog.Int("max", cfg.Max), slog.Duration("interval", cfg.Interval))
+	ticks, stop := rt.ticks(cfg.Interval)
+	defer stop()
+	s := state{procs: 1}
+	lastAt := rt.now()
 	for {
 		select {
 		case <-ctx.Done():
-			return
-		case now := <-ticks:
-			used, err := cpu()
-			if err != nil {
-				return // getrusage(RUSAGE_SELF) fails only on a bad pointer
-			}
-			if now.After(lastAt) {
-				use := (used - last).Seconds() / now.Sub(lastAt).Seconds()
-				if n := s.procs; s.step(use, cfg) != n {
-					gomaxprocs(s.procs)
-					log.Debug("GOMAXPROCS fitted", slog.Int("procs", s.procs), slog.Float64("cpuCores", math.Round(use*100)/100))
-				}
-			}
-			last, lastAt = used, now
+			return nil
+		case <-ticks:
+		}
+		used, err := rt.cpu()
+		if err != nil {
+			return nil // getrusage(RUSAGE_SELF) fails only on a bad pointer
+		}
+		at := rt.now() // when cpu was read, not when the tick was due: late exactly when busy
+		if !at.After(lastAt) {
+			continue
+		}
+		use := (used - last).Seconds() / at.Sub(lastAt).Seconds()
+		last, lastAt = used, at
+		if n := s.procs; s.step(use, cfg) != n {
+			rt.gomaxprocs(s.procs)
+			log.Debug("GOMAXPROCS fitted", slog.Int("procs", s.procs), slog.Float64("cpuCores", math.Round(use*100)/100))
 		}
 	}
 }
@@ -141,12 +178,18 @@ func fit(ctx context.Context, cfg Config, log *slog.Logger, start time.Time, tic
 type state struct {
 	procs int // Ps given
 	below int // reads in a row that asked for fewer Ps
+	most  int // the most Ps those reads asked for
 }
 
 // step takes one read of the CPU use (cores) and returns the Ps to give.
-// More Ps are given at once; fewer only after cfg.Hold reads in a row.
+// More Ps are given at once (Max when the Ps given are nearly all busy);
+// fewer only after cfg.Hold reads in a row, as many as the busiest of them
+// asked for.
 func (s *state) step(use float64, cfg Config) int {
 	up := clamp(int(math.Ceil(use/cfg.PerP)), cfg.Max)
+	if use >= saturated*float64(s.procs) {
+		up = cfg.Max
+	}
 	if up > s.procs {
 		s.procs, s.below = up, 0
 		return s.procs
@@ -156,8 +199,12 @@ func (s *state) step(use float64, cfg Config) int {
 		s.below = 0
 		return s.procs
 	}
+	if s.below == 0 {
+		s.most = down
+	}
+	s.most = max(s.most, down)
 	if s.below++; s.below >= cfg.Hold {
-		s.procs, s.below = down, 0
+		s.procs, s.below = s.most, 0
 	}
 	return s.procs
 }

@@ -293,11 +293,11 @@ func TestIdleQueueProxyRunsOnOneP(t *testing.T) {
 	}, 30*time.Second, 100*time.Millisecond, "an idle queue-proxy keeps one P")
 	v, ok := p.metric("go_sched_gomaxprocs_threads", nil)
 	require.True(t, ok)
-	require.Equal(t, float64(runtime.GOMAXPROCS(0)), v, "the platform (the activator) keeps the runtime's default")
+	require.Greater(t, v, 1.0, "the platform (the activator) keeps the runtime's default")
 
-	pinned := startLocalEnv(t, strings.Replace(demo, "minScale: 0", "minScale: 1", 1), []string{"GOMAXPROCS=2"})
+	pinned := startLocalEnv(t, strings.Replace(demo, "minScale: 0", "minScale: 1", 1), []string{"GOMAXPROCS=3"})
 	require.Eventually(t, func() bool { return pinned.replicas().Ready == 1 }, 60*time.Second, 20*time.Millisecond)
 	v, ok = scrape(t, "http://"+pinned.replicas().Replicas[0].Address+"/kvasir/metrics", "go_sched_gomaxprocs_threads", nil)
 	require.True(t, ok)
-	require.Equal(t, 2.0, v, "GOMAXPROCS in the environment pins the queue-proxy's Ps (it inherits the platform's environment)")
+	require.Equal(t, 3.0, v, "GOMAXPROCS in the environment pins the queue-proxy's Ps (it inherits the platform's environment)")
 }

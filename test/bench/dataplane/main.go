@@ -229,6 +229,9 @@ func hops(ctx context.Context, args []string) error {
 	qpArgs := fs.String("queue-proxy-args", "", "more flags for the queue-proxy, space-separated (e.g. --kv-flush-interval=100ms)")
 	qpProcs := fs.Int("queue-proxy-gomaxprocs", 0, "GOMAXPROCS of the queue-proxy, pinned (0: not pinned; the queue-proxy fits it to its use, pkg/maxprocs)")
 	_ = fs.Parse(args)
+	if *closed < 0 {
+		return fmt.Errorf("--concurrency: must be >= 0, got %d", *closed)
+	}
 	p, err := newProcs()
 	if err != nil {
 		return err
@@ -334,8 +337,7 @@ func hops(ctx context.Context, args []string) error {
 		for _, l := range results[name] {
 			v = append(v, f(l))
 		}
-		sort.Float64s(v)
-		return v[len(v)/2]
+		return median(v)
 	}
 	p50 := func(l hopSample) float64 { return l.p50 }
 	p99 := func(l hopSample) float64 { return l.p99 }
@@ -373,8 +375,7 @@ func hops(ctx context.Context, args []string) error {
 		for i := range results[with] {
 			v = append(v, f(results[with][i])-f(results[without][i]))
 		}
-		sort.Float64s(v)
-		return v[len(v)/2]
+		return median(v)
 	}
 	ratio := func(c float64, of string) string {
 		if !have(of) {
@@ -389,7 +390,7 @@ func hops(ctx context.Context, args []string) error {
 		h50, h99 := added(with, without, p50)*1e3, added(with, without, p99)*1e3
 		n50, n99 := added(nginxWith, without, p50)*1e3, added(nginxWith, without, p99)*1e3
 		c, nc := med(with, cpu(0)), med(nginxWith, cpu(0))
-		fmt.Printf("| %s | %s | %.3f | %.3f | %s | %.2fx | %.2fx | %.2fx | %s | %s |\n", hop, backend, h50, h99, fmtCPU(c), h50/n50, h99/n99, c/nc,
+		fmt.Printf("| %s | %s | %.3f | %.3f | %s | %s | %s | %.2fx | %s | %s |\n", hop, backend, h50, h99, fmtCPU(c), over(h50, n50), over(h99, n99), c/nc,
 			ratio(c, floorWith), ratio(c, rawWith))
 	}
 	row("nginx", "engine", pathNginx, pathNginx, pathFloor, pathRaw, pathEngine)
@@ -401,6 +402,26 @@ func hops(ctx context.Context, args []string) error {
 	row("floor (fasthttp, raw syscalls)", "queue-proxy", pathRawQP, pathNginxQP, pathFloorQP, pathRawQP, pathQP)
 	row("activator", "queue-proxy", pathAct, pathNginxQP, pathFloorQP, pathRawQP, pathQP)
 	return nil
+}
+
+// median is the middle of v (the mean of the two middle values for an even
+// count); v is sorted in place.
+func median(v []float64) float64 {
+	sort.Float64s(v)
+	n := len(v)
+	if n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return v[n/2]
+}
+
+// over prints a ÷ b, "-" when b is not positive (a baseline that added no
+// latency has no ratio).
+func over(a, b float64) string {
+	if b <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
 }
 
 // fmtCPU prints µs of CPU per request, "-" for none.

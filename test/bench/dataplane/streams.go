@@ -20,7 +20,7 @@ func streams(ctx context.Context, args []string) error {
 	n := fs.Int("streams", 2000, "concurrent streams")
 	outLen := fs.Int("output-len", 200, "tokens per stream")
 	qpProcs := fs.Int("queue-proxy-gomaxprocs", 0, "GOMAXPROCS of the queue-proxy, pinned (0: not pinned; the queue-proxy fits it to its use, pkg/maxprocs)")
-	heap := fs.String("heap-profile", "", "save the activator's heap profile (after a collection) to this file once it holds 90% of the streams")
+	heap := fs.String("heap-profile", "", "save the activator's heap profile (after a collection) to this file once it holds 90% of the streams (the profile is built in the activator: its peak RSS then counts it)")
 	_ = fs.Parse(args)
 	p, err := newProcs()
 	if err != nil {
