@@ -18,12 +18,14 @@ import (
 // were closed at the end of a drain that timed out.
 const closeGrace = 5 * time.Second
 
-// Main runs a queue-proxy as a process (it also fits the process's GOMAXPROCS to its CPU use, pkg/maxprocs): it parses args as flags, listens on
+// Main runs a queue-proxy as a process: it parses args as flags, listens on
 // --host:--port and serves until ctx ends (SIGTERM or SIGINT), then drains:
 // readiness fails and subscribers are told at once, requests are still served
 // for --drain-quiet-period, then the listener closes and in-flight requests
 // and streams get up to --drain-timeout to finish. It returns nil after a
 // drain, and an error for bad flags or a failure to serve. Logs go to stderr.
+// Until ctx ends it also fits the process's GOMAXPROCS to its CPU use
+// (pkg/maxprocs); the drain runs on the runtime's default Ps.
 func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	return run(ctx, args, stderr, nil, true)
 }
@@ -51,8 +53,13 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	logHandler := slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
 	log := slog.New(logHandler).With(slog.String("component", "queue-proxy"), slog.String("pod", cfg.PodName))
 	if fitProcs {
-		// Until ctx ends (SIGTERM): the drain runs on the runtime's default Ps.
-		go func() { _ = maxprocs.Run(ctx, maxprocs.Config{}, log.With(slog.String("part", "maxprocs"))) }() // the zero Config is valid
+		fitCtx, stopFit := context.WithCancel(ctx)
+		fitted := make(chan struct{})
+		go func() {
+			defer close(fitted)
+			_ = maxprocs.Run(fitCtx, maxprocs.Config{}, log.With(slog.String("part", "maxprocs"))) // the zero Config is valid
+		}()
+		defer func() { stopFit(); <-fitted }()
 	}
 
 	p, err := New(cfg, log)

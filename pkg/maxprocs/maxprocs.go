@@ -39,10 +39,9 @@ type Config struct {
 // ceil(use/PerP) alone could only double the Ps a read.
 const saturated = 0.9
 
+// withDefaults fills the zero fields but Max, which run takes from the
+// runtime it fits.
 func (c Config) withDefaults() Config {
-	if c.Max <= 0 {
-		c.Max = runtime.GOMAXPROCS(0)
-	}
 	if c.Interval <= 0 {
 		c.Interval = 250 * time.Millisecond
 	}
