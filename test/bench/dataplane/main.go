@@ -405,14 +405,10 @@ func hops(ctx context.Context, args []string) error {
 }
 
 // median is the middle of v (the mean of the two middle values for an even
-// count); v is sorted in place.
+// count), as bench.Percentile reads it; v is sorted in place.
 func median(v []float64) float64 {
 	sort.Float64s(v)
-	n := len(v)
-	if n%2 == 0 {
-		return (v[n/2-1] + v[n/2]) / 2
-	}
-	return v[n/2]
+	return bench.Percentile(v, 50)
 }
 
 // over prints a ÷ b, "-" when b is not positive (a baseline that added no
