@@ -196,11 +196,11 @@ type Activator struct {
 	followStats bool
 	onDemand    func(fleet.Key)
 	metrics     *metrics
-	upstream    *upstream.Client // the scheduler's plugins (the benchmark-only oracle)
-	pools       pools            // the data path's connections: forwarded requests, prefills, tokenizations (upconn.go)
-	dog         watchdog         // looks at the clients of waiting requests (clientctx.go)
-	tokenizers  tokenizers       // tokenizer files of revisions, by path
-	tokenizing  chan struct{}    // engine tokenizations in flight, at most maxTokenizing
+	upstream    *upstream.Client   // the scheduler's plugins (the benchmark-only oracle)
+	pools       pools              // the data path's connections: forwarded requests, prefills, tokenizations (upconn.go)
+	dog         *upstream.Watchdog // looks at the clients of waiting requests (clientctx.go, upconn.go)
+	tokenizers  tokenizers         // tokenizer files of revisions, by path
+	tokenizing  chan struct{}      // engine tokenizations in flight, at most maxTokenizing
 	bodies      httpserver.BodyReader
 	// writeTimeout bounds each write to a client (httpserver.ClientWriter).
 	writeTimeout time.Duration
@@ -230,10 +230,12 @@ func New(cfg Config, opts ...Option) (*Activator, error) {
 	}
 	limits := httpserver.DefaultLimits()
 	a := &Activator{cfg: cfg, log: slog.Default(), registry: scheduler.DefaultRegistry(), followStats: true,
+		dog:          upstream.NewWatchdog(checkInterval),
 		revs:         map[fleet.Key]*revision{},
 		bodies:       httpserver.BodyReader{Timeout: limits.BodyReadTimeout, Budget: httpserver.NewBudget(limits.BodyBudget)},
 		writeTimeout: limits.WriteTimeout, tokenizing: make(chan struct{}, maxTokenizing)}
 	a.origins, a.now, a.authTimeout = newOriginPolicy(cfg.AllowedOrigins), time.Now, wsAuthTimeout
+	a.pools.dog = a.dog
 	for _, o := range opts {
 		o(a)
 	}

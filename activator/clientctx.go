@@ -7,12 +7,14 @@ import (
 	"time"
 
 	"github.com/kvasir-serving/kvasir/pkg/httpserver"
+	"github.com/kvasir-serving/kvasir/pkg/upstream"
 )
 
 // clientCtx is the context of an HTTP request served by fasthttp: it ends
 // when the client leaves. fasthttp's server gives no such sign, so the
-// activator's watchdog (one goroutine, running only while some request
-// waits) looks at the connection of every request that waits on the
+// activator's watchdog (upstream.Watchdog: one goroutine, running only
+// while some request waits, the one that also watches the waits on
+// replicas) looks at the connection of every request that waits on the
 // context, every checkInterval, without consuming anything
 // (httpserver.PeerClosed), and cancels those whose client left. A request
 // waits on its context when something calls Done: a wait in the revision's
@@ -22,8 +24,9 @@ import (
 // client itself (upstream.Conn.Wait with the call as Watcher).
 type clientCtx struct {
 	conn   net.Conn
-	dog    *watchdog
+	dog    *upstream.Watchdog
 	tenant *tenant
+	watch  upstream.Watch
 
 	mu      sync.Mutex
 	done    chan struct{}
@@ -31,7 +34,10 @@ type clientCtx struct {
 	watched bool
 }
 
-var _ context.Context = (*clientCtx)(nil)
+var (
+	_ context.Context  = (*clientCtx)(nil)
+	_ upstream.Watcher = (*clientCtx)(nil)
+)
 
 // Deadline reports none: requests have their own timeouts.
 func (c *clientCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
@@ -54,9 +60,20 @@ func (c *clientCtx) Done() <-chan struct{} {
 	c.watched = watch
 	c.mu.Unlock()
 	if watch {
-		c.dog.add(c)
+		c.dog.Start(&c.watch, c, nil)
 	}
 	return d
+}
+
+// Gone reports whether the client left (upstream.Watcher), and ends the
+// context when it did. c.conn is set before c is watched and never
+// changes: a clientCtx is not reused.
+func (c *clientCtx) Gone() bool {
+	if !httpserver.PeerClosed(c.conn) {
+		return false
+	}
+	c.cancel()
+	return true
 }
 
 // Err is context.Canceled once the client left.
@@ -95,61 +112,6 @@ func (c *clientCtx) release() {
 	c.watched = false
 	c.mu.Unlock()
 	if watched {
-		c.dog.remove(c)
-	}
-}
-
-// watchdog looks at the connections of the requests waiting on their
-// clientCtx. Its goroutine runs while there is one.
-type watchdog struct {
-	mu      sync.Mutex
-	set     map[*clientCtx]struct{}
-	running bool
-	scratch []*clientCtx // the run's snapshot; only the goroutine uses it
-}
-
-func (w *watchdog) add(c *clientCtx) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.set == nil {
-		w.set = map[*clientCtx]struct{}{}
-	}
-	w.set[c] = struct{}{}
-	if !w.running {
-		w.running = true
-		go w.run()
-	}
-}
-
-func (w *watchdog) remove(c *clientCtx) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	delete(w.set, c)
-}
-
-func (w *watchdog) run() {
-	t := time.NewTicker(checkInterval)
-	defer t.Stop()
-	for range t.C {
-		w.mu.Lock()
-		if len(w.set) == 0 {
-			w.running = false
-			w.mu.Unlock()
-			return
-		}
-		w.scratch = w.scratch[:0]
-		for c := range w.set {
-			w.scratch = append(w.scratch, c)
-		}
-		w.mu.Unlock()
-		for i, c := range w.scratch {
-			// c.conn is set before c is watched and never changes: a
-			// clientCtx is not reused.
-			if httpserver.PeerClosed(c.conn) {
-				c.cancel()
-				w.remove(c)
-			}
-			w.scratch[i] = nil
-		}
+		c.dog.Stop(&c.watch)
 	}
 }

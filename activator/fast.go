@@ -300,13 +300,7 @@ var (
 // the request's client context ends too, so that whatever of the request
 // still looks at ctx (a prefill's fallback, the decode attempt after a
 // tokenization) sees it gone.
-func (c *call) Gone() bool {
-	if !httpserver.PeerClosed(c.ctx.Conn()) {
-		return false
-	}
-	c.cc.cancel()
-	return true
-}
+func (c *call) Gone() bool { return c.cc.Gone() }
 
 func (a *Activator) serveInferenceFast(ctx *fasthttp.RequestCtx, path string, tn *tenant) {
 	if isWebSocketFast(ctx) && path != PathEmbeddings {
@@ -347,7 +341,7 @@ func (c *call) serve() (streaming bool) {
 		return false
 	}
 	c.rt, c.routed = rt, true
-	c.cc = clientCtx{conn: ctx.Conn(), dog: &a.dog, tenant: c.tenant}
+	c.cc = clientCtx{conn: ctx.Conn(), dog: a.dog, tenant: c.tenant}
 	if f := a.admit(&c.cc, &c.rt); f != nil {
 		if f.status != 499 {
 			c.writeFailure(f)

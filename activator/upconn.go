@@ -22,10 +22,10 @@ import (
 // keep-alive connections per address, the request written and the answer
 // read with fasthttp's wire types on the request's own goroutine (no
 // goroutine, no context watcher per request). While it waits for the first
-// byte of an answer, and between the reads of its body, the request looks
-// at its client every checkInterval (upstream.Conn.Wait with the client's
-// Watcher): fasthttp's server gives no other sign of a client that left,
-// and a client gone closes the connection to the queue-proxy, which
+// byte of an answer, and between the reads of its body, the pools' watchdog
+// looks at its client every checkInterval (upstream.Conn.Wait with the
+// call as Watcher): fasthttp's server gives no other sign of a client that
+// left, and a client gone closes the connection to the queue-proxy, which
 // cancels the engine's work.
 
 // checkInterval is how often a request waiting on a replica, or in the
@@ -40,16 +40,18 @@ var errUpgrade = errors.New("upstream answered 101 Switching Protocols to a requ
 // longer than its bound.
 var errTooLarge = errors.New("answer larger than its bound")
 
-// pools are the connection pools to the replicas, by address.
+// pools are the connection pools to the replicas, by address. Their waits
+// are watched by the activator's watchdog (New sets dog).
 type pools struct {
-	m sync.Map // string -> *upstream.Pool
+	m   sync.Map // string -> *upstream.Pool
+	dog *upstream.Watchdog
 }
 
 func (p *pools) get(addr string) *upstream.Pool {
 	if v, ok := p.m.Load(addr); ok {
 		return v.(*upstream.Pool)
 	}
-	v, _ := p.m.LoadOrStore(addr, upstream.NewPool(addr, nil))
+	v, _ := p.m.LoadOrStore(addr, upstream.NewPool(addr, nil, p.dog))
 	return v.(*upstream.Pool)
 }
 
@@ -173,7 +175,7 @@ func (u *upResp) wait() error {
 	if u.watch == nil {
 		return nil // a WebSocket's: its context closes the connection
 	}
-	return u.conn.Wait(u.deadline, checkInterval, u.watch)
+	return u.conn.Wait(u.deadline, u.watch)
 }
 
 // Read reads the answer's body.
@@ -269,7 +271,7 @@ func (a *Activator) send(ctx context.Context, addr, path string, hdr *fwdHeader,
 		writeRequest(c.Writer(), addr, path, hdr, body)
 		err = c.Flush()
 		if err == nil {
-			err = c.Wait(deadline, checkInterval, watch)
+			err = c.Wait(deadline, watch)
 		}
 		if err != nil {
 			err = fail(err)

@@ -31,10 +31,11 @@
 // (upstream.Pool) written and parsed with fasthttp's types. A streamed
 // response (SSE, or a body of unknown length) is relayed by the same
 // goroutine after the handler returns (the flow is fasthttp's body stream).
-// fasthttp gives a handler no sign of a client that left, so every wait on
-// the engine (and in the queue) looks at the client's socket every
-// checkInterval without consuming anything (httpserver.PeerClosed), and
-// closes the engine connection, which cancels the engine's work, when the
+// fasthttp gives a handler no sign of a client that left, so the client's
+// socket is looked at every checkInterval without consuming anything
+// (httpserver.PeerClosed) while the request waits on the engine (by the
+// pool's upstream.Watchdog, one goroutine) or in the queue, and the engine
+// connection, whose close cancels the engine's work, is closed when the
 // client is gone. The /kvasir/ endpoints keep their net/http handlers,
 // through fasthttp's adaptor.
 package queueproxy

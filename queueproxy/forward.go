@@ -40,9 +40,9 @@ const (
 	// copyBufferSize is the read size when relaying a response.
 	copyBufferSize = 8 << 10
 	// checkInterval is how often a request waiting on the engine (or in
-	// the queue) checks whether its client is still there: fasthttp gives
-	// a handler no sign of a client that left, so the wait itself looks
-	// (httpserver.PeerClosed) between read deadlines of this length.
+	// the queue) is checked for its client still there: fasthttp gives a
+	// handler no sign of a client that left, so the engine pool's
+	// upstream.Watchdog (and the queue's wait) looks (httpserver.PeerClosed).
 	checkInterval = 100 * time.Millisecond
 )
 
@@ -266,7 +266,7 @@ func (f *flow) roundTrip(body []byte) error {
 		f.writeRequest(c.Writer(), body)
 		err = c.Flush()
 		if err == nil {
-			err = c.Wait(f.deadline, checkInterval, f)
+			err = c.Wait(f.deadline, f)
 		}
 		if err != nil {
 			c.Close()

@@ -196,7 +196,7 @@ func newPool(engine *url.URL) *upstream.Pool {
 	} else if engine.Port() == "" {
 		addr = net.JoinHostPort(engine.Hostname(), "80")
 	}
-	return upstream.NewPool(addr, tlsConfig)
+	return upstream.NewPool(addr, tlsConfig, upstream.NewWatchdog(checkInterval))
 }
 
 // newTransport is tuned for one local engine: kept-alive connections, no

@@ -69,7 +69,7 @@ func (f *flow) CloseWithError(err error) error {
 // stream goes event by event: the events completed by one read from the
 // engine are one write (one chunk, flushed), measured and, for the usage
 // chunk the client did not ask for, hidden. While the engine sends nothing
-// the client is checked every checkInterval (upstream.Conn.Wait), and a
+// the client is checked every checkInterval (upstream.Conn.Wait's watchdog), and a
 // client gone, or one that takes nothing for the write timeout, ends the
 // relay with an error: fasthttp then closes the client's connection and the
 // flow closes the engine's, which cancels the request there. A failure of
@@ -94,7 +94,7 @@ func (f *flow) WriteTo(w io.Writer) (int64, error) {
 		f.prefix = nil
 	}
 	for {
-		if err := f.conn.Wait(f.deadline, checkInterval, f); err != nil {
+		if err := f.conn.Wait(f.deadline, f); err != nil {
 			return written, f.relayFailed(write, err)
 		}
 		rb := relayBufPool.Get().(*relayBuf)

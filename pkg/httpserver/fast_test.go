@@ -13,6 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
+
+	"github.com/kvasir-serving/kvasir/pkg/rawconn"
 )
 
 // fastEcho answers 200 with the body ReadRequest read, or its failure.
@@ -240,6 +242,32 @@ func TestPeerClosed(t *testing.T) {
 	_, s = pair()
 	capped := &cappedConn{Conn: s, release: func() {}}
 	assert.False(t, PeerClosed(capped), "through the listener's wrapper")
+
+	c, s = pair()
+	capped = &cappedConn{Conn: rawconn.Wrap(s), release: func() {}}
+	assert.False(t, PeerClosed(capped), "through the listener's wrappers, raw socket inside")
+	require.NoError(t, c.Close())
+	require.Eventually(t, func() bool { return PeerClosed(capped) }, time.Second, time.Millisecond, "a close, through both wrappers")
+}
+
+// PeerClosed allocates nothing on a connection as the listener accepts it:
+// the activator looks at every waiting client every check interval.
+func TestPeerClosedAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates (and drops pooled items)")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	s, err := ln.Accept()
+	require.NoError(t, err)
+	capped := &cappedConn{Conn: rawconn.Wrap(s), release: func() {}}
+	defer capped.Close()
+	require.False(t, PeerClosed(capped))
+	assert.Zero(t, testing.AllocsPerRun(100, func() { PeerClosed(capped) }))
 }
 
 func TestBodyPoolClasses(t *testing.T) {

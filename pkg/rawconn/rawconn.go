@@ -159,12 +159,14 @@ const maxRaw = 256 << 10
 // opError is err as net.Conn's Read and Write report it: a *net.OpError
 // naming the operation and the connection's addresses. An error of
 // syscall.RawConn is one already, saying "raw-read" or "raw-write": only
-// its Op changes.
+// its Op changes, in place (package net makes a new one for every failed
+// call, and no one else holds it), so that a read deadline passing (the
+// upstream's idle check, every interval of every stream) makes one
+// allocation, not two.
 func (c *Conn) opError(op string, err error) error {
 	if oe, ok := err.(*net.OpError); ok {
-		e := *oe
-		e.Op = op
-		return &e
+		oe.Op = op
+		return oe
 	}
 	e := &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	if e.Source != nil {

@@ -242,6 +242,29 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 	assert.Zero(t, allocs)
 }
 
+// A read whose deadline passed makes one allocation, the error package net
+// makes for it (renamed in place, not copied): an upstream that waits with
+// short read deadlines (upstream.Conn.Wait) makes little garbage.
+func TestTimedOutReadAllocatesOnlyItsError(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	c, _ := pair(t)
+	buf := make([]byte, 1)
+	var last error
+	allocs := testing.AllocsPerRun(20, func() {
+		if err := c.SetReadDeadline(time.Now().Add(-time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		_, last = c.Read(buf)
+	})
+	assert.LessOrEqual(t, allocs, 1.0)
+	var oe *net.OpError
+	require.ErrorAs(t, last, &oe)
+	assert.Equal(t, "read", oe.Op)
+	assert.ErrorIs(t, last, os.ErrDeadlineExceeded)
+}
+
 // Concurrent reads (and writes) take turns, as on any net.Conn: every byte
 // arrives once.
 func TestConcurrentReadsAndWrites(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -17,10 +16,12 @@ import (
 // caller (the client the request is made for) went away.
 var ErrCallerGone = errors.New("upstream: the caller went away")
 
-// Watcher tells Conn.Wait whether to go on waiting.
+// Watcher tells a Conn.Wait whether to go on waiting.
 type Watcher interface {
-	// Gone reports whether the caller went away; it is called about every
-	// check interval while nothing arrives, and must not block.
+	// Gone reports whether the caller went away. The pool's Watchdog
+	// calls it, from its own goroutine, about every interval while a Wait
+	// waits (once the Wait waited one), never after the Wait returned;
+	// it must not block.
 	Gone() bool
 }
 
@@ -36,6 +37,7 @@ type Pool struct {
 	maxIdle     int
 	idleTimeout time.Duration
 	bufSize     int
+	dog         *Watchdog
 
 	// writers are the buffered writers of requests being written: a
 	// connection holds one only from Writer to Flush, so that thousands of
@@ -56,12 +58,24 @@ type Conn struct {
 	bw       *bufio.Writer // between Writer and Flush; nil otherwise
 	lastUsed time.Time
 	reused   bool
+	// readDeadline is the read deadline Wait set last, which it does not
+	// set again (each set touches the runtime's timers).
+	readDeadline    time.Time
+	readDeadlineSet bool
+	watch           Watch // Wait's, under the pool's watchdog
 }
 
 // NewPool returns an empty pool of connections to addr (host:port). With a
-// non-nil tlsConfig the connections use TLS.
-func NewPool(addr string, tlsConfig *tls.Config) *Pool {
+// non-nil tlsConfig the connections use TLS. The Watchers of its
+// connections' Waits are asked by dog; a nil dog is a watchdog of the
+// pool's own that asks every DefaultWatchInterval. (Pools of one process
+// share one, and so one goroutine.)
+func NewPool(addr string, tlsConfig *tls.Config, dog *Watchdog) *Pool {
+	if dog == nil {
+		dog = NewWatchdog(DefaultWatchInterval)
+	}
 	return &Pool{
+		dog:         dog,
 		addr:        addr,
 		tls:         tlsConfig,
 		dialer:      net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
@@ -176,38 +190,34 @@ func (c *Conn) Flush() error {
 func (c *Conn) Reused() bool { return c.reused }
 
 // Wait blocks until a byte from the upstream can be read without blocking,
-// the deadline passes (a timeout error), the connection fails, or w reports
-// the caller gone (ErrCallerGone, after which the connection must be
-// closed: closing it is what cancels the request upstream). While nothing
-// arrives it asks w every interval: the check runs on the caller's
-// goroutine, between read deadlines, with no goroutine or timer of its own.
-// The read deadline is deadline again when Wait returns.
-func (c *Conn) Wait(deadline time.Time, interval time.Duration, w Watcher) error {
+// the deadline passes (a timeout error), or the connection fails. With a
+// Watcher, the pool's Watchdog asks it every interval while Wait waits, and
+// closes the connection when it reports the caller gone: Wait then returns
+// ErrCallerGone, after which the connection must be closed (closing it is
+// what cancels the request upstream; the watchdog did already). The wait
+// itself sleeps in the poller, with no timer or goroutine of its own. The
+// read deadline is deadline when Wait returns.
+func (c *Conn) Wait(deadline time.Time, w Watcher) error {
 	if c.br.Buffered() > 0 {
 		return nil
 	}
-	for {
-		next := time.Now().Add(interval)
-		if !deadline.IsZero() && next.After(deadline) {
-			next = deadline
-		}
-		if err := c.nc.SetReadDeadline(next); err != nil {
+	if !c.readDeadlineSet || !deadline.Equal(c.readDeadline) {
+		if err := c.nc.SetReadDeadline(deadline); err != nil {
 			return err
 		}
-		_, err := c.br.Peek(1)
-		if err == nil {
-			return c.nc.SetReadDeadline(deadline)
-		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			return err
-		}
-		if !deadline.IsZero() && !time.Now().Before(deadline) {
-			return err // the caller's deadline, not a check's
-		}
-		if w != nil && w.Gone() {
-			return ErrCallerGone
-		}
+		c.readDeadline, c.readDeadlineSet = deadline, true
 	}
+	if w == nil {
+		_, err := c.br.Peek(1)
+		return err
+	}
+	d := c.pool.dog
+	d.Start(&c.watch, w, c.nc)
+	_, err := c.br.Peek(1)
+	if d.Stop(&c.watch) {
+		return ErrCallerGone
+	}
+	return err
 }
 
 // Release gives the connection back to its pool for another request. The

@@ -54,7 +54,7 @@ func roundTrip(t *testing.T, c *Conn, line string, w Watcher) error {
 	t.Helper()
 	_, _ = c.Writer().WriteString(line)
 	require.NoError(t, c.Flush())
-	if err := c.Wait(time.Now().Add(10*time.Second), 10*time.Millisecond, w); err != nil {
+	if err := c.Wait(time.Now().Add(10*time.Second), w); err != nil {
 		return err
 	}
 	got, err := c.Reader().ReadString('\n')
@@ -65,7 +65,7 @@ func roundTrip(t *testing.T, c *Conn, line string, w Watcher) error {
 
 func TestPoolReusesConnections(t *testing.T) {
 	addr, conns := lineServer(t, nil)
-	p := NewPool(addr, nil)
+	p := NewPool(addr, nil, NewWatchdog(10*time.Millisecond))
 	for i := range 3 {
 		c, err := p.Get(time.Now().Add(10 * time.Second))
 		require.NoError(t, err)
@@ -96,7 +96,7 @@ func TestPoolDialErrors(t *testing.T) {
 	require.NoError(t, err)
 	addr := ln.Addr().String()
 	require.NoError(t, ln.Close())
-	_, err = NewPool(addr, nil).Get(time.Now().Add(time.Second))
+	_, err = NewPool(addr, nil, NewWatchdog(10*time.Millisecond)).Get(time.Now().Add(time.Second))
 	var de DialError
 	require.ErrorAs(t, err, &de)
 }
@@ -110,7 +110,7 @@ func (w *watcher) Gone() bool { return w.gone.Load() }
 func TestWaitWatchesTheCaller(t *testing.T) {
 	release := make(chan struct{})
 	addr, _ := lineServer(t, release)
-	p := NewPool(addr, nil)
+	p := NewPool(addr, nil, NewWatchdog(10*time.Millisecond))
 
 	c, err := p.Get(time.Time{})
 	require.NoError(t, err)
@@ -118,7 +118,7 @@ func TestWaitWatchesTheCaller(t *testing.T) {
 	w.gone.Store(true)
 	_, _ = c.Writer().WriteString("x\n")
 	require.NoError(t, c.Flush())
-	require.ErrorIs(t, c.Wait(time.Now().Add(time.Minute), 10*time.Millisecond, w), ErrCallerGone)
+	require.ErrorIs(t, c.Wait(time.Now().Add(time.Minute), w), ErrCallerGone)
 	c.Close()
 
 	c, err = p.Get(time.Time{})
@@ -126,7 +126,7 @@ func TestWaitWatchesTheCaller(t *testing.T) {
 	_, _ = c.Writer().WriteString("y\n")
 	require.NoError(t, c.Flush())
 	start := time.Now()
-	err = c.Wait(time.Now().Add(100*time.Millisecond), 30*time.Millisecond, &watcher{})
+	err = c.Wait(time.Now().Add(100*time.Millisecond), &watcher{})
 	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
 	assert.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond)
 	c.Close()
@@ -175,7 +175,7 @@ func canonical(k string) string {
 // never pooled with half a request in it.
 func TestWriterHeldOnlyUntilFlush(t *testing.T) {
 	addr, conns := lineServer(t, nil)
-	p := NewPool(addr, nil)
+	p := NewPool(addr, nil, NewWatchdog(10*time.Millisecond))
 	c, err := p.Get(time.Time{})
 	require.NoError(t, err)
 	require.NoError(t, roundTrip(t, c, "one\n", nil))
@@ -204,7 +204,7 @@ func TestWriterHeldOnlyUntilFlush(t *testing.T) {
 // (-race: Abort touches nothing the owner uses).
 func TestAbortFromAnotherGoroutine(t *testing.T) {
 	addr, _ := lineServer(t, make(chan struct{})) // never answers
-	p := NewPool(addr, nil)
+	p := NewPool(addr, nil, NewWatchdog(10*time.Millisecond))
 	c, err := p.Get(time.Time{})
 	require.NoError(t, err)
 	aborted := make(chan struct{})

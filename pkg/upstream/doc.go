@@ -12,10 +12,12 @@
 // *http.Response; a cancelled context closes the connection, which cancels
 // the request upstream. Pool and Conn (conn.go) leave the wire format to the
 // caller (the queue-proxy writes requests and parses responses with
-// fasthttp's types) and add Conn.Wait: a wait for the upstream's first byte
-// that checks every interval, on the caller's goroutine and between read
-// deadlines, whether the caller's own client left (Watcher), so that a
+// fasthttp's types) and add Conn.Wait: a wait for the upstream's next byte
+// during which a Watchdog (watchdog.go: one goroutine for all the waits of
+// the pools that share it) asks every interval whether the caller's own
+// client left (Watcher), and closes the connection when it did, so that a
 // server without a request context (fasthttp) can still cancel the
-// upstream's work when its client goes away. IsHopByHop is HopByHop for
+// upstream's work when its client goes away. The wait itself sleeps in the
+// poller: no timer, wake-up or allocation per interval. IsHopByHop is HopByHop for
 // header names held as bytes.
 package upstream
