@@ -84,6 +84,7 @@ type flow struct {
 	bodyDone                         bool // the engine's response was read to its end
 
 	body         httpserver.Body // the request body, until it is sent
+	idx          openai.Index    // the storage of its parsed index, kept by reset
 	kt           *kvTicket       // the request's part in the KV model; nil when not modelled
 	engineStatus int             // the engine's response status; 0 while none
 	deadline     time.Time       // the request timeout
@@ -155,7 +156,7 @@ func (f *flow) serve() {
 	if f.measured {
 		// Parsed once, for both the KV model and the usage splice; a body
 		// that is not a JSON object goes on as it is, for the engine to judge.
-		if obj, err := openai.Parse(body); err == nil {
+		if obj, err := f.idx.Parse(body); err == nil {
 			if p.kv != nil {
 				f.kt = p.kv.prepare(obj, string(ctx.Path()) == pathChatCompletions)
 			}
@@ -574,13 +575,14 @@ func (f *flow) finish() {
 }
 
 // reset clears a flow for its pool, keeping its buffers: the event
-// splitter's too when it holds nothing (it is then as new).
+// splitter's too when it holds nothing (it is then as new), and the parsed
+// index's storage.
 func (f *flow) reset() {
 	events := f.events
 	if len(events.Rest()) > 0 || cap(events.Rest()) > 64<<10 {
 		events = openai.EventSplitter{}
 	}
-	*f = flow{events: events}
+	*f = flow{events: events, idx: f.idx}
 }
 
 // meter measures the events of one stream.
@@ -725,7 +727,7 @@ func (p *Proxy) record(ctx *fasthttp.RequestCtx, ex *exchange) {
 	elapsed := time.Since(ex.start)
 	m.duration.Observe(elapsed.Seconds())
 
-	if p.log.Enabled(context.Background(), slog.LevelDebug) {
+	if p.logRequests {
 		p.log.LogAttrs(context.Background(), slog.LevelDebug, "request",
 			slog.String("method", string(ctx.Method())), slog.String("path", string(ctx.Path())), slog.Int("code", code),
 			slog.Duration("duration", elapsed), slog.Bool("clientGone", ex.clientGone), slog.Bool("broken", ex.broken),

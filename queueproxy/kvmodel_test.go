@@ -731,3 +731,35 @@ func flagSet(cfg *Config) *flag.FlagSet {
 	cfg.RegisterFlags(fs)
 	return fs
 }
+
+// adapterOf reads "model" as encoding/json does (escapes decoded) and
+// salts by an adapter the engine lists; a listed engine's unknown model
+// and a model that is not a string are not modelled.
+func TestAdapterOf(t *testing.T) {
+	m, _ := newTestKV(t, 100)
+	for _, tc := range []struct {
+		body    string
+		models  *engineModels
+		adapter string
+		ok      bool
+	}{
+		{`{"prompt":"x"}`, nil, "", true},
+		{`{"model":null}`, nil, "", true},
+		{`{"model":7}`, nil, "", false},
+		{`{"model":"base"}`, nil, "", true},
+		{`{"model":"base"}`, &engineModels{listed: true, base: map[string]struct{}{"base": {}}}, "", true},
+		{`{"model":"sql-lora"}`, &engineModels{listed: true, adapters: map[string]struct{}{"sql-lora": {}}}, "sql-lora", true},
+		{`{"model":"sql\u002dlora"}`, &engineModels{listed: true, adapters: map[string]struct{}{"sql-lora": {}}}, "sql-lora", true},
+		{`{"model":"caf\u00e9"}`, &engineModels{listed: true, adapters: map[string]struct{}{"café": {}}}, "café", true},
+		{`{"model":"other"}`, &engineModels{listed: true, base: map[string]struct{}{"base": {}}}, "", false},
+		{`{"model":"other"}`, &engineModels{base: map[string]struct{}{"base": {}}}, "", true},
+		{"{\"model\":\"a\xffb\"}", &engineModels{listed: true, adapters: map[string]struct{}{"a\ufffdb": {}}}, "a\ufffdb", true},
+	} {
+		m.models.Store(tc.models)
+		obj, err := openai.Parse([]byte(tc.body))
+		require.NoError(t, err, tc.body)
+		adapter, ok := m.adapterOf(obj)
+		assert.Equal(t, tc.ok, ok, tc.body)
+		assert.Equal(t, tc.adapter, adapter, tc.body)
+	}
+}

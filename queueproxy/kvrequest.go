@@ -1,7 +1,9 @@
 package queueproxy
 
 import (
+	"bytes"
 	"log/slog"
+	"unicode/utf8"
 
 	"github.com/kvasir-serving/kvasir/pkg/openai"
 	"github.com/kvasir-serving/kvasir/pkg/prompt"
@@ -105,18 +107,24 @@ func (m *kvModel) adapterOf(obj openai.Object) (string, bool) {
 	if !present || string(raw) == "null" {
 		return "", true
 	}
-	name, ok := obj.String("model")
-	if !ok {
-		return "", false
+	if len(raw) < 2 || raw[0] != '"' {
+		return "", false // not a string
 	}
 	em := m.models.Load()
 	if em == nil {
 		return "", true
 	}
-	if _, ok := em.adapters[name]; ok {
-		return name, true
+	// A name without escapes is its bytes, and looking them up allocates
+	// nothing; others are decoded as encoding/json does.
+	name := raw[1 : len(raw)-1]
+	if bytes.IndexByte(name, '\\') >= 0 || !utf8.Valid(name) {
+		s, _ := obj.String("model")
+		name = []byte(s)
 	}
-	if _, ok := em.base[name]; ok || !em.listed {
+	if _, ok := em.adapters[string(name)]; ok {
+		return string(name), true
+	}
+	if _, ok := em.base[string(name)]; ok || !em.listed {
 		return "", true
 	}
 	return "", false

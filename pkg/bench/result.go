@@ -49,6 +49,10 @@ type Result struct {
 
 	ErrorExamples []ErrorExample `json:"error_examples"`
 
+	// E2E is every completed request's end-to-end latency in seconds,
+	// sorted, for pooling the requests of several runs (not serialized).
+	E2E []float64 `json:"-"`
+
 	// The run's settings, for comparing results.
 	Target         string  `json:"target"`
 	Model          string  `json:"model"`
@@ -143,6 +147,7 @@ func summarize(cfg Config, samples []sample, dur time.Duration) *Result {
 	r.TTFTMaxS = Percentile(ttft, 100)
 	r.E2EMeanS, r.E2EP50S, r.E2EP90S, r.E2EP99S = mean(e2e), Percentile(e2e, 50), Percentile(e2e, 90), Percentile(e2e, 99)
 	r.E2EMaxS = Percentile(e2e, 100)
+	r.E2E = e2e
 	r.ITLMeanS, r.ITLP50S, r.ITLP90S, r.ITLP99S = mean(itl), Percentile(itl, 50), Percentile(itl, 90), Percentile(itl, 99)
 	r.TPOTMeanS = mean(tpot)
 	return r

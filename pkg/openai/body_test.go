@@ -28,6 +28,50 @@ func TestParseAndGet(t *testing.T) {
 	require.False(t, ok)
 }
 
+// An Index reuses its storage: a second parse allocates nothing, what an
+// earlier parse indexed does not show, a body made by Set outlives the
+// next parse, and a hostile body's large index is not kept.
+func TestIndexReusesItsStorage(t *testing.T) {
+	var x Index
+	first, err := x.Parse([]byte(`{"model":"a","stream":true,"n":1,"x":2,"y":3,"z":4,"w":5,"v":6,"u":7}`))
+	require.NoError(t, err)
+	set := first.Set("model", []byte(`"b"`))
+	o, err := x.Parse([]byte(`{"n":2}`))
+	require.NoError(t, err)
+	_, ok := o.Get("model")
+	require.False(t, ok, "a member of the earlier body")
+	n, _ := o.Int("n")
+	require.Equal(t, 2, n)
+	again, err := Parse(set)
+	require.NoError(t, err)
+	m, _ := again.String("model")
+	require.Equal(t, "b", m, "a body made by Set is its own")
+	require.True(t, again.Bool("stream"))
+
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":false}`)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := x.Parse(body); err != nil {
+			t.Fatal(err)
+		}
+	})
+	require.Zero(t, allocs)
+
+	var many strings.Builder
+	many.WriteString("{")
+	for i := range 1000 {
+		if i > 0 {
+			many.WriteString(",")
+		}
+		fmt.Fprintf(&many, "%q:%d", "k"+strconv.Itoa(i), i)
+	}
+	many.WriteString("}")
+	o, err = x.Parse([]byte(many.String()))
+	require.NoError(t, err)
+	v, _ := o.Int("k999")
+	require.Equal(t, 999, v)
+	require.LessOrEqual(t, cap(x.members), maxKeptMembers, "a hostile body's index is not kept")
+}
+
 func TestParseRejects(t *testing.T) {
 	_, err := Parse([]byte(`{"a":`))
 	require.ErrorIs(t, err, ErrMalformedJSONValue)

@@ -24,7 +24,28 @@ func FuzzParse(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(func(t *testing.T, body []byte) { parseAgrees(t, body) })
+	f.Fuzz(func(t *testing.T, body []byte) {
+		parseAgrees(t, body)
+		indexAgrees(t, body)
+	})
+}
+
+// indexAgrees checks that an Index that parsed a larger body before parses
+// body exactly as Parse does: nothing of the earlier members shows.
+func indexAgrees(t *testing.T, body []byte) {
+	t.Helper()
+	var x Index
+	_, err := x.Parse([]byte(`{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"\u006a":10}`))
+	require.NoError(t, err)
+	want, wantErr := Parse(body)
+	got, gotErr := x.Parse(body)
+	if wantErr != nil {
+		require.EqualError(t, gotErr, wantErr.Error())
+		return
+	}
+	require.NoError(t, gotErr)
+	require.Equal(t, want.raw, got.raw)
+	require.Equal(t, want.members, got.members)
 }
 
 // FuzzSetDelete checks that what Set and Delete return parses, holds what

@@ -28,7 +28,7 @@ type Watchdog struct {
 	sweeps   atomic.Uint64 // sweeps started
 
 	mu      sync.Mutex
-	set     map[*Watch]struct{}
+	head    *Watch // the Watches started and not stopped, linked through next
 	running bool
 	scratch []*Watch // the sweep's snapshot; only the goroutine uses it
 }
@@ -52,6 +52,12 @@ type Watch struct {
 	nc    net.Conn // the connection to close when w's caller left (nil: none)
 	state watchState
 	since uint64 // the watchdog's sweeps when the wait began
+
+	// prev and next link the watchdog's started Watches (guarded by the
+	// Watchdog's mu): a list, not a set, since a map's insert and delete
+	// cost about 2 µs a request in the queue-proxy's perf profile.
+	prev, next *Watch
+	listed     bool
 }
 
 type watchState uint8
@@ -72,10 +78,13 @@ func (d *Watchdog) Start(x *Watch, w Watcher, nc net.Conn) {
 	x.w, x.nc, x.state, x.since = w, nc, watchWaiting, since
 	x.mu.Unlock()
 	d.mu.Lock()
-	if d.set == nil {
-		d.set = make(map[*Watch]struct{})
+	if !x.listed {
+		x.prev, x.next, x.listed = nil, d.head, true
+		if d.head != nil {
+			d.head.prev = x
+		}
+		d.head = x
 	}
-	d.set[x] = struct{}{}
 	if !d.running {
 		d.running = true
 		go d.run()
@@ -88,7 +97,17 @@ func (d *Watchdog) Start(x *Watch, w Watcher, nc net.Conn) {
 // any, was closed for it). After Stop, x's Watcher is not asked again.
 func (d *Watchdog) Stop(x *Watch) (gone bool) {
 	d.mu.Lock()
-	delete(d.set, x)
+	if x.listed {
+		if x.prev != nil {
+			x.prev.next = x.next
+		} else {
+			d.head = x.next
+		}
+		if x.next != nil {
+			x.next.prev = x.prev
+		}
+		x.prev, x.next, x.listed = nil, nil, false
+	}
 	d.mu.Unlock()
 	x.mu.Lock()
 	gone = x.state == watchGone
@@ -110,13 +129,13 @@ func (d *Watchdog) run() {
 		// stream's wait for its next token) cost no look at a socket.
 		n := d.sweeps.Add(1)
 		d.mu.Lock()
-		if len(d.set) == 0 {
+		if d.head == nil {
 			d.running = false
 			d.mu.Unlock()
 			return
 		}
 		d.scratch = d.scratch[:0]
-		for x := range d.set {
+		for x := d.head; x != nil; x = x.next {
 			d.scratch = append(d.scratch, x)
 		}
 		d.mu.Unlock()

@@ -182,3 +182,32 @@ func TestWatchWithoutAConnection(t *testing.T) {
 	require.Eventually(t, func() bool { return w2.asked.Load() > 0 }, 10*time.Second, time.Millisecond)
 	assert.False(t, d.Stop(&x))
 }
+
+// Watches stopped in any order (the list's head, middle and tail) are
+// never asked again, and the ones still started go on being asked.
+func TestWatchesStoppedInAnyOrder(t *testing.T) {
+	d := NewWatchdog(time.Millisecond)
+	var xs [4]Watch
+	var ws [4]countingWatcher
+	for i := range xs {
+		d.Start(&xs[i], &ws[i], nil)
+	}
+	// The list holds 3, 2, 1, 0: stop its middle (1), its head (3) and
+	// its tail (0).
+	for _, i := range []int{1, 3, 0} {
+		d.Stop(&xs[i])
+	}
+	stopped := [4]int32{ws[0].asked.Load(), ws[1].asked.Load(), 0, ws[3].asked.Load()}
+	require.Eventually(t, func() bool { return ws[2].asked.Load() >= stopped[2]+3 }, 10*time.Second, time.Millisecond)
+	for _, i := range []int{0, 1, 3} {
+		assert.Equal(t, stopped[i], ws[i].asked.Load(), "watch %d asked after Stop", i)
+	}
+	d.Stop(&xs[2])
+	d.Start(&xs[1], &ws[1], nil) // into an empty list again
+	asked := ws[1].asked.Load()
+	require.Eventually(t, func() bool { return ws[1].asked.Load() >= asked+2 }, 10*time.Second, time.Millisecond)
+	d.Stop(&xs[1])
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	assert.Nil(t, d.head, "every watch stopped")
+}

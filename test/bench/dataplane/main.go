@@ -214,6 +214,7 @@ type hopTarget struct {
 type hopSample struct {
 	p50, p99 float64
 	cpu      [3]float64
+	e2e      []float64 // the round's latencies, sorted
 }
 
 func hops(ctx context.Context, args []string) error {
@@ -320,7 +321,7 @@ func hops(ctx context.Context, args []string) error {
 			}
 			// The round's CPU includes its warm-up requests: divide by all.
 			reqs := float64(r.Completed + warmup)
-			s := hopSample{p50: r.E2EP50S, p99: r.E2EP99S}
+			s := hopSample{p50: r.E2EP50S, p99: r.E2EP99S, e2e: r.E2E}
 			for i, pid := range pids {
 				s.cpu[i] = math.NaN()
 				if pid != 0 {
@@ -401,6 +402,41 @@ func hops(ctx context.Context, args []string) error {
 	row("floor (fasthttp)", "queue-proxy", pathFloorQP, pathNginxQP, pathFloorQP, pathRawQP, pathQP)
 	row("floor (fasthttp, raw syscalls)", "queue-proxy", pathRawQP, pathNginxQP, pathFloorQP, pathRawQP, pathQP)
 	row("activator", "queue-proxy", pathAct, pathNginxQP, pathFloorQP, pathRawQP, pathQP)
+	if *rounds < 2 {
+		return nil
+	}
+	// Pooled: each path's percentile over the requests of all its rounds.
+	// With many short rounds every path samples the same stretches of the
+	// machine's weather, so a p99 over all of them is steadier than the
+	// median of rounds' p99s, each the tenth-slowest of a thousand.
+	pooled := make(map[string][2]float64)
+	for name, ss := range results {
+		var all []float64
+		for _, s := range ss {
+			all = append(all, s.e2e...)
+		}
+		sort.Float64s(all)
+		pooled[name] = [2]float64{bench.Percentile(all, 50), bench.Percentile(all, 99)}
+	}
+	fmt.Printf("\nThe same hops, each path's percentiles taken over the requests of all %d rounds together (the hop's minus the path without it):\n\n", *rounds)
+	fmt.Println("| hop | backend | p50 (ms) | p99 (ms) | ÷ nginx p50 | ÷ nginx p99 |")
+	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: |")
+	prow := func(hop, backend, with, nginxWith, without string) {
+		if !have(with, nginxWith, without) {
+			return
+		}
+		h50, h99 := (pooled[with][0]-pooled[without][0])*1e3, (pooled[with][1]-pooled[without][1])*1e3
+		n50, n99 := (pooled[nginxWith][0]-pooled[without][0])*1e3, (pooled[nginxWith][1]-pooled[without][1])*1e3
+		fmt.Printf("| %s | %s | %.3f | %.3f | %s | %s |\n", hop, backend, h50, h99, over(h50, n50), over(h99, n99))
+	}
+	prow("nginx", "engine", pathNginx, pathNginx, pathEngine)
+	prow("floor (fasthttp)", "engine", pathFloor, pathNginx, pathEngine)
+	prow("floor (fasthttp, raw syscalls)", "engine", pathRaw, pathNginx, pathEngine)
+	prow("queue-proxy", "engine", pathQP, pathNginx, pathEngine)
+	prow("nginx", "queue-proxy", pathNginxQP, pathNginxQP, pathQP)
+	prow("floor (fasthttp)", "queue-proxy", pathFloorQP, pathNginxQP, pathQP)
+	prow("floor (fasthttp, raw syscalls)", "queue-proxy", pathRawQP, pathNginxQP, pathQP)
+	prow("activator", "queue-proxy", pathAct, pathNginxQP, pathQP)
 	return nil
 }
 
