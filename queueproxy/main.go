@@ -53,13 +53,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	logHandler := slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
 	log := slog.New(logHandler).With(slog.String("component", "queue-proxy"), slog.String("pod", cfg.PodName))
 	if fitProcs {
-		fitCtx, stopFit := context.WithCancel(ctx)
-		fitted := make(chan struct{})
-		go func() {
-			defer close(fitted)
-			_ = maxprocs.Run(fitCtx, maxprocs.Config{}, log.With(slog.String("part", "maxprocs"))) // the zero Config is valid
-		}()
-		defer func() { stopFit(); <-fitted }()
+		defer maxprocs.Start(ctx, log.With(slog.String("part", "maxprocs")))()
 	}
 
 	p, err := New(cfg, log)

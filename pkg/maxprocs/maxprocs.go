@@ -98,6 +98,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return run(ctx, cfg, log, realRuntime{})
 }
 
+// Start runs Run with the zero Config in a goroutine of its own until
+// ctx ends or the returned stop is called; stop returns once Run did (the
+// runtime's default is back). For a binary's main: a process's one Run.
+func Start(ctx context.Context, log *slog.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = Run(ctx, Config{}, log) // the zero Config is valid
+	}()
+	return func() { cancel(); <-done }
+}
+
 // procs is what Run reads and sets; realRuntime is the process's.
 type procs interface {
 	pinned() bool
