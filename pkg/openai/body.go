@@ -84,6 +84,10 @@ func (x *Index) Parse(body []byte) (Object, error) {
 	if x.members == nil {
 		x.members = make([]member, 0, 8)
 	}
+	// Nothing of an earlier body stays reachable: a key's decoded copy
+	// (up to three times the key's bytes) in a slot that later, smaller
+	// bodies never overwrite would be pinned for as long as x is reused.
+	clear(x.members[:cap(x.members)])
 	o, err := parse(body, x.members[:0])
 	if c := cap(o.members); c > cap(x.members) && c <= maxKeptMembers {
 		x.members = o.members[:0]

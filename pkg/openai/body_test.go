@@ -70,6 +70,17 @@ func TestIndexReusesItsStorage(t *testing.T) {
 	v, _ := o.Int("k999")
 	require.Equal(t, 999, v)
 	require.LessOrEqual(t, cap(x.members), maxKeptMembers, "a hostile body's index is not kept")
+
+	// A key's decoded copy does not outlive its body in the kept storage,
+	// whether its parse succeeded or failed.
+	for _, b := range []string{`{"a":1,"b":2,"c":3,"\u006b":4}`, `{"a":1,"b":2,"c":3,"\u006b":4,"k":5}`} {
+		_, _ = x.Parse([]byte(b))
+		_, err = x.Parse([]byte(`{"n":1}`))
+		require.NoError(t, err)
+		for i, m := range x.members[:cap(x.members)] {
+			require.Empty(t, m.decoded, "%s: slot %d keeps a decoded key", b, i)
+		}
+	}
 }
 
 func TestParseRejects(t *testing.T) {
