@@ -204,21 +204,25 @@ func TestFastCloseCutsActiveConnections(t *testing.T) {
 	require.True(t, <-gone)
 }
 
-func TestPeerClosed(t *testing.T) {
+// loopbackPair returns both ends of a TCP connection on loopback, closed
+// when the test ends.
+func loopbackPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
-	pair := func() (client, server net.Conn) {
-		client, err := net.Dial("tcp", ln.Addr().String())
-		require.NoError(t, err)
-		server, err = ln.Accept()
-		require.NoError(t, err)
-		t.Cleanup(func() { client.Close(); server.Close() })
-		return client, server
-	}
-	c, s := pair()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	server, err = ln.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+func TestPeerClosed(t *testing.T) {
+	c, s := loopbackPair(t)
 	assert.False(t, PeerClosed(s), "an idle open connection")
-	_, err = io.WriteString(c, "GET / HTTP/1.1\r\n\r\n")
+	_, err := io.WriteString(c, "GET / HTTP/1.1\r\n\r\n")
 	require.NoError(t, err)
 	require.NoError(t, c.(*net.TCPConn).CloseWrite())
 	assert.False(t, PeerClosed(s), "a peer that sent more (a pipelined request) cannot be told closed")
@@ -227,23 +231,23 @@ func TestPeerClosed(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "GET / HTTP/1.1\r\n\r\n", string(buf[:n]), "the look consumed nothing")
 
-	c, s = pair()
+	c, s = loopbackPair(t)
 	require.NoError(t, c.(*net.TCPConn).CloseWrite())
 	require.Eventually(t, func() bool { return PeerClosed(s) }, time.Second, time.Millisecond, "a half-close")
 
-	c, s = pair()
+	c, s = loopbackPair(t)
 	require.NoError(t, c.Close())
 	require.Eventually(t, func() bool { return PeerClosed(s) }, time.Second, time.Millisecond, "a close")
 
-	_, s = pair()
+	_, s = loopbackPair(t)
 	require.NoError(t, s.Close())
 	assert.True(t, PeerClosed(s), "a connection closed here")
 
-	_, s = pair()
+	_, s = loopbackPair(t)
 	capped := &cappedConn{Conn: s, release: func() {}}
 	assert.False(t, PeerClosed(capped), "through the listener's wrapper")
 
-	c, s = pair()
+	c, s = loopbackPair(t)
 	capped = &cappedConn{Conn: rawconn.Wrap(s), release: func() {}}
 	assert.False(t, PeerClosed(capped), "through the listener's wrappers, raw socket inside")
 	require.NoError(t, c.Close())
@@ -256,14 +260,7 @@ func TestPeerClosedAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates (and drops pooled items)")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	defer c.Close()
-	s, err := ln.Accept()
-	require.NoError(t, err)
+	_, s := loopbackPair(t)
 	capped := &cappedConn{Conn: rawconn.Wrap(s), release: func() {}}
 	defer capped.Close()
 	require.False(t, PeerClosed(capped))
@@ -288,15 +285,8 @@ func TestBodyPoolClasses(t *testing.T) {
 // A client that takes nothing of a response is cut off once the write
 // timeout passes, however long the response.
 func TestWriteArmerCutsAClientThatDoesNotRead(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	defer c.Close()
-	s, err := ln.Accept()
-	require.NoError(t, err)
-	defer s.Close()
+	_, s := loopbackPair(t)
+	var err error
 	var a WriteArmer
 	a.Reset(s, 200*time.Millisecond)
 	chunk := make([]byte, 64<<10)
