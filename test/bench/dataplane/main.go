@@ -16,9 +16,11 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,6 +44,9 @@ func main() {
 type procs struct {
 	dir  string
 	list []*exec.Cmd
+	// split, when set (hops --pin), puts the engine on split.rest and
+	// every other process on split.hops.
+	split *cpuSplit
 }
 
 func newProcs() (*procs, error) {
@@ -65,7 +70,15 @@ func (p *procs) startEnv(name string, env []string, argv ...string) (*exec.Cmd, 
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = process.DieWithParent(nil)
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if p.split != nil {
+		set := p.split.hops
+		if name == "engine-sim" {
+			set = p.split.rest
+		}
+		start = func() error { return startOn(set, cmd) }
+	}
+	if err := start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p.list = append(p.list, cmd)
@@ -229,6 +242,8 @@ func hops(ctx context.Context, args []string) error {
 	workers := fs.String("nginx-workers", "auto", "nginx worker_processes")
 	qpArgs := fs.String("queue-proxy-args", "", "more flags for the queue-proxy, space-separated (e.g. --kv-flush-interval=100ms)")
 	qpProcs := fs.Int("queue-proxy-gomaxprocs", 0, "GOMAXPROCS of the queue-proxy, pinned (0: not pinned; the queue-proxy fits it to its use, pkg/maxprocs)")
+	resamples := fs.Int("bootstrap", 1000, "bootstrap resamples of the rounds for the spread of the pooled estimate (0: none)")
+	pin := fs.Bool("pin", false, "pin the hops under test (nginx with one worker, the floors, the queue-proxy, the activator) to the last CPU, and this load generator and the engine to the others (Linux, two CPUs or more)")
 	_ = fs.Parse(args)
 	if *closed < 0 {
 		return fmt.Errorf("--concurrency: must be >= 0, got %d", *closed)
@@ -238,6 +253,17 @@ func hops(ctx context.Context, args []string) error {
 		return err
 	}
 	defer p.close()
+	if *pin {
+		if p.split, err = splitCPUs(); err != nil {
+			return err
+		}
+		if err := p.split.pinSelf(); err != nil {
+			return err
+		}
+		if *workers == "auto" {
+			*workers = "1" // the one CPU of the hops
+		}
+	}
 	actEnv := gomaxprocsEnv(*actProcs)
 	d, err := startPath(ctx, p, *bin, actEnv, gomaxprocsEnv(*qpProcs), strings.Fields(*qpArgs), "--zero-latency", "--max-num-seqs", "1024")
 	if err != nil {
@@ -347,6 +373,9 @@ func hops(ctx context.Context, args []string) error {
 	if *closed > 0 {
 		load = fmt.Sprintf("in a closed loop of %d request(s) in flight", *closed)
 	}
+	if *pin {
+		load += " (--pin: the hops on one CPU, the load generator and the engine on the others)"
+	}
 	fmt.Printf("\nEnd-to-end latency %s, non-streaming, zero-latency engine, and CPU (utime+stime) per request of each process on the path (median of %d rounds of %d requests; CPU divided by the round's requests including its %d warm-up):\n\n", load, *rounds, *n, warmup)
 	fmt.Println("| path | p50 (ms) | p99 (ms) | CPU µs/req: first process | CPU µs/req: queue-proxy behind it | CPU µs/req: engine |")
 	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -421,22 +450,51 @@ func hops(ctx context.Context, args []string) error {
 	fmt.Printf("\nThe same hops, each path's percentiles taken over the requests of all %d rounds together (the hop's minus the path without it):\n\n", *rounds)
 	fmt.Println("| hop | backend | p50 (ms) | p99 (ms) | ÷ nginx p50 | ÷ nginx p99 |")
 	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: |")
-	prow := func(hop, backend, with, nginxWith, without string) {
-		if !have(with, nginxWith, without) {
-			return
-		}
-		h50, h99 := (pooled[with][0]-pooled[without][0])*1e3, (pooled[with][1]-pooled[without][1])*1e3
-		n50, n99 := (pooled[nginxWith][0]-pooled[without][0])*1e3, (pooled[nginxWith][1]-pooled[without][1])*1e3
-		fmt.Printf("| %s | %s | %.3f | %.3f | %s | %s |\n", hop, backend, h50, h99, over(h50, n50), over(h99, n99))
+	rows := []hopRow{
+		{"nginx", "engine", pathNginx, pathNginx, pathEngine},
+		{"floor (fasthttp)", "engine", pathFloor, pathNginx, pathEngine},
+		{"floor (fasthttp, raw syscalls)", "engine", pathRaw, pathNginx, pathEngine},
+		{"queue-proxy", "engine", pathQP, pathNginx, pathEngine},
+		{"nginx", "queue-proxy", pathNginxQP, pathNginxQP, pathQP},
+		{"floor (fasthttp)", "queue-proxy", pathFloorQP, pathNginxQP, pathQP},
+		{"floor (fasthttp, raw syscalls)", "queue-proxy", pathRawQP, pathNginxQP, pathQP},
+		{"activator", "queue-proxy", pathAct, pathNginxQP, pathQP},
 	}
-	prow("nginx", "engine", pathNginx, pathNginx, pathEngine)
-	prow("floor (fasthttp)", "engine", pathFloor, pathNginx, pathEngine)
-	prow("floor (fasthttp, raw syscalls)", "engine", pathRaw, pathNginx, pathEngine)
-	prow("queue-proxy", "engine", pathQP, pathNginx, pathEngine)
-	prow("nginx", "queue-proxy", pathNginxQP, pathNginxQP, pathQP)
-	prow("floor (fasthttp)", "queue-proxy", pathFloorQP, pathNginxQP, pathQP)
-	prow("floor (fasthttp, raw syscalls)", "queue-proxy", pathRawQP, pathNginxQP, pathQP)
-	prow("activator", "queue-proxy", pathAct, pathNginxQP, pathQP)
+	rows = slices.DeleteFunc(rows, func(r hopRow) bool { return !have(r.with, r.nginxWith, r.without) })
+	for _, r := range rows {
+		h50, h99 := (pooled[r.with][0]-pooled[r.without][0])*1e3, (pooled[r.with][1]-pooled[r.without][1])*1e3
+		n50, n99 := (pooled[r.nginxWith][0]-pooled[r.without][0])*1e3, (pooled[r.nginxWith][1]-pooled[r.without][1])*1e3
+		fmt.Printf("| %s | %s | %.3f | %.3f | %s | %s |\n", r.hop, r.backend, h50, h99, over(h50, n50), over(h99, n99))
+	}
+	if *resamples <= 0 || len(rows) == 0 {
+		return nil
+	}
+	// How sure the pooled estimate is: resample the rounds.
+	byRound := make(map[string][][]float64, len(results))
+	for name, ss := range results {
+		for _, s := range ss {
+			byRound[name] = append(byRound[name], s.e2e)
+		}
+	}
+	odds := bootstrapGoals(byRound, rows, *resamples, rand.New(rand.NewPCG(1, 2)))
+	fmt.Printf("\nThe pooled estimate's spread: %d bootstrap resamples of the %d rounds (whole rounds, the same for every path), the share of them in which each goal held (added p50 within %.1fx of nginx's, added p99 within %.0fx) and the middle 90%% of the ratio (\"-\" when nginx's added latency was not positive in at least 95%% of them):\n\n",
+		*resamples, *rounds, hopGoals[0], hopGoals[1])
+	fmt.Println("| hop | backend | p50 goal held | p50 ÷ nginx, 5-95% | p99 goal held | p99 ÷ nginx, 5-95% |")
+	fmt.Println("| --- | --- | ---: | ---: | ---: | ---: |")
+	interval := func(lo, hi float64) string {
+		if math.IsNaN(lo) {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx-%.2fx", lo, hi)
+	}
+	for i, r := range rows {
+		if r.with == r.nginxWith {
+			continue
+		}
+		o := odds[i]
+		fmt.Printf("| %s | %s | %.0f%% | %s | %.0f%% | %s |\n", r.hop, r.backend, o.held[0]*100, interval(o.lo[0], o.hi[0]),
+			o.held[1]*100, interval(o.lo[1], o.hi[1]))
+	}
 	return nil
 }
 
