@@ -1,6 +1,7 @@
 package queueproxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,9 +29,83 @@ var errNoEngineMetrics = errors.New("no known vLLM or SGLang metrics")
 // server into an EngineStat. Counts are summed across label sets (several
 // model_name or engine labels); ratios (KV cache usage, SGLang hit rate) are
 // averaged across them. Scraped is true on success.
+//
+// Only the lines of the families it reads reach the Prometheus parser
+// (engineMetricLines): an engine exports many more (histograms, process
+// and Python metrics), and the parser builds all it is given, which on the
+// one P of a queue-proxy delays the requests behind it.
 func parseEngineMetrics(r io.Reader) (stats.EngineStat, error) {
+	text, err := io.ReadAll(r)
+	if err != nil {
+		return stats.EngineStat{}, fmt.Errorf("read engine metrics: %w", err)
+	}
+	return engineStatOf(engineMetricLines(make([]byte, 0, 2<<10), text))
+}
+
+// engineMetricNames are the metric families engineStatOf reads.
+var engineMetricNames = map[string]bool{
+	"vllm:num_requests_running": true, "sglang:num_running_reqs": true,
+	"vllm:num_requests_waiting": true, "sglang:num_queue_reqs": true,
+	"vllm:kv_cache_usage_perc": true, "vllm:gpu_cache_usage_perc": true, "sglang:token_usage": true,
+	"vllm:prefix_cache_hits_total": true, "vllm:prefix_cache_hits": true,
+	"vllm:prefix_cache_queries_total": true, "vllm:prefix_cache_queries": true,
+	"vllm:cache_config_info": true, "sglang:cache_config_info": true,
+	"sglang:page_size": true, "sglang:num_pages": true,
+	"vllm:lora_requests_info": true, "sglang:cache_hit_rate": true,
+}
+
+// engineMetricLines appends to dst the lines of text, Prometheus text
+// exposition, that belong to the families engineStatOf reads: their samples
+// and their HELP and TYPE lines. The parser names a family by these lines
+// alone, so it reads the kept lines as it would have read them in the
+// whole text. A line whose name is quoted (UTF-8 names) is kept.
+func engineMetricLines(dst, text []byte) []byte {
+	for len(text) > 0 {
+		line := text
+		if i := bytes.IndexByte(text, '\n'); i >= 0 {
+			line, text = text[:i+1], text[i+1:]
+		} else {
+			text = nil
+		}
+		if keepMetricLine(line) {
+			dst = append(dst, line...)
+		}
+	}
+	return dst
+}
+
+// keepMetricLine reports whether engineMetricLines keeps line.
+func keepMetricLine(line []byte) bool {
+	rest := bytes.TrimLeft(line, " \t")
+	if len(rest) == 0 {
+		return false
+	}
+	if rest[0] == '#' {
+		f := bytes.Fields(rest[1:])
+		if len(f) < 2 || (string(f[0]) != "HELP" && string(f[0]) != "TYPE") {
+			return false // a comment, or nothing the parser reads
+		}
+		return f[1][0] == '"' || engineMetricNames[string(f[1])]
+	}
+	if rest[0] == '{' || rest[0] == '"' {
+		return true
+	}
+	// The parser's unquoted name: the longest run of name characters.
+	end := 0
+	for end < len(rest) && isMetricNameByte(rest[end]) {
+		end++
+	}
+	return engineMetricNames[string(rest[:end])]
+}
+
+func isMetricNameByte(b byte) bool {
+	return b == '_' || b == ':' || ('a' <= b && b <= 'z') || ('A' <= b && b <= 'Z') || ('0' <= b && b <= '9')
+}
+
+// engineStatOf parses Prometheus text exposition into an EngineStat.
+func engineStatOf(text []byte) (stats.EngineStat, error) {
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(r)
+	fams, err := parser.TextToMetricFamilies(bytes.NewReader(text))
 	if err != nil {
 		return stats.EngineStat{}, fmt.Errorf("parse engine metrics: %w", err)
 	}

@@ -93,7 +93,17 @@ sglang:prompt_tokens_total{model_name="m"} 1234.0
 	}, {
 		name:    "garbage",
 		text:    "<html>502 Bad Gateway</html>\n",
+		wantErr: "no known vLLM or SGLang metrics",
+	}, {
+		name:    "a family it reads, malformed",
+		text:    "vllm:num_requests_running{engine=\"0\" 3\n",
 		wantErr: "parse engine metrics",
+	}, {
+		// Only the families read reach the parser: a malformed line of
+		// another family no longer fails the scrape.
+		name: "another family malformed",
+		text: "python_gc_objects_collected_total{generation=\"0\" 3\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 2\n",
+		want: stats.EngineStat{Scraped: true, Running: 2},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parseEngineMetrics(strings.NewReader(tc.text))

@@ -36,6 +36,11 @@ func FuzzEngineMetrics(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, text string) {
 		es, err := parseEngineMetrics(strings.NewReader(text))
+		// Filtering the lines changes nothing the whole text parses to.
+		if whole, werr := engineStatOf([]byte(text)); werr == nil {
+			require.NoError(t, err, "the whole text parsed")
+			require.Equal(t, whole, es)
+		}
 		if err != nil {
 			require.Equal(t, stats.EngineStat{}, es)
 			return
