@@ -42,7 +42,8 @@ func parseEngineMetrics(r io.Reader) (stats.EngineStat, error) {
 	return engineStatOf(engineMetricLines(make([]byte, 0, 2<<10), text))
 }
 
-// engineMetricNames are the metric families engineStatOf reads.
+// engineMetricNames are the metric families engineStatOf reads: a family
+// it reads that is not listed here never reaches it.
 var engineMetricNames = map[string]bool{
 	"vllm:num_requests_running": true, "sglang:num_running_reqs": true,
 	"vllm:num_requests_waiting": true, "sglang:num_queue_reqs": true,
@@ -102,7 +103,8 @@ func isMetricNameByte(b byte) bool {
 	return b == '_' || b == ':' || ('a' <= b && b <= 'z') || ('A' <= b && b <= 'Z') || ('0' <= b && b <= '9')
 }
 
-// engineStatOf parses Prometheus text exposition into an EngineStat.
+// engineStatOf parses Prometheus text exposition into an EngineStat. Every
+// family it reads must be in engineMetricNames.
 func engineStatOf(text []byte) (stats.EngineStat, error) {
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(bytes.NewReader(text))

@@ -1,6 +1,9 @@
 package queueproxy
 
 import (
+	"bytes"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,6 +134,20 @@ func TestEngineMetricsNotFiniteOrHuge(t *testing.T) {
 	require.NotPanics(t, func() { statMessage(stats.Stat{Engine: es}) })
 }
 
+// TestParseEngineMetricsHuge: a large exposition (an engine with many
+// label sets, up to the scrape's bound) reads the few families it needs.
+func TestParseEngineMetricsHuge(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("# TYPE vllm:time_to_first_token_seconds histogram\n")
+	for i := 0; b.Len() < maxMetricsBytes/4; i++ {
+		fmt.Fprintf(&b, "vllm:time_to_first_token_seconds_bucket{le=\"%d\",model_name=\"m%d\"} 1\n", i, i)
+	}
+	b.WriteString("vllm:num_requests_running{model_name=\"m\"} 7\n")
+	got, err := parseEngineMetrics(io.LimitReader(strings.NewReader(b.String()), maxMetricsBytes))
+	require.NoError(t, err)
+	assert.Equal(t, stats.EngineStat{Scraped: true, Running: 7}, got)
+}
+
 // SGLang's KV cache shape, in each form it has had, and vLLM's beside it,
 // from expositions in testdata/metrics.
 func TestParseEngineMetricsCacheShapeFixtures(t *testing.T) {
@@ -152,8 +169,13 @@ func TestParseEngineMetricsCacheShapeFixtures(t *testing.T) {
 			f, err := os.Open(filepath.Join("testdata", "metrics", tc.file))
 			require.NoError(t, err)
 			defer f.Close()
-			got, err := parseEngineMetrics(f)
+			text, err := io.ReadAll(f)
 			require.NoError(t, err)
+			got, err := parseEngineMetrics(bytes.NewReader(text))
+			require.NoError(t, err)
+			whole, err := engineStatOf(text)
+			require.NoError(t, err)
+			require.Equal(t, whole, got, "only the families read reach the parser; they read the same")
 			assert.Equal(t, tc.want, got)
 		})
 	}

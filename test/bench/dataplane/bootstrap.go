@@ -34,13 +34,14 @@ type goalOdds struct {
 // as the pooled table does over all of them. rounds maps a path to its
 // rounds' latencies, each sorted.
 func bootstrapGoals(rounds map[string][][]float64, rows []hopRow, resamples int, rng *rand.Rand) []goalOdds {
-	n := 0
+	n := -1 // rounds every path has
 	for _, r := range rounds {
-		n = len(r)
-		break
+		if n < 0 || len(r) < n {
+			n = len(r)
+		}
 	}
 	out := make([]goalOdds, len(rows))
-	if n == 0 || resamples <= 0 {
+	if n <= 0 || resamples <= 0 {
 		return out
 	}
 	ratios := make([][2][]float64, len(rows))

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// rounds makes n rounds of m latencies: base plus add, each sorted.
+// synthRounds makes n rounds of m latencies: base plus add, each sorted.
 func synthRounds(rng *rand.Rand, n, m int, add float64) [][]float64 {
 	out := make([][]float64, n)
 	for i := range out {

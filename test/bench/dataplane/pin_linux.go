@@ -91,9 +91,8 @@ func startOn(set unix.CPUSet, cmd *exec.Cmd) error {
 	}
 	err := cmd.Start()
 	if rerr := unix.SchedSetaffinity(0, &own); rerr != nil {
-		// The thread cannot go back to the pool on the wrong CPUs: keep it
-		// locked, so that the runtime ends it with this goroutine... which
-		// would kill the child. Report instead.
+		// Ending the thread would kill the child (its parent); it goes
+		// back on the wrong CPUs instead, and the caller gives up.
 		return errors.Join(err, fmt.Errorf("pin %s: restore the starting thread's CPUs: %w", filepath.Base(cmd.Path), rerr))
 	}
 	return err
