@@ -97,6 +97,10 @@ type Config struct {
 	// LogLevel is the minimum level logged by Main.
 	LogLevel slog.Level
 
+	// AdminAddr is where the operator endpoints listen (/metrics, /healthz
+	// and Go's pprof), on net/http; empty (the default) is off. They are
+	// unauthenticated and a profile costs CPU: bind them to loopback.
+	AdminAddr string
 	// Limits harden the listener against slow and hostile clients:
 	// header and body read timeouts, a connection cap, and the memory
 	// budget of request bodies held at once.
@@ -150,6 +154,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LoRALoadPath, "lora-load-path", "/v1/load_lora_adapter", "engine endpoint that loads a LoRA adapter")
 	fs.StringVar(&c.LoRAUnloadPath, "lora-unload-path", "/v1/unload_lora_adapter", "engine endpoint that unloads a LoRA adapter")
 	fs.DurationVar(&c.KVFlushInterval, "kv-flush-interval", DefaultKVFlushInterval, "KV model changes are batched and sent at most this often")
+	fs.StringVar(&c.AdminAddr, "admin-addr", "", "address of the operator endpoints: /metrics, /healthz, /debug/pprof/ (off when empty; unauthenticated: bind to loopback)")
 	c.Limits = httpserver.DefaultLimits()
 	httpserver.RegisterFlags(fs, &c.Limits)
 	c.LogLevel = slog.LevelInfo
@@ -207,6 +212,11 @@ func (c Config) Validate() error {
 	}
 	if !strings.HasPrefix(c.LoRAUnloadPath, "/") {
 		bad("lora-unload-path", "%q must start with /", c.LoRAUnloadPath)
+	}
+	if a := c.AdminAddr; a != "" {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" || strings.ContainsAny(a, " \t\r\n") {
+			bad("admin-addr", "%q is not host:port", a)
+		}
 	}
 	if len(c.KVEventsTopic) > 256 {
 		bad("kv-events-topic", "is %d bytes long; at most 256", len(c.KVEventsTopic))

@@ -55,6 +55,9 @@ func TestConfigValidateNamesFlags(t *testing.T) {
 		{[]string{"--kv-capacity-blocks=-1"}, "--kv-capacity-blocks"},
 		{[]string{"--kv-capacity-blocks=100000000"}, "--kv-capacity-blocks"},
 		{[]string{"--kv-flush-interval=0s"}, "--kv-flush-interval"},
+		{[]string{"--admin-addr=9091"}, "--admin-addr"},
+		{[]string{"--admin-addr=127.0.0.1:"}, "--admin-addr"},
+		{[]string{"--admin-addr=127.0.0.1:9091\n"}, "--admin-addr"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			var c Config

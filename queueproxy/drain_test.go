@@ -68,7 +68,7 @@ func startMain(t *testing.T, args ...string) (addr string, cancel context.Cancel
 	go func() {
 		defer close(exited)
 		errs <- run(ctx, append([]string{"--port=0", "--pod-name=pod-1", "--stats-interval=10ms"}, args...),
-			logs, func(a net.Addr) { addrs <- a }, false)
+			logs, func(a, _ net.Addr) { addrs <- a }, false)
 	}()
 	select {
 	case a := <-addrs:

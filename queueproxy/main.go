@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 	"github.com/kvasir-serving/kvasir/pkg/maxprocs"
 )
 
@@ -30,10 +31,11 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	return run(ctx, args, stderr, nil, true)
 }
 
-// run is Main with a hook told the listening address, and with the fitting
+// run is Main with a hook told the listening addresses (admin nil when
+// --admin-addr is off), and with the fitting
 // of GOMAXPROCS (pkg/maxprocs) optional: it is the process's, and tests run
 // several queue-proxies in one process.
-func run(ctx context.Context, args []string, stderr io.Writer, listening func(net.Addr), fitProcs bool) error {
+func run(ctx context.Context, args []string, stderr io.Writer, listening func(public, admin net.Addr), fitProcs bool) error {
 	fs := flag.NewFlagSet("queue-proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg Config
@@ -64,6 +66,19 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	if err != nil {
 		return fmt.Errorf("queue-proxy: listen: %w", err)
 	}
+	var adminAddr net.Addr
+	if cfg.AdminAddr != "" {
+		aln, err := net.Listen("tcp", cfg.AdminAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("queue-proxy: listen --admin-addr %s: %w", cfg.AdminAddr, err)
+		}
+		adminAddr = aln.Addr()
+		admin := httpserver.New(httpserver.AdminMux(p.MetricsHandler()), cfg.Limits, log)
+		go func() { _ = admin.Serve(aln) }() // returns once closed
+		defer admin.Close()
+		log.Info("serving the admin endpoints", slog.String("addr", adminAddr.String()))
+	}
 	// Run outlives ctx: it must keep reporting through the drain.
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRun()
@@ -77,7 +92,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(ne
 	log.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("engine", cfg.EngineURL),
 		slog.Int("containerConcurrency", cfg.ContainerConcurrency))
 	if listening != nil {
-		listening(ln.Addr())
+		listening(ln.Addr(), adminAddr)
 	}
 
 	select {

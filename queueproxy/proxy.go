@@ -132,7 +132,7 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 	own.HandleFunc("GET "+ReadyPath, p.health.ServeReady)
 	own.HandleFunc("GET "+WaitForDrainPath, p.health.ServeWaitForDrain)
 	own.HandleFunc("GET "+stats.Path, p.serveStats)
-	own.Handle("GET "+MetricsPath, promhttp.HandlerFor(p.metrics.registry, promhttp.HandlerOpts{}))
+	own.Handle("GET "+MetricsPath, p.MetricsHandler())
 	own.HandleFunc(ReservedPrefix, func(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, http.StatusNotFound,
 			openai.Err(openai.TypeNotFound, "not_found", "no queue-proxy endpoint "+r.Method+" "+r.URL.Path), 0)
@@ -143,6 +143,12 @@ func New(cfg Config, logger *slog.Logger) (*Proxy, error) {
 	p.own = fasthttpadaptor.NewFastHTTPHandler(detach(own))
 	p.server = httpserver.NewFast(p.serve, cfg.Limits, logger)
 	return p, nil
+}
+
+// MetricsHandler serves the queue-proxy's metrics in Prometheus's text
+// format: at /kvasir/metrics, and at /metrics on --admin-addr.
+func (p *Proxy) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(p.metrics.registry, promhttp.HandlerOpts{})
 }
 
 // detach gives the own endpoints' requests a context of their own. The

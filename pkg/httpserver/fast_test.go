@@ -314,3 +314,33 @@ func TestFastServeAfterCloseReturns(t *testing.T) {
 	_, err = ln.Accept()
 	require.ErrorIs(t, err, net.ErrClosed, "the listener is closed")
 }
+
+// Shutdown, like Close, stops a Serve that starts after it, and one that
+// started just before it (its goroutine had not given fasthttp the
+// listener yet): a process told to stop right after it started still
+// stops.
+func TestFastShutdownStopsAServeStartedAroundIt(t *testing.T) {
+	t.Run("after", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		srv := NewFast(func(*fasthttp.RequestCtx) {}, DefaultLimits(), nil)
+		require.NoError(t, srv.Shutdown(t.Context()))
+		require.ErrorIs(t, srv.Serve(ln), http.ErrServerClosed)
+		_, err = ln.Accept()
+		require.ErrorIs(t, err, net.ErrClosed, "the listener is closed")
+	})
+	t.Run("racing", func(t *testing.T) {
+		for range 200 {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			srv := NewFast(func(*fasthttp.RequestCtx) {}, DefaultLimits(), nil)
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(ln) }()
+			require.NoError(t, srv.Shutdown(t.Context()))
+			err = <-served // returns, whichever ran first
+			if err != nil {
+				require.ErrorIs(t, err, http.ErrServerClosed)
+			}
+		}
+	})
+}

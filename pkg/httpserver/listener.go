@@ -68,6 +68,16 @@ type capListener struct {
 
 	mu    sync.Mutex
 	conns map[*cappedConn]struct{} // the accepted connections still open
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Close closes the listener once; later calls return the first's result
+// (the server's Shutdown and fasthttp's both close it).
+func (l *capListener) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.Listener.Close() })
+	return l.closeErr
 }
 
 func (l *capListener) Accept() (net.Conn, error) {

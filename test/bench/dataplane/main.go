@@ -33,8 +33,9 @@ import (
 )
 
 func main() {
-	benchkit.Main("dataplane", "dataplane hops|coldstart|streams|hostile [flags]", map[string]benchkit.Benchmark{
+	benchkit.Main("dataplane", "dataplane hops|coldstart|streams|hostile|waits [flags]", map[string]benchkit.Benchmark{
 		"hops": hops, "coldstart": coldstart, "streams": streams, "hostile": hostile,
+		"waits":          waits,
 		"hostile-attack": hostileAttack, // the attackers' process of `hostile`
 		"floor-proxy":    floorProxy,    // the minimal fasthttp proxy of `hops`
 	}, "")
