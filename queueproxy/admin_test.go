@@ -3,14 +3,18 @@ package queueproxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kvasir-serving/kvasir/pkg/httpserver"
 )
 
 // startMainAdmin runs Main's body with args and returns the public and the
@@ -50,10 +54,32 @@ func getBody(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// Off unless asked for. (Cancelled right after it started, too: a
+// queue-proxy told to stop at once stops, which it did not while its
+// server's Shutdown could run before its Serve.)
 func TestAdminListenerIsOffByDefault(t *testing.T) {
 	eng := newEngine(t, nil)
 	_, admin := startMainAdmin(t, "--engine-url="+eng.URL)
 	assert.Empty(t, admin)
+}
+
+// The admin listener closes with the queue-proxy.
+func TestAdminListenerClosesOnExit(t *testing.T) {
+	eng := newEngine(t, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	got := make(chan net.Addr, 1)
+	errs := make(chan error, 1)
+	go func() {
+		errs <- run(ctx, []string{"--port=0", "--pod-name=p", "--drain-quiet-period=0s", "--engine-url=" + eng.URL,
+			"--admin-addr=127.0.0.1:0"}, newTestWriter(t), func(_, a net.Addr) { got <- a }, false)
+	}()
+	admin := recv(t, got, "the admin address")
+	code, _ := getBody(t, "http://"+admin.String()+"/healthz")
+	require.Equal(t, http.StatusOK, code)
+	cancel()
+	require.NoError(t, recv(t, errs, "run's return"))
+	_, err := net.Dial("tcp", admin.String())
+	assert.Error(t, err, "nothing listens there any more")
 }
 
 func TestAdminListenerServesMetricsHealthzAndPprof(t *testing.T) {
@@ -118,11 +144,14 @@ func TestAdminListenerHostile(t *testing.T) {
 		defer c.Close()
 		_, err = io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n") // never ends
 		require.NoError(t, err)
-		// The server closes the connection once the header timeout passes
-		// (a read sees EOF or a reset); no deadline is needed here because
-		// the timeout is the server's.
+		// The server closes the connection once the header timeout passes:
+		// the read sees EOF or a reset, never an answer. (The deadline only
+		// guards against a hang.)
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(time.Minute)))
 		_, err = bufio.NewReader(c).ReadString('\n')
-		assert.Error(t, err)
+		require.Error(t, err)
+		var ne net.Error
+		assert.False(t, errors.As(err, &ne) && ne.Timeout(), "cut by the server, not by the guard: %v", err)
 	})
 	t.Run("writes are refused", func(t *testing.T) {
 		resp, err := http.Post("http://"+admin+"/metrics", "text/plain", strings.NewReader("x"))
@@ -141,4 +170,36 @@ func TestAdminAddrInUseFailsStart(t *testing.T) {
 		newTestWriter(t), nil, false)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "--admin-addr")
+}
+
+// Connections past AdminMaxConnections are answered 503 and closed.
+func TestAdminListenerCapsConnections(t *testing.T) {
+	eng := newEngine(t, nil)
+	_, admin := startMainAdmin(t, "--engine-url="+eng.URL, "--admin-addr=127.0.0.1:0")
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range httpserver.AdminMaxConnections {
+		c, err := net.Dial("tcp", admin)
+		require.NoError(t, err)
+		held = append(held, c)
+		// A whole request and its answer: the connection was accepted
+		// and holds its place, kept alive.
+		_, err = io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+	}
+	c, err := net.Dial("tcp", admin)
+	require.NoError(t, err)
+	defer c.Close()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 }

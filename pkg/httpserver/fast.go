@@ -126,9 +126,10 @@ func answerReadError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // Serve accepts connections on ln, at most Limits.MaxConnections at once
-// (one more is answered 503 and closed), until Shutdown or Close. After
-// either it closes ln and returns http.ErrServerClosed at once: a Serve that
-// starts late (its goroutine ran after the stop) does not serve forever.
+// (one more is answered 503 and closed), until Shutdown or Close, and then
+// returns nil. Called after either, it closes ln and returns
+// http.ErrServerClosed at once: a Serve that starts late (its goroutine ran
+// after the stop) does not serve forever.
 func (s *FastServer) Serve(ln net.Listener) error {
 	cl := Listen(ln, s.limits.MaxConnections).(*capListener)
 	s.mu.Lock()
@@ -139,32 +140,24 @@ func (s *FastServer) Serve(ln net.Listener) error {
 	}
 	s.lns = append(s.lns, cl)
 	s.mu.Unlock()
-	err := s.srv.Serve(cl)
-	s.mu.Lock()
-	stopped := s.closed
-	s.mu.Unlock()
-	if stopped && errors.Is(err, net.ErrClosed) {
-		return http.ErrServerClosed // closed by Shutdown or Close before fasthttp knew ln
-	}
-	return err
+	return s.srv.Serve(cl) // nil once its listener is closed
 }
 
 // Shutdown stops accepting, closes idle connections and waits for the
-// others to finish their requests (and streams), or for ctx to end. Then
-// it closes the listeners too: fasthttp's Shutdown returns at once, leaving
-// them open, when it runs before its Serve has taken one, and a Serve that
-// had started would then accept forever (after fasthttp's own close of a
-// listener, this one does nothing).
+// others to finish their requests (and streams), or for ctx to end. It
+// closes the listeners itself first: fasthttp's Shutdown returns at once,
+// leaving them open, when it runs before its Serve has taken one, and that
+// Serve would then accept forever (fasthttp's own close of a listener
+// afterwards returns this one's result).
 func (s *FastServer) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	lns := s.lns
 	s.mu.Unlock()
-	err := s.srv.ShutdownWithContext(ctx)
 	for _, l := range lns {
 		_ = l.Close()
 	}
-	return err
+	return s.srv.ShutdownWithContext(ctx)
 }
 
 // Close closes the listeners and every connection, active or not: requests

@@ -337,10 +337,16 @@ func TestFastShutdownStopsAServeStartedAroundIt(t *testing.T) {
 			served := make(chan error, 1)
 			go func() { served <- srv.Serve(ln) }()
 			require.NoError(t, srv.Shutdown(t.Context()))
-			err = <-served // returns, whichever ran first
+			select { // returns, whichever ran first
+			case err = <-served:
+			case <-time.After(time.Minute): // a guard against a hang, not a wait
+				t.Fatal("Serve still serving after Shutdown")
+			}
 			if err != nil {
 				require.ErrorIs(t, err, http.ErrServerClosed)
 			}
+			_, err = ln.Accept()
+			require.ErrorIs(t, err, net.ErrClosed, "the listener is closed")
 		}
 	})
 }

@@ -14,12 +14,25 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/rawconn"
 )
 
-// New returns a server for h with the limits' timeouts and header size.
-// Serve it on a listener from Listen, which caps the connections.
+// AdminMaxConnections caps the connections of an admin listener (Listen):
+// operators and scrapers need a few.
+const AdminMaxConnections = 64
+
+// AdminWriteTimeout bounds an admin response, from the end of its request's
+// headers: the longest profile or trace pprof then serves (it refuses a
+// longer ?seconds=).
+const AdminWriteTimeout = 2 * time.Minute
+
+// New returns a server for an admin listener's h, with the limits' timeouts
+// and header size: a whole request must arrive within the header and body
+// read timeouts, a response within AdminWriteTimeout. Serve it on a
+// listener from Listen(ln, AdminMaxConnections).
 func New(h http.Handler, l Limits, log *slog.Logger) *http.Server {
 	srv := &http.Server{
 		Handler:           closeChunked(h),
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
+		ReadTimeout:       l.ReadHeaderTimeout + l.BodyReadTimeout,
+		WriteTimeout:      AdminWriteTimeout,
 		IdleTimeout:       l.IdleTimeout,
 		MaxHeaderBytes:    l.MaxHeaderBytes,
 	}

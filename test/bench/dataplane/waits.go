@@ -80,7 +80,11 @@ func readTimeline(r io.Reader) (*timeline, error) {
 	tl := &timeline{entry: map[trace.GoID]string{}}
 	runnable := map[trace.GoID]trace.Time{}
 	running := map[trace.GoID]trace.Time{}
-	rangeStart := map[string]trace.Time{}
+	type rangeKey struct {
+		name  string
+		scope trace.ResourceID
+	}
+	rangeStart := map[rangeKey]trace.Time{}
 	var first trace.Time
 	since := func(t trace.Time) time.Duration { return time.Duration(t - first) }
 	for {
@@ -96,11 +100,13 @@ func readTimeline(r io.Reader) (*timeline, error) {
 		}
 		tl.length = since(ev.Time())
 		switch ev.Kind() {
-		case trace.EventRangeBegin:
-			rangeStart[ev.Range().Name] = ev.Time()
+		case trace.EventRangeBegin, trace.EventRangeActive: // active: open when the trace began
+			rangeStart[rangeKey{ev.Range().Name, ev.Range().Scope}] = ev.Time()
 		case trace.EventRangeEnd:
-			if t, ok := rangeStart[ev.Range().Name]; ok {
-				tl.ranges = append(tl.ranges, span{start: since(t), end: since(ev.Time()), what: ev.Range().Name})
+			k := rangeKey{ev.Range().Name, ev.Range().Scope}
+			if t, ok := rangeStart[k]; ok {
+				tl.ranges = append(tl.ranges, span{start: since(t), end: since(ev.Time()), what: k.name})
+				delete(rangeStart, k)
 			}
 		case trace.EventStateTransition:
 			st := ev.StateTransition()
@@ -109,6 +115,9 @@ func readTimeline(r io.Reader) (*timeline, error) {
 			}
 			g := st.Resource.Goroutine()
 			from, to := st.Goroutine()
+			if from == to {
+				continue // a generation's status event: nothing changed
+			}
 			if e := entryFunc(st.Stack); e != "" {
 				tl.entry[g] = e
 			}
@@ -244,7 +253,7 @@ func analyzeWaits(tl *timeline, o waitOpts) waitReport {
 		seen := map[string]bool{}
 		covered := w.start // the union of other runs, swept in start order
 		// Runs are sorted by start; one that began up to a second earlier
-		// may still be running.
+		// may still be running (a run longer than that is not counted).
 		i, _ := slices.BinarySearchFunc(tl.runs, w.start-time.Second, func(s span, t time.Duration) int { return int(s.start - t) })
 		for ; i < len(tl.runs) && tl.runs[i].start < w.end; i++ {
 			run := tl.runs[i]
