@@ -153,6 +153,12 @@ func TestAdminListenerHostile(t *testing.T) {
 		var ne net.Error
 		assert.False(t, errors.As(err, &ne) && ne.Timeout(), "cut by the server, not by the guard: %v", err)
 	})
+	t.Run("a profile longer than the cap is refused", func(t *testing.T) {
+		for _, path := range []string{"/debug/pprof/trace?seconds=100000", "/debug/pprof/profile?seconds=61"} {
+			code, body := getBody(t, "http://"+admin+path)
+			assert.Equal(t, http.StatusBadRequest, code, body)
+		}
+	})
 	t.Run("writes are refused", func(t *testing.T) {
 		resp, err := http.Post("http://"+admin+"/metrics", "text/plain", strings.NewReader("x"))
 		require.NoError(t, err)

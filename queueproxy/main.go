@@ -75,7 +75,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, listening func(pu
 		}
 		adminAddr = aln.Addr()
 		admin := httpserver.New(httpserver.AdminMux(p.MetricsHandler()), cfg.Limits, log)
-		go func() { _ = admin.Serve(httpserver.Listen(aln, httpserver.AdminMaxConnections)) }() // returns once closed
+		go func() { _ = httpserver.ServeAdmin(admin, aln) }() // returns once closed
 		defer admin.Close()
 		log.Info("serving the admin endpoints", slog.String("addr", adminAddr.String()))
 	}

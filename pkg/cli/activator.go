@@ -286,7 +286,7 @@ func serveProfiling(addr string, admin http.Handler, limits httpserver.Limits, l
 		return nil, fmt.Errorf("listen --profiling-addr %s: %w", addr, err)
 	}
 	psrv := httpserver.New(admin, limits, log)
-	go func() { _ = psrv.Serve(httpserver.Listen(pl, httpserver.AdminMaxConnections)) }()
+	go func() { _ = httpserver.ServeAdmin(psrv, pl) }()
 	return psrv, nil
 }
 

@@ -47,7 +47,7 @@ func serve(publicAddr string, public fasthttp.RequestHandler, adminAddr string, 
 			return s, nil, addrs, fmt.Errorf("listen --admin-addr %s: %w", adminAddr, err)
 		}
 		addrs.admin = aln.Addr().String()
-		go func() { _ = s.admin.Serve(httpserver.Listen(aln, httpserver.AdminMaxConnections)) }()
+		go func() { _ = httpserver.ServeAdmin(s.admin, aln) }()
 	}
 	s.public = httpserver.NewFast(public, limits, log)
 	addrs.public = ln.Addr().String()

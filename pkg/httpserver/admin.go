@@ -3,6 +3,7 @@ package httpserver
 import (
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 )
 
 // AdminMux serves the operator endpoints every component has: its
@@ -15,10 +16,29 @@ func AdminMux(metrics http.Handler) *http.ServeMux {
 	mux.HandleFunc("GET /healthz", Healthz)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.Handle("/debug/pprof/profile", capSeconds(pprof.Profile))
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/trace", capSeconds(pprof.Trace))
 	return mux
+}
+
+// MaxProfileSeconds is the longest CPU profile or execution trace the
+// admin endpoints take (?seconds=); pprof itself takes any length, and
+// holds the connection and the profiler that long.
+const MaxProfileSeconds = 60
+
+// capSeconds answers 400 to a profile asking for more than
+// MaxProfileSeconds.
+func capSeconds(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s := r.FormValue("seconds"); s != "" {
+			if sec, err := strconv.ParseFloat(s, 64); err == nil && sec > MaxProfileSeconds {
+				http.Error(w, "seconds: at most "+strconv.Itoa(MaxProfileSeconds), http.StatusBadRequest)
+				return
+			}
+		}
+		h(w, r)
+	})
 }
 
 // Healthz answers a liveness probe.

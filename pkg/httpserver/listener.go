@@ -14,19 +14,18 @@ import (
 	"github.com/kvasir-serving/kvasir/pkg/rawconn"
 )
 
-// AdminMaxConnections caps the connections of an admin listener (Listen):
-// operators and scrapers need a few.
+// AdminMaxConnections caps the connections of an admin listener
+// (ServeAdmin): operators and scrapers need a few.
 const AdminMaxConnections = 64
 
 // AdminWriteTimeout bounds an admin response, from the end of its request's
-// headers: the longest profile or trace pprof then serves (it refuses a
-// longer ?seconds=).
+// headers (pprof adds a profile's ?seconds= to it, which AdminMux caps).
 const AdminWriteTimeout = 2 * time.Minute
 
 // New returns a server for an admin listener's h, with the limits' timeouts
 // and header size: a whole request must arrive within the header and body
-// read timeouts, a response within AdminWriteTimeout. Serve it on a
-// listener from Listen(ln, AdminMaxConnections).
+// read timeouts, a response within AdminWriteTimeout. Serve it with
+// ServeAdmin.
 func New(h http.Handler, l Limits, log *slog.Logger) *http.Server {
 	srv := &http.Server{
 		Handler:           closeChunked(h),
@@ -40,6 +39,13 @@ func New(h http.Handler, l Limits, log *slog.Logger) *http.Server {
 		srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	}
 	return srv
+}
+
+// ServeAdmin serves srv (from New) on ln with at most AdminMaxConnections
+// connections open (one more is answered 503 and closed), until srv is
+// closed.
+func ServeAdmin(srv *http.Server, ln net.Listener) error {
+	return srv.Serve(Listen(ln, AdminMaxConnections))
 }
 
 // closeChunked closes the connection after answering a request with a

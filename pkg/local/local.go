@@ -313,7 +313,7 @@ func (p *Platform) serveAdmin() (addr string, stop func(), err error) {
 		return "", nil, fmt.Errorf("listen admin-addr %s: %w", p.opts.AdminAddr, err)
 	}
 	asrv := httpserver.New(p.AdminHandler(), p.opts.Limits, p.log)
-	go func() { _ = asrv.Serve(httpserver.Listen(aln, httpserver.AdminMaxConnections)) }()
+	go func() { _ = httpserver.ServeAdmin(asrv, aln) }()
 	return aln.Addr().String(), func() { asrv.Close() }, nil
 }
 
